@@ -1,0 +1,82 @@
+"""The interface every inference engine implements.
+
+An engine runs one shard of a model. Its methods are blocking and are called
+from a single worker thread (orchestration wraps them in `trio.to_thread`), so
+engines need no locking of their own. Each request owns a KV cache, created on
+its first `forward` and freed by `release`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from exoquic.models.shard import Shard
+from exoquic.models.weights import ShardWeights
+
+
+class EngineError(Exception):
+    """An engine could not do what was asked (bad input, out of context...)."""
+
+
+class ContextOverflowError(EngineError):
+    """A request would grow past the engine's maximum context length."""
+
+
+@dataclass(frozen=True)
+class ForwardItem:
+    """One request's input to a forward step (see `Engine.forward`)."""
+
+    request_id: str
+    inputs: np.ndarray
+
+
+class Engine(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, max_context: int = 2048) -> None:
+        self.max_context = max_context
+
+    @property
+    @abstractmethod
+    def shard(self) -> Shard | None:
+        """The loaded shard, or None before `load`."""
+
+    @abstractmethod
+    def load(self, weights: ShardWeights) -> None:
+        """Take the shard's weights (replacing any loaded shard and its caches)."""
+
+    @abstractmethod
+    def forward(self, request_id: str, inputs: np.ndarray) -> np.ndarray:
+        """Run the shard's layers on T new positions of one request.
+
+        inputs: int32 token ids `(T,)` on the first shard, else float32 hidden
+        states `(T, hidden_size)` from the previous shard. The positions continue
+        from the request's cache length, which grows by T.
+
+        Returns float32 hidden states `(T, hidden_size)`, or on the last shard
+        the float32 logits `(vocab_size,)` of the final position.
+        Raises ContextOverflowError when the cache would exceed `max_context`.
+        """
+
+    def forward_batch(self, items: list[ForwardItem]) -> list[np.ndarray]:
+        """Forward several requests in one step; engines may batch decode steps."""
+        return [self.forward(item.request_id, item.inputs) for item in items]
+
+    @abstractmethod
+    def cache_length(self, request_id: str) -> int:
+        """Positions held in the request's KV cache (0 if it has none)."""
+
+    @abstractmethod
+    def release(self, request_id: str) -> None:
+        """Free the request's KV cache; releasing an unknown request is a no-op."""
+
+    @abstractmethod
+    def active_requests(self) -> int:
+        """How many requests hold a KV cache now."""
+
+    def unload(self) -> None:
+        """Drop the weights and every cache."""

@@ -1,0 +1,64 @@
+"""In-memory weights of one shard, in Hugging Face naming and layout.
+
+Loaders (GGUF, safetensors) produce a `ShardWeights`; engines consume it. Keys
+are the Hugging Face llama names with *global* layer indices, for example
+`model.layers.12.self_attn.q_proj.weight`. Matrices are `(out_features,
+in_features)` and Q/K rows are in the Hugging Face half-split RoPE order (GGUF's
+interleaved order is undone by the loader). Only the shard's own layers are
+present, plus `model.embed_tokens.weight` on the first shard and
+`model.norm.weight` + `lm_head.weight` on the last (for tied embeddings
+`lm_head.weight` is the embedding matrix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from exoquic.models.config import ModelConfig
+from exoquic.models.shard import Shard
+
+QuantKind = Literal["q4_0", "q4_1", "q8_0"]
+
+
+@dataclass(frozen=True)
+class QuantizedTensor:
+    """A matrix kept in its GGML block-quantized form.
+
+    `blocks` is `uint8[rows, bytes_per_row]`: each row of the logical
+    `(rows, cols)` matrix is `cols / 32` consecutive GGML blocks. Engines that
+    can compute on quantized weights read the blocks directly; others call
+    `dequantize()`.
+    """
+
+    kind: QuantKind
+    blocks: np.ndarray
+    shape: tuple[int, int]
+
+    def dequantize(self) -> np.ndarray:
+        from exoquic.models.quant import dequantize
+
+        return dequantize(self)
+
+
+WeightArray = np.ndarray | QuantizedTensor
+
+
+@dataclass
+class ShardWeights:
+    config: ModelConfig
+    shard: Shard
+    tensors: dict[str, WeightArray] = field(default_factory=dict)
+
+    def dense(self, name: str) -> np.ndarray:
+        """The named tensor as a float32 array, dequantizing if needed."""
+        t = self.tensors[name]
+        if isinstance(t, QuantizedTensor):
+            return t.dequantize()
+        return np.asarray(t, dtype=np.float32)
+
+    def layer(self, index: int, suffix: str) -> WeightArray:
+        """`layer(3, "mlp.up_proj.weight")` -> tensor `model.layers.3.mlp.up_proj.weight`."""
+        return self.tensors[f"model.layers.{index}.{suffix}"]
