@@ -1,0 +1,191 @@
+"""The OpenAI-compatible routes: chat completions, text completions, models."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from quart import Blueprint, Response, current_app, request
+
+from exoquic.api.errors import APIError
+from exoquic.api.schemas import CompletionParams, parse_chat_request, parse_text_request
+from exoquic.orchestration.generation import GenerationRequest, RequestError
+from exoquic.orchestration.node import Node, new_request_id
+
+blueprint = Blueprint("openai", __name__)
+
+
+def node() -> Node:
+    return current_app.config["EXOQUIC_NODE"]  # type: ignore[no-any-return]
+
+
+async def json_body() -> Any:
+    raw = await request.get_data(as_text=False)
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise APIError(400, f"the request body is not valid JSON: {exc}") from exc
+
+
+@blueprint.post("/v1/chat/completions")
+async def chat_completions() -> Response:
+    chat = parse_chat_request(await json_body())
+    serving = serving_node(chat.params.model)
+    prompt = serving.chat_prompt(list(chat.messages))
+    return await complete(serving, prompt, chat.params, chat=True)
+
+
+@blueprint.post("/v1/completions")
+async def completions() -> Response:
+    text = parse_text_request(await json_body())
+    serving = serving_node(text.params.model)
+    prompt = serving.tokenizer.encode(text.prompt)
+    return await complete(serving, prompt, text.params, chat=False)
+
+
+@blueprint.get("/v1/models")
+async def models() -> dict[str, Any]:
+    serving = node()
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": serving.model_id,
+                "object": "model",
+                "created": int(serving.started_at),
+                "owned_by": "exoquic",
+            }
+        ],
+    }
+
+
+def serving_node(model: str) -> Node:
+    serving = node()
+    if not serving.serves(model):
+        raise APIError(
+            404,
+            f"the model '{model}' does not exist or is not loaded; this node serves "
+            f"'{serving.model_id}' (see GET /v1/models)",
+            param="model",
+            code="model_not_found",
+        )
+    return serving
+
+
+async def complete(
+    serving: Node, prompt: list[int], params: CompletionParams, *, chat: bool
+) -> Response:
+    try:
+        serving.check_fits(len(prompt))
+    except RequestError as exc:
+        raise APIError(
+            400, str(exc), param="messages" if chat else "prompt", code=exc.code
+        ) from exc
+    generation = GenerationRequest(
+        request_id=new_request_id(),
+        prompt_tokens=tuple(prompt),
+        sampling=params.sampling,
+        max_tokens=params.max_tokens,
+        stop=params.stop,
+    )
+    shape = ResponseShape(serving.model_id, generation.request_id, chat, len(prompt))
+    if params.stream:
+        events = stream_events(serving, generation, shape, params.include_usage)
+        response = Response(events, content_type="text/event-stream")
+        response.headers["Cache-Control"] = "no-cache"
+        response.timeout = None
+        return response
+    text, completion_tokens, finish = await collect(serving, generation)
+    return Response(
+        json.dumps(shape.whole(text, finish, completion_tokens)),
+        content_type="application/json",
+    )
+
+
+async def collect(serving: Node, generation: GenerationRequest) -> tuple[str, int, str | None]:
+    parts: list[str] = []
+    tokens, finish = 0, None
+    async with aclosing(serving.generate(generation)) as chunks:
+        async for chunk in chunks:
+            parts.append(chunk.text)
+            tokens, finish = chunk.token_count, chunk.finish_reason
+    return "".join(parts), tokens, finish
+
+
+async def stream_events(
+    serving: Node, generation: GenerationRequest, shape: ResponseShape, include_usage: bool
+) -> AsyncIterator[bytes]:
+    if shape.chat:
+        yield sse(shape.chunk({"role": "assistant", "content": ""}, None))
+    tokens = 0
+    async with aclosing(serving.generate(generation)) as chunks:
+        async for chunk in chunks:
+            tokens = chunk.token_count
+            if chunk.text:
+                yield sse(shape.chunk({"content": chunk.text}, None, text=chunk.text))
+            if chunk.finish_reason:
+                yield sse(shape.chunk({}, chunk.finish_reason, text=""))
+    if include_usage:
+        yield sse(shape.usage_chunk(tokens))
+    yield b"data: [DONE]\n\n"
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
+
+
+class ResponseShape:
+    """Builds the JSON objects of a chat or text completion response."""
+
+    def __init__(self, model: str, request_id: str, chat: bool, prompt_tokens: int) -> None:
+        self.model = model
+        self.id = ("chatcmpl-" if chat else "cmpl-") + request_id
+        self.chat = chat
+        self.prompt_tokens = prompt_tokens
+        self.created = int(time.time())
+
+    def _envelope(self, stream: bool) -> dict[str, Any]:
+        kind = "chat.completion" if self.chat else "text_completion"
+        return {
+            "id": self.id,
+            "object": kind + ".chunk" if stream and self.chat else kind,
+            "created": self.created,
+            "model": self.model,
+        }
+
+    def usage(self, completion_tokens: int) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": self.prompt_tokens + completion_tokens,
+        }
+
+    def whole(self, text: str, finish: str | None, completion_tokens: int) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+        if self.chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        return {
+            **self._envelope(stream=False),
+            "choices": [choice],
+            "usage": self.usage(completion_tokens),
+        }
+
+    def chunk(self, delta: dict[str, str], finish: str | None, text: str = "") -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+        if self.chat:
+            choice["delta"] = delta
+        else:
+            choice["text"] = text
+        return {**self._envelope(stream=True), "choices": [choice]}
+
+    def usage_chunk(self, completion_tokens: int) -> dict[str, Any]:
+        return {
+            **self._envelope(stream=True),
+            "choices": [],
+            "usage": self.usage(completion_tokens),
+        }

@@ -1,0 +1,214 @@
+"""Validating OpenAI request bodies into plain dataclasses (pure, no I/O).
+
+Every field the API accepts is checked for type and range here, and a field we
+cannot honour is refused rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from exoquic.api.errors import invalid
+from exoquic.engines.sampling import SamplingParams
+
+ROLES = ("system", "user", "assistant", "developer")
+MAX_STOPS = 4
+# Parameters clients commonly send with their default values; anything else is refused.
+NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "logprobs": False,
+    "n": 1,
+}
+IGNORED = {"user", "metadata", "store", "parallel_tool_calls", "service_tier"}
+
+
+@dataclass(frozen=True)
+class CompletionParams:
+    """What chat and text completions share."""
+
+    model: str
+    sampling: SamplingParams
+    max_tokens: int | None
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: tuple[dict[str, str], ...]
+    params: CompletionParams
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    prompt: str
+    params: CompletionParams
+
+
+def parse_chat_request(body: Any) -> ChatRequest:
+    obj = _object(body)
+    known = {"messages", "max_completion_tokens"}
+    _reject_unknown(obj, known)
+    return ChatRequest(_messages(obj.get("messages")), _common(obj))
+
+
+def parse_text_request(body: Any) -> TextRequest:
+    obj = _object(body)
+    _reject_unknown(obj, {"prompt", "echo", "suffix", "best_of"})
+    prompt = obj.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise invalid("'prompt' must be a string", "prompt")
+    for name, neutral in (("echo", False), ("suffix", None), ("best_of", 1)):
+        if obj.get(name, neutral) != neutral:
+            raise invalid(f"'{name}' is not supported", name)
+    return TextRequest(prompt, _common(obj))
+
+
+COMMON_FIELDS = {
+    "model",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+    "stop",
+    "seed",
+    "stream",
+    "stream_options",
+    *NEUTRAL_DEFAULTS,
+    *IGNORED,
+}
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object")
+    return body
+
+
+def _reject_unknown(obj: dict[str, Any], extra: set[str]) -> None:
+    for name in obj:
+        if name not in COMMON_FIELDS and name not in extra:
+            raise invalid(f"unrecognized request argument supplied: {name}", name)
+    for name, neutral in NEUTRAL_DEFAULTS.items():
+        if name in obj and obj[name] is not None and obj[name] != neutral:
+            raise invalid(f"'{name}' is not supported (only {neutral!r})", name)
+
+
+def _common(obj: dict[str, Any]) -> CompletionParams:
+    model = obj.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid("'model' is required and must be a string", "model")
+    temperature = _number(obj, "temperature", 1.0, 0.0, 2.0)
+    top_p = _number(obj, "top_p", 1.0, 0.0, 1.0)
+    if top_p == 0.0:
+        raise invalid("'top_p' must be greater than 0", "top_p")
+    top_k = _integer(obj, "top_k", 0, 0, 1_000_000)
+    seed = obj.get("seed")
+    if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**63):
+        raise invalid("'seed' must be a non-negative integer", "seed")
+    stream = obj.get("stream", False)
+    if not isinstance(stream, bool) and stream is not None:
+        raise invalid("'stream' must be a boolean", "stream")
+    return CompletionParams(
+        model=model,
+        sampling=SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed),
+        max_tokens=_max_tokens(obj),
+        stop=_stops(obj.get("stop")),
+        stream=bool(stream),
+        include_usage=_include_usage(obj.get("stream_options"), bool(stream)),
+    )
+
+
+def _messages(value: Any) -> tuple[dict[str, str], ...]:
+    if not isinstance(value, list) or not value:
+        raise invalid("'messages' must be a non-empty array", "messages")
+    return tuple(_message(m, i) for i, m in enumerate(value))
+
+
+def _message(value: Any, index: int) -> dict[str, str]:
+    param = f"messages[{index}]"
+    if not isinstance(value, dict):
+        raise invalid(f"{param} must be an object", param)
+    role = value.get("role")
+    if role not in ROLES:
+        raise invalid(f"{param}.role must be one of {', '.join(ROLES)}", f"{param}.role")
+    return {
+        "role": "system" if role == "developer" else role,
+        "content": _content(value.get("content"), f"{param}.content"),
+    }
+
+
+def _content(value: Any, param: str) -> str:
+    """A string, or an array of text parts (the newer OpenAI form)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        texts = []
+        for part in value:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise invalid(f"{param}: only text parts are supported", param)
+            if not isinstance(part.get("text"), str):
+                raise invalid(f"{param}: a text part needs a string 'text'", param)
+            texts.append(part["text"])
+        return "".join(texts)
+    raise invalid(f"{param} must be a string or an array of text parts", param)
+
+
+def _max_tokens(obj: dict[str, Any]) -> int | None:
+    values = [obj[k] for k in ("max_completion_tokens", "max_tokens") if obj.get(k) is not None]
+    if not values:
+        return None
+    for value in values:
+        if not _is_int(value) or value < 1:
+            raise invalid("'max_tokens' must be a positive integer", "max_tokens")
+    return int(min(values))
+
+
+def _stops(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
+        raise invalid("'stop' must be a non-empty string or an array of them", "stop")
+    if len(stops) > MAX_STOPS:
+        raise invalid(f"'stop' takes at most {MAX_STOPS} sequences", "stop")
+    return tuple(stops)
+
+
+def _include_usage(value: Any, stream: bool) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, dict) or not isinstance(value.get("include_usage", False), bool):
+        raise invalid(
+            "'stream_options' must be an object like {\"include_usage\": true}", "stream_options"
+        )
+    if not stream:
+        raise invalid("'stream_options' is only allowed when 'stream' is true", "stream_options")
+    return bool(value.get("include_usage", False))
+
+
+def _number(obj: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
+    value = obj.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise invalid(f"'{name}' must be a number between {low:g} and {high:g}", name)
+    return float(value)
+
+
+def _integer(obj: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = obj.get(name)
+    if value is None:
+        return default
+    if not _is_int(value) or not low <= value <= high:
+        raise invalid(f"'{name}' must be an integer between {low} and {high}", name)
+    return int(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

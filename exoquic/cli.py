@@ -1,0 +1,133 @@
+"""The `exoquic` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from exoquic import __version__
+
+DEFAULT_API_HOST = "127.0.0.1"
+DEFAULT_API_PORT = 52415
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    handler: Handler = args.handler
+    try:
+        sys.exit(handler(args))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="exoquic",
+        description="Run a large language model across the devices you own.",
+    )
+    parser.add_argument("--version", action="version", version=f"exoquic {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    add_up(commands)
+    add_run(commands)
+    return parser
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    from exoquic.models.registry import DEFAULT_MODEL_ID
+
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL_ID,
+        help=f"model id, GGUF file or Hugging Face directory (default: {DEFAULT_MODEL_ID})",
+    )
+    parser.add_argument(
+        "--engine",
+        default="auto",
+        choices=("auto", "tinygrad", "mlx"),
+        help="inference engine (auto: MLX on Apple silicon, tinygrad elsewhere)",
+    )
+    parser.add_argument(
+        "--max-context",
+        type=int,
+        default=2048,
+        metavar="TOKENS",
+        help="longest prompt + reply a request may reach (default: 2048)",
+    )
+
+
+def add_up(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    up = commands.add_parser("up", help="start a node and serve the API")
+    add_model_options(up)
+    up.add_argument(
+        "--api-host",
+        "--host",
+        default=DEFAULT_API_HOST,
+        dest="api_host",
+        help=f"address the HTTP API listens on (default: {DEFAULT_API_HOST})",
+    )
+    up.add_argument(
+        "--api-port",
+        "--port",
+        type=int,
+        default=DEFAULT_API_PORT,
+        dest="api_port",
+        help=f"HTTP API port (default: {DEFAULT_API_PORT})",
+    )
+    up.set_defaults(handler=cmd_up)
+
+
+def add_run(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    run = commands.add_parser("run", help="answer one prompt in the terminal and exit")
+    add_model_options(run)
+    run.add_argument("prompt", help="the user message")
+    run.add_argument("--system", help="system prompt (default: the model's own)")
+    run.add_argument("--max-tokens", type=int, default=256)
+    run.add_argument("--temperature", type=float, default=0.0)
+    run.add_argument("--seed", type=int)
+    run.set_defaults(handler=cmd_run)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    import trio
+
+    from exoquic.orchestration.node import NodeSettings
+    from exoquic.serve import serve_node
+
+    settings = NodeSettings(model=args.model, engine=args.engine, max_context=args.max_context)
+    trio.run(serve_node, settings, args.api_host, args.api_port)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
+    from exoquic.engines.sampling import SamplingParams
+    from exoquic.orchestration.node import NodeSettings
+    from exoquic.serve import answer_once
+
+    settings = NodeSettings(model=args.model, engine=args.engine, max_context=args.max_context)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    messages.append({"role": "user", "content": args.prompt})
+    sampling = SamplingParams(temperature=args.temperature, seed=args.seed)
+    trio.run(answer_once, settings, messages, sampling, args.max_tokens)
+    return 0
+
+
+def setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(rich_tracebacks=True, show_path=verbose)],
+    )
+    for noisy in ("hypercorn.access", "quic", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

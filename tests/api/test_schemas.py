@@ -1,0 +1,108 @@
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from exoquic.api.errors import APIError
+from exoquic.api.schemas import parse_chat_request, parse_text_request
+
+BASE: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def chat(**overrides: Any) -> Any:
+    return parse_chat_request({**BASE, **overrides})
+
+
+def test_defaults_follow_openai() -> None:
+    req = chat()
+    assert req.params.sampling.temperature == 1.0
+    assert req.params.sampling.top_p == 1.0
+    assert req.params.max_tokens is None
+    assert req.params.stop == ()
+    assert not req.params.stream
+
+
+def test_all_supported_fields_are_honoured() -> None:
+    req = chat(
+        temperature=0,
+        top_p=0.5,
+        top_k=5,
+        seed=7,
+        max_tokens=9,
+        stop="x",
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    p = req.params
+    assert (p.sampling.temperature, p.sampling.top_p, p.sampling.top_k, p.sampling.seed) == (
+        0,
+        0.5,
+        5,
+        7,
+    )
+    assert (p.max_tokens, p.stop, p.stream, p.include_usage) == (9, ("x",), True, True)
+
+
+def test_max_completion_tokens_and_max_tokens_take_the_smaller() -> None:
+    assert chat(max_completion_tokens=5, max_tokens=10).params.max_tokens == 5
+
+
+def test_text_parts_are_joined() -> None:
+    req = chat(
+        messages=[
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+            }
+        ]
+    )
+    assert req.messages[0]["content"] == "ab"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "param"),
+    [
+        ({"model": 3}, "model"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": True}, "max_tokens"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": [1]}, "stop"),
+        ({"seed": -1}, "seed"),
+        ({"n": 2}, "n"),
+        ({"stream": "yes"}, "stream"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"tools": []}, "tools"),
+    ],
+)
+def test_bad_fields_name_the_parameter(overrides: dict[str, Any], param: str) -> None:
+    with pytest.raises(APIError) as info:
+        chat(**overrides)
+    assert info.value.status == 400
+    assert info.value.param == param
+
+
+def test_text_request() -> None:
+    assert parse_text_request({"model": "m", "prompt": ["hello"]}).prompt == "hello"
+    with pytest.raises(APIError):
+        parse_text_request({"model": "m", "prompt": 1})
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    )
+)
+def test_any_json_is_accepted_or_refused_with_a_400(body: Any) -> None:
+    for parse in (parse_chat_request, parse_text_request):
+        try:
+            parse(body)
+        except APIError as error:
+            assert error.status == 400
