@@ -1,0 +1,72 @@
+"""Transport settings and the aioquic configurations built from them."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+from aioquic.quic.configuration import QuicConfiguration
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+NODE_ALPN = "exoquic/1"
+"""ALPN of the node protocol: only keys in the trust store (or the exact key dialled)."""
+
+PAIRING_ALPN = "exoquic-pair/1"
+"""ALPN of pairing, the only connections on which an unknown key is accepted."""
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """Knobs of one endpoint. Defaults suit a LAN; tests shrink the timeouts."""
+
+    idle_timeout: float = 5.0
+    """Seconds without hearing from a peer before its connection is dropped."""
+    keepalive_interval: float = 1.0
+    """Seconds between PINGs, so a live but quiet peer never hits the idle timeout."""
+    max_datagram_size: int = 1350
+    """QUIC payload per UDP datagram; 1350 fits common paths without PMTU discovery."""
+    receive_window: int = 1 << 20
+    """Per-stream bytes the peer may send beyond what our reader has consumed."""
+    send_high_water: int = 1 << 20
+    """`send_all` waits while a stream holds this many unacknowledged bytes."""
+    max_frame_size: int = 64 << 20
+    """Largest message frame a message stream accepts (checked before buffering)."""
+    inbox_size: int = 4096
+    """Datagrams queued per connection before more are dropped (UDP semantics)."""
+
+    def __post_init__(self) -> None:
+        if self.keepalive_interval >= self.idle_timeout:
+            raise ValueError("keepalive_interval must be shorter than idle_timeout")
+        if self.receive_window < 2 or self.send_high_water < 1:
+            raise ValueError("windows must be positive")
+
+
+def quic_configuration(
+    private_key: ed25519.Ed25519PrivateKey,
+    certificate: x509.Certificate,
+    config: TransportConfig,
+    *,
+    is_client: bool,
+    alpn_protocols: list[str],
+) -> QuicConfiguration:
+    """An aioquic configuration presenting our certificate on either side.
+
+    The certificate chain is never verified (`CERT_NONE`): certificates are
+    self-signed and trust comes from pinning the raw ed25519 key after the
+    handshake (see `session.py`). No session ticket is configured or stored,
+    so there is no resumption and no 0-RTT.
+    """
+    return QuicConfiguration(
+        alpn_protocols=alpn_protocols,
+        is_client=is_client,
+        idle_timeout=config.idle_timeout,
+        max_datagram_size=config.max_datagram_size,
+        max_stream_data=config.receive_window,
+        # Per-stream credit is what bounds memory; the connection-wide limit
+        # only needs to be large enough not to throttle several streams.
+        max_data=config.receive_window * 16,
+        certificate=certificate,
+        private_key=private_key,
+        verify_mode=ssl.CERT_NONE,
+    )
