@@ -20,23 +20,43 @@ from exoquic.models.errors import ModelLoadError
 from exoquic.models.gguf_file import GGUFFile
 from exoquic.models.quant import quant_kind
 from exoquic.models.shard import Shard
-from exoquic.models.weights import QuantizedTensor, ShardWeights, WeightArray
+from exoquic.models.weights import (
+    EMBED_NAME,
+    HEAD_NAME,
+    NORM_NAME,
+    QuantizedTensor,
+    ShardWeights,
+    WeightArray,
+    shard_tensor_names,
+)
 
 SUPPORTED_ARCHITECTURES = frozenset({"llama"})
 
-# GGUF per-layer tensor name (after `blk.{i}.`) -> Hugging Face name (after `model.layers.{i}.`).
+# Hugging Face per-layer suffix (after `model.layers.{i}.`) -> GGUF suffix (after `blk.{i}.`).
 LAYER_NAMES: dict[str, str] = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
 }
 EMBED, NORM, OUTPUT = "token_embd.weight", "output_norm.weight", "output.weight"
+
+
+def gguf_tensor_name(hf_name: str, tied: bool) -> str:
+    """The GGUF name of the tensor a Hugging Face llama name refers to."""
+    if hf_name == EMBED_NAME:
+        return EMBED
+    if hf_name == NORM_NAME:
+        return NORM
+    if hf_name == HEAD_NAME:
+        return EMBED if tied else OUTPUT
+    _, _, index, suffix = hf_name.split(".", 3)  # model.layers.{i}.{suffix}
+    return f"blk.{index}.{LAYER_NAMES[suffix]}"
 
 
 def config_from_gguf(gf: GGUFFile) -> ModelConfig:
@@ -95,26 +115,13 @@ def load_gguf_shard(path: str | os.PathLike[str], shard: Shard) -> ShardWeights:
         )
     by_gguf_name: dict[str, WeightArray] = {}
     tensors: dict[str, WeightArray] = {}
-    for gguf_name, hf_name in _shard_tensor_names(shard, config.tie_word_embeddings):
+    for hf_name in shard_tensor_names(shard):
+        gguf_name = gguf_tensor_name(hf_name, config.tie_word_embeddings)
         # A tied head on a whole-model shard shares the embedding's array.
         if gguf_name not in by_gguf_name:
             by_gguf_name[gguf_name] = _load_tensor(gf, gguf_name, config)
         tensors[hf_name] = by_gguf_name[gguf_name]
     return ShardWeights(config=config, shard=shard, tensors=tensors)
-
-
-def _shard_tensor_names(shard: Shard, tied: bool) -> list[tuple[str, str]]:
-    """(GGUF name, HF name) of every tensor the shard needs."""
-    names: list[tuple[str, str]] = []
-    if shard.is_first:
-        names.append((EMBED, "model.embed_tokens.weight"))
-    for i in shard.layers():
-        for gguf_suffix, hf_suffix in LAYER_NAMES.items():
-            names.append((f"blk.{i}.{gguf_suffix}", f"model.layers.{i}.{hf_suffix}"))
-    if shard.is_last:
-        names.append((NORM, "model.norm.weight"))
-        names.append((EMBED if tied else OUTPUT, "lm_head.weight"))
-    return names
 
 
 def _load_tensor(gf: GGUFFile, name: str, config: ModelConfig) -> WeightArray:

@@ -45,6 +45,31 @@ class QuantizedTensor:
 
 WeightArray = np.ndarray | QuantizedTensor
 
+EMBED_NAME = "model.embed_tokens.weight"
+NORM_NAME = "model.norm.weight"
+HEAD_NAME = "lm_head.weight"
+# The tensors of layer i are `model.layers.{i}.{suffix}`.
+LAYER_SUFFIXES: tuple[str, ...] = (
+    "input_layernorm.weight",
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "post_attention_layernorm.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+)
+
+
+def shard_tensor_names(shard: Shard) -> list[str]:
+    """The Hugging Face names of every tensor a `ShardWeights` for `shard` holds."""
+    names = [EMBED_NAME] if shard.is_first else []
+    names += [f"model.layers.{i}.{s}" for i in shard.layers() for s in LAYER_SUFFIXES]
+    if shard.is_last:
+        names += [NORM_NAME, HEAD_NAME]
+    return names
+
 
 @dataclass
 class ShardWeights:

