@@ -1,0 +1,212 @@
+"""PeerTable: replay, trust, pairing, rate limit and expiry with explicit time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cbor2
+import pytest
+
+from exoquic.discovery.announcement import encode_announcement
+from exoquic.discovery.peer_table import PeerTable, RateLimits, TokenBucket
+from exoquic.discovery.peers import PeerEventKind
+from exoquic.identity.keys import Identity
+from exoquic.identity.trust import TrustStore
+
+APPEARED, UPDATED, EXPIRED = PeerEventKind.APPEARED, PeerEventKind.UPDATED, PeerEventKind.EXPIRED
+SOURCE = "198.18.0.2"
+
+
+class Sender:
+    """A node producing announcements the way the multicast service does."""
+
+    def __init__(self, identity: Identity | None = None, name: str = "peer") -> None:
+        self.identity = identity or Identity.generate()
+        self.name = name
+        self.instance_id = bytes(range(16))
+        self.sequence = 0
+
+    def next(self, **overrides: object) -> bytes:
+        self.sequence += 1
+        fields: dict[str, object] = {
+            "name": self.name,
+            "port": 52417,
+            "addresses": ["198.18.0.2"],
+            "capabilities": {"engine": "tinygrad"},
+            "instance_id": self.instance_id,
+            "sequence": self.sequence,
+        }
+        fields.update(overrides)
+        return encode_announcement(self.identity, **fields)  # type: ignore[arg-type]
+
+    def restart(self) -> None:
+        self.instance_id = bytes(reversed(self.instance_id))
+        self.sequence = 0
+
+
+@pytest.fixture
+def trust(tmp_path: Path) -> TrustStore:
+    return TrustStore(tmp_path / "trust.json")
+
+
+@pytest.fixture
+def sender(trust: TrustStore) -> Sender:
+    sender = Sender()
+    trust.add(sender.identity.public_key, "peer")
+    return sender
+
+
+def kinds(events: list) -> list[PeerEventKind]:  # type: ignore[type-arg]
+    return [event.kind for event in events]
+
+
+def test_trusted_peer_appears_with_its_details(trust: TrustStore, sender: Sender) -> None:
+    table = PeerTable(trust)
+    [event] = table.receive(sender.next(), SOURCE, now=0.0)
+    assert event.kind is APPEARED
+    peer = event.peer
+    assert peer.node_id == sender.identity.node_id
+    assert peer.public_key == sender.identity.public_key
+    assert (peer.name, peer.port, peer.source) == ("peer", 52417, "multicast")
+    assert peer.addresses == ("198.18.0.2",)
+    assert dict(peer.capabilities) == {"engine": "tinygrad"}
+    assert table.peers() == {peer.node_id: peer}
+
+
+def test_source_address_is_added_when_not_announced(trust: TrustStore, sender: Sender) -> None:
+    [event] = PeerTable(trust).receive(sender.next(addresses=[]), "198.18.0.9", now=0.0)
+    assert event.peer.addresses == ("198.18.0.9",)
+
+
+def test_same_announcement_again_is_silent_and_change_is_an_update(
+    trust: TrustStore, sender: Sender
+) -> None:
+    table = PeerTable(trust)
+    table.receive(sender.next(), SOURCE, now=0.0)
+    assert table.receive(sender.next(), SOURCE, now=1.0) == []
+    [event] = table.receive(sender.next(port=6000), SOURCE, now=2.0)
+    assert (event.kind, event.peer.port) == (UPDATED, 6000)
+
+
+def test_replays_are_dropped(trust: TrustStore, sender: Sender) -> None:
+    table = PeerTable(trust)
+    old = sender.next(port=1111)
+    table.receive(old, SOURCE, now=0.0)
+    table.receive(sender.next(port=2222), SOURCE, now=1.0)
+    assert table.receive(old, SOURCE, now=2.0) == []  # older sequence
+    assert table.receive(sender.next(port=2222), SOURCE, now=2.0) == []
+    current = sender.next(port=2222)
+    table.receive(current, SOURCE, now=3.0)
+    assert table.receive(current, SOURCE, now=3.1) == []  # same sequence
+    assert table.peers()[sender.identity.node_id].port == 2222
+    assert table.statistics().replayed == 2
+
+
+def test_restart_is_accepted_and_old_instance_stays_a_replay(
+    trust: TrustStore, sender: Sender
+) -> None:
+    table = PeerTable(trust)
+    before_restart = sender.next(sequence=100)
+    table.receive(before_restart, SOURCE, now=0.0)
+    sender.restart()
+    [event] = table.receive(sender.next(), SOURCE, now=1.0)  # sequence 1, new instance
+    assert event.kind is UPDATED
+    assert table.receive(before_restart, SOURCE, now=2.0) == []
+    assert table.statistics().replayed == 1
+
+
+def test_peer_expires_and_comes_back_after_a_cut_link(trust: TrustStore, sender: Sender) -> None:
+    table = PeerTable(trust, expire_after=6.0)
+    table.receive(sender.next(), SOURCE, now=0.0)
+    table.receive(sender.next(), SOURCE, now=2.0)
+    assert table.next_expiry() == 8.0
+    assert table.expire(now=7.9) == []
+    [event] = table.expire(now=8.0)
+    assert event.kind is EXPIRED
+    assert table.peers() == {} and table.next_expiry() is None
+    # The same process again (same instance, higher sequence) reappears.
+    assert kinds(table.receive(sender.next(), SOURCE, now=20.0)) == [APPEARED]
+
+
+def test_replay_after_expiry_does_not_revive_the_peer(trust: TrustStore, sender: Sender) -> None:
+    table = PeerTable(trust, expire_after=6.0)
+    captured = sender.next()
+    table.receive(captured, SOURCE, now=0.0)
+    table.expire(now=10.0)
+    assert table.receive(captured, SOURCE, now=11.0) == []
+    assert table.peers() == {}
+
+
+def test_untrusted_keys_are_ignored(trust: TrustStore) -> None:
+    table = PeerTable(trust)
+    assert table.receive(Sender().next(), SOURCE, now=0.0) == []
+    assert table.peers() == {} and table.pairing_candidates() == {}
+    assert table.statistics().untrusted == 1
+
+
+def test_pairing_mode_reports_untrusted_keys_as_candidates_only(trust: TrustStore) -> None:
+    table = PeerTable(trust, pairing=True)
+    stranger = Sender(name="new-laptop")
+    [event] = table.receive(stranger.next(), SOURCE, now=0.0)
+    assert event.kind is PeerEventKind.CANDIDATE
+    assert table.peers() == {}
+    assert list(table.pairing_candidates()) == [stranger.identity.node_id]
+    # Once paired (trusted), the same node becomes a peer.
+    trust.add(stranger.identity.public_key, "new-laptop")
+    assert kinds(table.receive(stranger.next(), SOURCE, now=1.0)) == [APPEARED]
+    assert table.pairing_candidates() == {}
+
+
+def test_revoked_trust_expires_the_peer(trust: TrustStore, sender: Sender) -> None:
+    table = PeerTable(trust)
+    table.receive(sender.next(), SOURCE, now=0.0)
+    trust.remove(sender.identity.node_id)
+    assert kinds(table.receive(sender.next(), SOURCE, now=1.0)) == [EXPIRED]
+
+
+def test_forged_signature_changes_nothing(trust: TrustStore, sender: Sender) -> None:
+    table = PeerTable(trust)
+    table.receive(sender.next(), SOURCE, now=0.0)
+    version, key, body, _signature = cbor2.loads(sender.next(port=9999))
+    forged = cbor2.dumps([version, key, body, bytes(64)])
+    assert table.receive(forged, SOURCE, now=1.0) == []
+    assert table.peers()[sender.identity.node_id].port == 52417
+    assert table.statistics().bad_signature == 1
+
+
+def test_own_announcements_are_ignored(trust: TrustStore, sender: Sender) -> None:
+    table = PeerTable(trust, own_public_key=sender.identity.public_key)
+    assert table.receive(sender.next(), SOURCE, now=0.0) == []
+    assert table.statistics().own == 1
+
+
+def test_rate_limit_applies_per_source_before_verification(
+    trust: TrustStore, sender: Sender
+) -> None:
+    limits = RateLimits(per_source=1.0, per_source_burst=3.0)
+    table = PeerTable(trust, limits=limits)
+    garbage = b"\x00" * 100
+    for _ in range(3):
+        table.receive(garbage, SOURCE, now=0.0)
+    # The flooding source's bucket is empty: even a valid datagram is refused...
+    assert table.receive(sender.next(), SOURCE, now=0.0) == []
+    # ...while another source is unaffected, and the first one recovers with time.
+    assert kinds(table.receive(sender.next(), "198.18.0.3", now=0.0)) == [APPEARED]
+    assert table.receive(sender.next(port=7), SOURCE, now=1.0) != []
+    stats = table.statistics()
+    assert (stats.malformed, stats.rate_limited, stats.accepted) == (3, 1, 2)
+
+
+def test_total_rate_limit_caps_spoofed_sources(trust: TrustStore) -> None:
+    table = PeerTable(trust, limits=RateLimits(total=10.0, total_burst=10.0, max_sources=4))
+    for index in range(50):
+        table.receive(b"\x00", f"198.18.1.{index}", now=0.0)
+    stats = table.statistics()
+    assert (stats.malformed, stats.rate_limited) == (10, 40)
+
+
+def test_token_bucket_refills_at_its_rate() -> None:
+    bucket = TokenBucket.full(rate=2.0, burst=2.0, now=0.0)
+    assert [bucket.take(0.0) for _ in range(3)] == [True, True, False]
+    assert bucket.take(0.5) and not bucket.take(0.5)
+    assert bucket.take(10.0) and bucket.take(10.0) and not bucket.take(10.0)
