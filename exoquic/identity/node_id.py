@@ -19,6 +19,7 @@ ID_SYMBOLS = 16
 ID_BITS = 5 * ID_SYMBOLS
 PUBLIC_KEY_SIZE = 32
 _HASH_LABEL = b"exoquic node id v1\x00"
+MAX_NAME_LENGTH = 64
 
 
 class NodeIdError(ValueError):
@@ -59,6 +60,17 @@ def parse_node_id(text: str) -> str:
             "was expected): a symbol was probably mistyped or two were swapped"
         )
     return _format(value)
+
+
+def is_valid_device_name(name: object) -> bool:
+    """Device names (shown next to node ids, kept in the trust store) are 1-64
+    printable characters without surrounding whitespace."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= MAX_NAME_LENGTH
+        and name.isprintable()
+        and name == name.strip()
+    )
 
 
 def _format(value: int) -> str:

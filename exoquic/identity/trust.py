@@ -22,15 +22,16 @@ from typing import Any
 from exoquic import paths
 from exoquic.identity.files import loose_permissions, write_private_file
 from exoquic.identity.node_id import (
+    MAX_NAME_LENGTH,
     PUBLIC_KEY_SIZE,
     NodeIdError,
+    is_valid_device_name,
     node_id_from_public_key,
     parse_node_id,
 )
 
 TRUST_FILENAME = "trust.json"
 FORMAT_VERSION = 1
-MAX_NAME_LENGTH = 64
 
 
 class TrustStoreError(Exception):
@@ -159,7 +160,7 @@ def _node_id(public_key: bytes) -> str:
 
 
 def _check_name(name: str) -> None:
-    if not 0 < len(name) <= MAX_NAME_LENGTH or not name.isprintable() or name != name.strip():
+    if not is_valid_device_name(name):
         raise ValueError(
             f"a device name is 1-{MAX_NAME_LENGTH} printable characters "
             f"without surrounding spaces, not {name!r}"

@@ -1,0 +1,408 @@
+"""Wire messages: versioned frozen dataclasses, sent as one CBOR map per frame.
+
+On the wire a message is a map holding its fields by name plus two reserved
+keys, `"type"` (text) and `"v"` (its version), e.g.
+
+    {"type": "ping", "v": 1, "nonce": 7}
+
+Decoding is strict: an unknown type, an unsupported version, a missing or
+unknown field, a field of the wrong type or out of range is a
+RemoteProtocolError carrying the error code to close the connection with.
+
+Adding a message: subclass `Message` as a frozen dataclass, set `TYPE`, check
+every field in `__post_init__` with the helpers below (they raise
+LocalProtocolError, which decoding turns into RemoteProtocolError), mark
+numpy fields with `field(metadata=TENSOR)`, decorate with `@register`, and describe it
+in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+from exoquic.identity.node_id import NodeIdError, is_valid_device_name, parse_node_id
+from exoquic.wire import cbor
+from exoquic.wire.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from exoquic.wire.tensors import MAX_TENSOR_ELEMENTS, decode_tensor, encode_tensor
+
+PROTOCOL_VERSION = 1
+"""The node protocol version nodes announce in `Hello` (ALPN `exoquic/1`)."""
+
+MAX_ID_LENGTH = 128
+MAX_REASON_LENGTH = 1024
+MAX_CAPABILITIES = 64
+U32 = (1 << 32) - 1
+U64 = (1 << 64) - 1
+QUIC_ERROR_CODE_MAX = (1 << 62) - 1
+FINISH_REASONS = frozenset({"stop", "length"})
+
+_RESERVED_KEYS = ("type", "v")
+
+
+class Message:
+    """Base of every wire message. Subclasses are frozen dataclasses."""
+
+    TYPE: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+
+
+_M = TypeVar("_M", bound=type[Message])
+_REGISTRY: dict[str, type[Message]] = {}
+
+TENSOR: Mapping[str, Any] = MappingProxyType({"tensor": True})
+"""Field metadata of numpy array fields: `x: np.ndarray = field(metadata=TENSOR)`."""
+
+MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(_REGISTRY)
+"""Every registered message class by its type string (read-only)."""
+
+
+def register(cls: _M) -> _M:
+    """Class decorator: make `cls` known to `decode_message` under `cls.TYPE`."""
+    if not dataclasses.is_dataclass(cls) or not cls.__dataclass_params__.frozen:
+        raise TypeError(f"{cls.__name__} must be a frozen dataclass")
+    if cls.TYPE in _REGISTRY or cls.TYPE in _RESERVED_KEYS:
+        raise ValueError(f"message type {cls.TYPE!r} is already taken")
+    if any(f.name in _RESERVED_KEYS for f in dataclasses.fields(cls)):
+        raise ValueError(f"{cls.__name__} uses a reserved field name")
+    _REGISTRY[cls.TYPE] = cls
+    return cls
+
+
+def encode_message(message: Message, *, bfloat16: bool = False) -> bytes:
+    """The canonical CBOR bytes of `message` (the payload of one frame).
+
+    With `bfloat16`, float32 tensors are sent as bfloat16 (half the bytes;
+    the receiver gets float32 back).
+    """
+    if type(message).TYPE not in _REGISTRY:
+        raise LocalProtocolError(f"{type(message).__name__} is not a registered message")
+    body: dict[str, Any] = {"type": message.TYPE, "v": message.VERSION}
+    for item in dataclasses.fields(message):  # type: ignore[arg-type]
+        value = getattr(message, item.name)
+        if item.metadata.get("tensor"):
+            dtype = "bfloat16" if bfloat16 and value.dtype == np.float32 else None
+            value = encode_tensor(value, dtype)
+        body[item.name] = value
+    return cbor.dumps(body)
+
+
+def decode_message(data: bytes, *, max_tensor_elements: int = MAX_TENSOR_ELEMENTS) -> Message:
+    """Parse and validate one message; RemoteProtocolError for anything invalid."""
+    body = cbor.loads(data)
+    if not isinstance(body, dict):
+        raise RemoteProtocolError("a message must be a CBOR map", ErrorCode.MALFORMED_MESSAGE)
+    type_name, version = body.pop("type", None), body.pop("v", None)
+    cls = _REGISTRY.get(type_name) if isinstance(type_name, str) else None
+    if cls is None:
+        raise RemoteProtocolError(f"unknown message type {type_name!r}", ErrorCode.UNKNOWN_MESSAGE)
+    if not _is_int(version) or version != cls.VERSION:
+        raise RemoteProtocolError(
+            f"{cls.TYPE} version {version!r} is not supported (this node speaks "
+            f"version {cls.VERSION})",
+            ErrorCode.UNSUPPORTED_VERSION,
+        )
+    return _build(cls, body, max_tensor_elements)
+
+
+def _build(cls: type[Message], body: dict[str, Any], max_tensor_elements: int) -> Message:
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown, missing = body.keys() - fields.keys(), fields.keys() - body.keys()
+    if unknown or missing:
+        problems = [f"unknown field {name!r}" for name in sorted(unknown)]
+        problems += [f"missing field {name!r}" for name in sorted(missing)]
+        raise RemoteProtocolError(f"{cls.TYPE}: {', '.join(problems)}", ErrorCode.INVALID_FIELD)
+    for name, spec in fields.items():
+        if spec.metadata.get("tensor"):
+            body[name] = decode_tensor(body[name], max_elements=max_tensor_elements)
+    try:
+        return cls(**body)
+    except LocalProtocolError as exc:
+        # The peer sent what we would have refused to send: its fault.
+        raise RemoteProtocolError(str(exc), exc.error_code) from None
+
+
+# --- field checks (raise LocalProtocolError with INVALID_FIELD) -----------------
+
+
+def check_uint(message: Message, name: str, maximum: int = U64) -> None:
+    value = getattr(message, name)
+    if not _is_int(value) or not 0 <= value <= maximum:
+        raise _invalid(message, name, f"an integer in 0..{maximum}", value)
+    object.__setattr__(message, name, int(value))  # an IntEnum member becomes a plain int
+
+
+def check_text(
+    message: Message, name: str, max_length: int, *, min_length: int = 1, printable: bool = False
+) -> None:
+    value = getattr(message, name)
+    if (
+        not isinstance(value, str)
+        or not min_length <= len(value) <= max_length
+        or (printable and not value.isprintable())
+    ):
+        kind = "printable text" if printable else "text"
+        raise _invalid(message, name, f"{kind} of {min_length}..{max_length} characters", value)
+
+
+def check_bytes(message: Message, name: str, size: int) -> None:
+    value = getattr(message, name)
+    if not isinstance(value, bytes) or len(value) != size:
+        raise _invalid(message, name, f"{size} bytes", value)
+
+
+def check_real(
+    message: Message, name: str, low: float, high: float, *, low_open: bool = False
+) -> None:
+    """A finite number in [low, high] (or (low, high]); stored as float."""
+    value = getattr(message, name)
+    if not (isinstance(value, float) or _is_int(value)) or not math.isfinite(value):
+        raise _invalid(message, name, "a finite number", value)
+    if value < low or value > high or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        raise _invalid(message, name, f"a number in {bracket}{low}, {high}]", value)
+    object.__setattr__(message, name, float(value))  # ints are fine on the wire
+
+
+def check_name(message: Message, name: str) -> None:
+    if not is_valid_device_name(getattr(message, name)):
+        value = getattr(message, name)
+        raise _invalid(message, name, "1-64 printable characters, no outer spaces", value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _invalid(message: Message, name: str, expected: str, value: Any) -> LocalProtocolError:
+    shown = repr(value) if len(repr(value)) <= 80 else f"{type(value).__name__} {repr(value)[:60]}…"
+    return LocalProtocolError(
+        f"{message.TYPE}.{name} must be {expected}, not {shown}", ErrorCode.INVALID_FIELD
+    )
+
+
+# --- node protocol (ALPN exoquic/1) ---------------------------------------------
+
+
+@register
+@dataclass(frozen=True)
+class Hello(Message):
+    """First message on a connection, each way: who I am and what I can do.
+
+    `node_id` must be the id of the key the peer presented in TLS (the
+    transport checks this); `capabilities` is free-form text-keyed data for
+    topology (memory, engine, models...).
+    """
+
+    TYPE = "hello"
+    protocol_version: int
+    node_id: str
+    name: str
+    capabilities: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        check_uint(self, "protocol_version", U32)
+        check_text(self, "node_id", MAX_ID_LENGTH)
+        try:
+            canonical = parse_node_id(self.node_id)
+        except NodeIdError as exc:
+            raise _invalid(self, "node_id", "a node id", self.node_id) from exc
+        if canonical != self.node_id:
+            raise _invalid(self, "node_id", f"in canonical form {canonical!r}", self.node_id)
+        check_name(self, "name")
+        caps = self.capabilities
+        if not isinstance(caps, dict) or len(caps) > MAX_CAPABILITIES:
+            raise _invalid(self, "capabilities", f"a map of at most {MAX_CAPABILITIES}", caps)
+        if not all(isinstance(key, str) and 0 < len(key) <= 64 for key in caps):
+            raise _invalid(self, "capabilities", "a map with short text keys", caps)
+
+
+@register
+@dataclass(frozen=True)
+class Ping(Message):
+    """Asks for a `Pong` with the same nonce (liveness and round-trip time)."""
+
+    TYPE = "ping"
+    nonce: int
+
+    def __post_init__(self) -> None:
+        check_uint(self, "nonce")
+
+
+@register
+@dataclass(frozen=True)
+class Pong(Message):
+    """The answer to `Ping`, echoing its nonce."""
+
+    TYPE = "pong"
+    nonce: int
+
+    def __post_init__(self) -> None:
+        check_uint(self, "nonce")
+
+
+@register
+@dataclass(frozen=True)
+class ErrorMessage(Message):
+    """Tells the peer why something failed before the stream or connection is closed.
+
+    `code` is an `ErrorCode` (or any QUIC application error code).
+    """
+
+    TYPE = "error"
+    code: int
+    reason: str
+
+    def __post_init__(self) -> None:
+        check_uint(self, "code", QUIC_ERROR_CODE_MAX)
+        check_text(self, "reason", MAX_REASON_LENGTH, min_length=0)
+
+
+@register
+@dataclass(frozen=True, eq=False)  # numpy arrays have no single truth value for ==
+class Forward(Message):
+    """Run the next shard on `tensor` for one request.
+
+    `tensor` is int32 token ids `(T,)` for the first shard, else the float
+    hidden state `(T, hidden)` from the previous shard; it covers positions
+    `start_position .. start_position + T - 1` of the request. `plan_version`
+    names the partition the sender used; the sampling fields travel along so
+    that the last shard samples with the request's own parameters.
+    """
+
+    TYPE = "forward"
+    request_id: str
+    plan_version: int
+    start_position: int
+    tensor: np.ndarray = field(metadata=TENSOR)
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    max_tokens: int = 1
+
+    def __post_init__(self) -> None:
+        check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
+        check_uint(self, "plan_version")
+        check_uint(self, "start_position", U32)
+        self._check_tensor()
+        check_real(self, "temperature", 0.0, 2.0)
+        check_real(self, "top_p", 0.0, 1.0, low_open=True)
+        check_uint(self, "top_k", U32)
+        if self.seed is not None:
+            check_uint(self, "seed")
+        check_uint(self, "max_tokens", U32)
+        if self.max_tokens == 0:
+            raise _invalid(self, "max_tokens", "at least 1", 0)
+
+    def _check_tensor(self) -> None:
+        tensor = self.tensor
+        if not isinstance(tensor, np.ndarray):
+            raise _invalid(self, "tensor", "a numpy array", tensor)
+        tokens = tensor.dtype == np.int32 and tensor.ndim == 1
+        hidden = tensor.dtype in (np.float16, np.float32) and tensor.ndim == 2
+        if not (tokens or hidden) or tensor.shape[0] == 0:
+            raise _invalid(
+                self, "tensor", "int32 tokens (T,) or float hidden states (T, hidden), T > 0",
+                f"{tensor.dtype} array of shape {tensor.shape}",
+            )  # fmt: skip
+
+
+@register
+@dataclass(frozen=True)
+class TokenResult(Message):
+    """The token the last shard sampled for a request; `finish_reason` is
+    "stop" or "length" on its final token, else None."""
+
+    TYPE = "token"
+    request_id: str
+    token_id: int
+    finish_reason: str | None
+
+    def __post_init__(self) -> None:
+        check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
+        check_uint(self, "token_id", U32)
+        if self.finish_reason is not None and self.finish_reason not in FINISH_REASONS:
+            raise _invalid(self, "finish_reason", f"null or one of {sorted(FINISH_REASONS)}",
+                           self.finish_reason)  # fmt: skip
+
+
+@register
+@dataclass(frozen=True)
+class Release(Message):
+    """The request is over: free its KV cache (releasing an unknown id is fine)."""
+
+    TYPE = "release"
+    request_id: str
+
+    def __post_init__(self) -> None:
+        check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
+
+
+# --- pairing (ALPN exoquic-pair/1), see exoquic.identity.pairing -----------------
+
+PUBLIC_KEY_SIZE = 32
+SPAKE2_MESSAGE_SIZE = 33  # a side byte and an ed25519 group element
+CONFIRMATION_SIZE = 32  # HMAC-SHA256
+
+
+@register
+@dataclass(frozen=True)
+class PairRequest(Message):
+    """Initiator (who typed the code) -> responder: my key and name."""
+
+    TYPE = "pair_request"
+    public_key: bytes
+    name: str
+
+    def __post_init__(self) -> None:
+        check_bytes(self, "public_key", PUBLIC_KEY_SIZE)
+        check_name(self, "name")
+
+
+@register
+@dataclass(frozen=True)
+class PairResponse(Message):
+    """Responder (who showed the code) -> initiator: my key, name and SPAKE2 message."""
+
+    TYPE = "pair_response"
+    public_key: bytes
+    name: str
+    spake: bytes
+
+    def __post_init__(self) -> None:
+        check_bytes(self, "public_key", PUBLIC_KEY_SIZE)
+        check_name(self, "name")
+        check_bytes(self, "spake", SPAKE2_MESSAGE_SIZE)
+
+
+@register
+@dataclass(frozen=True)
+class PairFinish(Message):
+    """Initiator -> responder: my SPAKE2 message and proof that I know the key."""
+
+    TYPE = "pair_finish"
+    spake: bytes
+    confirm: bytes
+
+    def __post_init__(self) -> None:
+        check_bytes(self, "spake", SPAKE2_MESSAGE_SIZE)
+        check_bytes(self, "confirm", CONFIRMATION_SIZE)
+
+
+@register
+@dataclass(frozen=True)
+class PairConfirm(Message):
+    """Responder -> initiator: proof that I derived the same key. Pairing done."""
+
+    TYPE = "pair_confirm"
+    confirm: bytes
+
+    def __post_init__(self) -> None:
+        check_bytes(self, "confirm", CONFIRMATION_SIZE)

@@ -1,0 +1,254 @@
+from dataclasses import dataclass, fields
+from typing import Any
+
+import cbor2
+import numpy as np
+import pytest
+
+from exoquic.identity.keys import Identity
+from exoquic.wire.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from exoquic.wire.messages import (
+    MESSAGE_TYPES,
+    PROTOCOL_VERSION,
+    ErrorMessage,
+    Forward,
+    Hello,
+    Message,
+    PairConfirm,
+    PairFinish,
+    PairRequest,
+    PairResponse,
+    Ping,
+    Pong,
+    Release,
+    TokenResult,
+    check_uint,
+    decode_message,
+    encode_message,
+    register,
+)
+
+NODE_ID = Identity.generate().node_id
+KEY = bytes(range(32))
+
+
+def examples() -> list[Message]:
+    return [
+        Hello(PROTOCOL_VERSION, NODE_ID, "laptop", {"memory": 16 << 30, "engines": ["mlx"]}),
+        Ping(2**64 - 1),
+        Pong(0),
+        ErrorMessage(ErrorCode.INVALID_FIELD, "bad field"),
+        ErrorMessage(2**62 - 1, ""),
+        Forward("req-1", 3, 0, np.array([1, 2, 3], np.int32)),
+        Forward("req-1", 3, 3, np.ones((2, 576), np.float32), 0.7, 0.9, 40, 2**64 - 1, 256),
+        Forward("req-2", 0, 9, np.ones((1, 8), np.float16), seed=None),
+        TokenResult("req-1", 49151, None),
+        TokenResult("req-1", 2, "stop"),
+        TokenResult("req-1", 2, "length"),
+        Release("req-1"),
+        PairRequest(KEY, "phone"),
+        PairResponse(KEY, "desk", b"A" + bytes(32)),
+        PairFinish(b"B" + bytes(32), bytes(32)),
+        PairConfirm(bytes(32)),
+    ]
+
+
+def same(a: Message, b: Message) -> bool:
+    if type(a) is not type(b):
+        return False
+    for f in fields(a):  # type: ignore[arg-type]
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, np.ndarray):
+            if x.dtype != y.dtype or not np.array_equal(x, y):
+                return False
+        elif x != y or type(x) is not type(y):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("message", examples(), ids=lambda m: type(m).__name__)
+def test_round_trip(message: Message) -> None:
+    data = encode_message(message)
+    decoded = decode_message(data)
+    assert same(decoded, message)
+    assert encode_message(decoded) == data  # canonical: the same bytes again
+
+
+def test_every_registered_type_has_an_example() -> None:
+    covered = {type(m).TYPE for m in examples()}
+    assert covered == set(MESSAGE_TYPES) - {"x-test-echo"}
+
+
+def test_wire_form_is_a_flat_map_with_type_and_version() -> None:
+    assert cbor2.loads(encode_message(Ping(7))) == {"type": "ping", "v": 1, "nonce": 7}
+
+
+def test_forward_tensor_wire_form() -> None:
+    body = cbor2.loads(encode_message(Forward("r", 1, 0, np.array([5, 6], np.int32))))
+    assert body["tensor"] == {"dtype": "int32", "shape": [2], "data": b"\x05\0\0\0\x06\0\0\0"}
+    assert body["seed"] is None and body["temperature"] == 0.0
+
+
+def test_forward_as_bfloat16() -> None:
+    hidden = np.array([[1.0, 2.5, -3.0]], np.float32)
+    data = encode_message(Forward("r", 1, 0, hidden), bfloat16=True)
+    assert cbor2.loads(data)["tensor"]["dtype"] == "bfloat16"
+    decoded = decode_message(data)
+    assert isinstance(decoded, Forward)
+    np.testing.assert_array_equal(decoded.tensor, hidden)
+    # token ids are never rounded
+    tokens = encode_message(Forward("r", 1, 0, np.array([7], np.int32)), bfloat16=True)
+    assert cbor2.loads(tokens)["tensor"]["dtype"] == "int32"
+
+
+def test_integer_sampling_values_become_floats() -> None:
+    message = Forward("r", 1, 0, np.array([1], np.int32), temperature=1, top_p=1)
+    assert isinstance(message.temperature, float) and isinstance(message.top_p, float)
+
+
+def raw(type_name: str, **fields: Any) -> bytes:
+    return cbor2.dumps({"type": type_name, "v": 1, **fields})
+
+
+TOKENS = {"dtype": "int32", "shape": [1], "data": b"\x01\0\0\0"}
+FORWARD = dict(request_id="r", plan_version=1, start_position=0, tensor=TOKENS,
+               temperature=0.0, top_p=1.0, top_k=0, seed=None, max_tokens=1)  # fmt: skip
+
+
+def test_raw_forward_is_valid() -> None:
+    assert isinstance(decode_message(raw("forward", **FORWARD)), Forward)
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "match"),
+    [
+        (cbor2.dumps([1]), ErrorCode.MALFORMED_MESSAGE, "CBOR map"),
+        (b"\xff", ErrorCode.MALFORMED_MESSAGE, "invalid CBOR"),
+        (raw("ping", nonce=1) + b"\0", ErrorCode.MALFORMED_MESSAGE, "after the CBOR item"),
+        (cbor2.dumps({"v": 1, "nonce": 1}), ErrorCode.UNKNOWN_MESSAGE, "None"),
+        (raw("teleport"), ErrorCode.UNKNOWN_MESSAGE, "teleport"),
+        (raw("v"), ErrorCode.UNKNOWN_MESSAGE, "'v'"),
+        (cbor2.dumps({"type": "ping", "v": 2, "nonce": 1}), ErrorCode.UNSUPPORTED_VERSION, "2"),
+        (cbor2.dumps({"type": "ping", "v": 1.0, "nonce": 1}), ErrorCode.UNSUPPORTED_VERSION, "1.0"),
+        (cbor2.dumps({"type": "ping", "v": True, "nonce": 1}), ErrorCode.UNSUPPORTED_VERSION, "True"),
+        (cbor2.dumps({"type": "ping", "nonce": 1}), ErrorCode.UNSUPPORTED_VERSION, "None"),
+        (raw("ping"), ErrorCode.INVALID_FIELD, "missing field 'nonce'"),
+        (raw("ping", nonce=1, extra=2), ErrorCode.INVALID_FIELD, "unknown field 'extra'"),
+        (raw("ping", nonce=-1), ErrorCode.INVALID_FIELD, "ping.nonce"),
+        (raw("ping", nonce=True), ErrorCode.INVALID_FIELD, "ping.nonce"),
+        (raw("ping", nonce=1.0), ErrorCode.INVALID_FIELD, "ping.nonce"),
+        (raw("ping", nonce="1"), ErrorCode.INVALID_FIELD, "ping.nonce"),
+        (raw("error", code=2**62, reason=""), ErrorCode.INVALID_FIELD, "error.code"),
+        (raw("error", code=1, reason="x" * 1025), ErrorCode.INVALID_FIELD, "error.reason"),
+        (raw("release", request_id=""), ErrorCode.INVALID_FIELD, "request_id"),
+        (raw("release", request_id="a\nb"), ErrorCode.INVALID_FIELD, "request_id"),
+        (raw("release", request_id="x" * 129), ErrorCode.INVALID_FIELD, "request_id"),
+        (raw("token", request_id="r", token_id=2**32, finish_reason=None),
+         ErrorCode.INVALID_FIELD, "token_id"),
+        (raw("token", request_id="r", token_id=1, finish_reason="eos"),
+         ErrorCode.INVALID_FIELD, "finish_reason"),
+        (raw("pair_request", public_key=bytes(31), name="x"), ErrorCode.INVALID_FIELD, "32"),
+        (raw("pair_request", public_key=bytes(32), name=" x"), ErrorCode.INVALID_FIELD, "name"),
+        (raw("pair_confirm", confirm="00" * 32), ErrorCode.INVALID_FIELD, "confirm"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)  # fmt: skip
+def test_invalid_messages_are_the_peers_fault(data: bytes, code: ErrorCode, match: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=match) as info:
+        decode_message(data)
+    assert info.value.error_code == code
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"temperature": 2.5}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"temperature": float("inf")}, "temperature"),
+        ({"temperature": True}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"seed": -1}, "seed"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"start_position": 2**32}, "start_position"),
+        ({"plan_version": "1"}, "plan_version"),
+        ({"tensor": {"dtype": "float32", "shape": [3], "data": bytes(12)}}, "tensor"),
+        ({"tensor": {"dtype": "int32", "shape": [1, 1], "data": bytes(4)}}, "tensor"),
+        ({"tensor": {"dtype": "int32", "shape": [0], "data": b""}}, "tensor"),
+        ({"tensor": [1, 2, 3]}, "tensor"),
+    ],
+)
+def test_invalid_forward_fields(changes: dict[str, Any], match: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=match) as info:
+        decode_message(raw("forward", **{**FORWARD, **changes}))
+    assert info.value.error_code == ErrorCode.INVALID_FIELD
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"node_id": "exq-0000"}, "node_id"),
+        ({"node_id": NODE_ID.lower()}, "canonical"),
+        ({"name": ""}, "name"),
+        ({"capabilities": {"": 1}}, "capabilities"),
+        ({"capabilities": {f"k{i}": i for i in range(65)}}, "capabilities"),
+        ({"capabilities": [1]}, "capabilities"),
+        ({"protocol_version": -1}, "protocol_version"),
+    ],
+)
+def test_invalid_hello_fields(changes: dict[str, Any], match: str) -> None:
+    hello = dict(protocol_version=1, node_id=NODE_ID, name="n", capabilities={})
+    with pytest.raises(RemoteProtocolError, match=match):
+        decode_message(raw("hello", **{**hello, **changes}))
+
+
+def test_constructing_an_invalid_message_is_our_bug() -> None:
+    with pytest.raises(LocalProtocolError, match="ping.nonce") as info:
+        Ping(-1)
+    assert info.value.error_code == ErrorCode.INVALID_FIELD
+    with pytest.raises(LocalProtocolError, match="tensor"):
+        Forward("r", 1, 0, np.ones(3, np.float64))
+
+
+def test_tensor_element_cap_is_configurable() -> None:
+    data = encode_message(Forward("r", 1, 0, np.ones((4, 4), np.float32)))
+    with pytest.raises(RemoteProtocolError, match="elements"):
+        decode_message(data, max_tensor_elements=15)
+
+
+@register
+@dataclass(frozen=True)
+class _Echo(Message):
+    TYPE = "x-test-echo"
+    VERSION = 3
+    value: int
+
+    def __post_init__(self) -> None:
+        check_uint(self, "value", 9)
+
+
+def test_adding_a_message_takes_a_dataclass_and_a_decorator() -> None:
+    assert same(decode_message(encode_message(_Echo(4))), _Echo(4))
+    with pytest.raises(RemoteProtocolError, match="version 1 is not supported"):
+        decode_message(raw("x-test-echo", value=4))
+
+
+def test_registry_refuses_clashes_and_mutable_messages() -> None:
+    with pytest.raises(ValueError, match="already taken"):
+        register(dataclass(frozen=True)(type("Dup", (Message,), {"TYPE": "ping"})))
+
+    class Mutable(Message):
+        TYPE = "x-test-mutable"
+
+    with pytest.raises(TypeError, match="frozen"):
+        register(dataclass(Mutable))
+
+
+def test_unregistered_message_cannot_be_sent() -> None:
+    @dataclass(frozen=True)
+    class Stray(Message):
+        TYPE = "x-test-stray"
+
+    with pytest.raises(LocalProtocolError, match="not a registered"):
+        encode_message(Stray())
