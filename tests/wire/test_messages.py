@@ -110,6 +110,10 @@ def raw(type_name: str, **fields: Any) -> bytes:
     return cbor2.dumps({"type": type_name, "v": 1, **fields})
 
 
+def ping_version(version: object) -> bytes:
+    return cbor2.dumps({"type": "ping", "v": version, "nonce": 1})
+
+
 TOKENS = {"dtype": "int32", "shape": [1], "data": b"\x01\0\0\0"}
 FORWARD = dict(request_id="r", plan_version=1, start_position=0, tensor=TOKENS,
                temperature=0.0, top_p=1.0, top_k=0, seed=None, max_tokens=1)  # fmt: skip
@@ -128,10 +132,10 @@ def test_raw_forward_is_valid() -> None:
         (cbor2.dumps({"v": 1, "nonce": 1}), ErrorCode.UNKNOWN_MESSAGE, "None"),
         (raw("teleport"), ErrorCode.UNKNOWN_MESSAGE, "teleport"),
         (raw("v"), ErrorCode.UNKNOWN_MESSAGE, "'v'"),
-        (cbor2.dumps({"type": "ping", "v": 2, "nonce": 1}), ErrorCode.UNSUPPORTED_VERSION, "2"),
-        (cbor2.dumps({"type": "ping", "v": 1.0, "nonce": 1}), ErrorCode.UNSUPPORTED_VERSION, "1.0"),
-        (cbor2.dumps({"type": "ping", "v": True, "nonce": 1}), ErrorCode.UNSUPPORTED_VERSION, "True"),
-        (cbor2.dumps({"type": "ping", "nonce": 1}), ErrorCode.UNSUPPORTED_VERSION, "None"),
+        (ping_version(2), ErrorCode.UNSUPPORTED_VERSION, "version 2"),
+        (ping_version(1.0), ErrorCode.UNSUPPORTED_VERSION, "version 1.0"),
+        (ping_version(True), ErrorCode.UNSUPPORTED_VERSION, "version True"),
+        (cbor2.dumps({"type": "ping", "nonce": 1}), ErrorCode.UNSUPPORTED_VERSION, "version None"),
         (raw("ping"), ErrorCode.INVALID_FIELD, "missing field 'nonce'"),
         (raw("ping", nonce=1, extra=2), ErrorCode.INVALID_FIELD, "unknown field 'extra'"),
         (raw("ping", nonce=-1), ErrorCode.INVALID_FIELD, "ping.nonce"),
@@ -204,7 +208,7 @@ def test_invalid_hello_fields(changes: dict[str, Any], match: str) -> None:
 
 
 def test_constructing_an_invalid_message_is_our_bug() -> None:
-    with pytest.raises(LocalProtocolError, match="ping.nonce") as info:
+    with pytest.raises(LocalProtocolError, match=r"ping\.nonce") as info:
         Ping(-1)
     assert info.value.error_code == ErrorCode.INVALID_FIELD
     with pytest.raises(LocalProtocolError, match="tensor"):
