@@ -1,0 +1,135 @@
+"""The model cache on disk, in the Hugging Face hub cache layout.
+
+```
+<cache>/models--{org}--{name}/
+    blobs/{etag}              file contents, named by sha256 (LFS) or git blob id
+    blobs/{etag}.incomplete   a download in progress, resumed on the next try
+    snapshots/{commit}/{file} relative symlinks to the blobs
+    refs/{revision}           the commit a branch or tag pointed to when last seen
+    .no_exist/{commit}/{file} marker: the repo has no such file at that commit
+```
+
+Keeping Hugging Face's layout means `huggingface_hub.scan_cache_dir` and the
+`hf cache` command understand our cache, and a user may point
+`EXOQUIC_HF_CACHE` at an existing `~/.cache/huggingface/hub` to reuse it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import scan_cache_dir
+from huggingface_hub.file_download import repo_folder_name
+
+from exoquic import paths
+
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def default_cache_dir() -> Path:
+    """`$EXOQUIC_HF_CACHE`, else `<exoquic home>/models/hub`."""
+    override = os.environ.get("EXOQUIC_HF_CACHE")
+    path = Path(override) if override else paths.models_dir() / "hub"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class RepoCache:
+    """One repository's folder in the cache."""
+
+    cache_dir: Path
+    repo_id: str
+
+    @property
+    def root(self) -> Path:
+        return self.cache_dir / repo_folder_name(repo_id=self.repo_id, repo_type="model")
+
+    def blob(self, etag: str) -> Path:
+        return self.root / "blobs" / etag
+
+    def lock_path(self, etag: str) -> Path:
+        # The lock huggingface_hub itself takes for this blob, so both tools agree.
+        folder = repo_folder_name(repo_id=self.repo_id, repo_type="model")
+        return self.cache_dir / ".locks" / folder / f"{etag}.lock"
+
+    def snapshot(self, commit: str) -> Path:
+        return self.root / "snapshots" / commit
+
+    def resolve(self, revision: str) -> str | None:
+        """The commit `revision` names: itself if a commit hash, else the stored ref."""
+        if COMMIT.match(revision):
+            return revision
+        ref = self.root / "refs" / revision
+        return ref.read_text().strip() if ref.is_file() else None
+
+    def write_ref(self, revision: str, commit: str) -> None:
+        if revision == commit:
+            return
+        ref = self.root / "refs" / revision
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ref.with_name(ref.name + ".tmp")
+        tmp.write_text(commit)
+        tmp.replace(ref)
+
+    def link(self, commit: str, filename: str, blob: Path) -> Path:
+        """Publish `blob` as `filename` in the commit's snapshot (a relative symlink)."""
+        pointer = self.snapshot(commit) / filename
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        if pointer.is_symlink() or pointer.exists():
+            pointer.unlink()
+        try:
+            pointer.symlink_to(os.path.relpath(blob, pointer.parent))
+        except OSError:  # a filesystem without symlinks: a copy still works
+            shutil.copyfile(blob, pointer)
+        return pointer
+
+    def mark_absent(self, commit: str, filename: str) -> None:
+        """Remember that the repo has no `filename` at `commit` (for offline checks)."""
+        marker = self.root / ".no_exist" / commit / filename
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+
+    def known_absent(self, commit: str, filename: str) -> bool:
+        return (self.root / ".no_exist" / commit / filename).exists()
+
+    def remove(self) -> bool:
+        """Delete the repository's cached files; False when there were none."""
+        if not self.root.exists():
+            return False
+        shutil.rmtree(self.root)
+        locks = self.cache_dir / ".locks" / self.root.name
+        shutil.rmtree(locks, ignore_errors=True)
+        return True
+
+
+@dataclass(frozen=True)
+class CachedModel:
+    repo_id: str
+    size_on_disk: int
+    files: int
+    revisions: tuple[str, ...]  # commit hashes
+
+
+def cached_models(cache_dir: Path) -> list[CachedModel]:
+    """Every model repository in the cache, with its size on disk."""
+    if not cache_dir.exists():
+        return []
+    info = scan_cache_dir(cache_dir)
+    return sorted(
+        (
+            CachedModel(
+                repo_id=repo.repo_id,
+                size_on_disk=repo.size_on_disk,
+                files=repo.nb_files,
+                revisions=tuple(sorted(r.commit_hash for r in repo.revisions)),
+            )
+            for repo in info.repos
+            if repo.repo_type == "model"
+        ),
+        key=lambda m: m.repo_id,
+    )
