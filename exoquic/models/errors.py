@@ -20,3 +20,7 @@ class UnknownModelError(ModelError, KeyError):
     def __str__(self) -> str:
         # KeyError's str() wraps the message in quotes; show it as written.
         return str(self.args[0]) if self.args else ""
+
+
+class ChatTemplateError(ModelError, ValueError):
+    """A chat template is invalid, or rejected the messages (its `raise_exception`)."""
