@@ -6,8 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import TINY_LAYERS, TINY_REPO
-from fixtures.hub_server import HubServer, run_hub_server
+from fixtures.hub_server import TINY_LAYERS, TINY_REPO, HubServer, run_hub_server
 
 from exoquic.download import (
     DownloadCancelled,
