@@ -28,6 +28,7 @@ AUX_FILES: tuple[str, ...] = (
 )
 
 EMBED_PREFIX = "model.embed_tokens."
+HEAD_PREFIX = "lm_head."
 HEAD_WEIGHT = "lm_head.weight"
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 
@@ -45,6 +46,8 @@ def tensor_needed(name: str, shard: Shard, *, head_is_embedding: bool) -> bool:
         return shard.start_layer <= int(match.group(1)) <= shard.end_layer
     if name.startswith(EMBED_PREFIX):
         return shard.is_first or (shard.is_last and head_is_embedding)
+    if name.startswith(HEAD_PREFIX):  # a stored head unused when tied: skip its file
+        return shard.is_last and not head_is_embedding
     return shard.is_last
 
 
