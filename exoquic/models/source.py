@@ -1,0 +1,85 @@
+"""Where a node's model comes from: a GGUF file or a Hugging Face directory.
+
+`resolve_source` turns what a user typed (`--model`) into a `ModelSource`; the
+source loads the config, a shard's weights and the tokenizer in one format.
+Downloading from the hub is the `download` package's job; it produces a
+Hugging Face directory that resolves like any other.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from exoquic.models.config import ModelConfig
+from exoquic.models.errors import ModelLoadError, UnknownModelError
+from exoquic.models.gguf_loader import load_gguf_shard, read_gguf_config
+from exoquic.models.hf_loader import CONFIG_FILE, load_hf_shard, read_hf_config
+from exoquic.models.registry import MODELS, bundled_gguf_path, find_model
+from exoquic.models.shard import Shard
+from exoquic.models.tokenizer import Tokenizer
+from exoquic.models.weights import ShardWeights
+
+SourceKind = Literal["gguf", "hf"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model's files on this machine: one GGUF file, or a Hugging Face directory."""
+
+    model_id: str
+    kind: SourceKind
+    path: Path
+
+    def load_config(self) -> ModelConfig:
+        if self.kind == "gguf":
+            return read_gguf_config(self.path)
+        return read_hf_config(self.path)
+
+    def load_shard(self, shard: Shard) -> ShardWeights:
+        """Read only `shard`'s weights (blocking: call it from a worker thread)."""
+        if self.kind == "gguf":
+            return load_gguf_shard(self.path, shard)
+        return load_hf_shard(self.path, shard)
+
+    def load_tokenizer(self) -> Tokenizer:
+        if self.kind == "gguf":
+            return Tokenizer.from_gguf(self.path)
+        return Tokenizer.from_hf_dir(self.path)
+
+
+def resolve_source(model_id_or_path: str | os.PathLike[str]) -> ModelSource:
+    """A registry id or alias (bundled weights), a `.gguf` file, or a Hugging Face directory.
+
+    Registry names win over same-named paths in the working directory. Raises
+    UnknownModelError when the name is neither, ModelLoadError when a path is
+    not a usable model.
+    """
+    if isinstance(model_id_or_path, str):
+        entry = find_model(model_id_or_path)
+        if entry is not None:
+            return ModelSource(entry.id, "gguf", bundled_gguf_path(entry.id))
+    path = Path(model_id_or_path).expanduser()
+    if path.is_file():
+        return ModelSource(path.stem, "gguf", path)
+    if path.is_dir():
+        return _directory_source(path)
+    known = ", ".join(e.id for e in MODELS)
+    raise UnknownModelError(
+        f"unknown model {str(model_id_or_path)!r}: not a known model id ({known}), "
+        "GGUF file or Hugging Face directory"
+    )
+
+
+def _directory_source(path: Path) -> ModelSource:
+    if (path / CONFIG_FILE).is_file():
+        return ModelSource(path.name, "hf", path)
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return ModelSource(ggufs[0].stem, "gguf", ggufs[0])
+    raise ModelLoadError(
+        f"{path}: not a model directory (needs {CONFIG_FILE} with safetensors, "
+        f"or a single .gguf file; found {len(ggufs)} .gguf files)"
+    )

@@ -1,0 +1,105 @@
+"""The model registry and resolving `--model` values to model files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from exoquic.models.errors import ModelLoadError, UnknownModelError
+from exoquic.models.gguf_loader import load_gguf_shard
+from exoquic.models.registry import (
+    DEFAULT_MODEL_ID,
+    bundled_gguf_path,
+    canonical_model_id,
+    get_model,
+    list_models,
+    packaged_gguf,
+)
+from exoquic.models.shard import Shard
+from exoquic.models.source import resolve_source
+from exoquic.models.weights import QuantizedTensor
+
+
+def test_default_model_and_aliases() -> None:
+    entry = get_model(DEFAULT_MODEL_ID)
+    assert entry.id == "smollm2-135m-instruct"
+    assert (entry.architecture, entry.num_layers) == ("llama", 30)
+    assert entry.hf_repo == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    for name in ("SmolLM2-135M-Instruct", "smollm2-135M-instruct", entry.hf_repo):
+        assert get_model(name) is entry
+        assert canonical_model_id(name) == entry.id
+    assert canonical_model_id("other-model") == "other-model"
+    assert list_models()[0] is entry
+
+
+def test_unknown_model_lists_known_ids() -> None:
+    with pytest.raises(UnknownModelError) as info:
+        get_model("gpt-17")
+    assert str(info.value) == "unknown model 'gpt-17' (known models: smollm2-135m-instruct)"
+    with pytest.raises(UnknownModelError, match="smollm2-135m-instruct"):
+        resolve_source("gpt-17")
+
+
+def test_bundled_gguf_is_found() -> None:
+    path = bundled_gguf_path()
+    assert path.is_file() and path.suffix == ".gguf"
+    assert path.read_bytes()[:4] == b"GGUF"
+
+
+def test_missing_package_is_a_clear_error() -> None:
+    with pytest.raises(ModelLoadError, match=r"'no-such-dist-exoquic'.* is not installed"):
+        packaged_gguf("no-such-dist-exoquic")
+
+
+def test_size_estimates_match_a_loaded_layer() -> None:
+    entry = get_model(DEFAULT_MODEL_ID)
+    weights = load_gguf_shard(bundled_gguf_path(), Shard(entry.id, 0, 0, entry.num_layers))
+    sizes = {
+        name: (t.blocks.nbytes, t.shape[0] * t.shape[1])
+        if isinstance(t, QuantizedTensor)
+        else (t.nbytes, t.size)
+        for name, t in weights.tensors.items()
+    }
+    embed = sizes.pop("model.embed_tokens.weight")
+    assert embed == (entry.embed_bytes, entry.embed_params)
+    assert sum(b for b, _ in sizes.values()) == entry.bytes_per_layer
+    assert sum(p for _, p in sizes.values()) == entry.params_per_layer
+
+
+def test_resolve_registry_id_and_gguf_paths(smollm2_gguf_path: Path, tmp_path: Path) -> None:
+    by_id = resolve_source("SmolLM2-135M-Instruct")
+    assert (by_id.model_id, by_id.kind, by_id.path) == (DEFAULT_MODEL_ID, "gguf", smollm2_gguf_path)
+    by_file = resolve_source(smollm2_gguf_path)
+    assert (by_file.kind, by_file.path) == ("gguf", smollm2_gguf_path)
+    (tmp_path / "m.gguf").symlink_to(smollm2_gguf_path)
+    by_dir = resolve_source(str(tmp_path))
+    assert (by_dir.model_id, by_dir.kind) == ("m", "gguf")
+    assert by_dir.load_config() == by_id.load_config()
+
+
+def test_resolve_rejects_a_directory_without_a_model(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="not a model directory"):
+        resolve_source(tmp_path)
+
+
+def test_gguf_source_loads_everything() -> None:
+    source = resolve_source(DEFAULT_MODEL_ID)
+    config = source.load_config()
+    shard = Shard(source.model_id, 29, 29, config.num_layers)
+    weights = source.load_shard(shard)
+    assert weights.shard == shard and "lm_head.weight" in weights.tensors
+    assert source.load_tokenizer().vocab_size == config.vocab_size
+
+
+@pytest.mark.slow
+def test_hf_source_matches_gguf_source(hf_model_dir: Path) -> None:
+    hf = resolve_source(hf_model_dir)
+    gguf = resolve_source(DEFAULT_MODEL_ID)
+    assert hf.kind == "hf"
+    assert hf.load_config() == gguf.load_config()
+    shard = Shard("m", 0, 0, 30)
+    text = "Hello 😀"
+    assert hf.load_tokenizer().encode(text) == gguf.load_tokenizer().encode(text)
+    name = "model.embed_tokens.weight"
+    assert (hf.load_shard(shard).dense(name) == gguf.load_shard(shard).dense(name)).all()
