@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import TINY, WeightsFor, weights_factory
+from mlx_tiny import TINY, WeightsFor, weights_factory
 
 from exoquic.engines.base import ContextOverflowError, EngineError, ForwardItem
 from exoquic.engines.mlx.engine import MLXEngine
