@@ -1,0 +1,115 @@
+"""`exoquic models list | download MODEL [--layers START-END] | rm MODEL`."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from exoquic.download.cache import CachedModel, RepoCache, cached_models, default_cache_dir
+from exoquic.download.errors import DownloadError
+from exoquic.download.hub import download_model
+from exoquic.download.progress import terminal_progress
+
+_LAYERS = re.compile(r"^(\d+)-(\d+)$")
+
+
+def add_models_command(commands: argparse._SubParsersAction) -> None:
+    """Register `exoquic models ...` on the CLI's subcommand parsers."""
+    models = commands.add_parser("models", help="list, download and remove models")
+    actions = models.add_subparsers(title="actions", required=True, metavar="ACTION")
+
+    listing = actions.add_parser("list", help="known models and what is cached")
+    listing.set_defaults(handler=cmd_list)
+
+    download = actions.add_parser("download", help="download a model (or some layers)")
+    download.add_argument("model", help="model id from `exoquic models list`, or a hub repo id")
+    download.add_argument(
+        "--layers",
+        type=parse_layers,
+        metavar="START-END",
+        help="only the files these layers need, e.g. 0-15 (default: all layers)",
+    )
+    download.add_argument("--revision", default="main", help="branch, tag or commit")
+    download.set_defaults(handler=cmd_download)
+
+    remove = actions.add_parser("rm", help="delete a model's cached files")
+    remove.add_argument("model", help="model id or hub repo id")
+    remove.set_defaults(handler=cmd_rm)
+
+
+def parse_layers(text: str) -> tuple[int, int]:
+    """`"4-11"` -> (4, 11), both inclusive."""
+    match = _LAYERS.match(text.strip())
+    if not match or int(match.group(1)) > int(match.group(2)):
+        raise argparse.ArgumentTypeError(f"expected START-END with START <= END, got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def hub_repo_for(model: str) -> str:
+    """The hub repository of a registry id or alias; anything else is taken as a repo id."""
+    from exoquic.models.registry import find_model
+
+    entry = find_model(model)
+    return entry.hf_repo if entry is not None else model
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from exoquic.models.registry import list_models
+
+    cached = {m.repo_id: m for m in cached_models(default_cache_dir())}
+    table = Table("model", "name", "layers", "hub repository", "cached")
+    for entry in list_models():
+        table.add_row(
+            entry.id,
+            entry.display_name,
+            str(entry.num_layers),
+            entry.hf_repo,
+            _cached_text(cached.pop(entry.hf_repo, None), bundled=entry.bundled_package),
+        )
+    for repo_id, model in sorted(cached.items()):
+        table.add_row(repo_id, "", "", repo_id, _cached_text(model, bundled=None))
+    console = Console()
+    console.print(table)
+    console.print(f"cache: {default_cache_dir()}")
+    return 0
+
+
+def _cached_text(model: CachedModel | None, bundled: str | None) -> str:
+    parts = [f"bundled GGUF ({bundled})"] if bundled else []
+    if model is not None:
+        parts.append(f"{format_bytes(model.size_on_disk)} in {model.files} files")
+    return ", ".join(parts) or "-"
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    repo_id = hub_repo_for(args.model)
+    try:
+        with terminal_progress(repo_id, Console(stderr=True)) as progress:
+            path = download_model(
+                repo_id, layers=args.layers, revision=args.revision, progress=progress
+            )
+    except DownloadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    repo_id = hub_repo_for(args.model)
+    if RepoCache(default_cache_dir(), repo_id).remove():
+        print(f"removed {repo_id}")
+        return 0
+    print(f"{repo_id} is not cached", file=sys.stderr)
+    return 1
+
+
+def format_bytes(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"

@@ -1,0 +1,73 @@
+"""`exoquic models list | download | rm` against the local hub."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+from fixtures.hub_server import TINY_REPO, HubServer
+
+from exoquic.download.cli import add_models_command, format_bytes, parse_layers
+
+FILE2 = "model-00002-of-00003.safetensors"
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="exoquic")
+    add_models_command(parser.add_subparsers(required=True))
+    args = parser.parse_args(argv)
+    result: int = args.handler(args)
+    return result
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("EXOQUIC_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("EXOQUIC_HF_CACHE", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")  # rich would wrap table cells at 80
+    return tmp_path / "home"
+
+
+def test_download_list_and_remove(
+    hub: HubServer, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["models", "download", TINY_REPO, "--layers", "2-3"]) == 0
+    snapshot = Path(capsys.readouterr().out.strip())
+    assert (snapshot / FILE2).is_file()
+    assert snapshot.is_relative_to(home / "models" / "hub")
+    assert FILE2 in hub.downloaded_files()
+    assert "model-00001-of-00003.safetensors" not in hub.downloaded_files()
+
+    assert run(["models", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert TINY_REPO in listed
+    assert "smollm2-135m-instruct" in listed  # registry entries are listed too
+    assert "KB in 6 files" in listed
+
+    assert run(["models", "rm", TINY_REPO]) == 0
+    assert not snapshot.exists()
+    assert run(["models", "rm", TINY_REPO]) == 1
+
+
+def test_download_failure_is_reported_without_a_traceback(
+    hub: HubServer, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["models", "download", "exoquic-test/missing"]) == 1
+    assert "error: exoquic-test/missing: no such model" in capsys.readouterr().err
+
+
+def test_parse_layers() -> None:
+    assert parse_layers("0-15") == (0, 15)
+    for bad in ("3", "5-2", "a-b", "-1-4"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_layers(bad)
+
+
+def test_format_bytes() -> None:
+    assert [format_bytes(n) for n in (512, 2_500, 3_400_000, 16_100_000_000)] == [
+        "512 B",
+        "2.5 KB",
+        "3.4 MB",
+        "16.1 GB",
+    ]
