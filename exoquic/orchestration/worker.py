@@ -75,6 +75,7 @@ class EngineWorker:
         # engine's state (its caches) must not be left half-updated.
         with trio.CancelScope(shield=True):
             await job.done.wait()
+        await trio.lowlevel.checkpoint_if_cancelled()
         if job.error is not None:
             raise job.error
         return job.result

@@ -1,0 +1,117 @@
+"""The engine worker's scheduling, with a recording stand-in engine (pure logic)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import trio
+
+from exoquic.engines.base import Engine, ForwardItem
+from exoquic.models.shard import Shard
+from exoquic.models.weights import ShardWeights
+from exoquic.orchestration.worker import EngineWorker
+
+
+class RecordingEngine(Engine):
+    """Returns each input plus its request's step count; records every batch."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+        self.steps: dict[str, int] = {}
+        self.threads: set[int] = set()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    @property
+    def shard(self) -> Shard | None:
+        return None
+
+    def load(self, weights: ShardWeights) -> None:
+        pass
+
+    def forward(self, request_id: str, inputs: np.ndarray) -> np.ndarray:
+        return self.forward_batch([ForwardItem(request_id, inputs)])[0]
+
+    def forward_batch(self, items: list[ForwardItem]) -> list[np.ndarray]:
+        self.gate.wait()
+        self.threads.add(threading.get_ident())
+        self.batches.append([item.request_id for item in items])
+        if any(item.inputs.size == 0 for item in items):
+            raise ValueError("empty input")
+        outputs = []
+        for item in items:
+            self.steps[item.request_id] = self.steps.get(item.request_id, 0) + 1
+            outputs.append(item.inputs + self.steps[item.request_id])
+        return outputs
+
+    def cache_length(self, request_id: str) -> int:
+        return self.steps.get(request_id, 0)
+
+    def release(self, request_id: str) -> None:
+        self.steps.pop(request_id, None)
+
+    def active_requests(self) -> int:
+        return len(self.steps)
+
+
+async def test_concurrent_steps_are_batched_and_results_routed() -> None:
+    engine = RecordingEngine()
+    worker = EngineWorker(engine, max_batch=8)
+    results: dict[str, list[int]] = {}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+
+        async def request(name: str, base: int) -> None:
+            out = []
+            for _ in range(3):
+                out.append(int((await worker.forward(name, np.array([base])))[0]))
+            results[name] = out
+
+        engine.gate.clear()  # hold the first batch so the others queue behind it
+        async with trio.open_nursery() as requests:
+            for i in range(4):
+                requests.start_soon(request, f"r{i}", 100 * i)
+            await trio.sleep(0.05)
+            engine.gate.set()
+        nursery.cancel_scope.cancel()
+    assert results == {f"r{i}": [100 * i + 1, 100 * i + 2, 100 * i + 3] for i in range(4)}
+    assert worker.statistics().largest_batch >= 3
+    assert len(engine.threads) >= 1
+
+
+async def test_engine_error_reaches_the_caller_and_worker_keeps_going() -> None:
+    engine = RecordingEngine()
+    worker = EngineWorker(engine)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        with pytest.raises(ValueError, match="empty input"):
+            await worker.forward("bad", np.array([], dtype=np.int32))
+        assert int((await worker.forward("good", np.array([1])))[0]) == 2
+        nursery.cancel_scope.cancel()
+
+
+async def open_gate_later(engine: RecordingEngine) -> None:
+    await trio.sleep(0.2)
+    engine.gate.set()
+
+
+async def test_cancelled_caller_does_not_break_the_engine_state() -> None:
+    engine = RecordingEngine()
+    worker = EngineWorker(engine)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        engine.gate.clear()
+        nursery.start_soon(open_gate_later, engine)
+        with trio.move_on_after(0.05) as scope:
+            await worker.forward("r", np.array([0]))
+        # The caller waited for its step to finish (shielded) and then saw the cancel.
+        assert scope.cancelled_caught
+        assert await worker.call(lambda: engine.cache_length("r")) == 1
+        await worker.call(lambda: engine.release("r"))
+        assert engine.active_requests() == 0
+        nursery.cancel_scope.cancel()
