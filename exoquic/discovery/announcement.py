@@ -32,17 +32,16 @@ The receiver rejects replays with (`inst`, `seq`); see `PeerTable`.
 
 from __future__ import annotations
 
-import io
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-import cbor2
-
 from exoquic.identity.keys import Identity, verify_signature
 from exoquic.identity.node_id import node_id_from_public_key
+from exoquic.wire import cbor
+from exoquic.wire.errors import LocalProtocolError, RemoteProtocolError
 
 PROTOCOL_VERSION = 1
 # One unfragmented datagram on any IPv6 path (minimum MTU 1280 minus headers).
@@ -117,9 +116,12 @@ def encode_announcement(
     }
     # Validate with the receiver's own rules, so we never send what peers drop.
     _parse_body(body, identity.public_key)
-    body_bytes = cbor2.dumps(body, canonical=True)
+    try:
+        body_bytes = cbor.dumps(body)  # canonical: the bytes we sign are well defined
+    except LocalProtocolError as exc:
+        raise ValueError(f"cannot encode announcement: {exc}") from None
     signature = identity.sign(signed_bytes(PROTOCOL_VERSION, identity.public_key, body_bytes))
-    data = cbor2.dumps([PROTOCOL_VERSION, identity.public_key, body_bytes, signature])
+    data = cbor.dumps([PROTOCOL_VERSION, identity.public_key, body_bytes, signature])
     if len(data) > MAX_ANNOUNCEMENT_SIZE:
         raise ValueError(
             f"announcement is {len(data)} bytes, over the {MAX_ANNOUNCEMENT_SIZE} byte limit: "
@@ -162,24 +164,11 @@ def decode_and_verify(data: bytes) -> Announcement:
 
 
 def _strict_loads(data: bytes) -> Any:
-    """Strict CBOR: definite lengths, no duplicate keys, bounded depth, no trailing bytes.
-
-    Tags and simple values decode to objects the schema checks then refuse.
-    """
-    stream = io.BytesIO(data)
-    decoder = cbor2.CBORDecoder(
-        stream,
-        max_depth=_MAX_CBOR_DEPTH,
-        allow_indefinite=False,
-        allow_duplicate_keys=False,
-    )
+    """Strict CBOR (see `wire.cbor`): plain data only, no tags, no trailing bytes."""
     try:
-        value = decoder.decode()
-    except (cbor2.CBORDecodeError, RecursionError) as exc:
-        raise MalformedAnnouncement(f"invalid CBOR: {exc}") from None
-    if stream.tell() != len(data):
-        raise MalformedAnnouncement(f"{len(data) - stream.tell()} bytes after the CBOR item")
-    return value
+        return cbor.loads(data, max_depth=_MAX_CBOR_DEPTH)
+    except RemoteProtocolError as exc:
+        raise MalformedAnnouncement(str(exc)) from None
 
 
 def _parse_body(body: Any, public_key: bytes) -> Announcement:

@@ -138,9 +138,10 @@ def test_malformed_envelopes(data: bytes, message: str) -> None:
         ({"addrs": ["10.0.0.1"] * 17}, "more than 16 addresses"),
         ({"inst": bytes(15)}, "inst must be 16 bytes"),
         ({"seq": -1}, "seq -1 is outside"),
-        ({"caps": {1: "x"}}, "capability keys must be strings"),
+        ({"caps": {1: "x"}}, "map key must be a text string"),
         ({"caps": {"a": {"b": {"c": {"d": 1}}}}}, "nest deeper"),
-        ({"caps": {"when": cbor2.CBORTag(1, 0)}}, "capability value"),
+        ({"caps": {"when": cbor2.CBORTag(1, 0)}}, "invalid CBOR"),
+        ({"caps": {"big": cbor2.CBORTag(2, b"\x01" * 9)}}, "invalid CBOR"),
     ],
 )
 def test_body_fields_are_checked(change: dict[str, object], message: str) -> None:
@@ -169,3 +170,11 @@ def test_random_bytes_only_raise_documented_errors() -> None:
         data = rng.randbytes(size)
         with pytest.raises((MalformedAnnouncement, UnsupportedVersion, BadSignature)):
             decode_and_verify(data)
+
+
+def test_encoder_refuses_what_receivers_would_drop() -> None:
+    identity = Identity.generate()
+    with pytest.raises(ValueError, match="port 0 is outside"):
+        announce(identity, port=0)
+    with pytest.raises(ValueError, match="cannot encode"):
+        announce(identity, capabilities={"huge": 1 << 70})
