@@ -42,8 +42,11 @@ def used_bytes(model: ModelRequirements, a: Assignment) -> int:
     return a.shard.layer_count * model.bytes_per_layer + fixed
 
 
+Case = tuple[ModelRequirements, list[NodeInfo]]
+
+
 @st.composite
-def clusters(draw: st.DrawFn) -> tuple[ModelRequirements, list[NodeInfo]]:
+def clusters(draw: st.DrawFn) -> Case:
     model = ModelRequirements(
         "m",
         num_layers=draw(st.integers(1, 64)),
@@ -67,7 +70,7 @@ def clusters(draw: st.DrawFn) -> tuple[ModelRequirements, list[NodeInfo]]:
 
 
 @given(clusters())
-def test_layers_once_contiguous_in_ring_order_within_capacity(case) -> None:
+def test_layers_once_contiguous_in_ring_order_within_capacity(case: Case) -> None:
     model, nodes = case
     budget = {n.node_id: n.capabilities.available_memory for n in nodes}
     try:
@@ -85,7 +88,7 @@ def test_layers_once_contiguous_in_ring_order_within_capacity(case) -> None:
 
 
 @given(clusters())
-def test_fails_only_when_total_memory_is_short(case) -> None:
+def test_fails_only_when_total_memory_is_short(case: Case) -> None:
     model, nodes = case
     total = sum(n.capabilities.available_memory for n in nodes)
     try:
@@ -101,11 +104,11 @@ def test_fails_only_when_total_memory_is_short(case) -> None:
 
 
 @given(clusters(), st.randoms(use_true_random=False))
-def test_deterministic_under_permutation(case, rnd: random.Random) -> None:
+def test_deterministic_under_permutation(case: Case, rnd: random.Random) -> None:
     model, nodes = case
     shuffled = list(nodes)
     rnd.shuffle(shuffled)
-    outcomes = []
+    outcomes: list[object] = []
     for order in (nodes, shuffled):
         try:
             outcomes.append(partition(model, order))
@@ -128,7 +131,7 @@ def test_proportional_when_memory_is_ample(data: st.DataObject) -> None:
 
 
 @given(clusters())
-def test_layers_move_only_away_from_full_nodes(case) -> None:
+def test_layers_move_only_away_from_full_nodes(case: Case) -> None:
     model, nodes = case
     budget = {n.node_id: n.capabilities.available_memory for n in nodes}
     try:
