@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from exoquic import __version__
+from exoquic.download.cli import add_models_command
 
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 52415
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     add_up(commands)
     add_run(commands)
+    add_models_command(commands)
     return parser
 
 

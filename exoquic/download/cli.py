@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from exoquic.download.cache import CachedModel
 
-from exoquic.download.cache import CachedModel, RepoCache, cached_models, default_cache_dir
-from exoquic.download.errors import DownloadError
-from exoquic.download.hub import download_model
-from exoquic.download.progress import terminal_progress
+# Command bodies import what they use: registering the commands stays cheap.
 
 _LAYERS = re.compile(r"^(\d+)-(\d+)$")
 
@@ -58,6 +56,10 @@ def hub_repo_for(model: str) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from exoquic.download.cache import cached_models, default_cache_dir
     from exoquic.models.registry import list_models
 
     cached = {m.repo_id: m for m in cached_models(default_cache_dir())}
@@ -86,6 +88,12 @@ def _cached_text(model: CachedModel | None, bundled: str | None) -> str:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from exoquic.download.errors import DownloadError
+    from exoquic.download.hub import download_model
+    from exoquic.download.progress import terminal_progress
+
     repo_id = hub_repo_for(args.model)
     try:
         with terminal_progress(repo_id, Console(stderr=True)) as progress:
@@ -100,6 +108,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
+    from exoquic.download.cache import RepoCache, default_cache_dir
+
     repo_id = hub_repo_for(args.model)
     if RepoCache(default_cache_dir(), repo_id).remove():
         print(f"removed {repo_id}")

@@ -83,3 +83,10 @@ def test_layer_count_of_rejects_bad_configs(config: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="num_hidden_layers"):
         layer_count_of(config)
     assert layer_count_of({"num_hidden_layers": 30}) == 30
+
+
+def test_every_public_name_resolves() -> None:
+    import exoquic.download
+
+    for name in exoquic.download.__all__:
+        assert getattr(exoquic.download, name) is not None
