@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_up(commands)
     add_run(commands)
     add_models_command(commands)
+    add_token(commands)
     return parser
 
 
@@ -82,6 +83,18 @@ def add_up(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         dest="api_port",
         help=f"HTTP API port (default: {DEFAULT_API_PORT})",
     )
+    up.add_argument(
+        "--insecure-api",
+        action="store_true",
+        help="allow an API beyond loopback without an API key",
+    )
+    up.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let this web origin call the API from a browser (repeatable)",
+    )
     up.set_defaults(handler=cmd_up)
 
 
@@ -96,14 +109,39 @@ def add_run(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-
     run.set_defaults(handler=cmd_run)
 
 
+def add_token(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    token = commands.add_parser("token", help="create a new API key for this node")
+    token.set_defaults(handler=cmd_token)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     import trio
 
+    from exoquic.api.security import InsecureBindError, security_for_bind
     from exoquic.orchestration.node import NodeSettings
     from exoquic.serve import serve_node
 
+    try:
+        security = security_for_bind(
+            args.api_host, insecure=args.insecure_api, origins=args.cors_origin
+        )
+    except InsecureBindError as exc:
+        print(f"exoquic: {exc}", file=sys.stderr)
+        return 2
     settings = NodeSettings(model=args.model, engine=args.engine, max_context=args.max_context)
-    trio.run(serve_node, settings, args.api_host, args.api_port)
+    trio.run(serve_node, settings, args.api_host, args.api_port, security)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from exoquic.api.security import create_token, token_path
+
+    token = create_token()
+    print(token)
+    print(
+        f"saved to {token_path()}; clients send it as 'Authorization: Bearer <key>'",
+        file=sys.stderr,
+    )
     return 0
 
 

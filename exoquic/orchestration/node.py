@@ -9,13 +9,16 @@ cache is released when it ends, however it ends (finished, failed, cancelled).
 from __future__ import annotations
 
 import logging
+import platform
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import psutil
 import trio
 
 from exoquic.engines.base import Engine
@@ -59,6 +62,7 @@ class Node:
         self.max_context = max_context
         self.started_at = time.time()
         self._active: set[str] = set()
+        self.node_id = "local"
 
     @property
     def engine(self) -> Engine:
@@ -67,6 +71,24 @@ class Node:
     @property
     def active_requests(self) -> int:
         return len(self._active)
+
+    def topology(self) -> dict[str, Any]:
+        """What `GET /v1/topology` shows: this node alone until it joins a ring."""
+        memory = psutil.virtual_memory()
+        return {
+            "model": self.model_id,
+            "plan_version": None,
+            "nodes": [
+                {
+                    "id": self.node_id,
+                    "name": platform.node(),
+                    "self": True,
+                    "engine": self.engine.name,
+                    "memory": {"total": memory.total, "available": memory.available},
+                    "layers": [0, self.config.num_layers - 1],
+                }
+            ],
+        }
 
     def serves(self, model: str) -> bool:
         """Whether `model` (an id or alias from a request) names the loaded model."""

@@ -1,0 +1,114 @@
+"""Who may call the API: bearer keys, origin checks and DNS-rebinding defence.
+
+The API binds to loopback by default. Beyond loopback it requires an API key
+unless the operator opts out with `--insecure-api`. Browsers get no CORS
+grants except for origins the operator lists: the UI is served by the node
+itself, so it never needs one. A cross-site page that still tries (a "simple"
+POST, or a DNS-rebinding attack that points its own name at 127.0.0.1) is
+refused because its Origin or Host header is not one this node answers to.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from exoquic import paths
+
+API_KEY_ENV = "EXOQUIC_API_KEY"
+TOKEN_FILE = "api_token"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
+
+
+class InsecureBindError(Exception):
+    """Listening beyond loopback without an API key and without --insecure-api."""
+
+
+@dataclass(frozen=True)
+class ApiSecurity:
+    api_key: str | None = None
+    allowed_origins: frozenset[str] = field(default_factory=frozenset)
+    # Host header names accepted; None accepts any (when bound to a public address).
+    allowed_hosts: frozenset[str] | None = None
+
+    def key_matches(self, authorization: str | None) -> bool:
+        if self.api_key is None:
+            return True
+        scheme, _, token = (authorization or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), self.api_key.encode()
+        )
+
+    def host_allowed(self, host_header: str | None) -> bool:
+        if self.allowed_hosts is None:
+            return True
+        return _host_name(host_header or "") in self.allowed_hosts
+
+    def origin_allowed(self, origin: str | None, host_header: str | None) -> bool:
+        """Same-origin requests and listed origins pass; other browsers' pages do not."""
+        if origin is None:
+            return True  # not a browser, or a same-origin GET
+        if origin in self.allowed_origins:
+            return True
+        own = {f"http://{host_header}", f"https://{host_header}"}
+        return origin in own and self.host_allowed(host_header)
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def security_for_bind(
+    host: str, *, insecure: bool, origins: list[str], api_key: str | None = None
+) -> ApiSecurity:
+    """The policy for an API bound to `host` (see the module docstring)."""
+    key = api_key or os.environ.get(API_KEY_ENV) or read_token()
+    allowed_origins = frozenset(o.rstrip("/") for o in origins)
+    if is_loopback(host):
+        return ApiSecurity(key, allowed_origins, frozenset(_host_name(h) for h in LOOPBACK_NAMES))
+    if key is None and not insecure:
+        raise InsecureBindError(
+            f"the API would listen on {host}, beyond this machine, without an API key. "
+            f"Create one with `exoquic token` (or set {API_KEY_ENV}), or pass --insecure-api "
+            "to let anyone on the network use it."
+        )
+    return ApiSecurity(key, allowed_origins, None)
+
+
+def token_path() -> Path:
+    return paths.home() / TOKEN_FILE
+
+
+def read_token() -> str | None:
+    try:
+        return token_path().read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def create_token() -> str:
+    """Make a new API key, store it (mode 0600) and return it."""
+    token = "exq-" + secrets.token_urlsafe(32)
+    path = token_path()
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.replace(tmp, path)
+    return token
+
+
+def _host_name(host_header: str) -> str:
+    """`127.0.0.1:52415` -> `127.0.0.1`; `[::1]:80` -> `[::1]`."""
+    if host_header.startswith("["):
+        return host_header.split("]")[0] + "]"
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
