@@ -6,6 +6,7 @@ identically: given the same logits, parameters and seed, the same token comes ou
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,18 +40,26 @@ class SamplingParams:
 
 
 class Sampler:
-    """Draws tokens for one request; owns that request's random generator."""
+    """Draws the tokens of one request.
+
+    The draw for step n depends only on (seed, n), not on earlier draws, so any
+    node can take over sampling mid-request (after a failure, or when the ring
+    changes) and continue exactly as the old one would have. A request without
+    a seed gets a random one here.
+    """
 
     def __init__(self, params: SamplingParams) -> None:
         self.params = params
-        self._rng = np.random.default_rng(params.seed)
+        self.seed = params.seed if params.seed is not None else secrets.randbits(63)
 
-    def sample(self, logits: np.ndarray) -> int:
+    def sample(self, logits: np.ndarray, step: int) -> int:
+        """The token for generation step `step` (0 for the first generated token)."""
         if self.params.greedy:
             return int(np.argmax(logits))
         probs = candidate_probabilities(logits, self.params)
         token_ids = np.flatnonzero(probs)
-        return int(self._rng.choice(token_ids, p=probs[token_ids]))
+        rng = np.random.default_rng([self.seed, step])
+        return int(rng.choice(token_ids, p=probs[token_ids]))
 
 
 def candidate_probabilities(logits: np.ndarray, params: SamplingParams) -> np.ndarray:

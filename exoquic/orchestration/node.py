@@ -132,7 +132,7 @@ class Node:
         inputs = np.asarray(request.prompt_tokens, dtype=np.int32)
         for produced in range(1, budget + 1):
             logits = await self.worker.forward(request.request_id, inputs)
-            token = sampler.sample(logits)
+            token = sampler.sample(logits, produced - 1)
             if token in end_tokens:
                 yield GenerationChunk(
                     stops.push(text.flush()) + stops.flush(), produced - 1, "stop"

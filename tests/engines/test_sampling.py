@@ -10,12 +10,12 @@ LOGITS = np.array([1.0, 3.0, 2.0, 0.5, 2.9], dtype=np.float32)
 
 
 def test_greedy_takes_argmax() -> None:
-    assert Sampler(SamplingParams()).sample(LOGITS) == 1
+    assert Sampler(SamplingParams()).sample(LOGITS, 0) == 1
 
 
 def test_top_k_one_is_greedy_at_any_temperature() -> None:
     sampler = Sampler(SamplingParams(temperature=1.5, top_k=1, seed=3))
-    assert {sampler.sample(LOGITS) for _ in range(50)} == {1}
+    assert {sampler.sample(LOGITS, step) for step in range(50)} == {1}
 
 
 def test_top_p_keeps_smallest_prefix_reaching_mass() -> None:
@@ -29,11 +29,26 @@ def test_same_seed_same_draws_and_other_seed_differs() -> None:
     logits = np.linspace(0, 1, 1000, dtype=np.float32)
     params = SamplingParams(temperature=1.0, seed=42)
     first, second = Sampler(params), Sampler(params)
-    draws_a = [first.sample(logits) for _ in range(20)]
-    draws_b = [second.sample(logits) for _ in range(20)]
+    draws_a = [first.sample(logits, step) for step in range(20)]
+    draws_b = [second.sample(logits, step) for step in range(20)]
     other = Sampler(SamplingParams(temperature=1.0, seed=43))
     assert draws_a == draws_b
-    assert [other.sample(logits) for _ in range(20)] != draws_a
+    assert len(set(draws_a)) > 1  # steps draw independently
+    assert [other.sample(logits, step) for step in range(20)] != draws_a
+
+
+def test_a_step_can_be_redrawn_anywhere_without_history() -> None:
+    """What lets another node resume sampling after a failure."""
+    logits = np.linspace(0, 1, 1000, dtype=np.float32)
+    params = SamplingParams(temperature=1.0, seed=9)
+    continuous = [Sampler(params).sample(logits, step) for step in range(10)]
+    resumed = Sampler(params).sample(logits, 7)
+    assert resumed == continuous[7]
+
+
+def test_unseeded_requests_get_their_own_seed() -> None:
+    params = SamplingParams(temperature=1.0)
+    assert Sampler(params).seed != Sampler(params).seed
 
 
 def test_temperature_sharpens_distribution() -> None:
