@@ -34,6 +34,7 @@ from huggingface_hub import HfApi, constants, hf_hub_url
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
+    OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -75,6 +76,8 @@ class HubSettings:
         # a running node (and tests) change them.
         env_endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
         offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+        # Offline at import time, huggingface_hub refuses every request anyway.
+        offline = offline or constants.is_offline_mode()
         return cls((endpoint or env_endpoint).rstrip("/"), token, offline)
 
 
@@ -331,7 +334,7 @@ def list_repo(repo_id: str, revision: str, settings: HubSettings) -> RepoListing
         ) from e
     except RevisionNotFoundError as e:
         raise DownloadError(f"{repo_id}: no revision {revision!r}") from e
-    except httpx2.TransportError as e:
+    except (httpx2.TransportError, OfflineModeIsEnabled) as e:
         raise _HubUnreachable(str(e) or type(e).__name__) from e
     except HfHubHTTPError as e:
         if e.response.status_code >= 500:

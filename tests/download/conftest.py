@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 from fixtures.hub_server import TINY_REPO, HubServer, build_tiny_repo, run_hub_server
 
@@ -22,6 +23,8 @@ def hub(tiny_repo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubSer
         monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.delenv("HF_TOKEN", raising=False)
+        # huggingface_hub reads HF_HUB_OFFLINE once, at import.
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
         yield server
 
 

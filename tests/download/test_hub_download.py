@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import trio
 from fixtures.hub_server import TINY_LAYERS, TINY_REPO, HubServer, run_hub_server
 
 from exoquic.download import (
@@ -17,6 +18,7 @@ from exoquic.download import (
     cached_shard,
     download_model,
     download_shard,
+    download_shard_async,
 )
 from exoquic.models.shard import Shard
 
@@ -262,3 +264,27 @@ def test_the_default_cache_lives_under_exoquic_home(
     snapshot = download_shard(TINY_REPO, shard(2, 3))
 
     assert snapshot.is_relative_to(tmp_path / "home" / "models" / "hub")
+
+
+async def test_download_shard_async_runs_in_a_thread(hub: HubServer, cache_dir: Path) -> None:
+    snapshot = await download_shard_async(TINY_REPO, shard(2, 3), cache_dir)
+    assert (snapshot / FILE2).is_file()
+
+
+async def test_cancelling_the_async_download_stops_its_threads(
+    hub: HubServer, cache_dir: Path
+) -> None:
+    token = trio.lowlevel.current_trio_token()
+    with trio.CancelScope() as scope:
+
+        def cancel_midway(file: str, done: int, total: int) -> None:
+            if file == FILE2 and 0 < done < total:
+                trio.from_thread.run_sync(scope.cancel, trio_token=token)
+
+        await download_shard_async(TINY_REPO, shard(2, 3), cache_dir, progress=cancel_midway)
+    assert scope.cancelled_caught
+    with trio.fail_after(10):  # the abandoned thread notices at its next chunk
+        while any(t.name.startswith("exoquic-download") for t in threading.enumerate()):
+            await trio.sleep(0.05)
+    assert list(cache_dir.rglob("*.incomplete"))
+    assert not list(cache_dir.rglob(f"snapshots/*/{FILE2}"))
