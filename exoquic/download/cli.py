@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 from typing import TYPE_CHECKING
@@ -94,6 +95,8 @@ def cmd_download(args: argparse.Namespace) -> int:
     from exoquic.download.hub import download_model
     from exoquic.download.progress import terminal_progress
 
+    # huggingface_hub's HTTP client logs every request at INFO; the bar says enough.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     repo_id = hub_repo_for(args.model)
     try:
         with terminal_progress(repo_id, Console(stderr=True)) as progress:

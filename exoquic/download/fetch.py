@@ -63,7 +63,7 @@ def fetch_blob(
             return
         partial = blob.with_name(blob.name + ".incomplete")
         for attempt in (1, 2):
-            _transfer(url, partial, remote.size, headers, report)
+            _transfer(url, partial, remote, headers, report)
             if digest_of(partial, remote.is_lfs) == remote.etag:
                 partial.replace(blob)
                 return
@@ -86,19 +86,21 @@ def digest_of(path: Path, is_lfs: bool) -> str:
     return h.hexdigest()
 
 
-def _transfer(url: str, partial: Path, size: int, headers: dict[str, str], report: Report) -> None:
-    """Grow `partial` to `size` bytes, retrying transient failures with Range requests."""
+def _transfer(
+    url: str, partial: Path, remote: RemoteFile, headers: dict[str, str], report: Report
+) -> None:
+    """Grow `partial` to the file's size, retrying transient failures with Range requests."""
     stalled = 0
-    while (have := _size(partial)) < size:
+    while (have := _size(partial)) < remote.size:
         try:
             _get(url, partial, have, headers, report)
         except (httpx2.TransportError, _RetryableStatus) as e:
             stalled = 0 if _size(partial) > have else stalled + 1
             if stalled >= MAX_STALLED_ATTEMPTS:
-                raise DownloadError(f"{url}: download failed {stalled} times: {e}") from e
-            log.info("%s: %s; resuming at byte %d", partial.name, e, _size(partial))
+                raise DownloadError(f"{remote.name}: download failed {stalled} times: {e}") from e
+            log.info("%s: %s; resuming at byte %d", remote.name, e, _size(partial))
             time.sleep(RETRY_DELAY_S * stalled)
-    # A file that grew past `size` fails the hash check and is fetched again.
+    # A file that grew past its size fails the hash check and is fetched again.
 
 
 class _RetryableStatus(Exception):

@@ -19,6 +19,7 @@ from exoquic.download import (
     download_model,
     download_shard,
     download_shard_async,
+    fetch,
 )
 from exoquic.models.shard import Shard
 
@@ -288,3 +289,22 @@ async def test_cancelling_the_async_download_stops_its_threads(
             await trio.sleep(0.05)
     assert list(cache_dir.rglob("*.incomplete"))
     assert not list(cache_dir.rglob(f"snapshots/*/{FILE2}"))
+
+
+def test_transient_errors_are_retried_then_reported(
+    hub: HubServer, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fetch, "RETRY_DELAY_S", 0.0)
+    hub.fail(FILE2, 503, times=2)
+    download_shard(TINY_REPO, shard(2, 3), cache_dir)  # two 503s, then the file
+
+    hub.fail(FILE3, 503, times=fetch.MAX_STALLED_ATTEMPTS)
+    with pytest.raises(DownloadError, match=f"{FILE3}: download failed 5 times: HTTP 503"):
+        download_shard(TINY_REPO, shard(4, 5), cache_dir)
+
+
+def test_a_refused_download_fails_at_once(hub: HubServer, cache_dir: Path) -> None:
+    hub.fail(FILE2, 403)
+    with pytest.raises(DownloadError, match="403"):
+        download_shard(TINY_REPO, shard(2, 3), cache_dir)
+    assert len([e for e in hub.requests(server="cdn") if e.filename == FILE2]) == 1
