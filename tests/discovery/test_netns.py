@@ -10,10 +10,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Line, NodeLauncher
+from discovery_netns import Line, NodeLauncher
 
 pytestmark = pytest.mark.netns
 
@@ -21,7 +22,7 @@ FAST = ("--interval", "0.5", "--fast-interval", "0.25", "--missed", "3")
 FORGE_SCRIPT = Path(__file__).with_name("forge_announcements.py")
 
 
-def appeared(node_id: str) -> object:
+def appeared(node_id: str) -> Callable[[Line], bool]:
     return lambda line: line.get("event") == "appeared" and line["node_id"] == node_id
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from exoquic.discovery.announcement import encode_announcement
 from exoquic.discovery.peer_table import PeerTable, RateLimits, TokenBucket
-from exoquic.discovery.peers import PeerEventKind
+from exoquic.discovery.peers import PeerEvent, PeerEventKind
 from exoquic.identity.keys import Identity
 from exoquic.identity.trust import TrustStore
 
@@ -56,7 +56,7 @@ def sender(trust: TrustStore) -> Sender:
     return sender
 
 
-def kinds(events: list) -> list[PeerEventKind]:  # type: ignore[type-arg]
+def kinds(events: list[PeerEvent]) -> list[PeerEventKind]:
     return [event.kind for event in events]
 
 
