@@ -1,5 +1,5 @@
 """Node ids: a short text form of a node's ed25519 public key that people can
-read aloud and compare, e.g. `exq-7K3M-9QXA-2FHD-W8RB-C`.
+read aloud and compare, e.g. `exq-XGYA-KPPC-6SEY-M6EB-T`.
 
 The id is the first 80 bits of SHA-256 over the key (with a domain label),
 as 16 Crockford base32 symbols in groups of four, then one mod-37 check symbol.
