@@ -120,6 +120,7 @@ class MulticastDiscovery:
         self.instance_id = os.urandom(16)
         self._sequence = 0
         self._interfaces: dict[str, str] = {}
+        self._scanned = False
         self._fast_left = self.settings.fast_count
         self._announce_now = trio.Event()
 
@@ -164,9 +165,10 @@ class MulticastDiscovery:
         if new:
             log.info("multicast discovery on %s", ", ".join(f"{n} ({a})" for n, a in new.items()))
             self._fast_left = self.settings.fast_count  # a new link: be found quickly
-        if not current:
+        if not current and (self._interfaces or not self._scanned):
             log.warning("multicast discovery: no interface with an IPv4 address is up")
         self._interfaces = current
+        self._scanned = True
 
     async def _rescan_loop(self, sock: trio.socket.SocketType) -> None:
         while True:
@@ -227,7 +229,9 @@ class MulticastDiscovery:
         while True:
             deadline = self.table.next_expiry()
             # Whatever arrives while we sleep expires after we wake.
-            await trio.sleep_until(deadline or trio.current_time() + self.table.expire_after)
+            if deadline is None:
+                deadline = trio.current_time() + self.table.expire_after
+            await trio.sleep_until(deadline)
             for event in self.table.expire(trio.current_time()):
                 await events.send(event)
 

@@ -102,7 +102,7 @@ async def read_tailscale_status(
             )
     except FileNotFoundError:
         raise TailscaleError(f"{binary!r} is not installed (not found on PATH)") from None
-    except PermissionError as exc:
+    except OSError as exc:  # not executable, not a program, ...
         raise TailscaleError(f"cannot run {binary!r}: {exc}") from None
     except trio.TooSlowError:
         raise TailscaleError(f"`{' '.join(command)}` did not answer within {timeout} s") from None

@@ -198,6 +198,18 @@ async def test_failing_tailscale_is_a_clear_error(
         await read_tailscale_status(timeout=0.3)
 
 
+async def test_unrunnable_binary_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "tailscale").write_bytes(b"\x7fELF garbage")
+    (bin_dir / "tailscale").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(TailscaleError, match="cannot run 'tailscale'"):
+        await read_tailscale_status()
+
+
 async def test_stopped_backend_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     install_status(tmp_path, status(state="NeedsLogin"), monkeypatch)
     with pytest.raises(TailscaleError, match=r"not connected \(state NeedsLogin\)"):
