@@ -20,6 +20,7 @@ def write_private_file(path: Path, data: bytes, *, replace: bool) -> bool:
     With `replace=False` an existing file wins (returns False and writes
     nothing): two processes creating the same file at once agree on one.
     """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # mkstemp creates the file with mode 0600, so the data is never exposed.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -79,8 +79,11 @@ def load_or_create_identity(home: Path | None = None) -> Identity:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        # If another process created the key meanwhile, its key wins and we load it.
-        write_private_file(path, pem, replace=False)
+        try:
+            # If another process created the key meanwhile, its key wins and we load it.
+            write_private_file(path, pem, replace=False)
+        except OSError as exc:
+            raise IdentityError(f"cannot create identity key {path}: {exc}") from exc
     return _load(path)
 
 

@@ -70,7 +70,8 @@ class FrameDecoder:
         length = self._check_next_length()
         if length is None or len(self._buffer) < HEADER_SIZE + length:
             return None
-        payload = bytes(self._buffer[HEADER_SIZE : HEADER_SIZE + length])
+        with memoryview(self._buffer) as view:  # one copy, not slice-then-bytes
+            payload = bytes(view[HEADER_SIZE : HEADER_SIZE + length])
         del self._buffer[: HEADER_SIZE + length]
         return payload
 

@@ -82,3 +82,15 @@ def test_signatures_verify_only_for_the_right_key_and_data() -> None:
 def test_repr_hides_the_private_key() -> None:
     identity = Identity.generate()
     assert repr(identity) == f"Identity(node_id={identity.node_id!r})"
+
+
+def test_missing_home_is_created(tmp_path: Path) -> None:
+    identity = load_or_create_identity(tmp_path / "new" / "home")
+    assert (tmp_path / "new" / "home" / KEY_FILENAME).exists()
+    assert load_or_create_identity(tmp_path / "new" / "home").node_id == identity.node_id
+
+
+def test_uncreatable_key_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(IdentityError, match="cannot create identity key"):
+        load_or_create_identity(tmp_path / "file")
