@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
-from contextlib import aclosing
 
+import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from exoquic.api.app import create_app
+from exoquic.api.openai_routes import open_generation
 from exoquic.api.security import ApiSecurity
 from exoquic.engines.sampling import SamplingParams
 from exoquic.orchestration.generation import GenerationRequest
@@ -21,13 +23,23 @@ log = logging.getLogger(__name__)
 async def serve_node(
     settings: NodeSettings, host: str, port: int, security: ApiSecurity | None = None
 ) -> None:
+    """Load the model and serve the API and UI until SIGINT or SIGTERM."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     async with open_node(settings) as node:
         config = Config()
-        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        config.bind = [address]
         config.accesslog = None
         config.graceful_timeout = 2.0
-        log.info("serving %s at http://%s:%d (OpenAI API under /v1)", node.model_id, host, port)
-        await serve(create_app(node, security), config)  # type: ignore[arg-type]
+        log.info("serving %s: chat UI at http://%s/, OpenAI API at /v1", node.model_id, address)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+            async def until_signalled() -> None:
+                async for signum in signals:
+                    log.info("%s: shutting down", signal.Signals(signum).name)
+                    return
+
+            app = create_app(node, security)
+            await serve(app, config, shutdown_trigger=until_signalled)
 
 
 async def answer_once(
@@ -43,7 +55,7 @@ async def answer_once(
             sampling=sampling,
             max_tokens=max_tokens,
         )
-        async with aclosing(node.generate(request)) as chunks:
+        async with open_generation(node, request) as chunks:
             async for chunk in chunks:
                 sys.stdout.write(chunk.text)
                 sys.stdout.flush()

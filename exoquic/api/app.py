@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from quart import Response, request, send_from_directory
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from exoquic.api.errors import APIError
 from exoquic.api.openai_routes import blueprint as openai_blueprint
+from exoquic.api.openapi import openapi_document
 from exoquic.api.security import ApiSecurity
 from exoquic.orchestration.node import Node
 
@@ -20,65 +22,84 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 STATIC_DIR = Path(__file__).parent / "static"
-PUBLIC_PATHS = ("/", "/health", "/favicon.ico")
+# Reachable without an API key: the UI's files (it asks for the key itself),
+# liveness, and the API description.
+PUBLIC_PATHS = ("/", "/health", "/openapi.json", "/favicon.ico")
 
 
 def create_app(node: Node, security: ApiSecurity | None = None) -> QuartTrio:
+    """The app serving `node`; `security` defaults to an open loopback-style policy."""
     app = QuartTrio("exoquic", static_folder=None)
     app.config["EXOQUIC_NODE"] = node
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["RESPONSE_TIMEOUT"] = None  # streams last as long as generation does
     app.register_blueprint(openai_blueprint)
     policy = security or ApiSecurity()
+    _add_checks(app, policy)
+    _add_info_routes(app, node)
+    _add_error_handlers(app)
+    return app
 
+
+def _add_checks(app: QuartTrio, policy: ApiSecurity) -> None:
     @app.before_request
     async def check_caller() -> Response | None:
-        host = request.headers.get("Host")
-        if not policy.host_allowed(host):
-            return error_response(
-                APIError(
-                    403,
-                    f"this node does not answer to host {host!r}",
-                    type="permission_error",
-                    code="host_not_allowed",
-                )
-            )
-        origin = request.headers.get("Origin")
-        if not policy.origin_allowed(origin, host):
-            return error_response(
-                APIError(
-                    403,
-                    f"cross-origin requests from {origin} are not allowed (see --cors-origin)",
-                    type="permission_error",
-                    code="origin_not_allowed",
-                )
-            )
-        public = request.path in PUBLIC_PATHS or request.path.startswith("/static/")
-        if not public and not policy.key_matches(request.headers.get("Authorization")):
-            return error_response(
-                APIError(
-                    401,
-                    "a valid API key is required: send 'Authorization: Bearer <key>'",
-                    type="invalid_request_error",
-                    code="invalid_api_key",
-                )
-            )
+        refusal = caller_refusal(policy)
+        if refusal is not None:
+            return error_response(refusal)
+        if request.method == "OPTIONS":
+            return Response("", status=204)  # a CORS preflight from an allowed origin
         return None
 
     @app.after_request
-    async def cors_headers(response: Response) -> Response:
+    async def common_headers(response: Response) -> Response:
         origin = request.headers.get("Origin")
         if origin and origin in policy.allowed_origins:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Max-Age"] = "600"
             response.headers["Vary"] = "Origin"
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        if request.path == "/":
+            # The UI runs only our own script and is never framed by another site.
+            response.headers["Content-Security-Policy"] = (
+                "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+            )
         return response
 
-    @app.route("/v1/<path:_any>", methods=["OPTIONS"])
-    async def preflight(_any: str) -> Response:
-        return Response("", status=204)
 
+def caller_refusal(policy: ApiSecurity) -> APIError | None:
+    """Why the current request may not proceed (see `exoquic.api.security`), or None."""
+    host = request.headers.get("Host")
+    if not policy.host_allowed(host):
+        return APIError(
+            403,
+            f"this node does not answer to host {host!r}",
+            type="permission_error",
+            code="host_not_allowed",
+        )
+    origin = request.headers.get("Origin")
+    if not policy.origin_allowed(origin, host):
+        return APIError(
+            403,
+            f"cross-origin requests from {origin} are not allowed (see --cors-origin)",
+            type="permission_error",
+            code="origin_not_allowed",
+        )
+    public = request.path in PUBLIC_PATHS or request.path.startswith("/static/")
+    preflight = request.method == "OPTIONS"  # browsers never send credentials on these
+    if not (public or preflight) and not policy.key_matches(request.headers.get("Authorization")):
+        return APIError(
+            401,
+            "a valid API key is required: send 'Authorization: Bearer <key>'",
+            code="invalid_api_key",
+        )
+    return None
+
+
+def _add_info_routes(app: QuartTrio, node: Node) -> None:
     @app.get("/")
     async def index() -> Response:
         return await send_from_directory(STATIC_DIR, "index.html")
@@ -89,29 +110,70 @@ def create_app(node: Node, security: ApiSecurity | None = None) -> QuartTrio:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": node.model_id, "active_requests": node.active_requests}
+        return health_report(node)
 
     @app.get("/v1/topology")
     async def topology() -> dict[str, Any]:
         return node.topology()
 
+    @app.get("/openapi.json")
+    async def openapi() -> dict[str, Any]:
+        return openapi_document()
+
+
+def health_report(node: Node) -> dict[str, Any]:
+    """Liveness plus the counters a load test watches for leaks."""
+    return {
+        "status": "ok",
+        "model": node.model_id,
+        "engine": node.engine.name,
+        "active_requests": node.active_requests,
+        # Engines keep one cache per request in a dict; reading its size from
+        # the event loop while the worker thread runs is safe and never blocks.
+        "kv_caches": node.engine.active_requests(),
+        "rss_bytes": psutil.Process().memory_info().rss,
+        "uptime_s": round(time.time() - node.started_at, 1),
+    }
+
+
+def _add_error_handlers(app: QuartTrio) -> None:
     @app.errorhandler(APIError)
     async def api_error(error: APIError) -> Response:
         return error_response(error)
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
-        status = error.code or 500
-        code = error.name.lower().replace(" ", "_")
-        return error_response(APIError(status, error.description or error.name, code=code))
+        return error_response(http_refusal(error))
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(APIError(500, f"internal error: {error}", type="server_error"))
 
-    return app
+
+def http_refusal(error: HTTPException) -> APIError:
+    """Werkzeug's routing and body-size errors, worded the way OpenAI words them."""
+    where = f"{request.method} {request.path}"
+    if isinstance(error, NotFound):
+        return APIError(404, f"Invalid URL ({where})", code="unknown_url")
+    if isinstance(error, MethodNotAllowed):
+        allowed = ", ".join(sorted(set(error.valid_methods or ()) - {"HEAD", "OPTIONS"}))
+        return APIError(
+            405, f"Invalid method ({where}); this URL takes {allowed}", code="method_not_allowed"
+        )
+    if isinstance(error, RequestEntityTooLarge):
+        return APIError(
+            413,
+            f"the request body is larger than {MAX_BODY_BYTES} bytes",
+            code="request_too_large",
+        )
+    status = error.code or 500
+    code = error.name.lower().replace(" ", "_")
+    return APIError(status, error.description or error.name, code=code)
 
 
 def error_response(error: APIError) -> Response:
-    return Response(json.dumps(error.body()), status=error.status, content_type="application/json")
+    response = Response(error.json(), status=error.status, content_type="application/json")
+    if error.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="exoquic"'
+    return response

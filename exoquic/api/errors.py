@@ -1,11 +1,20 @@
-"""Errors in the OpenAI error shape: `{"error": {message, type, param, code}}`."""
+"""Errors in the OpenAI error shape: `{"error": {message, type, param, code}}`.
+
+The official clients pick their exception class from the HTTP status (400
+BadRequestError, 401 AuthenticationError, 404 NotFoundError...) and show
+`message`, so every refusal carries an honest status and a message that says
+what to change.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
 class APIError(Exception):
+    """A refusal sent to the client as an OpenAI-shaped error body."""
+
     def __init__(
         self,
         status: int,
@@ -32,6 +41,10 @@ class APIError(Exception):
             }
         }
 
+    def json(self) -> str:
+        return json.dumps(self.body())
+
 
 def invalid(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    """A 400 for a request the client must change."""
     return APIError(400, message, param=param, code=code)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -12,21 +13,24 @@ from quart import Blueprint, Response, current_app, request
 
 from exoquic.api.errors import APIError
 from exoquic.api.schemas import CompletionParams, parse_chat_request, parse_text_request
-from exoquic.orchestration.generation import GenerationRequest, RequestError
+from exoquic.orchestration.generation import GenerationChunk, GenerationRequest, RequestError
 from exoquic.orchestration.node import Node, new_request_id
 
+log = logging.getLogger(__name__)
 blueprint = Blueprint("openai", __name__)
 
 
 def node() -> Node:
-    return current_app.config["EXOQUIC_NODE"]  # type: ignore[no-any-return]
+    return current_app.config["EXOQUIC_NODE"]
 
 
 async def json_body() -> Any:
     raw = await request.get_data(as_text=False)
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # ValueError covers bad UTF-8 and integers too long to convert; RecursionError
+    # covers nesting deeper than the decoder's stack.
+    except (ValueError, RecursionError) as exc:
         raise APIError(400, f"the request body is not valid JSON: {exc}") from exc
 
 
@@ -42,23 +46,32 @@ async def chat_completions() -> Response:
 async def completions() -> Response:
     text = parse_text_request(await json_body())
     serving = serving_node(text.params.model)
-    prompt = serving.tokenizer.encode(text.prompt)
+    if isinstance(text.prompt, str):
+        prompt = serving.tokenizer.encode(text.prompt)
+    else:
+        prompt = list(text.prompt)
+        if max(prompt) >= serving.tokenizer.vocab_size:
+            raise APIError(400, "'prompt' holds a token id outside the vocabulary", param="prompt")
     return await complete(serving, prompt, text.params, chat=False)
 
 
 @blueprint.get("/v1/models")
 async def models() -> dict[str, Any]:
-    serving = node()
+    return {"object": "list", "data": [model_card(node())]}
+
+
+@blueprint.get("/v1/models/<path:model>")
+async def model(model: str) -> dict[str, Any]:
+    return model_card(serving_node(model))
+
+
+def model_card(serving: Node) -> dict[str, Any]:
     return {
-        "object": "list",
-        "data": [
-            {
-                "id": serving.model_id,
-                "object": "model",
-                "created": int(serving.started_at),
-                "owned_by": "exoquic",
-            }
-        ],
+        "id": serving.model_id,
+        "object": "model",
+        "created": int(serving.started_at),
+        "owned_by": "exoquic",
+        "context_length": serving.max_context,
     }
 
 
@@ -75,15 +88,30 @@ def serving_node(model: str) -> Node:
     return serving
 
 
-async def complete(
-    serving: Node, prompt: list[int], params: CompletionParams, *, chat: bool
-) -> Response:
+def check_room(serving: Node, prompt: list[int], params: CompletionParams, chat: bool) -> None:
+    """Refuse, as OpenAI does, a prompt plus `max_tokens` the context cannot hold."""
+    param = "messages" if chat else "prompt"
+    if not prompt:
+        raise APIError(400, "the prompt is empty", param=param)
     try:
         serving.check_fits(len(prompt))
     except RequestError as exc:
+        raise APIError(400, str(exc), param=param, code=exc.code) from exc
+    if params.max_tokens is not None and len(prompt) + params.max_tokens > serving.max_context:
         raise APIError(
-            400, str(exc), param="messages" if chat else "prompt", code=exc.code
-        ) from exc
+            400,
+            f"this node's context is {serving.max_context} tokens, but {len(prompt)} prompt "
+            f"tokens plus max_tokens {params.max_tokens} ask for "
+            f"{len(prompt) + params.max_tokens}; lower max_tokens or shorten the prompt",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+
+
+async def complete(
+    serving: Node, prompt: list[int], params: CompletionParams, *, chat: bool
+) -> Response:
+    check_room(serving, prompt, params, chat)
     generation = GenerationRequest(
         request_id=new_request_id(),
         prompt_tokens=tuple(prompt),
@@ -96,6 +124,7 @@ async def complete(
         events = stream_events(serving, generation, shape, params.include_usage)
         response = Response(events, content_type="text/event-stream")
         response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Accel-Buffering"] = "no"  # reverse proxies: do not buffer
         response.timeout = None
         return response
     text, completion_tokens, finish = await collect(serving, generation)
@@ -108,7 +137,7 @@ async def complete(
 async def collect(serving: Node, generation: GenerationRequest) -> tuple[str, int, str | None]:
     parts: list[str] = []
     tokens, finish = 0, None
-    async with aclosing(serving.generate(generation)) as chunks:
+    async with open_generation(serving, generation) as chunks:
         async for chunk in chunks:
             parts.append(chunk.text)
             tokens, finish = chunk.token_count, chunk.finish_reason
@@ -118,19 +147,38 @@ async def collect(serving: Node, generation: GenerationRequest) -> tuple[str, in
 async def stream_events(
     serving: Node, generation: GenerationRequest, shape: ResponseShape, include_usage: bool
 ) -> AsyncIterator[bytes]:
+    """The SSE body. A client that disconnects cancels this iterator (quart-trio
+    cancels the request's task on `http.disconnect`), and `aclosing` then frees
+    the request's KV cache at once."""
     if shape.chat:
         yield sse(shape.chunk({"role": "assistant", "content": ""}, None))
     tokens = 0
-    async with aclosing(serving.generate(generation)) as chunks:
-        async for chunk in chunks:
-            tokens = chunk.token_count
-            if chunk.text:
-                yield sse(shape.chunk({"content": chunk.text}, None, text=chunk.text))
-            if chunk.finish_reason:
-                yield sse(shape.chunk({}, chunk.finish_reason, text=""))
-    if include_usage:
-        yield sse(shape.usage_chunk(tokens))
+    try:
+        async with open_generation(serving, generation) as chunks:
+            async for chunk in chunks:
+                tokens = chunk.token_count
+                if chunk.text:
+                    yield sse(shape.chunk({"content": chunk.text}, None, text=chunk.text))
+                if chunk.finish_reason:
+                    yield sse(shape.chunk({}, chunk.finish_reason, text=""))
+    except Exception as exc:
+        # The 200 status is already sent: report the failure the way OpenAI's
+        # stream does, as an error event, and still end the stream cleanly.
+        log.exception("generation %s failed mid-stream", generation.request_id)
+        yield sse(APIError(500, f"generation failed: {exc}", type="server_error").body())
+    else:
+        if include_usage:
+            yield sse(shape.usage_chunk(tokens))
     yield b"data: [DONE]\n\n"
+
+
+def open_generation(
+    serving: Node, generation: GenerationRequest
+) -> aclosing[AsyncGenerator[GenerationChunk, None]]:
+    """`serving.generate(...)` closed on exit, so its KV cache is freed however we leave."""
+    chunks = serving.generate(generation)
+    assert isinstance(chunks, AsyncGenerator)  # typed as an iterator, built as a generator
+    return aclosing(chunks)
 
 
 def sse(payload: dict[str, Any]) -> bytes:

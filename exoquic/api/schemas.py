@@ -22,6 +22,9 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "n": 1,
 }
 IGNORED = {"user", "metadata", "store", "parallel_tool_calls", "service_tier"}
+# Keys the official SDKs echo back on assistant messages; accepted only while empty.
+EMPTY_MESSAGE_FIELDS = ("refusal", "tool_calls", "function_call", "audio", "annotations")
+MAX_PROMPT_ITEMS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -44,29 +47,45 @@ class ChatRequest:
 
 @dataclass(frozen=True)
 class TextRequest:
-    prompt: str
+    prompt: str | tuple[int, ...]  # text, or token ids given by the client
     params: CompletionParams
 
 
 def parse_chat_request(body: Any) -> ChatRequest:
+    """Validate a `POST /v1/chat/completions` body (raises APIError 400)."""
     obj = _object(body)
-    known = {"messages", "max_completion_tokens"}
-    _reject_unknown(obj, known)
+    _reject_unknown(obj, {"messages", "max_completion_tokens", "response_format"})
+    response_format = obj.get("response_format")
+    if response_format is not None and response_format != {"type": "text"}:
+        raise invalid('only \'response_format\': {"type": "text"} is supported', "response_format")
     return ChatRequest(_messages(obj.get("messages")), _common(obj))
 
 
 def parse_text_request(body: Any) -> TextRequest:
+    """Validate a `POST /v1/completions` body (raises APIError 400)."""
     obj = _object(body)
     _reject_unknown(obj, {"prompt", "echo", "suffix", "best_of"})
-    prompt = obj.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise invalid("'prompt' must be a string", "prompt")
     for name, neutral in (("echo", False), ("suffix", None), ("best_of", 1)):
-        if obj.get(name, neutral) != neutral:
+        if obj.get(name, neutral) not in (neutral, None):
             raise invalid(f"'{name}' is not supported", name)
-    return TextRequest(prompt, _common(obj))
+    return TextRequest(_prompt(obj.get("prompt")), _common(obj))
+
+
+def _prompt(value: Any) -> str | tuple[int, ...]:
+    """A string or an array of token ids; a one-element batch of either is unwrapped."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str | list):
+        value = value[0]
+    if isinstance(value, str):
+        return value
+    if (
+        isinstance(value, list)
+        and 0 < len(value) <= MAX_PROMPT_ITEMS
+        and all(_is_int(t) and 0 <= t < 2**31 for t in value)
+    ):
+        return tuple(value)
+    raise invalid(
+        "'prompt' must be a string or an array of token ids (one prompt per request)", "prompt"
+    )
 
 
 COMMON_FIELDS = {
@@ -137,6 +156,12 @@ def _message(value: Any, index: int) -> dict[str, str]:
     role = value.get("role")
     if role not in ROLES:
         raise invalid(f"{param}.role must be one of {', '.join(ROLES)}", f"{param}.role")
+    for key, field_value in value.items():
+        if key in ("role", "content", "name") or (key in EMPTY_MESSAGE_FIELDS and not field_value):
+            continue
+        raise invalid(f"{param}.{key} is not supported", f"{param}.{key}")
+    if "name" in value and not isinstance(value["name"], str):
+        raise invalid(f"{param}.name must be a string", f"{param}.name")
     return {
         "role": "system" if role == "developer" else role,
         "content": _content(value.get("content"), f"{param}.content"),

@@ -13,7 +13,9 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
+import platform
 import secrets
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,10 +32,19 @@ class InsecureBindError(Exception):
 
 @dataclass(frozen=True)
 class ApiSecurity:
+    """The checks every request passes before it reaches a route.
+
+    api_key: required as `Authorization: Bearer <key>` on the API (None: open).
+    allowed_origins: web origins granted CORS, exactly as browsers send them.
+    allowed_hosts: Host header names accepted; None accepts any name.
+    ip_hosts: also accept any IP-literal Host (a DNS-rebinding page always
+        arrives under its own domain name, never under an IP literal).
+    """
+
     api_key: str | None = None
     allowed_origins: frozenset[str] = field(default_factory=frozenset)
-    # Host header names accepted; None accepts any (when bound to a public address).
     allowed_hosts: frozenset[str] | None = None
+    ip_hosts: bool = False
 
     def key_matches(self, authorization: str | None) -> bool:
         if self.api_key is None:
@@ -46,7 +57,8 @@ class ApiSecurity:
     def host_allowed(self, host_header: str | None) -> bool:
         if self.allowed_hosts is None:
             return True
-        return _host_name(host_header or "") in self.allowed_hosts
+        name = _host_name(host_header or "").lower()
+        return name in self.allowed_hosts or (self.ip_hosts and _is_ip(name))
 
     def origin_allowed(self, origin: str | None, host_header: str | None) -> bool:
         """Same-origin requests and listed origins pass; other browsers' pages do not."""
@@ -67,6 +79,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def local_host_names() -> frozenset[str]:
+    """Names this machine answers to without DNS tricks: loopback, its hostname, mDNS."""
+    names = {*LOOPBACK_NAMES}
+    for name in (platform.node(), socket.getfqdn()):
+        if name:
+            names |= {name.lower(), name.lower().split(".")[0] + ".local"}
+    return frozenset(names)
+
+
 def security_for_bind(
     host: str, *, insecure: bool, origins: list[str], api_key: str | None = None
 ) -> ApiSecurity:
@@ -74,14 +95,18 @@ def security_for_bind(
     key = api_key or os.environ.get(API_KEY_ENV) or read_token()
     allowed_origins = frozenset(o.rstrip("/") for o in origins)
     if is_loopback(host):
-        return ApiSecurity(key, allowed_origins, frozenset(_host_name(h) for h in LOOPBACK_NAMES))
-    if key is None and not insecure:
+        return ApiSecurity(key, allowed_origins, frozenset(LOOPBACK_NAMES))
+    if key is not None:
+        # Beyond loopback with a key: the key is the guard, whatever name the caller used.
+        return ApiSecurity(key, allowed_origins, None)
+    if not insecure:
         raise InsecureBindError(
             f"the API would listen on {host}, beyond this machine, without an API key. "
             f"Create one with `exoquic token` (or set {API_KEY_ENV}), or pass --insecure-api "
             "to let anyone on the network use it."
         )
-    return ApiSecurity(key, allowed_origins, None)
+    # Open to the network, but still not to other websites through DNS rebinding.
+    return ApiSecurity(None, allowed_origins, local_host_names(), ip_hosts=True)
 
 
 def token_path() -> Path:
@@ -105,6 +130,14 @@ def create_token() -> str:
         f.write(token + "\n")
     os.replace(tmp, path)
     return token
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _host_name(host_header: str) -> str:

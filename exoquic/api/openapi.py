@@ -1,0 +1,189 @@
+"""The OpenAPI 3.1 description served at `/openapi.json` (hand-written, kept in
+step with `schemas.py` by tests/api/test_openapi.py)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from exoquic import __version__
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+NULLABLE_NUMBER = {"type": ["number", "null"]}
+STOP = {
+    "oneOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 4},
+        {"type": "null"},
+    ],
+    "description": "Up to 4 sequences; generation ends before the first one seen.",
+}
+COMMON_PROPERTIES: dict[str, Any] = {
+    "model": {"type": "string", "description": "A model id or alias from GET /v1/models."},
+    "temperature": {**NULLABLE_NUMBER, "minimum": 0, "maximum": 2, "default": 1},
+    "top_p": {**NULLABLE_NUMBER, "exclusiveMinimum": 0, "maximum": 1, "default": 1},
+    "top_k": {"type": ["integer", "null"], "minimum": 0, "default": 0},
+    "max_tokens": {"type": ["integer", "null"], "minimum": 1},
+    "stop": STOP,
+    "seed": {"type": ["integer", "null"], "minimum": 0},
+    "stream": {"type": ["boolean", "null"], "default": False},
+    "stream_options": {
+        "type": ["object", "null"],
+        "properties": {"include_usage": {"type": "boolean"}},
+        "additionalProperties": False,
+        "description": "Only with stream: true.",
+    },
+    "n": {"const": 1, "description": "Only one choice per request."},
+    "presence_penalty": {"const": 0},
+    "frequency_penalty": {"const": 0},
+    "logprobs": {"const": False},
+    "user": {"description": "Accepted and ignored."},
+    "metadata": {"description": "Accepted and ignored."},
+    "store": {"description": "Accepted and ignored."},
+    "parallel_tool_calls": {"description": "Accepted and ignored."},
+    "service_tier": {"description": "Accepted and ignored."},
+}
+MESSAGE = {
+    "type": "object",
+    "required": ["role", "content"],
+    "properties": {
+        "role": {"enum": ["system", "developer", "user", "assistant"]},
+        "content": {
+            "oneOf": [
+                {"type": "string"},
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "text"],
+                        "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+                    },
+                },
+            ]
+        },
+        "name": {"type": "string"},
+    },
+}
+CHAT_REQUEST = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "additionalProperties": False,
+    "properties": {
+        "messages": {"type": "array", "minItems": 1, "items": _ref("ChatMessage")},
+        "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
+        "response_format": {"const": {"type": "text"}},
+        **COMMON_PROPERTIES,
+    },
+}
+COMPLETION_REQUEST = {
+    "type": "object",
+    "required": ["model", "prompt"],
+    "additionalProperties": False,
+    "properties": {
+        "prompt": {
+            "oneOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+            ]
+        },
+        "echo": {"const": False},
+        "suffix": {"type": "null"},
+        "best_of": {"const": 1},
+        **COMMON_PROPERTIES,
+    },
+}
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERRORS = {
+    "400": _json(_ref("Error"), "Invalid request, or prompt too long for the context"),
+    "401": _json(_ref("Error"), "Missing or wrong API key"),
+    "403": _json(_ref("Error"), "Host or Origin not allowed"),
+    "404": _json(_ref("Error"), "Unknown model or URL"),
+    "413": _json(_ref("Error"), "Request body over 4 MiB"),
+}
+STREAM_OR_JSON = {
+    "description": "A completion, or with stream: true server-sent events ending in `data: [DONE]`",
+    "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {}},
+}
+
+
+def _completion_route(summary: str, request_schema: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref(request_schema)}},
+            },
+            "responses": {"200": STREAM_OR_JSON, **ERRORS},
+        }
+    }
+
+
+def _get_route(summary: str, public: bool = False) -> dict[str, Any]:
+    route: dict[str, Any] = {
+        "summary": summary,
+        "responses": {"200": _json({"type": "object"}, "OK"), **ERRORS},
+    }
+    if public:
+        route["security"] = []
+    return {"get": route}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The API description (a fresh copy per call: callers may change it)."""
+    return copy.deepcopy(_DOCUMENT)
+
+
+_DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "exoquic", "version": __version__},
+    "components": {
+        "schemas": {
+            "ChatCompletionRequest": CHAT_REQUEST,
+            "CompletionRequest": COMPLETION_REQUEST,
+            "ChatMessage": MESSAGE,
+            "Error": ERROR,
+        },
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/v1/chat/completions": _completion_route("Chat completion", "ChatCompletionRequest"),
+        "/v1/completions": _completion_route("Text completion", "CompletionRequest"),
+        "/v1/models": _get_route("The models this node serves"),
+        "/v1/models/{model}": {
+            **_get_route("One model"),
+            "parameters": [
+                {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+        },
+        "/v1/topology": _get_route("The cluster: nodes, layers, downloads"),
+        "/health": _get_route("Liveness, live requests and KV caches, memory", public=True),
+        "/openapi.json": _get_route("This document", public=True),
+    },
+}
