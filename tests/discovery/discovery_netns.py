@@ -64,11 +64,11 @@ class NetnsLan:
             self._add_host(index)
 
     def _add_host(self, index: int) -> None:
-        tag = self.bridge.removeprefix("xqb")
+        tag = self.bridge.removeprefix("xdb")
         host = Host(
-            namespace=f"exoquic-{tag}-{index}",
-            interface=f"xq{tag}n{index}",
-            bridge_port=f"xq{tag}h{index}",
+            namespace=f"exoquic-discovery-{tag}-{index}",
+            interface=f"xd{tag}n{index}",  # interface names have at most 15 characters
+            bridge_port=f"xd{tag}h{index}",
             address=f"{SUBNET_PREFIX}.{index + 1}",
         )
         self.hosts.append(host)  # before creating, so remove() cleans up partial hosts
@@ -110,7 +110,8 @@ def unavailable_reason() -> str | None:
 
 
 def new_lan() -> NetnsLan:
-    return NetnsLan(bridge=f"xqb{os.getpid()}{next(_counter)}")
+    # Fixed-width hex (pids fit 6 digits), so names of two runs never coincide.
+    return NetnsLan(bridge=f"xdb{os.getpid():06x}{next(_counter) % 256:02x}")
 
 
 class NodeProcess:
