@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import cbor2
@@ -210,3 +212,14 @@ def test_token_bucket_refills_at_its_rate() -> None:
     assert [bucket.take(0.0) for _ in range(3)] == [True, True, False]
     assert bucket.take(0.5) and not bucket.take(0.5)
     assert bucket.take(10.0) and bucket.take(10.0) and not bucket.take(10.0)
+
+
+def test_pure_parts_import_no_trio_or_sockets() -> None:
+    code = (
+        "import sys\n"
+        "import exoquic.discovery.announcement, exoquic.discovery.peer_table\n"
+        "print(sorted(m for m in ('trio', 'socket', 'psutil') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
