@@ -1,0 +1,318 @@
+"""The node's UDP endpoint: one socket that both accepts and opens QUIC connections.
+
+Datagrams are demultiplexed by destination connection id. A client Initial
+for an unknown id (at least 1200 bytes, as QUIC requires) starts a new server
+side connection; anything else unknown is dropped. Version negotiation and
+stateless retry are not implemented: every exoquic node speaks QUIC v1/v2.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+import trio
+from aioquic.buffer import Buffer
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
+from aioquic.quic.packet import QuicPacketType, QuicProtocolVersion, pull_quic_header
+
+from exoquic.identity.certs import make_certificate
+from exoquic.identity.keys import Identity
+from exoquic.transport.config import NODE_ALPN, PAIRING_ALPN, TransportConfig, quic_configuration
+from exoquic.transport.connection import Connection, StreamHandler
+from exoquic.transport.errors import ErrorCode
+from exoquic.transport.quic import ExoQuicConnection
+from exoquic.transport.session import (
+    Authorizer,
+    NetworkAddress,
+    Session,
+    accept_pairing,
+    pin_key,
+    pin_trust_store,
+)
+
+logger = logging.getLogger(__name__)
+
+_RECEIVE_BATCH = 64  # datagrams read per wakeup before yielding to other tasks
+_SOCKET_BUFFER = 4 << 20
+_CID_LENGTH = 8  # aioquic's default QuicConfiguration.connection_id_length
+_SUPPORTED_VERSIONS = frozenset({QuicProtocolVersion.VERSION_1, QuicProtocolVersion.VERSION_2})
+_SHUTDOWN_GRACE = 0.5  # seconds to let CONNECTION_CLOSE frames leave on exit
+
+
+class Endpoint:
+    """A UDP socket serving every QUIC connection of this node, in both directions.
+
+    Create it with `open_endpoint`. Connections live in the endpoint's
+    nursery and close when the endpoint does.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        sock: socket.socket,
+        nursery: trio.Nursery,
+        *,
+        verify_peer: Callable[[bytes], bool],
+        stream_handler: StreamHandler | None,
+        pairing_handler: StreamHandler | None,
+        config: TransportConfig,
+        max_connections: int,
+    ) -> None:
+        self.identity = identity
+        self.config = config
+        self._certificate = make_certificate(identity.private_key)
+        self._sock = sock
+        self._nursery = nursery
+        self._verify_peer = verify_peer
+        self._stream_handler = stream_handler
+        self._pairing_handler = pairing_handler
+        self._max_connections = max_connections
+        self._by_cid: dict[bytes, Connection] = {}
+        self._connections: set[Connection] = set()
+        self._send_lock = trio.Lock()
+        self._closing = False
+
+    @property
+    def local_address(self) -> NetworkAddress:
+        """The (host, port) the socket is bound to."""
+        address: NetworkAddress = self._sock.getsockname()
+        return address
+
+    @property
+    def connections(self) -> list[Connection]:
+        """Open connections (both directions), authenticated or still handshaking."""
+        return [c for c in self._connections if c.closed is None]
+
+    def set_pairing_handler(self, handler: StreamHandler | None) -> None:
+        """Accept pairing connections (any key) and serve their streams with
+        `handler`; None stops offering the pairing ALPN to new connections."""
+        self._pairing_handler = handler
+
+    async def connect(self, address: tuple[str, int], peer_public_key: bytes) -> Connection:
+        """Connect to the node at `address` that must hold `peer_public_key`.
+
+        Returns once both sides accepted each other; raises `ConnectionClosed`
+        (`authentication_failed` set when either side refused) otherwise.
+        """
+        return await self._connect(address, NODE_ALPN, pin_key(peer_public_key))
+
+    async def connect_pairing(self, address: tuple[str, int]) -> Connection:
+        """Connect over the pairing ALPN, accepting whatever ed25519 key the peer
+        holds (read it from `connection.peer_public_key` and prove it with the PAKE)."""
+        return await self._connect(address, PAIRING_ALPN, accept_pairing())
+
+    # --- connections --------------------------------------------------------
+
+    async def _connect(
+        self, address: tuple[str, int], alpn: str, authorize: Authorizer
+    ) -> Connection:
+        remote = await self._resolve(address)
+        quic = self._new_quic(remote, is_client=True, alpn_protocols=[alpn])
+        quic.connect(remote, now=trio.current_time())
+        connection = self._start(Session(quic, authorize), remote)
+        try:
+            await connection.wait_established()
+        except BaseException:
+            connection.close(ErrorCode.NO_ERROR, "connect abandoned")
+            raise
+        return connection
+
+    async def _resolve(self, address: tuple[str, int]) -> NetworkAddress:
+        host, port = address
+        infos = await trio.socket.getaddrinfo(
+            host, port, family=self._sock.family, type=socket.SOCK_DGRAM
+        )
+        if not infos:
+            raise OSError(f"cannot resolve {host!r}")
+        resolved = infos[0][4]
+        assert isinstance(resolved[0], str)
+        return resolved
+
+    def _accept(self, destination_cid: bytes, remote: NetworkAddress) -> Connection | None:
+        if self._closing or len(self._connections) >= self._max_connections:
+            return None
+        pairing = self._pairing_handler is not None
+        alpns = [NODE_ALPN, PAIRING_ALPN] if pairing else [NODE_ALPN]
+        quic = self._new_quic(
+            remote,
+            is_client=False,
+            alpn_protocols=alpns,
+            original_destination_connection_id=destination_cid,
+        )
+        connection = self._start(
+            Session(quic, pin_trust_store(self._verify_peer, pairing=pairing)), remote
+        )
+        self._by_cid[destination_cid] = connection
+        return connection
+
+    def _new_quic(
+        self,
+        remote: NetworkAddress,
+        *,
+        is_client: bool,
+        alpn_protocols: list[str],
+        original_destination_connection_id: bytes | None = None,
+    ) -> ExoQuicConnection:
+        configuration = quic_configuration(
+            self.identity.private_key,
+            self._certificate,
+            self.config,
+            is_client=is_client,
+            alpn_protocols=alpn_protocols,
+            max_datagram_size=self.config.datagram_size_for(remote),
+        )
+        return ExoQuicConnection(
+            configuration=configuration,
+            receive_window=self.config.receive_window,
+            original_destination_connection_id=original_destination_connection_id,
+        )
+
+    def _start(self, session: Session, remote: NetworkAddress) -> Connection:
+        connection = Connection(self, session, remote, self.config)
+        self._connections.add(connection)
+        self._by_cid[session.quic.host_cid] = connection
+        self._nursery.start_soon(connection.run)
+        return connection
+
+    # --- the _Host interface used by connections ----------------------------
+
+    async def send_datagram(self, data: bytes, address: NetworkAddress) -> None:
+        while not self._send_nowait(data, address):
+            # Only one task may wait for the socket to become writable.
+            async with self._send_lock:
+                await trio.lowlevel.wait_writable(self._sock)
+
+    def _send_nowait(self, data: bytes, address: NetworkAddress) -> bool:
+        try:
+            self._sock.sendto(data, address)
+        except BlockingIOError:
+            return False
+        except OSError as exc:  # unreachable peer and the like: UDP drops it
+            logger.debug("sendto %s failed: %s", address, exc)
+        return True
+
+    def register_cid(self, cid: bytes, connection: Connection) -> None:
+        self._by_cid[cid] = connection
+
+    def unregister_cid(self, cid: bytes) -> None:
+        self._by_cid.pop(cid, None)
+
+    def forget(self, connection: Connection) -> None:
+        self._connections.discard(connection)
+        for cid in [cid for cid, c in self._by_cid.items() if c is connection]:
+            del self._by_cid[cid]
+
+    def stream_handler_for(self, alpn: str) -> StreamHandler | None:
+        return self._pairing_handler if alpn == PAIRING_ALPN else self._stream_handler
+
+    # --- the socket ---------------------------------------------------------
+
+    async def receive_loop(self) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(self._sock)
+            for _ in range(_RECEIVE_BATCH):
+                try:
+                    data, address = self._sock.recvfrom(65536)
+                except BlockingIOError:
+                    break
+                except OSError as exc:  # e.g. ICMP errors reported on the socket
+                    logger.debug("recvfrom failed: %s", exc)
+                    continue
+                self._dispatch(data, address)
+
+    def _dispatch(self, data: bytes, address: NetworkAddress) -> None:
+        try:
+            header = pull_quic_header(Buffer(data=data), host_cid_length=_CID_LENGTH)
+        except ValueError:
+            return
+        connection = self._by_cid.get(header.destination_cid)
+        if (
+            connection is None
+            and header.packet_type == QuicPacketType.INITIAL
+            and header.version in _SUPPORTED_VERSIONS
+            and len(data) >= SMALLEST_MAX_DATAGRAM_SIZE
+        ):
+            connection = self._accept(header.destination_cid, address)
+        if connection is not None:
+            connection.datagram_received(data, address)
+
+    async def shutdown(self) -> None:
+        """Close every connection and give the CONNECTION_CLOSE frames a moment to leave."""
+        self._closing = True
+        connections = list(self._connections)
+        for connection in connections:
+            connection.close(ErrorCode.NO_ERROR, "endpoint closing")
+        with trio.move_on_after(_SHUTDOWN_GRACE):
+            for connection in connections:
+                await connection.wait_close_sent()
+
+
+@asynccontextmanager
+async def open_endpoint(
+    identity: Identity,
+    *,
+    verify_peer: Callable[[bytes], bool],
+    stream_handler: StreamHandler | None = None,
+    pairing_handler: StreamHandler | None = None,
+    host: str = "0.0.0.0",
+    port: int = 0,
+    config: TransportConfig | None = None,
+    max_connections: int = 256,
+) -> AsyncIterator[Endpoint]:
+    """Bind a UDP socket and serve authenticated QUIC on it until the block exits.
+
+    - `verify_peer(raw_key) -> bool` decides which keys may connect over the
+      node ALPN (typically `TrustStore.is_trusted`).
+    - `stream_handler(stream)` serves each stream a peer opens on a node
+      connection, in its own task (`stream.connection.peer_public_key` says who).
+    - `pairing_handler`, when given, makes the endpoint accept the pairing ALPN
+      from any key and serves those streams; see `Endpoint.set_pairing_handler`.
+
+    On exit every connection is closed with NO_ERROR, so peers notice at once.
+    """
+    config = config or TransportConfig()
+    with _bind(host, port) as sock:
+        try:
+            async with trio.open_nursery() as nursery:
+                endpoint = Endpoint(
+                    identity,
+                    sock,
+                    nursery,
+                    verify_peer=verify_peer,
+                    stream_handler=stream_handler,
+                    pairing_handler=pairing_handler,
+                    config=config,
+                    max_connections=max_connections,
+                )
+                nursery.start_soon(endpoint.receive_loop)
+                try:
+                    yield endpoint
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await endpoint.shutdown()
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # Background tasks never raise, so a group only wraps what the
+            # `async with` body raised: hand that back unwrapped.
+            raise _single(group) from None
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+@contextmanager
+def _bind(host: str, port: int) -> Iterator[socket.socket]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+        sock.bind((host, port))
+        yield sock
