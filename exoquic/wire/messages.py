@@ -81,7 +81,7 @@ def encode_message(message: Message, *, bfloat16: bool = False) -> bytes:
     With `bfloat16`, float32 tensors are sent as bfloat16 (half the bytes;
     the receiver gets float32 back).
     """
-    if type(message).TYPE not in _REGISTRY:
+    if _REGISTRY.get(getattr(message, "TYPE", "")) is not type(message):
         raise LocalProtocolError(f"{type(message).__name__} is not a registered message")
     body: dict[str, Any] = {"type": message.TYPE, "v": message.VERSION}
     for item in dataclasses.fields(message):  # type: ignore[arg-type]
