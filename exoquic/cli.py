@@ -65,7 +65,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_up(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_up(commands: argparse._SubParsersAction) -> None:
     up = commands.add_parser("up", help="start a node and serve the API")
     add_model_options(up)
     up.add_argument(
@@ -98,7 +98,7 @@ def add_up(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     up.set_defaults(handler=cmd_up)
 
 
-def add_run(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_run(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser("run", help="answer one prompt in the terminal and exit")
     add_model_options(run)
     run.add_argument("prompt", help="the user message")
@@ -109,7 +109,7 @@ def add_run(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-
     run.set_defaults(handler=cmd_run)
 
 
-def add_token(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_token(commands: argparse._SubParsersAction) -> None:
     token = commands.add_parser("token", help="create a new API key for this node")
     token.set_defaults(handler=cmd_token)
 

@@ -78,5 +78,5 @@ class Engine(ABC):
     def active_requests(self) -> int:
         """How many requests hold a KV cache now."""
 
-    def unload(self) -> None:
+    def unload(self) -> None:  # noqa: B027 - optional hook; the default keeps nothing
         """Drop the weights and every cache."""

@@ -63,7 +63,8 @@ class EngineWorker:
     async def forward(self, request_id: str, inputs: np.ndarray) -> np.ndarray:
         """Queue one forward step and wait for its output (see `Engine.forward`)."""
         job = _Job(run=None, item=ForwardItem(request_id, inputs))
-        return await self._submit(job)  # type: ignore[no-any-return]
+        output: np.ndarray = await self._submit(job)
+        return output
 
     async def call(self, fn: Callable[[], Any]) -> Any:
         """Run any other engine method (load, release...) in the worker thread, in order."""
