@@ -8,6 +8,7 @@ from exoquic.transport.config import NODE_ALPN, PAIRING_ALPN, TransportConfig
 from exoquic.transport.connection import Connection, StreamHandler
 from exoquic.transport.endpoint import Endpoint, open_endpoint
 from exoquic.transport.errors import ConnectionClosed, ErrorCode, StreamReset, TransportError
+from exoquic.transport.messages import MessageStream
 from exoquic.transport.stream import QuicStream
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "ConnectionClosed",
     "Endpoint",
     "ErrorCode",
+    "MessageStream",
     "QuicStream",
     "StreamHandler",
     "StreamReset",

@@ -22,8 +22,6 @@ class ErrorCode(enum.IntEnum):
     """The peer's certificate holds no ed25519 key."""
     BAD_HANDSHAKE = 0x104
     """Unexpected ALPN, session resumption or 0-RTT (all disabled in exoquic)."""
-    FRAME_ERROR = 0x110
-    """A stream carried a malformed or oversized frame."""
     STREAM_REFUSED = 0x120
     """Stream-level code: nobody here serves streams of this kind."""
     INTERNAL_ERROR = 0x1FF
