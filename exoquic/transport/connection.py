@@ -151,9 +151,10 @@ class Connection:
             self._inbox.append((data, address))
             self._wake()
 
-    def _mark_dirty(self, stream: QuicStream) -> None:
+    def _mark_dirty(self, stream: QuicStream, *, wake: bool = True) -> None:
         self._dirty.add(stream)
-        self._wake()
+        if wake:
+            self._wake()
 
     def _wake(self) -> None:
         self._wakeup.set()

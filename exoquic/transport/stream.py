@@ -43,6 +43,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
         self.connection = connection
         self.stream_id = stream_id
         self._high_water = connection.config.send_high_water
+        self._credit_step = max(1, connection.config.receive_window // 4)
         self._changed = trio.Event()
         self._closed = False  # aclose() was called
         self._receiving = False
@@ -185,7 +186,11 @@ class QuicStream(trio.abc.HalfCloseableStream):
             data = bytes(self._received[:size])
             del self._received[:size]
             self._consumed += len(data)
-            self.connection._mark_dirty(self)
+            # Credit only matters to a peer that is running out of it: wake the
+            # connection task for it after a quarter window, otherwise let it
+            # ride along with the next write or datagram (saves a task switch
+            # per read). The peer still holds >= 3/4 window of credit.
+            self.connection._mark_dirty(self, wake=self._consumed >= self._credit_step)
             return data
         if self._eof_received:
             self._eof_returned = True
