@@ -27,6 +27,7 @@ from aioquic.quic.events import (
     StreamReset,
 )
 
+from exoquic.identity.node_id import node_id_from_public_key
 from exoquic.transport.config import TransportConfig
 from exoquic.transport.errors import ConnectionClosed, ErrorCode, TransportError
 from exoquic.transport.session import NetworkAddress, Session
@@ -96,11 +97,21 @@ class Connection:
         return key
 
     @property
+    def peer_node_id(self) -> str:
+        """The peer's node id (text form of its key), e.g. to check its `Hello`."""
+        return node_id_from_public_key(self.peer_public_key)
+
+    @property
     def alpn(self) -> str:
         """`NODE_ALPN` or `PAIRING_ALPN`."""
         alpn = self._session.alpn
         assert alpn is not None, "connection is not authenticated yet"
         return alpn
+
+    @property
+    def established(self) -> bool:
+        """Both sides accepted each other and the connection is not closing."""
+        return self._established and self.closed is None
 
     @property
     def is_client(self) -> bool:

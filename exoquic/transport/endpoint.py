@@ -86,6 +86,17 @@ class Endpoint:
         """Open connections (both directions), authenticated or still handshaking."""
         return [c for c in self._connections if c.closed is None]
 
+    def find_connection(self, peer_public_key: bytes) -> Connection | None:
+        """An open, authenticated node connection with this peer, in either direction."""
+        for connection in self.connections:
+            if (
+                connection.established
+                and connection.alpn == NODE_ALPN
+                and connection.peer_public_key == peer_public_key
+            ):
+                return connection
+        return None
+
     def set_pairing_handler(self, handler: StreamHandler | None) -> None:
         """Accept pairing connections (any key) and serve their streams with
         `handler`; None stops offering the pairing ALPN to new connections."""
@@ -122,8 +133,10 @@ class Endpoint:
 
     async def _resolve(self, address: tuple[str, int]) -> NetworkAddress:
         host, port = address
+        # A dual-stack IPv6 socket reaches IPv4 peers at v4-mapped addresses.
+        flags = socket.AI_V4MAPPED if self._sock.family == socket.AF_INET6 else 0
         infos = await trio.socket.getaddrinfo(
-            host, port, family=self._sock.family, type=socket.SOCK_DGRAM
+            host, port, family=self._sock.family, type=socket.SOCK_DGRAM, flags=flags
         )
         if not infos:
             raise OSError(f"cannot resolve {host!r}")
@@ -270,6 +283,7 @@ async def open_endpoint(
       connection, in its own task (`stream.connection.peer_public_key` says who).
     - `pairing_handler`, when given, makes the endpoint accept the pairing ALPN
       from any key and serves those streams; see `Endpoint.set_pairing_handler`.
+    - `host` "0.0.0.0" serves IPv4; an IPv6 host ("::") serves both families.
 
     On exit every connection is closed with NO_ERROR, so peers notice at once.
     """
@@ -312,6 +326,8 @@ def _bind(host: str, port: int) -> Iterator[socket.socket]:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 peers too
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
         sock.bind((host, port))

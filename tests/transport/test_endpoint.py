@@ -247,3 +247,57 @@ async def test_body_exceptions_come_out_unwrapped() -> None:
     with pytest.raises(KeyError):
         async with endpoint(alice, []):
             raise KeyError("mine")
+
+
+async def test_connecting_to_nobody_fails_after_the_idle_timeout() -> None:
+    alice, bob = Identity.generate(), Identity.generate()
+    config = TransportConfig(idle_timeout=1.0, keepalive_interval=0.25)
+    with trio.socket.socket(type=trio.socket.SOCK_DGRAM) as silent:  # bound, never answers
+        await silent.bind(("127.0.0.1", 0))
+        async with endpoint(bob, [alice], config=config) as b:
+            start = trio.current_time()
+            with pytest.raises(ConnectionClosed) as caught:
+                await b.connect(silent.getsockname(), alice.public_key)
+            assert caught.value.idle_timeout
+            assert trio.current_time() - start < 3.0
+
+
+async def test_find_connection_reuses_either_direction() -> None:
+    alice, bob = Identity.generate(), Identity.generate()
+    async with endpoint(alice, [bob]) as a, endpoint(bob, [alice]) as b:
+        assert b.find_connection(alice.public_key) is None
+        connection = await b.connect(a.local_address, alice.public_key)
+        assert b.find_connection(alice.public_key) is connection
+        assert connection.peer_node_id == alice.node_id
+        incoming = a.find_connection(bob.public_key)
+        assert incoming is not None and not incoming.is_client
+        await connection.aclose()
+        assert b.find_connection(alice.public_key) is None
+
+
+def _ipv6_loopback_available() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback_available(), reason="no IPv6 loopback here")
+async def test_dual_stack_endpoint_serves_ipv4_and_ipv6_peers() -> None:
+    alice, bob, carol = Identity.generate(), Identity.generate(), Identity.generate()
+    keys = {bob.public_key, carol.public_key}
+    async with (
+        open_endpoint(alice, verify_peer=keys.__contains__, stream_handler=echo, host="::") as a,
+        endpoint(bob, [alice]) as b,  # IPv4 only
+        open_endpoint(carol, verify_peer=lambda key: False, host="::1") as c,
+    ):
+        port = a.local_address[1]
+        for peer, host in ((b, "127.0.0.1"), (c, "::1")):
+            connection = await peer.connect((host, port), alice.public_key)
+            async with await connection.open_stream() as stream:
+                await stream.send_all(b"hi")
+                assert await receive_exactly(stream, 2) == b"hi"
