@@ -276,13 +276,16 @@ async def test_cancelling_the_async_download_stops_its_threads(
     hub: HubServer, cache_dir: Path
 ) -> None:
     token = trio.lowlevel.current_trio_token()
+    cancelled = threading.Event()  # set once the caller has seen its cancellation
     with trio.CancelScope() as scope:
 
         def cancel_midway(file: str, done: int, total: int) -> None:
-            if file == FILE2 and 0 < done < total:
+            if file == FILE2 and 0 < done < total and not cancelled.is_set():
                 trio.from_thread.run_sync(scope.cancel, trio_token=token)
+                cancelled.wait(10)  # hold this chunk until the cancellation went through
 
         await download_shard_async(TINY_REPO, shard(2, 3), cache_dir, progress=cancel_midway)
+    cancelled.set()
     assert scope.cancelled_caught
     with trio.fail_after(10):  # the abandoned thread notices at its next chunk
         while any(t.name.startswith("exoquic-download") for t in threading.enumerate()):
