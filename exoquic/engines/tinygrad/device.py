@@ -1,0 +1,33 @@
+"""The one tinygrad device this engine runs on, and a check that it works here.
+
+The device is named explicitly on every tensor instead of relying on tinygrad's
+environment variables. In tinygrad 0.14 the CPU device is `"CPU"`; it renders
+kernels as C and compiles them with clang (its first renderer), which the fast
+quantized kernels and the direct kernel dispatcher rely on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tinygrad import Device, Tensor
+
+DEVICE = "CPU"
+
+
+def renderer_name() -> str:
+    """The class name of the renderer tinygrad picked for `DEVICE`."""
+    return type(Device[DEVICE].renderer).__name__
+
+
+def check_device() -> str | None:
+    """None if `DEVICE` compiles and runs a kernel with clang, else why not."""
+    try:
+        name = renderer_name()
+        if name != "ClangRenderer":
+            return f"tinygrad's CPU device uses {name}, not clang (is DEV set in the environment?)"
+        got = (Tensor(np.arange(4, dtype=np.float32), device=DEVICE) * 2 + 1).numpy()
+    except Exception as e:  # any failure to compile or run means "not available"
+        return f"tinygrad could not compile a kernel: {type(e).__name__}: {e}"
+    if not np.array_equal(got, np.arange(4, dtype=np.float32) * 2 + 1):
+        return f"tinygrad computed a wrong result: {got}"
+    return None

@@ -1,0 +1,191 @@
+"""`TinygradEngine`: runs one llama shard with tinygrad on the CPU."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from tinygrad import Tensor, UOp
+
+from exoquic.engines.base import ContextOverflowError, Engine, EngineError, ForwardItem
+from exoquic.engines.tinygrad.model import ShardModel
+from exoquic.engines.tinygrad.runner import buffer_address
+from exoquic.engines.tinygrad.step import Step, StepFn
+from exoquic.models.shard import Shard
+from exoquic.models.weights import ShardWeights
+
+# Prefill runs in chunks of one of these lengths (the last chunk padded), so
+# only a handful of graph shapes are ever compiled.
+PREFILL_BUCKETS = (32, 128, 512)
+
+
+@dataclass
+class _Request:
+    cache: Tensor
+    address: int  # of the cache's memory, passed to replayed steps
+    length: int = 0
+
+
+class TinygradEngine(Engine):
+    """An `Engine` on tinygrad's CPU device (kernels compiled with clang)."""
+
+    name: ClassVar[str] = "tinygrad"
+
+    def __init__(self, max_context: int = 2048) -> None:
+        super().__init__(max_context)
+        self._model: ShardModel | None = None
+        self._requests: dict[str, _Request] = {}
+        self._steps: dict[tuple[str, int], Step] = {}
+
+    @property
+    def shard(self) -> Shard | None:
+        return self._model.shard if self._model else None
+
+    def load(self, weights: ShardWeights) -> None:
+        self.unload()
+        # Slack past max_context lets the last, padded prefill chunk always fit.
+        self._model = ShardModel(weights, capacity=self.max_context + PREFILL_BUCKETS[0] - 1)
+
+    def unload(self) -> None:
+        self._model = None
+        self._requests.clear()
+        self._steps.clear()
+
+    def forward(self, request_id: str, inputs: np.ndarray) -> np.ndarray:
+        return self.forward_batch([ForwardItem(request_id, inputs)])[0]
+
+    def forward_batch(self, items: list[ForwardItem]) -> list[np.ndarray]:
+        """Forward several requests; single-position steps of distinct requests run as one batch.
+
+        Every item is validated (inputs, context room) before any cache changes,
+        so a bad item leaves every request as it was.
+        """
+        model = self._require_model()
+        hidden = [self._hidden_inputs(model, item.inputs) for item in items]
+        self._check_room(items, hidden)
+        counts = Counter(item.request_id for item in items)
+        batch = [
+            i for i, h in enumerate(hidden) if h.shape[0] == 1 and counts[items[i].request_id] == 1
+        ]
+        results: dict[int, np.ndarray] = {}
+        if batch:
+            outs = self._decode(
+                model, [items[i].request_id for i in batch], [hidden[i] for i in batch]
+            )
+            results.update(zip(batch, outs, strict=True))
+        for i, item in enumerate(items):
+            if i not in results:
+                results[i] = self._prefill(model, item.request_id, hidden[i])
+        return [results[i] for i in range(len(items))]
+
+    def cache_length(self, request_id: str) -> int:
+        request = self._requests.get(request_id)
+        return request.length if request else 0
+
+    def release(self, request_id: str) -> None:
+        self._requests.pop(request_id, None)
+
+    def active_requests(self) -> int:
+        return len(self._requests)
+
+    def _require_model(self) -> ShardModel:
+        if self._model is None:
+            raise EngineError("no shard loaded")
+        return self._model
+
+    def _hidden_inputs(self, model: ShardModel, inputs: np.ndarray) -> np.ndarray:
+        """Validate one request's inputs and turn them into float32 hidden states `(T, D)`."""
+        x = np.asarray(inputs)
+        if model.shard.is_first:
+            if x.ndim != 1 or x.shape[0] == 0 or not np.issubdtype(x.dtype, np.integer):
+                raise EngineError(f"expected int token ids of shape (T,), got {x.dtype} {x.shape}")
+            vocab = model.config.vocab_size
+            if x.min() < 0 or x.max() >= vocab:
+                raise EngineError(f"token id out of range 0..{vocab - 1}")
+            return model.embed(x.astype(np.int64))
+        hidden_size = model.config.hidden_size
+        if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != hidden_size:
+            raise EngineError(f"expected hidden states (T, {hidden_size}), got {x.shape}")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise EngineError(f"expected float hidden states, got {x.dtype}")
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def _check_room(self, items: list[ForwardItem], hidden: list[np.ndarray]) -> None:
+        grown: Counter[str] = Counter()
+        for item, h in zip(items, hidden, strict=True):
+            grown[item.request_id] += h.shape[0]
+        for request_id, new in grown.items():
+            length = self.cache_length(request_id)
+            if length + new > self.max_context:
+                raise ContextOverflowError(
+                    f"request {request_id!r}: {length} cached + {new} new positions "
+                    f"exceed the maximum context of {self.max_context}"
+                )
+
+    def _request(self, model: ShardModel, request_id: str) -> _Request:
+        request = self._requests.get(request_id)
+        if request is None:
+            cache = model.new_cache()
+            request = self._requests[request_id] = _Request(cache, buffer_address(cache))
+        return request
+
+    def _prefill(self, model: ShardModel, request_id: str, hidden: np.ndarray) -> np.ndarray:
+        request = self._request(model, request_id)
+        outputs = []
+        done = 0
+        while done < len(hidden):
+            bucket = _pick_bucket(len(hidden) - done, model.capacity - request.length)
+            n = min(bucket, len(hidden) - done)
+            chunk = np.zeros((bucket, hidden.shape[1]), np.float32)
+            chunk[:n] = hidden[done : done + n]
+            start = UOp.variable("start", 0, model.capacity - bucket).bind(request.length)
+            step = self._step(
+                "prefill", bucket, lambda x, caches, start: model.prefill(x, caches[0], start)
+            )
+            outputs.append(step(chunk, [request.cache], [start], [request.address])[:n])
+            request.length += n
+            done += n
+        out = np.concatenate(outputs)
+        return self._head(model, out[-1:])[0] if model.shard.is_last else out
+
+    def _decode(
+        self, model: ShardModel, request_ids: list[str], hidden: list[np.ndarray]
+    ) -> list[np.ndarray]:
+        requests = [self._request(model, rid) for rid in request_ids]
+        positions = [
+            UOp.variable(f"pos{b}", 0, model.capacity - 1).bind(r.length)
+            for b, r in enumerate(requests)
+        ]
+        step = self._step(
+            "decode", len(requests), lambda x, caches, *pos: model.decode(x, caches, list(pos))
+        )
+        out = step(
+            np.concatenate(hidden),
+            [r.cache for r in requests],
+            positions,
+            [r.address for r in requests],
+        )
+        for r in requests:
+            r.length += 1
+        return list(self._head(model, out)) if model.shard.is_last else list(out)
+
+    def _head(self, model: ShardModel, hidden: np.ndarray) -> np.ndarray:
+        step = self._step("head", len(hidden), lambda x, _: model.head(x))
+        return step(hidden, [], [], [])
+
+    def _step(self, kind: str, rows: int, fn: StepFn) -> Step:
+        """The compiled step for `kind` over `rows` input rows, made on first use."""
+        key = (kind, rows)
+        if key not in self._steps:
+            model = self._require_model()
+            self._steps[key] = Step(fn, (rows, model.config.hidden_size))
+        return self._steps[key]
+
+
+def _pick_bucket(remaining: int, room: int) -> int:
+    """The prefill length for the next chunk: the smallest bucket holding `remaining`
+    positions that fits the cache's `room`, else the largest bucket that fits."""
+    fitting = [b for b in PREFILL_BUCKETS if b <= room]
+    return next((b for b in fitting if b >= remaining), fitting[-1])
