@@ -23,7 +23,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -213,12 +213,16 @@ class _Job:
     listing: RepoListing
     settings: HubSettings
     progress: ProgressCallback
-    cancel: threading.Event
+    cancel: threading.Event | None  # the caller's
     max_workers: int
+    stop: threading.Event = field(default_factory=threading.Event)  # set when a fetch failed
 
     @property
     def snapshot(self) -> Path:
         return self.cache.snapshot(self.listing.commit)
+
+    def should_stop(self) -> bool:
+        return self.stop.is_set() or (self.cancel is not None and self.cancel.is_set())
 
 
 def _download(
@@ -251,7 +255,7 @@ def _download(
         listing,
         settings,
         progress or _ignore_progress,
-        cancel or threading.Event(),
+        cancel,
         max(1, max_workers),
     )
     cache.write_ref(revision, listing.commit)
@@ -278,7 +282,7 @@ def _fetch_all(job: _Job, names: Iterable[str]) -> None:
             for future in as_completed(futures):
                 future.result()
         except BaseException:
-            job.cancel.set()  # running fetches stop at their next chunk
+            job.stop.set()  # running fetches stop at their next chunk
             for future in futures:
                 future.cancel()
             raise
@@ -290,7 +294,7 @@ def _fetch_one(job: _Job, name: str) -> Path:
     pointer = job.snapshot / name
 
     def report(done: int) -> None:
-        if job.cancel.is_set():
+        if job.should_stop():
             raise DownloadCancelled(f"{job.repo_id}: download of {name} cancelled")
         job.progress(name, done, remote.size)
 
