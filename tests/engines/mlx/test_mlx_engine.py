@@ -9,6 +9,7 @@ import threading
 
 import numpy as np
 import pytest
+from engines.reference import reference_forward
 from mlx_tiny import TINY, WeightsFor, weights_factory
 
 from exoquic.engines.base import ContextOverflowError, EngineError, ForwardItem
@@ -19,6 +20,8 @@ PROMPT = np.array([5, 17, 3, 88, 42, 0, 61, 9, 33, 70, 2], dtype=np.int32)
 # Same float32 operations on the same data: only MLX's kernel choice for
 # different shapes (batch rows, prefill length) can change the rounding.
 ATOL = 1e-4
+# float32 MLX against the float64 numpy oracle: values reach ~16, errors ~5e-6.
+REF_ATOL = 1e-4
 
 
 def engine_for(weights: WeightsFor, start: int, end: int, max_context: int = 2048) -> MLXEngine:
@@ -166,6 +169,7 @@ def test_mixed_batch_keeps_order_and_per_request_sequence(tiny_weights: WeightsF
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, atol=ATOL, rtol=0)
     assert batched.cache_length("a") == len(PROMPT) + 2
+    assert batched.forward_batch([]) == []
 
 
 def test_release_frees_the_cache(tiny_weights: WeightsFor) -> None:
@@ -252,3 +256,23 @@ def test_engines_package_does_not_import_mlx() -> None:
     code = "import sys, exoquic.engines, exoquic.engines.mlx; print('mlx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("bounds", [(0, 3), (0, 1), (1, 2), (2, 3)], ids=lambda b: f"{b[0]}-{b[1]}")
+def test_matches_numpy_reference(tiny_weights: WeightsFor, bounds: tuple[int, int]) -> None:
+    shard = Shard("tiny", bounds[0], bounds[1], TINY.num_layers)
+    weights = tiny_weights(shard)
+    inputs: np.ndarray = PROMPT
+    if not shard.is_first:
+        inputs = reference_forward(tiny_weights(Shard("tiny", 0, shard.start_layer - 1, 4)), PROMPT)
+    expected = reference_forward(weights, inputs)
+    engine = MLXEngine()
+    engine.load(weights)
+    # Prefill all but the last position, then a decode step: both paths are checked.
+    head = engine.forward("r", inputs[:-1])
+    tail = engine.forward("r", inputs[-1:])
+    if shard.is_last:
+        np.testing.assert_allclose(tail, expected[-1], atol=REF_ATOL, rtol=0)
+    else:
+        got = np.concatenate([head, tail])
+        np.testing.assert_allclose(got, expected, atol=REF_ATOL, rtol=0)
