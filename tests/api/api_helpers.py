@@ -1,0 +1,168 @@
+"""Helpers for the API tests: real `exoquic up` nodes, and a tiny in-process one.
+
+The real node is started once per session as a subprocess, exactly as a user
+starts it, with a throwaway EXOQUIC_HOME and an API key (so every test also
+exercises the key path; `test_security.py` covers keyless binds). Tests that
+talk to it use greedy sampling and small `max_tokens` to stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import trio
+
+from exoquic.engines.mlx.engine import MLXEngine
+from exoquic.models.config import ModelConfig
+from exoquic.models.registry import DEFAULT_MODEL_ID
+from exoquic.models.shard import Shard
+from exoquic.models.tokenizer import Tokenizer
+from exoquic.models.weights import EMBED_NAME, HEAD_NAME, ShardWeights, shard_tensor_names
+from exoquic.orchestration.node import Node
+from exoquic.orchestration.worker import EngineWorker
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_KEY = "exq-test-key-for-the-api-suite"
+STARTUP_TIMEOUT_S = 900.0  # a cold tinygrad start compiles kernels on two busy cores
+
+
+@dataclass
+class RunningNode:
+    """A node process serving the API at `url`."""
+
+    url: str
+    api_key: str | None
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    home: Path
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def health(self) -> dict[str, object]:
+        response = httpx.get(f"{self.url}/health", timeout=10)
+        response.raise_for_status()
+        return response.json()  # type: ignore[no-any-return]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_idle(self, timeout: float = 60.0) -> dict[str, object]:
+        """Wait until no request and no KV cache is live; return the last /health."""
+        deadline = time.monotonic() + timeout
+        while True:
+            health = self.health()
+            if health["active_requests"] == 0 and health["kv_caches"] == 0:
+                return health
+            if time.monotonic() > deadline:
+                raise AssertionError(f"node still busy after {timeout}s: {health}")
+            time.sleep(0.1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def engine_under_test() -> str:
+    return os.environ.get("EXOQUIC_TEST_ENGINE", "auto")
+
+
+def start_node(home: Path, *args: str, api_key: str | None = None) -> RunningNode:
+    """Start `exoquic up` and wait until /health answers (or the process dies)."""
+    port = free_port()
+    env = {**os.environ, "EXOQUIC_HOME": str(home)}
+    env.pop("EXOQUIC_API_KEY", None)
+    if api_key:
+        env["EXOQUIC_API_KEY"] = api_key
+    log_path = home / "node.log"
+    # The console script `uv run exoquic` runs, from this environment.
+    command = [str(Path(sys.executable).with_name("exoquic")), "up", "--api-port", str(port), *args]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    node = RunningNode(f"http://127.0.0.1:{port}", api_key, process, log_path, home)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exoquic up exited with {process.returncode}:\n{node.log()}")
+        try:
+            node.health()
+            return node
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    stop_node(node)
+    raise RuntimeError(f"exoquic up did not answer /health in {STARTUP_TIMEOUT_S}s:\n{node.log()}")
+
+
+def stop_node(node: RunningNode) -> None:
+    node.process.terminate()
+    try:
+        node.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        node.process.kill()
+        node.process.wait()
+
+
+# --- In-process: the real app, tokenizer, worker and MLX engine, on random tiny weights.
+
+TINY_CONFIG = ModelConfig(
+    architecture="llama",
+    vocab_size=49152,  # the real tokenizer's vocabulary
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-5,
+    max_context=256,
+    tie_word_embeddings=True,
+)
+
+
+def tiny_weights(config: ModelConfig, seed: int = 0) -> ShardWeights:
+    """Random float32 weights for every tensor of a whole (tiny) model."""
+    rng = np.random.default_rng(seed)
+    shard = Shard.whole(DEFAULT_MODEL_ID, config.num_layers)
+    d, f, hd = config.hidden_size, config.intermediate_size, config.head_dim
+    shapes = {
+        "q_proj": (config.num_heads * hd, d),
+        "k_proj": (config.num_kv_heads * hd, d),
+        "v_proj": (config.num_kv_heads * hd, d),
+        "o_proj": (d, config.num_heads * hd),
+        "gate_proj": (f, d),
+        "up_proj": (f, d),
+        "down_proj": (d, f),
+    }
+    tensors: dict[str, np.ndarray] = {}
+    for name in shard_tensor_names(shard):
+        if name.endswith("norm.weight"):
+            tensors[name] = np.ones(d, dtype=np.float32)
+        elif name == HEAD_NAME:
+            tensors[name] = tensors[EMBED_NAME]
+        else:
+            shape = shapes.get(name.split(".")[-2], (config.vocab_size, d))
+            tensors[name] = (rng.standard_normal(shape) / np.sqrt(shape[1])).astype(np.float32)
+    return ShardWeights(config, shard, dict(tensors))
+
+
+@asynccontextmanager
+async def open_tiny_node(engine: MLXEngine, tokenizer: Tokenizer) -> AsyncIterator[Node]:
+    """A node around `engine` with its worker running (inside a trio run)."""
+    worker = EngineWorker(engine)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        yield Node(DEFAULT_MODEL_ID, TINY_CONFIG, tokenizer, worker, TINY_CONFIG.max_context)
+        nursery.cancel_scope.cancel()
