@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import struct
@@ -183,6 +184,8 @@ def measure(args: argparse.Namespace) -> None:
     command += ["--trust", client.public_key.hex()]
     if args.datagram is not None:
         command += ["--datagram", str(args.datagram)]
+    if args.pin:
+        command.append("--pin")
     with subprocess.Popen(command, stdout=subprocess.PIPE) as process:
         try:
             assert process.stdout is not None
@@ -199,6 +202,13 @@ def measure(args: argparse.Namespace) -> None:
     print(quic.line(f"exoquic QUIC ({datagram} B)", len(bulk)))
 
 
+def pin_to_cpu(index: int) -> None:
+    """Keep this process on one CPU, so the two processes do not preempt each other."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2:
+        os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", nargs="?", default="measure", choices=["measure", "serve"])
@@ -207,7 +217,12 @@ def main() -> None:
     parser.add_argument("--datagram", type=int, default=None)
     parser.add_argument("--key", help=argparse.SUPPRESS)
     parser.add_argument("--trust", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--pin", action="store_true", help="pin the two processes to different CPUs (Linux)"
+    )
     args = parser.parse_args()
+    if args.pin:
+        pin_to_cpu(1 if args.mode == "serve" else 0)
     if args.mode == "serve":
         trio.run(serve, args)
     else:

@@ -43,6 +43,7 @@ StreamHandler = Callable[[QuicStream], Awaitable[None]]
 class _Host(Protocol):
     """What a connection needs from its endpoint."""
 
+    def send_datagram_nowait(self, data: bytes, address: NetworkAddress) -> bool: ...
     async def send_datagram(self, data: bytes, address: NetworkAddress) -> None: ...
     def register_cid(self, cid: bytes, connection: Connection) -> None: ...
     def unregister_cid(self, cid: bytes) -> None: ...
@@ -86,6 +87,8 @@ class Connection:
         self._ping_at: float | None = None
         self._ping_count = 0
         self._handlers: trio.Nursery | None = None
+        self._delivered = False
+        self._timer: float | None = None  # aioquic's, read after every pass
 
     # --- public API -------------------------------------------------------
 
@@ -196,27 +199,44 @@ class Connection:
             self._finished.set()
 
     async def _drive(self) -> None:
-        while True:
-            self._step(trio.current_time())
-            await self._transmit()
-            self._after_transmit()
-            if self._terminated:
-                return
-            with trio.move_on_at(self._deadline()):
-                await self._wakeup.wait()
-            self._wakeup = trio.Event()
+        # One cancel scope is the timer for many waits: its deadline moves
+        # after every step (cheap); a new scope is only needed once it fires.
+        while not self._terminated:
+            with trio.CancelScope() as timer:
+                while not self._terminated:
+                    self._wakeup = trio.Event()  # wakeups from here on are not missed
+                    if self._step(trio.current_time()):
+                        await self._let_application_answer()
+                    await self._transmit()
+                    self._after_transmit()
+                    timer.deadline = self._deadline()
+                    if not self._terminated:
+                        await self._wakeup.wait()
 
     def _deadline(self) -> float:
-        timer = self._session.get_timer()
+        timer = self._timer = self._session.get_timer()
         deadline = math.inf if timer is None else timer
         if self._ping_at is not None:
             deadline = min(deadline, self._ping_at)
         return deadline
 
-    def _step(self, now: float) -> None:
+    async def _let_application_answer(self) -> None:
+        """Yield twice before sending, so that a task answering what just
+        arrived queues its answer first: answer and ACK then leave in one
+        packet and one pass through aioquic, instead of two (each costs more
+        than these yields). Two, because trio may run this task before it."""
+        for _ in range(2):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        self._wakeup = trio.Event()  # what woke it during the yields is handled now
+        self._step(trio.current_time())
+
+    def _step(self, now: float) -> bool:
+        """Feed every pending input to aioquic; True if streams received data."""
+        self._delivered = False
         session = self._session
-        timer = session.get_timer()
+        timer = self._timer  # nothing touched aioquic since the last pass read it
         if timer is not None and now >= timer:
+            self._timer = None
             session.handle_timer(now)
         if self._ping_at is not None and now >= self._ping_at:
             self._ping_count += 1
@@ -233,6 +253,7 @@ class Connection:
         while (event := session.next_event()) is not None:
             self._handle_event(event)
         self._update_state(now)
+        return self._delivered
 
     def _update_state(self, now: float) -> None:
         session = self._session
@@ -246,8 +267,15 @@ class Connection:
 
     async def _transmit(self) -> None:
         close_applied = self._close_applied
-        for data, address in self._session.datagrams_to_send(trio.current_time()):
-            await self._host.send_datagram(data, address)
+        datagrams = self._session.datagrams_to_send(trio.current_time())
+        for index, (data, address) in enumerate(datagrams):
+            if not self._host.send_datagram_nowait(data, address):
+                # The socket buffer is full. Shielded: the timer scope must not
+                # abandon a flight halfway (the rest would look lost).
+                with trio.CancelScope(shield=True):
+                    for data, address in datagrams[index:]:
+                        await self._host.send_datagram(data, address)
+                break
         if close_applied:
             self._close_sent.set()
 
@@ -284,6 +312,7 @@ class Connection:
             stream = self._stream_for(event.stream_id)
             if stream is not None:
                 stream._on_data(event.data, event.end_stream)
+                self._delivered = True
         elif isinstance(event, StreamReset):
             stream = self._stream_for(event.stream_id)
             if stream is not None:

@@ -193,12 +193,13 @@ class Endpoint:
     # --- the _Host interface used by connections ----------------------------
 
     async def send_datagram(self, data: bytes, address: NetworkAddress) -> None:
-        while not self._send_nowait(data, address):
+        while not self.send_datagram_nowait(data, address):
             # Only one task may wait for the socket to become writable.
             async with self._send_lock:
                 await trio.lowlevel.wait_writable(self._sock)
 
-    def _send_nowait(self, data: bytes, address: NetworkAddress) -> bool:
+    def send_datagram_nowait(self, data: bytes, address: NetworkAddress) -> bool:
+        """Send now; False (nothing sent) when the socket buffer is full."""
         try:
             self._sock.sendto(data, address)
         except BlockingIOError:
@@ -237,6 +238,13 @@ class Endpoint:
                 self._dispatch(data, address)
 
     def _dispatch(self, data: bytes, address: NetworkAddress) -> None:
+        if data and not data[0] & 0x80:
+            # Short header (all traffic after the handshake): the destination
+            # connection id follows the first byte; no need to parse more.
+            short = self._by_cid.get(data[1 : 1 + _CID_LENGTH])
+            if short is not None:
+                short.datagram_received(data, address)
+            return
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=_CID_LENGTH)
         except ValueError:

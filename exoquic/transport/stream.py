@@ -68,14 +68,18 @@ class QuicStream(trio.abc.HalfCloseableStream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Queue all of `data` for sending, waiting while too much is unacknowledged."""
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._check_can_send()
         self._sending = True
         try:
+            waited = False
             view = memoryview(data).cast("B")
             for start in range(0, len(view), SEND_CHUNK):
-                await self._wait_send_room()
+                waited = await self._wait_send_room() or waited
                 self._queue(bytes(view[start : start + SEND_CHUNK]), eof=False)
+            if not waited:
+                # Yield after queueing, so the connection task sends it right away.
+                await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
             self._sending = False
 
@@ -97,7 +101,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Up to `max_bytes` received bytes (all buffered when None); b"" at end of stream."""
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
             raise trio.ClosedResourceError("stream was closed")
         if self._receiving:
@@ -106,7 +110,9 @@ class QuicStream(trio.abc.HalfCloseableStream):
             raise ValueError("max_bytes must be at least 1")
         self._receiving = True
         try:
-            while not self._readable():
+            if self._readable():
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            while not self._readable():  # waiting is the checkpoint
                 await self._changed.wait()
             return self._take(max_bytes)
         finally:
@@ -154,14 +160,17 @@ class QuicStream(trio.abc.HalfCloseableStream):
         if self.connection.closed is not None:
             raise self.connection.closed
 
-    async def _wait_send_room(self) -> None:
+    async def _wait_send_room(self) -> bool:
+        """Wait until the stream may queue more; returns whether it had to wait."""
+        waited = False
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("stream was closed")
             self._raise_if_broken(self._send_error)
             if self._unacked + self._outgoing_bytes < self._high_water:
-                return
+                return waited
             await self._changed.wait()
+            waited = True
 
     def _queue(self, data: bytes, *, eof: bool) -> None:
         self._outgoing.append((data, eof))
