@@ -9,6 +9,10 @@ then measures, over each:
   bytes) as one length-prefixed frame, echoed back (median and p99);
 - the transfer of one 64 MiB frame (a big tensor), acknowledged by the peer.
 
+"cpu ms" is the measuring process's CPU time per round trip (the serving
+process spends about as much): what the transport costs regardless of how
+busy the machine is. `--pin` puts the two processes on different CPUs.
+
 The plain TCP numbers (blocking sockets, TCP_NODELAY) are the floor: what
 Python and the kernel's loopback cost without QUIC, TLS and trio.
 `--datagram` overrides the datagram size used towards loopback peers (the
@@ -116,30 +120,36 @@ def tcp_receive_frame(conn: socket.socket) -> bytes | None:
 @dataclass
 class Result:
     rtts: list[float]
+    cpu_per_rtt: float  # this process's CPU seconds per round trip
     bulk_seconds: float
 
     def line(self, name: str, bulk_bytes: int) -> str:
         median = statistics.median(self.rtts) * 1e3
         p99 = statistics.quantiles(self.rtts, n=100)[98] * 1e3
         rate = bulk_bytes / self.bulk_seconds / 1e6
-        return f"{name:<22} {median:9.3f} {p99:9.3f} {rate:12.1f}"
+        cpu = self.cpu_per_rtt * 1e3
+        return f"{name:<24} {median:9.3f} {p99:9.3f} {cpu:9.3f} {rate:10.1f}"
 
 
 def bench_tcp(port: int, rounds: int, bulk: bytes) -> Result:
     activation = bytes(ACTIVATION_BYTES)
     with socket.create_connection(("127.0.0.1", port)) as conn:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(rounds // 10):  # warm up
+            tcp_send_frame(conn, activation)
+            assert tcp_receive_frame(conn) == activation
         rtts = []
-        for i in range(rounds + rounds // 10):
+        cpu = time.process_time()
+        for _ in range(rounds):
             start = time.perf_counter()
             tcp_send_frame(conn, activation)
             assert tcp_receive_frame(conn) == activation
-            if i >= rounds // 10:  # the first tenth warms up
-                rtts.append(time.perf_counter() - start)
+            rtts.append(time.perf_counter() - start)
+        cpu_per_rtt = (time.process_time() - cpu) / rounds
         start = time.perf_counter()
         tcp_send_frame(conn, bulk)
         assert tcp_receive_frame(conn) == len(bulk).to_bytes(8, "big")
-        return Result(rtts, time.perf_counter() - start)
+        return Result(rtts, cpu_per_rtt, time.perf_counter() - start)
 
 
 async def bench_quic(
@@ -154,19 +164,23 @@ async def bench_quic(
     ) as endpoint:
         connection = await endpoint.connect(("127.0.0.1", port), server_key)
         stream = MessageStream(await connection.open_stream(), max_frame_size=1 << 30)
+        for _ in range(args.rounds // 10):  # warm up
+            await stream.send_frame(activation)
+            assert await stream.receive_frame() == activation
         rtts = []
-        for i in range(args.rounds + args.rounds // 10):
+        cpu = time.process_time()
+        for _ in range(args.rounds):
             start = time.perf_counter()
             await stream.send_frame(activation)
             assert await stream.receive_frame() == activation
-            if i >= args.rounds // 10:
-                rtts.append(time.perf_counter() - start)
+            rtts.append(time.perf_counter() - start)
+        cpu_per_rtt = (time.process_time() - cpu) / args.rounds
         start = time.perf_counter()
         await stream.send_frame(bulk)
         assert await stream.receive_frame() == len(bulk).to_bytes(8, "big")
         seconds = time.perf_counter() - start
         await stream.aclose()
-        return Result(rtts, seconds)
+        return Result(rtts, cpu_per_rtt, seconds)
 
 
 def transport_config(args: argparse.Namespace) -> TransportConfig:
@@ -197,7 +211,7 @@ def measure(args: argparse.Namespace) -> None:
             process.kill()
     datagram = args.datagram or TransportConfig().loopback_datagram_size
     print(f"activation {ACTIVATION_BYTES} B round trips: {args.rounds}; bulk {args.bulk_mib} MiB")
-    print(f"{'':<22} {'median ms':>9} {'p99 ms':>9} {'bulk MB/s':>12}")
+    print(f"{'':<24} {'median ms':>9} {'p99 ms':>9} {'cpu ms':>9} {'bulk MB/s':>10}")
     print(tcp.line("plain TCP (floor)", len(bulk)))
     print(quic.line(f"exoquic QUIC ({datagram} B)", len(bulk)))
 

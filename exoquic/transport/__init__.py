@@ -9,7 +9,7 @@ from exoquic.transport.connection import Connection, StreamHandler
 from exoquic.transport.endpoint import Endpoint, open_endpoint
 from exoquic.transport.errors import ConnectionClosed, ErrorCode, StreamReset, TransportError
 from exoquic.transport.messages import MessageStream
-from exoquic.transport.stream import QuicStream
+from exoquic.transport.stream import QuicStream, StreamStatistics
 
 __all__ = [
     "NODE_ALPN",
@@ -22,6 +22,7 @@ __all__ = [
     "QuicStream",
     "StreamHandler",
     "StreamReset",
+    "StreamStatistics",
     "TransportConfig",
     "TransportError",
     "open_endpoint",

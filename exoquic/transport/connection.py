@@ -156,6 +156,7 @@ class Connection:
         await self._close_sent.wait()
 
     def statistics(self) -> dict[str, int]:
+        """Open streams and datagrams waiting for the connection task."""
         return {"streams": len(self._streams), "inbox": len(self._inbox)}
 
     # --- called by the endpoint and by streams ----------------------------

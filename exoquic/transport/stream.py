@@ -16,6 +16,7 @@ Backpressure lives here:
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
@@ -28,6 +29,16 @@ if TYPE_CHECKING:
 # Bytes handed to aioquic per queued write: small enough that one write does
 # not overshoot the high-water mark by much, large enough to stay cheap.
 SEND_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class StreamStatistics:
+    """How much a stream holds right now, in bytes."""
+
+    receive_buffered: int
+    """Received, not yet read by the application (never above `receive_window`)."""
+    send_buffered: int
+    """Written by the application, not yet acknowledged by the peer."""
 
 
 class QuicStream(trio.abc.HalfCloseableStream):
@@ -144,6 +155,9 @@ class QuicStream(trio.abc.HalfCloseableStream):
         self._received.clear()
         self._notify()
         self.connection._mark_dirty(self)
+
+    def statistics(self) -> StreamStatistics:
+        return StreamStatistics(len(self._received), self._unacked + self._outgoing_bytes)
 
     # --- internals: the application side ----------------------------------
 

@@ -165,8 +165,9 @@ async def test_send_backpressure_and_bounded_receive_buffer() -> None:
                 await stream.send_all(payload[start : start + 4096])
                 sent += 4096
         assert 0 < sent <= window + high_water + 64 * 1024
+        assert stream.statistics().send_buffered <= high_water + 64 * 1024
         peer = await streams.receive()
-        assert len(peer._received) <= window
+        assert peer.statistics().receive_buffered <= window
         async with trio.open_nursery() as nursery:
 
             async def send_rest() -> None:
@@ -176,7 +177,7 @@ async def test_send_backpressure_and_bounded_receive_buffer() -> None:
             nursery.start_soon(send_rest)
             received = bytearray()
             while data := await peer.receive_some(10_000):
-                assert len(peer._received) <= window
+                assert peer.statistics().receive_buffered <= window
                 received += data
         assert received == payload
 
