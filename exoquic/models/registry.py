@@ -34,6 +34,21 @@ class ModelEntry:
     hf_repo: str
     bundled_package: str | None = None
     aliases: tuple[str, ...] = ()
+    tie_word_embeddings: bool = True
+    gated: bool = False  # the hub repo needs an accepted licence and HF_TOKEN
+
+    @property
+    def head_bytes(self) -> int:
+        """The output head's weights (the embedding again when tied)."""
+        return self.embed_bytes
+
+    @property
+    def total_bytes(self) -> int:
+        return (
+            self.num_layers * self.bytes_per_layer
+            + self.embed_bytes
+            + (0 if self.tie_word_embeddings else self.head_bytes)
+        )
 
     def names(self) -> tuple[str, ...]:
         """Every name that refers to this model."""
@@ -55,8 +70,57 @@ SMOLLM2_135M_INSTRUCT = ModelEntry(
     aliases=("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"),
 )
 
+
+def hub_entry(
+    id: str,
+    display_name: str,
+    hf_repo: str,
+    *,
+    num_layers: int,
+    params_per_layer: int,
+    embed_params: int,
+    tied: bool = True,
+    gated: bool = False,
+) -> ModelEntry:
+    """A model fetched from the Hugging Face hub as safetensors, held as float32."""
+    return ModelEntry(
+        id=id,
+        display_name=display_name,
+        architecture="llama",
+        num_layers=num_layers,
+        bytes_per_layer=4 * params_per_layer,
+        embed_bytes=4 * embed_params,
+        params_per_layer=params_per_layer,
+        embed_params=embed_params,
+        hf_repo=hf_repo,
+        aliases=(hf_repo, hf_repo.split("/")[1]),
+        tie_word_embeddings=tied,
+        gated=gated,
+    )
+
+
+# Parameter counts follow from each model's published config.json.
+HUB_MODELS = (
+    hub_entry(
+        "smollm2-360m-instruct",
+        "SmolLM2 360M Instruct",
+        "HuggingFaceTB/SmolLM2-360M-Instruct",
+        num_layers=32,
+        params_per_layer=9_832_320,
+        embed_params=47_185_920,
+    ),
+    hub_entry(
+        "smollm2-1.7b-instruct",
+        "SmolLM2 1.7B Instruct",
+        "HuggingFaceTB/SmolLM2-1.7B-Instruct",
+        num_layers=24,
+        params_per_layer=67_112_960,
+        embed_params=100_663_296,
+    ),
+)
+
 DEFAULT_MODEL_ID = SMOLLM2_135M_INSTRUCT.id
-MODELS: tuple[ModelEntry, ...] = (SMOLLM2_135M_INSTRUCT,)
+MODELS: tuple[ModelEntry, ...] = (SMOLLM2_135M_INSTRUCT, *HUB_MODELS)
 
 
 def list_models() -> list[ModelEntry]:

@@ -1,0 +1,39 @@
+"""A node's model resolves locally when bundled, and is fetched from the hub otherwise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fixtures.hub_server import TINY_REPO, HubServer
+
+from exoquic.download.ensure import ensure_source, hub_repo_for
+from exoquic.download.progress import DownloadProgress
+from exoquic.models.registry import DEFAULT_MODEL_ID
+from exoquic.models.shard import Shard
+
+
+def test_bundled_and_local_models_need_no_download(tmp_path: Path) -> None:
+    assert hub_repo_for(DEFAULT_MODEL_ID) is None
+    assert hub_repo_for(str(tmp_path)) is None
+    assert hub_repo_for("smollm2-360m-instruct") == "HuggingFaceTB/SmolLM2-360M-Instruct"
+    assert hub_repo_for("someone/some-model") == "someone/some-model"
+
+
+async def test_bundled_model_resolves_without_network() -> None:
+    source = await ensure_source(DEFAULT_MODEL_ID, Shard.whole(DEFAULT_MODEL_ID, 30))
+    assert source.kind == "gguf"
+
+
+async def test_hub_model_downloads_its_shard_then_loads(
+    hub: HubServer, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXOQUIC_HF_CACHE", str(cache_dir))
+    progress = DownloadProgress(TINY_REPO)
+    shard = Shard(TINY_REPO, 0, 1, 6)
+    source = await ensure_source(TINY_REPO, shard, progress)
+    assert source.kind == "hf" and source.path.is_relative_to(cache_dir)
+    assert progress.snapshot()["complete"]
+    weights = source.load_shard(shard)
+    assert "model.layers.1.mlp.up_proj.weight" in weights.tensors
+    assert source.load_config().num_layers == 6
