@@ -36,7 +36,9 @@ def test_default_model_and_aliases() -> None:
 def test_unknown_model_lists_known_ids() -> None:
     with pytest.raises(UnknownModelError) as info:
         get_model("gpt-17")
-    assert str(info.value).startswith("unknown model 'gpt-17' (known models: smollm2-135m-instruct, ")
+    assert str(info.value).startswith(
+        "unknown model 'gpt-17' (known models: smollm2-135m-instruct, "
+    )
     with pytest.raises(UnknownModelError, match="smollm2-135m-instruct"):
         resolve_source("gpt-17")
 
