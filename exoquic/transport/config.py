@@ -26,9 +26,10 @@ class TransportConfig:
     """Knobs of one endpoint. Defaults suit a LAN; tests shrink the timeouts."""
 
     idle_timeout: float = 5.0
-    """Seconds without hearing from a peer before its connection is dropped."""
+    """A peer not heard from for this many seconds is dropped (its connection closes)."""
     keepalive_interval: float = 1.0
-    """Seconds between PINGs, so a live but quiet peer never hits the idle timeout."""
+    """Seconds between PINGs, so a live but quiet peer never hits the idle timeout.
+    At most a third of `idle_timeout`."""
     max_datagram_size: int = 1350
     """QUIC payload per UDP datagram; 1350 fits common paths without PMTU discovery."""
     loopback_datagram_size: int = 16000
@@ -45,8 +46,8 @@ class TransportConfig:
     """Datagrams queued per connection before more are dropped (UDP semantics)."""
 
     def __post_init__(self) -> None:
-        if self.keepalive_interval >= self.idle_timeout:
-            raise ValueError("keepalive_interval must be shorter than idle_timeout")
+        if not 0 < self.keepalive_interval * 3 <= self.idle_timeout:
+            raise ValueError("keepalive_interval must be at most a third of idle_timeout")
         if self.receive_window < 2 or self.send_high_water < 1:
             raise ValueError("windows must be positive")
         for size in (self.max_datagram_size, self.loopback_datagram_size):
@@ -89,7 +90,11 @@ def quic_configuration(
     return QuicConfiguration(
         alpn_protocols=alpn_protocols,
         is_client=is_client,
-        idle_timeout=config.idle_timeout,
+        # QUIC restarts its idle timer at the first packet sent after the last
+        # one received, which is our next PING: up to one keep-alive interval
+        # after the peer died. Shortening it by that interval makes a dead
+        # peer noticed within `idle_timeout` of its last sign of life.
+        idle_timeout=config.idle_timeout - config.keepalive_interval,
         max_datagram_size=max_datagram_size or config.max_datagram_size,
         max_stream_data=config.receive_window,
         # Per-stream credit is what bounds memory; the connection-wide limit

@@ -156,4 +156,4 @@ async def test_dead_peer_is_noticed_within_the_idle_timeout() -> None:
             await stream.receive_some()
         noticed_after = trio.current_time() - killed_at
         assert caught.value.idle_timeout and not caught.value.by_peer
-        assert noticed_after <= IDLE + 0.5, noticed_after
+        assert noticed_after <= IDLE + 0.3, noticed_after  # scheduling slack only
