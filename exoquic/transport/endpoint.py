@@ -97,6 +97,20 @@ class Endpoint:
                 return connection
         return None
 
+    def recheck_trust(self) -> int:
+        """Close node connections whose peer `verify_peer` no longer accepts
+        (after `exoquic trust remove`); returns how many were closed."""
+        revoked = [
+            connection
+            for connection in self.connections
+            if connection.established
+            and connection.alpn == NODE_ALPN
+            and not self._verify_peer(connection.peer_public_key)
+        ]
+        for connection in revoked:
+            connection.close(ErrorCode.PEER_NOT_TRUSTED, "trust revoked")
+        return len(revoked)
+
     def set_pairing_handler(self, handler: StreamHandler | None) -> None:
         """Accept pairing connections (any key) and serve their streams with
         `handler`; None stops offering the pairing ALPN to new connections."""

@@ -302,3 +302,20 @@ async def test_dual_stack_endpoint_serves_ipv4_and_ipv6_peers() -> None:
             async with await connection.open_stream() as stream:
                 await stream.send_all(b"hi")
                 assert await receive_exactly(stream, 2) == b"hi"
+
+
+async def test_revoking_trust_drops_the_peer() -> None:
+    alice, bob = Identity.generate(), Identity.generate()
+    trusted = {bob.public_key}
+    async with (
+        open_endpoint(alice, verify_peer=trusted.__contains__, host="127.0.0.1") as a,
+        endpoint(bob, [alice]) as b,
+    ):
+        connection = await b.connect(a.local_address, alice.public_key)
+        assert a.recheck_trust() == 0
+        trusted.clear()  # `exoquic trust remove`
+        assert a.recheck_trust() == 1
+        closed = await connection.wait_closed()
+        assert closed.by_peer and closed.error_code == ErrorCode.PEER_NOT_TRUSTED
+        with pytest.raises(ConnectionClosed):
+            await b.connect(a.local_address, alice.public_key)
