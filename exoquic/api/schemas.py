@@ -25,6 +25,23 @@ IGNORED = {"user", "metadata", "store", "parallel_tool_calls", "service_tier"}
 # Keys the official SDKs echo back on assistant messages; accepted only while empty.
 EMPTY_MESSAGE_FIELDS = ("refusal", "tool_calls", "function_call", "audio", "annotations")
 MAX_PROMPT_ITEMS = 1_000_000
+CHAT_FIELDS = frozenset({"messages", "max_completion_tokens", "response_format"})
+TEXT_FIELDS = frozenset({"prompt", "echo", "suffix", "best_of"})
+COMMON_FIELDS = frozenset(
+    {
+        "model",
+        "temperature",
+        "top_p",
+        "top_k",
+        "max_tokens",
+        "stop",
+        "seed",
+        "stream",
+        "stream_options",
+        *NEUTRAL_DEFAULTS,
+        *IGNORED,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -54,7 +71,7 @@ class TextRequest:
 def parse_chat_request(body: Any) -> ChatRequest:
     """Validate a `POST /v1/chat/completions` body (raises APIError 400)."""
     obj = _object(body)
-    _reject_unknown(obj, {"messages", "max_completion_tokens", "response_format"})
+    _reject_unknown(obj, CHAT_FIELDS)
     response_format = obj.get("response_format")
     if response_format is not None and response_format != {"type": "text"}:
         raise invalid('only \'response_format\': {"type": "text"} is supported', "response_format")
@@ -64,7 +81,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
 def parse_text_request(body: Any) -> TextRequest:
     """Validate a `POST /v1/completions` body (raises APIError 400)."""
     obj = _object(body)
-    _reject_unknown(obj, {"prompt", "echo", "suffix", "best_of"})
+    _reject_unknown(obj, TEXT_FIELDS)
     for name, neutral in (("echo", False), ("suffix", None), ("best_of", 1)):
         if obj.get(name, neutral) not in (neutral, None):
             raise invalid(f"'{name}' is not supported", name)
@@ -88,28 +105,13 @@ def _prompt(value: Any) -> str | tuple[int, ...]:
     )
 
 
-COMMON_FIELDS = {
-    "model",
-    "temperature",
-    "top_p",
-    "top_k",
-    "max_tokens",
-    "stop",
-    "seed",
-    "stream",
-    "stream_options",
-    *NEUTRAL_DEFAULTS,
-    *IGNORED,
-}
-
-
 def _object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object")
     return body
 
 
-def _reject_unknown(obj: dict[str, Any], extra: set[str]) -> None:
+def _reject_unknown(obj: dict[str, Any], extra: frozenset[str]) -> None:
     for name in obj:
         if name not in COMMON_FIELDS and name not in extra:
             raise invalid(f"unrecognized request argument supplied: {name}", name)
