@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 from exoquic import __version__
 from exoquic.download.cli import add_models_command
+from exoquic.pairing.cli import add_pair_command, add_trust_command
 
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 52415
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_run(commands)
     add_models_command(commands)
     add_token(commands)
+    add_pair_command(commands)
+    add_trust_command(commands)
     return parser
 
 
