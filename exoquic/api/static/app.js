@@ -1,16 +1,48 @@
-// exoquic chat UI: plain JS, no build step. Talks to the node's own OpenAI API.
+// exoquic chat UI: plain JS, no build step. It talks only to this node's own
+// OpenAI-compatible API, and renders model text with textContent (never as HTML).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const STORE = "exoquic.conversation";
-const KEY_STORE = "exoquic.apiKey";
+const STORE = { chats: "exoquic.conversations", current: "exoquic.current", key: "exoquic.apiKey", settings: "exoquic.settings" };
+const DEFAULT_SETTINGS = { temperature: 0.7, maxTokens: "", system: "" };
+const TOPOLOGY_POLL_MS = 2000;
 
-let conversation = JSON.parse(localStorage.getItem(STORE) || "[]");
-let running = null; // AbortController of the generation in progress
+const state = {
+  chats: readJSON(STORE.chats, []),
+  currentId: localStorage.getItem(STORE.current),
+  settings: { ...DEFAULT_SETTINGS, ...readJSON(STORE.settings, {}) },
+  running: null, // AbortController of the generation in progress
+};
+
+function readJSON(key, fallback) {
+  try { return JSON.parse(localStorage.getItem(key)) ?? fallback; } catch (_) { return fallback; }
+}
+
+function saveChats() {
+  localStorage.setItem(STORE.chats, JSON.stringify(state.chats));
+  localStorage.setItem(STORE.current, state.currentId || "");
+}
+
+function currentChat() {
+  return state.chats.find((c) => c.id === state.currentId) || null;
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// --- talking to the node
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
 
 function headers() {
   const h = { "Content-Type": "application/json" };
-  const key = localStorage.getItem(KEY_STORE);
+  const key = localStorage.getItem(STORE.key);
   if (key) h.Authorization = `Bearer ${key}`;
   return h;
 }
@@ -20,47 +52,13 @@ async function api(path, options = {}) {
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
     try { message = (await response.json()).error.message; } catch (_) { /* not JSON */ }
-    if (response.status === 401) message += " (set the API key with the button above)";
-    throw new Error(message);
+    if (response.status === 401) showKeyBanner();
+    throw new ApiError(response.status, message);
   }
   return response;
 }
 
-function save() { localStorage.setItem(STORE, JSON.stringify(conversation)); }
-
-function showError(message) {
-  $("error").textContent = message || "";
-  $("error").hidden = !message;
-}
-
-function addBubble(role, content) {
-  const li = document.createElement("li");
-  li.className = role;
-  const label = document.createElement("span");
-  label.className = "role";
-  label.textContent = role;
-  const text = document.createElement("span");
-  text.className = "content";
-  text.textContent = content;
-  li.append(label, text);
-  $("messages").append(li);
-  li.scrollIntoView({ block: "end" });
-  return text;
-}
-
-function render() {
-  $("messages").replaceChildren();
-  for (const m of conversation) addBubble(m.role, m.content);
-}
-
-async function loadModels() {
-  try {
-    const { data } = await (await api("/v1/models")).json();
-    $("model").replaceChildren(...data.map((m) => new Option(m.id, m.id)));
-  } catch (err) { showError(err.message); }
-}
-
-// Reads an SSE body and calls onEvent with each parsed `data:` payload.
+// Reads a server-sent-events body; calls onEvent with each parsed `data:` payload.
 async function readEvents(body, onEvent) {
   const reader = body.getReader();
   const decoder = new TextDecoder();
@@ -83,136 +81,371 @@ async function readEvents(body, onEvent) {
   }
 }
 
+// --- conversations (sidebar)
+
+function newChat() {
+  const chat = { id: crypto.randomUUID(), title: "New chat", messages: [], updated: Date.now() };
+  state.chats.unshift(chat);
+  state.currentId = chat.id;
+  saveChats();
+  return chat;
+}
+
+function renderSidebar() {
+  const items = state.chats.map((chat) => {
+    const li = el("li", chat.id === state.currentId ? "active" : "");
+    const open = el("button", "chat-link", chat.title);
+    open.type = "button";
+    open.title = chat.title;
+    open.addEventListener("click", () => { if (!state.running) selectChat(chat.id); });
+    const remove = el("button", "chat-delete", "×");
+    remove.type = "button";
+    remove.title = "Delete conversation";
+    remove.setAttribute("aria-label", `Delete ${chat.title}`);
+    remove.addEventListener("click", () => deleteChat(chat.id));
+    li.append(open, remove);
+    return li;
+  });
+  $("conversations").replaceChildren(...items);
+}
+
+function selectChat(id) {
+  state.currentId = id;
+  saveChats();
+  renderSidebar();
+  renderMessages();
+}
+
+function deleteChat(id) {
+  if (state.running && id === state.currentId) state.running.abort();
+  state.chats = state.chats.filter((c) => c.id !== id);
+  if (state.currentId === id) state.currentId = state.chats[0]?.id || null;
+  saveChats();
+  renderSidebar();
+  renderMessages();
+}
+
+// --- messages
+
+// Text with ``` fences becomes text and <pre> blocks, built with textContent only.
+function fillContent(target, text) {
+  const parts = text.split("```");
+  target.replaceChildren(...parts.map((part, i) => {
+    if (i % 2 === 0) return document.createTextNode(part);
+    const newline = part.indexOf("\n");
+    const code = el("code", "", newline >= 0 ? part.slice(newline + 1) : part);
+    const pre = el("pre");
+    pre.append(code);
+    return pre;
+  }));
+}
+
+function messageView(message) {
+  const li = el("li", `message ${message.role}`);
+  li.append(el("div", "role", message.role === "assistant" ? "Assistant" : "You"));
+  const content = el("div", "content");
+  fillContent(content, message.content);
+  li.append(content);
+  const meta = el("div", "meta");
+  if (message.stats) meta.textContent = statsLine(message.stats);
+  if (message.stopped) meta.append(el("span", "tag", "stopped"));
+  if (message.error) li.append(el("div", "error", message.error));
+  li.append(meta);
+  return li;
+}
+
+function renderMessages() {
+  const chat = currentChat();
+  const messages = chat ? chat.messages : [];
+  $("messages").replaceChildren(...messages.map(messageView));
+  $("empty").hidden = messages.length > 0;
+  scrollToEnd();
+}
+
+function scrollToEnd() {
+  const list = $("messages");
+  list.scrollTop = list.scrollHeight;
+}
+
+function statsLine(stats) {
+  const approx = stats.estimated ? "≈" : "";
+  const parts = [`TTFT ${stats.ttft.toFixed(2)} s`];
+  if (stats.tps) parts.push(`${approx}${stats.tps.toFixed(1)} tok/s`);
+  if (stats.tokens) parts.push(`${approx}${stats.tokens} tokens`);
+  return parts.join(" · ");
+}
+
+// --- sending
+
+function requestBody(chat) {
+  const messages = [];
+  if (state.settings.system.trim()) messages.push({ role: "system", content: state.settings.system });
+  for (const m of chat.messages) if (m.content || m.role === "user") messages.push({ role: m.role, content: m.content });
+  const body = {
+    model: $("model").value,
+    messages,
+    temperature: Number(state.settings.temperature),
+    stream: true,
+    stream_options: { include_usage: true },
+  };
+  const maxTokens = parseInt(state.settings.maxTokens, 10);
+  if (maxTokens > 0) body.max_tokens = maxTokens;
+  return body;
+}
+
 async function send(text) {
-  showError("");
-  conversation.push({ role: "user", content: text });
-  addBubble("user", text);
+  const chat = currentChat() || newChat();
+  if (chat.messages.length === 0) chat.title = text.slice(0, 60);
+  chat.messages.push({ role: "user", content: text });
+  const body = requestBody(chat);
   const reply = { role: "assistant", content: "" };
-  const out = addBubble("assistant", "");
-  running = new AbortController();
+  chat.messages.push(reply);
+  chat.updated = Date.now();
+  saveChats();
+  renderSidebar();
+  renderMessages();
+  const view = $("messages").lastElementChild;
+  const content = view.querySelector(".content");
+  view.classList.add("streaming");
+
+  const controller = new AbortController();
+  state.running = controller;
   setRunning(true);
-  const started = performance.now();
-  let firstToken = null;
-  let usage = null;
+  const timing = { started: performance.now(), first: null, last: null, usage: null, chunks: 0 };
   try {
-    const response = await api("/v1/chat/completions", {
-      method: "POST",
-      signal: running.signal,
-      body: JSON.stringify({
-        model: $("model").value,
-        messages: conversation,
-        stream: true,
-        stream_options: { include_usage: true },
-      }),
-    });
+    const response = await api("/v1/chat/completions", { method: "POST", body: JSON.stringify(body), signal: controller.signal });
     await readEvents(response.body, (chunk) => {
-      if (chunk.usage) usage = chunk.usage;
+      if (chunk.error) throw new Error(chunk.error.message);
+      if (chunk.usage) timing.usage = chunk.usage;
       const delta = chunk.choices?.[0]?.delta?.content;
       if (!delta) return;
-      firstToken ??= performance.now();
+      timing.first ??= performance.now();
+      timing.last = performance.now();
+      timing.chunks += 1;
       reply.content += delta;
-      out.textContent = reply.content;
-      out.parentElement.scrollIntoView({ block: "end" });
+      fillContent(content, reply.content);
+      $("stats").textContent = liveStats(timing);
+      scrollToEnd();
     });
   } catch (err) {
-    if (err.name !== "AbortError") showError(err.message);
+    if (err.name === "AbortError") reply.stopped = true;
+    else reply.error = err.message;
   } finally {
-    running = null;
+    if (timing.first !== null) reply.stats = finalStats(timing);
+    state.running = null;
     setRunning(false);
-    conversation.push(reply);
-    save();
-    showStats(started, firstToken, usage);
+    saveChats();
+    renderMessages();
+    $("stats").textContent = "";
   }
 }
 
-function showStats(started, firstToken, usage) {
-  if (firstToken === null) { $("stats").textContent = ""; return; }
-  const ttft = (firstToken - started) / 1000;
-  const decodeSeconds = (performance.now() - firstToken) / 1000;
-  let line = `TTFT ${ttft.toFixed(2)} s`;
-  if (usage && usage.completion_tokens > 1 && decodeSeconds > 0) {
-    line += ` · ${((usage.completion_tokens - 1) / decodeSeconds).toFixed(1)} tok/s`;
-    line += ` · ${usage.completion_tokens} tokens`;
-  }
-  $("stats").textContent = line;
+function liveStats(timing) {
+  return `TTFT ${((timing.first - timing.started) / 1000).toFixed(2)} s · streaming…`;
+}
+
+// tok/s counts the tokens after the first over the time after the first, so
+// it measures decoding alone (prefill is what TTFT shows). A stopped stream has
+// no usage event; its text chunks (about one per token) stand in, marked "≈".
+function finalStats(timing) {
+  const estimated = !timing.usage;
+  const tokens = timing.usage?.completion_tokens ?? timing.chunks;
+  const seconds = (timing.last - timing.first) / 1000;
+  return {
+    ttft: (timing.first - timing.started) / 1000,
+    tps: tokens > 1 && seconds > 0 ? (tokens - 1) / seconds : null,
+    tokens,
+    estimated,
+  };
 }
 
 function setRunning(on) {
   $("stop").hidden = !on;
   $("send").disabled = on;
+  document.body.classList.toggle("running", on);
+}
+
+// --- models, cluster, downloads
+
+async function loadModels() {
+  try {
+    const { data } = await (await api("/v1/models")).json();
+    const previous = $("model").value;
+    $("model").replaceChildren(...data.map((m) => new Option(m.id, m.id)));
+    if (data.some((m) => m.id === previous)) $("model").value = previous;
+    hideBanner();
+  } catch (err) {
+    if (err.status !== 401) showBanner(`Could not list models: ${err.message}`);
+  }
 }
 
 function formatBytes(n) {
-  if (!n && n !== 0) return "?";
-  return n >= 1 << 30 ? `${(n / (1 << 30)).toFixed(1)} GiB` : `${(n / (1 << 20)).toFixed(0)} MiB`;
+  if (typeof n !== "number") return "?";
+  if (n >= 2 ** 30) return `${(n / 2 ** 30).toFixed(1)} GiB`;
+  if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(0)} MiB`;
+  return `${(n / 1024).toFixed(0)} KiB`;
 }
 
-async function refreshCluster() {
-  try {
-    const topology = await (await api("/v1/topology")).json();
-    $("plan-version").textContent = topology.plan_version != null ? `plan v${topology.plan_version}` : "";
-    $("nodes").replaceChildren(...topology.nodes.map((node) => {
-      const row = document.createElement("tr");
-      const layers = node.layers ? `${node.layers[0]}–${node.layers[1]}` : "—";
-      const cells = [
-        `${node.name || ""}${node.self ? " (this node)" : ""}`,
-        node.engine || "?",
-        `${formatBytes(node.memory?.available)} / ${formatBytes(node.memory?.total)}`,
-        layers,
-      ];
-      for (const value of cells) {
-        const td = document.createElement("td");
-        td.textContent = value;
-        row.append(td);
-      }
-      row.title = node.id;
-      return row;
-    }));
-    renderDownloads(topology.downloads || []);
-  } catch (_) { /* the next poll retries */ }
+function bar(fraction, className) {
+  const outer = el("div", `bar ${className || ""}`);
+  const inner = el("div", "fill");
+  inner.style.width = `${Math.max(0, Math.min(1, fraction)) * 100}%`;
+  outer.append(inner);
+  return outer;
+}
+
+// One node: name, engine, memory in use, and its slice of the model's layers.
+function nodeCard(node, totalLayers) {
+  const li = el("li", `node${node.self ? " self" : ""}`);
+  li.title = node.id || "";
+  const head = el("div", "node-head");
+  head.append(el("span", "dot"), el("strong", "", node.name || node.id || "node"));
+  if (node.self) head.append(el("span", "tag", "this node"));
+  head.append(el("span", "engine", node.engine || "?"));
+  li.append(head);
+  const total = node.memory?.total;
+  const used = total && node.memory.available != null ? total - node.memory.available : null;
+  li.append(el("div", "kv", `Memory ${formatBytes(used)} / ${formatBytes(total)}`));
+  if (total && used != null) li.append(bar(used / total, "memory"));
+  if (node.layers) {
+    const [first, last] = node.layers;
+    li.append(el("div", "kv", `Layers ${first}–${last} of ${totalLayers}`));
+    const layers = el("div", "bar layers");
+    const fill = el("div", "fill");
+    fill.style.marginLeft = `${(first / totalLayers) * 100}%`;
+    fill.style.width = `${((last - first + 1) / totalLayers) * 100}%`;
+    layers.append(fill);
+    li.append(layers);
+  }
+  return li;
+}
+
+function renderTopology(topology) {
+  const nodes = topology.nodes || [];
+  const totalLayers = Math.max(1, ...nodes.map((n) => (n.layers ? n.layers[1] + 1 : 1)));
+  $("plan-version").textContent = topology.plan_version != null ? `plan v${topology.plan_version}` : "";
+  $("cluster-model").textContent = `${topology.model || ""} · ${nodes.length} node${nodes.length === 1 ? "" : "s"}`;
+  $("nodes").replaceChildren(...nodes.map((n) => nodeCard(n, totalLayers)));
+  renderDownloads(topology.downloads || []);
 }
 
 function renderDownloads(downloads) {
   $("downloads").replaceChildren(...downloads.map((d) => {
-    const label = document.createElement("label");
-    label.textContent = `${d.model}: ${formatBytes(d.done)} / ${formatBytes(d.total)}`;
-    const bar = document.createElement("progress");
-    bar.max = d.total || 1;
-    bar.value = d.done || 0;
-    label.append(bar);
-    return label;
+    const box = el("div", "download-item");
+    const fraction = d.total ? d.done / d.total : 0;
+    const who = d.node ? ` on ${d.node}` : "";
+    box.append(el("div", "kv", `Downloading ${d.model || ""}${who}: ${formatBytes(d.done)} / ${formatBytes(d.total)} (${(fraction * 100).toFixed(0)}%)`));
+    box.append(bar(fraction, "download"));
+    return box;
   }));
 }
 
-$("composer").addEventListener("submit", (event) => {
-  event.preventDefault();
-  const text = $("prompt").value.trim();
-  if (!text || running) return;
-  $("prompt").value = "";
-  send(text);
-});
-$("prompt").addEventListener("keydown", (event) => {
-  if (event.key === "Enter" && !event.shiftKey) {
-    event.preventDefault();
-    $("composer").requestSubmit();
+async function refreshCluster() {
+  try {
+    renderTopology(await (await api("/v1/topology")).json());
+    setConnection("online", "connected");
+  } catch (err) {
+    setConnection("offline", err.status === 401 ? "API key needed" : "unreachable");
   }
-});
-$("stop").addEventListener("click", () => running?.abort());
-$("new-chat").addEventListener("click", () => {
-  running?.abort();
-  conversation = [];
-  save();
-  render();
-  $("stats").textContent = "";
-});
-$("set-key").addEventListener("click", () => {
-  const key = prompt("API key (leave empty to clear)", localStorage.getItem(KEY_STORE) || "");
-  if (key === null) return;
-  if (key) localStorage.setItem(KEY_STORE, key); else localStorage.removeItem(KEY_STORE);
-  loadModels();
-});
+}
 
-render();
+function setConnection(stateName, text) {
+  $("connection").dataset.state = stateName;
+  $("connection").textContent = text;
+}
+
+// --- banners, key dialog, settings
+
+function showBanner(message, action) {
+  const banner = $("banner");
+  banner.replaceChildren(document.createTextNode(message));
+  if (action) banner.append(action);
+  banner.hidden = false;
+}
+
+function hideBanner() { $("banner").hidden = true; }
+
+function showKeyBanner() {
+  const button = el("button", "link", "Enter API key");
+  button.type = "button";
+  button.addEventListener("click", openKeyDialog);
+  showBanner("This node requires an API key. ", button);
+}
+
+function openKeyDialog() {
+  $("key-input").value = localStorage.getItem(STORE.key) || "";
+  $("key-dialog").showModal();
+  $("key-input").focus();
+}
+
+function setKey(key) {
+  if (key) localStorage.setItem(STORE.key, key); else localStorage.removeItem(STORE.key);
+  $("key-dialog").close();
+  loadModels();
+  refreshCluster();
+}
+
+function bindSettings() {
+  const s = state.settings;
+  const save = () => localStorage.setItem(STORE.settings, JSON.stringify(s));
+  $("temperature").value = s.temperature;
+  $("temperature-value").textContent = Number(s.temperature).toFixed(2);
+  $("max-tokens").value = s.maxTokens;
+  $("system").value = s.system;
+  $("temperature").addEventListener("input", (e) => {
+    s.temperature = Number(e.target.value);
+    $("temperature-value").textContent = s.temperature.toFixed(2);
+    save();
+  });
+  $("max-tokens").addEventListener("input", (e) => { s.maxTokens = e.target.value; save(); });
+  $("system").addEventListener("input", (e) => { s.system = e.target.value; save(); });
+}
+
+function autoGrow() {
+  const box = $("prompt");
+  box.style.height = "auto";
+  box.style.height = `${Math.min(box.scrollHeight, 240)}px`;
+}
+
+function bindEvents() {
+  $("composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("prompt").value.trim();
+    if (!text || state.running) return;
+    $("prompt").value = "";
+    autoGrow();
+    send(text);
+  });
+  $("prompt").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      $("composer").requestSubmit();
+    }
+  });
+  $("prompt").addEventListener("input", autoGrow);
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && state.running) state.running.abort();
+  });
+  $("stop").addEventListener("click", () => state.running?.abort());
+  $("new-chat").addEventListener("click", () => {
+    state.running?.abort();
+    newChat();
+    renderSidebar();
+    renderMessages();
+    $("stats").textContent = "";
+    $("prompt").focus();
+  });
+  $("toggle-panel").addEventListener("click", () => document.body.classList.toggle("panel-open"));
+  $("set-key").addEventListener("click", openKeyDialog);
+  $("key-form").addEventListener("submit", (event) => { event.preventDefault(); setKey($("key-input").value.trim()); });
+  $("key-clear").addEventListener("click", () => setKey(""));
+  $("key-cancel").addEventListener("click", () => $("key-dialog").close());
+}
+
+bindSettings();
+bindEvents();
+renderSidebar();
+renderMessages();
 loadModels();
 refreshCluster();
-setInterval(refreshCluster, 2000);
+setInterval(refreshCluster, TOPOLOGY_POLL_MS);
