@@ -136,6 +136,8 @@ def _error(command: str, message: object) -> None:
 
 
 def cmd_pair(args: argparse.Namespace) -> int:
+    import logging
+
     import trio
 
     from exoquic.discovery.multicast import MulticastSettings
@@ -163,6 +165,9 @@ def cmd_pair(args: argparse.Namespace) -> int:
     except (IdentityError, TrustStoreError) as exc:
         _error("pair", exc)
         return 1
+    if not getattr(args, "verbose", False):
+        # Which interfaces multicast uses is noise next to the code; -v shows it.
+        logging.getLogger("exoquic.discovery").setLevel(logging.WARNING)
     settings = MulticastSettings(
         port=args.multicast_port, interfaces=args.interfaces, interval=ANNOUNCE_INTERVAL
     )
