@@ -85,6 +85,8 @@ class PairingOffer:
 
     The first connection that sends a pairing message uses the code, whatever
     the outcome; later ones are refused. `wait_result` reports that attempt.
+    To offer it on an endpoint that already runs (a node's), set `endpoint`
+    and `endpoint.set_pairing_handler(offer.serve_stream)`.
     """
 
     def __init__(self, identity: Identity, trust: TrustStore, name: str, code: PairingCode) -> None:
@@ -156,8 +158,11 @@ class PairingOffer:
         else:
             self._done.set()
             return
-        if owner and self._result is None:
-            self._error = self._error or failure
+        if owner:
+            if self._result is None:
+                self._error = self._error or failure
+            # else: we trust the peer but it may lack our confirmation (a half
+            # pairing, see docs/security.md); our side of it did succeed.
             self._done.set()
 
     def _trust(self, peer: PairingResult, connection: Connection) -> None:

@@ -205,3 +205,13 @@ def test_addresses_parse() -> None:
     for bad in ("192.0.2.5", ":80", "host:0", "host:99999", "host:port"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_address(bad)
+
+
+def test_cli_defaults_match_the_modules_they_mirror() -> None:
+    # cli.py keeps copies so that building the parser imports neither spake2 nor psutil.
+    from exoquic.discovery.multicast import MULTICAST_PORT
+    from exoquic.identity.pairing import CODE_LIFETIME
+    from exoquic.pairing import cli
+
+    assert cli.DEFAULT_LIFETIME == CODE_LIFETIME
+    assert cli.DEFAULT_MULTICAST_PORT == MULTICAST_PORT
