@@ -106,3 +106,43 @@ def test_any_json_is_accepted_or_refused_with_a_400(body: Any) -> None:
             parse(body)
         except APIError as error:
             assert error.status == 400
+
+
+def test_prompt_forms() -> None:
+    assert parse_text_request({"model": "m", "prompt": [1, 2, 3]}).prompt == (1, 2, 3)
+    assert parse_text_request({"model": "m", "prompt": [[4, 5]]}).prompt == (4, 5)
+    for bad in ([], [-1], [1.5], ["a", "b"], [[1], [2]], [True], None):
+        with pytest.raises(APIError) as info:
+            parse_text_request({"model": "m", "prompt": bad})
+        assert info.value.param == "prompt", bad
+
+
+def test_sdk_echo_fields_only_while_empty() -> None:
+    echoed = {"role": "assistant", "content": "x", "refusal": None, "tool_calls": [], "name": "a"}
+    assert chat(messages=[echoed]).messages[0] == {"role": "assistant", "content": "x"}
+    with pytest.raises(APIError) as info:
+        chat(messages=[{**echoed, "tool_calls": [{"id": "1"}]}])
+    assert info.value.param == "messages[0].tool_calls"
+    with pytest.raises(APIError):
+        chat(messages=[{"role": "user", "content": "x", "name": 3}])
+
+
+def test_developer_role_is_a_system_message() -> None:
+    assert chat(messages=[{"role": "developer", "content": "be brief"}]).messages[0]["role"] == (
+        "system"
+    )
+
+
+def test_response_format_text_only() -> None:
+    assert chat(response_format={"type": "text"})
+    with pytest.raises(APIError) as info:
+        chat(response_format={"type": "json_object"})
+    assert info.value.param == "response_format"
+
+
+def test_nan_and_infinity_are_refused() -> None:
+    for value in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(APIError):
+            chat(temperature=value)
+        with pytest.raises(APIError):
+            chat(top_p=value)
