@@ -176,6 +176,18 @@ def check_name(message: Message, name: str) -> None:
         raise _invalid(message, name, "1-64 printable characters, no outer spaces", value)
 
 
+def check_node_id(message: Message, name: str) -> None:
+    """A node id in canonical text form (as `identity.node_id` writes it)."""
+    check_text(message, name, MAX_ID_LENGTH)
+    value = getattr(message, name)
+    try:
+        canonical = parse_node_id(value)
+    except NodeIdError as exc:
+        raise _invalid(message, name, "a node id", value) from exc
+    if canonical != value:
+        raise _invalid(message, name, f"in canonical form {canonical!r}", value)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -208,13 +220,7 @@ class Hello(Message):
 
     def __post_init__(self) -> None:
         check_uint(self, "protocol_version", U32)
-        check_text(self, "node_id", MAX_ID_LENGTH)
-        try:
-            canonical = parse_node_id(self.node_id)
-        except NodeIdError as exc:
-            raise _invalid(self, "node_id", "a node id", self.node_id) from exc
-        if canonical != self.node_id:
-            raise _invalid(self, "node_id", f"in canonical form {canonical!r}", self.node_id)
+        check_node_id(self, "node_id")
         check_name(self, "name")
         caps = self.capabilities
         if not isinstance(caps, dict) or len(caps) > MAX_CAPABILITIES:
@@ -274,9 +280,16 @@ class Forward(Message):
     `start_position .. start_position + T - 1` of the request. `plan_version`
     names the partition the sender used; the sampling fields travel along so
     that the last shard samples with the request's own parameters.
+
+    Version 2 adds `step`, the index of the token this pass produces (0 for
+    the first generated token; the sampler's draw depends on it, so any node
+    can sample any step), and `origin`, the node id of the node holding the
+    request, to which the last shard sends its `TokenResult` (None: the node
+    the message came from).
     """
 
     TYPE = "forward"
+    VERSION = 2
     request_id: str
     plan_version: int
     start_position: int
@@ -286,6 +299,8 @@ class Forward(Message):
     top_k: int = 0
     seed: int | None = None
     max_tokens: int = 1
+    step: int = 0
+    origin: str | None = None
 
     def __post_init__(self) -> None:
         check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
@@ -300,6 +315,9 @@ class Forward(Message):
         check_uint(self, "max_tokens", U32)
         if self.max_tokens == 0:
             raise _invalid(self, "max_tokens", "at least 1", 0)
+        check_uint(self, "step", U32)
+        if self.origin is not None:
+            check_node_id(self, "origin")
 
     def _check_tensor(self) -> None:
         tensor = self.tensor
@@ -343,6 +361,69 @@ class Release(Message):
 
     def __post_init__(self) -> None:
         check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
+
+
+MAX_PLAN_NODES = 1024
+
+
+@register
+@dataclass(frozen=True)
+class RequestFailed(Message):
+    """A node could not run a step of a request; sent to the request's origin.
+
+    `retryable` is true when the request may succeed if replayed under a newer
+    plan (the node moved to another plan, or its successor is gone); false
+    when replaying cannot help (the engine refused the input).
+    """
+
+    TYPE = "request_failed"
+    request_id: str
+    reason: str
+    retryable: bool
+
+    def __post_init__(self) -> None:
+        check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
+        check_text(self, "reason", MAX_REASON_LENGTH, min_length=0)
+        if not isinstance(self.retryable, bool):
+            raise _invalid(self, "retryable", "true or false", self.retryable)
+
+
+@register
+@dataclass(frozen=True)
+class PlanProposal(Message):
+    """The coordinator's plan for the ring (see `exoquic.topology.Plan.to_dict`).
+
+    Only the map's shape is checked here; the receiver decodes it with
+    `Plan.from_dict` and treats a bad plan as a protocol error. The proposer
+    is the authenticated sender, never a field.
+    """
+
+    TYPE = "plan_proposal"
+    plan: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        plan = self.plan
+        if not isinstance(plan, dict) or not all(isinstance(k, str) for k in plan):
+            raise _invalid(self, "plan", "a map with text keys", plan)
+        assignments = plan.get("assignments")
+        if not isinstance(assignments, list) or len(assignments) > MAX_PLAN_NODES:
+            raise _invalid(self, "plan", f"a plan of at most {MAX_PLAN_NODES} nodes", plan)
+
+
+@register
+@dataclass(frozen=True)
+class PlanReady(Message):
+    """The sender has loaded its shard of plan `version` proposed by `proposer`
+    (or holds no shard in it) and will serve it. A plan serves requests once
+    every node in it said so."""
+
+    TYPE = "plan_ready"
+    version: int
+    proposer: str
+
+    def __post_init__(self) -> None:
+        check_uint(self, "version")
+        check_node_id(self, "proposer")
 
 
 # --- pairing (ALPN exoquic-pair/1), see exoquic.identity.pairing -----------------

@@ -19,8 +19,11 @@ from exoquic.wire.messages import (
     PairRequest,
     PairResponse,
     Ping,
+    PlanProposal,
+    PlanReady,
     Pong,
     Release,
+    RequestFailed,
     TokenResult,
     check_uint,
     decode_message,
@@ -42,10 +45,14 @@ def examples() -> list[Message]:
         Forward("req-1", 3, 0, np.array([1, 2, 3], np.int32)),
         Forward("req-1", 3, 3, np.ones((2, 576), np.float32), 0.7, 0.9, 40, 2**64 - 1, 256),
         Forward("req-2", 0, 9, np.ones((1, 8), np.float16), seed=None),
+        Forward("req-3", 1, 4, np.array([7], np.int32), step=3, origin=NODE_ID),
         TokenResult("req-1", 49151, None),
         TokenResult("req-1", 2, "stop"),
         TokenResult("req-1", 2, "length"),
         Release("req-1"),
+        RequestFailed("req-1", "plan 3 is gone", True),
+        PlanProposal({"version": 3, "assignments": [{"node_id": NODE_ID}]}),
+        PlanReady(3, NODE_ID),
         PairRequest(KEY, "phone"),
         PairResponse(KEY, "desk", b"A" + bytes(32)),
         PairFinish(b"B" + bytes(32), bytes(32)),
@@ -110,17 +117,29 @@ def raw(type_name: str, **fields: Any) -> bytes:
     return cbor2.dumps({"type": type_name, "v": 1, **fields})
 
 
+def raw_forward(**fields: Any) -> bytes:
+    return cbor2.dumps({"type": "forward", "v": Forward.VERSION, **fields})
+
+
 def ping_version(version: object) -> bytes:
     return cbor2.dumps({"type": "ping", "v": version, "nonce": 1})
 
 
 TOKENS = {"dtype": "int32", "shape": [1], "data": b"\x01\0\0\0"}
 FORWARD = dict(request_id="r", plan_version=1, start_position=0, tensor=TOKENS,
-               temperature=0.0, top_p=1.0, top_k=0, seed=None, max_tokens=1)  # fmt: skip
+               temperature=0.0, top_p=1.0, top_k=0, seed=None, max_tokens=1,
+               step=0, origin=None)  # fmt: skip
 
 
 def test_raw_forward_is_valid() -> None:
-    assert isinstance(decode_message(raw("forward", **FORWARD)), Forward)
+    assert isinstance(decode_message(raw_forward(**FORWARD)), Forward)
+
+
+def test_forward_version_1_is_refused() -> None:
+    old = {k: v for k, v in FORWARD.items() if k not in ("step", "origin")}
+    with pytest.raises(RemoteProtocolError, match="version 1") as caught:
+        decode_message(cbor2.dumps({"type": "forward", "v": 1, **old}))
+    assert caught.value.error_code == ErrorCode.UNSUPPORTED_VERSION
 
 
 @pytest.mark.parametrize(
@@ -181,11 +200,13 @@ def test_invalid_messages_are_the_peers_fault(data: bytes, code: ErrorCode, matc
         ({"tensor": {"dtype": "int32", "shape": [1, 1], "data": bytes(4)}}, "tensor"),
         ({"tensor": {"dtype": "int32", "shape": [0], "data": b""}}, "tensor"),
         ({"tensor": [1, 2, 3]}, "tensor"),
+        ({"step": -1}, "step"),
+        ({"origin": "exq-0000"}, "origin"),
     ],
 )
 def test_invalid_forward_fields(changes: dict[str, Any], match: str) -> None:
     with pytest.raises(RemoteProtocolError, match=match) as info:
-        decode_message(raw("forward", **{**FORWARD, **changes}))
+        decode_message(raw_forward(**{**FORWARD, **changes}))
     assert info.value.error_code == ErrorCode.INVALID_FIELD
 
 
