@@ -31,6 +31,8 @@ async def serve_node(
         config.accesslog = None
         config.graceful_timeout = 2.0
         log.info("serving %s: chat UI at http://%s/, OpenAI API at /v1", node.model_id, address)
+        if security is not None and security.api_key:
+            log.info("the API requires 'Authorization: Bearer <key>' (exoquic token)")
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
             async def until_signalled() -> None:
