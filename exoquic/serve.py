@@ -29,6 +29,8 @@ async def serve_node(
         config = Config()
         config.bind = [address]
         config.accesslog = None
+        # Hypercorn's messages go through our logging setup (once), not its own stderr handler.
+        config.errorlog = logging.getLogger("hypercorn.error")
         config.graceful_timeout = 2.0
         log.info("serving %s: chat UI at http://%s/, OpenAI API at /v1", node.model_id, address)
         if security is not None and security.api_key:
