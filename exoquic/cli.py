@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from exoquic import __version__
 from exoquic.download.cli import add_models_command
 from exoquic.pairing.cli import add_pair_command, add_trust_command
+from exoquic.ring_cli import add_cluster_options, add_status_command, cluster_settings
 
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 52415
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_token(commands)
     add_pair_command(commands)
     add_trust_command(commands)
+    add_status_command(commands)
     return parser
 
 
@@ -98,6 +100,7 @@ def add_up(commands: argparse._SubParsersAction) -> None:
         metavar="ORIGIN",
         help="let this web origin call the API from a browser (repeatable)",
     )
+    add_cluster_options(up)
     up.set_defaults(handler=cmd_up)
 
 
@@ -131,8 +134,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     except InsecureBindError as exc:
         print(f"exoquic: {exc}", file=sys.stderr)
         return 2
+    try:
+        cluster = cluster_settings(args)
+    except ValueError as exc:
+        print(f"exoquic: {exc}", file=sys.stderr)
+        return 2
     settings = NodeSettings(model=args.model, engine=args.engine, max_context=args.max_context)
-    trio.run(serve_node, settings, args.api_host, args.api_port, security)
+    trio.run(serve_node, settings, args.api_host, args.api_port, security, cluster)
     return 0
 
 

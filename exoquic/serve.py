@@ -14,6 +14,7 @@ from exoquic.api.app import create_app
 from exoquic.api.openai_routes import open_generation
 from exoquic.api.security import ApiSecurity
 from exoquic.engines.sampling import SamplingParams
+from exoquic.orchestration.cluster import ClusterSettings
 from exoquic.orchestration.generation import GenerationRequest
 from exoquic.orchestration.node import NodeSettings, new_request_id, open_node
 
@@ -21,11 +22,16 @@ log = logging.getLogger(__name__)
 
 
 async def serve_node(
-    settings: NodeSettings, host: str, port: int, security: ApiSecurity | None = None
+    settings: NodeSettings,
+    host: str,
+    port: int,
+    security: ApiSecurity | None = None,
+    cluster: ClusterSettings | None = None,
 ) -> None:
-    """Load the model and serve the API and UI until SIGINT or SIGTERM."""
+    """Join the ring (alone without `cluster`) and serve the API and UI until
+    SIGINT or SIGTERM."""
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    async with open_node(settings) as node:
+    async with open_node(settings, cluster) as node:
         config = Config()
         config.bind = [address]
         config.accesslog = None

@@ -16,6 +16,7 @@ from exoquic.api.errors import APIError
 from exoquic.api.openai_routes import blueprint as openai_blueprint
 from exoquic.api.openapi import openapi_document
 from exoquic.api.security import ApiSecurity
+from exoquic.orchestration.generation import UnavailableError
 from exoquic.orchestration.node import Node
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,11 @@ def _add_error_handlers(app: QuartTrio) -> None:
     @app.errorhandler(APIError)
     async def api_error(error: APIError) -> Response:
         return error_response(error)
+
+    @app.errorhandler(UnavailableError)
+    async def unavailable(error: UnavailableError) -> Response:
+        # The ring cannot serve now (not enough memory left, no plan): retry later.
+        return error_response(APIError(503, str(error), type="server_error", code=error.code))
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:

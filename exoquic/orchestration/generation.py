@@ -20,6 +20,14 @@ class ContextLengthError(RequestError):
     code = "context_length_exceeded"
 
 
+class UnavailableError(Exception):
+    """The cluster cannot serve requests now (no agreed plan in time, not
+    enough memory on the live nodes, a step that never came back); the API
+    answers 503 with this message."""
+
+    code = "service_unavailable"
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     request_id: str

@@ -1,9 +1,11 @@
 """The node: one model, one engine, and the generation loop around them.
 
-A node owns its engine worker task. `generate` runs one request: the prompt
-is prefilled, then tokens are sampled one at a time until an end token, a stop
-string or the token budget, streaming text out as it goes. Each request's KV
-cache is released when it ends, however it ends (finished, failed, cancelled).
+A node is always part of a ring (see `ring.py`); alone, it is a ring of one
+with no network at all. `generate` runs one request as its origin: the ring
+produces tokens step by step, and the node turns them into text, applying end
+tokens, stop strings and the token budget, streaming as it goes. KV caches
+are released on every node of the plan when the request ends, however it
+ends (finished, failed, cancelled).
 """
 
 from __future__ import annotations
@@ -13,27 +15,30 @@ import platform
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
-import psutil
 import trio
 
 from exoquic.engines.base import Engine
-from exoquic.engines.sampling import Sampler
+from exoquic.identity.keys import Identity
 from exoquic.models.config import ModelConfig
 from exoquic.models.shard import Shard
 from exoquic.models.source import ModelSource, resolve_source
 from exoquic.models.tokenizer import Tokenizer
+from exoquic.orchestration.cluster import Cluster, ClusterSettings, open_cluster
 from exoquic.orchestration.generation import (
     ContextLengthError,
     GenerationChunk,
     GenerationRequest,
+    UnavailableError,
 )
+from exoquic.orchestration.planning import Member, PlanState
 from exoquic.orchestration.stops import StopMatcher
+from exoquic.orchestration.topology_view import topology_report
 from exoquic.orchestration.worker import EngineWorker
+from exoquic.topology import DeviceCapabilities, ModelRequirements, probe_capabilities
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,12 @@ class NodeSettings:
 
 
 class Node:
+    """A model served by this node, alone or as one node of a ring.
+
+    Without `cluster` the node is alone and `worker`'s engine must already
+    hold the whole model (a ring of one, no network).
+    """
+
     def __init__(
         self,
         model_id: str,
@@ -54,6 +65,7 @@ class Node:
         tokenizer: Tokenizer,
         worker: EngineWorker,
         max_context: int,
+        cluster: Cluster | None = None,
     ) -> None:
         self.model_id = model_id
         self.config = config
@@ -62,7 +74,16 @@ class Node:
         self.max_context = max_context
         self.started_at = time.time()
         self._active: set[str] = set()
-        self.node_id = "local"
+        if cluster is None:
+            # A throwaway id: a node alone never shows it to anyone but itself.
+            node_id = Identity.generate().node_id
+            member = Member(node_id, platform.node() or "node", _probe(worker.engine.name))
+            cluster = Cluster.local(worker, model_id, config.num_layers, member)
+        self.cluster = cluster
+
+    @property
+    def node_id(self) -> str:
+        return self.cluster.node_id
 
     @property
     def engine(self) -> Engine:
@@ -73,22 +94,8 @@ class Node:
         return len(self._active)
 
     def topology(self) -> dict[str, Any]:
-        """What `GET /v1/topology` shows: this node alone until it joins a ring."""
-        memory = psutil.virtual_memory()
-        return {
-            "model": self.model_id,
-            "plan_version": None,
-            "nodes": [
-                {
-                    "id": self.node_id,
-                    "name": platform.node(),
-                    "self": True,
-                    "engine": self.engine.name,
-                    "memory": {"total": memory.total, "available": memory.available},
-                    "layers": [0, self.config.num_layers - 1],
-                }
-            ],
-        }
+        """What `GET /v1/topology` shows: the nodes, their layers, the plan, this node's stats."""
+        return topology_report(self.cluster, self.model_id, self.config.num_layers)
 
     def serves(self, model: str) -> bool:
         """Whether `model` (an id or alias from a request) names the loaded model."""
@@ -101,14 +108,23 @@ class Node:
         return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages))
 
     def check_fits(self, prompt_tokens: int) -> None:
+        """Refuse a request the node cannot take now: a prompt that leaves no room
+        in the context (ContextLengthError), or a cluster that cannot hold the
+        model (UnavailableError)."""
         if prompt_tokens >= self.max_context:
             raise ContextLengthError(
                 f"the prompt is {prompt_tokens} tokens; this node's context is "
                 f"{self.max_context} tokens and must leave room for at least one reply token"
             )
+        reason = self.cluster.state.unavailable
+        if reason is not None:
+            raise UnavailableError(reason)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """Stream the reply to one request (use under `contextlib.aclosing`)."""
+        """Stream the reply to one request (use under `contextlib.aclosing`).
+
+        Raises UnavailableError when the ring cannot serve it.
+        """
         self.check_fits(len(request.prompt_tokens))
         budget = self.max_context - len(request.prompt_tokens)
         if request.max_tokens is not None:
@@ -119,46 +135,81 @@ class Node:
                 yield chunk
         finally:
             self._active.discard(request.request_id)
-            with trio.CancelScope(shield=True):
-                await self.worker.call(lambda: self.engine.release(request.request_id))
 
     async def _decode(
         self, request: GenerationRequest, budget: int
     ) -> AsyncIterator[GenerationChunk]:
-        sampler = Sampler(request.sampling)
         text = self.tokenizer.stream_decoder()
         stops = StopMatcher(request.stop)
         end_tokens = self.tokenizer.eos_token_ids
-        inputs = np.asarray(request.prompt_tokens, dtype=np.int32)
-        for produced in range(1, budget + 1):
-            logits = await self.worker.forward(request.request_id, inputs)
-            token = sampler.sample(logits, produced - 1)
-            if token in end_tokens:
-                yield GenerationChunk(
-                    stops.push(text.flush()) + stops.flush(), produced - 1, "stop"
-                )
-                return
-            piece = stops.push(text.push(token))
-            if stops.stopped:
-                yield GenerationChunk(piece, produced, "stop")
-                return
-            if produced == budget:
-                yield GenerationChunk(
-                    piece + stops.push(text.flush()) + stops.flush(), produced, "length"
-                )
-                return
-            if piece:
-                yield GenerationChunk(piece, produced)
-            inputs = np.asarray([token], dtype=np.int32)
+        tokens = self.cluster.ring.generate_tokens(
+            request.request_id, list(request.prompt_tokens), request.sampling, budget
+        )
+        produced = 0
+        async with aclosing(tokens):
+            async for token in tokens:
+                produced += 1
+                if token in end_tokens:
+                    yield GenerationChunk(
+                        stops.push(text.flush()) + stops.flush(), produced - 1, "stop"
+                    )
+                    return
+                piece = stops.push(text.push(token))
+                if stops.stopped:
+                    yield GenerationChunk(piece, produced, "stop")
+                    return
+                if produced == budget:
+                    yield GenerationChunk(
+                        piece + stops.push(text.flush()) + stops.flush(), produced, "length"
+                    )
+                    return
+                if piece:
+                    yield GenerationChunk(piece, produced)
 
 
 def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+def model_requirements(model_id: str, config: ModelConfig) -> ModelRequirements:
+    """Memory the model's parts take: the registry's measured sizes, else an
+    estimate from the config at 4 bytes per weight (errs on the large side)."""
+    from exoquic.models.registry import find_model
+
+    entry = find_model(model_id)
+    if entry is not None:
+        return ModelRequirements(
+            entry.id, entry.num_layers, entry.bytes_per_layer, entry.embed_bytes, entry.embed_bytes
+        )
+    d, f = config.hidden_size, config.intermediate_size
+    attention = d * config.head_dim * (2 * config.num_heads + 2 * config.num_kv_heads)
+    per_layer = 4 * (attention + 3 * d * f + 2 * d)
+    embed = 4 * config.vocab_size * d
+    return ModelRequirements(model_id, config.num_layers, per_layer, embed, embed + 4 * d)
+
+
+def _probe(engine: str, memory_limit: int | None = None) -> DeviceCapabilities:
+    capabilities = probe_capabilities(engine)
+    if memory_limit is None:
+        return capabilities
+    limit = max(1, memory_limit)
+    return replace(
+        capabilities,
+        total_memory=min(capabilities.total_memory, limit),
+        available_memory=min(capabilities.available_memory, limit),
+    )
+
+
 @asynccontextmanager
-async def open_node(settings: NodeSettings) -> AsyncIterator[Node]:
-    """Load the model's tokenizer and weights, start the engine worker, yield the node."""
+async def open_node(
+    settings: NodeSettings, cluster: ClusterSettings | None = None
+) -> AsyncIterator[Node]:
+    """Start the engine worker and yield the node.
+
+    Without `cluster`: load the whole model and serve alone (no network).
+    With it: join the ring; this node's layers are loaded once the ring has
+    agreed on a plan (see `open_cluster`).
+    """
     from exoquic.engines.registry import create_engine
     from exoquic.engines.selection import pick_engine
 
@@ -168,21 +219,34 @@ async def open_node(settings: NodeSettings) -> AsyncIterator[Node]:
     engine_name = pick_engine(settings.engine)
     max_context = min(settings.max_context, config.max_context)
     engine = create_engine(engine_name, max_context=max_context)
-    shard = Shard.whole(source.model_id, config.num_layers)
-    started = time.perf_counter()
-    weights = await trio.to_thread.run_sync(source.load_shard, shard)
-    await trio.to_thread.run_sync(engine.load, weights)
-    del weights
-    log.info(
-        "loaded %s layers %d-%d on %s in %.1fs",
-        source.model_id,
-        shard.start_layer,
-        shard.end_layer,
-        engine_name,
-        time.perf_counter() - started,
-    )
     worker = EngineWorker(engine, max_batch=settings.max_batch)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
-        yield Node(source.model_id, config, tokenizer, worker, max_context)
+        if cluster is None:
+            await _load_whole(source, config, worker)
+            yield Node(source.model_id, config, tokenizer, worker, max_context)
+        else:
+            me = Member(
+                cluster.identity.node_id, cluster.name, _probe(engine_name, cluster.memory_limit)
+            )
+            state = PlanState(
+                me, model_requirements(source.model_id, config), cluster.memory_fraction
+            )
+            async with open_cluster(
+                cluster, state, worker, source.load_shard, source.model_id
+            ) as ring:
+                yield Node(source.model_id, config, tokenizer, worker, max_context, ring)
         nursery.cancel_scope.cancel()
+
+
+async def _load_whole(source: ModelSource, config: ModelConfig, worker: EngineWorker) -> None:
+    shard = Shard.whole(source.model_id, config.num_layers)
+    started = time.perf_counter()
+    weights = await trio.to_thread.run_sync(source.load_shard, shard)
+    await worker.call(lambda: worker.engine.load(weights))
+    log.info(
+        "loaded %s on %s in %.1fs",
+        source.model_id,
+        worker.engine.name,
+        time.perf_counter() - started,
+    )

@@ -11,6 +11,7 @@ the weights serves the whole batch).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,12 +23,30 @@ from exoquic.engines.base import Engine, ForwardItem
 
 
 @dataclass
-class _Job:
+class Job:
+    """Work queued for the engine; `await job.wait()` for its result.
+
+    `seconds` is how long the engine call that ran it took (for a batched
+    forward step, the whole batch's time).
+    """
+
     run: Callable[[], Any] | None  # None for forward jobs, which are batched
     item: ForwardItem | None = None
     done: trio.Event = field(default_factory=trio.Event)
     result: Any = None
     error: BaseException | None = None
+    seconds: float = 0.0
+
+    async def wait(self) -> Any:
+        """The job's result (or its exception). The job runs to completion even
+        if the caller is cancelled: the engine's state (its caches) must not be
+        left half-updated."""
+        with trio.CancelScope(shield=True):
+            await self.done.wait()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 @dataclass
@@ -35,6 +54,7 @@ class WorkerStatistics:
     batches: int = 0
     forwarded_items: int = 0
     largest_batch: int = 0
+    compute_seconds: float = 0.0  # time spent in the engine's forward calls
 
 
 class EngineWorker:
@@ -43,7 +63,7 @@ class EngineWorker:
     def __init__(self, engine: Engine, max_batch: int = 16) -> None:
         self.engine = engine
         self.max_batch = max_batch
-        self._send, self._receive = trio.open_memory_channel[_Job](math.inf)
+        self._send, self._receive = trio.open_memory_channel[Job](math.inf)
         self._stats = WorkerStatistics()
 
     def statistics(self) -> WorkerStatistics:
@@ -53,36 +73,37 @@ class EngineWorker:
         task_status.started()
         async for first in self._receive:
             jobs = [first, *self._drain(self.max_batch - 1)]
-            calls = [job for job in jobs if job.run is not None]
-            forwards = [job for job in jobs if job.run is None]
-            for job in calls:
-                await self._run_call(job)
-            if forwards:
-                await self._run_forwards(forwards)
+            # Strictly in queue order: a release or a shard load queued after a
+            # forward step must not overtake it. Neighbouring forwards batch.
+            for group in _in_order(jobs):
+                if group[0].run is not None:
+                    await self._run_call(group[0])
+                else:
+                    await self._run_forwards(group)
 
     async def forward(self, request_id: str, inputs: np.ndarray) -> np.ndarray:
         """Queue one forward step and wait for its output (see `Engine.forward`)."""
-        job = _Job(run=None, item=ForwardItem(request_id, inputs))
-        output: np.ndarray = await self._submit(job)
+        output: np.ndarray = await self.forward_nowait(request_id, inputs).wait()
         return output
 
     async def call(self, fn: Callable[[], Any]) -> Any:
         """Run any other engine method (load, release...) in the worker thread, in order."""
-        return await self._submit(_Job(run=fn))
+        return await self.call_nowait(fn).wait()
 
-    async def _submit(self, job: _Job) -> Any:
+    def forward_nowait(self, request_id: str, inputs: np.ndarray) -> Job:
+        """Queue one forward step now (jobs run in the order they are queued)."""
+        return self._queue(Job(run=None, item=ForwardItem(request_id, inputs)))
+
+    def call_nowait(self, fn: Callable[[], Any]) -> Job:
+        """Queue an engine call now, after everything already queued."""
+        return self._queue(Job(run=fn))
+
+    def _queue(self, job: Job) -> Job:
         self._send.send_nowait(job)
-        # The job runs to completion even if our caller is cancelled: the
-        # engine's state (its caches) must not be left half-updated.
-        with trio.CancelScope(shield=True):
-            await job.done.wait()
-        await trio.lowlevel.checkpoint_if_cancelled()
-        if job.error is not None:
-            raise job.error
-        return job.result
+        return job
 
-    def _drain(self, limit: int) -> list[_Job]:
-        jobs: list[_Job] = []
+    def _drain(self, limit: int) -> list[Job]:
+        jobs: list[Job] = []
         while len(jobs) < limit:
             try:
                 jobs.append(self._receive.receive_nowait())
@@ -90,16 +111,19 @@ class EngineWorker:
                 break
         return jobs
 
-    async def _run_call(self, job: _Job) -> None:
+    async def _run_call(self, job: Job) -> None:
         assert job.run is not None
+        started = time.perf_counter()
         try:
             job.result = await trio.to_thread.run_sync(job.run)
         except Exception as exc:
             job.error = exc
+        job.seconds = time.perf_counter() - started
         job.done.set()
 
-    async def _run_forwards(self, jobs: list[_Job]) -> None:
+    async def _run_forwards(self, jobs: list[Job]) -> None:
         items = [job.item for job in jobs if job.item is not None]
+        started = time.perf_counter()
         try:
             outputs = await trio.to_thread.run_sync(self._forward_batch, items)
         except Exception as exc:
@@ -109,8 +133,11 @@ class EngineWorker:
                 job.error = exc
                 job.done.set()
             return
+        seconds = time.perf_counter() - started
+        self._stats.compute_seconds += seconds
         for job, output in zip(jobs, outputs, strict=True):
             job.result = output
+            job.seconds = seconds
             job.done.set()
 
     def _forward_batch(self, items: list[ForwardItem]) -> list[np.ndarray]:
@@ -120,3 +147,14 @@ class EngineWorker:
         if len(items) == 1:
             return [self.engine.forward(items[0].request_id, items[0].inputs)]
         return self.engine.forward_batch(items)
+
+
+def _in_order(jobs: list[Job]) -> list[list[Job]]:
+    """Jobs in order: each call alone, each run of consecutive forwards as one group."""
+    groups: list[list[Job]] = []
+    for job in jobs:
+        if job.run is None and groups and groups[-1][0].run is None:
+            groups[-1].append(job)
+        else:
+            groups.append([job])
+    return groups

@@ -1,0 +1,586 @@
+"""The cluster around one node: links to peers, plan agreement, message routing.
+
+A `Cluster` keeps one link per trusted peer it found (it dials them; they
+dial it), feeds membership, proposals and readiness to its `PlanState`, loads
+this node's shard whenever the adopted plan changes it, and routes ring
+messages between links and the node's `Ring`. The sequence, and why, is in
+docs/ring.md. `Cluster.local` is the same object for a node alone, with
+no network at all: a ring of one.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from exoquic.discovery.peers import PeerEventKind, PeerInfo
+from exoquic.identity.keys import Identity
+from exoquic.identity.trust import TrustStore
+from exoquic.models.shard import Shard
+from exoquic.models.weights import ShardWeights
+from exoquic.orchestration.generation import UnavailableError
+from exoquic.orchestration.links import Link, LinkError, LinkStatistics, introduce
+from exoquic.orchestration.planning import Member, PlanKey, PlanState
+from exoquic.orchestration.ring import PeerUnavailable, Ring, RingSettings
+from exoquic.orchestration.worker import EngineWorker
+from exoquic.topology import (
+    DEFAULT_MEMORY_FRACTION,
+    Assignment,
+    DeviceCapabilities,
+    InsufficientMemoryError,
+    ModelRequirements,
+    Plan,
+)
+from exoquic.transport import (
+    ConnectionClosed,
+    Endpoint,
+    MessageStream,
+    QuicStream,
+    TransportConfig,
+    open_endpoint,
+)
+from exoquic.wire.errors import ErrorCode, RemoteProtocolError
+from exoquic.wire.messages import (
+    PROTOCOL_VERSION,
+    Forward,
+    Hello,
+    Message,
+    PlanProposal,
+    PlanReady,
+    Release,
+    RequestFailed,
+    TokenResult,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NODE_PORT = 52417
+DIAL_INTERVAL = 1.0
+CONNECT_TIMEOUT = 5.0
+
+ShardLoader = Callable[[Shard], ShardWeights]
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """How a node finds and talks to its peers (`exoquic up` options)."""
+
+    identity: Identity
+    trust: TrustStore
+    name: str
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_NODE_PORT
+    discovery: tuple[str, ...] = ("multicast", "manual")
+    peers_file: Path | None = None
+    memory_limit: int | None = None
+    """Offer at most this many bytes to the cluster (tests simulate small devices)."""
+    peer_timeout: float = 3.0
+    """Seconds of silence after which a peer is dead (the QUIC idle timeout)."""
+    join_timeout: float = 5.0
+    """At start, how long to wait for the known peers before the first plan."""
+    settle_time: float = 0.3
+    """Membership must stay unchanged this long before a plan is proposed."""
+    plan_timeout: float = 60.0
+    """How long a request waits for an agreed, loaded plan."""
+    memory_fraction: float = DEFAULT_MEMORY_FRACTION
+    ring: RingSettings = field(default_factory=RingSettings)
+
+
+class Cluster:
+    """Membership, plan agreement and message routing for one node (a `Router`)."""
+
+    def __init__(
+        self,
+        state: PlanState,
+        worker: EngineWorker,
+        load_shard: ShardLoader,
+        *,
+        model_id: str,
+        plan_timeout: float = 60.0,
+        settle_time: float = 0.3,
+        join_timeout: float = 5.0,
+        ring: RingSettings | None = None,
+    ) -> None:
+        self.state = state
+        self.node_id = state.me.node_id
+        self.worker = worker
+        self.model_id = model_id
+        self.ring = Ring(self, worker, ring)
+        self.plan_timeout = plan_timeout
+        self.settle_time = settle_time
+        self.join_timeout = join_timeout
+        self.link_stats = LinkStatistics()
+        self.endpoint: Endpoint | None = None
+        self.known: dict[str, PeerInfo] = {}
+        self._load_shard = load_shard
+        self._shard: Shard | None = None
+        self._links: dict[str, list[Link]] = {}
+        self._dialing: set[str] = set()
+        self._changed = trio.Event()
+        self._membership_changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    @classmethod
+    def local(cls, worker: EngineWorker, model_id: str, num_layers: int, member: Member) -> Cluster:
+        """A node alone whose engine already holds the whole model: plan 0, active."""
+        shard = Shard.whole(model_id, num_layers)
+        requirements = ModelRequirements(model_id, num_layers, 1)
+        state = PlanState(member, requirements)
+        cluster = cls(state, worker, _no_loading, model_id=model_id)
+        plan = Plan(0, model_id, (Assignment(member.node_id, shard),))
+        state.offer(plan, member.node_id)
+        state.mark_loaded((0, member.node_id))
+        cluster._shard = shard
+        return cluster
+
+    # --- the Router interface used by the ring ------------------------------
+
+    async def send(self, node_id: str, message: Message) -> None:
+        if node_id == self.node_id:
+            await self.ring.deliver_local(message)
+            return
+        link = self._link(node_id)
+        if link is None:
+            raise PeerUnavailable(f"no link to {self._name(node_id)}")
+        try:
+            await link.send(message)
+        except LinkError as exc:
+            raise PeerUnavailable(str(exc)) from exc
+
+    def serving_plan(self, version: int) -> Plan | None:
+        plan = self.state.loaded_plan()
+        return plan if plan is not None and plan.version == version else None
+
+    async def wait_usable_plan(self, newer_than: int) -> Plan:
+        with trio.move_on_after(self.plan_timeout):
+            while True:
+                changed = self._changed
+                if self.state.unavailable is not None:
+                    raise UnavailableError(self.state.unavailable)
+                plan = self.state.active_plan()
+                if plan is not None and plan.version > newer_than:
+                    return plan
+                await changed.wait()
+        raise UnavailableError(
+            f"the cluster agreed on no plan within {self.plan_timeout:.0f} s "
+            f"({self.status()}); see GET /v1/topology"
+        )
+
+    # --- status ---------------------------------------------------------------
+
+    @property
+    def shard(self) -> Shard | None:
+        return self._shard
+
+    def status(self) -> str:
+        if self.state.unavailable is not None:
+            return "unavailable"
+        if self.state.active_plan() is not None:
+            return "serving"
+        if self.state.adopted is not None and self.state.loaded_key != self.state.adopted_key:
+            return "loading"
+        return "forming"
+
+    def live_peers(self) -> list[str]:
+        return [node_id for node_id in self._links if self._link(node_id) is not None]
+
+    def peer_address(self, node_id: str) -> str | None:
+        link = self._link(node_id)
+        if link is None:
+            return None
+        host, port = link.connection.remote_address[:2]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+    # --- links --------------------------------------------------------------
+
+    def _link(self, node_id: str) -> Link | None:
+        return next((link for link in self._links.get(node_id, []) if link.alive), None)
+
+    def _name(self, node_id: str) -> str:
+        member = self.state.peers.get(node_id)
+        return f"{member.name} ({node_id})" if member else node_id
+
+    def hello(self) -> Hello:
+        me = self.state.me
+        capabilities = {
+            "device": me.capabilities.to_dict(),
+            "model": self.model_id,
+            "plan_version": self.state.highest_version,
+        }
+        return Hello(PROTOCOL_VERSION, me.node_id, me.name, capabilities)
+
+    async def handle_stream(self, stream: QuicStream) -> None:
+        """The endpoint's stream handler: a peer dialled us and opened its link stream."""
+        messages = MessageStream(stream)
+        hello = await introduce(messages, self.hello(), dialer=False)
+        await self._run_link(Link(messages, hello, self.link_stats))
+
+    async def _dial(self, peer: PeerInfo, key: bytes) -> None:
+        assert self.endpoint is not None
+        self._dialing.add(peer.node_id)
+        try:
+            for address in peer.addresses:
+                link = await self._connect(address, peer.port, key)
+                if link is not None:
+                    await self._run_link(link)
+                    return
+        finally:
+            self._dialing.discard(peer.node_id)
+
+    async def _connect(self, address: str, port: int, key: bytes) -> Link | None:
+        assert self.endpoint is not None
+        connection = None
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                connection = await self.endpoint.connect((address, port), key)
+                messages = await MessageStream.open(connection)
+                hello = await introduce(messages, self.hello(), dialer=True)
+            return Link(messages, hello, self.link_stats)
+        except (ConnectionClosed, OSError, RemoteProtocolError, trio.TooSlowError) as exc:
+            log.debug("cannot link to %s:%d: %s", address, port, exc)
+            if connection is not None:
+                connection.close()
+            return None
+
+    async def _run_link(self, link: Link) -> None:
+        """Register the link, serve what arrives on it, and unregister it at the end."""
+        member = self._member_from(link)
+        if member is None:
+            return
+        first = self._link(member.node_id) is None
+        self._links.setdefault(member.node_id, []).append(link)
+        if first:
+            self._peer_up(member, link.hello)
+        try:
+            await self._send_ready(link)
+            while (message := await link.receive()) is not None:
+                self._dispatch(link, message)
+        except RemoteProtocolError as exc:
+            log.warning("dropping %s: %s", self._name(link.node_id), exc)
+        finally:
+            link.close()
+            self._links[member.node_id].remove(link)
+            if self._link(member.node_id) is None:
+                del self._links[member.node_id]
+                self._peer_down(member.node_id)
+
+    def _member_from(self, link: Link) -> Member | None:
+        """The peer described by its Hello, or None (link closed) if it cannot join."""
+        caps = link.hello.capabilities
+        try:
+            device = DeviceCapabilities.from_dict(caps.get("device"))
+        except ValueError as exc:
+            link.connection.close(ErrorCode.INVALID_FIELD, f"bad capabilities: {exc}"[:200])
+            log.warning("%s sent bad capabilities: %s", link.node_id, exc)
+            return None
+        if caps.get("model") != self.model_id:
+            log.warning(
+                "%s serves %r, not %r: not linking",
+                link.hello.name,
+                caps.get("model"),
+                self.model_id,
+            )
+            link.close("serves another model")
+            return None
+        return Member(link.node_id, link.hello.name, device)
+
+    def _peer_up(self, member: Member, hello: Hello) -> None:
+        seen = hello.capabilities.get("plan_version")
+        self.state.peer_up(member, seen if isinstance(seen, int) else -1)
+        log.info("%s joined", self._name(member.node_id))
+        self._membership_changed.set()
+        self._pulse()
+
+    def _peer_down(self, node_id: str) -> None:
+        name = self._name(node_id)
+        self.state.peer_down(node_id)
+        log.warning("%s is gone", name)
+        self.ring.interrupt(lambda plan: node_id in plan.node_ids, f"{name} left the ring")
+        self.ring.release_from(node_id)
+        self._membership_changed.set()
+        self._pulse()
+
+    def _pulse(self) -> None:
+        """Wake everything waiting for a change of membership or plan."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # --- incoming messages --------------------------------------------------
+
+    def _dispatch(self, link: Link, message: Message) -> None:
+        if isinstance(message, Forward):
+            self._on_forward(link, message)
+        elif isinstance(message, TokenResult | RequestFailed | Release):
+            self.ring.receive(message)
+        elif isinstance(message, PlanProposal):
+            self._on_proposal(link, message)
+        elif isinstance(message, PlanReady):
+            self.state.on_ready(link.node_id, (message.version, message.proposer))
+            self._pulse()
+        else:
+            raise RemoteProtocolError(
+                f"unexpected {type(message).__name__} on a ring link", ErrorCode.UNEXPECTED_MESSAGE
+            )
+
+    def _on_forward(self, link: Link, message: Forward) -> None:
+        assert self._nursery is not None
+        job = self.ring.accept_forward(message, link.node_id)
+        origin = message.origin or link.node_id
+        if job is None:
+            self._nursery.start_soon(self.ring.send_quietly, origin, self.ring.refusal(message))
+        else:
+            self._nursery.start_soon(self.ring.finish_forward, message, job)
+
+    def _on_proposal(self, link: Link, message: PlanProposal) -> None:
+        try:
+            plan = Plan.from_dict(message.plan)
+        except ValueError as exc:
+            raise RemoteProtocolError(f"bad plan: {exc}", ErrorCode.INVALID_FIELD) from exc
+        if plan.model_id != self.model_id:
+            raise RemoteProtocolError(f"plan for {plan.model_id!r}", ErrorCode.INVALID_FIELD)
+        self._adopt(plan, link.node_id)
+
+    def _adopt(self, plan: Plan, proposer: str) -> None:
+        if self.state.offer(plan, proposer):
+            log.info(
+                "adopted plan %d from %s: %s", plan.version, self._name(proposer), _ranges(plan)
+            )
+            self.ring.interrupt(lambda p: p.version < plan.version, "the plan changed")
+            self._pulse()
+
+    # --- the plan loop ------------------------------------------------------
+
+    async def run_plan_loop(self) -> None:
+        """Propose, load and announce plans as membership changes (runs forever)."""
+        await self._wait_for_known_peers()
+        self._membership_changed.set()
+        while True:
+            changed = self._changed
+            if self._membership_changed.is_set():
+                await self._settle()
+                self._membership_changed = trio.Event()
+                self._react_to_membership()
+            adopted = self.state.adopted
+            if adopted is not None and self.state.loaded_key != self.state.adopted_key:
+                await self._load(adopted.plan, (adopted.plan.version, adopted.proposer))
+                continue
+            await changed.wait()
+
+    async def _wait_for_known_peers(self) -> None:
+        """At start: give the peers discovery already knows a chance to link first,
+        so the first plan spans them instead of being replaced at once."""
+        with trio.move_on_after(self.join_timeout):
+            await trio.sleep(0.2)  # discovery reports what it knows at start
+            while any(self._link(node_id) is None for node_id in self.known):
+                changed = self._changed
+                await changed.wait()
+
+    async def _settle(self) -> None:
+        """Wait until membership stayed unchanged for `settle_time`."""
+        while True:
+            self._membership_changed = trio.Event()
+            with trio.move_on_after(self.settle_time):
+                await self._membership_changed.wait()
+                continue
+            return
+
+    def _react_to_membership(self) -> None:
+        reason = self.state.check_capacity()
+        if reason is not None:
+            log.error("the ring cannot serve: %s", reason)
+            self.ring.fail_all(reason)
+            self._pulse()
+            return
+        if not self.state.proposal_due():
+            return
+        try:
+            plan = self.state.propose()
+        except InsufficientMemoryError as exc:
+            self.ring.fail_all(str(exc))
+            self._pulse()
+            return
+        assert self._nursery is not None
+        for node_id in self.live_peers():
+            self._nursery.start_soon(self._send_quietly, node_id, PlanProposal(plan.to_dict()))
+        self._adopt(plan, self.node_id)
+
+    async def _load(self, plan: Plan, key: PlanKey) -> None:
+        """Hold this node's shard of `plan` (reloading only if it changed), then say so."""
+        shard = plan.shard_of(self.node_id)
+        if shard != self._shard:
+            if shard is None:
+                log.info("plan %d leaves this node out: unloading", plan.version)
+                await self.worker.call(self.worker.engine.unload)
+            else:
+                log.info("loading layers %d-%d", shard.start_layer, shard.end_layer)
+                weights = await trio.to_thread.run_sync(self._load_shard, shard)
+                await self.worker.call(lambda: self.worker.engine.load(weights))
+                del weights
+            self.ring.forget_served()
+            self._shard = shard
+        self.state.mark_loaded(key)
+        log.info("ready for plan %d", plan.version)
+        for node_id in self.live_peers():
+            await self._send_quietly(node_id, PlanReady(*key))
+        self._pulse()
+
+    async def _send_ready(self, link: Link) -> None:
+        key = self.state.loaded_key
+        if key is not None:
+            with suppress(LinkError):
+                await link.send(PlanReady(*key))
+
+    async def _send_quietly(self, node_id: str, message: Message) -> None:
+        try:
+            await self.send(node_id, message)
+        except PeerUnavailable as exc:
+            log.debug("could not send %s: %s", type(message).__name__, exc)
+
+    # --- finding peers ------------------------------------------------------
+
+    async def run_dialer(self, trust: TrustStore) -> None:
+        """Keep a link to every known peer: dial those without one, every second."""
+        assert self._nursery is not None
+        while True:
+            for peer in list(self.known.values()):
+                if peer.node_id == self.node_id or peer.node_id in self._dialing:
+                    continue
+                if self._link(peer.node_id) is not None:
+                    continue
+                key = peer.public_key or _trusted_key(trust, peer.node_id)
+                if key is None:
+                    continue  # known by id only: it must dial us first
+                self._nursery.start_soon(self._dial, peer, key)
+            await trio.sleep(DIAL_INTERVAL)
+
+    def peer_event(self, kind: PeerEventKind, peer: PeerInfo) -> None:
+        if kind in (PeerEventKind.APPEARED, PeerEventKind.UPDATED):
+            self.known[peer.node_id] = peer
+        elif kind is PeerEventKind.EXPIRED:
+            self.known.pop(peer.node_id, None)
+        self._pulse()
+
+    # --- reporting ----------------------------------------------------------
+
+    def statistics(self) -> dict[str, Any]:
+        worker = self.worker.statistics()
+        return {
+            "ring": self.ring.statistics(),
+            "links": self.link_stats.as_dict(),
+            "worker": {
+                "batches": worker.batches,
+                "forwarded_items": worker.forwarded_items,
+                "largest_batch": worker.largest_batch,
+                "compute_seconds": worker.compute_seconds,
+            },
+        }
+
+
+def _no_loading(shard: Shard) -> ShardWeights:
+    raise RuntimeError("a local node's engine was loaded by its creator")
+
+
+def _trusted_key(trust: TrustStore, node_id: str) -> bytes | None:
+    peer = trust.get(node_id)
+    return None if peer is None else peer.public_key
+
+
+def _ranges(plan: Plan) -> str:
+    return ", ".join(
+        f"{a.node_id} {a.shard.start_layer}-{a.shard.end_layer}" for a in plan.assignments
+    )
+
+
+@asynccontextmanager
+async def open_cluster(
+    settings: ClusterSettings,
+    state: PlanState,
+    worker: EngineWorker,
+    load_shard: ShardLoader,
+    model_id: str,
+) -> AsyncIterator[Cluster]:
+    """Serve the node protocol on a QUIC port, find peers and agree on plans
+    until the block exits. The engine is loaded once the first plan is agreed."""
+    from exoquic.discovery.service import open_discovery
+
+    cluster = Cluster(
+        state,
+        worker,
+        load_shard,
+        model_id=model_id,
+        plan_timeout=settings.plan_timeout,
+        settle_time=settings.settle_time,
+        join_timeout=settings.join_timeout,
+        ring=settings.ring,
+    )
+    trust = settings.trust
+    transport = TransportConfig(
+        idle_timeout=settings.peer_timeout, keepalive_interval=settings.peer_timeout / 4
+    )
+    endpoint_cm = open_endpoint(
+        settings.identity,
+        verify_peer=_verifier(trust),
+        stream_handler=cluster.handle_stream,
+        host=settings.host,
+        port=_node_port(settings.host, settings.port),
+        config=transport,
+    )
+    async with endpoint_cm as endpoint, trio.open_nursery() as nursery:
+        cluster.endpoint = endpoint
+        cluster._nursery = nursery
+        port = endpoint.local_address[1]
+        log.info("node %s (%s) listening on UDP port %d", cluster.node_id, settings.name, port)
+        async with open_discovery(
+            list(settings.discovery),
+            identity=settings.identity,
+            trust=trust,
+            port=port,
+            name=settings.name,
+            capabilities=state.me.capabilities.to_dict(),
+            peers_file=settings.peers_file,
+        ) as discovery:
+            for peer in discovery.peers().values():
+                cluster.peer_event(PeerEventKind.APPEARED, peer)
+            nursery.start_soon(_follow_discovery, cluster, discovery.events)
+            nursery.start_soon(cluster.run_dialer, trust)
+            nursery.start_soon(cluster.run_plan_loop)
+            yield cluster
+            nursery.cancel_scope.cancel()
+
+
+async def _follow_discovery(cluster: Cluster, events: trio.MemoryReceiveChannel[Any]) -> None:
+    async for event in events:
+        cluster.peer_event(event.kind, event.peer)
+
+
+def _node_port(host: str, port: int) -> int:
+    """`port`, or 0 (any free port) when the default port is taken by another
+    node on this host. An explicitly chosen port is never replaced."""
+    if port != DEFAULT_NODE_PORT:
+        return port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            log.warning("UDP port %d is taken (%s); using a free port", port, exc)
+            return 0
+    return port
+
+
+def _verifier(trust: TrustStore) -> Callable[[bytes], bool]:
+    def verify(key: bytes) -> bool:
+        # Pairing may have added the key since the file was read: look again.
+        if trust.is_trusted(key):
+            return True
+        trust.reload()
+        return trust.is_trusted(key)
+
+    return verify

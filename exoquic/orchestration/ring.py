@@ -1,0 +1,330 @@
+"""Generation around the ring: the origin's step loop, and serving forward steps.
+
+The *origin* is the node holding the request. For each step it sends
+`Forward(tokens)` to the plan's first node; every node runs its shard through
+its `EngineWorker` (so concurrent requests' decode steps batch) and passes
+the hidden state to its successor; the last node samples with the request's
+parameters and the step index (the sampler is stateless, so any node can take
+any step) and sends `TokenResult` back to the origin. Messages to this node
+itself never touch the network: a ring of one is a plain local loop.
+
+Each try of a request (an *attempt*) runs under one plan version with its own
+wire request id `<request id>.<attempt>`, so KV caches of different tries never
+mix. When a node of the plan dies or the plan changes, the origin replays the
+request from its token history (prompt + tokens so far) as a fresh prefill
+under the next plan, then continues: greedy output is unchanged, and so is
+seeded output, as the draw for step n depends only on (seed, n).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import numpy as np
+import trio
+
+from exoquic.engines.sampling import Sampler, SamplingParams
+from exoquic.orchestration.generation import UnavailableError
+from exoquic.orchestration.worker import EngineWorker, Job
+from exoquic.topology import Plan
+from exoquic.wire.messages import Forward, Message, Release, RequestFailed, TokenResult
+
+log = logging.getLogger(__name__)
+
+RELEASE_TIMEOUT = 2.0
+
+
+class PeerUnavailable(Exception):
+    """A message could not be handed to a node (no live link to it)."""
+
+
+class Router(Protocol):
+    """What the ring needs from the cluster: delivery and the plan."""
+
+    node_id: str
+
+    async def send(self, node_id: str, message: Message) -> None:
+        """Deliver to `node_id` (this node: handled inline); raises PeerUnavailable."""
+
+    def serving_plan(self, version: int) -> Plan | None:
+        """The plan `version` if this node holds its shard of it now, else None."""
+
+    async def wait_usable_plan(self, newer_than: int) -> Plan:
+        """An active plan newer than `newer_than`; raises UnavailableError on timeout
+        or when the live nodes cannot hold the model."""
+
+
+@dataclass(frozen=True)
+class RingSettings:
+    step_timeout: float = 60.0
+    """Seconds a step may take before the request fails..."""
+    step_timeout_per_token: float = 1.0
+    """...plus this much per input token (a long prefill on a slow CPU)."""
+    max_attempts: int = 4
+    """Tries of one request (the first and its replays) before it fails."""
+
+
+@dataclass
+class RingStatistics:
+    requests: int = 0
+    steps: int = 0  # steps this node originated
+    step_seconds: float = 0.0  # from sending Forward to receiving TokenResult
+    replays: int = 0
+    failed_requests: int = 0
+    forwards: int = 0  # forward steps this node ran
+    compute_seconds: float = 0.0  # engine time of those steps (a batch's time each)
+    forwarded_positions: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    reason: str
+    retryable: bool
+
+
+class _Attempt:
+    """One try of a request at its origin: its wire id, plan and result inbox."""
+
+    def __init__(self, wire_id: str, plan: Plan) -> None:
+        self.wire_id = wire_id
+        self.plan = plan
+        self._send, self._receive = trio.open_memory_channel[int | _Failure](4)
+
+    def put(self, outcome: int | _Failure) -> None:
+        try:
+            self._send.send_nowait(outcome)
+        except trio.WouldBlock:  # only stray duplicates can fill it; drop them
+            log.warning("dropping an unexpected result for %s", self.wire_id)
+
+    async def get(self) -> int | _Failure:
+        return await self._receive.receive()
+
+
+class _Retry(Exception):
+    def __init__(self, failure: _Failure) -> None:
+        super().__init__(failure.reason)
+        self.failure = failure
+
+
+class Ring:
+    """The request flow of one node, as origin and as a shard in others' requests."""
+
+    def __init__(
+        self, router: Router, worker: EngineWorker, settings: RingSettings | None = None
+    ) -> None:
+        self.router = router
+        self.worker = worker
+        self.settings = settings or RingSettings()
+        self.stats = RingStatistics()
+        self._attempts: dict[str, _Attempt] = {}
+        self._served: dict[str, str] = {}  # wire id -> origin, for requests we hold caches of
+
+    # --- origin -------------------------------------------------------------
+
+    async def generate_tokens(
+        self, request_id: str, prompt: list[int], sampling: SamplingParams, budget: int
+    ) -> AsyncGenerator[int, None]:
+        """The request's tokens, one per step, until `budget` (close it to stop early).
+
+        Raises UnavailableError when the ring cannot serve it (no plan in time,
+        not enough memory, too many failed tries).
+        """
+        if sampling.seed is None:  # fixed here so that replays draw the same tokens
+            sampling = replace(sampling, seed=secrets.randbits(63))
+        self.stats.requests += 1
+        tokens: list[int] = []
+        newer_than = -1
+        for attempt_number in range(self.settings.max_attempts):
+            plan = await self.router.wait_usable_plan(newer_than)
+            attempt = _Attempt(f"{request_id}.{attempt_number}", plan)
+            self._attempts[attempt.wire_id] = attempt
+            try:
+                inputs, position = [*prompt, *tokens], 0
+                while len(tokens) < budget:
+                    token = await self._step(attempt, inputs, position, len(tokens), sampling)
+                    tokens.append(token)
+                    yield token
+                    position, inputs = position + len(inputs), [token]
+                return
+            except _Retry as retry:
+                log.warning(
+                    "request %s: %s; replaying %d tokens under a newer plan",
+                    request_id,
+                    retry.failure.reason,
+                    len(prompt) + len(tokens),
+                )
+                self.stats.replays += 1
+                newer_than = plan.version
+            finally:
+                del self._attempts[attempt.wire_id]
+                await self._release(attempt)
+        self.stats.failed_requests += 1
+        raise UnavailableError(f"request failed after {self.settings.max_attempts} tries")
+
+    async def _step(
+        self,
+        attempt: _Attempt,
+        inputs: list[int],
+        position: int,
+        step: int,
+        sampling: SamplingParams,
+    ) -> int:
+        plan = attempt.plan
+        message = Forward(
+            attempt.wire_id,
+            plan.version,
+            position,
+            np.asarray(inputs, dtype=np.int32),
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            seed=sampling.seed,
+            step=step,
+            origin=self.router.node_id,
+        )
+        started = time.perf_counter()
+        try:
+            await self.router.send(plan.first_node, message)
+        except PeerUnavailable as exc:
+            raise _Retry(_Failure(str(exc), True)) from exc
+        timeout = self.settings.step_timeout + self.settings.step_timeout_per_token * len(inputs)
+        with trio.move_on_after(timeout):
+            outcome = await attempt.get()
+            self.stats.steps += 1
+            self.stats.step_seconds += time.perf_counter() - started
+            if isinstance(outcome, int):
+                return outcome
+            if outcome.retryable:
+                raise _Retry(outcome)
+            self.stats.failed_requests += 1
+            raise UnavailableError(outcome.reason)
+        self.stats.failed_requests += 1
+        raise UnavailableError(f"no answer from the ring within {timeout:.0f} s")
+
+    async def _release(self, attempt: _Attempt) -> None:
+        """Tell every node of the attempt's plan to free its cache (best effort)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_TIMEOUT):
+            for node_id in attempt.plan.node_ids:
+                await self.send_quietly(node_id, Release(attempt.wire_id))
+
+    def interrupt(self, affected: Callable[[Plan], bool], reason: str) -> None:
+        """Make every attempt whose plan is `affected` replay under a newer plan."""
+        for attempt in list(self._attempts.values()):
+            if affected(attempt.plan):
+                attempt.put(_Failure(reason, retryable=True))
+
+    def fail_all(self, reason: str) -> None:
+        """End every attempt this node originated with a final error."""
+        for attempt in list(self._attempts.values()):
+            attempt.put(_Failure(reason, retryable=False))
+
+    # --- messages -----------------------------------------------------------
+
+    async def deliver_local(self, message: Message) -> None:
+        """Handle a message this node sent itself (inline, in the sender's task)."""
+        if isinstance(message, Forward):
+            job = self.accept_forward(message, self.router.node_id)
+            if job is not None:
+                await self.finish_forward(message, job)
+        else:
+            self.receive(message)
+
+    def receive(self, message: Message) -> None:
+        """Handle a token, failure or release (from a peer or from this node)."""
+        if isinstance(message, TokenResult):
+            self._deliver_outcome(message.request_id, message.token_id)
+        elif isinstance(message, RequestFailed):
+            self._deliver_outcome(message.request_id, _Failure(message.reason, message.retryable))
+        elif isinstance(message, Release):
+            self._served.pop(message.request_id, None)
+            request_id = message.request_id
+            self.worker.call_nowait(lambda: self.worker.engine.release(request_id))
+
+    def _deliver_outcome(self, wire_id: str, outcome: int | _Failure) -> None:
+        attempt = self._attempts.get(wire_id)
+        if attempt is not None:  # else a late answer to an abandoned attempt
+            attempt.put(outcome)
+
+    # --- serving a shard ----------------------------------------------------
+
+    def accept_forward(self, message: Forward, sender: str) -> Job | None:
+        """Queue a forward step on the engine now (in arrival order); None if this
+        node does not serve that plan (the caller then reports `refusal`)."""
+        plan = self.router.serving_plan(message.plan_version)
+        if plan is None or plan.shard_of(self.router.node_id) is None:
+            return None
+        self._served[message.request_id] = message.origin or sender
+        return self.worker.forward_nowait(message.request_id, message.tensor)
+
+    def refusal(self, message: Forward) -> RequestFailed:
+        return RequestFailed(
+            message.request_id,
+            f"{self.router.node_id} does not serve plan {message.plan_version} now",
+            retryable=True,
+        )
+
+    async def finish_forward(self, message: Forward, job: Job) -> None:
+        """Wait for the step's output and pass it on: hidden state to the next
+        node, or the sampled token to the origin."""
+        origin = message.origin or self.router.node_id
+        try:
+            output = await job.wait()
+        except Exception as exc:  # the engine refused the input: replaying cannot help
+            await self.send_quietly(origin, RequestFailed(message.request_id, str(exc), False))
+            return
+        self.stats.forwards += 1
+        self.stats.compute_seconds += job.seconds
+        self.stats.forwarded_positions += int(message.tensor.shape[0])
+        plan = self.router.serving_plan(message.plan_version)
+        if plan is None:  # the shard was replaced while this step ran
+            await self.send_quietly(origin, self.refusal(message))
+            return
+        me = self.router.node_id
+        shard = plan.shard_of(me)
+        assert shard is not None
+        if shard.is_last:
+            token = Sampler(_sampling(message)).sample(output, message.step)
+            await self.send_quietly(origin, TokenResult(message.request_id, token, None))
+            return
+        onward = replace(message, tensor=output, origin=origin)
+        try:
+            await self.router.send(plan.next_node(me), onward)
+        except PeerUnavailable as exc:
+            await self.send_quietly(origin, RequestFailed(message.request_id, str(exc), True))
+
+    async def send_quietly(self, node_id: str, message: Message) -> None:
+        """Send, or drop it when the node is gone (its requests are gone too)."""
+        try:
+            await self.router.send(node_id, message)
+        except PeerUnavailable:
+            log.debug("dropping %s for %s: unreachable", type(message).__name__, node_id)
+
+    def release_from(self, origin: str) -> None:
+        """Free the caches of requests whose origin died (nobody will release them)."""
+        for wire_id, owner in list(self._served.items()):
+            if owner == origin:
+                self.receive(Release(wire_id))
+
+    def forget_served(self) -> None:
+        """The shard was replaced, and every cache with it."""
+        self._served.clear()
+
+    def statistics(self) -> dict[str, Any]:
+        return self.stats.as_dict()
+
+
+def _sampling(message: Forward) -> SamplingParams:
+    return SamplingParams(
+        temperature=message.temperature,
+        top_p=message.top_p,
+        top_k=message.top_k,
+        seed=message.seed,
+    )
