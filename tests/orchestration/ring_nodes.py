@@ -91,7 +91,7 @@ class RingNode:
     def topology(self) -> dict[str, Any]:
         response = httpx.get(f"{self.url}/v1/topology", timeout=10)
         response.raise_for_status()
-        return response.json()  # type: ignore[no-any-return]
+        return response.json()
 
     def kill(self) -> None:
         """kill -9: no goodbye, the peers must notice by themselves."""
@@ -185,4 +185,4 @@ def complete(node: RingNode, prompt: str, max_tokens: int, timeout: float = 300)
         timeout=timeout,
     )  # fmt: skip
     response.raise_for_status()
-    return response.json()  # type: ignore[no-any-return]
+    return response.json()
