@@ -131,7 +131,12 @@ function deleteChat(id) {
 function fillContent(target, text) {
   const parts = text.split("```");
   target.replaceChildren(...parts.map((part, i) => {
-    if (i % 2 === 0) return document.createTextNode(part);
+    if (i % 2 === 0) {
+      // The line breaks around a fence belong to the fence, not to the text.
+      const start = i > 0 && part.startsWith("\n") ? 1 : 0;
+      const end = i < parts.length - 1 && part.endsWith("\n") ? part.length - 1 : part.length;
+      return document.createTextNode(part.slice(start, end));
+    }
     const newline = part.indexOf("\n");
     const code = el("code", "", newline >= 0 ? part.slice(newline + 1) : part);
     const pre = el("pre");
@@ -427,15 +432,18 @@ function bindEvents() {
     if (event.key === "Escape" && state.running) state.running.abort();
   });
   $("stop").addEventListener("click", () => state.running?.abort());
-  $("new-chat").addEventListener("click", () => {
+  const startChat = () => {
     state.running?.abort();
     newChat();
     renderSidebar();
     renderMessages();
     $("stats").textContent = "";
     $("prompt").focus();
-  });
+  };
+  $("new-chat").addEventListener("click", startChat);
+  $("new-chat-compact").addEventListener("click", startChat);
   $("toggle-panel").addEventListener("click", () => document.body.classList.toggle("panel-open"));
+  $("close-panel").addEventListener("click", () => document.body.classList.remove("panel-open"));
   $("set-key").addEventListener("click", openKeyDialog);
   $("key-form").addEventListener("submit", (event) => { event.preventDefault(); setKey($("key-input").value.trim()); });
   $("key-clear").addEventListener("click", () => setKey(""));
