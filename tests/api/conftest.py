@@ -9,6 +9,7 @@ from api_helpers import (
     TEST_KEY,
     TINY_CONFIG,
     RunningNode,
+    check_generates,
     engine_under_test,
     open_tiny_node,
     start_node,
@@ -30,6 +31,11 @@ def api_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
     """One real node for the whole session: `exoquic up --engine $EXOQUIC_TEST_ENGINE`."""
     home = tmp_path_factory.mktemp("exoquic-home")
     node = start_node(home, "--engine", engine_under_test(), api_key=TEST_KEY)
+    try:
+        check_generates(node)
+    except BaseException:
+        stop_node(node)
+        raise
     yield node
     stop_node(node)
     assert node.process.returncode == 0, f"unclean shutdown:\n{node.log()}"
