@@ -273,32 +273,44 @@ class Ring:
 
     async def finish_forward(self, message: Forward, job: Job) -> None:
         """Wait for the step's output and pass it on: hidden state to the next
-        node, or the sampled token to the origin."""
+        node, or the sampled token to the origin. Never raises: whatever goes
+        wrong ends this request (at its origin), not the node."""
         origin = message.origin or self.router.node_id
         try:
             output = await job.wait()
+            onward = self._pass_on(message, output, job.seconds)
+            if onward is not None:
+                node_id, reply = onward
+                await self.router.send(node_id, reply)
+        except PeerUnavailable as exc:  # our successor is gone: a newer plan will skip it
+            await self.send_quietly(origin, RequestFailed(message.request_id, str(exc), True))
         except Exception as exc:  # the engine refused the input: replaying cannot help
-            await self.send_quietly(origin, RequestFailed(message.request_id, str(exc), False))
-            return
+            log.exception("step of %s failed", message.request_id)
+            failure = RequestFailed(
+                message.request_id, f"{type(exc).__name__}: {exc}"[:1000], False
+            )
+            await self.send_quietly(origin, failure)
+
+    def _pass_on(
+        self, message: Forward, output: np.ndarray, seconds: float
+    ) -> tuple[str, Message] | None:
+        """Where the step's result goes next, and as what."""
         self.stats.forwards += 1
-        self.stats.compute_seconds += job.seconds
+        self.stats.compute_seconds += seconds
         self.stats.forwarded_positions += int(message.tensor.shape[0])
+        origin = message.origin or self.router.node_id
         plan = self.router.serving_plan(message.plan_version)
         if plan is None:  # the shard was replaced while this step ran
-            await self.send_quietly(origin, self.refusal(message))
-            return
+            return origin, self.refusal(message)
         me = self.router.node_id
         shard = plan.shard_of(me)
         assert shard is not None
         if shard.is_last:
             token = Sampler(_sampling(message)).sample(output, message.step)
-            await self.send_quietly(origin, TokenResult(message.request_id, token, None))
-            return
-        onward = replace(message, tensor=output, origin=origin)
-        try:
-            await self.router.send(plan.next_node(me), onward)
-        except PeerUnavailable as exc:
-            await self.send_quietly(origin, RequestFailed(message.request_id, str(exc), True))
+            return origin, TokenResult(message.request_id, token, None)
+        # Hidden states are (T, hidden); a batched engine may hand back one row as (hidden,).
+        hidden = np.atleast_2d(output)
+        return plan.next_node(me), replace(message, tensor=hidden, origin=origin)
 
     async def send_quietly(self, node_id: str, message: Message) -> None:
         """Send, or drop it when the node is gone (its requests are gone too)."""

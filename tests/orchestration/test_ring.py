@@ -175,6 +175,9 @@ def test_a_ring_of_mlx_and_tinygrad_answers_like_one_node(
         assert engines == {"mlx", "tinygrad"}
         for prompt in PROMPTS[:2]:
             assert text_of(complete(nodes[0], prompt, TOKENS, timeout=900)) == reference(prompt)
+        # ...and the mixed ring itself answered: nobody left, nothing was replayed
+        assert all(n.alive for n in nodes)
+        assert nodes[0].topology()["stats"]["ring"]["replays"] == 0
 
 
 # --- streaming helpers ------------------------------------------------------

@@ -1,0 +1,192 @@
+"""Benchmark rings of 1, 2 and 3 `exoquic up` processes on this machine (loopback).
+
+    uv run python tools/bench_ring.py [--engine mlx] [--nodes 1,2,3] [--tokens 32]
+                                      [--concurrency 1,4,8] [--json FILE]
+
+For each ring size it reports:
+
+- decode tok/s of one request (streamed; time between its first and last
+  token, so the prompt's prefill is left out);
+- aggregate tok/s with 1, 4 and 8 requests at once (all completion tokens
+  over the wall time, prefill included), origins spread over the nodes;
+- where one decode step's time goes, from the nodes' counters in
+  `/v1/topology` (`stats`): engine compute on every node, message encoding
+  and decoding, and the rest per network hop (transport: QUIC, trio, the
+  kernel's loopback, and waiting for the other process to be scheduled).
+
+Node processes are started with tests/orchestration/ring_nodes.py (the ring
+tests' launcher), each with its own EXOQUIC_HOME in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "orchestration"))
+from ring_nodes import RingNode, make_nodes, running, wait_serving
+
+MODEL = "smollm2-135m-instruct"
+# Prompts whose greedy continuations run long (few early end tokens).
+PROMPTS = [
+    "Count from one to one hundred: one, two, three,",
+    "List the months of the year: January, February,",
+    "The alphabet is A, B, C, D,",
+    "Here is a long story about a dragon. Once upon a time,",
+    "Numbers: 1, 2, 3, 4, 5,",
+    "Days of the week: Monday, Tuesday,",
+    "Planets of the solar system: Mercury, Venus,",
+    "Colors of the rainbow: red, orange,",
+]
+
+
+async def stream(
+    client: httpx.AsyncClient, node: RingNode, prompt: str, tokens: int
+) -> dict[str, Any]:
+    """One streamed greedy completion: token count and the times of its chunks."""
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": tokens, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    started = time.perf_counter()
+    times: list[float] = []
+    count = 0
+    async with client.stream("POST", f"{node.url}/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            data = json.loads(line[6:])
+            if "error" in data:
+                raise RuntimeError(data["error"]["message"])
+            if data.get("usage"):
+                count = data["usage"]["completion_tokens"]
+            elif data["choices"] and data["choices"][0]["text"]:
+                times.append(time.perf_counter())
+    return {"started": started, "times": times, "tokens": count}
+
+
+def counters(nodes: list[RingNode]) -> list[dict[str, Any]]:
+    return [node.topology()["stats"] for node in nodes]
+
+
+def hop_split(before: list[dict[str, Any]], after: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """Per decode step, in ms: the origin's step time, compute and codec summed
+    over the nodes, and what remains per network hop (transport)."""
+
+    def delta(i: int, group: str, key: str) -> float:
+        return float(after[i][group][key] - before[i][group][key])
+
+    steps = delta(0, "ring", "steps")
+    if steps == 0:
+        return {}
+    step = delta(0, "ring", "step_seconds") / steps
+    compute = sum(delta(i, "ring", "compute_seconds") for i in range(n)) / steps
+    codec = (
+        sum(
+            delta(i, "links", "encode_seconds") + delta(i, "links", "decode_seconds")
+            for i in range(n)
+        )
+        / steps
+    )
+    hops = n if n > 1 else 0  # hidden states around the ring, then the token back
+    rest = step - compute - codec
+    return {
+        "step_ms": round(step * 1000, 2),
+        "compute_ms": round(compute * 1000, 2),
+        "codec_ms": round(codec * 1000, 3),
+        "hops": hops,
+        "transport_ms_per_hop": round(rest / hops * 1000, 3) if hops else None,
+        "local_overhead_ms": round(rest * 1000, 3) if not hops else None,
+    }
+
+
+async def bench_ring(nodes: list[RingNode], tokens: int, levels: list[int]) -> dict[str, Any]:
+    n = len(nodes)
+    result: dict[str, Any] = {"nodes": n}
+    async with httpx.AsyncClient(timeout=900) as client:
+        await stream(client, nodes[0], PROMPTS[0], 4)  # warm up (kernels, caches)
+        before = await trio.to_thread.run_sync(counters, nodes)
+        solo = await stream(client, nodes[0], PROMPTS[0], tokens)
+        after = await trio.to_thread.run_sync(counters, nodes)
+        times = solo["times"]
+        result["single_decode_tok_s"] = round((len(times) - 1) / (times[-1] - times[0]), 2)
+        result["single_tokens"] = solo["tokens"]
+        result["hop_split"] = hop_split(before, after, n)
+        aggregate = {}
+        for level in levels:
+            runs: list[dict[str, Any]] = []
+
+            async def one(i: int, runs: list[dict[str, Any]] = runs) -> None:
+                node = nodes[i % n]
+                runs.append(await stream(client, node, PROMPTS[i % len(PROMPTS)], tokens))
+
+            started = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for i in range(level):
+                    nursery.start_soon(one, i)
+            wall = time.perf_counter() - started
+            total = sum(run["tokens"] for run in runs)
+            aggregate[str(level)] = round(total / wall, 2)
+        result["aggregate_tok_s"] = aggregate
+    return result
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-ring-") as root:
+        for n in args.nodes:
+            names = [f"n{i}" for i in range(n)]
+            nodes = make_nodes(Path(root) / f"ring{n}", names, [args.engine] * n)
+            with running(nodes):
+                started = time.perf_counter()
+                wait_serving(nodes, n, timeout=1800)
+                ready = time.perf_counter() - started
+                result = trio.run(bench_ring, nodes, args.tokens, args.concurrency)
+                result["startup_s"] = round(ready, 1)
+            print(json.dumps(result), flush=True)
+            results.append(result)
+    return results
+
+
+def report(results: list[dict[str, Any]]) -> None:
+    base = results[0]["single_decode_tok_s"] if results and results[0]["nodes"] == 1 else None
+    print("\nnodes  single tok/s  (vs 1 node)  " + "  ".join(
+        f"agg@{level}" for level in results[0]["aggregate_tok_s"]) + "   step ms  compute  "
+          "codec  transport/hop")  # fmt: skip
+    for r in results:
+        ratio = f"{r['single_decode_tok_s'] / base:6.0%}" if base else "   -  "
+        agg = "  ".join(f"{v:6.2f}" for v in r["aggregate_tok_s"].values())
+        split = r["hop_split"]
+        hop = split.get("transport_ms_per_hop")
+        print(
+            f"{r['nodes']:5d}  {r['single_decode_tok_s']:12.2f}  {ratio:>11}  {agg}   "
+            f"{split.get('step_ms', 0):7.1f}  {split.get('compute_ms', 0):7.1f}  "
+            f"{split.get('codec_ms', 0):5.2f}  {hop if hop is not None else '-':>13}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engine", default="mlx", choices=("mlx", "tinygrad"))
+    parser.add_argument("--nodes", default="1,2,3", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument(
+        "--concurrency", default="1,4,8", type=lambda s: [int(x) for x in s.split(",")]
+    )
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    args = parser.parse_args()
+    results = run(args)
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
