@@ -74,6 +74,7 @@ def test_chat_streams_a_greedy_answer_and_shows_the_cluster(
     expect(nodes).to_have_count(1)
     expect(nodes.first).to_contain_text("this node")
     expect(nodes.first).to_contain_text("Layers 0\u201329 of 30")
+    expect(page.locator("#cluster-status")).to_have_text("serving")
     page.fill("#temperature", "0")
     expect(page.locator("#temperature-value")).to_have_text("0.00")
 
@@ -127,7 +128,10 @@ def test_key_prompt_when_the_node_needs_one(browser: Browser, api_node: RunningN
 
 RING = {
     "model": "smollm2-135m-instruct",
+    "num_layers": 30,
     "plan_version": 4,
+    "status": "loading",
+    "reason": None,
     "nodes": [
         {
             "id": "n1",
@@ -147,6 +151,7 @@ RING = {
         {
             "id": "n3",
             "name": "desktop",
+            "live": False,
             "engine": "tinygrad",
             "memory": {"total": 32 * 2**30},
             "layers": [24, 29],
@@ -179,6 +184,8 @@ def test_cluster_view_renders_a_ring_and_download_progress(
     expect(nodes.nth(1)).to_contain_text("laptop")
     expect(nodes.nth(1)).to_contain_text("Layers 16\u201323 of 30")
     expect(nodes.nth(2)).to_contain_text("Memory ? / 32.0 GiB")  # no 'available': no crash
+    expect(nodes.nth(2)).to_contain_text("offline")
+    expect(page.locator("#cluster-status")).to_have_text("loading")
     download = page.locator("#downloads .download-item")
     expect(download).to_contain_text("30 MiB / 90 MiB (33%)")
     width = download.locator(".fill").evaluate("e => e.style.width")

@@ -301,12 +301,14 @@ function bar(fraction, className) {
 
 // One node: name, engine, memory in use, and its slice of the model's layers.
 function nodeCard(node, totalLayers) {
-  const li = el("li", `node${node.self ? " self" : ""}`);
-  li.title = node.id || "";
+  const offline = node.live === false;
+  const li = el("li", `node${node.self ? " self" : ""}${offline ? " offline" : ""}`);
+  li.title = [node.id, node.address].filter(Boolean).join(" @ ");
   const head = el("div", "node-head");
   head.append(el("span", "dot"), el("strong", "", node.name || node.id || "node"));
   if (node.self) head.append(el("span", "tag", "this node"));
-  head.append(el("span", "engine", node.engine || "?"));
+  if (offline) head.append(el("span", "tag warn", "offline"));
+  head.append(el("span", "engine", [node.engine, node.chip].filter(Boolean).join(" · ") || "?"));
   li.append(head);
   const total = node.memory?.total;
   const used = total && node.memory.available != null ? total - node.memory.available : null;
@@ -327,8 +329,14 @@ function nodeCard(node, totalLayers) {
 
 function renderTopology(topology) {
   const nodes = topology.nodes || [];
-  const totalLayers = Math.max(1, ...nodes.map((n) => (n.layers ? n.layers[1] + 1 : 1)));
+  const totalLayers = topology.num_layers || Math.max(1, ...nodes.map((n) => (n.layers ? n.layers[1] + 1 : 1)));
   $("plan-version").textContent = topology.plan_version != null ? `plan v${topology.plan_version}` : "";
+  const status = $("cluster-status");
+  status.hidden = !topology.status;
+  status.textContent = topology.status || "";
+  status.dataset.state = topology.status || "";
+  $("cluster-reason").hidden = !topology.reason;
+  $("cluster-reason").textContent = topology.reason || "";
   $("cluster-model").textContent = `${topology.model || ""} · ${nodes.length} node${nodes.length === 1 ? "" : "s"}`;
   $("nodes").replaceChildren(...nodes.map((n) => nodeCard(n, totalLayers)));
   renderDownloads(topology.downloads || []);
