@@ -13,7 +13,12 @@ from quart import Blueprint, Response, current_app, request
 
 from exoquic.api.errors import APIError
 from exoquic.api.schemas import CompletionParams, parse_chat_request, parse_text_request
-from exoquic.orchestration.generation import GenerationChunk, GenerationRequest, RequestError
+from exoquic.orchestration.generation import (
+    GenerationChunk,
+    GenerationRequest,
+    RequestError,
+    UnavailableError,
+)
 from exoquic.orchestration.node import Node, new_request_id
 
 log = logging.getLogger(__name__)
@@ -165,7 +170,8 @@ async def stream_events(
         # The 200 status is already sent: report the failure the way OpenAI's
         # stream does, as an error event, and still end the stream cleanly.
         log.exception("generation %s failed mid-stream", generation.request_id)
-        yield sse(APIError(500, f"generation failed: {exc}", type="server_error").body())
+        code = exc.code if isinstance(exc, UnavailableError) else None
+        yield sse(APIError(500, f"generation failed: {exc}", type="server_error", code=code).body())
     else:
         if include_usage:
             yield sse(shape.usage_chunk(tokens))

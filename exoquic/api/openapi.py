@@ -124,6 +124,7 @@ ERRORS = {
     "403": _json(_ref("Error"), "Host or Origin not allowed"),
     "404": _json(_ref("Error"), "Unknown model or URL"),
     "413": _json(_ref("Error"), "Request body over 4 MiB"),
+    "503": _json(_ref("Error"), "The ring cannot serve now (no plan, memory, a node lost)"),
 }
 STREAM_OR_JSON = {
     "description": "A completion, or with stream: true server-sent events ending in `data: [DONE]`",

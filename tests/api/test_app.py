@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import trio
-from api_helpers import open_tiny_node
+from api_helpers import TINY_CONFIG, open_tiny_node
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -376,3 +376,21 @@ async def post_to_tiny_node(
     async with open_tiny_node(engine, tokenizer) as node:
         response = await create_app(node).test_client().post(path, json=body)
         return response.status_code, await response.get_data()
+
+
+async def test_engine_failure_is_a_500_or_an_error_event(smollm2_tokenizer: Tokenizer) -> None:
+    """An engine with no weights fails every step: a whole reply is a 500, a
+    stream that already answered 200 ends with an error event and [DONE]."""
+    unloaded = MLXEngine(max_context=TINY_CONFIG.max_context)
+    async with open_tiny_node(unloaded, smollm2_tokenizer) as node:
+        client = create_app(node).test_client()
+        body = {"model": MODEL, "messages": HELLO, "max_tokens": 2}
+        whole = await client.post(CHAT, json=body)
+        assert whole.status_code in (500, 503)
+        assert error_of(await whole.get_data())["type"] == "server_error"
+        stream = await client.post(CHAT, json={**body, "stream": True})
+        assert stream.status_code == 200
+        events = sse_payloads(await stream.get_data())
+        assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert events[-1]["error"]["type"] == "server_error"
+        assert node.active_requests == 0
