@@ -69,8 +69,8 @@ class RunningNode:
             time.sleep(0.1)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
@@ -88,7 +88,12 @@ def start_node(home: Path, *args: str, api_key: str | None = None) -> RunningNod
         env["EXOQUIC_API_KEY"] = api_key
     log_path = home / "node.log"
     # The console script `uv run exoquic` runs, from this environment.
-    command = [str(Path(sys.executable).with_name("exoquic")), "up", "--api-port", str(port), *args]
+    # Its node protocol stays on loopback with no peers, so parallel test runs
+    # (and nodes of the people around) neither collide nor discover each other.
+    isolated = ["--node-host", "127.0.0.1", "--node-port", str(free_port(socket.SOCK_DGRAM))]
+    isolated += ["--discovery", "manual"]
+    command = [str(Path(sys.executable).with_name("exoquic")), "up", "--api-port", str(port)]
+    command += [*isolated, *args]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     node = RunningNode(f"http://127.0.0.1:{port}", api_key, process, log_path, home)
