@@ -1,7 +1,11 @@
 """Runs an engine in one worker thread and batches the work queued for it.
 
 Engines are blocking and not thread-safe, so every call goes through one
-`EngineWorker` task. Requests queue their forward steps; the worker takes
+`EngineWorker` task, and runs on one dedicated thread: some engine libraries
+tie state to the thread that created it (tinygrad's kernel cache is an SQLite
+connection), so a pool that hands calls to whichever thread is free breaks them.
+
+Requests queue their forward steps; the worker takes
 everything queued at that moment and hands it to `Engine.forward_batch` in a
 single thread call. While one batch runs, the next one gathers, so concurrent
 requests' decode steps ride together (decode is memory-bound: one pass over
@@ -13,13 +17,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import trio
 
 from exoquic.engines.base import Engine, ForwardItem
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -70,7 +77,24 @@ class EngineWorker:
         return self._stats
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="exoquic-engine") as thread:
+            self._thread = thread
+            task_status.started()
+            await self._serve()
+
+    async def _in_engine_thread(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the engine's own thread and wait for it without blocking Trio."""
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        future = self._thread.submit(fn)
+        future.add_done_callback(lambda _: token.run_sync_soon(done.set))
+        # Not cancellable: the engine call runs to the end either way, and its
+        # result must be delivered (see `_submit`).
+        with trio.CancelScope(shield=True):
+            await done.wait()
+        return future.result()
+
+    async def _serve(self) -> None:
         async for first in self._receive:
             jobs = [first, *self._drain(self.max_batch - 1)]
             # Strictly in queue order: a release or a shard load queued after a
@@ -115,7 +139,7 @@ class EngineWorker:
         assert job.run is not None
         started = time.perf_counter()
         try:
-            job.result = await trio.to_thread.run_sync(job.run)
+            job.result = await self._in_engine_thread(job.run)
         except Exception as exc:
             job.error = exc
         job.seconds = time.perf_counter() - started
@@ -125,7 +149,7 @@ class EngineWorker:
         items = [job.item for job in jobs if job.item is not None]
         started = time.perf_counter()
         try:
-            outputs = await trio.to_thread.run_sync(self._forward_batch, items)
+            outputs = await self._in_engine_thread(lambda: self._forward_batch(items))
         except Exception as exc:
             # Callers check their context budget before queueing, so a failure
             # here is the engine's own; every request in the batch sees it.

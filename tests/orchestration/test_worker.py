@@ -81,7 +81,7 @@ async def test_concurrent_steps_are_batched_and_results_routed() -> None:
         nursery.cancel_scope.cancel()
     assert results == {f"r{i}": [100 * i + 1, 100 * i + 2, 100 * i + 3] for i in range(4)}
     assert worker.statistics().largest_batch >= 3
-    assert len(engine.threads) >= 1
+    assert len(engine.threads) == 1  # one engine thread, whatever the pool would do
 
 
 async def test_engine_error_reaches_the_caller_and_worker_keeps_going() -> None:
