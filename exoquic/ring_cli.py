@@ -147,7 +147,7 @@ def print_topology(topology: dict[str, Any]) -> None:
         console.print(f"[red]{topology['reason']}[/]")
     table = Table(show_lines=False)
     for column in ("", "name", "node id", "engine", "memory", "layers", "address"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "node id")
     for node in topology.get("nodes", []):
         table.add_row(*_row(node, topology.get("num_layers")))
     console.print(table)

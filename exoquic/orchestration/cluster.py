@@ -219,7 +219,11 @@ class Cluster:
     async def handle_stream(self, stream: QuicStream) -> None:
         """The endpoint's stream handler: a peer dialled us and opened its link stream."""
         messages = MessageStream(stream)
-        hello = await introduce(messages, self.hello(), dialer=False)
+        try:
+            hello = await introduce(messages, self.hello(), dialer=False)
+        except trio.TooSlowError:
+            stream.connection.close(ErrorCode.PROTOCOL_ERROR, "no hello in time")
+            return
         await self._run_link(Link(messages, hello, self.link_stats))
 
     async def _dial(self, peer: PeerInfo, key: bytes) -> None:
@@ -366,7 +370,9 @@ class Cluster:
             if self._membership_changed.is_set():
                 await self._settle()
                 self._membership_changed = trio.Event()
-                self._react_to_membership()
+                self._check_capacity()
+            if self.state.proposal_due():
+                self._propose()
             adopted = self.state.adopted
             if adopted is not None and self.state.loaded_key != self.state.adopted_key:
                 await self._load(adopted.plan, (adopted.plan.version, adopted.proposer))
@@ -391,15 +397,14 @@ class Cluster:
                 continue
             return
 
-    def _react_to_membership(self) -> None:
+    def _check_capacity(self) -> None:
         reason = self.state.check_capacity()
         if reason is not None:
             log.error("the ring cannot serve: %s", reason)
             self.ring.fail_all(reason)
             self._pulse()
-            return
-        if not self.state.proposal_due():
-            return
+
+    def _propose(self) -> None:
         try:
             plan = self.state.propose()
         except InsufficientMemoryError as exc:

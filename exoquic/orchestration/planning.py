@@ -110,7 +110,15 @@ class PlanState:
             return False
         adopted = self.adopted
         own = adopted is not None and adopted.proposer == self.me.node_id
-        return not own or self._basis != self.member_ids()
+        return not own or self._basis != self.member_ids() or self._rival_plan()
+
+    def _rival_plan(self) -> bool:
+        """A peer is ready for another plan of our version or newer: it adopted a
+        rival proposal first, so ours can never become active. Propose anew."""
+        key = self.adopted_key
+        return key is not None and any(
+            ready != key and ready[0] >= key[0] for ready in self._ready.values()
+        )
 
     def propose(self) -> Plan:
         """A plan for the live members, newer than any version seen.

@@ -43,6 +43,10 @@ class PeerUnavailable(Exception):
     """A message could not be handed to a node (no live link to it)."""
 
 
+class StepFailedError(Exception):
+    """A node's engine refused a step of the request; replaying would not help."""
+
+
 class Router(Protocol):
     """What the ring needs from the cluster: delivery and the plan."""
 
@@ -135,7 +139,8 @@ class Ring:
         """The request's tokens, one per step, until `budget` (close it to stop early).
 
         Raises UnavailableError when the ring cannot serve it (no plan in time,
-        not enough memory, too many failed tries).
+        not enough memory, too many failed tries), StepFailedError when an
+        engine refused it.
         """
         if sampling.seed is None:  # fixed here so that replays draw the same tokens
             sampling = replace(sampling, seed=secrets.randbits(63))
@@ -205,7 +210,7 @@ class Ring:
             if outcome.retryable:
                 raise _Retry(outcome)
             self.stats.failed_requests += 1
-            raise UnavailableError(outcome.reason)
+            raise StepFailedError(outcome.reason)
         self.stats.failed_requests += 1
         raise UnavailableError(f"no answer from the ring within {timeout:.0f} s")
 

@@ -27,7 +27,7 @@ from exoquic.models.weights import EMBED_NAME, HEAD_NAME, ShardWeights, shard_te
 from exoquic.orchestration.cluster import Cluster, ClusterSettings, open_cluster
 from exoquic.orchestration.generation import UnavailableError
 from exoquic.orchestration.planning import Member, PlanState
-from exoquic.orchestration.ring import RingSettings
+from exoquic.orchestration.ring import RingSettings, StepFailedError
 from exoquic.orchestration.worker import EngineWorker
 from exoquic.topology import DeviceCapabilities, ModelRequirements
 
@@ -251,3 +251,15 @@ async def serve(
         async with lab.node(name, memory_mib) as cluster:
             task_status.started((cluster, scope))
             await trio.sleep_forever()
+
+
+async def test_a_step_an_engine_refuses_fails_the_request_not_the_ring(
+    tmp_path: Path, reference: dict[tuple[int, ...], list[int]]
+) -> None:
+    lab = Lab(tmp_path, ["a", "b"])
+    async with lab.node("a") as a, lab.node("b") as b:
+        await wait_plan([a, b], 2)
+        for origin in (a, b):
+            with trio.fail_after(10), pytest.raises(StepFailedError, match="out of range"):
+                await generate(origin, [1, CONFIG.vocab_size + 5])
+        assert await generate(b, PROMPTS[0]) == reference[tuple(PROMPTS[0])][:12]

@@ -151,3 +151,22 @@ def test_a_node_too_small_for_a_layer_is_left_out_but_stays_a_member() -> None:
     assert plan is not None and len(plan.node_ids) == 1
     tiny = next(s for s in cluster.states.values() if s.me.name == "tiny")
     assert tiny.active_plan() == plan  # it can still originate requests
+
+
+def test_a_coordinator_whose_proposal_lost_a_tie_proposes_again() -> None:
+    a, b = sorted([member("a", 200), member("b", 200)], key=lambda m: m.node_id)
+    coordinator, other = PlanState(a, MODEL, 1.0), PlanState(b, MODEL, 1.0)
+    rival = other.propose()  # b, alone for a moment, proposed version 0 and adopted it
+    other.offer(rival, b.node_id)
+    other.mark_loaded((rival.version, b.node_id))
+    coordinator.peer_up(b)
+    other.peer_up(a)
+    mine = coordinator.propose()  # a did not know: also version 0
+    coordinator.offer(mine, a.node_id)
+    assert not other.offer(mine, a.node_id)  # b keeps the first version 0 it saw
+    assert not coordinator.proposal_due()
+    coordinator.on_ready(b.node_id, (rival.version, b.node_id))  # b is ready for its own
+    assert coordinator.proposal_due()
+    again = coordinator.propose()
+    assert again.version == 1
+    assert coordinator.offer(again, a.node_id) and other.offer(again, a.node_id)
