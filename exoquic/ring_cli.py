@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from exoquic.orchestration.cluster import ClusterSettings
+    from exoquic.orchestration.network import ClusterSettings
 
-DEFAULT_NODE_PORT = 52417  # orchestration.cluster.DEFAULT_NODE_PORT (not imported: slow)
+DEFAULT_NODE_PORT = 52417  # orchestration.network.DEFAULT_NODE_PORT (not imported: slow)
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
 
 
@@ -76,7 +76,7 @@ def cluster_settings(args: argparse.Namespace) -> ClusterSettings:
     from exoquic.identity.keys import IdentityError, load_or_create_identity
     from exoquic.identity.node_id import is_valid_device_name
     from exoquic.identity.trust import TrustStore, TrustStoreError
-    from exoquic.orchestration.cluster import ClusterSettings
+    from exoquic.orchestration.network import ClusterSettings
 
     methods = tuple(parse_methods(args.discovery))
     name = args.name or platform.node().split(".")[0] or "node"

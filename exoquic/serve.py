@@ -14,8 +14,8 @@ from exoquic.api.app import create_app
 from exoquic.api.openai_routes import open_generation
 from exoquic.api.security import ApiSecurity
 from exoquic.engines.sampling import SamplingParams
-from exoquic.orchestration.cluster import ClusterSettings
 from exoquic.orchestration.generation import GenerationRequest
+from exoquic.orchestration.network import ClusterSettings
 from exoquic.orchestration.node import NodeSettings, new_request_id, open_node
 
 log = logging.getLogger(__name__)

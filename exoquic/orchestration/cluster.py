@@ -11,17 +11,13 @@ no network at all: a ring of one.
 from __future__ import annotations
 
 import logging
-import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 import trio
 
 from exoquic.discovery.peers import PeerEventKind, PeerInfo
-from exoquic.identity.keys import Identity
 from exoquic.identity.trust import TrustStore
 from exoquic.models.shard import Shard
 from exoquic.models.weights import ShardWeights
@@ -31,7 +27,6 @@ from exoquic.orchestration.planning import Member, PlanKey, PlanState
 from exoquic.orchestration.ring import PeerUnavailable, Ring, RingSettings
 from exoquic.orchestration.worker import EngineWorker
 from exoquic.topology import (
-    DEFAULT_MEMORY_FRACTION,
     Assignment,
     DeviceCapabilities,
     InsufficientMemoryError,
@@ -43,8 +38,6 @@ from exoquic.transport import (
     Endpoint,
     MessageStream,
     QuicStream,
-    TransportConfig,
-    open_endpoint,
 )
 from exoquic.wire.errors import ErrorCode, RemoteProtocolError
 from exoquic.wire.messages import (
@@ -61,36 +54,10 @@ from exoquic.wire.messages import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NODE_PORT = 52417
 DIAL_INTERVAL = 1.0
 CONNECT_TIMEOUT = 5.0
 
 ShardLoader = Callable[[Shard], ShardWeights]
-
-
-@dataclass(frozen=True)
-class ClusterSettings:
-    """How a node finds and talks to its peers (`exoquic up` options)."""
-
-    identity: Identity
-    trust: TrustStore
-    name: str
-    host: str = "0.0.0.0"
-    port: int = DEFAULT_NODE_PORT
-    discovery: tuple[str, ...] = ("multicast", "manual")
-    peers_file: Path | None = None
-    memory_limit: int | None = None
-    """Offer at most this many bytes to the cluster (tests simulate small devices)."""
-    peer_timeout: float = 3.0
-    """Seconds of silence after which a peer is dead (the QUIC idle timeout)."""
-    join_timeout: float = 5.0
-    """At start, how long to wait for the known peers before the first plan."""
-    settle_time: float = 0.3
-    """Membership must stay unchanged this long before a plan is proposed."""
-    plan_timeout: float = 60.0
-    """How long a request waits for an agreed, loaded plan."""
-    memory_fraction: float = DEFAULT_MEMORY_FRACTION
-    ring: RingSettings = field(default_factory=RingSettings)
 
 
 class Cluster:
@@ -501,91 +468,3 @@ def _ranges(plan: Plan) -> str:
     return ", ".join(
         f"{a.node_id} {a.shard.start_layer}-{a.shard.end_layer}" for a in plan.assignments
     )
-
-
-@asynccontextmanager
-async def open_cluster(
-    settings: ClusterSettings,
-    state: PlanState,
-    worker: EngineWorker,
-    load_shard: ShardLoader,
-    model_id: str,
-) -> AsyncIterator[Cluster]:
-    """Serve the node protocol on a QUIC port, find peers and agree on plans
-    until the block exits. The engine is loaded once the first plan is agreed."""
-    from exoquic.discovery.service import open_discovery
-
-    cluster = Cluster(
-        state,
-        worker,
-        load_shard,
-        model_id=model_id,
-        plan_timeout=settings.plan_timeout,
-        settle_time=settings.settle_time,
-        join_timeout=settings.join_timeout,
-        ring=settings.ring,
-    )
-    trust = settings.trust
-    transport = TransportConfig(
-        idle_timeout=settings.peer_timeout, keepalive_interval=settings.peer_timeout / 4
-    )
-    endpoint_cm = open_endpoint(
-        settings.identity,
-        verify_peer=_verifier(trust),
-        stream_handler=cluster.handle_stream,
-        host=settings.host,
-        port=_node_port(settings.host, settings.port),
-        config=transport,
-    )
-    async with endpoint_cm as endpoint, trio.open_nursery() as nursery:
-        cluster.endpoint = endpoint
-        cluster._nursery = nursery
-        port = endpoint.local_address[1]
-        log.info("node %s (%s) listening on UDP port %d", cluster.node_id, settings.name, port)
-        async with open_discovery(
-            list(settings.discovery),
-            identity=settings.identity,
-            trust=trust,
-            port=port,
-            name=settings.name,
-            capabilities=state.me.capabilities.to_dict(),
-            peers_file=settings.peers_file,
-        ) as discovery:
-            for peer in discovery.peers().values():
-                cluster.peer_event(PeerEventKind.APPEARED, peer)
-            nursery.start_soon(_follow_discovery, cluster, discovery.events)
-            nursery.start_soon(cluster.run_dialer, trust)
-            nursery.start_soon(cluster.run_plan_loop)
-            yield cluster
-            nursery.cancel_scope.cancel()
-
-
-async def _follow_discovery(cluster: Cluster, events: trio.MemoryReceiveChannel[Any]) -> None:
-    async for event in events:
-        cluster.peer_event(event.kind, event.peer)
-
-
-def _node_port(host: str, port: int) -> int:
-    """`port`, or 0 (any free port) when the default port is taken by another
-    node on this host. An explicitly chosen port is never replaced."""
-    if port != DEFAULT_NODE_PORT:
-        return port
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            log.warning("UDP port %d is taken (%s); using a free port", port, exc)
-            return 0
-    return port
-
-
-def _verifier(trust: TrustStore) -> Callable[[bytes], bool]:
-    def verify(key: bytes) -> bool:
-        # Pairing may have added the key since the file was read: look again.
-        if trust.is_trusted(key):
-            return True
-        trust.reload()
-        return trust.is_trusted(key)
-
-    return verify

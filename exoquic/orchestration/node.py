@@ -27,13 +27,14 @@ from exoquic.models.config import ModelConfig
 from exoquic.models.shard import Shard
 from exoquic.models.source import ModelSource, resolve_source
 from exoquic.models.tokenizer import Tokenizer
-from exoquic.orchestration.cluster import Cluster, ClusterSettings, open_cluster
+from exoquic.orchestration.cluster import Cluster
 from exoquic.orchestration.generation import (
     ContextLengthError,
     GenerationChunk,
     GenerationRequest,
     UnavailableError,
 )
+from exoquic.orchestration.network import ClusterSettings, open_cluster
 from exoquic.orchestration.planning import Member, PlanState
 from exoquic.orchestration.stops import StopMatcher
 from exoquic.orchestration.topology_view import topology_report

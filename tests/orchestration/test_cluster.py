@@ -24,8 +24,9 @@ from exoquic.identity.trust import TrustStore
 from exoquic.models.config import ModelConfig
 from exoquic.models.shard import Shard
 from exoquic.models.weights import EMBED_NAME, HEAD_NAME, ShardWeights, shard_tensor_names
-from exoquic.orchestration.cluster import Cluster, ClusterSettings, open_cluster
+from exoquic.orchestration.cluster import Cluster
 from exoquic.orchestration.generation import UnavailableError
+from exoquic.orchestration.network import ClusterSettings, open_cluster
 from exoquic.orchestration.planning import Member, PlanState
 from exoquic.orchestration.ring import RingSettings, StepFailedError
 from exoquic.orchestration.worker import EngineWorker
