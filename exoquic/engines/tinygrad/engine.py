@@ -11,7 +11,7 @@ from tinygrad import Tensor, UOp
 
 from exoquic.engines.base import ContextOverflowError, Engine, EngineError, ForwardItem
 from exoquic.engines.tinygrad.model import ShardModel
-from exoquic.engines.tinygrad.runner import buffer_address
+from exoquic.engines.tinygrad.runner import buffer_address, worker_threads
 from exoquic.engines.tinygrad.step import Step, StepFn
 from exoquic.models.shard import Shard
 from exoquic.models.weights import ShardWeights
@@ -23,8 +23,8 @@ PREFILL_BUCKETS = (32, 128, 512)
 
 @dataclass
 class _Request:
-    cache: Tensor
-    address: int  # of the cache's memory, passed to replayed steps
+    caches: list[Tensor]  # per layer
+    addresses: list[int]  # of the caches' memory, passed to replayed steps
     length: int = 0
 
 
@@ -33,8 +33,16 @@ class TinygradEngine(Engine):
 
     name: ClassVar[str] = "tinygrad"
 
-    def __init__(self, max_context: int = 2048) -> None:
+    def __init__(
+        self, max_context: int = 2048, fast: bool = True, threads: int | None = None
+    ) -> None:
+        """fast: attention and quantized products run as C kernels, the products on
+        int8-quantized activations (llama.cpp's scheme); False keeps every kernel
+        tinygrad-generated with float32 activations (slow, closest to a float reference).
+        threads: CPU threads per step (default: every CPU this process may use)."""
         super().__init__(max_context)
+        self.fast = fast
+        self.threads = threads or worker_threads()
         self._model: ShardModel | None = None
         self._requests: dict[str, _Request] = {}
         self._steps: dict[tuple[str, int], Step] = {}
@@ -46,7 +54,8 @@ class TinygradEngine(Engine):
     def load(self, weights: ShardWeights) -> None:
         self.unload()
         # Slack past max_context lets the last, padded prefill chunk always fit.
-        self._model = ShardModel(weights, capacity=self.max_context + PREFILL_BUCKETS[0] - 1)
+        capacity = self.max_context + PREFILL_BUCKETS[0] - 1
+        self._model = ShardModel(weights, capacity, self.fast)
 
     def unload(self) -> None:
         self._model = None
@@ -90,6 +99,14 @@ class TinygradEngine(Engine):
     def active_requests(self) -> int:
         return len(self._requests)
 
+    def cache_bytes(self) -> int:
+        """Bytes held by every request's KV cache."""
+        return sum(c.nbytes() for r in self._requests.values() for c in r.caches)
+
+    def flattened_steps(self) -> int:
+        """How many compiled steps replay through the direct kernel dispatcher (diagnostics)."""
+        return sum(1 for step in self._steps.values() if step.kernel_count)
+
     def _require_model(self) -> ShardModel:
         if self._model is None:
             raise EngineError("no shard loaded")
@@ -127,8 +144,9 @@ class TinygradEngine(Engine):
     def _request(self, model: ShardModel, request_id: str) -> _Request:
         request = self._requests.get(request_id)
         if request is None:
-            cache = model.new_cache()
-            request = self._requests[request_id] = _Request(cache, buffer_address(cache))
+            caches = model.new_cache()
+            addresses = [buffer_address(c) for c in caches]
+            request = self._requests[request_id] = _Request(caches, addresses)
         return request
 
     def _prefill(self, model: ShardModel, request_id: str, hidden: np.ndarray) -> np.ndarray:
@@ -142,9 +160,9 @@ class TinygradEngine(Engine):
             chunk[:n] = hidden[done : done + n]
             start = UOp.variable("start", 0, model.capacity - bucket).bind(request.length)
             step = self._step(
-                "prefill", bucket, lambda x, caches, start: model.prefill(x, caches[0], start)
+                "prefill", bucket, lambda x, caches, start: model.prefill(x, caches, start)
             )
-            outputs.append(step(chunk, [request.cache], [start], [request.address])[:n])
+            outputs.append(step(chunk, request.caches, [start], request.addresses)[:n])
             request.length += n
             done += n
         out = np.concatenate(outputs)
@@ -158,18 +176,24 @@ class TinygradEngine(Engine):
             UOp.variable(f"pos{b}", 0, model.capacity - 1).bind(r.length)
             for b, r in enumerate(requests)
         ]
-        step = self._step(
-            "decode", len(requests), lambda x, caches, *pos: model.decode(x, caches, list(pos))
-        )
+        layers = len(model.layers)
+
+        def decode(x: Tensor, caches: list[Tensor], *pos: UOp) -> Tensor:
+            per_request = [caches[b * layers : (b + 1) * layers] for b in range(len(pos))]
+            return model.decode(x, per_request, list(pos))
+
+        step = self._step("decode", len(requests), decode)
         out = step(
             np.concatenate(hidden),
-            [r.cache for r in requests],
+            [c for r in requests for c in r.caches],
             positions,
-            [r.address for r in requests],
+            [a for r in requests for a in r.addresses],
         )
         for r in requests:
             r.length += 1
-        return list(self._head(model, out)) if model.shard.is_last else list(out)
+        if model.shard.is_last:
+            return list(self._head(model, out))
+        return [out[b : b + 1] for b in range(len(requests))]
 
     def _head(self, model: ShardModel, hidden: np.ndarray) -> np.ndarray:
         step = self._step("head", len(hidden), lambda x, _: model.head(x))
@@ -180,7 +204,7 @@ class TinygradEngine(Engine):
         key = (kind, rows)
         if key not in self._steps:
             model = self._require_model()
-            self._steps[key] = Step(fn, (rows, model.config.hidden_size))
+            self._steps[key] = Step(fn, (rows, model.config.hidden_size), self.threads)
         return self._steps[key]
 
 

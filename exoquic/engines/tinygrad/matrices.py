@@ -104,6 +104,30 @@ def dequantized(w: Matrix) -> Tensor:
     return (codes * w.scale.unsqueeze(-1) + w.offset.unsqueeze(-1)).reshape(rows, cols)
 
 
-def matmul(x: Tensor, w: Matrix) -> Tensor:
-    """`x @ w.T` for x `(R, cols)`: `(R, rows)`."""
+def matmul(x: Tensor, w: Matrix, fast: bool) -> Tensor:
+    """`x @ w.T` for x `(R, cols)`: `(R, rows)`.
+
+    fast: use the C kernels of `custom` for quantized weights, which quantize
+    the activations to int8 blocks first (llama.cpp's CPU scheme; results
+    differ from float32 activations by ~1e-2 relative). Otherwise one fused
+    tinygrad expression with float32 activations.
+    """
+    if fast and not isinstance(w, DenseMatrix):
+        from exoquic.engines.tinygrad.custom import quantize_rows, quantized_matmul
+
+        return quantized_matmul(*quantize_rows(x), w)
     return x @ dequantized(w).T
+
+
+def fuse_rows(parts: list[WeightArray]) -> WeightArray | None:
+    """The matrices stacked along their rows (one product instead of several), if compatible."""
+    if all(isinstance(p, QuantizedTensor) for p in parts):
+        quantized = [p for p in parts if isinstance(p, QuantizedTensor)]
+        kind, cols = quantized[0].kind, quantized[0].shape[1]
+        if any(q.kind != kind or q.shape[1] != cols for q in quantized):
+            return None
+        blocks = np.concatenate([q.blocks for q in quantized])
+        return QuantizedTensor(kind, blocks, (sum(q.shape[0] for q in quantized), cols))
+    if any(isinstance(p, QuantizedTensor) for p in parts):
+        return None
+    return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])

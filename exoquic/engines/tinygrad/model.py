@@ -14,8 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 from tinygrad import Tensor, UOp, dtypes
 
+from exoquic.engines.tinygrad.custom import (
+    attention,
+    norm_quantize_rows,
+    quantized_matmul,
+    swiglu_quantize_rows,
+)
 from exoquic.engines.tinygrad.device import DEVICE
-from exoquic.engines.tinygrad.matrices import Matrix, matmul, to_matrix
+from exoquic.engines.tinygrad.matrices import DenseMatrix, Matrix, fuse_rows, matmul, to_matrix
 from exoquic.models.config import ModelConfig
 from exoquic.models.shard import Shard
 from exoquic.models.weights import (
@@ -27,47 +33,81 @@ from exoquic.models.weights import (
     WeightArray,
 )
 
-# (q, k, v) of some rows -> attention output `(rows, H*hd)`.
-AttendFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+# qkv projections of some rows -> attention output `(rows, H*hd)`.
+AttendFn = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Several weight matrices applied to the same input, fused into one product when possible."""
+
+    matrices: tuple[Matrix, ...]
+    sizes: tuple[int, ...]  # output width of each logical matrix
+
+    @classmethod
+    def of(cls, parts: list[WeightArray]) -> Projection:
+        sizes = tuple(p.shape[0] for p in parts)
+        fused = fuse_rows(parts) if len(parts) > 1 else parts[0]
+        mats = (to_matrix(fused),) if fused is not None else tuple(to_matrix(p) for p in parts)
+        return cls(mats, sizes)
+
+    @property
+    def quantized(self) -> bool:
+        return not any(isinstance(m, DenseMatrix) for m in self.matrices)
+
+    def __call__(self, x: Tensor, fast: bool) -> Tensor:
+        """The products of x `(R, cols)`, concatenated: `(R, sum(sizes))`."""
+        return _concat([matmul(x, m, fast) for m in self.matrices])
+
+    def of_quantized(self, codes: Tensor, sums: Tensor) -> Tensor:
+        """Like `__call__` (fast path) for activations already quantized by `custom`."""
+        return _concat([quantized_matmul(codes, sums, m) for m in self.matrices])  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
 class LayerWeights:
     attn_norm: Tensor
-    q: Matrix
-    k: Matrix
-    v: Matrix
-    o: Matrix
+    qkv: Projection
+    o: Projection
     mlp_norm: Tensor
-    gate: Matrix
-    up: Matrix
-    down: Matrix
+    gate_up: Projection
+    down: Projection
 
 
 class ShardModel:
-    """The device weights of one shard and the computations over them."""
+    """The device weights of one shard and the computations over them.
 
-    def __init__(self, weights: ShardWeights, capacity: int) -> None:
+    fast: attention and quantized products run as the C kernels of `custom`
+    (products on int8-quantized activations, like llama.cpp); otherwise every
+    kernel is tinygrad-generated with float32 activations (slow, closest to a
+    float reference, and not tied to the CPU device).
+    """
+
+    def __init__(self, weights: ShardWeights, capacity: int, fast: bool) -> None:
         self.config: ModelConfig = weights.config
         self.shard: Shard = weights.shard
         self.capacity = capacity
+        self.fast = fast
         self.layers = [_layer_weights(weights, i) for i in self.shard.layers()]
         # Embedding rows are looked up on the host: T rows per step are cheap to decode.
         self.embedding: WeightArray | None = (
             weights.tensors[EMBED_NAME] if self.shard.is_first else None
         )
         self.norm: Tensor | None = None
-        self.head_matrix: Matrix | None = None
+        self.head_matrix: Projection | None = None
         if self.shard.is_last:
             self.norm = _vector(weights.dense(NORM_NAME))
-            self.head_matrix = to_matrix(weights.tensors[HEAD_NAME])
-        self.cos, self.sin = _rope_tables(self.config, capacity)
+            self.head_matrix = Projection.of([weights.tensors[HEAD_NAME]])
+        self.rope = _rope_table(self.config, capacity)  # (C, hd): cos | sin
 
-    def new_cache(self) -> Tensor:
-        """A zeroed KV cache for one request: `(layers, 2, KV, C, hd)` float32."""
+    def new_cache(self) -> list[Tensor]:
+        """Zeroed KV caches for one request: per layer `(2, KV, C, hd)` float32."""
         c = self.config
-        shape = (len(self.layers), 2, c.num_kv_heads, self.capacity, c.head_dim)
-        return Tensor.zeros(*shape, dtype=dtypes.float32, device=DEVICE).contiguous().realize()
+        shape = (2, c.num_kv_heads, self.capacity, c.head_dim)
+        return [
+            Tensor.zeros(*shape, dtype=dtypes.float32, device=DEVICE).contiguous().realize()
+            for _ in self.layers
+        ]
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         """Float32 embeddings `(T, D)` of token ids (first shard only)."""
@@ -78,30 +118,28 @@ class ShardModel:
             return rows.dequantize()
         return np.asarray(table[tokens], dtype=np.float32)
 
-    def prefill(self, x: Tensor, cache: Tensor, start: UOp) -> Tensor:
+    def prefill(self, x: Tensor, caches: list[Tensor], start: UOp) -> Tensor:
         """Run the layers over T consecutive positions `start..start+T-1` of one request.
 
-        x: `(T, D)`. Rows past the request's real length may be padding: they are
-        causally after every real row, so they never change a real row's output.
+        x: `(T, D)`; caches: the request's per-layer caches. Rows past the request's
+        real length may be padding: they are causally after every real row, so they
+        never change a real row's output.
         """
+        return self.decode(x, [caches], [start])
+
+    def decode(self, x: Tensor, caches: list[list[Tensor]], positions: list[UOp]) -> Tensor:
+        """New rows of B requests: request b owns `rows / B` consecutive rows of x `(rows, D)`,
+        its per-layer caches `caches[b]` and its first row's position `positions[b]`."""
+        per = x.shape[0] // len(caches)
+        rope = [self.rope[p : p + per] for p in positions]  # (per, hd) each
         for i, w in enumerate(self.layers):
 
-            def attend(q: Tensor, k: Tensor, v: Tensor, i: int = i) -> Tensor:
-                return self._attend_prefill(q, k, v, cache, i, start)
-
-            x = self._block(x, w, attend)
-        return x
-
-    def decode(self, x: Tensor, caches: list[Tensor], positions: list[UOp]) -> Tensor:
-        """One new position for each of B requests: x `(B, D)`, row b at `positions[b]`."""
-        for i, w in enumerate(self.layers):
-
-            def attend(q: Tensor, k: Tensor, v: Tensor, i: int = i) -> Tensor:
-                rows = [
-                    self._attend_prefill(q[b : b + 1], k[b : b + 1], v[b : b + 1], cache, i, pos)
-                    for b, (cache, pos) in enumerate(zip(caches, positions, strict=True))
+            def attend(qkv: Tensor, i: int = i) -> Tensor:
+                outs = [
+                    self._attend(qkv[b * per : (b + 1) * per], rope[b], caches[b][i], pos)
+                    for b, pos in enumerate(positions)
                 ]
-                return rows[0].cat(*rows[1:]) if len(rows) > 1 else rows[0]
+                return outs[0].cat(*outs[1:]) if len(outs) > 1 else outs[0]
 
             x = self._block(x, w, attend)
         return x
@@ -109,71 +147,85 @@ class ShardModel:
     def head(self, x: Tensor) -> Tensor:
         """Logits `(B, vocab)` of final hidden states `(B, D)` (last shard only)."""
         assert self.norm is not None and self.head_matrix is not None
-        return matmul(_rms_norm(x, self.norm, self.config.rms_norm_eps), self.head_matrix)
+        return self._normed(self.head_matrix, x, self.norm)
 
     def _block(self, x: Tensor, w: LayerWeights, attend: AttendFn) -> Tensor:
-        c = self.config
-        rows = x.shape[0]
-        h = _rms_norm(x, w.attn_norm, c.rms_norm_eps)
-        q = matmul(h, w.q).reshape(rows, c.num_heads, c.head_dim)
-        k = matmul(h, w.k).reshape(rows, c.num_kv_heads, c.head_dim)
-        v = matmul(h, w.v).reshape(rows, c.num_kv_heads, c.head_dim)
-        x = x + matmul(attend(q, k, v), w.o)
-        h = _rms_norm(x, w.mlp_norm, c.rms_norm_eps)
-        return x + matmul(matmul(h, w.gate).silu() * matmul(h, w.up), w.down)
+        x = x + self._plain(w.o, attend(self._normed(w.qkv, x, w.attn_norm)))
+        gate_up = self._normed(w.gate_up, x, w.mlp_norm)  # (rows, 2F): gate | up
+        if self.fast and w.down.quantized:
+            return x + w.down.of_quantized(*swiglu_quantize_rows(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
+        return x + w.down(gate.silu() * up, self.fast)
 
-    def _attend_prefill(
-        self, q: Tensor, k: Tensor, v: Tensor, cache: Tensor, layer: int, start: UOp
-    ) -> Tensor:
-        """Causal attention of T new rows at `start..` over the request's cache: `(T, H*hd)`."""
+    def _normed(self, p: Projection, x: Tensor, weight: Tensor) -> Tensor:
+        """`p(rms_norm(x) * weight)`; in the fast path norm and quantization are one kernel."""
+        eps = self.config.rms_norm_eps
+        if self.fast and p.quantized:
+            return p.of_quantized(*norm_quantize_rows(x, weight, eps))
+        return p(_rms_norm(x, weight, eps), self.fast)
+
+    def _plain(self, p: Projection, x: Tensor) -> Tensor:
+        return p(x, self.fast)
+
+    def _attend(self, qkv: Tensor, rope: Tensor, cache: Tensor, start: UOp) -> Tensor:
+        """Causal attention of T new rows at `start..` over the request's layer cache.
+
+        qkv: `(T, (H + 2 KV) hd)`; rope: `(T, hd)` cos | sin; cache `(2, KV, C, hd)`.
+        Returns `(T, H*hd)` and stores the rows' keys and values into the cache.
+        """
         c = self.config
-        T, group = q.shape[0], c.num_heads // c.num_kv_heads
-        cos, sin = self.cos[start : start + T], self.sin[start : start + T]  # (T, hd/2)
-        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-        kv = Tensor.stack(k, v).permute(0, 2, 1, 3)  # (2, KV, T, hd)
-        store = cache[layer, :, :, start : start + T, :].uop.store(kv.uop)
-        cached = Tensor(cache.uop.after(store))[layer, :, :, 0 : start + T, :]  # (2, KV, S, hd)
+        if self.fast:
+            return attention(qkv, rope, cache, start, c.num_heads, c.num_kv_heads)
+        T, hd, group = qkv.shape[0], c.head_dim, c.num_heads // c.num_kv_heads
+        q, k, v = qkv.split([c.num_heads * hd, c.num_kv_heads * hd, c.num_kv_heads * hd], dim=-1)
+        cos, sin = rope[:, : hd // 2], rope[:, hd // 2 :]
+        q = _rope(q.reshape(T, c.num_heads, hd), cos, sin)
+        k = _rope(k.reshape(T, c.num_kv_heads, hd), cos, sin)
+        kv = Tensor.stack(k, v.reshape(T, c.num_kv_heads, hd)).permute(0, 2, 1, 3)  # (2, KV, T, hd)
+        store = cache[:, :, start : start + T, :].uop.store(kv.uop)
+        cached = Tensor(cache.uop.after(store))[:, :, 0 : start + T, :]  # (2, KV, S, hd)
         keys, values = cached[0].unsqueeze(1), cached[1].unsqueeze(1)  # (KV, 1, S, hd)
-        q = q.reshape(T, c.num_kv_heads, group, c.head_dim).permute(1, 2, 0, 3)  # (KV, G, T, hd)
-        scores = (q @ keys.transpose(-1, -2)) * (1.0 / c.head_dim**0.5)  # (KV, G, T, S)
+        q = q.reshape(T, c.num_kv_heads, group, hd).permute(1, 2, 0, 3)  # (KV, G, T, hd)
+        scores = (q @ keys.transpose(-1, -2)) * (1.0 / hd**0.5)  # (KV, G, T, S)
         if T > 1:
             # Row i sees positions up to start + i.
             mask = Tensor.full((T, start + T), float("-inf"), device=DEVICE).triu(start + 1)
             scores = scores + mask
         out = scores.softmax(-1) @ values  # (KV, G, T, hd)
-        return out.permute(2, 0, 1, 3).reshape(T, c.num_heads * c.head_dim)
+        return out.permute(2, 0, 1, 3).reshape(T, c.num_heads * hd)
 
 
 def _layer_weights(weights: ShardWeights, index: int) -> LayerWeights:
-    def m(suffix: str) -> Matrix:
-        return to_matrix(weights.layer(index, suffix))
+    def p(*suffixes: str) -> Projection:
+        return Projection.of([weights.layer(index, s) for s in suffixes])
 
     def norm(suffix: str) -> Tensor:
         return _vector(weights.dense(f"model.layers.{index}.{suffix}"))
 
     return LayerWeights(
         attn_norm=norm("input_layernorm.weight"),
-        q=m("self_attn.q_proj.weight"),
-        k=m("self_attn.k_proj.weight"),
-        v=m("self_attn.v_proj.weight"),
-        o=m("self_attn.o_proj.weight"),
+        qkv=p("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+        o=p("self_attn.o_proj.weight"),
         mlp_norm=norm("post_attention_layernorm.weight"),
-        gate=m("mlp.gate_proj.weight"),
-        up=m("mlp.up_proj.weight"),
-        down=m("mlp.down_proj.weight"),
+        gate_up=p("mlp.gate_proj.weight", "mlp.up_proj.weight"),
+        down=p("mlp.down_proj.weight"),
     )
+
+
+def _concat(parts: list[Tensor]) -> Tensor:
+    return parts[0] if len(parts) == 1 else parts[0].cat(*parts[1:], dim=-1)
 
 
 def _vector(a: np.ndarray) -> Tensor:
     return Tensor(np.ascontiguousarray(a, dtype=np.float32), device=DEVICE).realize()
 
 
-def _rope_tables(config: ModelConfig, capacity: int) -> tuple[Tensor, Tensor]:
-    """cos and sin `(C, hd/2)` of every position (float64 on the host, then float32)."""
+def _rope_table(config: ModelConfig, capacity: int) -> Tensor:
+    """cos | sin `(C, hd)` of every position (computed in float64 on the host)."""
     hd = config.head_dim
     inv_freq = config.rope_theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
     angles = np.arange(capacity, dtype=np.float64)[:, None] * inv_freq
-    return _vector(np.cos(angles)), _vector(np.sin(angles))
+    return _vector(np.concatenate([np.cos(angles), np.sin(angles)], axis=1))
 
 
 def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

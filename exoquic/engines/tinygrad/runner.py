@@ -34,17 +34,135 @@ from tinygrad.uop.ops import Ops, UOp
 from exoquic.engines.tinygrad import COMPILER
 from exoquic.engines.tinygrad.device import DEVICE
 
-_DISPATCH_C = """
+# Most arguments a kernel may take (tinygrad's CPU programs allow 63).
+MAX_ARGS = 32
+
+_DISPATCH_C = r"""
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
-typedef void (*kernel_fn)({params});
-/* Each row of `table` is a kernel address followed by its {n} arguments. */
-void run_kernels(const uint64_t *table, int64_t count) {{
-  for (int64_t i = 0; i < count; i++) {{
-    const uint64_t *e = table + i * {row};
-    ((kernel_fn)e[0])({args});
-  }}
-}}
+
+#define MAX_ARGS @MAX_ARGS@
+#define MAX_WORKERS 63
+#define ROW (MAX_ARGS + 1)
+typedef void (*kernel_fn)(@PARAMS@);
+
+/* A table row is a kernel address and its arguments. A group is `parts` consecutive
+   rows: the thread slices (core_id 0..parts-1) of one kernel, which may run concurrently.
+   Slices are claimed from a shared counter, so a worker that the OS has not scheduled
+   delays nothing: the calling thread then simply runs every slice itself. */
+static void call(const uint64_t *e) { ((kernel_fn)e[0])(@ARGS@); }
+
+static pthread_mutex_t run_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t sleep_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+static int workers = 0;
+static atomic_int running = 0;  /* 1 while run_kernels executes: workers poll, else sleep */
+/* The current group as one word, so a slice is claimed against a consistent snapshot:
+   generation (bits 32-63) | slices (16-31) | next unclaimed slice (0-15). */
+static _Atomic uint64_t ticket = 0;
+static atomic_int done_parts = 0;  /* slices of the current group finished */
+static const uint64_t *volatile group_rows;
+
+static inline void relax(long *spins) {
+  if (++*spins < 256) {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+  } else {
+    sched_yield(); /* another process may want this core */
+  }
+}
+
+/* Run unclaimed slices of group `generation` until none is left. While a claimed slice
+   runs, the caller of run_kernels waits for it, so group_rows cannot change under it. */
+static void run_slices(uint32_t generation) {
+  uint64_t t = atomic_load(&ticket);
+  for (;;) {
+    if ((uint32_t)(t >> 32) != generation) return;
+    const int parts = (int)((t >> 16) & 0xFFFF), next = (int)(t & 0xFFFF);
+    if (next >= parts) return;
+    if (!atomic_compare_exchange_weak(&ticket, &t, t + 1)) continue;
+    call(group_rows + (long)next * ROW);
+    atomic_fetch_add(&done_parts, 1);
+    t = atomic_load(&ticket);
+  }
+}
+
+static void *worker(void *arg) {
+  (void)arg;
+  uint32_t seen = 0;
+  for (;;) {
+    long spins = 0;
+    uint32_t generation;
+    while ((generation = (uint32_t)(atomic_load(&ticket) >> 32)) == seen) {
+      if (!atomic_load(&running)) {
+        pthread_mutex_lock(&sleep_lock);
+        while (!atomic_load(&running)) pthread_cond_wait(&wake, &sleep_lock);
+        pthread_mutex_unlock(&sleep_lock);
+      } else {
+        relax(&spins);
+      }
+    }
+    seen = generation;
+    run_slices(generation);
+  }
+  return 0;
+}
+
+static int start_workers(int wanted) {
+  while (workers < wanted && workers < MAX_WORKERS) {
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int failed = pthread_create(&t, &attr, worker, 0);
+    pthread_attr_destroy(&attr);
+    if (failed) break;
+    workers++;
+  }
+  return workers;
+}
+
+/* Run `count` groups; groups[2 g] = first row, groups[2 g + 1] = slices. Returns the
+   helper threads used (0: everything ran on the calling thread). */
+int run_kernels(const uint64_t *table, const int64_t *groups, int64_t count, int threads) {
+  pthread_mutex_lock(&run_lock);
+  int helpers = threads > 1 ? start_workers(threads - 1) : 0;
+  if (helpers) {
+    pthread_mutex_lock(&sleep_lock);
+    atomic_store(&running, 1);
+    pthread_cond_broadcast(&wake);
+    pthread_mutex_unlock(&sleep_lock);
+  }
+  for (int64_t g = 0; g < count; g++) {
+    const uint64_t *rows = table + groups[2 * g] * ROW;
+    const int parts = (int)groups[2 * g + 1];
+    if (parts == 1 || !helpers) {
+      for (int part = 0; part < parts; part++) call(rows + (long)part * ROW);
+      continue;
+    }
+    group_rows = rows;
+    atomic_store(&done_parts, 0);
+    const uint32_t generation = (uint32_t)(atomic_load(&ticket) >> 32) + 1;
+    atomic_store(&ticket, ((uint64_t)generation << 32) | ((uint64_t)parts << 16));
+    run_slices(generation);
+    long spins = 0;
+    while (atomic_load(&done_parts) < parts) relax(&spins);
+  }
+  atomic_store(&running, 0);
+  pthread_mutex_unlock(&run_lock);
+  return helpers;
+}
 """
+
+
+def worker_threads() -> int:
+    """Threads for the slices of kernels split by tinygrad's `core_id`: the usable CPUs (<= 8)."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux: respects taskset/cpusets
+    cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
+    return max(1, min(cpus, 8))
 
 
 class UnsupportedGraph(Exception):
@@ -52,17 +170,17 @@ class UnsupportedGraph(Exception):
 
 
 @functools.cache
-def _dispatcher(max_args: int) -> ctypes._NamedFuncPointer:
-    """A compiled `run_kernels` that passes `max_args` uint64 arguments to every kernel.
+def _dispatcher() -> ctypes._NamedFuncPointer:
+    """The compiled `run_kernels` (built once per machine, cached in the temp folder).
 
-    Passing more integer arguments than a function declares is harmless in the
-    C calling conventions of x86-64 and arm64 (the caller owns the stack).
+    Every kernel is called with MAX_ARGS uint64 arguments: passing more integer
+    arguments than a function declares is harmless in the C calling conventions
+    of x86-64 and arm64 (the caller owns the stack).
     """
-    source = _DISPATCH_C.format(
-        params=", ".join(["uint64_t"] * max_args),
-        n=max_args,
-        row=max_args + 1,
-        args=", ".join(f"e[{i + 1}]" for i in range(max_args)),
+    source = (
+        _DISPATCH_C.replace("@MAX_ARGS@", str(MAX_ARGS))
+        .replace("@PARAMS@", ", ".join(["uint64_t"] * MAX_ARGS))
+        .replace("@ARGS@", ", ".join(f"e[{i + 1}]" for i in range(MAX_ARGS)))
     )
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     folder = os.path.join(tempfile.gettempdir(), f"exoquic-tinygrad-{os.getuid()}")
@@ -73,11 +191,13 @@ def _dispatcher(max_args: int) -> ctypes._NamedFuncPointer:
         with open(c_file, "w") as f:
             f.write(source)
         partial = f"{library}.{os.getpid()}"
-        subprocess.run([COMPILER, "-O2", "-shared", "-fPIC", "-o", partial, c_file], check=True)
+        command = [COMPILER, "-O2", "-shared", "-fPIC", "-pthread", "-o", partial, c_file]
+        subprocess.run(command, check=True)
         os.replace(partial, library)  # atomic: concurrent processes never load half a file
         os.unlink(c_file)
     fn = ctypes.CDLL(library).run_kernels
-    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_int64], None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+    fn.restype = ctypes.c_int
     return fn
 
 
@@ -103,18 +223,27 @@ class KernelList:
     """The kernels of one captured JIT, callable with new inputs and variable values."""
 
     def __init__(
-        self, table: np.ndarray, inputs: list[_Patch], variables: dict[str, _Patch]
+        self,
+        table: np.ndarray,
+        groups: np.ndarray,
+        inputs: list[_Patch],
+        variables: dict[str, _Patch],
+        names: list[str],
     ) -> None:
-        self._table = table
+        self._table = table  # (rows, 1 + MAX_ARGS) uint64: kernel address, arguments
+        self._groups = groups  # (kernels, 2) int64: first row, thread slices
         self._inputs = inputs
         self._variables = variables
-        self._run = _dispatcher(table.shape[1] - 1)
+        self.names = names  # kernel name of each group
+        self._run = _dispatcher()
 
     @classmethod
     def from_captured(cls, captured: CapturedJit, inputs: list[Tensor]) -> KernelList:
         """Flatten a JIT's captured kernels; `inputs` are its input tensors in the JIT's order."""
         input_uops = tuple(t.uop.base for t in inputs)
         rows: list[list[int]] = []
+        groups: list[tuple[int, int]] = []
+        names: list[str] = []
         input_refs: list[list[tuple[int, int]]] = [[] for _ in inputs]
         var_refs: dict[str, list[tuple[int, int]]] = {}
         for call in captured.linear.src:
@@ -125,9 +254,13 @@ class KernelList:
             args = get_call_arg_uops(call)
             resolved = resolve_params(call, input_uops)
             addresses = [_address(resolved[i]) for i in info.globals]
+            if len(addresses) + len(info.vars) > MAX_ARGS:
+                raise UnsupportedGraph(f"{info.function_name} takes more than {MAX_ARGS} arguments")
             runtime = get_runtime(DEVICE, program)
-            threads = int(info.global_size[0])
-            for tid in range(threads):
+            parts = int(info.global_size[0])
+            groups.append((len(rows), parts))
+            names.append(str(info.function_name))
+            for tid in range(parts):
                 row_index = len(rows)
                 for col, i in enumerate(info.globals, start=1):
                     if args[i].op is Ops.PARAM:
@@ -143,37 +276,49 @@ class KernelList:
                         values.append(0)
                         var_refs.setdefault(var.expr, []).append((row_index, col))
                 rows.append([int(runtime.addr), *addresses, *values])
-        width = max(len(r) for r in rows)
-        table = np.zeros((len(rows), width), np.uint64)
+        table = np.zeros((len(rows), 1 + MAX_ARGS), np.uint64)
         for i, r in enumerate(rows):
             table[i, : len(r)] = r
         return cls(
             table,
+            np.array(groups, np.int64).reshape(-1, 2),
             [_patch(refs) for refs in input_refs],
             {name: _patch(refs) for name, refs in var_refs.items()},
+            names,
         )
 
     @property
     def kernel_count(self) -> int:
-        return len(self._table)
+        return len(self._groups)
 
-    def __call__(self, input_addresses: list[int], variables: dict[str, int]) -> None:
-        """Run every kernel with these input buffers (JIT order) and variable values."""
+    def __call__(
+        self, input_addresses: list[int], variables: dict[str, int], threads: int = 1
+    ) -> None:
+        """Run every kernel with these input buffers (JIT order) and variable values.
+
+        threads: how many threads (this one included) share each kernel's slices.
+        """
         table = self._table
         for patch, address in zip(self._inputs, input_addresses, strict=True):
             table[patch.rows, patch.cols] = address
         for name, patch in self._variables.items():
             table[patch.rows, patch.cols] = variables[name] & 0xFFFFFFFFFFFFFFFF
-        self._run(table.ctypes.data, len(table))
+        self._run(table.ctypes.data, self._groups.ctypes.data, len(self._groups), threads)
+
+    def time_each(self, threads: int = 1, repeats: int = 5) -> list[float]:
+        """Seconds per kernel, best of `repeats` (after a normal call set the arguments)."""
+        import time
+
+        best = [float("inf")] * len(self._groups)
+        for _ in range(repeats):
+            for i in range(len(self._groups)):
+                start = time.perf_counter()
+                self._run(self._table.ctypes.data, self._groups[i:].ctypes.data, 1, threads)
+                best[i] = min(best[i], time.perf_counter() - start)
+        return best
 
 
 def _patch(refs: list[tuple[int, int]]) -> _Patch:
     rows = np.array([r for r, _ in refs], np.intp)
     cols = np.array([c for _, c in refs], np.intp)
     return _Patch(rows, cols)
-
-
-def bound_value(v: UOp) -> tuple[str, int]:
-    """The name and value of a bound tinygrad variable."""
-    var, value = v.unbind()
-    return var.expr, int(value)

@@ -27,7 +27,8 @@ class Step:
     (positions) by value. Inputs are copied into a buffer the step owns.
     """
 
-    def __init__(self, fn: StepFn, input_shape: tuple[int, ...]) -> None:
+    def __init__(self, fn: StepFn, input_shape: tuple[int, ...], threads: int = 1) -> None:
+        self._threads = threads
         self._jit = TinyJit(lambda x, tensors, *vs: fn(x, tensors, *vs).realize())
         self._x = Tensor.empty(*input_shape, dtype=dtypes.float32, device=DEVICE).realize()
         self._x_address = buffer_address(self._x)
@@ -50,7 +51,7 @@ class Step:
             for v in variables:
                 var, value = v.unbind()
                 values[var.expr] = int(value)
-            self._kernels([self._x_address, *addresses], values)
+            self._kernels([self._x_address, *addresses], values, self._threads)
             return self._out.copy()
         out = self._jit(self._x, tensors, *variables)
         if self._jit.captured is not None:

@@ -1,0 +1,306 @@
+"""C kernels for quantized matrix products on tinygrad's CPU device.
+
+tinygrad's generated code for a fused dequantize-and-multiply runs several
+times slower than hand-written loops on this kind of CPU, so the hot matrix
+products are written in C here and inserted into tinygrad graphs as custom
+kernels (see `custom.py`); everything else stays tinygrad-generated.
+
+The products follow llama.cpp's CPU scheme: each activation row is first
+quantized to int8 in blocks of 32 (`quantize`: `x ~ d * q`, plus `d * sum(q)`
+per block), then a weight block and an activation block meet in one integer
+dot product (AVX2 `pmaddubsw` when available), scaled in float32:
+
+    Q4 (w = s * c + m, c in 0..15):  s * dx * sum(c * qx) + m * dx * sum(qx)
+    Q8 (w = s * c, c int8):          s * dx * sum(c * qx)
+
+Every output row is computed by the same sequence of operations whatever the
+number of rows in the call, so prefill (many rows) and decode (one row per
+request) give bit-identical results for the same inputs.
+
+Kernel sources are `string.Template`s over the shape constants; `$OUT`,
+`$X`... name the buffer arguments and `$TID`, `$THREADS` the thread split
+(work is split by output column: thread t computes columns `N*t/T..N*(t+1)/T`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from string import Template
+
+BLOCK = 32
+
+_TYPES = """
+typedef float f32x8 __attribute__((ext_vector_type(8), aligned(4)));
+typedef int i32x8 __attribute__((ext_vector_type(8)));
+typedef unsigned char u8x16 __attribute__((ext_vector_type(16), aligned(1)));
+typedef char v32qi __attribute__((vector_size(32), aligned(1)));
+typedef short v16hi __attribute__((vector_size(32)));
+typedef int v8si __attribute__((vector_size(32)));
+typedef signed char v32qs __attribute__((vector_size(32)));
+/* the sum of an 8-lane vector, in one fixed order */
+#define HSUM8(a) ((((a)[0] + (a)[1]) + ((a)[2] + (a)[3])) + (((a)[4] + (a)[5]) + ((a)[6] + (a)[7])))
+"""
+
+# exp(x) for x <= 0 on 8 lanes: 2^(x log2 e) split into 2^n (exponent bits) times a
+# degree-6 polynomial for 2^f, f in [-0.5, 0.5] (relative error ~2e-7). freestanding
+# C has no libm, and this vectorizes.
+_EXP8 = """
+      f32x8 z = xv * 1.44269504088896341f;
+      z = z < -126.0f ? -126.0f : z;
+      f32x8 n = (z + 12582912.0f) - 12582912.0f;
+      f32x8 f = z - n;
+      f32x8 pw = 1.535336188319500e-4f;
+      pw = pw * f + 1.339887440266574e-3f;
+      pw = pw * f + 9.618437357674640e-3f;
+      pw = pw * f + 5.550332471162809e-2f;
+      pw = pw * f + 2.402264791363012e-1f;
+      pw = pw * f + 6.931472028550421e-1f;
+      pw = pw * f + 1.0f;
+      i32x8 bits = (__builtin_convertvector(n, i32x8) + 127) << 23;
+      f32x8 ev = pw * (f32x8)bits;
+"""
+
+_QUANTIZE = """
+/* x (R, K) float -> xq (R, K) int8 and xs (R, 2, K/32): per block d, then d * sum(q),
+   after an optional prologue on each row ($PROLOGUE_NAME). */
+signed char *xq = $XQ; float *xs = $XS;
+for (int r = 0; r < $R; r++) {
+  float vals[$K] __attribute__((aligned(32)));
+  $PROLOGUE
+  for (int b = 0; b < $B; b++) {
+    const float *v = vals + b * 32;
+    float amax = 0.0f;
+    for (int j = 0; j < 32; j++) { float a = __builtin_fabsf(v[j]); amax = a > amax ? a : amax; }
+    float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    int sum = 0;
+    for (int j = 0; j < 32; j++) {
+      /* round half to even, like llama.cpp's AVX2 quantizer (valid for |t| < 2^22) */
+      float t = v[j] * id;
+      int q = (int)((t + 12582912.0f) - 12582912.0f);
+      xq[(long)r * $K + b * 32 + j] = (signed char)q;
+      sum += q;
+    }
+    xs[(long)r * 2 * $B + b] = d;
+    xs[(long)r * 2 * $B + $B + b] = d * (float)sum;
+  }
+}
+"""
+
+# Prologues fill `vals` (K floats) for row r.
+_COPY = """const float *x = $X + (long)r * $K;
+  for (int j = 0; j < $K; j++) vals[j] = x[j];"""
+
+# RMS norm: vals = x / sqrt(mean(x^2) + eps) * w
+_RMS_NORM = """const float *x = $X + (long)r * $K; const float *w = $W;
+  f32x8 ss = 0.0f;
+  for (int j = 0; j < $K; j += 8) { f32x8 v = *(const f32x8 *)(x + j); ss += v * v; }
+  float inv = 1.0f / __builtin_sqrtf(HSUM8(ss) / $K + $EPS);
+  for (int j = 0; j < $K; j++) vals[j] = x[j] * inv * w[j];"""
+
+# SwiGLU: x (R, 2K) = gate | up -> vals = silu(gate) * up
+_SWIGLU = """const float *x = $X + (long)r * 2 * $K;
+  for (int j = 0; j < $K; j += 8) {
+    f32x8 g = *(const f32x8 *)(x + j), u = *(const f32x8 *)(x + $K + j);
+    f32x8 xv = -g;
+    xv = xv > 80.0f ? 80.0f : xv;
+$EXP8
+    *(f32x8 *)(vals + j) = g / (1.0f + ev) * u;
+  }"""
+
+QUANTIZE = Template(Template(_QUANTIZE).safe_substitute(PROLOGUE=_COPY, PROLOGUE_NAME="none"))
+NORM_QUANTIZE = Template(
+    Template(_QUANTIZE).safe_substitute(PROLOGUE=_RMS_NORM, PROLOGUE_NAME="RMS norm with weight W")
+)
+SWIGLU_QUANTIZE = Template(
+    Template(_QUANTIZE).safe_substitute(
+        PROLOGUE=_SWIGLU.replace("$EXP8", _EXP8), PROLOGUE_NAME="silu(gate) * up of X (R, 2K)"
+    )
+)
+
+
+# Rows are processed in groups of up to 4 that share each unpacked weight block.
+# The C for a group is generated unrolled so the accumulators stay in registers;
+# each row has one accumulator, so its arithmetic is the same in every group size.
+GROUP_ROWS = 4
+
+
+@dataclass(frozen=True)
+class _Format:
+    setup: str  # per output column n: pointers to its weights
+    unpack_avx2: str  # per block b: `wa` (unsigned codes) from the weights
+    signed_x: str  # the int8 activations of row `xr` matching `wa`'s signs
+    dot_portable: str  # `dot += ...` for block b and activation row `xr`
+    offset: bool  # add sum over blocks of m[b] * d * sum(qx) (weights with offsets)
+
+
+Q4 = _Format(
+    setup="const unsigned char *p = $P + (long)n * $B * 16;"
+    " const float *s = $S + (long)n * $B, *m = $M + (long)n * $B;",
+    unpack_avx2="""u8x16 q = *(const u8x16 *)(p + b * 16);
+      u8x16 lo = q & (unsigned char)15, hi = q >> (unsigned char)4;
+      v32qi wa = (v32qi)__builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
+        12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31);""",
+    signed_x="*(const v32qi *)(xq + XR)",
+    dot_portable="for (int j = 0; j < 16; j++) dot += (p[b * 16 + j] & 15) * xq[XR + j]"
+    " + (p[b * 16 + j] >> 4) * xq[XR + 16 + j];",
+    offset=True,
+)
+
+Q8 = _Format(
+    setup="const signed char *c = $C + (long)n * $K; const float *s = $S + (long)n * $B;",
+    # pmaddubsw wants unsigned x signed: |w| times x carrying w's sign.
+    unpack_avx2="""v32qi w = *(const v32qi *)(c + b * 32);
+      v32qi wa = (v32qi)__builtin_elementwise_abs((v32qs)w);""",
+    signed_x="__builtin_ia32_psignb256(*(const v32qi *)(xq + XR), w)",
+    dot_portable="for (int j = 0; j < 32; j++) dot += c[b * 32 + j] * xq[XR + j];",
+    offset=False,
+)
+
+
+def matmul_source(fmt: _Format, rows: int) -> Template:
+    """The kernel for `rows` activation rows: `$OUT (R, N) = x (R, K) @ W.T`."""
+    groups = [list(range(r, min(r + GROUP_ROWS, rows))) for r in range(0, rows, GROUP_ROWS)]
+    body = "\n".join(_group(fmt, g) for g in groups)
+    return Template(
+        f"""
+/* out (R, N) = x (R, K) @ W.T for weights in 32-value blocks (see the module docstring). */
+float *out = $OUT; const signed char *xq = $XQ; const float *xs = $XS;
+const int n0 = (int)((long)$N * $TID / $THREADS), n1 = (int)((long)$N * ($TID + 1) / $THREADS);
+const v16hi ones = {{1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}};
+for (int n = n0; n < n1; n++) {{
+  {fmt.setup}
+{body}
+}}
+"""
+    )
+
+
+def _group(fmt: _Format, rows: list[int]) -> str:
+    decl = " ".join(f"f32x8 a{r} = 0.0f;" for r in rows)
+    sep = "\n    "
+    finish = []
+    for r in rows:
+        offset = ""
+        if fmt.offset:
+            # the offsets' share, vectorized over blocks: sum_b m[b] * d * sum(qx)
+            offset = f"""f32x8 o = 0.0f; int c = 0;
+      const float *dsum = xs + (long){r} * 2 * $B + $B;
+      for (; c + 8 <= $B; c += 8) o += *(const f32x8 *)(m + c) * *(const f32x8 *)(dsum + c);
+      for (; c < $B; c++) o[0] += m[c] * dsum[c];
+      a += o;"""
+        finish.append(
+            f"""{{ f32x8 a = a{r};
+      {offset}
+      out[(long){r} * $N + n] = HSUM8(a); }}"""
+        )
+    return f"""  {{ {decl}
+    for (int b = 0; b < $B; b++) {_block(fmt, rows)}
+    {sep.join(finish)}
+  }}"""
+
+
+def _block(fmt: _Format, rows: list[int]) -> str:
+    """Accumulate weight block `b` times each row's activation block into `a{row}`."""
+    avx2, portable = [], []
+    for r in rows:
+        xr = f"((long){r} * $K + b * 32)"
+        scale = f"(s[b] * xs[(long){r} * 2 * $B + b])"
+        avx2.append(
+            f"a{r} += __builtin_convertvector((i32x8)__builtin_ia32_pmaddwd256("
+            f"__builtin_ia32_pmaddubsw256(wa, {fmt.signed_x.replace('XR', xr)}), ones), f32x8)"
+            f" * {scale};"
+        )
+        portable.append(
+            f"{{ int dot = 0; {fmt.dot_portable.replace('XR', xr)}"
+            f" a{r}[0] += (float)dot * {scale}; }}"
+        )
+    sep = "\n        "
+    return f"""{{
+#if defined(__AVX2__)
+        {fmt.unpack_avx2}
+        {sep.join(avx2)}
+#else
+        {sep.join(portable)}
+#endif
+      }}"""
+
+
+def source(template: Template, **constants: int | str) -> str:
+    """The C statements of a kernel with its shape constants filled in (buffer names stay `$X`)."""
+    return _TYPES + template.safe_substitute(**{k: str(v) for k, v in constants.items()})
+
+
+ROPE_STORE = Template(
+    """
+/* Rotate q and k of T new rows (half-split RoPE), scale q, write k and v into the cache.
+   qkv (T, (H + 2 KV) hd); rope (T, hd) = cos | sin of each row's position;
+   cache (2, KV, C, hd) at rows start..start+T-1; q out (T, H, hd). */
+const float *qkv = $QKV; const float *rope = $ROPE; float *cache = $CACHE; float *qout = $QOUT;
+const long start = $START;
+for (int t = 0; t < $T; t++) {
+  const float *row = qkv + (long)t * ($H + 2 * $KV) * $HD;
+  const float *cs = rope + (long)t * $HD, *sn = cs + $HD / 2;
+  for (int h = 0; h < $H + $KV; h++) {
+    const float *x = row + (long)h * $HD;
+    float *dst = h < $H ? qout + ((long)t * $H + h) * $HD
+                        : cache + ((long)(h - $H) * $C + start + t) * $HD;
+    const float scale = h < $H ? $SCALE : 1.0f;
+    for (int i = 0; i < $HD / 2; i++) {
+      float a = x[i], b = x[i + $HD / 2];
+      dst[i] = (a * cs[i] - b * sn[i]) * scale;
+      dst[i + $HD / 2] = (b * cs[i] + a * sn[i]) * scale;
+    }
+  }
+  for (int g = 0; g < $KV; g++) {
+    const float *x = row + (long)($H + $KV + g) * $HD;
+    float *dst = cache + ((long)($KV + g) * $C + start + t) * $HD;
+    for (int i = 0; i < $HD; i++) dst[i] = x[i];
+  }
+}
+"""
+)
+
+ATTEND = Template(
+    """
+/* Causal attention: query row t (position start + t) of head h reads cache rows 0..start+t
+   of kv head h / (H / KV). q (T, H, hd) already rotated and scaled; out (T, H * hd).
+   Threads split the (t, h) pairs. */
+const float *qin = $Q; const float *cache = $CACHE; float *out = $OUT;
+const long start = $START;
+float scores[$C + 8] __attribute__((aligned(32)));
+const int p0 = (int)((long)$T * $H * $TID / $THREADS);
+const int p1 = (int)((long)$T * $H * ($TID + 1) / $THREADS);
+for (int pair = p0; pair < p1; pair++) {
+  const int t = pair / $H, h = pair % $H, g = h / ($H / $KV);
+  const float *q = qin + (long)pair * $HD;
+  const float *K = cache + (long)g * $C * $HD, *V = cache + (long)($KV + g) * $C * $HD;
+  const int S = (int)start + t + 1;
+  float mx = -3.0e38f;
+  for (int j = 0; j < S; j++) {
+    const float *k = K + (long)j * $HD;
+    f32x8 acc = 0.0f;
+    for (int i = 0; i < $HD; i += 8) acc += *(const f32x8 *)(q + i) * *(const f32x8 *)(k + i);
+    float s = HSUM8(acc);
+    scores[j] = s;
+    mx = s > mx ? s : mx;
+  }
+  for (int j = S; j < ((S + 7) & ~7); j++) scores[j] = -3.0e38f;
+  f32x8 total = 0.0f;
+  for (int j = 0; j < S; j += 8) {
+    f32x8 xv = *(f32x8 *)(scores + j) - mx;
+$EXP8
+    *(f32x8 *)(scores + j) = ev;
+    total += ev;
+  }
+  const float inv = 1.0f / HSUM8(total);
+  f32x8 o[$HD / 8];
+  for (int i = 0; i < $HD / 8; i++) o[i] = 0.0f;
+  for (int j = 0; j < S; j++) {
+    const float *v = V + (long)j * $HD;
+    const float p = scores[j];
+    for (int i = 0; i < $HD / 8; i++) o[i] += p * *(const f32x8 *)(v + 8 * i);
+  }
+  for (int i = 0; i < $HD / 8; i++) *(f32x8 *)(out + (long)pair * $HD + 8 * i) = o[i] * inv;
+}
+""".replace("$EXP8", _EXP8)
+)

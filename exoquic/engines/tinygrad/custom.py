@@ -1,0 +1,200 @@
+"""The C kernels of `cpu_kernels` as tinygrad operations (custom kernels in the lazy graph).
+
+Each call adds one kernel to the graph: tinygrad schedules it, the JIT
+captures it and the memory planner places its buffers like any other kernel;
+only its body is C written by hand instead of generated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from string import Template
+
+from tinygrad import Tensor, dtypes
+from tinygrad.uop.ops import KernelInfo, Ops, UOp
+
+from exoquic.engines.tinygrad import cpu_kernels
+from exoquic.engines.tinygrad.device import DEVICE
+from exoquic.engines.tinygrad.matrices import Q4Matrix, Q8Matrix
+
+BLOCK = cpu_kernels.BLOCK
+
+
+def threads() -> int:
+    """How many slices the threaded kernels are cut into: the CPUs this process may use.
+
+    The slices run on however many threads the dispatcher is given (`runner`);
+    tinygrad itself, before a step is flattened, runs them one after another.
+    """
+    from exoquic.engines.tinygrad.runner import worker_threads
+
+    return worker_threads()
+
+
+def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """x `(R, K)` float32 -> int8 codes `(R, K)` and per-block `d`, `d * sum` `(R, 2, K/32)`."""
+    return _quantize("quantize", cpu_kernels.QUANTIZE, x, [], int(x.shape[1]))
+
+
+def norm_quantize_rows(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """`quantize_rows(rms_norm(x) * weight)` in one kernel."""
+    name = f"norm_quantize_{eps!r}".replace(".", "_").replace("-", "m")
+    constants = {"EPS": f"{eps!r}f"}
+    return _quantize(name, cpu_kernels.NORM_QUANTIZE, x, [weight], int(x.shape[1]), constants)
+
+
+def swiglu_quantize_rows(gate_up: Tensor) -> tuple[Tensor, Tensor]:
+    """`quantize_rows(silu(gate) * up)` in one kernel, for gate_up `(R, 2F)` = gate | up."""
+    return _quantize(
+        "swiglu_quantize", cpu_kernels.SWIGLU_QUANTIZE, gate_up, [], int(gate_up.shape[1]) // 2
+    )
+
+
+def _quantize(
+    name: str,
+    template: Template,
+    x: Tensor,
+    extra: list[Tensor],
+    cols: int,
+    constants: dict[str, str] | None = None,
+) -> tuple[Tensor, Tensor]:
+    rows = int(x.shape[0])
+    codes = Tensor.empty(rows, cols, dtype=dtypes.int8, device=DEVICE)
+    sums = Tensor.empty(rows, 2, cols // BLOCK, dtype=dtypes.float32, device=DEVICE)
+    code = cpu_kernels.source(template, R=rows, K=cols, B=cols // BLOCK, **(constants or {}))
+    params = ["XQ", "XS", "X", "W"][: 3 + len(extra)]
+    codes, sums, *_ = codes.custom_kernel(
+        sums, x.contiguous(), *extra, fxn=_kernel(f"{name}_{rows}_{cols}", code, params)
+    )
+    return codes, sums
+
+
+def quantized_matmul(codes: Tensor, sums: Tensor, w: Q4Matrix | Q8Matrix) -> Tensor:
+    """`x @ w.T` `(R, N)` for x given as `quantize_rows(x)`."""
+    return q8_matmul(codes, sums, w) if isinstance(w, Q8Matrix) else q4_matmul(codes, sums, w)
+
+
+def q4_matmul(codes: Tensor, sums: Tensor, w: Q4Matrix) -> Tensor:
+    """`x @ w.T` `(R, N)` for x given as `quantize_rows(x)`."""
+    rows, cols = (int(n) for n in codes.shape)
+    n, _ = w.shape
+    template = cpu_kernels.matmul_source(cpu_kernels.Q4, rows)
+    return _matmul(
+        f"q4_{rows}_{n}_{cols}",
+        template,
+        codes,
+        sums,
+        [w.packed, w.scale, w.offset],
+        ["P", "S", "M"],
+        n,
+    )
+
+
+def q8_matmul(codes: Tensor, sums: Tensor, w: Q8Matrix) -> Tensor:
+    """`x @ w.T` `(R, N)` for x given as `quantize_rows(x)`."""
+    rows, cols = (int(n) for n in codes.shape)
+    n, _ = w.shape
+    template = cpu_kernels.matmul_source(cpu_kernels.Q8, rows)
+    return _matmul(
+        f"q8_{rows}_{n}_{cols}", template, codes, sums, [w.values, w.scale], ["C", "S"], n
+    )
+
+
+def _matmul(
+    name: str,
+    template: Template,
+    codes: Tensor,
+    sums: Tensor,
+    weights: list[Tensor],
+    weight_names: list[str],
+    n: int,
+) -> Tensor:
+    rows, cols = (int(k) for k in codes.shape)
+    count = threads()
+    code = cpu_kernels.source(template, R=rows, N=n, K=cols, B=cols // BLOCK, THREADS=count)
+    out = Tensor.empty(rows, n, dtype=dtypes.float32, device=DEVICE)
+    fxn = _kernel(name, code, ["OUT", "XQ", "XS", *weight_names], threads=count)
+    return out.custom_kernel(codes, sums, *weights, fxn=fxn)[0]
+
+
+def _kernel(
+    name: str,
+    code: str,
+    params: list[str],
+    threads: int = 1,
+    variables: dict[str, UOp] | None = None,
+) -> Callable[..., UOp]:
+    """A custom-kernel body: the C `code` with `$PARAM` names bound to the buffers, in order.
+
+    With threads > 1 the kernel takes tinygrad's `core_id` variable (`$TID`), so
+    tinygrad (and `runner.KernelList`) run it once per thread index. `variables`
+    binds `$NAME`s to tinygrad variables; each must also be bound elsewhere in the
+    graph (for example by slicing with it), which is how the kernel gets its value.
+    """
+
+    def build(*buffers: UOp) -> UOp:
+        pointers = [b.index(*[UOp.const(0, dtypes.int)] * len(b.shape)) for b in buffers]
+        srcs = list(pointers)
+        bindings = {p: "{%d}" % i for i, p in enumerate(params)}  # noqa: UP031
+        for key, var in (variables or {}).items():
+            lo, hi = int(var.vmin), int(var.vmax)
+            srcs.append(UOp.variable(var.expr, lo, hi, dtypes.int, param=True))
+            bindings[key] = "{%d}" % (len(srcs) - 1)  # noqa: UP031
+        if threads > 1:
+            srcs.append(UOp.variable("core_id", 0, threads - 1, dtypes.int, param=True))
+            bindings["TID"] = "{%d}" % (len(srcs) - 1)  # noqa: UP031
+        else:
+            bindings["TID"] = "0"
+        # tinygrad str.format()s the code: C braces must be doubled, then bind.
+        escaped = code.replace("{", "{{").replace("}", "}}").replace("$THREADS", str(threads))
+        body = Template(escaped).substitute(bindings)
+        return UOp(Ops.CUSTOM, dtypes.void, src=tuple(srcs), arg=body).sink(
+            arg=KernelInfo(name=name, opts_to_apply=())
+        )
+
+    return build
+
+
+def attention(
+    qkv: Tensor, rope: Tensor, cache: Tensor, start: UOp, heads: int, kv_heads: int
+) -> Tensor:
+    """Causal attention of T new rows of one request, writing their keys/values into `cache`.
+
+    qkv: `(T, (heads + 2 kv_heads) hd)` projections; rope: `(T, hd)` cos | sin of the rows'
+    positions; cache: `(2, kv_heads, C, hd)`, updated in place at rows `start..start+T-1`;
+    start: the bound position variable of row 0. Returns `(T, heads * hd)`.
+    """
+    rows = int(qkv.shape[0])
+    _, _, capacity, head_dim = (int(n) for n in cache.shape)
+    var = start.unbind()[0]
+    constants: dict[str, int | str] = {
+        "T": rows, "H": heads, "KV": kv_heads, "HD": head_dim, "C": capacity,
+        "SCALE": f"{1.0 / head_dim**0.5!r}f",
+    }  # fmt: skip
+    q = Tensor.empty(rows, heads, head_dim, dtype=dtypes.float32, device=DEVICE)
+    store = cpu_kernels.source(cpu_kernels.ROPE_STORE, **constants)
+    q, _, _, cache = q.custom_kernel(
+        qkv.contiguous(),
+        rope.contiguous(),
+        cache,
+        fxn=_kernel(
+            f"rope_store_{rows}_{heads}_{kv_heads}_{head_dim}_{capacity}",
+            store,
+            ["QOUT", "QKV", "ROPE", "CACHE"],
+            variables={"START": var},
+        ),
+    )
+    count = min(threads(), rows * heads)
+    attend = cpu_kernels.source(cpu_kernels.ATTEND, **constants, THREADS=count)
+    out = Tensor.empty(rows, heads * head_dim, dtype=dtypes.float32, device=DEVICE)
+    return out.custom_kernel(
+        q,
+        cache,
+        fxn=_kernel(
+            f"attend_{rows}_{heads}_{kv_heads}_{head_dim}_{capacity}",
+            attend,
+            ["OUT", "Q", "CACHE"],
+            threads=count,
+            variables={"START": var},
+        ),
+    )[0]
