@@ -43,14 +43,26 @@ class Job:
     result: Any = None
     error: BaseException | None = None
     seconds: float = 0.0
+    started: bool = False
+    abandoned: bool = False  # cancelled before it started: the worker skips it
 
     async def wait(self) -> Any:
-        """The job's result (or its exception). The job runs to completion even
-        if the caller is cancelled: the engine's state (its caches) must not be
-        left half-updated."""
-        with trio.CancelScope(shield=True):
+        """The job's result (or its exception).
+
+        A caller cancelled while the job is still queued abandons it, so a
+        disconnected client's prefill costs nothing. Once started, the job
+        runs to completion and the caller waits for it even when cancelled:
+        the engine's state (its caches) must not be left half-updated.
+        """
+        try:
             await self.done.wait()
-        await trio.lowlevel.checkpoint_if_cancelled()
+        except trio.Cancelled:
+            if not self.started:
+                self.abandoned = True
+                raise
+            with trio.CancelScope(shield=True):
+                await self.done.wait()
+            raise
         if self.error is not None:
             raise self.error
         return self.result
@@ -99,7 +111,12 @@ class EngineWorker:
             jobs = [first, *self._drain(self.max_batch - 1)]
             # Strictly in queue order: a release or a shard load queued after a
             # forward step must not overtake it. Neighbouring forwards batch.
-            for group in _in_order(jobs):
+            for queued in _in_order(jobs):
+                group = [job for job in queued if not job.abandoned]
+                if not group:
+                    continue
+                for job in group:
+                    job.started = True
                 if group[0].run is not None:
                     await self._run_call(group[0])
                 else:

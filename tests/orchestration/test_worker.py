@@ -115,3 +115,20 @@ async def test_cancelled_caller_does_not_break_the_engine_state() -> None:
         await worker.call(lambda: engine.release("r"))
         assert engine.active_requests() == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_a_step_cancelled_while_queued_is_skipped() -> None:
+    engine = RecordingEngine()
+    worker = EngineWorker(engine)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        engine.gate.clear()
+        nursery.start_soon(worker.forward, "busy", np.array([0]))
+        await trio.sleep(0.05)  # "busy" now occupies the engine thread
+        with trio.move_on_after(0.05):
+            await worker.forward("gone", np.array([0]))
+        engine.gate.set()
+        assert await worker.call(lambda: engine.cache_length("busy")) == 1
+        assert engine.cache_length("gone") == 0  # never ran
+        assert ["gone"] not in engine.batches
+        nursery.cancel_scope.cancel()
