@@ -8,7 +8,8 @@ For each ring size it reports:
 - decode tok/s of one request (streamed; time between its first and last
   token, so the prompt's prefill is left out);
 - aggregate tok/s with 1, 4 and 8 requests at once (all completion tokens
-  over the wall time, prefill included), origins spread over the nodes;
+  over the wall time, prefill included), origins spread over the nodes, and
+  the steady decode rate while all of them were decoding (no prefill);
 - where one decode step's time goes, from the nodes' counters in
   `/v1/topology` (`stats`): engine compute on every node, message encoding
   and decoding, and the rest per network hop (transport: QUIC, trio, the
@@ -107,6 +108,18 @@ def hop_split(before: list[dict[str, Any]], after: list[dict[str, Any]], n: int)
     }
 
 
+def steady_decode_rate(runs: list[dict[str, Any]]) -> float | None:
+    """Tokens per second over the window in which every request was decoding
+    (after the last one's first token, before the first one's last): the
+    batched decode rate, without the prefills."""
+    start = max(run["times"][0] for run in runs)
+    end = min(run["times"][-1] for run in runs)
+    if end <= start:
+        return None
+    count = sum(sum(1 for t in run["times"] if start < t <= end) for run in runs)
+    return round(count / (end - start), 2)
+
+
 async def bench_ring(nodes: list[RingNode], tokens: int, levels: list[int]) -> dict[str, Any]:
     n = len(nodes)
     result: dict[str, Any] = {"nodes": n}
@@ -119,7 +132,7 @@ async def bench_ring(nodes: list[RingNode], tokens: int, levels: list[int]) -> d
         result["single_decode_tok_s"] = round((len(times) - 1) / (times[-1] - times[0]), 2)
         result["single_tokens"] = solo["tokens"]
         result["hop_split"] = hop_split(before, after, n)
-        aggregate = {}
+        aggregate, steady = {}, {}
         for level in levels:
             runs: list[dict[str, Any]] = []
 
@@ -134,7 +147,11 @@ async def bench_ring(nodes: list[RingNode], tokens: int, levels: list[int]) -> d
             wall = time.perf_counter() - started
             total = sum(run["tokens"] for run in runs)
             aggregate[str(level)] = round(total / wall, 2)
+            steady[str(level)] = steady_decode_rate(runs)
         result["aggregate_tok_s"] = aggregate
+        result["steady_decode_tok_s"] = steady
+        stats = await trio.to_thread.run_sync(counters, nodes)
+        result["largest_batch"] = max(s["worker"]["largest_batch"] for s in stats)
     return result
 
 
@@ -157,12 +174,16 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def report(results: list[dict[str, Any]]) -> None:
     base = results[0]["single_decode_tok_s"] if results and results[0]["nodes"] == 1 else None
-    print("\nnodes  single tok/s  (vs 1 node)  " + "  ".join(
-        f"agg@{level}" for level in results[0]["aggregate_tok_s"]) + "   step ms  compute  "
-          "codec  transport/hop")  # fmt: skip
+    levels = list(results[0]["aggregate_tok_s"])
+    print("\nnodes  single tok/s  (vs 1 node)  " + "  ".join(f"agg@{n}" for n in levels)
+          + "  " + "  ".join(f"dec@{n}" for n in levels)
+          + "   step ms  compute  codec  transport/hop")  # fmt: skip
     for r in results:
         ratio = f"{r['single_decode_tok_s'] / base:6.0%}" if base else "   -  "
         agg = "  ".join(f"{v:6.2f}" for v in r["aggregate_tok_s"].values())
+        agg += "  " + "  ".join(
+            f"{v:6.2f}" if v is not None else "     -" for v in r["steady_decode_tok_s"].values()
+        )
         split = r["hop_split"]
         hop = split.get("transport_ms_per_hop")
         print(

@@ -233,8 +233,9 @@ class Cluster:
             await self._send_ready(link)
             while (message := await link.receive()) is not None:
                 self._dispatch(link, message)
-        except RemoteProtocolError as exc:
+        except RemoteProtocolError as exc:  # the peer broke the protocol: drop it, say why
             log.warning("dropping %s: %s", self._name(link.node_id), exc)
+            link.connection.close(exc.error_code, str(exc)[:200])
         finally:
             link.close()
             self._links[member.node_id].remove(link)

@@ -12,6 +12,7 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,6 +32,9 @@ from exoquic.orchestration.planning import Member, PlanState
 from exoquic.orchestration.ring import RingSettings, StepFailedError
 from exoquic.orchestration.worker import EngineWorker
 from exoquic.topology import DeviceCapabilities, ModelRequirements
+from exoquic.transport import ConnectionClosed, MessageStream, open_endpoint
+from exoquic.wire.errors import ErrorCode
+from exoquic.wire.messages import PROTOCOL_VERSION, Hello, Message, PlanProposal
 
 MODEL_ID = "tiny"
 CONFIG = ModelConfig(
@@ -264,3 +268,36 @@ async def test_a_step_an_engine_refuses_fails_the_request_not_the_ring(
             with trio.fail_after(10), pytest.raises(StepFailedError, match="out of range"):
                 await generate(origin, [1, CONFIG.vocab_size + 5])
         assert await generate(b, PROMPTS[0]) == reference[tuple(PROMPTS[0])][:12]
+
+
+async def test_a_peer_breaking_the_protocol_is_dropped_and_the_ring_goes_on(
+    tmp_path: Path, reference: dict[tuple[int, ...], list[int]]
+) -> None:
+    lab = Lab(tmp_path, ["a", "b", "x"])  # x: a trusted peer that misbehaves
+    x = lab.identities["x"]
+    good_caps = {"device": DeviceCapabilities(MIB, MIB, "x", "mlx").to_dict(), "model": MODEL_ID}
+    bad_plan = PlanProposal({"version": 9, "assignments": [{"node_id": x.node_id}]})
+    async with lab.node("a") as a, lab.node("b") as b:
+        await wait_plan([a, b], 2)
+        for capabilities, then in (({"device": {"total_memory": 1}}, None), (good_caps, bad_plan)):
+            closed = await misbehave(lab, x, "a", capabilities, then)
+            assert closed.error_code == ErrorCode.INVALID_FIELD
+        assert await generate(a, PROMPTS[2]) == reference[tuple(PROMPTS[2])][:12]
+        assert a.state.active_plan() is not None and len(a.state.peers) == 1
+
+
+async def misbehave(
+    lab: Lab, me: Identity, to: str, capabilities: dict[str, Any], then: Message | None
+) -> ConnectionClosed:
+    """Link to node `to` as `me` with `capabilities`, send `then`; how the link closed."""
+    trust = TrustStore.open(lab.homes["x"])
+    async with open_endpoint(me, verify_peer=trust.is_trusted, host="127.0.0.1") as endpoint:
+        peer_key = lab.identities[to].public_key
+        connection = await endpoint.connect(("127.0.0.1", lab.ports[to]), peer_key)
+        messages = await MessageStream.open(connection)
+        await messages.send_message(Hello(PROTOCOL_VERSION, me.node_id, "x", capabilities))
+        if then is not None:
+            await messages.receive_message()  # their hello
+            await messages.send_message(then)
+        with trio.fail_after(5):
+            return await connection.wait_closed()
