@@ -10,9 +10,10 @@ import numpy as np
 from tinygrad import Tensor, UOp
 
 from exoquic.engines.base import ContextOverflowError, Engine, EngineError, ForwardItem
+from exoquic.engines.tinygrad.matrices import HostArrays
 from exoquic.engines.tinygrad.model import ShardModel
 from exoquic.engines.tinygrad.runner import buffer_address, worker_threads
-from exoquic.engines.tinygrad.step import Step, StepFn
+from exoquic.engines.tinygrad.step import LayerStack, Step
 from exoquic.models.shard import Shard
 from exoquic.models.weights import ShardWeights
 
@@ -23,6 +24,7 @@ PREFILL_BUCKETS = (32, 128, 512)
 
 @dataclass
 class _Request:
+    memory: HostArrays  # behind the caches
     caches: list[Tensor]  # per layer
     addresses: list[int]  # of the caches' memory, passed to replayed steps
     length: int = 0
@@ -45,7 +47,8 @@ class TinygradEngine(Engine):
         self.threads = threads or worker_threads()
         self._model: ShardModel | None = None
         self._requests: dict[str, _Request] = {}
-        self._steps: dict[tuple[str, int], Step] = {}
+        self._steps: dict[tuple[str, int], LayerStack] = {}
+        self._heads: dict[tuple[str, int], Step] = {}
 
     @property
     def shard(self) -> Shard | None:
@@ -61,6 +64,7 @@ class TinygradEngine(Engine):
         self._model = None
         self._requests.clear()
         self._steps.clear()
+        self._heads.clear()
 
     def forward(self, request_id: str, inputs: np.ndarray) -> np.ndarray:
         return self.forward_batch([ForwardItem(request_id, inputs)])[0]
@@ -101,11 +105,12 @@ class TinygradEngine(Engine):
 
     def cache_bytes(self) -> int:
         """Bytes held by every request's KV cache."""
-        return sum(c.nbytes() for r in self._requests.values() for c in r.caches)
+        return sum(r.memory.nbytes for r in self._requests.values())
 
     def flattened_steps(self) -> int:
         """How many compiled steps replay through the direct kernel dispatcher (diagnostics)."""
-        return sum(1 for step in self._steps.values() if step.kernel_count)
+        steps: list[LayerStack | Step] = [*self._steps.values(), *self._heads.values()]
+        return sum(1 for step in steps if step.program is not None)
 
     def _require_model(self) -> ShardModel:
         if self._model is None:
@@ -144,9 +149,10 @@ class TinygradEngine(Engine):
     def _request(self, model: ShardModel, request_id: str) -> _Request:
         request = self._requests.get(request_id)
         if request is None:
-            caches = model.new_cache()
+            memory = HostArrays()
+            caches = model.new_cache(memory)
             addresses = [buffer_address(c) for c in caches]
-            request = self._requests[request_id] = _Request(caches, addresses)
+            request = self._requests[request_id] = _Request(memory, caches, addresses)
         return request
 
     def _prefill(self, model: ShardModel, request_id: str, hidden: np.ndarray) -> np.ndarray:
@@ -159,10 +165,8 @@ class TinygradEngine(Engine):
             chunk = np.zeros((bucket, hidden.shape[1]), np.float32)
             chunk[:n] = hidden[done : done + n]
             start = UOp.variable("start", 0, model.capacity - bucket).bind(request.length)
-            step = self._step(
-                "prefill", bucket, lambda x, caches, start: model.prefill(x, caches, start)
-            )
-            outputs.append(step(chunk, request.caches, [start], request.addresses)[:n])
+            stack = self._stack("prefill", bucket, 1)
+            outputs.append(stack(chunk, [request.caches], [start], [request.addresses])[:n])
             request.length += n
             done += n
         out = np.concatenate(outputs)
@@ -176,18 +180,12 @@ class TinygradEngine(Engine):
             UOp.variable(f"pos{b}", 0, model.capacity - 1).bind(r.length)
             for b, r in enumerate(requests)
         ]
-        layers = len(model.layers)
-
-        def decode(x: Tensor, caches: list[Tensor], *pos: UOp) -> Tensor:
-            per_request = [caches[b * layers : (b + 1) * layers] for b in range(len(pos))]
-            return model.decode(x, per_request, list(pos))
-
-        step = self._step("decode", len(requests), decode)
-        out = step(
+        stack = self._stack("decode", len(requests), len(requests))
+        out = stack(
             np.concatenate(hidden),
-            [c for r in requests for c in r.caches],
+            [r.caches for r in requests],
             positions,
-            [a for r in requests for a in r.addresses],
+            [r.addresses for r in requests],
         )
         for r in requests:
             r.length += 1
@@ -196,15 +194,17 @@ class TinygradEngine(Engine):
         return [out[b : b + 1] for b in range(len(requests))]
 
     def _head(self, model: ShardModel, hidden: np.ndarray) -> np.ndarray:
-        step = self._step("head", len(hidden), lambda x, _: model.head(x))
-        return step(hidden, [], [], [])
+        key = ("head", len(hidden))
+        if key not in self._heads:
+            shape = (len(hidden), model.config.hidden_size)
+            self._heads[key] = Step(model.head, shape, self.threads)
+        return self._heads[key](hidden)
 
-    def _step(self, kind: str, rows: int, fn: StepFn) -> Step:
-        """The compiled step for `kind` over `rows` input rows, made on first use."""
+    def _stack(self, kind: str, rows: int, requests: int) -> LayerStack:
+        """The compiled layers for `kind` over `rows` input rows, made on first use."""
         key = (kind, rows)
         if key not in self._steps:
-            model = self._require_model()
-            self._steps[key] = Step(fn, (rows, model.config.hidden_size), self.threads)
+            self._steps[key] = LayerStack(self._require_model(), rows, requests, self.threads)
         return self._steps[key]
 
 

@@ -13,7 +13,8 @@ materialising a float32 weight matrix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import numpy as np
 from tinygrad import Tensor, dtypes
@@ -80,16 +81,66 @@ def split_blocks(t: QuantizedTensor) -> dict[str, np.ndarray]:
     return {"packed": blocks[..., 2:].copy(), "scale": scale, "offset": -8 * scale}
 
 
-def to_matrix(w: WeightArray) -> Matrix:
-    """Move one weight matrix to the device, quantized ones still quantized."""
+class HostArrays:
+    """Host memory that device tensors use in place (tinygrad's CPU device is the host).
+
+    `tensor(a)` copies `a` once into 64-byte aligned memory kept here and wraps it
+    without another copy, so weights are not held twice and need no upload kernels.
+    Keep this object alive as long as the tensors.
+    """
+
+    ALIGN = 64
+
+    def __init__(self) -> None:
+        self._arrays: list[np.ndarray] = []
+
+    def tensor(self, a: np.ndarray) -> Tensor:
+        a = np.asarray(a)
+        aligned = self._allocate(a.shape, a.dtype, np.empty)
+        aligned[...] = a
+        return self._wrap(aligned)
+
+    def zeros(self, shape: tuple[int, ...]) -> Tensor:
+        """A float32 tensor of zeros; its pages only take memory once written (calloc)."""
+        return self._wrap(self._allocate(shape, np.dtype(np.float32), np.zeros))
+
+    def _allocate(
+        self, shape: tuple[int, ...], dtype: np.dtype, make: Callable[..., np.ndarray]
+    ) -> np.ndarray:
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        raw = make(nbytes + self.ALIGN, np.uint8)
+        self._arrays.append(raw)
+        skip = -raw.ctypes.data % self.ALIGN
+        return raw[skip : skip + nbytes].view(dtype).reshape(shape)
+
+    def _wrap(self, aligned: np.ndarray) -> Tensor:
+        dtype = _DTYPES[aligned.dtype.str]
+        return Tensor.from_blob(aligned.ctypes.data, aligned.shape, dtype=dtype, device=DEVICE)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._arrays)
+
+
+_DTYPES = {"<f4": dtypes.float32, "|u1": dtypes.uint8, "|i1": dtypes.int8}
+
+
+def to_matrix(w: WeightArray, host: HostArrays) -> Matrix:
+    """One weight matrix as device tensors, quantized ones still quantized."""
     if not isinstance(w, QuantizedTensor):
-        return DenseMatrix(_device(np.ascontiguousarray(w, dtype=np.float32)))
-    fields = {name: _device(array) for name, array in split_blocks(w).items()}
+        return DenseMatrix(host.tensor(np.asarray(w, dtype=np.float32)))
+    fields = {name: host.tensor(array) for name, array in split_blocks(w).items()}
     return Q8Matrix(**fields) if w.kind == "q8_0" else Q4Matrix(**fields)
 
 
-def _device(a: np.ndarray) -> Tensor:
-    return Tensor(np.ascontiguousarray(a), device=DEVICE).realize()
+def matrix_tensors(m: Matrix) -> list[Tensor]:
+    """The tensors of a matrix, in field order."""
+    return [getattr(m, f.name) for f in fields(m)]
+
+
+def with_tensors(m: Matrix, tensors: list[Tensor]) -> Matrix:
+    """A matrix of the same kind made of other tensors (same order as `matrix_tensors`)."""
+    return type(m)(*tensors)
 
 
 def dequantized(w: Matrix) -> Tensor:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from tinygrad import Tensor, UOp, dtypes
+from tinygrad import Tensor, UOp
 
 from exoquic.engines.tinygrad.custom import (
     attention,
@@ -21,7 +21,16 @@ from exoquic.engines.tinygrad.custom import (
     swiglu_quantize_rows,
 )
 from exoquic.engines.tinygrad.device import DEVICE
-from exoquic.engines.tinygrad.matrices import DenseMatrix, Matrix, fuse_rows, matmul, to_matrix
+from exoquic.engines.tinygrad.matrices import (
+    DenseMatrix,
+    HostArrays,
+    Matrix,
+    fuse_rows,
+    matmul,
+    matrix_tensors,
+    to_matrix,
+    with_tensors,
+)
 from exoquic.models.config import ModelConfig
 from exoquic.models.shard import Shard
 from exoquic.models.weights import (
@@ -45,11 +54,12 @@ class Projection:
     sizes: tuple[int, ...]  # output width of each logical matrix
 
     @classmethod
-    def of(cls, parts: list[WeightArray]) -> Projection:
+    def of(cls, parts: list[WeightArray], host: HostArrays) -> Projection:
         sizes = tuple(p.shape[0] for p in parts)
         fused = fuse_rows(parts) if len(parts) > 1 else parts[0]
-        mats = (to_matrix(fused),) if fused is not None else tuple(to_matrix(p) for p in parts)
-        return cls(mats, sizes)
+        if fused is not None:
+            return cls((to_matrix(fused, host),), sizes)
+        return cls(tuple(to_matrix(p, host) for p in parts), sizes)
 
     @property
     def quantized(self) -> bool:
@@ -73,6 +83,34 @@ class LayerWeights:
     gate_up: Projection
     down: Projection
 
+    def tensors(self) -> list[Tensor]:
+        """Every device tensor of the layer, in a fixed order (see `rebuild`)."""
+        out = [self.attn_norm]
+        for p in (self.qkv, self.o, self.gate_up, self.down):
+            out += [t for m in p.matrices for t in matrix_tensors(m)]
+        return [*out, self.mlp_norm]
+
+    def structure(self) -> tuple[object, ...]:
+        """Equal for layers that one traced computation can serve (shapes, kinds, fusion)."""
+        projections = tuple(
+            (p.sizes, tuple(type(m).__name__ for m in p.matrices))
+            for p in (self.qkv, self.o, self.gate_up, self.down)
+        )
+        return projections, tuple((tuple(t.shape), t.dtype) for t in self.tensors())
+
+    def rebuild(self, tensors: list[Tensor]) -> LayerWeights:
+        """A layer of the same structure made of `tensors` (ordered as `tensors()`)."""
+        rest = iter(tensors[1:-1])
+
+        def projection(p: Projection) -> Projection:
+            mats = tuple(
+                with_tensors(m, [next(rest) for _ in matrix_tensors(m)]) for m in p.matrices
+            )
+            return Projection(mats, p.sizes)
+
+        qkv, o, gate_up, down = (projection(p) for p in (self.qkv, self.o, self.gate_up, self.down))
+        return LayerWeights(tensors[0], qkv, o, tensors[-1], gate_up, down)
+
 
 class ShardModel:
     """The device weights of one shard and the computations over them.
@@ -88,7 +126,8 @@ class ShardModel:
         self.shard: Shard = weights.shard
         self.capacity = capacity
         self.fast = fast
-        self.layers = [_layer_weights(weights, i) for i in self.shard.layers()]
+        self.host = HostArrays()  # the memory behind every weight tensor
+        self.layers = [_layer_weights(weights, i, self.host) for i in self.shard.layers()]
         # Embedding rows are looked up on the host: T rows per step are cheap to decode.
         self.embedding: WeightArray | None = (
             weights.tensors[EMBED_NAME] if self.shard.is_first else None
@@ -96,18 +135,18 @@ class ShardModel:
         self.norm: Tensor | None = None
         self.head_matrix: Projection | None = None
         if self.shard.is_last:
-            self.norm = _vector(weights.dense(NORM_NAME))
-            self.head_matrix = Projection.of([weights.tensors[HEAD_NAME]])
-        self.rope = _rope_table(self.config, capacity)  # (C, hd): cos | sin
+            self.norm = self.host.tensor(weights.dense(NORM_NAME))
+            self.head_matrix = Projection.of([weights.tensors[HEAD_NAME]], self.host)
+        self.rope = self.host.tensor(_rope_table(self.config, capacity))  # (C, hd): cos | sin
 
-    def new_cache(self) -> list[Tensor]:
-        """Zeroed KV caches for one request: per layer `(2, KV, C, hd)` float32."""
+    def new_cache(self, memory: HostArrays) -> list[Tensor]:
+        """Zeroed KV caches for one request, per layer `(2, KV, C, hd)` float32, in `memory`.
+
+        Pages are only backed by memory once positions are written.
+        """
         c = self.config
         shape = (2, c.num_kv_heads, self.capacity, c.head_dim)
-        return [
-            Tensor.zeros(*shape, dtype=dtypes.float32, device=DEVICE).contiguous().realize()
-            for _ in self.layers
-        ]
+        return [memory.zeros(shape) for _ in self.layers]
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         """Float32 embeddings `(T, D)` of token ids (first shard only)."""
@@ -118,31 +157,26 @@ class ShardModel:
             return rows.dequantize()
         return np.asarray(table[tokens], dtype=np.float32)
 
-    def prefill(self, x: Tensor, caches: list[Tensor], start: UOp) -> Tensor:
-        """Run the layers over T consecutive positions `start..start+T-1` of one request.
+    def layer(
+        self, x: Tensor, w: LayerWeights, caches: list[Tensor], positions: list[UOp]
+    ) -> Tensor:
+        """One layer over the new rows of B requests.
 
-        x: `(T, D)`; caches: the request's per-layer caches. Rows past the request's
-        real length may be padding: they are causally after every real row, so they
-        never change a real row's output.
+        x `(rows, D)`: request b owns `rows / B` consecutive rows, starting at position
+        `positions[b]`, and this layer's cache `caches[b]`. In a prefill (B = 1) rows
+        past the request's real length may be padding: they come causally after every
+        real row, so they never change a real row's output.
         """
-        return self.decode(x, [caches], [start])
-
-    def decode(self, x: Tensor, caches: list[list[Tensor]], positions: list[UOp]) -> Tensor:
-        """New rows of B requests: request b owns `rows / B` consecutive rows of x `(rows, D)`,
-        its per-layer caches `caches[b]` and its first row's position `positions[b]`."""
         per = x.shape[0] // len(caches)
-        rope = [self.rope[p : p + per] for p in positions]  # (per, hd) each
-        for i, w in enumerate(self.layers):
 
-            def attend(qkv: Tensor, i: int = i) -> Tensor:
-                outs = [
-                    self._attend(qkv[b * per : (b + 1) * per], rope[b], caches[b][i], pos)
-                    for b, pos in enumerate(positions)
-                ]
-                return outs[0].cat(*outs[1:]) if len(outs) > 1 else outs[0]
+        def attend(qkv: Tensor) -> Tensor:
+            outs = [
+                self._attend(qkv[b * per : (b + 1) * per], self.rope[p : p + per], caches[b], p)
+                for b, p in enumerate(positions)
+            ]
+            return outs[0].cat(*outs[1:]) if len(outs) > 1 else outs[0]
 
-            x = self._block(x, w, attend)
-        return x
+        return self._block(x, w, attend)
 
     def head(self, x: Tensor) -> Tensor:
         """Logits `(B, vocab)` of final hidden states `(B, D)` (last shard only)."""
@@ -195,12 +229,12 @@ class ShardModel:
         return out.permute(2, 0, 1, 3).reshape(T, c.num_heads * hd)
 
 
-def _layer_weights(weights: ShardWeights, index: int) -> LayerWeights:
+def _layer_weights(weights: ShardWeights, index: int, host: HostArrays) -> LayerWeights:
     def p(*suffixes: str) -> Projection:
-        return Projection.of([weights.layer(index, s) for s in suffixes])
+        return Projection.of([weights.layer(index, s) for s in suffixes], host)
 
     def norm(suffix: str) -> Tensor:
-        return _vector(weights.dense(f"model.layers.{index}.{suffix}"))
+        return host.tensor(weights.dense(f"model.layers.{index}.{suffix}"))
 
     return LayerWeights(
         attn_norm=norm("input_layernorm.weight"),
@@ -216,16 +250,12 @@ def _concat(parts: list[Tensor]) -> Tensor:
     return parts[0] if len(parts) == 1 else parts[0].cat(*parts[1:], dim=-1)
 
 
-def _vector(a: np.ndarray) -> Tensor:
-    return Tensor(np.ascontiguousarray(a, dtype=np.float32), device=DEVICE).realize()
-
-
-def _rope_table(config: ModelConfig, capacity: int) -> Tensor:
-    """cos | sin `(C, hd)` of every position (computed in float64 on the host)."""
+def _rope_table(config: ModelConfig, capacity: int) -> np.ndarray:
+    """cos | sin `(C, hd)` of every position (computed in float64, stored as float32)."""
     hd = config.head_dim
     inv_freq = config.rope_theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
     angles = np.arange(capacity, dtype=np.float64)[:, None] * inv_freq
-    return _vector(np.concatenate([np.cos(angles), np.sin(angles)], axis=1))
+    return np.concatenate([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
 
 
 def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

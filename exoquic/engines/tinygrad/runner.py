@@ -1,17 +1,22 @@
-"""Replays a captured `TinyJit` by calling its compiled kernels straight from C.
+"""Replays captured `TinyJit`s by calling their compiled kernels straight from C.
 
 tinygrad 0.14 runs a captured JIT on the CPU device one kernel at a time from
 Python (resolving buffers and arguments per kernel: ~50-100 us each), which
-costs more than the kernels of a small model's decode step. `KernelList`
-flattens the captured kernels into a table of function addresses and
-arguments once; a tiny C loop (compiled with clang, which tinygrad's CPU
-device needs anyway) then calls them in order. Per step, only the arguments
-that change are patched: the addresses of the input buffers (a request's KV
-cache) and the values of symbolic variables (positions).
+costs more than the kernels of a small model's decode step. `KernelTemplate`
+flattens a captured JIT into a table of kernel addresses and arguments;
+`KernelProgram` places templates one after another (one per layer, with that
+layer's weight addresses filled in) and runs the whole table with one call
+into a small C dispatcher (compiled with clang, which tinygrad's CPU device
+needs anyway). Per step only the arguments that change are patched: the
+addresses of the requests' KV caches and the values of symbolic variables
+(positions).
+
+The dispatcher can run the thread slices of kernels that tinygrad split by
+`core_id` (and the C kernels of `custom`) on several threads.
 
 This reads tinygrad internals (the captured linear, `ProgramInfo`, the CPU
-program's load address), which is why `KernelList.from_captured` refuses anything
-it does not recognise; callers then keep using the JIT itself.
+program's load address), which is why `KernelTemplate.from_captured` refuses
+anything it does not recognise; callers then keep using the JIT itself.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import hashlib
 import os
 import subprocess
 import tempfile
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -213,39 +219,32 @@ def _address(u: UOp) -> int:
     return int(buf.ensure_allocated().get_buf(DEVICE).va_addr)
 
 
-@dataclass
-class _Patch:
-    rows: np.ndarray  # table rows
-    cols: np.ndarray  # table columns
+@dataclass(frozen=True)
+class KernelTemplate:
+    """The flattened kernels of one captured JIT, before its inputs and output are placed.
 
+    cells: for every JIT input slot, and for the output buffer (last entry), the
+    (row, column) table positions holding its address; variables: likewise per
+    variable name.
+    """
 
-class KernelList:
-    """The kernels of one captured JIT, callable with new inputs and variable values."""
-
-    def __init__(
-        self,
-        table: np.ndarray,
-        groups: np.ndarray,
-        inputs: list[_Patch],
-        variables: dict[str, _Patch],
-        names: list[str],
-    ) -> None:
-        self._table = table  # (rows, 1 + MAX_ARGS) uint64: kernel address, arguments
-        self._groups = groups  # (kernels, 2) int64: first row, thread slices
-        self._inputs = inputs
-        self._variables = variables
-        self.names = names  # kernel name of each group
-        self._run = _dispatcher()
+    table: np.ndarray  # (rows, 1 + MAX_ARGS) uint64: kernel address, arguments
+    groups: np.ndarray  # (kernels, 2) int64: first row, thread slices
+    cells: list[np.ndarray]  # per input slot, then the output: (n, 2) intp
+    variables: dict[str, np.ndarray]  # name -> (n, 2) intp
+    names: list[str]  # kernel name of each group
 
     @classmethod
-    def from_captured(cls, captured: CapturedJit, inputs: list[Tensor]) -> KernelList:
-        """Flatten a JIT's captured kernels; `inputs` are its input tensors in the JIT's order."""
+    def from_captured(
+        cls, captured: CapturedJit, inputs: list[Tensor], output: Tensor
+    ) -> KernelTemplate:
+        """Flatten a JIT's kernels; `inputs` are its input tensors in the JIT's order."""
         input_uops = tuple(t.uop.base for t in inputs)
         rows: list[list[int]] = []
         groups: list[tuple[int, int]] = []
         names: list[str] = []
-        input_refs: list[list[tuple[int, int]]] = [[] for _ in inputs]
-        var_refs: dict[str, list[tuple[int, int]]] = {}
+        input_cells: list[list[tuple[int, int]]] = [[] for _ in inputs]
+        var_cells: dict[str, list[tuple[int, int]]] = {}
         for call in captured.linear.src:
             program = call.src[0]
             if program.op is not Ops.PROGRAM or not isinstance(call.src[1].device, str):
@@ -257,68 +256,134 @@ class KernelList:
             if len(addresses) + len(info.vars) > MAX_ARGS:
                 raise UnsupportedGraph(f"{info.function_name} takes more than {MAX_ARGS} arguments")
             runtime = get_runtime(DEVICE, program)
-            parts = int(info.global_size[0])
-            groups.append((len(rows), parts))
+            groups.append((len(rows), int(info.global_size[0])))
             names.append(str(info.function_name))
-            for tid in range(parts):
-                row_index = len(rows)
+            for tid in range(int(info.global_size[0])):
+                row = len(rows)
                 for col, i in enumerate(info.globals, start=1):
                     if args[i].op is Ops.PARAM:
-                        input_refs[args[i].arg.slot].append((row_index, col))
+                        input_cells[args[i].arg.slot].append((row, col))
                     elif any(u.op is Ops.PARAM for u in args[i].toposort()):
                         raise UnsupportedGraph("a kernel reads a view of a JIT input")
                 values: list[int] = []
                 for j, var in enumerate(info.vars):
-                    col = 1 + len(addresses) + j
-                    if var.expr == "core_id":
-                        values.append(tid)
-                    else:
-                        values.append(0)
-                        var_refs.setdefault(var.expr, []).append((row_index, col))
+                    values.append(tid if var.expr == "core_id" else 0)
+                    if var.expr != "core_id":
+                        var_cells.setdefault(var.expr, []).append((row, 1 + len(addresses) + j))
                 rows.append([int(runtime.addr), *addresses, *values])
         table = np.zeros((len(rows), 1 + MAX_ARGS), np.uint64)
         for i, r in enumerate(rows):
             table[i, : len(r)] = r
+        output_cells = _cells_of(table, groups, output)
         return cls(
             table,
             np.array(groups, np.int64).reshape(-1, 2),
-            [_patch(refs) for refs in input_refs],
-            {name: _patch(refs) for name, refs in var_refs.items()},
+            [_cell_array(c) for c in input_cells] + [output_cells],
+            {name: _cell_array(c) for name, c in var_cells.items()},
             names,
         )
 
+
+def _cells_of(table: np.ndarray, groups: list[tuple[int, int]], t: Tensor) -> np.ndarray:
+    """Where the buffer of `t` appears among the kernels' pointer arguments.
+
+    Refuses a graph where a kernel gets a pointer into the middle of it (a view),
+    which patching the base address would miss.
+    """
+    start = buffer_address(t)
+    end = start + int(np.prod([int(n) for n in t.shape])) * t.dtype.itemsize
+    args = table[:, 1:]
+    exact = np.argwhere(args == start)
+    inside = np.argwhere((args > start) & (args < end))
+    if len(inside):
+        raise UnsupportedGraph("a kernel reads a view of the step's output")
+    exact[:, 1] += 1  # table columns: the kernel address comes first
+    return exact.astype(np.intp)
+
+
+def _cell_array(cells: list[tuple[int, int]]) -> np.ndarray:
+    return np.array(cells, np.intp).reshape(-1, 2)
+
+
+class KernelProgram:
+    """Kernel templates placed one after another, run as one dispatcher call.
+
+    Each placement fixes some input slots (weights, the step's own buffers) and
+    names the others with a key (a request's KV cache), whose addresses come
+    with every call, as do the variables' values.
+    """
+
+    def __init__(self) -> None:
+        self._tables: list[np.ndarray] = []
+        self._groups: list[np.ndarray] = []
+        self._rows = 0
+        self._dynamic: dict[Hashable, list[np.ndarray]] = {}
+        self._variables: dict[str, list[np.ndarray]] = {}
+        self.names: list[str] = []
+        self._table = np.zeros((0, 1 + MAX_ARGS), np.uint64)
+        self._group_array = np.zeros((0, 2), np.int64)
+        self._run = _dispatcher()
+
+    def place(
+        self, template: KernelTemplate, fixed: dict[int, int], dynamic: dict[int, Hashable]
+    ) -> None:
+        """Append a copy of `template` with input slots `fixed` (slot -> address) filled.
+
+        Slot -1 is the output buffer. `dynamic` maps the remaining slots to keys.
+        """
+        table = template.table.copy()
+        for slot, address in fixed.items():
+            cells = template.cells[slot]
+            table[cells[:, 0], cells[:, 1]] = address
+        for slot, key in dynamic.items():
+            cells = template.cells[slot].copy()
+            cells[:, 0] += self._rows
+            self._dynamic.setdefault(key, []).append(cells)
+        for name, cells in template.variables.items():
+            moved = cells.copy()
+            moved[:, 0] += self._rows
+            self._variables.setdefault(name, []).append(moved)
+        groups = template.groups.copy()
+        groups[:, 0] += self._rows
+        self._tables.append(table)
+        self._groups.append(groups)
+        self._rows += len(table)
+        self.names += template.names
+        self._table = np.concatenate(self._tables)
+        self._group_array = np.concatenate(self._groups)
+
     @property
     def kernel_count(self) -> int:
-        return len(self._groups)
+        return len(self._group_array)
 
     def __call__(
-        self, input_addresses: list[int], variables: dict[str, int], threads: int = 1
+        self, addresses: dict[Hashable, int], variables: dict[str, int], threads: int = 1
     ) -> None:
-        """Run every kernel with these input buffers (JIT order) and variable values.
+        """Run every kernel; `addresses` gives each dynamic key's buffer address.
 
         threads: how many threads (this one included) share each kernel's slices.
         """
         table = self._table
-        for patch, address in zip(self._inputs, input_addresses, strict=True):
-            table[patch.rows, patch.cols] = address
-        for name, patch in self._variables.items():
-            table[patch.rows, patch.cols] = variables[name] & 0xFFFFFFFFFFFFFFFF
-        self._run(table.ctypes.data, self._groups.ctypes.data, len(self._groups), threads)
+        for key, cell_list in self._dynamic.items():
+            address = addresses[key]
+            for cells in cell_list:
+                table[cells[:, 0], cells[:, 1]] = address
+        for name, cell_list in self._variables.items():
+            value = variables[name] & 0xFFFFFFFFFFFFFFFF
+            for cells in cell_list:
+                table[cells[:, 0], cells[:, 1]] = value
+        groups = self._group_array
+        self._run(table.ctypes.data, groups.ctypes.data, len(groups), threads)
 
     def time_each(self, threads: int = 1, repeats: int = 5) -> list[float]:
         """Seconds per kernel, best of `repeats` (after a normal call set the arguments)."""
         import time
 
-        best = [float("inf")] * len(self._groups)
+        groups = self._group_array
+        best = [float("inf")] * len(groups)
         for _ in range(repeats):
-            for i in range(len(self._groups)):
+            for i in range(len(groups)):
                 start = time.perf_counter()
-                self._run(self._table.ctypes.data, self._groups[i:].ctypes.data, 1, threads)
+                self._run(self._table.ctypes.data, groups[i:].ctypes.data, 1, threads)
                 best[i] = min(best[i], time.perf_counter() - start)
         return best
-
-
-def _patch(refs: list[tuple[int, int]]) -> _Patch:
-    rows = np.array([r for r, _ in refs], np.intp)
-    cols = np.array([c for _, c in refs], np.intp)
-    return _Patch(rows, cols)

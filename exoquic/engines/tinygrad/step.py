@@ -1,71 +1,185 @@
-"""`Step`: one fixed-shape computation, traced by `TinyJit` and then replayed fast."""
+"""Compiled steps: traced once by `TinyJit`, then replayed through `runner.KernelProgram`.
+
+`LayerStack` traces one layer per distinct layer structure (all layers of a
+llama shard usually share one) with the layer's weights as JIT inputs, and
+replays that trace for every layer with the weight addresses swapped. Tracing
+one layer instead of thirty keeps tinygrad's (Python) scheduling, and so the
+cold start, short.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import numpy as np
-from tinygrad import Tensor, TinyJit, UOp, dtypes
+from tinygrad import Tensor, TinyJit, UOp
+from tinygrad.engine.jit import _TinyJit  # what TinyJit() returns
 
-from exoquic.engines.tinygrad.device import DEVICE
-from exoquic.engines.tinygrad.runner import KernelList, UnsupportedGraph, buffer_address
+from exoquic.engines.tinygrad.matrices import HostArrays
+from exoquic.engines.tinygrad.model import LayerWeights, ShardModel
+from exoquic.engines.tinygrad.runner import (
+    KernelProgram,
+    KernelTemplate,
+    UnsupportedGraph,
+    buffer_address,
+)
 
 log = logging.getLogger(__name__)
 
-# fn(x, tensors, *variables) -> output; x is the step's input buffer.
-StepFn = Callable[..., Tensor]
+
+def _capturing_jit(fn: Callable[..., Tensor]) -> _TinyJit[Tensor]:
+    """A TinyJit that captures on its first call (tinygrad's default first runs eagerly,
+    which would schedule everything twice; our inputs are always realized)."""
+    jit = TinyJit(fn)
+    jit.cnt = 1
+    return jit
+
+
+def _variables(bound: list[UOp]) -> dict[str, int]:
+    values = {}
+    for v in bound:
+        var, value = v.unbind()
+        values[var.expr] = int(value)
+    return values
+
+
+class _Buffers:
+    """Float32 host buffers the steps own, with numpy views to copy in and out."""
+
+    def __init__(self) -> None:
+        self._host = HostArrays()
+
+    def new(self, shape: tuple[int, ...]) -> tuple[Tensor, np.ndarray]:
+        t = self._host.zeros(shape)
+        raw = (ctypes.c_float * int(np.prod(shape))).from_address(buffer_address(t))
+        return t, np.ctypeslib.as_array(raw).reshape(shape)
 
 
 class Step:
-    """Runs `fn(x, tensors, *variables)` for float32 inputs of one fixed shape.
+    """`fn(x)` for float32 inputs of one fixed shape (the head)."""
 
-    The first two calls go through `TinyJit` (an eager run, then the capture);
-    later calls replay the captured kernels through `KernelList`, passing the
-    same-shaped `tensors` (KV caches) by address and the bound `variables`
-    (positions) by value. Inputs are copied into a buffer the step owns.
-    """
-
-    def __init__(self, fn: StepFn, input_shape: tuple[int, ...], threads: int = 1) -> None:
+    def __init__(
+        self, fn: Callable[[Tensor], Tensor], shape: tuple[int, ...], threads: int
+    ) -> None:
+        self._jit = _capturing_jit(lambda x: fn(x).realize())
         self._threads = threads
-        self._jit = TinyJit(lambda x, tensors, *vs: fn(x, tensors, *vs).realize())
-        self._x = Tensor.empty(*input_shape, dtype=dtypes.float32, device=DEVICE).realize()
-        self._x_address = buffer_address(self._x)
-        self._kernels: KernelList | None = None
-        self._out: np.ndarray | None = None  # view of the captured output buffer
+        self._buffers = _Buffers()
+        self._x, self._x_view = self._buffers.new(shape)
+        self._program: KernelProgram | None = None
+        self._out: np.ndarray | None = None
 
     @property
-    def kernel_count(self) -> int:
-        return self._kernels.kernel_count if self._kernels else 0
+    def program(self) -> KernelProgram | None:
+        return self._program
 
-    def __call__(
-        self, x: np.ndarray, tensors: list[Tensor], variables: list[UOp], addresses: list[int]
-    ) -> np.ndarray:
-        """Run on `x`; `addresses` are those of `tensors` (cached by the caller)."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        assert x.shape == self._x.shape, f"{x.shape} != {self._x.shape}"
-        ctypes.memmove(self._x_address, x.ctypes.data, x.nbytes)
-        if self._kernels is not None and self._out is not None:
-            values = {}
-            for v in variables:
-                var, value = v.unbind()
-                values[var.expr] = int(value)
-            self._kernels([self._x_address, *addresses], values, self._threads)
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self._x_view[...] = x
+        if self._program is not None and self._out is not None:
+            self._program({}, {}, self._threads)
             return self._out.copy()
-        out = self._jit(self._x, tensors, *variables)
+        out = self._jit(self._x)
         if self._jit.captured is not None:
-            self._flatten(tensors, out)
+            self._flatten(out)
         return out.numpy()
 
-    def _flatten(self, tensors: list[Tensor], out: Tensor) -> None:
-        captured = self._jit.captured
-        assert captured is not None
+    def _flatten(self, out: Tensor) -> None:
+        assert self._jit.captured is not None
         try:
-            self._kernels = KernelList.from_captured(captured, [self._x, *tensors])
+            template = KernelTemplate.from_captured(self._jit.captured, [self._x], out)
         except UnsupportedGraph as e:
             log.warning("tinygrad step stays on TinyJit replay (slower): %s", e)
             return
-        shape = tuple(int(n) for n in out.shape)
-        raw = (ctypes.c_float * int(np.prod(shape))).from_address(buffer_address(out))
-        self._out = np.ctypeslib.as_array(raw).reshape(shape)
+        target, self._out = self._buffers.new(tuple(int(n) for n in out.shape))
+        program = KernelProgram()
+        program.place(template, {0: buffer_address(self._x), -1: buffer_address(target)}, {})
+        self._program = program
+
+
+class LayerStack:
+    """The shard's layers over `rows` new rows of `requests` requests (see `ShardModel.layer`)."""
+
+    def __init__(self, model: ShardModel, rows: int, requests: int, threads: int) -> None:
+        self._model = model
+        self._requests = requests
+        self._threads = threads
+        self._buffers = _Buffers()
+        shape = (rows, model.config.hidden_size)
+        self._x, self._x_view = self._buffers.new(shape)
+        # Layers alternate between two output buffers, so none reads what it writes.
+        self._outs = [self._buffers.new(shape) for _ in range(2)]
+        self._jits: dict[object, _TinyJit[Tensor]] = {}
+        self._program: KernelProgram | None = None
+        self._traced = False
+
+    @property
+    def program(self) -> KernelProgram | None:
+        return self._program
+
+    def __call__(
+        self,
+        x: np.ndarray,
+        caches: list[list[Tensor]],
+        positions: list[UOp],
+        addresses: list[list[int]],
+    ) -> np.ndarray:
+        """Run every layer: `caches[b][layer]` (at `addresses[b][layer]`) for request b."""
+        self._x_view[...] = x
+        if self._program is None:
+            return self._run_jits(caches, positions)
+        keys: dict[Hashable, int] = {
+            ("cache", layer, b): a for b, per in enumerate(addresses) for layer, a in enumerate(per)
+        }
+        self._program(keys, _variables(positions), self._threads)
+        return self._outs[(len(self._model.layers) - 1) % 2][1].copy()
+
+    def _jit(self, structure: object, template: LayerWeights) -> _TinyJit[Tensor]:
+        if structure not in self._jits:
+            model, count = self._model, len(template.tensors())
+
+            def run(x: Tensor, tensors: list[Tensor], *positions: UOp) -> Tensor:
+                w = template.rebuild(tensors[:count])
+                return model.layer(x, w, tensors[count:], list(positions)).realize()
+
+            self._jits[structure] = _capturing_jit(run)
+        return self._jits[structure]
+
+    def _run_jits(self, caches: list[list[Tensor]], positions: list[UOp]) -> np.ndarray:
+        """Run the layers through their JITs; the first time, capture them and flatten."""
+        x = self._x
+        captures: dict[object, list[Tensor]] = {}
+        for i, w in enumerate(self._model.layers):
+            structure = w.structure()
+            inputs = w.tensors() + [c[i] for c in caches]
+            jit = self._jit(structure, w)
+            captures.setdefault(structure, [x, *inputs])
+            x = jit(x, inputs, *positions)
+        result = x.numpy()
+        if not self._traced:
+            self._traced = True
+            try:
+                self._program = self._flatten(captures)
+            except UnsupportedGraph as e:
+                log.warning("tinygrad layers stay on TinyJit replay (slower): %s", e)
+        return result
+
+    def _flatten(self, captures: dict[object, list[Tensor]]) -> KernelProgram:
+        templates = {}
+        for structure, inputs in captures.items():
+            captured = self._jits[structure].captured
+            assert captured is not None
+            templates[structure] = KernelTemplate.from_captured(captured, inputs, captured.ret)
+        program = KernelProgram()
+        previous = buffer_address(self._x)
+        for i, w in enumerate(self._model.layers):
+            weights = w.tensors()
+            out = buffer_address(self._outs[i % 2][0])
+            fixed = {0: previous, -1: out}
+            fixed |= {1 + j: buffer_address(t) for j, t in enumerate(weights)}
+            dynamic: dict[int, Hashable] = {
+                1 + len(weights) + b: ("cache", i, b) for b in range(self._requests)
+            }
+            program.place(templates[w.structure()], fixed, dynamic)
+            previous = out
+        return program
