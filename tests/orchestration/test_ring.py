@@ -174,7 +174,10 @@ def test_a_ring_of_mlx_and_tinygrad_answers_like_one_node(
         engines = {n["engine"] for n in nodes[0].topology()["nodes"] if n["layers"]}
         assert engines == {"mlx", "tinygrad"}
         for prompt in PROMPTS[:2]:
-            assert text_of(complete(nodes[0], prompt, TOKENS, timeout=900)) == reference(prompt)
+            text = text_of(complete(nodes[0], prompt, TOKENS, timeout=900))
+            # A mismatch here is first a question for the engines: do MLX and tinygrad
+            # alone give the same logits for this prompt (tests/engines)?
+            assert text == reference(prompt), f"{prompt!r}: mixed ring {text!r}"
         # ...and the mixed ring itself answered: nobody left, nothing was replayed
         assert all(n.alive for n in nodes)
         assert nodes[0].topology()["stats"]["ring"]["replays"] == 0
