@@ -226,6 +226,31 @@ async def test_a_node_leaving_mid_request_is_replayed_with_the_same_output(
         assert plan is not None and len(plan.node_ids) == 2
 
 
+async def test_a_node_joining_mid_request_is_taken_in_without_changing_the_output(
+    tmp_path: Path, reference: dict[tuple[int, ...], list[int]]
+) -> None:
+    lab = Lab(tmp_path, ["a", "b", "c"])
+    prompt = PROMPTS[3]
+    async with lab.node("a") as a, lab.node("b") as b, trio.open_nursery() as nursery:
+        await wait_plan([a, b], 2)
+        joined: list[Cluster] = []
+
+        async def join_after(count: int) -> None:
+            if count == 3:
+                c, _ = await nursery.start(serve, lab, "c", 1000)
+                joined.append(c)
+                with trio.fail_after(10):  # hold the request until the new plan is adopted
+                    while a.state.adopted is None or len(a.state.adopted.plan.node_ids) < 3:
+                        await trio.sleep(0.02)
+
+        tokens = await generate(a, prompt, 16, on_token=join_after)
+        assert tokens == reference[tuple(prompt)][:16]
+        assert a.ring.stats.replays == 1  # the request moved to the new plan
+        await wait_plan([a, b, *joined], 3)
+        assert await generate(joined[0], PROMPTS[1]) == reference[tuple(PROMPTS[1])][:12]
+        nursery.cancel_scope.cancel()
+
+
 async def test_survivors_that_cannot_hold_the_model_fail_requests_clearly(tmp_path: Path) -> None:
     lab = Lab(tmp_path, ["a", "b"])
     async with lab.node("a", memory_mib=100) as a, trio.open_nursery() as nursery:
