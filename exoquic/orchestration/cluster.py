@@ -11,6 +11,7 @@ no network at all: a ring of one.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
@@ -93,6 +94,10 @@ class Cluster:
         self._changed = trio.Event()
         self._membership_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
+        # When this process started: a peer that sees a newer instance of a node
+        # knows the old one is gone, even before its connections time out.
+        self.instance = time.time_ns()
+        self._instances: dict[str, int] = {}
 
     @classmethod
     def local(cls, worker: EngineWorker, model_id: str, num_layers: int, member: Member) -> Cluster:
@@ -180,6 +185,7 @@ class Cluster:
             "device": me.capabilities.to_dict(),
             "model": self.model_id,
             "plan_version": self.state.highest_version,
+            "instance": self.instance,
         }
         return Hello(PROTOCOL_VERSION, me.node_id, me.name, capabilities)
 
@@ -223,11 +229,11 @@ class Cluster:
     async def _run_link(self, link: Link) -> None:
         """Register the link, serve what arrives on it, and unregister it at the end."""
         member = self._member_from(link)
-        if member is None:
+        if member is None or not self._current_instance(link):
             return
-        first = self._link(member.node_id) is None
-        self._links.setdefault(member.node_id, []).append(link)
-        if first:
+        links = self._links.setdefault(member.node_id, [])
+        links.append(link)
+        if len(links) == 1:
             self._peer_up(member, link.hello)
         try:
             await self._send_ready(link)
@@ -238,10 +244,33 @@ class Cluster:
             link.connection.close(exc.error_code, str(exc)[:200])
         finally:
             link.close()
-            self._links[member.node_id].remove(link)
-            if self._link(member.node_id) is None:
-                del self._links[member.node_id]
-                self._peer_down(member.node_id)
+            self._forget_link(link)
+
+    def _current_instance(self, link: Link) -> bool:
+        """Whether the link is to the newest instance of its node seen so far. A
+        newer instance means the node restarted: links to the old one are dead
+        (even if their connections have not timed out yet), and so is its state."""
+        seen = link.hello.capabilities.get("instance")
+        instance = seen if isinstance(seen, int) else 0
+        known = self._instances.get(link.node_id)
+        if known is not None and instance < known:
+            link.close("an older instance of this node")
+            return False
+        self._instances[link.node_id] = instance
+        if known is not None and instance > known and link.node_id in self._links:
+            log.warning("%s restarted", self._name(link.node_id))
+            for old in self._links.pop(link.node_id):
+                old.close("replaced by a newer instance")
+            self._peer_down(link.node_id)
+        return True
+
+    def _forget_link(self, link: Link) -> None:
+        links = self._links.get(link.node_id, [])
+        if link in links:  # (links of a restarted node were dropped already)
+            links.remove(link)
+            if not links:
+                del self._links[link.node_id]
+                self._peer_down(link.node_id)
 
     def _member_from(self, link: Link) -> Member | None:
         """The peer described by its Hello, or None (link closed) if it cannot join."""

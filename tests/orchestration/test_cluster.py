@@ -102,14 +102,16 @@ class Lab:
             (home / "peers.json").write_text(json.dumps({"peers": peers}))
 
     @asynccontextmanager
-    async def node(self, name: str, memory_mib: int = 1000) -> AsyncIterator[Cluster]:
+    async def node(
+        self, name: str, memory_mib: int = 1000, port: int | None = None
+    ) -> AsyncIterator[Cluster]:
         home = self.homes[name]
         settings = ClusterSettings(
             identity=self.identities[name],
             trust=TrustStore.open(home),
             name=name,
             host="127.0.0.1",
-            port=self.ports[name],
+            port=port or self.ports[name],
             discovery=("manual",),
             peers_file=home / "peers.json",
             peer_timeout=1.0,
@@ -251,6 +253,26 @@ async def test_a_node_joining_mid_request_is_taken_in_without_changing_the_outpu
         nursery.cancel_scope.cancel()
 
 
+async def test_a_node_back_before_its_old_links_time_out_replaces_them(
+    tmp_path: Path, reference: dict[tuple[int, ...], list[int]]
+) -> None:
+    lab = Lab(tmp_path, ["a", "b", "c"])
+    async with lab.node("a") as a, lab.node("c") as c, trio.open_nursery() as nursery:
+        old_b, _ = await nursery.start(serve, lab, "b", 1000)
+        await wait_plan([a, old_b, c], 3)
+        before = a.state.active_plan()
+        assert before is not None
+        # b comes back (same key) while its old links still look alive, as when a
+        # crashed node restarts within its peers' idle timeout
+        new_b, _ = await nursery.start(serve, lab, "b", 1000, free_udp_port())
+        await wait_plan([a, new_b, c], 3)
+        after = a.state.active_plan()
+        assert after is not None and after.version > before.version
+        assert await generate(a, PROMPTS[0]) == reference[tuple(PROMPTS[0])][:12]
+        assert await generate(new_b, PROMPTS[1]) == reference[tuple(PROMPTS[1])][:12]
+        nursery.cancel_scope.cancel()
+
+
 async def test_survivors_that_cannot_hold_the_model_fail_requests_clearly(tmp_path: Path) -> None:
     lab = Lab(tmp_path, ["a", "b"])
     async with lab.node("a", memory_mib=100) as a, trio.open_nursery() as nursery:
@@ -273,12 +295,13 @@ async def serve(
     lab: Lab,
     name: str,
     memory_mib: int,
+    port: int | None = None,
     *,
     task_status: trio.TaskStatus[tuple[Cluster, trio.CancelScope]],
 ) -> None:
     """Run one node until its cancel scope (handed out at start) is cancelled."""
     with trio.CancelScope() as scope:
-        async with lab.node(name, memory_mib) as cluster:
+        async with lab.node(name, memory_mib, port) as cluster:
             task_status.started((cluster, scope))
             await trio.sleep_forever()
 
