@@ -32,7 +32,7 @@ def threads() -> int:
 
 
 def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
-    """x `(R, K)` float32 -> int8 codes `(R, K)` and per-block `d`, `d * sum` `(R, 2, K/32)`."""
+    """x `(R, K)` float32 -> int16 codes `(R, K)` and per-block `d`, `d * sum` `(R, 2, K/32)`."""
     return _quantize("quantize", cpu_kernels.QUANTIZE, x, [], int(x.shape[1]))
 
 
@@ -59,7 +59,7 @@ def _quantize(
     constants: dict[str, str] | None = None,
 ) -> tuple[Tensor, Tensor]:
     rows = int(x.shape[0])
-    codes = Tensor.empty(rows, cols, dtype=dtypes.int8, device=DEVICE)
+    codes = Tensor.empty(rows, cols, dtype=dtypes.int16, device=DEVICE)
     sums = Tensor.empty(rows, 2, cols // BLOCK, dtype=dtypes.float32, device=DEVICE)
     code = cpu_kernels.source(template, R=rows, K=cols, B=cols // BLOCK, **(constants or {}))
     params = ["XQ", "XS", "X", "W"][: 3 + len(extra)]

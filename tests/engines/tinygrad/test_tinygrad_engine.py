@@ -1,9 +1,10 @@
 """TinygradEngine on tiny random models: sharding, caches, batching, errors.
 
-The engine's default (fast) path feeds quantized weights int8-quantized
-activations, so against the float64 reference it is only close (~1e-2 of the
-logit scale); between its own code paths (shards, prefill chunks, decode,
-batches) it computes each row identically and must agree to float32 noise.
+The engine's default (fast) path feeds quantized weights int16-quantized
+activations, so against the float64 reference it is close (~1e-4 of the
+logit scale) but not float32-exact; between its own code paths (shards,
+prefill chunks, decode, batches) it computes each row identically and must
+agree to float32 noise.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def reference_tolerance(weights: WeightsFor, reference: np.ndarray) -> float:
         weights(Shard.whole("tiny", TINY.num_layers)).tensors["model.layers.0.mlp.up_proj.weight"],
         np.ndarray,
     )
-    return 0.03 * float(np.abs(reference).max()) if quantized else ATOL
+    return 1e-3 * float(np.abs(reference).max()) if quantized else ATOL
 
 
 def test_whole_shard_matches_the_reference(tiny_weights: WeightsFor) -> None:
