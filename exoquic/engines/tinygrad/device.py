@@ -8,10 +8,39 @@ quantized kernels and the direct kernel dispatcher rely on.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
+import tinygrad.helpers
 from tinygrad import Device, Tensor
 
 DEVICE = "CPU"
+
+
+def _use_one_cache_connection_per_thread() -> None:
+    """Give each thread its own connection to tinygrad's on-disk kernel cache.
+
+    tinygrad keeps a single SQLite connection in a module global, and SQLite
+    refuses a connection used from a thread other than its creator's. A node
+    compiles on more than one thread (the availability check runs where the
+    node starts, the engine on its own worker thread), so without this the
+    engine thread's first compile fails.
+    """
+    opened = tinygrad.helpers.db_connection
+    local = threading.local()
+    opening = threading.Lock()  # `opened` reads and writes the shared global
+
+    def db_connection() -> object:
+        if getattr(local, "connection", None) is None:
+            with opening:
+                tinygrad.helpers._db_connection = None
+                local.connection = opened()
+        return local.connection
+
+    tinygrad.helpers.db_connection = db_connection  # type: ignore[assignment]
+
+
+_use_one_cache_connection_per_thread()
 
 
 def renderer_name() -> str:
