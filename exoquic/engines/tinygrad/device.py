@@ -37,7 +37,7 @@ def _use_one_cache_connection_per_thread() -> None:
                 local.connection = opened()
         return local.connection
 
-    tinygrad.helpers.db_connection = db_connection  # type: ignore[assignment]
+    tinygrad.helpers.db_connection = db_connection
 
 
 _use_one_cache_connection_per_thread()
