@@ -76,45 +76,42 @@ def quantized_matmul(codes: Tensor, sums: Tensor, w: Q4Matrix | Q8Matrix) -> Ten
 
 def q4_matmul(codes: Tensor, sums: Tensor, w: Q4Matrix) -> Tensor:
     """`x @ w.T` `(R, N)` for x given as `quantize_rows(x)`."""
-    rows, cols = (int(n) for n in codes.shape)
-    n, _ = w.shape
-    template = cpu_kernels.matmul_source(cpu_kernels.Q4, rows)
     return _matmul(
-        f"q4_{rows}_{n}_{cols}",
-        template,
-        codes,
-        sums,
-        [w.packed, w.scale, w.offset],
-        ["P", "S", "M"],
-        n,
+        cpu_kernels.Q4, "q4", codes, sums, [w.packed, w.scale, w.offset], ["P", "S", "M"]
     )
 
 
 def q8_matmul(codes: Tensor, sums: Tensor, w: Q8Matrix) -> Tensor:
     """`x @ w.T` `(R, N)` for x given as `quantize_rows(x)`."""
-    rows, cols = (int(n) for n in codes.shape)
-    n, _ = w.shape
-    template = cpu_kernels.matmul_source(cpu_kernels.Q8, rows)
-    return _matmul(
-        f"q8_{rows}_{n}_{cols}", template, codes, sums, [w.values, w.scale], ["C", "S"], n
-    )
+    return _matmul(cpu_kernels.Q8, "q8", codes, sums, [w.values, w.scale], ["C", "S"])
 
 
 def _matmul(
-    name: str,
-    template: Template,
+    fmt: cpu_kernels.Format,
+    kind: str,
     codes: Tensor,
     sums: Tensor,
     weights: list[Tensor],
     weight_names: list[str],
-    n: int,
 ) -> Tensor:
+    """Per-row integer dot products for a few rows; a float32 GEMM on the same
+    (dequantized) activations for many, where it is ~1.6x faster."""
     rows, cols = (int(k) for k in codes.shape)
+    n = int(weights[0].shape[0])
     count = threads()
-    code = cpu_kernels.source(template, R=rows, N=n, K=cols, B=cols // BLOCK, THREADS=count)
+    constants: dict[str, int | str] = {"R": rows, "N": n, "K": cols, "B": cols // BLOCK}
     out = Tensor.empty(rows, n, dtype=dtypes.float32, device=DEVICE)
-    fxn = _kernel(name, code, ["OUT", "XQ", "XS", *weight_names], threads=count)
-    return out.custom_kernel(codes, sums, *weights, fxn=fxn)[0]
+    if rows < cpu_kernels.GEMM_ROWS:
+        code = cpu_kernels.source(cpu_kernels.matmul_source(fmt, rows), **constants, THREADS=count)
+        fxn = _kernel(f"{kind}_{rows}_{n}_{cols}", code, ["OUT", "XQ", "XS", *weight_names], count)
+        return out.custom_kernel(codes, sums, *weights, fxn=fxn)[0]
+    x = Tensor.empty(rows, cols, dtype=dtypes.float32, device=DEVICE)
+    code = cpu_kernels.source(cpu_kernels.DEQUANTIZE_ROWS, **constants)
+    name = f"dequantize_rows_{rows}_{cols}"
+    x = x.custom_kernel(codes, sums, fxn=_kernel(name, code, ["X", "XQ", "XS"]))[0]
+    code = cpu_kernels.source(cpu_kernels.gemm_source(fmt), **constants, THREADS=count)
+    fxn = _kernel(f"{kind}_gemm_{rows}_{n}_{cols}", code, ["OUT", "XF", *weight_names], count)
+    return out.custom_kernel(x, *weights, fxn=fxn)[0]
 
 
 def _kernel(

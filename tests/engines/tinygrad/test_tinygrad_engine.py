@@ -2,9 +2,10 @@
 
 The engine's default (fast) path feeds quantized weights int16-quantized
 activations, so against the float64 reference it is close (~1e-4 of the
-logit scale) but not float32-exact; between its own code paths (shards,
-prefill chunks, decode, batches) it computes each row identically and must
-agree to float32 noise.
+logit scale) but not float32-exact. Between its own code paths it must agree
+to float32 noise: splitting into shards and batching decode steps change
+nothing at all; prefill chunks of 16+ rows use a float32 GEMM where decode
+uses integer dot products, which differ by rounding (~1e-5 of the scale).
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from exoquic.engines.tinygrad.engine import TinygradEngine
 from exoquic.models.shard import Shard
 
 PROMPT = np.array([5, 17, 3, 88, 42, 0, 61, 9, 33, 70, 2], dtype=np.int32)
-ATOL = 1e-4  # between the engine's own paths (and for float weights, against the reference)
+ATOL = 1e-4  # float weights against the reference
+
+
+def assert_close(got: np.ndarray, want: np.ndarray) -> None:
+    """Equal to float32 noise (relative to the values' scale)."""
+    atol = 1e-4 * max(1.0, float(np.abs(want).max()))
+    np.testing.assert_allclose(got, want, atol=atol, rtol=0)
 
 
 def engine_for(weights: WeightsFor, start: int, end: int, max_context: int = 256) -> TinygradEngine:
@@ -75,15 +82,11 @@ def test_chained_shards_equal_unsplit(
 ) -> None:
     unsplit = whole(tiny_weights)
     engines = [engine_for(tiny_weights, s, e) for s, e in bounds]
-    np.testing.assert_allclose(
-        run_chain(engines, "r", PROMPT), unsplit.forward("r", PROMPT), atol=ATOL, rtol=0
-    )
+    assert_close(run_chain(engines, "r", PROMPT), unsplit.forward("r", PROMPT))
     # Decode steps keep agreeing once every shard holds a cache (and the replay kicks in).
     for token in (7, 50, 1, 95):
         step = np.array([token], np.int32)
-        np.testing.assert_allclose(
-            run_chain(engines, "r", step), unsplit.forward("r", step), atol=ATOL, rtol=0
-        )
+        assert_close(run_chain(engines, "r", step), unsplit.forward("r", step))
 
 
 def test_prefill_then_decode_equals_full_prefill(tiny_weights: WeightsFor) -> None:
@@ -93,7 +96,7 @@ def test_prefill_then_decode_equals_full_prefill(tiny_weights: WeightsFor) -> No
     for token in PROMPT[-4:]:
         logits = engine.forward("r", np.array([token], np.int32))
     assert engine.cache_length("r") == len(PROMPT)
-    np.testing.assert_allclose(logits, full, atol=ATOL, rtol=0)
+    assert_close(logits, full)
 
 
 def test_decode_replay_stays_exact(tiny_weights: WeightsFor) -> None:
@@ -106,7 +109,7 @@ def test_decode_replay_stays_exact(tiny_weights: WeightsFor) -> None:
     for i in range(2, len(tokens)):
         want = reference.forward("fresh", tokens[: i + 1])
         reference.release("fresh")
-        np.testing.assert_allclose(stepped[i - 2], want, atol=ATOL, rtol=0)
+        assert_close(stepped[i - 2], want)
     assert engine.flattened_steps() >= 1
 
 
@@ -117,7 +120,7 @@ def test_long_prompt_runs_in_chunks(tiny_weights: WeightsFor) -> None:
     stepped = whole(tiny_weights)
     stepped.forward("r", tokens[:100])
     stepped.forward("r", tokens[100:149])
-    np.testing.assert_allclose(stepped.forward("r", tokens[149:]), logits, atol=ATOL, rtol=0)
+    assert_close(stepped.forward("r", tokens[149:]), logits)
     expected = reference_forward(tiny_weights(Shard.whole("tiny", TINY.num_layers)), tokens)[-1]
     atol = reference_tolerance(tiny_weights, expected)
     np.testing.assert_allclose(logits, expected, atol=atol, rtol=0)
@@ -136,7 +139,7 @@ def test_interleaved_requests_do_not_disturb_each_other(tiny_weights: WeightsFor
     got_a1 = engine.forward("a", np.array([4], np.int32))
     got_b1 = engine.forward("b", np.array([8], np.int32))
     for got, want in zip([got_a0, got_a1, got_b0, got_b1], expected_a + expected_b, strict=True):
-        np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
+        assert_close(got, want)
     assert engine.active_requests() == 2
 
 
@@ -151,7 +154,7 @@ def test_batched_decode_equals_one_at_a_time(tiny_weights: WeightsFor) -> None:
         got = batched.forward_batch(items)
         want = [single.forward(item.request_id, item.inputs) for item in items]
         for g, w in zip(got, want, strict=True):
-            np.testing.assert_allclose(g, w, atol=ATOL, rtol=0)
+            assert_close(g, w)
     assert batched.cache_length("b") == 5 + 4
 
 
@@ -169,9 +172,7 @@ def test_batched_hidden_states_on_inner_shard(tiny_weights: WeightsFor) -> None:
     got = batched.forward_batch(items)
     for item, g in zip(items, got, strict=True):
         assert g.shape == (1, TINY.hidden_size)
-        np.testing.assert_allclose(
-            g, single.forward(item.request_id, item.inputs), atol=ATOL, rtol=0
-        )
+        assert_close(g, single.forward(item.request_id, item.inputs))
 
 
 def test_mixed_batch_keeps_order_and_per_request_sequence(tiny_weights: WeightsFor) -> None:
@@ -188,7 +189,7 @@ def test_mixed_batch_keeps_order_and_per_request_sequence(tiny_weights: WeightsF
     want = [single.forward(item.request_id, item.inputs) for item in items]
     assert len(got) == len(items)
     for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(g, w, atol=ATOL, rtol=0)
+        assert_close(g, w)
     assert batched.cache_length("a") == len(PROMPT) + 2
     assert batched.forward_batch([]) == []
 
@@ -202,7 +203,7 @@ def test_release_frees_the_cache(tiny_weights: WeightsFor) -> None:
     engine.release("never-seen")
     assert engine.cache_length("r") == 0 and engine.active_requests() == 1
     # The id starts over from position 0.
-    np.testing.assert_allclose(engine.forward("r", PROMPT), first, atol=ATOL, rtol=0)
+    assert_close(engine.forward("r", PROMPT), first)
     engine.release("r")
     engine.release("other")
     assert engine.active_requests() == 0 and engine.cache_bytes() == 0
@@ -272,4 +273,4 @@ def test_forward_from_other_threads(tiny_weights: WeightsFor) -> None:
         thread = threading.Thread(target=lambda p=part: results.append(engine.forward("r", p)))
         thread.start()
         thread.join()
-    np.testing.assert_allclose(results[-1], expected, atol=ATOL, rtol=0)
+    assert_close(results[-1], expected)

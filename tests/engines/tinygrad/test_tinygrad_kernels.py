@@ -13,6 +13,7 @@ from tinygrad import Tensor
 from exoquic.engines.base import EngineError
 from exoquic.engines.registry import create_engine, engine_names
 from exoquic.engines.tinygrad import tinygrad_available
+from exoquic.engines.tinygrad.cpu_kernels import GEMM_ROWS
 from exoquic.engines.tinygrad.custom import quantize_rows, quantized_matmul
 from exoquic.engines.tinygrad.device import DEVICE
 from exoquic.engines.tinygrad.matrices import HostArrays, Q4Matrix, Q8Matrix, to_matrix
@@ -51,6 +52,18 @@ def test_each_row_is_computed_the_same_way_in_any_batch() -> None:
     for rows in (1, 3, 5):
         np.testing.assert_array_equal(product(x[:rows], w), together[:rows])
     np.testing.assert_array_equal(product(x[4:5], w), together[4:5])
+
+
+def test_many_rows_use_a_gemm_that_agrees_with_the_row_kernel() -> None:
+    # A prefill chunk (>= GEMM_ROWS rows) multiplies the same dequantized activations in
+    # float32 instead of integer dot products: equal up to float32 rounding.
+    for kind in ("q4_1", "q8_0"):
+        w = to_matrix(quantized(kind, 48, 96, seed=5), HOST)
+        assert isinstance(w, Q4Matrix | Q8Matrix)
+        x = np.random.default_rng(6).standard_normal((GEMM_ROWS + 5, 96)).astype(np.float32)
+        many = product(x, w)
+        rows = np.concatenate([product(x[i : i + 1], w) for i in range(len(x))])
+        np.testing.assert_allclose(many, rows, rtol=0, atol=1e-5 * np.abs(rows).max())
 
 
 def test_tinygrad_is_available_here() -> None:
