@@ -87,6 +87,9 @@ class PlanState:
     def peer_down(self, node_id: str) -> None:
         self.peers.pop(node_id, None)
         self._ready.pop(node_id, None)
+        # Even if it comes back at once (a restart, a blip), it may have lost
+        # its shard and missed proposals: the coordinator must propose again.
+        self._basis = None
 
     def check_capacity(self) -> str | None:
         """Recompute whether the live nodes can hold the model; the reason if not."""

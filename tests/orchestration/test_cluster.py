@@ -148,13 +148,16 @@ async def generate(
 
 
 async def wait_plan(clusters: list[Cluster], size: int) -> None:
-    with trio.fail_after(20):
+    with trio.move_on_after(20):
         while True:
             plans = [c.state.active_plan() for c in clusters]
             sizes = {len(p.node_ids) if p else 0 for p in plans}
             if sizes == {size} and len({p.version for p in plans if p is not None}) == 1:
                 return
             await trio.sleep(0.05)
+    views = [(c.state.me.name, c.status(), c.state.adopted_key, c.state.loaded_key,
+              sorted(m.name for m in c.state.peers.values())) for c in clusters]  # fmt: skip
+    raise AssertionError(f"no common {size}-node plan: {views}")
 
 
 @pytest.fixture(scope="module")

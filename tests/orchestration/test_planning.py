@@ -170,3 +170,15 @@ def test_a_coordinator_whose_proposal_lost_a_tie_proposes_again() -> None:
     again = coordinator.propose()
     assert again.version == 1
     assert coordinator.offer(again, a.node_id) and other.offer(again, a.node_id)
+
+
+def test_a_member_that_left_and_came_back_gets_a_new_plan() -> None:
+    cluster = Cluster([member("a", 100), member("b", 100)])
+    cluster.run_proposals()
+    cluster.load_all()
+    coordinator = cluster.states[min(cluster.states)]
+    other = next(s for s in cluster.states.values() if s is not coordinator)
+    coordinator.peer_down(other.me.node_id)
+    coordinator.peer_up(other.me)  # same id: a restart within the idle timeout
+    assert coordinator.member_ids() == frozenset(cluster.states)
+    assert coordinator.proposal_due()
