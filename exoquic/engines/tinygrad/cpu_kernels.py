@@ -240,7 +240,7 @@ def _block(fmt: Format, rows: list[int]) -> str:
         )
     sep = "\n        "
     return f"""{{
-#if defined(__AVX2__)
+#if defined(__AVX2__) && !$PORTABLE
         {fmt.unpack_avx2}
         {sep.join(avx2)}
 #else
@@ -325,9 +325,13 @@ def _tile(rows: int, cols: int) -> str:
     }}"""
 
 
-def source(template: Template, **constants: int | str) -> str:
-    """The C statements of a kernel with its shape constants filled in (buffer names stay `$X`)."""
-    return _TYPES + template.safe_substitute(**{k: str(v) for k, v in constants.items()})
+def source(template: Template, portable: bool = False, **constants: int | str) -> str:
+    """The C statements of a kernel with its shape constants filled in (buffer names stay `$X`).
+
+    portable: skip the AVX2 code even where the CPU has it (to test the plain C).
+    """
+    values = {k: str(v) for k, v in constants.items()} | {"PORTABLE": str(int(portable))}
+    return _TYPES + template.safe_substitute(values)
 
 
 ROPE_STORE = Template(

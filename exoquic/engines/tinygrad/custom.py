@@ -18,6 +18,8 @@ from exoquic.engines.tinygrad.device import DEVICE
 from exoquic.engines.tinygrad.matrices import Q4Matrix, Q8Matrix
 
 BLOCK = cpu_kernels.BLOCK
+# Tests set this to run the plain C branches instead of the AVX2 ones.
+PORTABLE_C = False
 
 
 def threads() -> int:
@@ -102,8 +104,10 @@ def _matmul(
     constants: dict[str, int | str] = {"R": rows, "N": n, "K": cols, "B": cols // BLOCK}
     out = Tensor.empty(rows, n, dtype=dtypes.float32, device=DEVICE)
     if rows < cpu_kernels.GEMM_ROWS:
-        code = cpu_kernels.source(cpu_kernels.matmul_source(fmt, rows), **constants, THREADS=count)
-        fxn = _kernel(f"{kind}_{rows}_{n}_{cols}", code, ["OUT", "XQ", "XS", *weight_names], count)
+        template = cpu_kernels.matmul_source(fmt, rows)
+        code = cpu_kernels.source(template, PORTABLE_C, **constants, THREADS=count)
+        name = f"{kind}_{rows}_{n}_{cols}" + ("_portable" if PORTABLE_C else "")
+        fxn = _kernel(name, code, ["OUT", "XQ", "XS", *weight_names], count)
         return out.custom_kernel(codes, sums, *weights, fxn=fxn)[0]
     x = Tensor.empty(rows, cols, dtype=dtypes.float32, device=DEVICE)
     code = cpu_kernels.source(cpu_kernels.DEQUANTIZE_ROWS, **constants)

@@ -274,3 +274,16 @@ def test_forward_from_other_threads(tiny_weights: WeightsFor) -> None:
         thread.start()
         thread.join()
     assert_close(results[-1], expected)
+
+
+@pytest.mark.slow  # tinygrad compiles ~40 generated kernels (~15 s a parameter on 2 cores)
+def test_portable_path_matches_the_reference(tiny_weights: WeightsFor) -> None:
+    # fast=False: tinygrad-generated kernels only, float32 activations.
+    shard = Shard.whole("tiny", TINY.num_layers)
+    engine = TinygradEngine(max_context=256, fast=False)
+    engine.load(tiny_weights(shard))
+    engine.forward("r", PROMPT[:-3])
+    for i in range(len(PROMPT) - 3, len(PROMPT)):
+        logits = engine.forward("r", PROMPT[i : i + 1])
+    expected = reference_forward(tiny_weights(shard), PROMPT)[-1]
+    np.testing.assert_allclose(logits, expected, atol=ATOL, rtol=0)

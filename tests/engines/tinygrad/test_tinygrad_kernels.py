@@ -12,7 +12,7 @@ from tinygrad import Tensor
 
 from exoquic.engines.base import EngineError
 from exoquic.engines.registry import create_engine, engine_names
-from exoquic.engines.tinygrad import tinygrad_available
+from exoquic.engines.tinygrad import custom, tinygrad_available
 from exoquic.engines.tinygrad.cpu_kernels import GEMM_ROWS
 from exoquic.engines.tinygrad.custom import quantize_rows, quantized_matmul
 from exoquic.engines.tinygrad.device import DEVICE
@@ -52,6 +52,19 @@ def test_each_row_is_computed_the_same_way_in_any_batch() -> None:
     for rows in (1, 3, 5):
         np.testing.assert_array_equal(product(x[:rows], w), together[:rows])
     np.testing.assert_array_equal(product(x[4:5], w), together[4:5])
+
+
+def test_portable_c_matches_the_avx2_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    # CPUs without AVX2 (arm64...) run the plain C branch of the row kernels.
+    x = np.random.default_rng(7).standard_normal((3, 96)).astype(np.float32)
+    for kind in ("q4_1", "q8_0"):
+        w = to_matrix(quantized(kind, 40, 96, seed=8), HOST)
+        assert isinstance(w, Q4Matrix | Q8Matrix)
+        fast = product(x, w)
+        monkeypatch.setattr(custom, "PORTABLE_C", True)
+        portable = product(x, w)
+        monkeypatch.setattr(custom, "PORTABLE_C", False)
+        np.testing.assert_allclose(portable, fast, rtol=0, atol=1e-5 * np.abs(fast).max())
 
 
 def test_many_rows_use_a_gemm_that_agrees_with_the_row_kernel() -> None:
