@@ -325,12 +325,12 @@ def _tile(rows: int, cols: int) -> str:
     }}"""
 
 
-def source(template: Template, portable: bool = False, **constants: int | str) -> str:
+def source(template: Template, **constants: int | str) -> str:
     """The C statements of a kernel with its shape constants filled in (buffer names stay `$X`).
 
-    portable: skip the AVX2 code even where the CPU has it (to test the plain C).
+    PORTABLE=1 skips the AVX2 code even where the CPU has it (to test the plain C).
     """
-    values = {k: str(v) for k, v in constants.items()} | {"PORTABLE": str(int(portable))}
+    values = {"PORTABLE": "0"} | {k: str(v) for k, v in constants.items()}
     return _TYPES + template.safe_substitute(values)
 
 

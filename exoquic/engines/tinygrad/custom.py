@@ -105,7 +105,7 @@ def _matmul(
     out = Tensor.empty(rows, n, dtype=dtypes.float32, device=DEVICE)
     if rows < cpu_kernels.GEMM_ROWS:
         template = cpu_kernels.matmul_source(fmt, rows)
-        code = cpu_kernels.source(template, PORTABLE_C, **constants, THREADS=count)
+        code = cpu_kernels.source(template, **constants, THREADS=count, PORTABLE=int(PORTABLE_C))
         name = f"{kind}_{rows}_{n}_{cols}" + ("_portable" if PORTABLE_C else "")
         fxn = _kernel(name, code, ["OUT", "XQ", "XS", *weight_names], count)
         return out.custom_kernel(codes, sums, *weights, fxn=fxn)[0]
