@@ -189,6 +189,7 @@ def matmul_source(fmt: Format, rows: int) -> Template:
         f"""
 /* out (R, N) = x (R, K) @ W.T for weights in 32-value blocks (see the module docstring). */
 float *out = $OUT; const short *xq = $XQ; const float *xs = $XS;
+$STORE_SETUP
 const int n0 = (int)((long)$N * $TID / $THREADS), n1 = (int)((long)$N * ($TID + 1) / $THREADS);
 for (int n = n0; n < n1; n++) {{
   {fmt.setup}
@@ -214,7 +215,7 @@ def _group(fmt: Format, rows: list[int]) -> str:
         finish.append(
             f"""{{ f32x8 a = a{r};
       {offset}
-      out[(long){r} * $N + n] = HSUM8(a); }}"""
+      STORE((long){r} * $N + n, HSUM8(a)); }}"""
         )
     return f"""  {{ {decl}
     for (int b = 0; b < $B; b++) {_block(fmt, rows)}
@@ -274,6 +275,7 @@ def gemm_source(fmt: Format) -> Template:
     return Template(
         f"""
 float *out = $OUT; const float *x = $XF;
+$STORE_SETUP
 float panel[{_PANEL}][$K] __attribute__((aligned(32)));
 const int n0 = (int)((long)$N * $TID / $THREADS), n1 = (int)((long)$N * ($TID + 1) / $THREADS);
 for (int c0 = n0; c0 < n1; c0 += {_PANEL}) {{
@@ -294,7 +296,7 @@ for (int c0 = n0; c0 < n1; c0 += {_PANEL}) {{
     f32x8 a = 0.0f;
     for (int k = 0; k < $K; k += 8)
       a += *(const f32x8 *)(x + (long)r * $K + k) * *(const f32x8 *)(panel[j] + k);
-    out[(long)r * $N + c0 + j] = HSUM8(a);
+    STORE((long)r * $N + c0 + j, HSUM8(a));
   }}
 }}
 """
@@ -314,7 +316,7 @@ def _tile(rows: int, cols: int) -> str:
     )
     fmas = " ".join(f"{acc[i][c]} += x{i} * w{c};" for i in range(rows) for c in range(cols))
     stores = " ".join(
-        f"out[(long)(r + {i}) * $N + c0 + j + {c}] = HSUM8({acc[i][c]});"
+        f"STORE((long)(r + {i}) * $N + c0 + j + {c}, HSUM8({acc[i][c]}));"
         for i in range(rows)
         for c in range(cols)
     )
@@ -323,6 +325,11 @@ def _tile(rows: int, cols: int) -> str:
       for (int k = 0; k < $K; k += 8) {{ {loads} {fmas} }}
       {stores}
     }}"""
+
+
+# Matmul outputs go through STORE: plain, or plus a residual `$RES` of the output's shape.
+PLAIN_STORE = "#define STORE(i, v) (out[i] = (v))"
+RESIDUAL_STORE = "const float *res = $RES;\n#define STORE(i, v) (out[i] = (v) + res[i])"
 
 
 def source(template: Template, **constants: int | str) -> str:

@@ -71,21 +71,22 @@ def _quantize(
     return codes, sums
 
 
-def quantized_matmul(codes: Tensor, sums: Tensor, w: Q4Matrix | Q8Matrix) -> Tensor:
-    """`x @ w.T` `(R, N)` for x given as `quantize_rows(x)`."""
-    return q8_matmul(codes, sums, w) if isinstance(w, Q8Matrix) else q4_matmul(codes, sums, w)
-
-
-def q4_matmul(codes: Tensor, sums: Tensor, w: Q4Matrix) -> Tensor:
-    """`x @ w.T` `(R, N)` for x given as `quantize_rows(x)`."""
-    return _matmul(
-        cpu_kernels.Q4, "q4", codes, sums, [w.packed, w.scale, w.offset], ["P", "S", "M"]
-    )
-
-
-def q8_matmul(codes: Tensor, sums: Tensor, w: Q8Matrix) -> Tensor:
-    """`x @ w.T` `(R, N)` for x given as `quantize_rows(x)`."""
-    return _matmul(cpu_kernels.Q8, "q8", codes, sums, [w.values, w.scale], ["C", "S"])
+def quantized_matmul(
+    codes: Tensor, sums: Tensor, w: Q4Matrix | Q8Matrix, residual: Tensor | None = None
+) -> Tensor:
+    """`x @ w.T (+ residual)` `(R, N)` for x given as `quantize_rows(x)`."""
+    if isinstance(w, Q8Matrix):
+        weights, names, kind, fmt = [w.values, w.scale], ["C", "S"], "q8", cpu_kernels.Q8
+    else:
+        weights, names, kind, fmt = (
+            [w.packed, w.scale, w.offset],
+            ["P", "S", "M"],
+            "q4",
+            cpu_kernels.Q4,
+        )
+    if residual is not None:
+        weights, names, kind = [*weights, residual.contiguous()], [*names, "RES"], f"{kind}_add"
+    return _matmul(fmt, kind, codes, sums, weights, names)
 
 
 def _matmul(
@@ -101,7 +102,10 @@ def _matmul(
     rows, cols = (int(k) for k in codes.shape)
     n = int(weights[0].shape[0])
     count = threads()
-    constants: dict[str, int | str] = {"R": rows, "N": n, "K": cols, "B": cols // BLOCK}
+    store = cpu_kernels.RESIDUAL_STORE if "RES" in weight_names else cpu_kernels.PLAIN_STORE
+    constants: dict[str, int | str] = {
+        "R": rows, "N": n, "K": cols, "B": cols // BLOCK, "STORE_SETUP": store,
+    }  # fmt: skip
     out = Tensor.empty(rows, n, dtype=dtypes.float32, device=DEVICE)
     if rows < cpu_kernels.GEMM_ROWS:
         template = cpu_kernels.matmul_source(fmt, rows)

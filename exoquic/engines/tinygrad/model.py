@@ -17,6 +17,7 @@ from tinygrad import Tensor, UOp
 from exoquic.engines.tinygrad.custom import (
     attention,
     norm_quantize_rows,
+    quantize_rows,
     quantized_matmul,
     swiglu_quantize_rows,
 )
@@ -69,9 +70,14 @@ class Projection:
         """The products of x `(R, cols)`, concatenated: `(R, sum(sizes))`."""
         return _concat([matmul(x, m, fast) for m in self.matrices])
 
-    def of_quantized(self, codes: Tensor, sums: Tensor) -> Tensor:
-        """Like `__call__` (fast path) for activations already quantized by `custom`."""
-        return _concat([quantized_matmul(codes, sums, m) for m in self.matrices])  # type: ignore[arg-type]
+    def of_quantized(self, codes: Tensor, sums: Tensor, residual: Tensor | None = None) -> Tensor:
+        """Like `__call__` (fast path, plus `residual`) for activations quantized by `custom`."""
+        mats = [m for m in self.matrices if not isinstance(m, DenseMatrix)]
+        assert len(mats) == len(self.matrices), "only for quantized projections"
+        if residual is not None and len(mats) == 1:
+            return quantized_matmul(codes, sums, mats[0], residual)  # added in the kernel
+        out = _concat([quantized_matmul(codes, sums, m) for m in mats])
+        return out if residual is None else residual + out
 
 
 @dataclass(frozen=True)
@@ -184,10 +190,14 @@ class ShardModel:
         return self._normed(self.head_matrix, x, self.norm)
 
     def _block(self, x: Tensor, w: LayerWeights, attend: AttendFn) -> Tensor:
-        x = x + self._plain(w.o, attend(self._normed(w.qkv, x, w.attn_norm)))
+        attn = attend(self._normed(w.qkv, x, w.attn_norm))
+        if self.fast and w.o.quantized:
+            x = w.o.of_quantized(*quantize_rows(attn), residual=x)
+        else:
+            x = x + w.o(attn, self.fast)
         gate_up = self._normed(w.gate_up, x, w.mlp_norm)  # (rows, 2F): gate | up
         if self.fast and w.down.quantized:
-            return x + w.down.of_quantized(*swiglu_quantize_rows(gate_up))
+            return w.down.of_quantized(*swiglu_quantize_rows(gate_up), residual=x)
         gate, up = gate_up.chunk(2, dim=-1)
         return x + w.down(gate.silu() * up, self.fast)
 
@@ -197,9 +207,6 @@ class ShardModel:
         if self.fast and p.quantized:
             return p.of_quantized(*norm_quantize_rows(x, weight, eps))
         return p(_rms_norm(x, weight, eps), self.fast)
-
-    def _plain(self, p: Projection, x: Tensor) -> Tensor:
-        return p(x, self.fast)
 
     def _attend(self, qkv: Tensor, rope: Tensor, cache: Tensor, start: UOp) -> Tensor:
         """Causal attention of T new rows at `start..` over the request's layer cache.
