@@ -28,9 +28,9 @@ def threads() -> int:
     The slices run on however many threads the dispatcher is given (`runner`);
     tinygrad itself, before a step is flattened, runs them one after another.
     """
-    from exoquic.engines.tinygrad.runner import worker_threads
+    from exoquic.engines.tinygrad.runner import usable_cpus
 
-    return worker_threads()
+    return min(usable_cpus(), 8)
 
 
 def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -41,7 +41,7 @@ class TinygradEngine(Engine):
         """fast: attention and quantized products run as C kernels, the products on
         int8-quantized activations (llama.cpp's scheme); False keeps every kernel
         tinygrad-generated with float32 activations (slow, closest to a float reference).
-        threads: CPU threads per step (default: every CPU this process may use)."""
+        threads: CPU threads per step (default: the usable CPUs minus one, 1 to 4)."""
         super().__init__(max_context)
         self.fast = fast
         self.threads = threads or worker_threads()
@@ -92,6 +92,26 @@ class TinygradEngine(Engine):
             if i not in results:
                 results[i] = self._prefill(model, item.request_id, hidden[i])
         return [results[i] for i in range(len(items))]
+
+    def warm_up(self, prompt_lengths: tuple[int, ...] = (PREFILL_BUCKETS[1],)) -> None:
+        """Trace and compile the steps a request will need (one prefill per length, a
+        decode step and the head), so the first real request does not wait for them.
+
+        Optional: steps are otherwise made on first use. Takes a few seconds.
+        """
+        model = self._require_model()
+        for length in prompt_lengths:
+            n = min(length, self.max_context - 1)
+            if model.shard.is_first:
+                inputs: np.ndarray = np.zeros(n, np.int32)
+                step: np.ndarray = np.zeros(1, np.int32)
+            else:
+                inputs = np.zeros((n, model.config.hidden_size), np.float32)
+                step = np.zeros((1, model.config.hidden_size), np.float32)
+            request_id = f"warm-up-{id(self)}"
+            self.forward(request_id, inputs)
+            self.forward(request_id, step)
+            self.release(request_id)
 
     def cache_length(self, request_id: str) -> int:
         request = self._requests.get(request_id)

@@ -164,11 +164,17 @@ int run_kernels(const uint64_t *table, const int64_t *groups, int64_t count, int
 """
 
 
-def worker_threads() -> int:
-    """Threads for the slices of kernels split by tinygrad's `core_id`: the usable CPUs (<= 8)."""
+def usable_cpus() -> int:
+    """CPUs this process may run on."""
     affinity = getattr(os, "sched_getaffinity", None)  # Linux: respects taskset/cpusets
-    cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
-    return max(1, min(cpus, 8))
+    return max(1, len(affinity(0)) if affinity else os.cpu_count() or 1)
+
+
+def worker_threads() -> int:
+    """Default threads per step: one CPU is left to the node (event loop, network, other
+    programs), at most 4. On a 2-CPU machine that is 1: a second thread competing with
+    anything else for the same two cores made steps slower, not faster."""
+    return max(1, min(usable_cpus() - 1, 4))
 
 
 class UnsupportedGraph(Exception):

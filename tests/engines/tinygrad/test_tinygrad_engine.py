@@ -287,3 +287,13 @@ def test_portable_path_matches_the_reference(tiny_weights: WeightsFor) -> None:
         logits = engine.forward("r", PROMPT[i : i + 1])
     expected = reference_forward(tiny_weights(shard), PROMPT)[-1]
     np.testing.assert_allclose(logits, expected, atol=ATOL, rtol=0)
+
+
+def test_warm_up_traces_the_steps_and_leaves_no_request(tiny_weights: WeightsFor) -> None:
+    engine = whole(tiny_weights)
+    engine.warm_up(prompt_lengths=(len(PROMPT),))
+    assert engine.active_requests() == 0 and engine.flattened_steps() == 3  # prefill, decode, head
+    inner = engine_for(tiny_weights, 1, 2)
+    inner.warm_up(prompt_lengths=(5,))
+    assert inner.active_requests() == 0 and inner.flattened_steps() == 2
+    assert_close(engine.forward("r", PROMPT), whole(tiny_weights).forward("r", PROMPT))
