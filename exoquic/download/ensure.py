@@ -1,20 +1,32 @@
-"""Making a node's shard of a model available locally before it loads.
+"""Making a node's model available locally: bundled, on disk, or from the hub.
 
 Bundled models and local paths resolve directly. Models that live on the
 Hugging Face hub (registry entries without bundled weights, or `org/name` repo
-ids) are fetched first, only the files that hold the node's layers, into the
-download cache; from then on they load like any Hugging Face directory.
+ids) are fetched in two steps: the small files (config, tokenizer) before the
+node joins, so it can read the model's shape; then, once a plan gives the node
+its layers, only the files that hold them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from exoquic.download.hub import download_shard_async
+import trio
+
+from exoquic.download.hub import download_metadata, download_shard
 from exoquic.download.progress import DownloadProgress
 from exoquic.models.registry import find_model
 from exoquic.models.shard import Shard
 from exoquic.models.source import ModelSource, resolve_source
+from exoquic.models.weights import ShardWeights
+
+
+@dataclass(frozen=True)
+class NodeModel:
+    source: ModelSource  # config and tokenizer are readable now
+    load_shard: Callable[[Shard], ShardWeights]  # blocking; fetches the shard's files first
 
 
 def hub_repo_for(model: str) -> str | None:
@@ -27,13 +39,18 @@ def hub_repo_for(model: str) -> str | None:
     return model if model.count("/") == 1 else None
 
 
-async def ensure_source(
-    model: str, shard: Shard, progress: DownloadProgress | None = None
-) -> ModelSource:
-    """A source holding at least `shard`'s weights, downloading them if needed."""
+async def prepare_model(model: str, progress: DownloadProgress | None = None) -> NodeModel:
+    """Resolve `model`; for a hub model, fetch its config and tokenizer now."""
     repo = hub_repo_for(model)
     if repo is None:
-        return resolve_source(model)
-    snapshot = await download_shard_async(repo, shard, progress=progress)
+        source = resolve_source(model)
+        return NodeModel(source, source.load_shard)
+    snapshot = await trio.to_thread.run_sync(download_metadata, repo)
     entry = find_model(model)
-    return ModelSource(entry.id if entry else repo, "hf", snapshot)
+    hub_source = ModelSource(entry.id if entry else repo, "hf", snapshot)
+
+    def load_shard(shard: Shard) -> ShardWeights:
+        download_shard(repo, shard, progress=progress)
+        return hub_source.load_shard(shard)
+
+    return NodeModel(hub_source, load_shard)

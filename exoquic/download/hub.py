@@ -58,7 +58,8 @@ from exoquic.models.shard import Shard
 
 log = logging.getLogger(__name__)
 
-ShardFor = Callable[[dict[str, Any]], Shard]
+# The shard to fetch, given the repo's config.json; None fetches only the small files.
+ShardFor = Callable[[dict[str, Any]], Shard | None]
 """Picks the shard once the model's config.json is known."""
 
 
@@ -156,6 +157,30 @@ def download_model(
         progress=progress,
         max_workers=max_workers,
         settings=HubSettings.from_env(endpoint, token),
+        cancel=cancel,
+    )
+
+
+def download_metadata(
+    repo_id: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    revision: str = "main",
+    cancel: threading.Event | None = None,
+) -> Path:
+    """Fetch only config.json, the index and the tokenizer files; return the snapshot.
+
+    Enough to read the model's config and tokenizer before a plan says which
+    layers this node will hold.
+    """
+    return _download(
+        repo_id,
+        lambda config: None,
+        cache_dir,
+        revision=revision,
+        progress=None,
+        max_workers=4,
+        settings=HubSettings.from_env(None, None),
         cancel=cancel,
     )
 
@@ -264,7 +289,11 @@ def _download(
             cache.mark_absent(listing.commit, name)
     _fetch_all(job, [f for f in (CONFIG_FILE, INDEX_FILE) if f in listing.files])
     shard = shard_for(_read_config(job.snapshot))
-    weights = _weight_files(job.snapshot, shard, has=lambda f: f in listing.files)
+    weights = (
+        []
+        if shard is None
+        else _weight_files(job.snapshot, shard, has=lambda f: f in listing.files)
+    )
     if unlisted := [f for f in weights if f not in listing.files]:
         raise DownloadError(f"{repo_id}: the index names files the repo lacks: {unlisted}")
     _fetch_all(job, [*weights, *aux_files_present(listing.files)])
@@ -420,7 +449,11 @@ def _from_cache(cache: RepoCache, revision: str, shard_for: ShardFor) -> Path:
     missing: list[str] = []
     shard = shard_for(_read_config(snapshot))
     try:
-        weights = _weight_files(snapshot, shard, has=lambda f: (snapshot / f).exists())
+        weights = (
+            []
+            if shard is None
+            else _weight_files(snapshot, shard, has=lambda f: (snapshot / f).exists())
+        )
     except DownloadError:
         weights, missing = [], [f"{INDEX_FILE} (or {SINGLE_WEIGHTS_FILE})"]
     missing += [f for f in weights if not (snapshot / f).exists()]

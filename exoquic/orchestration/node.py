@@ -14,7 +14,7 @@ import logging
 import platform
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,8 +25,9 @@ from exoquic.engines.base import Engine
 from exoquic.identity.keys import Identity
 from exoquic.models.config import ModelConfig
 from exoquic.models.shard import Shard
-from exoquic.models.source import ModelSource, resolve_source
+from exoquic.models.source import ModelSource
 from exoquic.models.tokenizer import Tokenizer
+from exoquic.models.weights import ShardWeights
 from exoquic.orchestration.cluster import Cluster
 from exoquic.orchestration.generation import (
     ContextLengthError,
@@ -211,10 +212,12 @@ async def open_node(
     With it: join the ring; this node's layers are loaded once the ring has
     agreed on a plan (see `open_cluster`).
     """
+    from exoquic.download.ensure import prepare_model
     from exoquic.engines.registry import create_engine
     from exoquic.engines.selection import pick_engine
 
-    source: ModelSource = resolve_source(settings.model)
+    model = await prepare_model(settings.model)
+    source: ModelSource = model.source
     config = source.load_config()
     tokenizer = source.load_tokenizer()
     engine_name = pick_engine(settings.engine)
@@ -224,7 +227,7 @@ async def open_node(
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
         if cluster is None:
-            await _load_whole(source, config, worker)
+            await _load_whole(source.model_id, model.load_shard, config, worker)
             yield Node(source.model_id, config, tokenizer, worker, max_context)
         else:
             me = Member(
@@ -234,20 +237,25 @@ async def open_node(
                 me, model_requirements(source.model_id, config), cluster.memory_fraction
             )
             async with open_cluster(
-                cluster, state, worker, source.load_shard, source.model_id
+                cluster, state, worker, model.load_shard, source.model_id
             ) as ring:
                 yield Node(source.model_id, config, tokenizer, worker, max_context, ring)
         nursery.cancel_scope.cancel()
 
 
-async def _load_whole(source: ModelSource, config: ModelConfig, worker: EngineWorker) -> None:
-    shard = Shard.whole(source.model_id, config.num_layers)
+async def _load_whole(
+    model_id: str,
+    load_shard: Callable[[Shard], ShardWeights],
+    config: ModelConfig,
+    worker: EngineWorker,
+) -> None:
+    shard = Shard.whole(model_id, config.num_layers)
     started = time.perf_counter()
-    weights = await trio.to_thread.run_sync(source.load_shard, shard)
+    weights = await trio.to_thread.run_sync(load_shard, shard)
     await worker.call(lambda: worker.engine.load(weights))
     log.info(
         "loaded %s on %s in %.1fs",
-        source.model_id,
+        model_id,
         worker.engine.name,
         time.perf_counter() - started,
     )

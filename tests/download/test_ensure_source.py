@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from fixtures.hub_server import TINY_REPO, HubServer
 
-from exoquic.download.ensure import ensure_source, hub_repo_for
+from exoquic.download.ensure import hub_repo_for, prepare_model
 from exoquic.download.progress import DownloadProgress
 from exoquic.models.registry import DEFAULT_MODEL_ID
 from exoquic.models.shard import Shard
@@ -21,19 +21,21 @@ def test_bundled_and_local_models_need_no_download(tmp_path: Path) -> None:
 
 
 async def test_bundled_model_resolves_without_network() -> None:
-    source = await ensure_source(DEFAULT_MODEL_ID, Shard.whole(DEFAULT_MODEL_ID, 30))
-    assert source.kind == "gguf"
+    model = await prepare_model(DEFAULT_MODEL_ID)
+    assert model.source.kind == "gguf"
 
 
-async def test_hub_model_downloads_its_shard_then_loads(
+async def test_hub_model_fetches_small_files_first_and_its_shard_on_load(
     hub: HubServer, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("EXOQUIC_HF_CACHE", str(cache_dir))
     progress = DownloadProgress(TINY_REPO)
-    shard = Shard(TINY_REPO, 0, 1, 6)
-    source = await ensure_source(TINY_REPO, shard, progress)
+    model = await prepare_model(TINY_REPO, progress)
+    source = model.source
     assert source.kind == "hf" and source.path.is_relative_to(cache_dir)
-    assert progress.snapshot()["complete"]
-    weights = source.load_shard(shard)
-    assert "model.layers.1.mlp.up_proj.weight" in weights.tensors
     assert source.load_config().num_layers == 6
+    assert not any(name.endswith(".safetensors") for name in hub.downloaded_files())
+    shard = Shard(TINY_REPO, 0, 1, 6)
+    weights = model.load_shard(shard)
+    assert "model.layers.1.mlp.up_proj.weight" in weights.tensors
+    assert progress.snapshot()["complete"]
