@@ -16,6 +16,12 @@ from tinygrad import Device, Tensor
 
 DEVICE = "CPU"
 
+# tinygrad's graph building, scheduling and JIT capture use process-wide state that
+# is not thread-safe. Engines run in worker threads (one per node, maybe several
+# nodes in one test process), so everything that builds or traces tinygrad graphs
+# holds this lock; replaying a traced step (runner.KernelProgram) does not need it.
+TINYGRAD_LOCK = threading.RLock()
+
 
 def _use_one_cache_connection_per_thread() -> None:
     """Give each thread its own connection to tinygrad's on-disk kernel cache.

@@ -10,6 +10,7 @@ import numpy as np
 from tinygrad import Tensor, UOp
 
 from exoquic.engines.base import ContextOverflowError, Engine, EngineError, ForwardItem
+from exoquic.engines.tinygrad.device import TINYGRAD_LOCK
 from exoquic.engines.tinygrad.matrices import HostArrays
 from exoquic.engines.tinygrad.model import ShardModel
 from exoquic.engines.tinygrad.runner import buffer_address, worker_threads
@@ -58,7 +59,8 @@ class TinygradEngine(Engine):
         self.unload()
         # Slack past max_context lets the last, padded prefill chunk always fit.
         capacity = self.max_context + PREFILL_BUCKETS[0] - 1
-        self._model = ShardModel(weights, capacity, self.fast)
+        with TINYGRAD_LOCK:
+            self._model = ShardModel(weights, capacity, self.fast)
 
     def unload(self) -> None:
         self._model = None
@@ -170,8 +172,9 @@ class TinygradEngine(Engine):
         request = self._requests.get(request_id)
         if request is None:
             memory = HostArrays()
-            caches = model.new_cache(memory)
-            addresses = [buffer_address(c) for c in caches]
+            with TINYGRAD_LOCK:
+                caches = model.new_cache(memory)
+                addresses = [buffer_address(c) for c in caches]
             request = self._requests[request_id] = _Request(memory, caches, addresses)
         return request
 

@@ -17,6 +17,7 @@ import numpy as np
 from tinygrad import Tensor, TinyJit, UOp
 from tinygrad.engine.jit import _TinyJit  # what TinyJit() returns
 
+from exoquic.engines.tinygrad.device import TINYGRAD_LOCK
 from exoquic.engines.tinygrad.matrices import HostArrays
 from exoquic.engines.tinygrad.model import LayerWeights, ShardModel
 from exoquic.engines.tinygrad.runner import (
@@ -52,7 +53,8 @@ class _Buffers:
         self._host = HostArrays()
 
     def new(self, shape: tuple[int, ...]) -> tuple[Tensor, np.ndarray]:
-        t = self._host.zeros(shape)
+        with TINYGRAD_LOCK:
+            t = self._host.zeros(shape)
         raw = (ctypes.c_float * int(np.prod(shape))).from_address(buffer_address(t))
         return t, np.ctypeslib.as_array(raw).reshape(shape)
 
@@ -79,10 +81,11 @@ class Step:
         if self._program is not None and self._out is not None:
             self._program({}, {}, self._threads)
             return self._out.copy()
-        out = self._jit(self._x)
-        if self._jit.captured is not None:
-            self._flatten(out)
-        return out.numpy()
+        with TINYGRAD_LOCK:
+            out = self._jit(self._x)
+            if self._jit.captured is not None:
+                self._flatten(out)
+            return out.numpy()
 
     def _flatten(self, out: Tensor) -> None:
         assert self._jit.captured is not None
@@ -147,6 +150,10 @@ class LayerStack:
 
     def _run_jits(self, caches: list[list[Tensor]], positions: list[UOp]) -> np.ndarray:
         """Run the layers through their JITs; the first time, capture them and flatten."""
+        with TINYGRAD_LOCK:
+            return self._run_jits_locked(caches, positions)
+
+    def _run_jits_locked(self, caches: list[list[Tensor]], positions: list[UOp]) -> np.ndarray:
         x = self._x
         captures: dict[object, list[Tensor]] = {}
         for i, w in enumerate(self._model.layers):

@@ -297,3 +297,23 @@ def test_warm_up_traces_the_steps_and_leaves_no_request(tiny_weights: WeightsFor
     inner.warm_up(prompt_lengths=(5,))
     assert inner.active_requests() == 0 and inner.flattened_steps() == 2
     assert_close(engine.forward("r", PROMPT), whole(tiny_weights).forward("r", PROMPT))
+
+
+def test_engines_in_parallel_threads(tiny_weights: WeightsFor) -> None:
+    # Several nodes in one process each drive their engine from its own thread.
+    expected = whole(tiny_weights).forward("r", PROMPT)
+    engines = [whole(tiny_weights) for _ in range(3)]
+    results: dict[int, np.ndarray] = {}
+
+    def run(i: int) -> None:
+        engines[i].forward("r", PROMPT[:-2])
+        engines[i].forward("r", PROMPT[-2:-1])
+        results[i] = engines[i].forward("r", PROMPT[-1:])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(3):
+        assert_close(results[i], expected)
