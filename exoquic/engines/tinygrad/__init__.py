@@ -1,6 +1,25 @@
-"""The tinygrad engine (CPU through clang). `tinygrad_available` says whether it can run here.
+"""The tinygrad engine: llama shards on tinygrad's CPU device (kernels compiled by clang).
 
-Importing this package does not import tinygrad; `exoquic.engines.tinygrad.engine` does.
+`tinygrad_available()` says whether it can run here; importing this package does
+not import tinygrad (`exoquic.engines.tinygrad.engine.TinygradEngine` does).
+
+How a step runs (module by module):
+
+- `matrices`: GGML Q4_0/Q4_1/Q8_0 weights stay in their 4/8-bit codes (scales
+  widened to float32), wrapped in place as tinygrad tensors (`HostArrays`).
+- `cpu_kernels` + `custom`: the hot kernels (quantized products, RMS norm,
+  SwiGLU, RoPE + KV-cache write, attention) are C written here and inserted
+  into tinygrad graphs as custom kernels; activations meet the weights as int16
+  blocks in integer dot products (float32 GEMM for prefill chunks).
+- `model`: one layer for B requests (each with its own cache and position, a
+  bound tinygrad variable); the head; `fast=False` builds the same model from
+  tinygrad-generated kernels only, with float32 activations (slow reference).
+- `step`: traces one layer per distinct layer structure with `TinyJit` (the
+  weights are JIT inputs) and replays it for every layer; prefill runs in
+  buckets of 32/128/512 rows so few shapes are ever compiled.
+- `runner`: flattens traced kernels into one table run by a small C dispatcher
+  (tinygrad's own replay costs ~100 us per kernel in Python), optionally on
+  several threads.
 """
 
 from __future__ import annotations
