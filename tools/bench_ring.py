@@ -6,7 +6,9 @@
 For each ring size it reports:
 
 - decode tok/s of one request (streamed; time between its first and last
-  token, so the prompt's prefill is left out);
+  token, so the prompt's prefill is left out), after a warm-up request and
+  a warm-up round at each concurrency (engines that compile kernels per
+  shape, like tinygrad, would otherwise be timed compiling);
 - aggregate tok/s with 1, 4 and 8 requests at once (all completion tokens
   over the wall time, prefill included), origins spread over the nodes, and
   the steady decode rate while all of them were decoding (no prefill);
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -108,6 +111,14 @@ def hop_split(before: list[dict[str, Any]], after: list[dict[str, Any]], n: int)
     }
 
 
+async def run_concurrent(
+    client: httpx.AsyncClient, nodes: list[RingNode], level: int, tokens: int
+) -> None:
+    async with trio.open_nursery() as nursery:
+        for i in range(level):
+            nursery.start_soon(stream, client, nodes[i % len(nodes)], PROMPTS[i % 8], tokens)
+
+
 def steady_decode_rate(runs: list[dict[str, Any]]) -> float | None:
     """Tokens per second over the window in which every request was decoding
     (after the last one's first token, before the first one's last): the
@@ -132,6 +143,8 @@ async def bench_ring(nodes: list[RingNode], tokens: int, levels: list[int]) -> d
         result["single_decode_tok_s"] = round((len(times) - 1) / (times[-1] - times[0]), 2)
         result["single_tokens"] = solo["tokens"]
         result["hop_split"] = hop_split(before, after, n)
+        for level in levels:  # warm up: engines compile a kernel per batch size
+            await run_concurrent(client, nodes, level, 8)
         aggregate, steady = {}, {}
         for level in levels:
             runs: list[dict[str, Any]] = []
@@ -161,6 +174,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         for n in args.nodes:
             names = [f"n{i}" for i in range(n)]
             nodes = make_nodes(Path(root) / f"ring{n}", names, [args.engine] * n)
+            if args.pin:
+                for i, node in enumerate(nodes):
+                    node.cpu = i % os.cpu_count()  # type: ignore[operator]
             with running(nodes):
                 started = time.perf_counter()
                 wait_serving(nodes, n, timeout=1800)
@@ -202,6 +218,9 @@ def main() -> None:
         "--concurrency", default="1,4,8", type=lambda s: [int(x) for x in s.split(",")]
     )
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument(
+        "--pin", action="store_true", help="pin node i to CPU i (mod the CPU count) with taskset"
+    )
     args = parser.parse_args()
     results = run(args)
     report(results)

@@ -55,6 +55,7 @@ class RingNode:
     quic_port: int = field(default_factory=lambda: free_port(socket.SOCK_DGRAM))
     engine: str = "mlx"
     extra: tuple[str, ...] = ()
+    cpu: int | None = None  # pin the process to this CPU (taskset), for benchmarks
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -83,6 +84,8 @@ class RingNode:
             "--peers", str(self.home / "peers.json"),
             *self.extra,
         ]  # fmt: skip
+        if self.cpu is not None:
+            command = ["taskset", "-c", str(self.cpu), *command]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
