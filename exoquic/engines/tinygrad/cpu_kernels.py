@@ -345,21 +345,25 @@ ROPE_STORE = Template(
     """
 /* Rotate q and k of T new rows (half-split RoPE), scale q, write k and v into the cache.
    qkv (T, (H + 2 KV) hd); rope (T, hd) = cos | sin of each row's position;
-   cache (2, KV, C, hd) at rows start..start+T-1; q out (T, H, hd). */
+   cache (2, KV, C, hd) at positions start..start+T-1, keys in blocks of 8 positions
+   stored dimension-major ([KV][C / 8][hd][8]), values row-major; q out (T, H, hd). */
 const float *qkv = $QKV; const float *rope = $ROPE; float *cache = $CACHE; float *qout = $QOUT;
 const long start = $START;
 for (int t = 0; t < $T; t++) {
   const float *row = qkv + (long)t * ($H + 2 * $KV) * $HD;
   const float *cs = rope + (long)t * $HD, *sn = cs + $HD / 2;
+  const long pos = start + t;
   for (int h = 0; h < $H + $KV; h++) {
     const float *x = row + (long)h * $HD;
+    /* q rows are contiguous; a key lands at [g][pos / 8][i][pos % 8] (see ATTEND) */
     float *dst = h < $H ? qout + ((long)t * $H + h) * $HD
-                        : cache + ((long)(h - $H) * $C + start + t) * $HD;
+                        : cache + ((long)(h - $H) * $C + (pos & ~7L)) * $HD + (pos & 7);
+    const long step = h < $H ? 1 : 8;
     const float scale = h < $H ? $SCALE : 1.0f;
     for (int i = 0; i < $HD / 2; i++) {
       float a = x[i], b = x[i + $HD / 2];
-      dst[i] = (a * cs[i] - b * sn[i]) * scale;
-      dst[i + $HD / 2] = (b * cs[i] + a * sn[i]) * scale;
+      dst[i * step] = (a * cs[i] - b * sn[i]) * scale;
+      dst[(i + $HD / 2) * step] = (b * cs[i] + a * sn[i]) * scale;
     }
   }
   for (int g = 0; g < $KV; g++) {
@@ -374,44 +378,85 @@ for (int t = 0; t < $T; t++) {
 ATTEND = Template(
     """
 /* Causal attention: query row t (position start + t) of head h reads cache rows 0..start+t
-   of kv head h / (H / KV). q (T, H, hd) already rotated and scaled; out (T, H * hd).
-   Threads split the (t, h) pairs. */
+   of kv head g = h / G (G = H / KV query heads share it). q (T, H, hd) already rotated and
+   scaled; out (T, H * hd). Each (t, g) pair handles its G heads together, so every key and
+   value row is read from memory once per group (the cache is as big as the weights at long
+   contexts). Keys are stored in blocks of 8 positions, dimension-major (see ROPE_STORE).
+   Threads split the (t, g) pairs. Every query's arithmetic (key order, sums) depends
+   only on its position, never on T or the thread split. */
+#define G ($H / $KV)
+#define PV_BLOCK 64
+_Static_assert($C % 8 == 0, "the cache holds whole blocks of 8 positions");
 const float *qin = $Q; const float *cache = $CACHE; float *out = $OUT;
 const long start = $START;
-float scores[$C + 8] __attribute__((aligned(32)));
-const int p0 = (int)((long)$T * $H * $TID / $THREADS);
-const int p1 = (int)((long)$T * $H * ($TID + 1) / $THREADS);
+float scores[G][$C + 8] __attribute__((aligned(32)));
+const int p0 = (int)((long)$T * $KV * $TID / $THREADS);
+const int p1 = (int)((long)$T * $KV * ($TID + 1) / $THREADS);
 for (int pair = p0; pair < p1; pair++) {
-  const int t = pair / $H, h = pair % $H, g = h / ($H / $KV);
-  const float *q = qin + (long)pair * $HD;
+  const int t = pair / $KV, g = pair % $KV;
   const float *K = cache + (long)g * $C * $HD, *V = cache + (long)($KV + g) * $C * $HD;
   const int S = (int)start + t + 1;
-  float mx = -3.0e38f;
-  for (int j = 0; j < S; j++) {
-    const float *k = K + (long)j * $HD;
-    f32x8 acc = 0.0f;
-    for (int i = 0; i < $HD; i += 8) acc += *(const f32x8 *)(q + i) * *(const f32x8 *)(k + i);
-    float s = HSUM8(acc);
-    scores[j] = s;
-    mx = s > mx ? s : mx;
-  }
-  for (int j = S; j < ((S + 7) & ~7); j++) scores[j] = -3.0e38f;
-  f32x8 total = 0.0f;
+  float mx[G];
+  /* scores, 8 keys at a time from a dimension-major key block: no horizontal sums. The
+     last block may run past S; those lanes are dropped below. */
+  f32x8 mxv[G];
+  for (int hh = 0; hh < G; hh++) { mx[hh] = -3.0e38f; mxv[hh] = -3.0e38f; }
   for (int j = 0; j < S; j += 8) {
-    f32x8 xv = *(f32x8 *)(scores + j) - mx;
+    const float *kb = K + (long)j * $HD;
+    for (int hh = 0; hh < G; hh++) {
+      const float *q = qin + ((long)t * $H + g * G + hh) * $HD;
+      f32x8 a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+      for (int i = 0; i < $HD; i += 4) {
+        a0 += q[i] * *(const f32x8 *)(kb + 8 * i);
+        a1 += q[i + 1] * *(const f32x8 *)(kb + 8 * (i + 1));
+        a2 += q[i + 2] * *(const f32x8 *)(kb + 8 * (i + 2));
+        a3 += q[i + 3] * *(const f32x8 *)(kb + 8 * (i + 3));
+      }
+      f32x8 sv = (a0 + a1) + (a2 + a3);
+      *(f32x8 *)(scores[hh] + j) = sv;
+      if (j + 8 <= S) mxv[hh] = sv > mxv[hh] ? sv : mxv[hh];
+      else for (int l = 0; l < S - j; l++) mx[hh] = sv[l] > mx[hh] ? sv[l] : mx[hh];
+    }
+  }
+  for (int hh = 0; hh < G; hh++)
+    for (int l = 0; l < 8; l++) mx[hh] = mxv[hh][l] > mx[hh] ? mxv[hh][l] : mx[hh];
+  /* softmax numerators in place, and each head's 1 / denominator */
+  float inv[G];
+  for (int hh = 0; hh < G; hh++) {
+    float *sc = scores[hh];
+    for (int jj = S; jj < ((S + 7) & ~7); jj++) sc[jj] = -3.0e38f;
+    f32x8 total = 0.0f;
+    for (int jj = 0; jj < S; jj += 8) {
+      f32x8 xv = *(f32x8 *)(sc + jj) - mx[hh];
 $EXP8
-    *(f32x8 *)(scores + j) = ev;
-    total += ev;
+      *(f32x8 *)(sc + jj) = ev;
+      total += ev;
+    }
+    inv[hh] = 1.0f / HSUM8(total);
   }
-  const float inv = 1.0f / HSUM8(total);
-  f32x8 o[$HD / 8];
-  for (int i = 0; i < $HD / 8; i++) o[i] = 0.0f;
-  for (int j = 0; j < S; j++) {
-    const float *v = V + (long)j * $HD;
-    const float p = scores[j];
-    for (int i = 0; i < $HD / 8; i++) o[i] += p * *(const f32x8 *)(v + 8 * i);
+  /* weighted values, in blocks of keys that stay in cache while every head of the group
+     reads them (each head still sums its keys in order 0..S-1) */
+  f32x8 o[G][$HD / 8];
+  for (int hh = 0; hh < G; hh++) for (int i = 0; i < $HD / 8; i++) o[hh][i] = 0.0f;
+  for (int jb = 0; jb < S; jb += PV_BLOCK) {
+    const int je = S - jb < PV_BLOCK ? S : jb + PV_BLOCK;
+    for (int hh = 0; hh < G; hh++) {
+      f32x8 acc[$HD / 8];
+      for (int i = 0; i < $HD / 8; i++) acc[i] = o[hh][i];
+      for (int jj = jb; jj < je; jj++) {
+        const float *v = V + (long)jj * $HD;
+        const float p = scores[hh][jj];
+        for (int i = 0; i < $HD / 8; i++) acc[i] += p * *(const f32x8 *)(v + 8 * i);
+      }
+      for (int i = 0; i < $HD / 8; i++) o[hh][i] = acc[i];
+    }
   }
-  for (int i = 0; i < $HD / 8; i++) *(f32x8 *)(out + (long)pair * $HD + 8 * i) = o[i] * inv;
+  for (int hh = 0; hh < G; hh++) {
+    float *dst = out + ((long)t * $H + g * G + hh) * $HD;
+    for (int i = 0; i < $HD / 8; i++) *(f32x8 *)(dst + 8 * i) = o[hh][i] * inv[hh];
+  }
 }
+#undef G
+#undef PV_BLOCK
 """.replace("$EXP8", _EXP8)
 )

@@ -189,7 +189,7 @@ def attention(
             variables={"START": var},
         ),
     )
-    count = min(threads(), rows * heads)
+    count = min(threads(), rows * kv_heads)
     attend = cpu_kernels.source(cpu_kernels.ATTEND, **constants, THREADS=count)
     out = Tensor.empty(rows, heads * head_dim, dtype=dtypes.float32, device=DEVICE)
     return out.custom_kernel(

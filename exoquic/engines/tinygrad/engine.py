@@ -57,8 +57,9 @@ class TinygradEngine(Engine):
 
     def load(self, weights: ShardWeights) -> None:
         self.unload()
-        # Slack past max_context lets the last, padded prefill chunk always fit.
-        capacity = self.max_context + PREFILL_BUCKETS[0] - 1
+        # Slack past max_context lets the last, padded prefill chunk always fit; the
+        # attention kernel stores keys in blocks of 8 positions.
+        capacity = -(-(self.max_context + PREFILL_BUCKETS[0] - 1) // 8) * 8
         with TINYGRAD_LOCK:
             self._model = ShardModel(weights, capacity, self.fast)
 
