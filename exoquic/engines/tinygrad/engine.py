@@ -1,4 +1,11 @@
-"""`TinygradEngine`: runs one llama shard with tinygrad on the CPU."""
+"""`TinygradEngine`: runs one llama shard with tinygrad on the CPU.
+
+Each request's KV cache is allocated on its first forward (virtual memory for
+`max_context` positions; pages are only backed once written) and freed by
+`release`. Prefill runs in chunks of `PREFILL_BUCKETS` rows; decode steps of
+several requests given to `forward_batch` run as one batch. Steps are traced
+on first use (a few seconds on two cores; `warm_up` does it ahead).
+"""
 
 from __future__ import annotations
 
@@ -40,8 +47,8 @@ class TinygradEngine(Engine):
         self, max_context: int = 2048, fast: bool = True, threads: int | None = None
     ) -> None:
         """fast: attention and quantized products run as C kernels, the products on
-        int8-quantized activations (llama.cpp's scheme); False keeps every kernel
-        tinygrad-generated with float32 activations (slow, closest to a float reference).
+        int16-quantized activations (~1e-4 of the logit scale from float32); False keeps
+        every kernel tinygrad-generated with float32 activations (slow; a reference).
         threads: CPU threads per step (default: the usable CPUs minus one, 1 to 4)."""
         super().__init__(max_context)
         self.fast = fast
