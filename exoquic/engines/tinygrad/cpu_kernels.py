@@ -148,9 +148,8 @@ Q4 = Format(
     setup="const unsigned char *p = $P + (long)n * $B * 16;"
     " const float *s = $S + (long)n * $B, *m = $M + (long)n * $B;",
     # codes 0..15 widened to int16: values 0-15 (low nibbles), 16-31 (high nibbles)
-    unpack_avx2="""u8x16 q = *(const u8x16 *)(p + b * 16);
-      v16hi wl = (v16hi)__builtin_convertvector(q & (unsigned char)15, i16x16);
-      v16hi wh = (v16hi)__builtin_convertvector(q >> (unsigned char)4, i16x16);""",
+    unpack_avx2="""i16x16 both = __builtin_convertvector(*(const u8x16 *)(p + b * 16), i16x16);
+      v16hi wl = (v16hi)(both & (short)15), wh = (v16hi)(both >> (short)4);""",
     dot_portable="for (int j = 0; j < 16; j++) dot += (p[b * 16 + j] & 15) * xq[XR + j]"
     " + (p[b * 16 + j] >> 4) * xq[XR + 16 + j];",
     offset=True,
