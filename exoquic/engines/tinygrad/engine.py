@@ -28,6 +28,8 @@ from exoquic.models.weights import ShardWeights
 # Prefill runs in chunks of one of these lengths (the last chunk padded), so
 # only a handful of graph shapes are ever compiled.
 PREFILL_BUCKETS = (32, 128, 512)
+# Decode batches are padded to one of these sizes (and split above the last).
+DECODE_BATCHES = (1, 2, 4, 8, 16)
 
 
 @dataclass
@@ -57,6 +59,7 @@ class TinygradEngine(Engine):
         self._requests: dict[str, _Request] = {}
         self._steps: dict[tuple[str, int], LayerStack] = {}
         self._heads: dict[tuple[str, int], Step] = {}
+        self._scratch_request: _Request | None = None
 
     @property
     def shard(self) -> Shard | None:
@@ -75,6 +78,7 @@ class TinygradEngine(Engine):
         self._requests.clear()
         self._steps.clear()
         self._heads.clear()
+        self._scratch_request = None
 
     def forward(self, request_id: str, inputs: np.ndarray) -> np.ndarray:
         return self.forward_batch([ForwardItem(request_id, inputs)])[0]
@@ -206,23 +210,53 @@ class TinygradEngine(Engine):
     def _decode(
         self, model: ShardModel, request_ids: list[str], hidden: list[np.ndarray]
     ) -> list[np.ndarray]:
+        """One position for each request, in batches of up to `DECODE_BATCHES[-1]`."""
+        top = DECODE_BATCHES[-1]
+        outs: list[np.ndarray] = []
+        for i in range(0, len(request_ids), top):
+            outs += self._decode_batch(model, request_ids[i : i + top], hidden[i : i + top])
+        return outs
+
+    def _decode_batch(
+        self, model: ShardModel, request_ids: list[str], hidden: list[np.ndarray]
+    ) -> list[np.ndarray]:
         requests = [self._request(model, rid) for rid in request_ids]
+        # Pad to a batch size that is traced anyway: rows of a scratch request that
+        # always sits at position 0 (its cache takes the garbage).
+        size = next(b for b in DECODE_BATCHES if b >= len(requests))
+        padding = size - len(requests)
+        if padding:
+            scratch = self._scratch(model)
+            rows = [*hidden, np.zeros((padding, model.config.hidden_size), np.float32)]
+        else:
+            rows = hidden
+        batch = requests + [scratch] * padding if padding else requests
         positions = [
             UOp.variable(f"pos{b}", 0, model.capacity - 1).bind(r.length)
-            for b, r in enumerate(requests)
+            for b, r in enumerate(batch)
         ]
-        stack = self._stack("decode", len(requests), len(requests))
+        stack = self._stack("decode", size, size)
         out = stack(
-            np.concatenate(hidden),
-            [r.caches for r in requests],
+            np.concatenate(rows),
+            [r.caches for r in batch],
             positions,
-            [r.addresses for r in requests],
+            [r.addresses for r in batch],
         )
         for r in requests:
             r.length += 1
         if model.shard.is_last:
-            return list(self._head(model, out))
+            return list(self._head(model, out)[: len(requests)])
         return [out[b : b + 1] for b in range(len(requests))]
+
+    def _scratch(self, model: ShardModel) -> _Request:
+        """A request no caller sees, whose cache padded decode rows write into."""
+        if self._scratch_request is None:
+            memory = HostArrays()
+            with TINYGRAD_LOCK:
+                caches = model.new_cache(memory)
+                addresses = [buffer_address(c) for c in caches]
+            self._scratch_request = _Request(memory, caches, addresses)
+        return self._scratch_request
 
     def _head(self, model: ShardModel, hidden: np.ndarray) -> np.ndarray:
         key = ("head", len(hidden))

@@ -317,3 +317,19 @@ def test_engines_in_parallel_threads(tiny_weights: WeightsFor) -> None:
         t.join()
     for i in range(3):
         assert_close(results[i], expected)
+
+
+def test_large_decode_batches_are_split_and_padded(tiny_weights: WeightsFor) -> None:
+    # 19 requests: one traced batch of 16, then 3 rows padded to 4.
+    engine, single = whole(tiny_weights), whole(tiny_weights)
+    ids = [f"r{i}" for i in range(19)]
+    for i, rid in enumerate(ids):
+        engine.forward(rid, PROMPT[: 2 + i % 9])
+        single.forward(rid, PROMPT[: 2 + i % 9])
+    items = [
+        ForwardItem(rid, np.array([i % TINY.vocab_size], np.int32)) for i, rid in enumerate(ids)
+    ]
+    got = engine.forward_batch(items)
+    for item, g in zip(items, got, strict=True):
+        assert_close(g, single.forward(item.request_id, item.inputs))
+    assert engine.active_requests() == 19 and engine.cache_length("r18") == 2 + 18 % 9 + 1
