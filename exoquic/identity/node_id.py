@@ -10,6 +10,7 @@ symbol catches a mistyped or misread symbol before anything is looked up.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from exoquic.identity import crockford
@@ -35,6 +36,7 @@ def node_id_from_public_key(public_key: bytes) -> str:
     return _format(value)
 
 
+@functools.lru_cache(maxsize=1024)  # every ring message names its origin
 def parse_node_id(text: str) -> str:
     """Check a node id as typed or read back and return its canonical form.
 

@@ -481,6 +481,7 @@ class Cluster:
                 "forwarded_items": worker.forwarded_items,
                 "largest_batch": worker.largest_batch,
                 "compute_seconds": worker.compute_seconds,
+                "engine_seconds": worker.engine_seconds,
             },
         }
 

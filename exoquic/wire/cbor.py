@@ -29,6 +29,8 @@ _BUILTIN_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256,
                  260, 261, 1004, 43000, 55799)  # fmt: skip
 
 _PLAIN_SCALARS = (str, bytes, int, float, bool, type(None))
+# Exactly these types need no further look (ints do: their range is checked).
+_EXACT_SCALARS = frozenset((str, bytes, float, bool, type(None)))
 
 
 def dumps(value: Any) -> bytes:
@@ -79,6 +81,9 @@ def _check_plain(
     value: Any, depth: int, error: type[LocalProtocolError] | type[RemoteProtocolError]
 ) -> None:
     """Raise `error` unless `value` is built only from plain CBOR types."""
+    kind = type(value)
+    if kind in _EXACT_SCALARS:  # the common case, without isinstance walks
+        return
     if isinstance(value, int) and not -(1 << 64) <= value < 1 << 64:
         # Wider integers would need the bignum tags that decoding refuses.
         raise error(f"integer {value} is outside CBOR's 64-bit range", ErrorCode.MALFORMED_MESSAGE)
