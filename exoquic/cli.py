@@ -14,6 +14,10 @@ from exoquic.ring_cli import add_cluster_options, add_status_command, cluster_se
 
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 52415
+# exoquic.api.admission's defaults (not imported here: it pulls in trio, slow to load).
+DEFAULT_MAX_REQUESTS = 64
+DEFAULT_MAX_QUEUED = 16
+DEFAULT_QUEUE_TIMEOUT_S = 0.0
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -100,8 +104,36 @@ def add_up(commands: argparse._SubParsersAction) -> None:
         metavar="ORIGIN",
         help="let this web origin call the API from a browser (repeatable)",
     )
+    add_admission_options(up)
     add_cluster_options(up)
     up.set_defaults(handler=cmd_up)
+
+
+def add_admission_options(up: argparse.ArgumentParser) -> None:
+    """`--max-requests`, `--queue-timeout`, `--max-queued` (see exoquic.api.admission)."""
+    up.add_argument(
+        "--max-requests",
+        type=int,
+        default=DEFAULT_MAX_REQUESTS,
+        metavar="N",
+        help="generations this node's API runs at once; beyond that HTTP 429 "
+        f"(0: no limit; default: {DEFAULT_MAX_REQUESTS})",
+    )
+    up.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=DEFAULT_QUEUE_TIMEOUT_S,
+        metavar="SECONDS",
+        help="how long a request beyond --max-requests waits for a slot before its 429 "
+        f"(default: {DEFAULT_QUEUE_TIMEOUT_S:g}, refuse at once)",
+    )
+    up.add_argument(
+        "--max-queued",
+        type=int,
+        default=DEFAULT_MAX_QUEUED,
+        metavar="N",
+        help=f"requests that may wait at once with --queue-timeout (default: {DEFAULT_MAX_QUEUED})",
+    )
 
 
 def add_run(commands: argparse._SubParsersAction) -> None:
@@ -123,6 +155,7 @@ def add_token(commands: argparse._SubParsersAction) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     import trio
 
+    from exoquic.api.admission import AdmissionLimits
     from exoquic.api.security import InsecureBindError, security_for_bind
     from exoquic.orchestration.node import NodeSettings
     from exoquic.serve import serve_node
@@ -136,11 +169,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 2
     try:
         cluster = cluster_settings(args)
+        limits = AdmissionLimits(args.max_requests, args.max_queued, args.queue_timeout)
     except ValueError as exc:
         print(f"exoquic: {exc}", file=sys.stderr)
         return 2
     settings = NodeSettings(model=args.model, engine=args.engine, max_context=args.max_context)
-    trio.run(serve_node, settings, args.api_host, args.api_port, security, cluster)
+    trio.run(serve_node, settings, args.api_host, args.api_port, security, cluster, limits)
     return 0
 
 

@@ -10,6 +10,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from exoquic.api.admission import AdmissionLimits
 from exoquic.api.app import create_app
 from exoquic.api.openai_routes import open_generation
 from exoquic.api.security import ApiSecurity
@@ -27,9 +28,10 @@ async def serve_node(
     port: int,
     security: ApiSecurity | None = None,
     cluster: ClusterSettings | None = None,
+    limits: AdmissionLimits | None = None,
 ) -> None:
     """Join the ring (alone without `cluster`) and serve the API and UI until
-    SIGINT or SIGTERM."""
+    SIGINT or SIGTERM; `limits` caps the generations its API runs at once."""
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     async with open_node(settings, cluster) as node:
         config = Config()
@@ -48,7 +50,7 @@ async def serve_node(
                     log.info("%s: shutting down", signal.Signals(signum).name)
                     return
 
-            app = create_app(node, security)
+            app = create_app(node, security, limits)
             await serve(app, config, shutdown_trigger=until_signalled)
 
 

@@ -12,6 +12,7 @@ from quart import Response, request, send_from_directory
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
+from exoquic.api.admission import Admission, AdmissionLimits
 from exoquic.api.errors import APIError
 from exoquic.api.openai_routes import blueprint as openai_blueprint
 from exoquic.api.openapi import openapi_document
@@ -28,16 +29,21 @@ STATIC_DIR = Path(__file__).parent / "static"
 PUBLIC_PATHS = ("/", "/health", "/openapi.json", "/favicon.ico")
 
 
-def create_app(node: Node, security: ApiSecurity | None = None) -> QuartTrio:
-    """The app serving `node`; `security` defaults to an open loopback-style policy."""
+def create_app(
+    node: Node, security: ApiSecurity | None = None, limits: AdmissionLimits | None = None
+) -> QuartTrio:
+    """The app serving `node`; `security` defaults to an open loopback-style policy,
+    `limits` to 64 generations at once and no waiting (see `exoquic.api.admission`)."""
     app = QuartTrio("exoquic", static_folder=None)
+    admission = Admission(limits)
     app.config["EXOQUIC_NODE"] = node
+    app.config["EXOQUIC_ADMISSION"] = admission
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["RESPONSE_TIMEOUT"] = None  # streams last as long as generation does
     app.register_blueprint(openai_blueprint)
     policy = security or ApiSecurity()
     _add_checks(app, policy)
-    _add_info_routes(app, node)
+    _add_info_routes(app, node, admission)
     _add_error_handlers(app)
     return app
 
@@ -100,7 +106,7 @@ def caller_refusal(policy: ApiSecurity) -> APIError | None:
     return None
 
 
-def _add_info_routes(app: QuartTrio, node: Node) -> None:
+def _add_info_routes(app: QuartTrio, node: Node, admission: Admission) -> None:
     @app.get("/")
     async def index() -> Response:
         return await send_from_directory(STATIC_DIR, "index.html")
@@ -111,18 +117,18 @@ def _add_info_routes(app: QuartTrio, node: Node) -> None:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return health_report(node)
+        return health_report(node, admission)
 
     @app.get("/v1/topology")
     async def topology() -> dict[str, Any]:
-        return node.topology()
+        return {**node.topology(), "admission": admission.statistics()}
 
     @app.get("/openapi.json")
     async def openapi() -> dict[str, Any]:
         return openapi_document()
 
 
-def health_report(node: Node) -> dict[str, Any]:
+def health_report(node: Node, admission: Admission) -> dict[str, Any]:
     """Liveness plus the counters a load test watches for leaks."""
     return {
         "status": "ok",
@@ -132,6 +138,7 @@ def health_report(node: Node) -> dict[str, Any]:
         # Engines keep one cache per request in a dict; reading its size from
         # the event loop while the worker thread runs is safe and never blocks.
         "kv_caches": node.engine.active_requests(),
+        "admission": admission.statistics(),
         "rss_bytes": psutil.Process().memory_info().rss,
         "uptime_s": round(time.time() - node.started_at, 1),
     }
@@ -180,6 +187,7 @@ def http_refusal(error: HTTPException) -> APIError:
 
 def error_response(error: APIError) -> Response:
     response = Response(error.json(), status=error.status, content_type="application/json")
+    response.headers.update(error.headers)
     if error.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="exoquic"'
     return response

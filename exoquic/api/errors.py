@@ -1,14 +1,15 @@
 """Errors in the OpenAI error shape: `{"error": {message, type, param, code}}`.
 
 The official clients pick their exception class from the HTTP status (400
-BadRequestError, 401 AuthenticationError, 404 NotFoundError...) and show
-`message`, so every refusal carries an honest status and a message that says
-what to change.
+BadRequestError, 401 AuthenticationError, 404 NotFoundError, 429
+RateLimitError...) and show `message`, so every refusal carries an honest
+status and a message that says what to change.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -23,6 +24,7 @@ class APIError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -30,6 +32,7 @@ class APIError(Exception):
         self.type = type
         self.param = param
         self.code = code
+        self.headers = dict(headers or {})  # sent with the response, e.g. Retry-After
 
     def body(self) -> dict[str, Any]:
         return {

@@ -11,6 +11,7 @@ from typing import Any
 
 from quart import Blueprint, Response, current_app, request
 
+from exoquic.api.admission import Admission, Slot
 from exoquic.api.errors import APIError
 from exoquic.api.schemas import CompletionParams, parse_chat_request, parse_text_request
 from exoquic.orchestration.generation import (
@@ -27,6 +28,10 @@ blueprint = Blueprint("openai", __name__)
 
 def node() -> Node:
     return current_app.config["EXOQUIC_NODE"]
+
+
+def admission() -> Admission:
+    return current_app.config["EXOQUIC_ADMISSION"]
 
 
 async def json_body() -> Any:
@@ -125,14 +130,13 @@ async def complete(
         stop=params.stop,
     )
     shape = ResponseShape(serving.model_id, generation.request_id, chat, len(prompt))
+    # Admitted only once the request is known to be valid: a bad one gets its
+    # 400, not a 429, and never takes a slot.
+    slot = await admission().admit()
     if params.stream:
-        events = stream_events(serving, generation, shape, params.include_usage)
-        response = Response(events, content_type="text/event-stream")
-        response.headers["Cache-Control"] = "no-cache"
-        response.headers["X-Accel-Buffering"] = "no"  # reverse proxies: do not buffer
-        response.timeout = None
-        return response
-    text, completion_tokens, finish = await collect(serving, generation)
+        return stream_response(serving, generation, shape, params.include_usage, slot)
+    with slot:
+        text, completion_tokens, finish = await collect(serving, generation)
     return Response(
         json.dumps(shape.whole(text, finish, completion_tokens)),
         content_type="application/json",
@@ -149,33 +153,57 @@ async def collect(serving: Node, generation: GenerationRequest) -> tuple[str, in
     return "".join(parts), tokens, finish
 
 
+def stream_response(
+    serving: Node,
+    generation: GenerationRequest,
+    shape: ResponseShape,
+    include_usage: bool,
+    slot: Slot,
+) -> Response:
+    """The SSE response; its body owns `slot` and frees it when the stream ends."""
+    events = stream_events(serving, generation, shape, include_usage, slot)
+    slot.release_with(events)  # in case the server drops the body unread
+    response = Response(events, content_type="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # reverse proxies: do not buffer
+    response.timeout = None
+    return response
+
+
 async def stream_events(
-    serving: Node, generation: GenerationRequest, shape: ResponseShape, include_usage: bool
+    serving: Node,
+    generation: GenerationRequest,
+    shape: ResponseShape,
+    include_usage: bool,
+    slot: Slot,
 ) -> AsyncIterator[bytes]:
     """The SSE body. A client that disconnects cancels this iterator (quart-trio
     cancels the request's task on `http.disconnect`), and `aclosing` then frees
-    the request's KV cache at once."""
-    if shape.chat:
-        yield sse(shape.chunk({"role": "assistant", "content": ""}, None))
-    tokens = 0
-    try:
-        async with open_generation(serving, generation) as chunks:
-            async for chunk in chunks:
-                tokens = chunk.token_count
-                if chunk.text:
-                    yield sse(shape.chunk({"content": chunk.text}, None, text=chunk.text))
-                if chunk.finish_reason:
-                    yield sse(shape.chunk({}, chunk.finish_reason, text=""))
-    except Exception as exc:
-        # The 200 status is already sent: report the failure the way OpenAI's
-        # stream does, as an error event, and still end the stream cleanly.
-        log.exception("generation %s failed mid-stream", generation.request_id)
-        code = exc.code if isinstance(exc, UnavailableError) else None
-        yield sse(APIError(500, f"generation failed: {exc}", type="server_error", code=code).body())
-    else:
-        if include_usage:
-            yield sse(shape.usage_chunk(tokens))
-    yield b"data: [DONE]\n\n"
+    the request's KV cache at once; `slot` is freed however the stream ends."""
+    with slot:
+        if shape.chat:
+            yield sse(shape.chunk({"role": "assistant", "content": ""}, None))
+        tokens = 0
+        try:
+            async with open_generation(serving, generation) as chunks:
+                async for chunk in chunks:
+                    tokens = chunk.token_count
+                    if chunk.text:
+                        yield sse(shape.chunk({"content": chunk.text}, None, text=chunk.text))
+                    if chunk.finish_reason:
+                        yield sse(shape.chunk({}, chunk.finish_reason, text=""))
+        except Exception as exc:
+            # The 200 status is already sent: report the failure the way OpenAI's
+            # stream does, as an error event, and still end the stream cleanly.
+            log.exception("generation %s failed mid-stream", generation.request_id)
+            code = exc.code if isinstance(exc, UnavailableError) else None
+            yield sse(
+                APIError(500, f"generation failed: {exc}", type="server_error", code=code).body()
+            )
+        else:
+            if include_usage:
+                yield sse(shape.usage_chunk(tokens))
+        yield b"data: [DONE]\n\n"
 
 
 def open_generation(
