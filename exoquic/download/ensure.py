@@ -16,7 +16,7 @@ from pathlib import Path
 import trio
 
 from exoquic.download.hub import download_metadata, download_shard
-from exoquic.download.progress import DownloadProgress
+from exoquic.download.progress import ProgressCallback, current_reporter
 from exoquic.models.registry import find_model
 from exoquic.models.shard import Shard
 from exoquic.models.source import ModelSource, resolve_source
@@ -39,8 +39,12 @@ def hub_repo_for(model: str) -> str | None:
     return model if model.count("/") == 1 else None
 
 
-async def prepare_model(model: str, progress: DownloadProgress | None = None) -> NodeModel:
-    """Resolve `model`; for a hub model, fetch its config and tokenizer now."""
+async def prepare_model(model: str, progress: ProgressCallback | None = None) -> NodeModel:
+    """Resolve `model`; for a hub model, fetch its config and tokenizer now.
+
+    `load_shard` reports its download to `progress` (e.g. a `DownloadProgress`),
+    or else to the callback of the `reporting_to` block it is called in.
+    """
     repo = hub_repo_for(model)
     if repo is None:
         source = resolve_source(model)
@@ -50,7 +54,8 @@ async def prepare_model(model: str, progress: DownloadProgress | None = None) ->
     hub_source = ModelSource(entry.id if entry else repo, "hf", snapshot)
 
     def load_shard(shard: Shard) -> ShardWeights:
-        download_shard(repo, shard, progress=progress)
+        reporter = progress if progress is not None else current_reporter()
+        download_shard(repo, shard, progress=reporter)
         return hub_source.load_shard(shard)
 
     return NodeModel(hub_source, load_shard)

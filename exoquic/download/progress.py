@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,29 @@ from rich.progress import (
 
 ProgressCallback = Callable[[str, int, int], None]
 """`callback(file, bytes_done, bytes_total)`; called from worker threads."""
+
+_reporter: ContextVar[ProgressCallback | None] = ContextVar("download_reporter", default=None)
+
+
+@contextmanager
+def reporting_to(callback: ProgressCallback) -> Iterator[None]:
+    """Within the block, shard downloads that were given no `progress` report to `callback`.
+
+    How a caller learns about a download it does not start itself: the node's
+    cluster wraps its shard loader (`NodeModel.load_shard`, built long before)
+    in this. The setting follows the task into `trio.to_thread.run_sync`,
+    which runs the function in a copy of the caller's context.
+    """
+    token = _reporter.set(callback)
+    try:
+        yield
+    finally:
+        _reporter.reset(token)
+
+
+def current_reporter() -> ProgressCallback | None:
+    """The callback set by the innermost `reporting_to` around this call, if any."""
+    return _reporter.get()
 
 
 @dataclass

@@ -19,12 +19,14 @@ from typing import Any
 import trio
 
 from exoquic.discovery.peers import PeerEventKind, PeerInfo
+from exoquic.download.progress import reporting_to
 from exoquic.identity.trust import TrustStore
 from exoquic.models.shard import Shard
 from exoquic.models.weights import ShardWeights
 from exoquic.orchestration.generation import UnavailableError
 from exoquic.orchestration.links import Link, LinkError, LinkStatistics, introduce
 from exoquic.orchestration.planning import Member, PlanKey, PlanState
+from exoquic.orchestration.progress import Preparation, ProgressGate
 from exoquic.orchestration.ring import PeerUnavailable, Ring, RingSettings
 from exoquic.orchestration.worker import EngineWorker
 from exoquic.topology import (
@@ -46,6 +48,7 @@ from exoquic.wire.messages import (
     Forward,
     Hello,
     Message,
+    ModelProgress,
     PlanProposal,
     PlanReady,
     Release,
@@ -57,6 +60,9 @@ log = logging.getLogger(__name__)
 
 DIAL_INTERVAL = 1.0
 CONNECT_TIMEOUT = 5.0
+LOAD_RETRY_DELAY = 10.0
+"""After a failed load (say, the hub unreachable), try again this much later
+unless a new plan or a membership change comes first."""
 
 ShardLoader = Callable[[Shard], ShardWeights]
 
@@ -98,6 +104,10 @@ class Cluster:
         # knows the old one is gone, even before its connections time out.
         self.instance = time.time_ns()
         self._instances: dict[str, int] = {}
+        # This node's model preparation, and the latest one each linked peer reported.
+        self.preparation = Preparation(model_id)
+        self.peer_progress: dict[str, ModelProgress] = {}
+        self._preparation_changed = trio.Event()
 
     @classmethod
     def local(cls, worker: EngineWorker, model_id: str, num_layers: int, member: Member) -> Cluster:
@@ -237,6 +247,7 @@ class Cluster:
             self._peer_up(member, link.hello)
         try:
             await self._send_ready(link)
+            await self._send_progress(link)
             while (message := await link.receive()) is not None:
                 self._dispatch(link, message)
         except RemoteProtocolError as exc:  # the peer broke the protocol: drop it, say why
@@ -302,6 +313,7 @@ class Cluster:
     def _peer_down(self, node_id: str) -> None:
         name = self._name(node_id)
         self.state.peer_down(node_id)
+        self.peer_progress.pop(node_id, None)
         log.warning("%s is gone", name)
         self.ring.interrupt(lambda plan: node_id in plan.node_ids, f"{name} left the ring")
         self.ring.release_from(node_id)
@@ -325,6 +337,8 @@ class Cluster:
         elif isinstance(message, PlanReady):
             self.state.on_ready(link.node_id, (message.version, message.proposer))
             self._pulse()
+        elif isinstance(message, ModelProgress):
+            self.peer_progress[link.node_id] = message
         else:
             raise RemoteProtocolError(
                 f"unexpected {type(message).__name__} on a ring link", ErrorCode.UNEXPECTED_MESSAGE
@@ -360,6 +374,8 @@ class Cluster:
 
     async def run_plan_loop(self) -> None:
         """Propose, load and announce plans as membership changes (runs forever)."""
+        assert self._nursery is not None
+        self._nursery.start_soon(self._report_progress)  # lives as long as the plan loop
         await self._wait_for_known_peers()
         self._membership_changed.set()
         while True:
@@ -422,16 +438,79 @@ class Cluster:
                 await self.worker.call(self.worker.engine.unload)
             else:
                 log.info("loading layers %d-%d", shard.start_layer, shard.end_layer)
-                weights = await trio.to_thread.run_sync(self._load_shard, shard)
-                await self.worker.call(lambda: self.worker.engine.load(weights))
+                try:
+                    weights = await self._fetch_weights(shard)
+                    await self.worker.call(lambda: self.worker.engine.load(weights))
+                except Exception as exc:  # a failed download must not take the node down
+                    await self._load_failed(shard, key, exc)
+                    return
                 del weights
             self.ring.forget_served()
             self._shard = shard
+        self.preparation.ready()
+        self._wake_progress_reporter()
         self.state.mark_loaded(key)
         log.info("ready for plan %d", plan.version)
         for node_id in self.live_peers():
             await self._send_quietly(node_id, PlanReady(*key))
         self._pulse()
+
+    # --- preparation progress -------------------------------------------------
+
+    async def _fetch_weights(self, shard: Shard) -> ShardWeights:
+        """Run the shard loader (download, then read) with its progress reported."""
+        download = self.preparation.start(trio.current_time())
+        self._wake_progress_reporter()
+        with reporting_to(download):
+            weights = await trio.to_thread.run_sync(self._load_shard, shard)
+        self.preparation.loading()
+        self._wake_progress_reporter()
+        return weights
+
+    async def _load_failed(self, shard: Shard, key: PlanKey, exc: Exception) -> None:
+        """Report the failure, then pause before the plan loop tries again."""
+        log.error("cannot load layers %d-%d: %s", shard.start_layer, shard.end_layer, exc)
+        log.debug("load failure", exc_info=exc)
+        self.preparation.fail(str(exc) or type(exc).__name__)
+        self._wake_progress_reporter()
+        with trio.move_on_after(LOAD_RETRY_DELAY):
+            while self.state.adopted_key == key and not self._membership_changed.is_set():
+                changed = self._changed
+                await changed.wait()
+
+    def _wake_progress_reporter(self) -> None:
+        self._preparation_changed.set()
+        self._preparation_changed = trio.Event()
+
+    def preparation_states(self) -> dict[str, ModelProgress]:
+        """The latest preparation state of this node and of each linked peer."""
+        states = dict(self.peer_progress)
+        mine = self.preparation.current(trio.current_time())
+        if mine is not None:
+            states[self.node_id] = mine
+        return states
+
+    async def _report_progress(self) -> None:
+        """Send this node's preparation state to every linked peer whenever it
+        changes, at most twice a second (runs forever). One send after another
+        keeps the messages in order on every link."""
+        gate = ProgressGate()
+        while True:
+            changed = self._preparation_changed
+            now = trio.current_time()
+            state = self.preparation.current(now)
+            message = gate.poll(state, now)
+            if message is not None:
+                for node_id in self.live_peers():
+                    await self._send_quietly(node_id, message)
+            with trio.move_on_at(gate.next_poll(state, now)):
+                await changed.wait()
+
+    async def _send_progress(self, link: Link) -> None:
+        state = self.preparation.current(trio.current_time())
+        if state is not None:
+            with suppress(LinkError):
+                await link.send(state)
 
     async def _send_ready(self, link: Link) -> None:
         key = self.state.loaded_key

@@ -7,11 +7,13 @@ from typing import Any
 from exoquic.orchestration.cluster import Cluster
 from exoquic.orchestration.planning import Member
 from exoquic.topology import Plan
+from exoquic.wire.messages import ModelProgress
 
 
 def topology_report(cluster: Cluster, model_id: str, num_layers: int) -> dict[str, Any]:
     """Nodes (this one and its live peers, plus any node of the plan), their
-    memory, engine and layer ranges, the plan version and this node's stats.
+    memory, engine and layer ranges, the plan version and this node's stats,
+    and `downloads`: the nodes still preparing their shard (see `_download`).
 
     `plan_version` is the plan this node adopted (`status` says whether it
     serves yet: "serving", "loading", "forming" or "unavailable" with `reason`).
@@ -32,6 +34,7 @@ def topology_report(cluster: Cluster, model_id: str, num_layers: int) -> dict[st
         "status": cluster.status(),
         "reason": state.unavailable,
         "nodes": [_node(cluster, node_id, members.get(node_id), plan) for node_id in node_ids],
+        "downloads": _downloads(cluster, node_ids, members),
         "stats": cluster.statistics(),
     }
 
@@ -63,4 +66,36 @@ def _memory(member: Member | None) -> dict[str, int] | None:
         "total": caps.total_memory,
         "available": caps.available_memory,
         "usable": caps.usable_memory,
+    }
+
+
+def _downloads(
+    cluster: Cluster, node_ids: list[str], members: dict[str, Member]
+) -> list[dict[str, Any]]:
+    """One entry per node (in `nodes` order) whose model is not ready yet."""
+    states = cluster.preparation_states()
+    return [
+        _download(node_id, members.get(node_id), states[node_id], node_id == cluster.node_id)
+        for node_id in node_ids
+        if node_id in states and states[node_id].phase != "ready"
+    ]
+
+
+def _download(
+    node_id: str, member: Member | None, progress: ModelProgress, me: bool
+) -> dict[str, Any]:
+    """`phase` is "downloading", "loading" or "failed" (with `error`); `done` and
+    `total` are the bytes of the files this load fetches, over `files_total` files."""
+    return {
+        "node_id": node_id,
+        "node": member.name if member else node_id,
+        "self": me,
+        "model": progress.model,
+        "phase": progress.phase,
+        "done": progress.done_bytes,
+        "total": progress.total_bytes,
+        "files_done": progress.files_done,
+        "files_total": progress.files_total,
+        "bytes_per_second": progress.bytes_per_second,
+        "error": progress.error or None,
     }

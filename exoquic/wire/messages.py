@@ -426,6 +426,48 @@ class PlanReady(Message):
         check_node_id(self, "proposer")
 
 
+MAX_MODEL_ID_LENGTH = 256
+PREPARATION_PHASES = frozenset({"downloading", "loading", "ready", "failed"})
+
+
+@register
+@dataclass(frozen=True)
+class ModelProgress(Message):
+    """How far the sender is in preparing its shard of `model`: fetching its
+    files, loading them into the engine, done, or failed with `error`.
+
+    Sent to every linked peer when it changes (at most about twice a second)
+    and once on each new link; receivers keep the latest per peer for
+    `GET /v1/topology`. The node is the authenticated sender, never a field.
+    Byte and file counts cover the files this load fetches (0 when nothing
+    is downloaded, as for a bundled model).
+    """
+
+    TYPE = "model_progress"
+    model: str
+    phase: str
+    done_bytes: int
+    total_bytes: int
+    files_done: int
+    files_total: int
+    bytes_per_second: int
+    error: str
+
+    def __post_init__(self) -> None:
+        check_text(self, "model", MAX_MODEL_ID_LENGTH, printable=True)
+        if not isinstance(self.phase, str) or self.phase not in PREPARATION_PHASES:
+            raise _invalid(self, "phase", f"one of {sorted(PREPARATION_PHASES)}", self.phase)
+        check_uint(self, "total_bytes")
+        check_uint(self, "done_bytes", self.total_bytes)
+        check_uint(self, "files_total", U32)
+        check_uint(self, "files_done", self.files_total)
+        check_uint(self, "bytes_per_second")
+        check_text(self, "error", MAX_REASON_LENGTH, min_length=0)
+        if self.error and self.phase != "failed":
+            raise _invalid(self, "error", f"empty unless the phase is failed ({self.phase})",
+                           self.error)  # fmt: skip
+
+
 # --- pairing (ALPN exoquic-pair/1), see exoquic.identity.pairing -----------------
 
 PUBLIC_KEY_SIZE = 32
