@@ -14,6 +14,7 @@ from exoquic.wire.messages import (
     Forward,
     Hello,
     Message,
+    ModelProgress,
     PairConfirm,
     PairFinish,
     PairRequest,
@@ -53,6 +54,10 @@ def examples() -> list[Message]:
         RequestFailed("req-1", "plan 3 is gone", True),
         PlanProposal({"version": 3, "assignments": [{"node_id": NODE_ID}]}),
         PlanReady(3, NODE_ID),
+        ModelProgress("org/model", "downloading", 30 << 20, 90 << 20, 1, 5, 1 << 20, ""),
+        ModelProgress("org/model", "loading", 0, 0, 0, 0, 0, ""),
+        ModelProgress("m" * 256, "ready", 2**64 - 1, 2**64 - 1, 2**32 - 1, 2**32 - 1, 0, ""),
+        ModelProgress("org/model", "failed", 5, 10, 0, 1, 0, "x" * 1024),
         PairRequest(KEY, "phone"),
         PairResponse(KEY, "desk", b"A" + bytes(32)),
         PairFinish(b"B" + bytes(32), bytes(32)),
@@ -277,3 +282,73 @@ def test_unregistered_message_cannot_be_sent() -> None:
 
     with pytest.raises(LocalProtocolError, match="not a registered"):
         encode_message(Stray())
+
+
+PROGRESS = dict(model="org/model", phase="downloading", done_bytes=1, total_bytes=2,
+                files_done=0, files_total=1, bytes_per_second=0, error="")  # fmt: skip
+
+
+def raw_progress(**changes: Any) -> bytes:
+    return raw("model_progress", **{**PROGRESS, **changes})
+
+
+def test_model_progress_wire_form() -> None:
+    assert cbor2.loads(encode_message(ModelProgress(**PROGRESS))) == {  # type: ignore[arg-type]
+        "type": "model_progress", "v": 1, **PROGRESS
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"model": ""}, "model"),
+        ({"model": "m" * 257}, "model"),
+        ({"model": "a\nb"}, "model"),
+        ({"model": 7}, "model"),
+        ({"phase": "paused"}, "phase"),
+        ({"phase": ["ready"]}, "phase"),
+        ({"phase": None}, "phase"),
+        ({"done_bytes": 3}, "done_bytes"),  # over total_bytes
+        ({"done_bytes": -1}, "done_bytes"),
+        ({"done_bytes": 1.0}, "done_bytes"),
+        ({"total_bytes": -1}, "total_bytes"),
+        ({"total_bytes": "2"}, "total_bytes"),
+        ({"files_done": 2}, "files_done"),  # over files_total
+        ({"files_total": 2**32}, "files_total"),
+        ({"bytes_per_second": -5}, "bytes_per_second"),
+        ({"bytes_per_second": True}, "bytes_per_second"),
+        ({"error": "x" * 1025, "phase": "failed"}, "error"),
+        ({"error": "boom"}, "error"),  # an error while downloading
+        ({"error": None, "phase": "failed"}, "error"),
+    ],
+)
+def test_invalid_model_progress_fields(changes: dict[str, Any], match: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=match) as info:
+        decode_message(raw_progress(**changes))
+    assert info.value.error_code == ErrorCode.INVALID_FIELD
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({k: v for k, v in PROGRESS.items() if k != "error"}, ErrorCode.INVALID_FIELD),
+        ({**PROGRESS, "node_id": NODE_ID}, ErrorCode.INVALID_FIELD),  # the sender is no field
+    ],
+    ids=["missing field", "unknown field"],
+)
+def test_model_progress_fields_are_exactly_these(body: dict[str, Any], code: ErrorCode) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_message(raw("model_progress", **body))
+    assert info.value.error_code == code
+
+
+def test_model_progress_version_2_is_refused() -> None:
+    data = cbor2.dumps({"type": "model_progress", "v": 2, **PROGRESS})
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_message(data)
+    assert info.value.error_code == ErrorCode.UNSUPPORTED_VERSION
+
+
+def test_building_a_bad_model_progress_is_our_bug() -> None:
+    with pytest.raises(LocalProtocolError, match="done_bytes"):
+        ModelProgress("m", "downloading", 5, 4, 0, 0, 0, "")

@@ -17,6 +17,7 @@ from exoquic.wire.messages import (
     Forward,
     Hello,
     Message,
+    ModelProgress,
     PairConfirm,
     PairFinish,
     PairRequest,
@@ -136,6 +137,19 @@ tensor = st.one_of(
                st.tuples(st.integers(1, 4), st.integers(1, 8))),
 )  # fmt: skip
 
+
+@st.composite
+def model_progress(draw: st.DrawFn) -> ModelProgress:
+    """Valid ModelProgress: counts within their totals, an error only when failed."""
+    phase = draw(st.sampled_from(["downloading", "loading", "ready", "failed"]))
+    total, files_total = draw(u64), draw(u32)
+    return ModelProgress(
+        draw(request_id), phase, draw(st.integers(0, total)), total,
+        draw(st.integers(0, files_total)), files_total, draw(u64),
+        draw(st.text(max_size=50)) if phase == "failed" else "",
+    )  # fmt: skip
+
+
 message_strategy = st.one_of(
     st.builds(Hello, u32, keys.map(node_id_from_public_key), name,
               st.dictionaries(name, plain, max_size=4)),
@@ -155,6 +169,7 @@ message_strategy = st.one_of(
     st.builds(PairResponse, keys, name, st.binary(min_size=33, max_size=33)),
     st.builds(PairFinish, st.binary(min_size=33, max_size=33), keys),
     st.builds(PairConfirm, keys),
+    model_progress(),
 )  # fmt: skip
 
 
@@ -181,3 +196,22 @@ def test_corrupted_messages_only_raise_remote_errors(message: Message, data: st.
 def test_message_decoding_of_garbage_only_raises_remote_errors(data: bytes) -> None:
     with contextlib.suppress(RemoteProtocolError):
         decode_message(data)
+
+
+PROGRESS_FIELDS = ("model", "phase", "done_bytes", "total_bytes", "files_done", "files_total",
+                   "bytes_per_second", "error")  # fmt: skip
+
+
+near_valid = plain | st.sampled_from(["failed", "ready", "", "m", 0, 1, 2**64 - 1])
+
+
+@given(st.fixed_dictionaries({name: near_valid for name in PROGRESS_FIELDS}))
+def test_model_progress_with_any_field_values_only_raises_remote_errors(
+    fields: dict[str, Any],
+) -> None:
+    data = cbor.dumps({"type": "model_progress", "v": 1, **fields})
+    try:
+        decoded = decode_message(data)
+    except RemoteProtocolError:
+        return
+    assert isinstance(decoded, ModelProgress)

@@ -342,13 +342,21 @@ function renderTopology(topology) {
   renderDownloads(topology.downloads || []);
 }
 
+// One node preparing its shard: downloading (bytes, files, rate), loading, or failed.
 function renderDownloads(downloads) {
+  const verbs = { loading: "Loading", failed: "Failed" };
   $("downloads").replaceChildren(...downloads.map((d) => {
-    const box = el("div", "download-item");
+    const failed = d.phase === "failed";
+    const box = el("div", `download-item${failed ? " failed" : ""}`);
     const fraction = d.total ? d.done / d.total : 0;
     const who = d.node ? ` on ${d.node}` : "";
-    box.append(el("div", "kv", `Downloading ${d.model || ""}${who}: ${formatBytes(d.done)} / ${formatBytes(d.total)} (${(fraction * 100).toFixed(0)}%)`));
-    box.append(bar(fraction, "download"));
+    const parts = [`${verbs[d.phase] || "Downloading"} ${d.model || ""}${who}`];
+    if (d.total) parts.push(`: ${formatBytes(d.done)} / ${formatBytes(d.total)} (${(fraction * 100).toFixed(0)}%)`);
+    if (d.files_total) parts.push(` · ${d.files_done}/${d.files_total} files`);
+    if (d.phase === "downloading" && d.bytes_per_second) parts.push(` · ${formatBytes(d.bytes_per_second)}/s`);
+    box.append(el("div", "kv", parts.join("")));
+    if (failed && d.error) box.append(el("div", "kv error", d.error));
+    box.append(bar(d.phase === "loading" ? 1 : fraction, "download"));
     return box;
   }));
 }
