@@ -15,7 +15,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
-from exoquic.models.config import ModelConfig
+from exoquic.models.config import ModelConfig, rope_scaling_from_gguf
 from exoquic.models.errors import ModelLoadError
 from exoquic.models.gguf_file import GGUFFile
 from exoquic.models.quant import quant_kind
@@ -45,6 +45,7 @@ LAYER_NAMES: dict[str, str] = {
     "mlp.down_proj.weight": "ffn_down.weight",
 }
 EMBED, NORM, OUTPUT = "token_embd.weight", "output_norm.weight", "output.weight"
+ROPE_FREQS = "rope_freqs.weight"  # llama.cpp's per-frequency divisors (Llama 3 scaling)
 
 
 def gguf_tensor_name(hf_name: str, tied: bool) -> str:
@@ -87,6 +88,8 @@ def _config_from_metadata(gf: GGUFFile) -> ModelConfig:
     vocab = md.get(f"{arch}.vocab_size") or len(md.get("tokenizer.ggml.tokens", ()))
     if not vocab:
         raise ModelLoadError(f"{gf.path}: cannot tell the vocabulary size")
+    head_dim = int(get("attention.key_length", hidden // num_heads))
+    rope_freqs = gf.read_tensor(ROPE_FREQS) if ROPE_FREQS in gf.tensors else None
     return ModelConfig(
         architecture=str(arch),
         vocab_size=int(vocab),
@@ -95,11 +98,12 @@ def _config_from_metadata(gf: GGUFFile) -> ModelConfig:
         num_layers=int(get("block_count")),
         num_heads=num_heads,
         num_kv_heads=int(get("attention.head_count_kv", num_heads)),
-        head_dim=int(get("attention.key_length", hidden // num_heads)),
+        head_dim=head_dim,
         rope_theta=float(get("rope.freq_base", 10000.0)),
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
         max_context=int(get("context_length", 2048)),
         tie_word_embeddings=OUTPUT not in gf.tensors,
+        rope_scaling=rope_scaling_from_gguf(md, str(arch), head_dim, rope_freqs),
     )
 
 

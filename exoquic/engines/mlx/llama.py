@@ -18,7 +18,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from exoquic.engines.mlx.cache import LayerCache
-from exoquic.models.config import ModelConfig
+from exoquic.models.config import ModelConfig, RopeScaling
+from exoquic.models.rope import inverse_frequencies
 from exoquic.models.shard import Shard
 
 
@@ -33,6 +34,7 @@ class ModelArgs:
     head_dim: int
     vocab_size: int
     rope_theta: float
+    rope_scaling: RopeScaling | None
     rms_norm_eps: float
     tie_word_embeddings: bool
     num_layers: int  # layers in this shard
@@ -49,6 +51,7 @@ class ModelArgs:
             head_dim=config.head_dim,
             vocab_size=config.vocab_size,
             rope_theta=config.rope_theta,
+            rope_scaling=config.rope_scaling,
             rms_norm_eps=config.rms_norm_eps,
             tie_word_embeddings=config.tie_word_embeddings,
             num_layers=shard.layer_count,
@@ -75,7 +78,10 @@ class Attention(nn.Module):
         self.n_kv_heads = args.num_kv_heads
         self.head_dim = hd
         self.scale = hd**-0.5
-        self.rope_theta = args.rope_theta
+        # MLX takes the period of each frequency (1 / inverse frequency); the
+        # leading underscore keeps it out of the module's parameters.
+        inv_freq = inverse_frequencies(hd, args.rope_theta, args.rope_scaling)
+        self._rope_periods = mx.array(1.0 / inv_freq, dtype=mx.float32)
         self.q_proj = nn.Linear(d, self.n_heads * hd, bias=False)
         self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=False)
         self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=False)
@@ -84,7 +90,13 @@ class Attention(nn.Module):
     def _rope(self, x: mx.array, offset: int | mx.array) -> mx.array:
         # traditional=False: HF weights rotate the two halves of each head.
         return mx.fast.rope(
-            x, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=offset
+            x,
+            self.head_dim,
+            traditional=False,
+            base=None,
+            scale=1.0,
+            offset=offset,
+            freqs=self._rope_periods,
         )
 
     def __call__(self, x: mx.array, caches: list[LayerCache]) -> mx.array:

@@ -33,6 +33,7 @@ from exoquic.engines.tinygrad.matrices import (
     with_tensors,
 )
 from exoquic.models.config import ModelConfig
+from exoquic.models.rope import inverse_frequencies
 from exoquic.models.shard import Shard
 from exoquic.models.weights import (
     EMBED_NAME,
@@ -259,8 +260,7 @@ def _concat(parts: list[Tensor]) -> Tensor:
 
 def _rope_table(config: ModelConfig, capacity: int) -> np.ndarray:
     """cos | sin `(C, hd)` of every position (computed in float64, stored as float32)."""
-    hd = config.head_dim
-    inv_freq = config.rope_theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+    inv_freq = inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
     angles = np.arange(capacity, dtype=np.float64)[:, None] * inv_freq
     return np.concatenate([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
 
