@@ -349,7 +349,9 @@ class Cluster:
         job = self.ring.accept_forward(message, link.node_id)
         origin = message.origin or link.node_id
         if job is None:
-            self._nursery.start_soon(self.ring.send_quietly, origin, self.ring.refusal(message))
+            if not self.ring.is_released(message.request_id):
+                refusal = self.ring.refusal(message)
+                self._nursery.start_soon(self.ring.send_quietly, origin, refusal)
         else:
             self._nursery.start_soon(self.ring.finish_forward, message, job)
 

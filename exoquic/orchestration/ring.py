@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -37,6 +38,7 @@ from exoquic.wire.messages import Forward, Message, Release, RequestFailed, Toke
 log = logging.getLogger(__name__)
 
 RELEASE_TIMEOUT = 2.0
+RELEASED_MEMORY = 4096  # released request ids remembered, to drop their late steps
 
 
 class PeerUnavailable(Exception):
@@ -100,6 +102,7 @@ class _Attempt:
     def __init__(self, wire_id: str, plan: Plan) -> None:
         self.wire_id = wire_id
         self.plan = plan
+        self.sent_at = 0.0  # when the step in flight was sent
         self._send, self._receive = trio.open_memory_channel[int | _Failure](4)
 
     def put(self, outcome: int | _Failure) -> None:
@@ -130,6 +133,7 @@ class Ring:
         self.stats = RingStatistics()
         self._attempts: dict[str, _Attempt] = {}
         self._served: dict[str, str] = {}  # wire id -> origin, for requests we hold caches of
+        self._released: OrderedDict[str, None] = OrderedDict()  # the latest released wire ids
 
     # --- origin -------------------------------------------------------------
 
@@ -153,11 +157,24 @@ class Ring:
             self._attempts[attempt.wire_id] = attempt
             try:
                 inputs, position = [*prompt, *tokens], 0
+                if len(tokens) < budget:
+                    await self._send_step(attempt, inputs, position, len(tokens), sampling)
                 while len(tokens) < budget:
-                    token = await self._step(attempt, inputs, position, len(tokens), sampling)
+                    token = await self._step_result(attempt, len(inputs))
                     tokens.append(token)
-                    yield token
                     position, inputs = position + len(inputs), [token]
+                    # The next step starts before this token goes out, so the engines
+                    # work while the caller streams it; if the caller stops here, the
+                    # release below frees what that step computed.
+                    unsent: _Retry | None = None
+                    if len(tokens) < budget:
+                        try:
+                            await self._send_step(attempt, inputs, position, len(tokens), sampling)
+                        except _Retry as retry:
+                            unsent = retry  # replay after the caller has this token
+                    yield token
+                    if unsent is not None:
+                        raise unsent
                 return
             except _Retry as retry:
                 log.warning(
@@ -174,14 +191,15 @@ class Ring:
         self.stats.failed_requests += 1
         raise UnavailableError(f"request failed after {self.settings.max_attempts} tries")
 
-    async def _step(
+    async def _send_step(
         self,
         attempt: _Attempt,
         inputs: list[int],
         position: int,
         step: int,
         sampling: SamplingParams,
-    ) -> int:
+    ) -> None:
+        """Send the step's tokens to the plan's first node (its result comes to the attempt)."""
         plan = attempt.plan
         message = Forward(
             attempt.wire_id,
@@ -195,16 +213,19 @@ class Ring:
             step=step,
             origin=self.router.node_id,
         )
-        started = time.perf_counter()
+        attempt.sent_at = time.perf_counter()
         try:
             await self.router.send(plan.first_node, message)
         except PeerUnavailable as exc:
             raise _Retry(_Failure(str(exc), True)) from exc
-        timeout = self.settings.step_timeout + self.settings.step_timeout_per_token * len(inputs)
+
+    async def _step_result(self, attempt: _Attempt, positions: int) -> int:
+        """The token of the step in flight, or _Retry / StepFailedError / UnavailableError."""
+        timeout = self.settings.step_timeout + self.settings.step_timeout_per_token * positions
         with trio.move_on_after(timeout):
             outcome = await attempt.get()
             self.stats.steps += 1
-            self.stats.step_seconds += time.perf_counter() - started
+            self.stats.step_seconds += time.perf_counter() - attempt.sent_at
             if isinstance(outcome, int):
                 return outcome
             if outcome.retryable:
@@ -251,6 +272,9 @@ class Ring:
         elif isinstance(message, Release):
             self._served.pop(message.request_id, None)
             request_id = message.request_id
+            self._released[request_id] = None
+            while len(self._released) > RELEASED_MEMORY:
+                self._released.popitem(last=False)
             self.worker.call_nowait(lambda: self.worker.engine.release(request_id))
 
     def _deliver_outcome(self, wire_id: str, outcome: int | _Failure) -> None:
@@ -262,12 +286,21 @@ class Ring:
 
     def accept_forward(self, message: Forward, sender: str) -> Job | None:
         """Queue a forward step on the engine now (in arrival order); None if this
-        node does not serve that plan (the caller then reports `refusal`)."""
+        node does not serve that plan (the caller then reports `refusal`) or the
+        request was released already (see `is_released`)."""
+        if self.is_released(message.request_id):
+            return None
         plan = self.router.serving_plan(message.plan_version)
         if plan is None or plan.shard_of(self.router.node_id) is None:
             return None
         self._served[message.request_id] = message.origin or sender
         return self.worker.forward_nowait(message.request_id, message.tensor)
+
+    def is_released(self, request_id: str) -> bool:
+        """True for a request released lately. Its origin may release it while a
+        step is still on its way here (a step it started before the caller
+        stopped); that step must not make a cache that nobody would free."""
+        return request_id in self._released
 
     def refusal(self, message: Forward) -> RequestFailed:
         return RequestFailed(

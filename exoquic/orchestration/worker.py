@@ -1,19 +1,29 @@
-"""Runs an engine in one worker thread and batches the work queued for it.
+"""Runs an engine in one worker thread and schedules the work queued for it.
 
 Engines are blocking and not thread-safe, so every call goes through one
 `EngineWorker` task, and runs on one dedicated thread: some engine libraries
 tie state to the thread that created it (tinygrad's kernel cache is an SQLite
 connection), so a pool that hands calls to whichever thread is free breaks them.
 
-Requests queue their forward steps; the worker takes
-everything queued at that moment and hands it to `Engine.forward_batch` in a
-single thread call. While one batch runs, the next one gathers, so concurrent
-requests' decode steps ride together (decode is memory-bound: one pass over
-the weights serves the whole batch).
+Work runs in queue order, with two liberties among neighbouring forward steps
+(steps of different requests do not depend on each other):
+
+- decode steps (one new position each) of different requests run together as
+  one `Engine.forward_batch` call, and their results are handed back as soon
+  as that batch ends; while it runs, the next batch gathers;
+- a prompt longer than `prefill_chunk` positions runs in chunks, and decode
+  steps queued meanwhile take turns with its chunks, so one long prompt does
+  not stall every other request's next token (and, around a ring, requests
+  stay spread out instead of moving in one convoy: each node can work on one
+  group while its neighbour works on another).
+
+Engine calls (shard loads, releases) never move: everything queued before one
+runs first, and nothing queued after it overtakes it.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -29,7 +39,7 @@ from exoquic.engines.base import Engine, ForwardItem
 T = TypeVar("T")
 
 
-@dataclass
+@dataclass(eq=False)  # jobs are compared by identity
 class Job:
     """Work queued for the engine; `await job.wait()` for its result.
 
@@ -44,21 +54,24 @@ class Job:
     error: BaseException | None = None
     seconds: float = 0.0
     started: bool = False
-    abandoned: bool = False  # cancelled before it started: the worker skips it
+    abandoned: bool = False  # its caller was cancelled: skip it, or stop between chunks
+    progress: int = 0  # positions of a chunked prefill already run
+    outputs: list[np.ndarray] = field(default_factory=list)  # of those chunks
 
     async def wait(self) -> Any:
         """The job's result (or its exception).
 
         A caller cancelled while the job is still queued abandons it, so a
-        disconnected client's prefill costs nothing. Once started, the job
-        runs to completion and the caller waits for it even when cancelled:
-        the engine's state (its caches) must not be left half-updated.
+        disconnected client's prefill costs nothing. Once an engine call of
+        the job runs, the caller waits for that call to end even when
+        cancelled (the engine's caches must not be left half-updated); a
+        chunked prefill then stops before its next chunk.
         """
         try:
             await self.done.wait()
         except trio.Cancelled:
+            self.abandoned = True
             if not self.started:
-                self.abandoned = True
                 raise
             with trio.CancelScope(shield=True):
                 await self.done.wait()
@@ -77,12 +90,25 @@ class WorkerStatistics:
     engine_seconds: float = 0.0  # forward calls, inside the engine thread only
 
 
+class _Abandoned(Exception):
+    """What an abandoned job holds instead of a result (its caller is gone)."""
+
+
+# Positions per chunk of a long prompt. A multiple of every engine's prefill
+# bucket, so chunking changes no arithmetic; on a 2-core CPU a chunk of the
+# default model takes about half a second, the longest a decode step waits.
+PREFILL_CHUNK = 64
+
+
 class EngineWorker:
     """Serialises engine access through one task; use `run` in a nursery."""
 
-    def __init__(self, engine: Engine, max_batch: int = 16) -> None:
+    def __init__(
+        self, engine: Engine, max_batch: int = 16, prefill_chunk: int = PREFILL_CHUNK
+    ) -> None:
         self.engine = engine
         self.max_batch = max_batch
+        self.prefill_chunk = prefill_chunk
         self._send, self._receive = trio.open_memory_channel[Job](math.inf)
         self._stats = WorkerStatistics()
 
@@ -108,20 +134,36 @@ class EngineWorker:
         return future.result()
 
     async def _serve(self) -> None:
-        async for first in self._receive:
-            jobs = [first, *self._drain(self.max_batch - 1)]
-            # Strictly in queue order: a release or a shard load queued after a
-            # forward step must not overtake it. Neighbouring forwards batch.
-            for queued in _in_order(jobs):
-                group = [job for job in queued if not job.abandoned]
-                if not group:
-                    continue
-                for job in group:
+        pending: list[Job] = []
+        decode_turn = True  # decode batches and prefill chunks alternate when both wait
+        while True:
+            if not pending:
+                pending.append(await self._receive.receive())
+            pending += self._drain()
+            pending = [job for job in pending if job.started or not job.abandoned]
+            if not pending:
+                continue
+            head = pending[0]
+            if head.run is not None:  # an engine call: everything before it has run
+                pending.pop(0)
+                head.started = True
+                await self._run_call(head)
+                continue
+            forwards = list(itertools.takewhile(lambda job: job.run is None, pending))
+            batch = _decode_batch(forwards, self.max_batch)
+            prefill = _next_prefill(forwards, batch)
+            if batch and (decode_turn or prefill is None):
+                for job in batch:
+                    pending.remove(job)
                     job.started = True
-                if group[0].run is not None:
-                    await self._run_call(group[0])
-                else:
-                    await self._run_forwards(group)
+                await self._run_forwards(batch)
+                decode_turn = False
+            else:
+                assert prefill is not None
+                prefill.started = True
+                if await self._run_prefill_chunk(prefill):
+                    pending.remove(prefill)
+                decode_turn = True
 
     async def forward(self, request_id: str, inputs: np.ndarray) -> np.ndarray:
         """Queue one forward step and wait for its output (see `Engine.forward`)."""
@@ -144,14 +186,13 @@ class EngineWorker:
         self._send.send_nowait(job)
         return job
 
-    def _drain(self, limit: int) -> list[Job]:
+    def _drain(self) -> list[Job]:
         jobs: list[Job] = []
-        while len(jobs) < limit:
+        while True:
             try:
                 jobs.append(self._receive.receive_nowait())
             except trio.WouldBlock:
-                break
-        return jobs
+                return jobs
 
     async def _run_call(self, job: Job) -> None:
         assert job.run is not None
@@ -182,6 +223,36 @@ class EngineWorker:
             job.seconds = seconds
             job.done.set()
 
+    async def _run_prefill_chunk(self, job: Job) -> bool:
+        """Run the next chunk of a prefill; True once the job is done (or failed)."""
+        assert job.item is not None
+        inputs = job.item.inputs
+        if job.abandoned:  # cancelled between chunks: the caller is gone
+            job.error = _Abandoned()
+            job.done.set()
+            return True
+        end = min(job.progress + self.prefill_chunk, len(inputs))
+        chunk = ForwardItem(job.item.request_id, inputs[job.progress : end])
+        started = time.perf_counter()
+        try:
+            output = await self._in_engine_thread(lambda: self._forward_batch([chunk])[0])
+        except Exception as exc:
+            job.error = exc
+            job.done.set()
+            return True
+        seconds = time.perf_counter() - started
+        self._stats.compute_seconds += seconds
+        job.seconds += seconds
+        job.outputs.append(output)
+        job.progress = end
+        if end < len(inputs):
+            return False
+        # Hidden states (T, D) come in pieces; logits (last shard) are the last position's.
+        job.result = np.concatenate(job.outputs) if output.ndim == 2 else output
+        job.outputs = []
+        job.done.set()
+        return True
+
     def _forward_batch(self, items: list[ForwardItem]) -> list[np.ndarray]:
         started = time.perf_counter()
         self._stats.batches += 1
@@ -195,12 +266,28 @@ class EngineWorker:
             self._stats.engine_seconds += time.perf_counter() - started
 
 
-def _in_order(jobs: list[Job]) -> list[list[Job]]:
-    """Jobs in order: each call alone, each run of consecutive forwards as one group."""
-    groups: list[list[Job]] = []
-    for job in jobs:
-        if job.run is None and groups and groups[-1][0].run is None:
-            groups[-1].append(job)
-        else:
-            groups.append([job])
-    return groups
+def _decode_batch(forwards: list[Job], limit: int) -> list[Job]:
+    """The decode steps (one position) among queued forward steps that may run as one
+    batch: up to `limit`, at most one per request, none behind an earlier step of its
+    own request (a request's steps run in order)."""
+    batch: list[Job] = []
+    seen: set[str] = set()
+    for job in forwards:
+        assert job.item is not None
+        request_id = job.item.request_id
+        if request_id not in seen and len(job.item.inputs) == 1 and len(batch) < limit:
+            batch.append(job)
+        seen.add(request_id)
+    return batch
+
+
+def _next_prefill(forwards: list[Job], batch: list[Job]) -> Job | None:
+    """The first queued step outside `batch` that is not behind a step of its own request."""
+    seen: set[str] = set()
+    for job in forwards:
+        assert job.item is not None
+        request_id = job.item.request_id
+        if request_id not in seen and job not in batch:
+            return job
+        seen.add(request_id)
+    return None

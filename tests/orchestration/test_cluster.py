@@ -210,6 +210,31 @@ async def test_concurrent_requests_each_match_their_solo_run(
         assert a.worker.statistics().largest_batch > 1  # decode steps rode together
 
 
+async def test_requests_stopped_early_leave_no_cache_behind(
+    tmp_path: Path, reference: dict[tuple[int, ...], list[int]]
+) -> None:
+    """The origin starts the next step before handing a token out, so a caller that
+    stops leaves a step in flight; its release may reach a node before that step
+    does, and the step must then not make a cache that nobody would free."""
+    lab = Lab(tmp_path, ["a", "b", "c"])
+    async with AsyncExitStack() as stack:
+        clusters = [await stack.enter_async_context(lab.node(n)) for n in ("a", "b", "c")]
+        await wait_plan(clusters, 3)
+        for i in range(12):
+            prompt = PROMPTS[i % len(PROMPTS)]
+            generator = clusters[i % 3].ring.generate_tokens(f"stop-{i}", prompt, GREEDY, 12)
+            first: list[int] = []
+            async with aclosing(generator):
+                async for token in generator:
+                    first.append(token)
+                    if len(first) == 1 + i % 3:
+                        break
+            assert first == reference[tuple(prompt)][: len(first)]
+        with trio.fail_after(5):
+            while any(c.worker.engine.active_requests() for c in clusters):
+                await trio.sleep(0.05)
+
+
 async def test_a_node_leaving_mid_request_is_replayed_with_the_same_output(
     tmp_path: Path, reference: dict[tuple[int, ...], list[int]]
 ) -> None:

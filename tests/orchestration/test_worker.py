@@ -132,3 +132,117 @@ async def test_a_step_cancelled_while_queued_is_skipped() -> None:
         assert engine.cache_length("gone") == 0  # never ran
         assert ["gone"] not in engine.batches
         nursery.cancel_scope.cancel()
+
+
+class PositionEngine(RecordingEngine):
+    """Hidden-state stand-in: each output row is the position it was computed at,
+    so a chunked prefill must come back equal to an unchunked one. With `logits`,
+    it answers like a last shard: one vector, for the last position only."""
+
+    def __init__(self, logits: bool = False) -> None:
+        super().__init__()
+        self.logits = logits
+        self.calls: list[tuple[str, int]] = []  # (request, positions) per forward item
+
+    def forward_batch(self, items: list[ForwardItem]) -> list[np.ndarray]:
+        self.gate.wait()
+        outputs = []
+        for item in items:
+            start = self.steps.get(item.request_id, 0)
+            self.calls.append((item.request_id, len(item.inputs)))
+            self.steps[item.request_id] = start + len(item.inputs)
+            rows = np.arange(start, start + len(item.inputs), dtype=np.float32)[:, None]
+            outputs.append(rows[-1] if self.logits else rows)
+        return outputs
+
+
+def hidden(positions: int) -> np.ndarray:
+    return np.zeros((positions, 1), np.float32)
+
+
+async def test_a_long_prefill_runs_in_chunks_and_comes_back_whole() -> None:
+    engine = PositionEngine()
+    worker = EngineWorker(engine, prefill_chunk=4)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        output = await worker.forward("long", hidden(10))
+        nursery.cancel_scope.cancel()
+    assert output.tolist() == [[float(i)] for i in range(10)]
+    assert engine.calls == [("long", 4), ("long", 4), ("long", 2)]
+
+
+async def test_a_chunked_prefill_on_a_last_shard_returns_the_last_positions_logits() -> None:
+    engine = PositionEngine(logits=True)
+    worker = EngineWorker(engine, prefill_chunk=4)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        output = await worker.forward("long", hidden(10))
+        nursery.cancel_scope.cancel()
+    assert output.tolist() == [9.0]
+
+
+async def test_decode_steps_take_turns_with_the_chunks_of_a_long_prefill() -> None:
+    engine = PositionEngine()
+    worker = EngineWorker(engine, prefill_chunk=2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        for name in ("a", "b"):  # two requests already decoding
+            await worker.forward(name, hidden(1))
+        engine.calls.clear()
+        engine.gate.clear()
+        long = worker.forward_nowait("long", hidden(6))
+        await trio.sleep(0.05)  # its first chunk holds the engine now
+        steps = [worker.forward_nowait(name, hidden(1)) for name in ("a", "b")]
+        engine.gate.set()
+        assert (await long.wait()).tolist() == [[float(i)] for i in range(6)]
+        for step in steps:
+            assert (await step.wait()).tolist() == [[1.0]]
+        nursery.cancel_scope.cancel()
+    # The decode steps ran as one batch between the first and second chunks.
+    assert engine.calls == [("long", 2), ("a", 1), ("b", 1), ("long", 2), ("long", 2)]
+
+
+async def test_a_prefill_keeps_progressing_while_decode_steps_keep_coming() -> None:
+    engine = PositionEngine()
+    worker = EngineWorker(engine, prefill_chunk=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+
+        async def decode_forever(name: str) -> None:
+            while True:
+                await worker.forward(name, hidden(1))
+
+        nursery.start_soon(decode_forever, "a")
+        nursery.start_soon(decode_forever, "b")
+        await trio.sleep(0.05)
+        with trio.fail_after(5):
+            output = await worker.forward("long", hidden(5))
+        nursery.cancel_scope.cancel()
+    assert output.tolist() == [[float(i)] for i in range(5)]
+
+
+async def test_a_cancelled_chunked_prefill_stops_between_chunks() -> None:
+    engine = PositionEngine()
+    worker = EngineWorker(engine, prefill_chunk=2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        engine.gate.clear()
+        nursery.start_soon(open_gate_later, engine)
+        with trio.move_on_after(0.05) as scope:
+            await worker.forward("gone", hidden(8))
+        assert scope.cancelled_caught
+        # The chunk that was running finished (caches stay whole); no other ran.
+        assert await worker.call(lambda: engine.cache_length("gone")) == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_engine_call_waits_for_every_chunk_queued_before_it() -> None:
+    engine = PositionEngine()
+    worker = EngineWorker(engine, prefill_chunk=2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        prefill = worker.forward_nowait("r", hidden(6))
+        length = await worker.call(lambda: engine.cache_length("r"))
+        assert (await prefill.wait()).shape == (6, 1)
+        nursery.cancel_scope.cancel()
+    assert length == 6
