@@ -27,7 +27,7 @@ from exoquic.api.errors import APIError
 DEFAULT_MAX_REQUESTS = 64
 DEFAULT_MAX_QUEUED = 16
 DEFAULT_QUEUE_TIMEOUT_S = 0.0
-# The official SDKs honour Retry-After only between 0 and 60 seconds.
+# The official Python SDK honours Retry-After up to 60 s (older releases) or 120 s.
 MAX_RETRY_AFTER_S = 60
 # Weight of the newest hold time in the running mean behind Retry-After.
 HOLD_SMOOTHING = 0.2

@@ -8,6 +8,7 @@ talk to it use greedy sampling and small `max_tokens` to stay fast.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -132,6 +134,27 @@ def stop_node(node: RunningNode) -> None:
     except subprocess.TimeoutExpired:
         node.process.kill()
         node.process.wait()
+
+
+# --- Response checks shared by the in-process tests.
+
+
+def error_of(body: bytes) -> dict[str, Any]:
+    """The `error` object, checking it has exactly OpenAI's four fields."""
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    return error  # type: ignore[no-any-return]
+
+
+def sse_payloads(body: bytes) -> list[Any]:
+    """The `data:` payloads of an SSE body, checking the framing; `[DONE]` last."""
+    text = body.decode()
+    assert text.endswith("\n\n")
+    events = text[:-2].split("\n\n")
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    return [json.loads(e[6:]) for e in events[:-1]]
 
 
 # --- In-process: the real app, tokenizer, worker and MLX engine, on random tiny weights.

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import trio
-from api_helpers import TINY_CONFIG, open_tiny_node
+from api_helpers import TINY_CONFIG, error_of, open_tiny_node, sse_payloads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,24 +26,6 @@ CHAT = "/v1/chat/completions"
 TEXT = "/v1/completions"
 MODEL = DEFAULT_MODEL_ID
 HELLO = [{"role": "user", "content": "Hello"}]
-
-
-def error_of(body: bytes) -> dict[str, Any]:
-    """The `error` object, checking it has exactly OpenAI's four fields."""
-    error = json.loads(body)["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["message"], str) and error["message"]
-    return error  # type: ignore[no-any-return]
-
-
-def sse_payloads(body: bytes) -> list[Any]:
-    """The `data:` payloads of an SSE body, checking the framing; `[DONE]` last."""
-    text = body.decode()
-    assert text.endswith("\n\n")
-    events = text[:-2].split("\n\n")
-    assert all(e.startswith("data: ") for e in events)
-    assert events[-1] == "data: [DONE]"
-    return [json.loads(e[6:]) for e in events[:-1]]
 
 
 async def test_chat_completion_shape(tiny_app_factory: Any) -> None:
