@@ -126,6 +126,15 @@ ERRORS = {
     "413": _json(_ref("Error"), "Request body over 4 MiB"),
     "503": _json(_ref("Error"), "The ring cannot serve now (no plan, memory, a node lost)"),
 }
+OVERLOADED = {
+    **_json(_ref("Error"), "This node runs its limit of generations (--max-requests)"),
+    "headers": {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
+}
 STREAM_OR_JSON = {
     "description": "A completion, or with stream: true server-sent events ending in `data: [DONE]`",
     "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {}},
@@ -140,7 +149,7 @@ def _completion_route(summary: str, request_schema: str) -> dict[str, Any]:
                 "required": True,
                 "content": {"application/json": {"schema": _ref(request_schema)}},
             },
-            "responses": {"200": STREAM_OR_JSON, **ERRORS},
+            "responses": {"200": STREAM_OR_JSON, **ERRORS, "429": OVERLOADED},
         }
     }
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from functools import partial
 from typing import Any
@@ -72,10 +72,10 @@ class Served:
     async def health(self) -> dict[str, Any]:
         response = await self.http.get("/health")
         assert response.status_code == 200
-        return response.json()  # type: ignore[no-any-return]
+        return response.json()
 
     async def admission(self) -> dict[str, Any]:
-        return (await self.health())["admission"]  # type: ignore[no-any-return]
+        return (await self.health())["admission"]
 
     async def wait_for(self, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         """Poll /health until `check(admission)` holds (10 s at most)."""
@@ -95,7 +95,7 @@ class Served:
                     health["active_requests"],
                     health["kv_caches"],
                 ) == (0, 0):
-                    return stats  # type: ignore[no-any-return]
+                    return stats
                 await trio.sleep(0.01)
 
     def sdk(self, max_retries: int = 0) -> openai.AsyncOpenAI:
@@ -277,6 +277,7 @@ async def test_stream_body_frees_its_slot_when_closed_or_done(
         request, shape = tiny_request(smollm2_tokenizer)
         slot = await admission.admit()
         events = stream_events(tiny_node, request, shape, False, slot)
+        assert isinstance(events, AsyncGenerator)
         if read_all:
             assert [event async for event in events][-1] == b"data: [DONE]\n\n"
         else:
