@@ -59,7 +59,7 @@ class TinygradEngine(Engine):
         self._requests: dict[str, _Request] = {}
         self._steps: dict[tuple[str, int], LayerStack] = {}
         self._heads: dict[tuple[str, int], Step] = {}
-        self._scratch_request: _Request | None = None
+        self._scratch_requests: list[_Request] = []
 
     @property
     def shard(self) -> Shard | None:
@@ -78,7 +78,7 @@ class TinygradEngine(Engine):
         self._requests.clear()
         self._steps.clear()
         self._heads.clear()
-        self._scratch_request = None
+        self._scratch_requests = []
 
     def forward(self, request_id: str, inputs: np.ndarray) -> np.ndarray:
         return self.forward_batch([ForwardItem(request_id, inputs)])[0]
@@ -221,16 +221,13 @@ class TinygradEngine(Engine):
         self, model: ShardModel, request_ids: list[str], hidden: list[np.ndarray]
     ) -> list[np.ndarray]:
         requests = [self._request(model, rid) for rid in request_ids]
-        # Pad to a batch size that is traced anyway: rows of a scratch request that
-        # always sits at position 0 (its cache takes the garbage).
+        # Pad to a batch size that is traced anyway: each padded row belongs to a
+        # scratch request that always sits at position 0 (its cache takes the
+        # garbage). One per row: a traced step refuses the same buffer twice.
         size = next(b for b in DECODE_BATCHES if b >= len(requests))
         padding = size - len(requests)
-        if padding:
-            scratch = self._scratch(model)
-            rows = [*hidden, np.zeros((padding, model.config.hidden_size), np.float32)]
-        else:
-            rows = hidden
-        batch = requests + [scratch] * padding if padding else requests
+        batch = requests + self._scratch(model, padding)
+        rows = [*hidden, np.zeros((padding, model.config.hidden_size), np.float32)]
         positions = [
             UOp.variable(f"pos{b}", 0, model.capacity - 1).bind(r.length)
             for b, r in enumerate(batch)
@@ -248,15 +245,15 @@ class TinygradEngine(Engine):
             return list(self._head(model, out)[: len(requests)])
         return [out[b : b + 1] for b in range(len(requests))]
 
-    def _scratch(self, model: ShardModel) -> _Request:
-        """A request no caller sees, whose cache padded decode rows write into."""
-        if self._scratch_request is None:
+    def _scratch(self, model: ShardModel, count: int) -> list[_Request]:
+        """`count` requests no caller sees, whose caches padded decode rows write into."""
+        while len(self._scratch_requests) < count:
             memory = HostArrays()
             with TINYGRAD_LOCK:
                 caches = model.new_cache(memory)
                 addresses = [buffer_address(c) for c in caches]
-            self._scratch_request = _Request(memory, caches, addresses)
-        return self._scratch_request
+            self._scratch_requests.append(_Request(memory, caches, addresses))
+        return self._scratch_requests[:count]
 
     def _head(self, model: ShardModel, hidden: np.ndarray) -> np.ndarray:
         key = ("head", len(hidden))

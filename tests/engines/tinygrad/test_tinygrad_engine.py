@@ -319,10 +319,12 @@ def test_engines_in_parallel_threads(tiny_weights: WeightsFor) -> None:
         assert_close(results[i], expected)
 
 
-def test_large_decode_batches_are_split_and_padded(tiny_weights: WeightsFor) -> None:
-    # 19 requests: one traced batch of 16, then 3 rows padded to 4.
+@pytest.mark.parametrize("count", [19, 5])
+def test_large_decode_batches_are_split_and_padded(tiny_weights: WeightsFor, count: int) -> None:
+    # 19 requests: one traced batch of 16, then 3 rows padded to 4 (one padded row);
+    # 5 requests: padded to 8 (three padded rows, each with its own scratch cache).
     engine, single = whole(tiny_weights), whole(tiny_weights)
-    ids = [f"r{i}" for i in range(19)]
+    ids = [f"r{i}" for i in range(count)]
     for i, rid in enumerate(ids):
         engine.forward(rid, PROMPT[: 2 + i % 9])
         single.forward(rid, PROMPT[: 2 + i % 9])
@@ -332,4 +334,6 @@ def test_large_decode_batches_are_split_and_padded(tiny_weights: WeightsFor) -> 
     got = engine.forward_batch(items)
     for item, g in zip(items, got, strict=True):
         assert_close(g, single.forward(item.request_id, item.inputs))
-    assert engine.active_requests() == 19 and engine.cache_length("r18") == 2 + 18 % 9 + 1
+    last = count - 1
+    assert engine.active_requests() == count
+    assert engine.cache_length(f"r{last}") == 2 + last % 9 + 1
