@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -64,6 +65,7 @@ class Slot:
 
     def __init__(self, admission: Admission) -> None:
         self._admission: Admission | None = admission
+        # Not trio's clock: a slot may be released by a finalizer, outside any run.
         self._since = time.monotonic()
 
     def release(self) -> None:
@@ -76,7 +78,8 @@ class Slot:
         """Also release when `owner` is garbage-collected: the net under a
         response body that the server drops without ever iterating it (a
         disconnect between the handler's return and the first byte sent)."""
-        finalizer = weakref.finalize(owner, self.release)
+        token = trio.lowlevel.current_trio_token()
+        finalizer = weakref.finalize(owner, _release_in_run, token, self.release)
         finalizer.atexit = False
 
     def __enter__(self) -> Slot:
@@ -171,6 +174,16 @@ class Admission:
             "queue_timeout_s": self.limits.queue_timeout_s,
             "refused": self.refused,
         }
+
+
+def _release_in_run(token: trio.lowlevel.TrioToken, release: Callable[[], None]) -> None:
+    """Run `release` in the trio run's thread: garbage collection may call a
+    finalizer from any thread (an engine worker's too), and waking a waiter
+    must happen in the run."""
+    try:
+        token.run_sync_soon(release)
+    except trio.RunFinishedError:
+        release()  # the run is over: nobody waits, only the counters change
 
 
 def retry_after_s(mean_hold_s: float | None, max_requests: int) -> int:

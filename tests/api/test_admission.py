@@ -21,6 +21,7 @@ import httpx
 import openai
 import pytest
 import trio
+import trio.testing
 from api_helpers import TINY_CONFIG, error_of, sse_payloads
 from hypercorn.config import Config
 from hypercorn.trio import serve
@@ -301,6 +302,7 @@ async def test_unread_stream_body_frees_its_slot(
     assert admission.in_flight == 1
     del response
     gc.collect()
+    await trio.testing.wait_all_tasks_blocked()  # the release runs as a callback of the run
     assert admission.in_flight == 0
     (await admission.admit()).release()  # the semaphore got its slot back too
 
