@@ -117,6 +117,27 @@ HUB_MODELS = (
         params_per_layer=67_112_960,
         embed_params=100_663_296,
     ),
+    # Llama 3.2: GQA with 8 kv heads, rope_theta 500000 with "llama3" rope_scaling,
+    # vocab 128256, tied embeddings. A layer holds 2 D^2 (q, o) + 2 D K (k, v; K = 8
+    # kv heads x head_dim) + 3 D 8192 (mlp) + 2 D (norms) weights.
+    hub_entry(
+        "llama-3.2-1b-instruct",
+        "Llama 3.2 1B Instruct",
+        "meta-llama/Llama-3.2-1B-Instruct",
+        num_layers=16,
+        params_per_layer=60_821_504,  # D 2048, K 512
+        embed_params=262_668_288,  # 128256 x 2048
+        gated=True,
+    ),
+    hub_entry(
+        "llama-3.2-3b-instruct",
+        "Llama 3.2 3B Instruct",
+        "meta-llama/Llama-3.2-3B-Instruct",
+        num_layers=28,
+        params_per_layer=100_669_440,  # D 3072, K 1024
+        embed_params=394_002_432,  # 128256 x 3072
+        gated=True,
+    ),
 )
 
 DEFAULT_MODEL_ID = SMOLLM2_135M_INSTRUCT.id

@@ -11,6 +11,7 @@ hide the positions, so neither could tell scaled from plain RoPE.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator
 
@@ -38,7 +39,7 @@ LAYERS = SCALED.num_layers
 Step = Callable[[str, np.ndarray], np.ndarray]
 
 
-def llama3_rope(x: np.ndarray, theta: float) -> np.ndarray:
+def llama3_rope(x: np.ndarray, theta: float, s: Llama3RopeScaling = SCALING) -> np.ndarray:
     """Rotary embedding with Llama 3 scaling, written apart from `exoquic.models.rope`.
 
     Frequency by frequency, the way llama.cpp's converter states the rule.
@@ -48,16 +49,16 @@ def llama3_rope(x: np.ndarray, theta: float) -> np.ndarray:
     for i in range(hd // 2):
         f = theta ** (-2 * i / hd)
         wavelength = 2 * math.pi / f
-        context = SCALING.original_max_position_embeddings
-        if wavelength < context / SCALING.high_freq_factor:
+        context = s.original_max_position_embeddings
+        if wavelength < context / s.high_freq_factor:
             inv_freq.append(f)
-        elif wavelength > context / SCALING.low_freq_factor:
-            inv_freq.append(f / SCALING.factor)
+        elif wavelength > context / s.low_freq_factor:
+            inv_freq.append(f / s.factor)
         else:
-            smooth = (context / wavelength - SCALING.low_freq_factor) / (
-                SCALING.high_freq_factor - SCALING.low_freq_factor
+            smooth = (context / wavelength - s.low_freq_factor) / (
+                s.high_freq_factor - s.low_freq_factor
             )
-            inv_freq.append(f * ((1 - smooth) / SCALING.factor + smooth))
+            inv_freq.append(f * ((1 - smooth) / s.factor + smooth))
     angles = np.arange(T, dtype=np.float64)[:, None] * np.array(inv_freq)  # (T, hd/2)
     cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
     x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
@@ -150,3 +151,45 @@ def test_scaling_changes_the_output(weights: Callable[[Shard], ShardWeights]) ->
     plain_logits = reference.reference_forward(whole(weights, PLAIN), PROMPT)[-1]
     assert np.abs(scaled_logits - plain_logits).max() > 0.05 * np.abs(plain_logits).max()
     assert greedy(engine(MLXEngine, weights, 0, LAYERS - 1).forward, "r") != plain
+
+
+# Llama 3.2 1B and 3B geometry (head_dim, query heads, kv heads: groups of 4 and 3)
+# on a narrow 2-layer model, with their vocabulary, theta, tied head and scaling.
+LLAMA_3_2_SCALING = Llama3RopeScaling(
+    factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 8, 2), (128, 6, 2)], ids=["1b", "3b"])
+def test_llama_3_2_geometry(
+    monkeypatch: pytest.MonkeyPatch, head_dim: int, heads: int, kv_heads: int
+) -> None:
+    config = dataclasses.replace(
+        TINY,
+        vocab_size=128256,
+        hidden_size=256,
+        intermediate_size=512,
+        num_layers=2,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        rope_theta=500000.0,
+        rope_scaling=LLAMA_3_2_SCALING,
+    )
+    shard = Shard.whole("tiny", config.num_layers)
+    tensors = random_tensors(config, quantized=False, seed=1)
+    weights = ShardWeights(config, shard, {n: tensors[n] for n in shard_tensor_names(shard)})
+    rope = functools.partial(llama3_rope, s=LLAMA_3_2_SCALING)
+    monkeypatch.setattr(reference, "_rope", rope)
+    tokens = np.concatenate([PROMPT, [128000, 128255, 7]]).astype(np.int32)
+    want = reference.reference_forward(weights, tokens)
+    atol = 1e-4 * max(1.0, float(np.abs(want).max()))
+    for kind in (MLXEngine, TinygradEngine):
+        e = kind(max_context=256)
+        e.load(weights)
+        got = [e.forward("r", tokens[: len(PROMPT)])]  # prefill, then one decode step per token
+        got += [e.forward("r", tokens[i : i + 1]) for i in range(len(PROMPT), len(tokens))]
+        np.testing.assert_allclose(
+            got, want[len(PROMPT) - 1 :], atol=atol, rtol=0, err_msg=kind.name
+        )

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from exoquic.models.config import ModelConfig
 from exoquic.models.errors import ModelLoadError, UnknownModelError
 from exoquic.models.gguf_loader import load_gguf_shard
 from exoquic.models.registry import (
@@ -105,3 +106,35 @@ def test_hf_source_matches_gguf_source(hf_model_dir: Path) -> None:
     assert hf.load_tokenizer().encode(text) == gguf.load_tokenizer().encode(text)
     name = "model.embed_tokens.weight"
     assert (hf.load_shard(shard).dense(name) == gguf.load_shard(shard).dense(name)).all()
+
+
+# The shape keys of meta-llama/Llama-3.2-{1B,3B}-Instruct's published config.json.
+LLAMA_3_2_SHAPES = {
+    "llama-3.2-1b-instruct": (2048, 16, 32, 64),  # hidden, layers, heads, head_dim
+    "llama-3.2-3b-instruct": (3072, 28, 24, 128),
+}
+
+
+@pytest.mark.parametrize("model_id", LLAMA_3_2_SHAPES)
+def test_llama_3_2_sizes_follow_from_their_config(model_id: str) -> None:
+    hidden, layers, heads, head_dim = LLAMA_3_2_SHAPES[model_id]
+    c = ModelConfig.from_hf_dict(
+        {
+            "hidden_size": hidden,
+            "intermediate_size": 8192,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": 8,
+            "head_dim": head_dim,
+            "vocab_size": 128256,
+            "tie_word_embeddings": True,
+        }
+    )
+    entry = get_model(model_id)
+    d = c.hidden_size
+    attention = d * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
+    assert entry.params_per_layer == attention + 3 * d * c.intermediate_size + 2 * d
+    assert entry.embed_params == c.vocab_size * d
+    assert (entry.num_layers, entry.tie_word_embeddings) == (c.num_layers, True)
+    assert entry.bytes_per_layer == 4 * entry.params_per_layer  # held as float32
+    assert entry.gated and get_model(entry.hf_repo) is entry
