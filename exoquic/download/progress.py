@@ -13,18 +13,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
 
 ProgressCallback = Callable[[str, int, int], None]
 """`callback(file, bytes_done, bytes_total)`; called from worker threads."""
@@ -112,6 +105,16 @@ def terminal_progress(
     description: str, console: Console | None = None
 ) -> Iterator[ProgressCallback]:
     """A rich progress bar (one line per file plus a total) fed by the yielded callback."""
+    # Imported here: nodes track progress without a terminal bar, and rich is slow to import.
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
