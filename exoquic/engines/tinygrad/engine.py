@@ -271,7 +271,13 @@ class TinygradEngine(Engine):
 
 
 def _pick_bucket(remaining: int, room: int) -> int:
-    """The prefill length for the next chunk: the smallest bucket holding `remaining`
-    positions that fits the cache's `room`, else the largest bucket that fits."""
+    """The prefill length for the next chunk, among the buckets that fit the cache's
+    `room`: the smallest holding the `remaining` positions, unless padding would take
+    over a quarter of it (a 256-position rest would run as 512); then the largest
+    below the rest. Rows compute the same whatever the chunking, so this only saves work."""
     fitting = [b for b in PREFILL_BUCKETS if b <= room]
-    return next((b for b in fitting if b >= remaining), fitting[-1])
+    holding = next((b for b in fitting if b >= remaining), None)
+    below = [b for b in fitting if b < remaining]
+    if holding is not None and (holding - remaining <= holding // 4 or not below):
+        return holding
+    return below[-1] if below else fitting[-1]

@@ -18,7 +18,7 @@ from engines.reference import reference_forward
 from tinygrad_tiny import TINY, WeightsFor
 
 from exoquic.engines.base import ContextOverflowError, EngineError, ForwardItem
-from exoquic.engines.tinygrad.engine import TinygradEngine
+from exoquic.engines.tinygrad.engine import TinygradEngine, _pick_bucket
 from exoquic.models.shard import Shard
 
 PROMPT = np.array([5, 17, 3, 88, 42, 0, 61, 9, 33, 70, 2], dtype=np.int32)
@@ -337,3 +337,15 @@ def test_large_decode_batches_are_split_and_padded(tiny_weights: WeightsFor, cou
     last = count - 1
     assert engine.active_requests() == count
     assert engine.cache_length(f"r{last}") == 2 + last % 9 + 1
+
+
+@pytest.mark.parametrize(
+    ("remaining", "bucket"), [(1, 32), (33, 32), (100, 128), (256, 128), (300, 128), (511, 512)]
+)
+def test_prefill_chunks_are_sized_to_waste_little_padding(remaining: int, bucket: int) -> None:
+    assert _pick_bucket(remaining, room=4096) == bucket
+
+
+def test_a_prefill_chunk_never_outgrows_the_cache() -> None:
+    assert _pick_bucket(300, room=200) == 128
+    assert _pick_bucket(10, room=40) == 32
