@@ -94,10 +94,11 @@ class _Abandoned(Exception):
     """What an abandoned job holds instead of a result (its caller is gone)."""
 
 
-# Positions per chunk of a long prompt. A multiple of every engine's prefill
-# bucket, so chunking changes no arithmetic; on a 2-core CPU a chunk of the
-# default model takes about half a second, the longest a decode step waits.
-PREFILL_CHUNK = 64
+# Positions per chunk of a long prompt: one of the tinygrad engine's prefill
+# buckets (so no chunk is padded), big enough to keep prefill efficient. On a
+# 2-core CPU a chunk of the default model takes about a second: the longest a
+# decode step waits behind someone else's prompt.
+PREFILL_CHUNK = 128
 
 
 class EngineWorker:
