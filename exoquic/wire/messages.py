@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -162,12 +163,29 @@ def check_real(
 ) -> None:
     """A finite number in [low, high] (or (low, high]); stored as float."""
     value = getattr(message, name)
-    if not (isinstance(value, float) or _is_int(value)) or not math.isfinite(value):
+    # isfinite only on floats: on an int past float range it raises OverflowError.
+    if not (_is_int(value) or (isinstance(value, float) and math.isfinite(value))):
         raise _invalid(message, name, "a finite number", value)
+    # Python compares ints and floats exactly, so the range check comes before
+    # float(), which would overflow on a huge int.
     if value < low or value > high or (low_open and value == low):
         bracket = "(" if low_open else "["
         raise _invalid(message, name, f"a number in {bracket}{low}, {high}]", value)
     object.__setattr__(message, name, float(value))  # ints are fine on the wire
+
+
+def check_choice(
+    message: Message, name: str, choices: frozenset[str], *, optional: bool = False
+) -> None:
+    """One of the text values `choices` (or None when `optional`)."""
+    value = getattr(message, name)
+    if optional and value is None:
+        return
+    # Test the type first: a list or map from the peer is unhashable, and a
+    # set-membership test on it raises TypeError.
+    if not isinstance(value, str) or value not in choices:
+        expected = f"one of {sorted(choices)}" + (" or null" if optional else "")
+        raise _invalid(message, name, expected, value)
 
 
 def check_name(message: Message, name: str) -> None:
@@ -192,8 +210,26 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+class _ShortRepr(reprlib.Repr):
+    """A bounded repr of refused values: a full repr of a peer's 64 MiB byte
+    string or list would cost time and memory for a message nobody reads whole."""
+
+    def __init__(self) -> None:
+        super().__init__()  # keyword arguments need Python 3.12
+        self.maxlevel, self.maxlist, self.maxdict = 2, 6, 6
+        self.maxstring = self.maxother = self.maxlong = 60
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 256:  # repr() refuses ints of over 4300 digits (ValueError)
+            return f"<int of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+
+_SHORT_REPR = _ShortRepr()
+
+
 def _invalid(message: Message, name: str, expected: str, value: Any) -> LocalProtocolError:
-    shown = repr(value) if len(repr(value)) <= 80 else f"{type(value).__name__} {repr(value)[:60]}…"
+    shown = _SHORT_REPR.repr(value)
     return LocalProtocolError(
         f"{message.TYPE}.{name} must be {expected}, not {shown}", ErrorCode.INVALID_FIELD
     )
@@ -346,9 +382,7 @@ class TokenResult(Message):
     def __post_init__(self) -> None:
         check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
         check_uint(self, "token_id", U32)
-        if self.finish_reason is not None and self.finish_reason not in FINISH_REASONS:
-            raise _invalid(self, "finish_reason", f"null or one of {sorted(FINISH_REASONS)}",
-                           self.finish_reason)  # fmt: skip
+        check_choice(self, "finish_reason", FINISH_REASONS, optional=True)
 
 
 @register
@@ -455,8 +489,7 @@ class ModelProgress(Message):
 
     def __post_init__(self) -> None:
         check_text(self, "model", MAX_MODEL_ID_LENGTH, printable=True)
-        if not isinstance(self.phase, str) or self.phase not in PREPARATION_PHASES:
-            raise _invalid(self, "phase", f"one of {sorted(PREPARATION_PHASES)}", self.phase)
+        check_choice(self, "phase", PREPARATION_PHASES)
         check_uint(self, "total_bytes")
         check_uint(self, "done_bytes", self.total_bytes)
         check_uint(self, "files_total", U32)

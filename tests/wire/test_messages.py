@@ -175,6 +175,13 @@ def test_forward_version_1_is_refused() -> None:
          ErrorCode.INVALID_FIELD, "token_id"),
         (raw("token", request_id="r", token_id=1, finish_reason="eos"),
          ErrorCode.INVALID_FIELD, "finish_reason"),
+        # Unhashable values once reached a set-membership test (TypeError).
+        (raw("token", request_id="r", token_id=1, finish_reason=["stop"]),
+         ErrorCode.INVALID_FIELD, "finish_reason"),
+        (raw("token", request_id="r", token_id=1, finish_reason={"stop": 1}),
+         ErrorCode.INVALID_FIELD, "finish_reason"),
+        (raw("token", request_id="r", token_id=1, finish_reason=False),
+         ErrorCode.INVALID_FIELD, "finish_reason"),
         (raw("pair_request", public_key=bytes(31), name="x"), ErrorCode.INVALID_FIELD, "32"),
         (raw("pair_request", public_key=bytes(32), name=" x"), ErrorCode.INVALID_FIELD, "name"),
         (raw("pair_confirm", confirm="00" * 32), ErrorCode.INVALID_FIELD, "confirm"),
@@ -347,6 +354,21 @@ def test_model_progress_version_2_is_refused() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         decode_message(data)
     assert info.value.error_code == ErrorCode.UNSUPPORTED_VERSION
+
+
+def test_real_fields_refuse_ints_past_float_range_cleanly() -> None:
+    # float(10**400) and math.isfinite(10**400) raise OverflowError.
+    with pytest.raises(LocalProtocolError, match="temperature"):
+        Forward("r", 1, 0, np.array([1], np.int32), temperature=10**400)
+
+
+def test_refused_values_are_shown_briefly() -> None:
+    data = raw("token", request_id="r", token_id=1, finish_reason=b"x" * (1 << 20))
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_message(data)
+    assert len(str(info.value)) < 300
+    with pytest.raises(LocalProtocolError, match="int of"):
+        Ping(10**5000)  # repr() refuses ints of over 4300 digits
 
 
 def test_building_a_bad_model_progress_is_our_bug() -> None:
