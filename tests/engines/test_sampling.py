@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from exoquic.engines.sampling import Sampler, SamplingParams, candidate_probabilities
+from exoquic.engines.sampling import Sampler, SamplingParams, candidate_probabilities, candidates
 
 LOGITS = np.array([1.0, 3.0, 2.0, 0.5, 2.9], dtype=np.float32)
 
@@ -81,3 +81,42 @@ def test_candidates_form_a_distribution(
     assert probs[int(np.argmax(logits))] > 0  # the best token is always a candidate
     if top_k:
         assert np.count_nonzero(probs) <= top_k
+
+
+def naive_candidates(logits: np.ndarray, params: SamplingParams) -> dict[int, float]:
+    """The definition, spelled out: full ranking, then top_k, then top_p."""
+    scaled = logits.astype(np.float64) / params.temperature
+    order = sorted(range(len(scaled)), key=lambda i: (-scaled[i], i))
+    if params.top_k:
+        order = order[: params.top_k]
+    weights = np.exp(scaled[order] - scaled[order[0]])
+    weights /= weights.sum()
+    keep = int(np.searchsorted(np.cumsum(weights), params.top_p)) + 1
+    kept = weights[:keep] / weights[:keep].sum()
+    return dict(zip(order[:keep], kept, strict=True))
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_fast_candidates_match_the_definition_on_a_large_vocabulary(case: int) -> None:
+    rng = np.random.default_rng(case)
+    # Peaked like a model's logits (a few likely tokens), or flat (top_p needs them all).
+    scale = 8.0 if case % 2 else 0.5
+    logits = (rng.standard_normal(5000) * scale).astype(np.float32)
+    params = SamplingParams(
+        temperature=float(rng.uniform(0.3, 1.5)),
+        top_p=float(rng.choice([0.5, 0.9, 0.99, 1.0])),
+        top_k=int(rng.choice([0, 0, 20, 400])),
+    )
+    want = naive_candidates(logits, params)
+    ids, probs = candidates(logits, params)
+    assert probs.sum() == pytest.approx(1.0)
+    got = {int(i): float(p) for i, p in zip(ids, probs, strict=True)}
+    assert got.keys() == want.keys()
+    assert [got[i] for i in want] == pytest.approx(list(want.values()), rel=1e-9)
+
+
+def test_draws_follow_the_candidate_probabilities() -> None:
+    logits = np.log(np.array([0.5, 0.3, 0.2], dtype=np.float32))
+    sampler = Sampler(SamplingParams(temperature=1.0, seed=1))
+    counts = np.bincount([sampler.sample(logits, step) for step in range(6000)], minlength=3)
+    assert counts / counts.sum() == pytest.approx([0.5, 0.3, 0.2], abs=0.02)
