@@ -1,12 +1,22 @@
-"""Write the small seed corpus in fuzz/corpus/ (run again after changing messages).
+"""Write the seed corpus in fuzz/corpus/ (run again after changing messages).
 
-uv run python fuzz/make_corpus.py
+    uv run python fuzz/make_corpus.py [CORPUS_DIR]
+
+Message seeds come from the registry: every registered message type needs an
+entry in `EXAMPLES`, or this script stops and names the missing type (and
+tests/wire/test_fuzz_corpus.py fails), so a new message always gets seeds.
+The messages/ and frames/ folders are rewritten from scratch, so seeds of
+retired message versions do not linger. Pairing seeds hold random SPAKE2
+values: they are written only into an empty pairing/ folder, so that reruns
+do not pile up new random files.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,49 +24,119 @@ import numpy as np
 from exoquic.identity.pairing import PairingCode, PairingInitiator, PairingResponder
 from exoquic.wire.framing import encode_frame
 from exoquic.wire.messages import (
+    MESSAGE_TYPES,
+    PROTOCOL_VERSION,
     ErrorMessage,
     Forward,
     Hello,
     Message,
+    ModelProgress,
+    PairConfirm,
+    PairFinish,
+    PairRequest,
+    PairResponse,
     Ping,
+    PlanProposal,
+    PlanReady,
     Pong,
     Release,
+    RequestFailed,
     TokenResult,
     encode_message,
 )
 
 CORPUS = Path(__file__).parent / "corpus"
 NODE_ID = "exq-0000-0000-0000-0000-0"
+PLAN = {
+    "version": 3, "model_id": "smollm2-135m", "num_layers": 30,
+    "assignments": [{"node_id": NODE_ID, "start_layer": 0, "end_layer": 29}],
+}  # fmt: skip
 
-
-def messages() -> list[Message]:
-    return [
-        Hello(1, NODE_ID, "laptop", {"memory": 1 << 34, "engines": ["mlx", "tinygrad"]}),
-        Ping(7),
-        Pong(7),
-        ErrorMessage(0x206, "bad field"),
+# Valid messages of each registered type, by type string: varied enough that
+# the fuzzer starts from every branch (optional fields set and not, each enum).
+EXAMPLES: dict[str, list[Message]] = {
+    "hello": [
+        Hello(PROTOCOL_VERSION, NODE_ID, "laptop",
+              {"memory": 1 << 34, "engines": ["mlx", "tinygrad"]}),
+    ],
+    "ping": [Ping(7)],
+    "pong": [Pong(7)],
+    "error": [ErrorMessage(0x206, "bad field")],
+    "forward": [
         Forward("req-1", 1, 0, np.array([1, 2, 3], np.int32), 0.7, 0.9, 40, 1234, 64),
-        Forward("req-1", 1, 3, np.ones((2, 4), np.float16)),
-        TokenResult("req-1", 42, "stop"),
-        Release("req-1"),
-    ]
+        Forward("req-1", 1, 3, np.ones((2, 4), np.float16), step=2, origin=NODE_ID),
+    ],
+    "token": [TokenResult("req-1", 42, "stop"), TokenResult("req-1", 7, None)],
+    "release": [Release("req-1")],
+    "request_failed": [RequestFailed("req-1", "plan 3 is gone", True)],
+    "plan_proposal": [PlanProposal(PLAN)],
+    "plan_ready": [PlanReady(3, NODE_ID)],
+    "model_progress": [
+        ModelProgress("org/model", "downloading", 30 << 20, 90 << 20, 1, 5, 1 << 20, ""),
+        ModelProgress("org/model", "failed", 5, 10, 0, 1, 0, "disk full"),
+    ],
+    "pair_request": [PairRequest(bytes(range(32)), "phone")],
+    "pair_response": [PairResponse(bytes(range(32)), "desk", b"B" + bytes(32))],
+    "pair_finish": [PairFinish(b"A" + bytes(32), bytes(32))],
+    "pair_confirm": [PairConfirm(bytes(32))],
+}  # fmt: skip
 
 
-def write(kind: str, data: bytes) -> None:
-    folder = CORPUS / kind
+class MissingExampleError(Exception):
+    """A registered message type has no entry in EXAMPLES."""
+
+
+def protocol_types() -> list[str]:
+    """The registered message types of the protocol (tests register toy types
+    of their own, which need no seeds)."""
+    return sorted(t for t, cls in MESSAGE_TYPES.items() if cls.__module__.startswith("exoquic."))
+
+
+def message_seeds(examples: dict[str, list[Message]] = EXAMPLES) -> list[bytes]:
+    """Encoded seeds for every registered message type, in registry order."""
+    missing = [t for t in protocol_types() if t not in examples]
+    if missing:
+        raise MissingExampleError(
+            f"no seed example for message type(s) {missing}: add them to EXAMPLES in {__file__}"
+        )
+    seeds = []
+    for type_name in protocol_types():
+        for message in examples[type_name]:
+            if type(message) is not MESSAGE_TYPES[type_name]:
+                raise MissingExampleError(f"EXAMPLES[{type_name!r}] holds a {message!r}")
+            seeds.append(encode_message(message))
+    hidden = np.ones((1, 4), np.float32)
+    seeds.append(encode_message(Forward("r", 1, 0, hidden), bfloat16=True))
+    return seeds
+
+
+def seed_name(data: bytes) -> str:
+    """Seeds are named by content, so equal seeds are one file."""
+    return hashlib.sha1(data).hexdigest()
+
+
+def write(folder: Path, data: bytes) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / hashlib.sha1(data).hexdigest()).write_bytes(data)
+    (folder / seed_name(data)).write_bytes(data)
 
 
-def main() -> None:
-    encoded = [encode_message(m) for m in messages()]
-    encoded.append(encode_message(Forward("r", 1, 0, np.ones((1, 4), np.float32)), bfloat16=True))
+def write_messages_and_frames(corpus: Path) -> None:
+    encoded = message_seeds()
+    for kind in ("messages", "frames"):
+        shutil.rmtree(corpus / kind, ignore_errors=True)
     for data in encoded:
-        write("messages", data)
-        write("frames", b"\x00" * 4 + encode_frame(data))  # chunk-size bytes, then a frame
-    write("frames", b"\x00" * 4 + b"".join(encode_frame(d) for d in encoded[:3]))
-    write("frames", b"\x00" * 4 + struct.pack(">I", 1 << 20) + b"big")
-    # Pairing inputs: scenario byte first (see fuzz_pairing.py), then payload choices.
+        write(corpus / "messages", data)
+        # fuzz_frames reads 4 chunk-size bytes, then the stream.
+        write(corpus / "frames", b"\x00" * 4 + encode_frame(data))
+    write(corpus / "frames", b"\x00" * 4 + b"".join(encode_frame(d) for d in encoded[:3]))
+    write(corpus / "frames", b"\x00" * 4 + struct.pack(">I", 1 << 20) + b"big")
+
+
+def write_pairing(corpus: Path) -> None:
+    """Scenario byte first (see fuzz_pairing.py), then payload choices."""
+    folder = corpus / "pairing"
+    if folder.is_dir() and any(folder.iterdir()):
+        return
     code = PairingCode("7K3M-9QX8", 1e9)
     initiator = PairingInitiator(code.text, bytes(range(32)), "init", tls_peer_key=None)
     responder = PairingResponder(code, bytes(range(1, 33)), "resp", tls_peer_key=None)
@@ -64,8 +144,15 @@ def main() -> None:
     response = responder.receive(request, 0.0) or b""
     for scenario, payload in enumerate([request, initiator.receive(response, 0.0) or b"",
                                         response, b"\xa0"]):  # fmt: skip
-        write("pairing", bytes([scenario, 0, 0]) + payload)
+        write(folder, bytes([scenario, 0, 0]) + payload)
+
+
+def main(corpus: Path = CORPUS) -> None:
+    """Write the messages/, frames/ and pairing/ seeds under `corpus`
+    (announcement/ seeds are kept by hand)."""
+    write_messages_and_frames(corpus)
+    write_pairing(corpus)
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else CORPUS)
