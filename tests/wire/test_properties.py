@@ -276,6 +276,7 @@ def test_any_value_in_any_field_only_raises_remote_errors(
 
 
 @pytest.mark.parametrize("type_name", PROTOCOL_TYPES)
+@settings(max_examples=50)
 @given(data=st.data())
 def test_any_values_in_several_fields_only_raise_remote_errors(
     type_name: str, data: st.DataObject
