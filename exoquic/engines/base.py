@@ -80,3 +80,7 @@ class Engine(ABC):
 
     def unload(self) -> None:  # noqa: B027 - optional hook; the default keeps nothing
         """Drop the weights and every cache."""
+
+    def warm_up(self) -> None:  # noqa: B027 - optional hook; the default has nothing to do
+        """Prepare what the first requests will need (compiled kernels, traced steps),
+        so that they do not wait for it; called after `load`. Leaves no cache behind."""

@@ -442,7 +442,7 @@ class Cluster:
                 log.info("loading layers %d-%d", shard.start_layer, shard.end_layer)
                 try:
                     weights = await self._fetch_weights(shard)
-                    await self.worker.call(lambda: self.worker.engine.load(weights))
+                    await self.worker.load(weights)
                 except Exception as exc:  # a failed download must not take the node down
                     await self._load_failed(shard, key, exc)
                     return

@@ -252,9 +252,9 @@ async def _load_whole(
     shard = Shard.whole(model_id, config.num_layers)
     started = time.perf_counter()
     weights = await trio.to_thread.run_sync(load_shard, shard)
-    await worker.call(lambda: worker.engine.load(weights))
+    await worker.load(weights)
     log.info(
-        "loaded %s on %s in %.1fs",
+        "loaded and warmed up %s on %s in %.1fs",
         model_id,
         worker.engine.name,
         time.perf_counter() - started,

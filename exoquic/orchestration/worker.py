@@ -35,6 +35,7 @@ import numpy as np
 import trio
 
 from exoquic.engines.base import Engine, ForwardItem
+from exoquic.models.weights import ShardWeights
 
 T = TypeVar("T")
 
@@ -170,6 +171,14 @@ class EngineWorker:
         """Queue one forward step and wait for its output (see `Engine.forward`)."""
         output: np.ndarray = await self.forward_nowait(request_id, inputs).wait()
         return output
+
+    async def load(self, weights: ShardWeights) -> None:
+        """Load a shard into the engine, then warm it up (see `Engine.warm_up`): both
+        are queued at once, so nothing queued later runs between them."""
+        loading = self.call_nowait(lambda: self.engine.load(weights))
+        warming = self.call_nowait(self.engine.warm_up)
+        await loading.wait()
+        await warming.wait()
 
     async def call(self, fn: Callable[[], Any]) -> Any:
         """Run any other engine method (load, release...) in the worker thread, in order."""

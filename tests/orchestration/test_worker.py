@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 import trio
+import trio.testing
 
 from exoquic.engines.base import Engine, ForwardItem
 from exoquic.models.shard import Shard
@@ -246,3 +247,31 @@ async def test_an_engine_call_waits_for_every_chunk_queued_before_it() -> None:
         assert (await prefill.wait()).shape == (6, 1)
         nursery.cancel_scope.cancel()
     assert length == 6
+
+
+class WarmingEngine(RecordingEngine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+
+    def load(self, weights: ShardWeights) -> None:
+        self.gate.wait()
+        self.events.append("load")
+
+    def warm_up(self) -> None:
+        self.events.append("warm_up")
+
+
+async def test_loading_a_shard_warms_it_up_before_anything_queued_after() -> None:
+    engine = WarmingEngine()
+    worker = EngineWorker(engine)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        engine.gate.clear()  # the load holds the engine thread
+        nursery.start_soon(worker.load, ShardWeights.__new__(ShardWeights))
+        await trio.testing.wait_all_tasks_blocked()
+        later = worker.call_nowait(lambda: engine.events.append("next call"))
+        engine.gate.set()
+        await later.wait()
+        nursery.cancel_scope.cancel()
+    assert engine.events == ["load", "warm_up", "next call"]
