@@ -141,6 +141,7 @@ class EngineWorker:
         while True:
             if not pending:
                 pending.append(await self._receive.receive())
+            await _let_callers_queue()
             pending += self._drain()
             pending = [job for job in pending if job.started or not job.abandoned]
             if not pending:
@@ -274,6 +275,15 @@ class EngineWorker:
             return self.engine.forward_batch(items)
         finally:
             self._stats.engine_seconds += time.perf_counter() - started
+
+
+async def _let_callers_queue() -> None:
+    """Yield before taking the queue: the tasks that the last results woke up (and
+    that woke the worker) queue their next steps in their first moments, and they
+    then join this batch instead of leaving a batch of one followed by the rest.
+    Twice, because Trio may run this task first in each pass."""
+    for _ in range(2):
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
 
 def _decode_batch(forwards: list[Job], limit: int) -> list[Job]:

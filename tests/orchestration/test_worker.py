@@ -275,3 +275,24 @@ async def test_loading_a_shard_warms_it_up_before_anything_queued_after() -> Non
         await later.wait()
         nursery.cancel_scope.cancel()
     assert engine.events == ["load", "warm_up", "next call"]
+
+
+async def test_requests_stepping_together_stay_in_one_batch() -> None:
+    """Each result wakes its request, which queues its next step at once: the worker
+    waits for those before taking the queue, so four requests make batches of four."""
+    engine = RecordingEngine()
+    worker = EngineWorker(engine)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+
+        async def request(name: str, hops: int) -> None:
+            for _ in range(6):
+                await worker.forward(name, np.array([1]))
+                for _ in range(hops):  # a result passes a task or two before it is used
+                    await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as requests:
+            for i, hops in enumerate([0, 1, 2, 2]):
+                requests.start_soon(request, f"r{i}", hops)
+        nursery.cancel_scope.cancel()
+    assert [len(batch) for batch in engine.batches] == [4] * 6

@@ -28,8 +28,10 @@ from exoquic.models.weights import ShardWeights
 # Prefill runs in chunks of one of these lengths (the last chunk padded), so
 # only a handful of graph shapes are ever compiled.
 PREFILL_BUCKETS = (32, 128, 512)
-# Decode batches are padded to one of these sizes (and split above the last).
-DECODE_BATCHES = (1, 2, 4, 8, 16)
+# Decode batches run at one of these sizes: padded up to the next one, split above
+# the last. Each size is traced on first use (~1 s); padding a batch of 5 to 8 would
+# cost 60% more compute on every step, so small sizes are all there.
+DECODE_BATCHES = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16)
 
 
 @dataclass
