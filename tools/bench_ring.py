@@ -1,14 +1,14 @@
 """Benchmark rings of 1, 2 and 3 `exoquic up` processes on this machine (loopback).
 
     uv run python tools/bench_ring.py [--engine mlx] [--nodes 1,2,3] [--tokens 32]
-                                      [--concurrency 1,4,8] [--json FILE]
+                                      [--concurrency 1,4,8] [--repeats 3] [--json FILE]
 
 For each ring size it reports:
 
 - decode tok/s of one request (streamed; time between its first and last
   token, so the prompt's prefill is left out), after a warm-up request and
-  a warm-up round at each concurrency (engines that compile kernels per
-  shape, like tinygrad, would otherwise be timed compiling);
+  warm-up rounds that pass through every batch size (engines that trace a
+  step per shape, like tinygrad, would otherwise be timed tracing);
 - aggregate tok/s with 1, 4 and 8 requests at once (all completion tokens
   over the wall time, prefill included), origins spread over the nodes, and
   the steady decode rate while all of them were decoding (no prefill);
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -112,11 +113,13 @@ def hop_split(before: list[dict[str, Any]], after: list[dict[str, Any]], n: int)
 
 
 async def run_concurrent(
-    client: httpx.AsyncClient, nodes: list[RingNode], level: int, tokens: int
+    client: httpx.AsyncClient, nodes: list[RingNode], level: int, tokens: int, stagger: int = 0
 ) -> None:
+    """`level` requests at once; request i asks for `tokens + i * stagger` tokens."""
     async with trio.open_nursery() as nursery:
         for i in range(level):
-            nursery.start_soon(stream, client, nodes[i % len(nodes)], PROMPTS[i % 8], tokens)
+            node, prompt = nodes[i % len(nodes)], PROMPTS[i % len(PROMPTS)]
+            nursery.start_soon(stream, client, node, prompt, tokens + i * stagger)
 
 
 def steady_decode_rate(runs: list[dict[str, Any]]) -> float | None:
@@ -131,41 +134,69 @@ def steady_decode_rate(runs: list[dict[str, Any]]) -> float | None:
     return round(count / (end - start), 2)
 
 
-async def bench_ring(nodes: list[RingNode], tokens: int, levels: list[int]) -> dict[str, Any]:
-    n = len(nodes)
-    result: dict[str, Any] = {"nodes": n}
+async def bench_ring(
+    nodes: list[RingNode], tokens: int, levels: list[int], repeats: int
+) -> dict[str, Any]:
+    """Every figure is the median of `repeats` rounds (this machine's speed wanders)."""
     async with httpx.AsyncClient(timeout=900) as client:
         await stream(client, nodes[0], PROMPTS[0], 4)  # warm up (kernels, caches)
-        before = await trio.to_thread.run_sync(counters, nodes)
-        solo = await stream(client, nodes[0], PROMPTS[0], tokens)
-        after = await trio.to_thread.run_sync(counters, nodes)
-        times = solo["times"]
-        result["single_decode_tok_s"] = round((len(times) - 1) / (times[-1] - times[0]), 2)
-        result["single_tokens"] = solo["tokens"]
-        result["hop_split"] = hop_split(before, after, n)
-        for level in levels:  # warm up: engines compile a kernel per batch size
-            await run_concurrent(client, nodes, level, 8)
-        aggregate, steady = {}, {}
-        for level in levels:
-            runs: list[dict[str, Any]] = []
-
-            async def one(i: int, runs: list[dict[str, Any]] = runs) -> None:
-                node = nodes[i % n]
-                runs.append(await stream(client, node, PROMPTS[i % len(PROMPTS)], tokens))
-
-            started = time.perf_counter()
-            async with trio.open_nursery() as nursery:
-                for i in range(level):
-                    nursery.start_soon(one, i)
-            wall = time.perf_counter() - started
-            total = sum(run["tokens"] for run in runs)
-            aggregate[str(level)] = round(total / wall, 2)
-            steady[str(level)] = steady_decode_rate(runs)
-        result["aggregate_tok_s"] = aggregate
-        result["steady_decode_tok_s"] = steady
+        # Warm up every batch size (engines trace a step per size): requests that
+        # end one after another shrink the batch from the largest level down to 1.
+        await run_concurrent(client, nodes, max(levels), 8, stagger=4)
+        await run_concurrent(client, nodes, max(levels), 8, stagger=4)
+        rounds = [await bench_round(client, nodes, tokens, levels) for _ in range(repeats)]
         stats = await trio.to_thread.run_sync(counters, nodes)
-        result["largest_batch"] = max(s["worker"]["largest_batch"] for s in stats)
+    result: dict[str, Any] = {"nodes": len(nodes), "repeats": repeats}
+    result["single_decode_tok_s"] = _median([r["single"] for r in rounds])
+    result["single_decode_tok_s_all"] = [r["single"] for r in rounds]
+    result["single_tokens"] = rounds[0]["single_tokens"]
+    splits = [r["hop_split"] for r in rounds]
+    result["hop_split"] = {key: _median([sp[key] for sp in splits]) for key in splits[0]}
+    for name in ("aggregate_tok_s", "steady_decode_tok_s"):
+        result[name] = {
+            str(level): _median([r[name][str(level)] for r in rounds]) for level in levels
+        }
+    result["largest_batch"] = max(s["worker"]["largest_batch"] for s in stats)
     return result
+
+
+async def bench_round(
+    client: httpx.AsyncClient, nodes: list[RingNode], tokens: int, levels: list[int]
+) -> dict[str, Any]:
+    n = len(nodes)
+    before = await trio.to_thread.run_sync(counters, nodes)
+    solo = await stream(client, nodes[0], PROMPTS[0], tokens)
+    after = await trio.to_thread.run_sync(counters, nodes)
+    times = solo["times"]
+    result: dict[str, Any] = {
+        "single": round((len(times) - 1) / (times[-1] - times[0]), 2),
+        "single_tokens": solo["tokens"],
+        "hop_split": hop_split(before, after, n),
+    }
+    aggregate, steady = {}, {}
+    for level in levels:
+        runs: list[dict[str, Any]] = []
+
+        async def one(i: int, runs: list[dict[str, Any]] = runs) -> None:
+            node = nodes[i % n]
+            runs.append(await stream(client, node, PROMPTS[i % len(PROMPTS)], tokens))
+
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for i in range(level):
+                nursery.start_soon(one, i)
+        wall = time.perf_counter() - started
+        total = sum(run["tokens"] for run in runs)
+        aggregate[str(level)] = round(total / wall, 2)
+        steady[str(level)] = steady_decode_rate(runs)
+    result["aggregate_tok_s"] = aggregate
+    result["steady_decode_tok_s"] = steady
+    return result
+
+
+def _median(values: list[Any]) -> Any:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 3) if present else None
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -181,7 +212,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 started = time.perf_counter()
                 wait_serving(nodes, n, timeout=1800)
                 ready = time.perf_counter() - started
-                result = trio.run(bench_ring, nodes, args.tokens, args.concurrency)
+                result = trio.run(bench_ring, nodes, args.tokens, args.concurrency, args.repeats)
                 result["startup_s"] = round(ready, 1)
             print(json.dumps(result), flush=True)
             results.append(result)
@@ -217,6 +248,7 @@ def main() -> None:
     parser.add_argument(
         "--concurrency", default="1,4,8", type=lambda s: [int(x) for x in s.split(",")]
     )
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; figures are medians")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument(
         "--pin", action="store_true", help="pin node i to CPU i (mod the CPU count) with taskset"

@@ -1,0 +1,99 @@
+"""The origin's step loop (`Ring.generate_tokens`) against a stand-in ring (pure logic):
+the next step leaves before a token is handed out, and nothing is lost on the way."""
+
+from __future__ import annotations
+
+import numpy as np
+import trio
+
+from exoquic.engines.sampling import SamplingParams
+from exoquic.models.shard import Shard
+from exoquic.orchestration.ring import PeerUnavailable, Ring
+from exoquic.orchestration.worker import EngineWorker
+from exoquic.topology import Plan
+from exoquic.topology.partition import Assignment
+from exoquic.wire.messages import Forward, Message, Release, TokenResult
+
+NODE = "exq-XGYA-KPPC-6SEY-M6EB-T"
+
+
+def plan(version: int) -> Plan:
+    return Plan(version, "m", (Assignment(NODE, Shard("m", 0, 3, 4)),))
+
+
+class StandInRing:
+    """Answers every forward step with token 100 + its step index; the forward steps
+    numbered in `unreachable` fail to send, as if the first node had just died."""
+
+    node_id = NODE
+
+    def __init__(self, unreachable: set[int]) -> None:
+        self.ring: Ring | None = None
+        self.unreachable = unreachable
+        self.forwards: list[Forward] = []
+        self.released: list[str] = []
+        self.log: list[str] = []
+
+    async def send(self, node_id: str, message: Message) -> None:
+        assert self.ring is not None
+        if isinstance(message, Release):
+            self.released.append(message.request_id)
+            return
+        assert isinstance(message, Forward)
+        self.forwards.append(message)
+        self.log.append(f"sent step {message.step}")
+        if len(self.forwards) in self.unreachable:
+            raise PeerUnavailable("first node unreachable")
+        self.ring.receive(TokenResult(message.request_id, 100 + message.step, None))
+
+    def serving_plan(self, version: int) -> Plan | None:
+        return plan(version)
+
+    async def wait_usable_plan(self, newer_than: int) -> Plan:
+        return plan(newer_than + 1)
+
+
+async def run(stand_in: StandInRing, budget: int, stop_after: int | None = None) -> list[int]:
+    # As origin only, the ring never touches its engine: an unstarted worker shell.
+    ring = Ring(stand_in, EngineWorker.__new__(EngineWorker))
+    stand_in.ring = ring
+    tokens: list[int] = []
+    generator = ring.generate_tokens("req", [1, 2, 3], SamplingParams(), budget)
+    try:
+        async for token in generator:
+            stand_in.log.append(f"got {token}")
+            tokens.append(token)
+            if len(tokens) == stop_after:
+                break
+    finally:
+        await generator.aclose()
+    return tokens
+
+
+async def test_the_next_step_leaves_before_the_token_is_handed_out() -> None:
+    stand_in = StandInRing(unreachable=set())
+    assert await run(stand_in, budget=3) == [100, 101, 102]
+    assert stand_in.log == [
+        "sent step 0", "sent step 1", "got 100", "sent step 2", "got 101", "got 102",
+    ]  # fmt: skip
+    assert stand_in.released == ["req.0"]
+
+
+async def test_a_step_that_cannot_leave_replays_after_handing_out_its_token() -> None:
+    # The third forward (the early send of step 2) fails: token 101 must still come
+    # out, then the request replays its history under a newer plan and goes on.
+    stand_in = StandInRing(unreachable={3})
+    with trio.fail_after(5):
+        assert await run(stand_in, budget=5) == [100, 101, 102, 103, 104]
+    replay = stand_in.forwards[3]
+    assert replay.request_id == "req.1" and replay.step == 2
+    assert replay.tensor.tolist() == [1, 2, 3, 100, 101]  # prompt + tokens so far
+    assert stand_in.released == ["req.0", "req.1"]
+
+
+async def test_a_caller_stopping_early_releases_the_step_in_flight() -> None:
+    stand_in = StandInRing(unreachable=set())
+    assert await run(stand_in, budget=10, stop_after=2) == [100, 101]
+    assert [f.step for f in stand_in.forwards] == [0, 1, 2]  # step 2 already left
+    assert stand_in.released == ["req.0"]
+    assert np.asarray(stand_in.forwards[2].tensor).tolist() == [101]
