@@ -28,6 +28,9 @@ from exoquic.models.weights import ShardWeights
 # Prefill runs in chunks of one of these lengths (the last chunk padded), so
 # only a handful of graph shapes are ever compiled.
 PREFILL_BUCKETS = (32, 128, 512)
+# Released requests' caches kept for new requests: allocating one (zeroed memory and
+# a tinygrad tensor per layer) costs ~50 ms on two cores, paid by every new request.
+SPARE_CACHES = 8
 # Decode batches run at one of these sizes: padded up to the next one, split above
 # the last. Each size is traced on first use (~1 s); padding a batch of 5 to 8 would
 # cost 60% more compute on every step, so small sizes are all there.
@@ -62,6 +65,7 @@ class TinygradEngine(Engine):
         self._steps: dict[tuple[str, int], LayerStack] = {}
         self._heads: dict[tuple[str, int], Step] = {}
         self._scratch_requests: list[_Request] = []
+        self._spare: list[_Request] = []  # caches of released requests, for new ones
 
     @property
     def shard(self) -> Shard | None:
@@ -81,6 +85,7 @@ class TinygradEngine(Engine):
         self._steps.clear()
         self._heads.clear()
         self._scratch_requests = []
+        self._spare = []
 
     def forward(self, request_id: str, inputs: np.ndarray) -> np.ndarray:
         return self.forward_batch([ForwardItem(request_id, inputs)])[0]
@@ -135,7 +140,9 @@ class TinygradEngine(Engine):
         return request.length if request else 0
 
     def release(self, request_id: str) -> None:
-        self._requests.pop(request_id, None)
+        request = self._requests.pop(request_id, None)
+        if request is not None and len(self._spare) < SPARE_CACHES:
+            self._spare.append(request)
 
     def active_requests(self) -> int:
         return len(self._requests)
@@ -185,6 +192,11 @@ class TinygradEngine(Engine):
 
     def _request(self, model: ShardModel, request_id: str) -> _Request:
         request = self._requests.get(request_id)
+        if request is None and self._spare:
+            # A released request's cache: what it holds is never read, since attention
+            # only reads the positions this request writes first.
+            request = self._requests[request_id] = self._spare.pop()
+            request.length = 0
         if request is None:
             memory = HostArrays()
             with TINYGRAD_LOCK:
