@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import trio
+from engines.tiny_model import random_tensors
 
 from exoquic.engines.mlx.engine import MLXEngine
 from exoquic.models.config import ModelConfig
 from exoquic.models.registry import DEFAULT_MODEL_ID
 from exoquic.models.shard import Shard
 from exoquic.models.tokenizer import Tokenizer
-from exoquic.models.weights import EMBED_NAME, HEAD_NAME, ShardWeights, shard_tensor_names
+from exoquic.models.weights import ShardWeights
 from exoquic.orchestration.node import Node
 from exoquic.orchestration.worker import EngineWorker
 
@@ -177,28 +177,8 @@ TINY_CONFIG = ModelConfig(
 
 def tiny_weights(config: ModelConfig, seed: int = 0) -> ShardWeights:
     """Random float32 weights for every tensor of a whole (tiny) model."""
-    rng = np.random.default_rng(seed)
     shard = Shard.whole(DEFAULT_MODEL_ID, config.num_layers)
-    d, f, hd = config.hidden_size, config.intermediate_size, config.head_dim
-    shapes = {
-        "q_proj": (config.num_heads * hd, d),
-        "k_proj": (config.num_kv_heads * hd, d),
-        "v_proj": (config.num_kv_heads * hd, d),
-        "o_proj": (d, config.num_heads * hd),
-        "gate_proj": (f, d),
-        "up_proj": (f, d),
-        "down_proj": (d, f),
-    }
-    tensors: dict[str, np.ndarray] = {}
-    for name in shard_tensor_names(shard):
-        if name.endswith("norm.weight"):
-            tensors[name] = np.ones(d, dtype=np.float32)
-        elif name == HEAD_NAME:
-            tensors[name] = tensors[EMBED_NAME]
-        else:
-            shape = shapes.get(name.split(".")[-2], (config.vocab_size, d))
-            tensors[name] = (rng.standard_normal(shape) / np.sqrt(shape[1])).astype(np.float32)
-    return ShardWeights(config, shard, dict(tensors))
+    return ShardWeights(config, shard, random_tensors(config, seed=seed, plain=True))
 
 
 @asynccontextmanager

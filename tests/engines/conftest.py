@@ -1,9 +1,9 @@
-"""Fixtures for the tinygrad engine tests."""
+"""Fixtures for the engine tests."""
 
 from __future__ import annotations
 
 import pytest
-from tinygrad_tiny import TINY, WeightsFor, weights_factory
+from engines.tiny_model import TINY, WeightsFor, weights_factory
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["f32", "ggml"])

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 from engines import reference
-from engines.tinygrad.tinygrad_tiny import TINY, random_tensors
+from engines.tiny_model import TINY, random_tensors
 
 from exoquic.engines.base import Engine
 from exoquic.engines.mlx.engine import MLXEngine

@@ -1,4 +1,4 @@
-"""Tiny random llama models for the tinygrad engine tests."""
+"""Tiny random llama models (dense or GGML-quantized) for the engine tests of every engine."""
 
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ TINY = ModelConfig(
     tie_word_embeddings=True,
 )
 
-# Quantization of each layer's matrices: uniform layers exercise the fused q/k/v and
-# gate/up products, the mixed one the unfused path (as in GGUFs that mix kinds).
+# Quantization of each layer's matrices: every kind on every matrix shape. Uniform
+# layers exercise tinygrad's fused q/k/v and gate/up products, the mixed one the
+# unfused path (as in GGUFs that mix kinds).
 LAYER_KINDS: list[tuple[QuantKind, ...]] = [
     ("q4_1",),
     ("q4_0", "q8_0", "q4_1"),
@@ -47,8 +48,14 @@ LAYER_KINDS: list[tuple[QuantKind, ...]] = [
 WeightsFor = Callable[[Shard], ShardWeights]
 
 
-def random_tensors(config: ModelConfig, quantized: bool, seed: int = 0) -> dict[str, WeightArray]:
-    """Every tensor of a whole model; matrices GGML-quantized if asked (embeddings as Q8_0)."""
+def random_tensors(
+    config: ModelConfig, quantized: bool = False, seed: int = 0, plain: bool = False
+) -> dict[str, WeightArray]:
+    """Every tensor of a whole model; matrices GGML-quantized if asked (embeddings as Q8_0).
+
+    By default norms are noisy and embeddings larger, so kernels that mixed them
+    up would differ; plain=True gives unit norms and fan-in-scaled embeddings.
+    """
     rng = np.random.default_rng(seed)
     d, f, hd = config.hidden_size, config.intermediate_size, config.head_dim
     shapes = {
@@ -63,7 +70,8 @@ def random_tensors(config: ModelConfig, quantized: bool, seed: int = 0) -> dict[
     tensors: dict[str, WeightArray] = {}
     for i, name in enumerate(shard_tensor_names(Shard.whole("tiny", config.num_layers))):
         if name.endswith("norm.weight"):
-            tensors[name] = (1 + 0.1 * rng.standard_normal(d)).astype(np.float32)
+            noise = np.zeros(d) if plain else 0.1 * rng.standard_normal(d)
+            tensors[name] = (1 + noise).astype(np.float32)
             continue
         if name == HEAD_NAME and config.tie_word_embeddings:
             tensors[name] = tensors[EMBED_NAME]
@@ -71,7 +79,7 @@ def random_tensors(config: ModelConfig, quantized: bool, seed: int = 0) -> dict[
         suffix = name.split(".", 3)[-1]
         shape = shapes.get(suffix, (config.vocab_size, d))
         dense = (rng.standard_normal(shape) / np.sqrt(shape[1])).astype(np.float32)
-        if name == EMBED_NAME:
+        if name == EMBED_NAME and not plain:
             dense *= 4  # embeddings are not scaled down by fan-in
         if not quantized:
             tensors[name] = dense

@@ -1,11 +1,8 @@
-"""TinygradEngine on tiny random models: sharding, caches, batching, errors.
+"""TinygradEngine on tiny random models: what only tinygrad has (replay, buckets, threads).
 
-The engine's default (fast) path feeds quantized weights int16-quantized
-activations, so against the float64 reference it is close (~1e-4 of the
-logit scale) but not float32-exact. Between its own code paths it must agree
-to float32 noise: splitting into shards and batching decode steps change
-nothing at all; prefill chunks of 16+ rows use a float32 GEMM where decode
-uses integer dot products, which differ by rounding (~1e-5 of the scale).
+What every engine must do is in tests/engines/test_engine_contract.py.
+How close its results must be (int16 activations on the fast path) is in
+tests/engines/engine_factories.py.
 """
 
 from __future__ import annotations
@@ -14,89 +11,16 @@ import threading
 
 import numpy as np
 import pytest
+from engines.engine_factories import PROMPT, TINYGRAD
 from engines.reference import reference_forward
-from tinygrad_tiny import TINY, WeightsFor
+from engines.tiny_model import TINY, WeightsFor
 
-from exoquic.engines.base import ContextOverflowError, EngineError, ForwardItem
+from exoquic.engines.base import ForwardItem
 from exoquic.engines.tinygrad.engine import TinygradEngine, _pick_bucket
 from exoquic.models.shard import Shard
 
-PROMPT = np.array([5, 17, 3, 88, 42, 0, 61, 9, 33, 70, 2], dtype=np.int32)
 ATOL = 1e-4  # float weights against the reference
-
-
-def assert_close(got: np.ndarray, want: np.ndarray) -> None:
-    """Equal to float32 noise (relative to the values' scale)."""
-    atol = 1e-4 * max(1.0, float(np.abs(want).max()))
-    np.testing.assert_allclose(got, want, atol=atol, rtol=0)
-
-
-def engine_for(weights: WeightsFor, start: int, end: int, max_context: int = 256) -> TinygradEngine:
-    engine = TinygradEngine(max_context=max_context)
-    engine.load(weights(Shard("tiny", start, end, TINY.num_layers)))
-    return engine
-
-
-def whole(weights: WeightsFor, max_context: int = 256) -> TinygradEngine:
-    return engine_for(weights, 0, TINY.num_layers - 1, max_context)
-
-
-def run_chain(engines: list[TinygradEngine], request_id: str, tokens: np.ndarray) -> np.ndarray:
-    x: np.ndarray = tokens
-    for engine in engines:
-        x = engine.forward(request_id, x)
-    return x
-
-
-def reference_tolerance(weights: WeightsFor, reference: np.ndarray) -> float:
-    quantized = not isinstance(
-        weights(Shard.whole("tiny", TINY.num_layers)).tensors["model.layers.0.mlp.up_proj.weight"],
-        np.ndarray,
-    )
-    return 1e-3 * float(np.abs(reference).max()) if quantized else ATOL
-
-
-def test_whole_shard_matches_the_reference(tiny_weights: WeightsFor) -> None:
-    logits = whole(tiny_weights).forward("r", PROMPT)
-    assert logits.shape == (TINY.vocab_size,) and logits.dtype == np.float32
-    expected = reference_forward(tiny_weights(Shard.whole("tiny", TINY.num_layers)), PROMPT)[-1]
-    atol = reference_tolerance(tiny_weights, expected)
-    np.testing.assert_allclose(logits, expected, atol=atol, rtol=0)
-
-
-def test_inner_shard_returns_hidden_states(tiny_weights: WeightsFor) -> None:
-    hidden = engine_for(tiny_weights, 0, 1).forward("r", PROMPT)
-    assert hidden.shape == (len(PROMPT), TINY.hidden_size) and hidden.dtype == np.float32
-    expected = reference_forward(tiny_weights(Shard("tiny", 0, 1, TINY.num_layers)), PROMPT)
-    atol = reference_tolerance(tiny_weights, expected)
-    np.testing.assert_allclose(hidden, expected, atol=atol, rtol=0)
-
-
-@pytest.mark.parametrize(
-    "bounds",
-    [[(0, 0), (1, 3)], [(0, 1), (2, 3)], [(0, 2), (3, 3)], [(0, 0), (1, 1), (2, 2), (3, 3)]],
-    ids=lambda b: "|".join(f"{s}-{e}" for s, e in b),
-)
-def test_chained_shards_equal_unsplit(
-    tiny_weights: WeightsFor, bounds: list[tuple[int, int]]
-) -> None:
-    unsplit = whole(tiny_weights)
-    engines = [engine_for(tiny_weights, s, e) for s, e in bounds]
-    assert_close(run_chain(engines, "r", PROMPT), unsplit.forward("r", PROMPT))
-    # Decode steps keep agreeing once every shard holds a cache (and the replay kicks in).
-    for token in (7, 50, 1, 95):
-        step = np.array([token], np.int32)
-        assert_close(run_chain(engines, "r", step), unsplit.forward("r", step))
-
-
-def test_prefill_then_decode_equals_full_prefill(tiny_weights: WeightsFor) -> None:
-    full = whole(tiny_weights).forward("r", PROMPT)
-    engine = whole(tiny_weights)
-    engine.forward("r", PROMPT[:-4])
-    for token in PROMPT[-4:]:
-        logits = engine.forward("r", np.array([token], np.int32))
-    assert engine.cache_length("r") == len(PROMPT)
-    assert_close(logits, full)
+engine_for, whole, assert_close = TINYGRAD.engine_for, TINYGRAD.whole, TINYGRAD.assert_close
 
 
 def test_decode_replay_stays_exact(tiny_weights: WeightsFor) -> None:
@@ -122,134 +46,7 @@ def test_long_prompt_runs_in_chunks(tiny_weights: WeightsFor) -> None:
     stepped.forward("r", tokens[100:149])
     assert_close(stepped.forward("r", tokens[149:]), logits)
     expected = reference_forward(tiny_weights(Shard.whole("tiny", TINY.num_layers)), tokens)[-1]
-    atol = reference_tolerance(tiny_weights, expected)
-    np.testing.assert_allclose(logits, expected, atol=atol, rtol=0)
-
-
-def test_interleaved_requests_do_not_disturb_each_other(tiny_weights: WeightsFor) -> None:
-    other = PROMPT[::-1].copy()
-    alone = whole(tiny_weights)
-    expected_a = [alone.forward("a", PROMPT), alone.forward("a", np.array([4], np.int32))]
-    alone.release("a")
-    expected_b = [alone.forward("b", other), alone.forward("b", np.array([8], np.int32))]
-
-    engine = whole(tiny_weights)
-    got_a0 = engine.forward("a", PROMPT)
-    got_b0 = engine.forward("b", other)
-    got_a1 = engine.forward("a", np.array([4], np.int32))
-    got_b1 = engine.forward("b", np.array([8], np.int32))
-    for got, want in zip([got_a0, got_a1, got_b0, got_b1], expected_a + expected_b, strict=True):
-        assert_close(got, want)
-    assert engine.active_requests() == 2
-
-
-def test_batched_decode_equals_one_at_a_time(tiny_weights: WeightsFor) -> None:
-    prompts = {"a": PROMPT, "b": PROMPT[:5], "c": PROMPT[3:]}  # different cache lengths
-    single, batched = whole(tiny_weights), whole(tiny_weights)
-    for rid, prompt in prompts.items():
-        single.forward(rid, prompt)
-        batched.forward(rid, prompt)
-    for step in range(4):
-        items = [ForwardItem(rid, np.array([step + i], np.int32)) for i, rid in enumerate(prompts)]
-        got = batched.forward_batch(items)
-        want = [single.forward(item.request_id, item.inputs) for item in items]
-        for g, w in zip(got, want, strict=True):
-            assert_close(g, w)
-    assert batched.cache_length("b") == 5 + 4
-
-
-def test_batched_hidden_states_on_inner_shard(tiny_weights: WeightsFor) -> None:
-    first = engine_for(tiny_weights, 0, 1)
-    batched, single = engine_for(tiny_weights, 2, 2), engine_for(tiny_weights, 2, 2)
-    for rid, prompt in (("a", PROMPT), ("b", PROMPT[:4])):
-        hidden = first.forward(rid, prompt)
-        batched.forward(rid, hidden)
-        single.forward(rid, hidden)
-    items = [
-        ForwardItem(rid, first.forward(rid, np.array([t], np.int32)))
-        for rid, t in [("a", 1), ("b", 2)]
-    ]
-    got = batched.forward_batch(items)
-    for item, g in zip(items, got, strict=True):
-        assert g.shape == (1, TINY.hidden_size)
-        assert_close(g, single.forward(item.request_id, item.inputs))
-
-
-def test_mixed_batch_keeps_order_and_per_request_sequence(tiny_weights: WeightsFor) -> None:
-    single, batched = whole(tiny_weights), whole(tiny_weights)
-    single.forward("a", PROMPT)
-    batched.forward("a", PROMPT)
-    items = [
-        ForwardItem("a", np.array([1], np.int32)),
-        ForwardItem("new", PROMPT[:6]),  # a prefill runs on its own
-        ForwardItem("a", np.array([2], np.int32)),  # same request twice: in order
-        ForwardItem("b", np.array([3], np.int32)),  # a one-token prompt
-    ]
-    got = batched.forward_batch(items)
-    want = [single.forward(item.request_id, item.inputs) for item in items]
-    assert len(got) == len(items)
-    for g, w in zip(got, want, strict=True):
-        assert_close(g, w)
-    assert batched.cache_length("a") == len(PROMPT) + 2
-    assert batched.forward_batch([]) == []
-
-
-def test_release_frees_the_cache(tiny_weights: WeightsFor) -> None:
-    engine = whole(tiny_weights)
-    first = engine.forward("r", PROMPT)
-    engine.forward("other", PROMPT[:3])
-    assert engine.cache_length("r") == len(PROMPT) and engine.cache_bytes() > 0
-    engine.release("r")
-    engine.release("never-seen")
-    assert engine.cache_length("r") == 0 and engine.active_requests() == 1
-    # The id starts over from position 0.
-    assert_close(engine.forward("r", PROMPT), first)
-    engine.release("r")
-    engine.release("other")
-    assert engine.active_requests() == 0 and engine.cache_bytes() == 0
-
-
-def test_context_overflow_raises_and_keeps_the_cache(tiny_weights: WeightsFor) -> None:
-    engine = whole(tiny_weights, max_context=12)
-    engine.forward("r", PROMPT)  # 11 positions
-    engine.forward("r", np.array([1], np.int32))  # exactly full is fine
-    with pytest.raises(ContextOverflowError):
-        engine.forward("r", np.array([2], np.int32))
-    with pytest.raises(ContextOverflowError):
-        engine.forward("fresh", np.zeros(13, np.int32))
-    with pytest.raises(ContextOverflowError):
-        engine.forward_batch([ForwardItem("x", PROMPT), ForwardItem("x", PROMPT[:2])])
-    assert engine.cache_length("r") == 12 and engine.active_requests() == 1
-
-
-def test_bad_inputs_raise_engine_errors(tiny_weights: WeightsFor) -> None:
-    first, inner = whole(tiny_weights), engine_for(tiny_weights, 1, 3)
-    bad_first = [
-        np.array([], np.int32),
-        np.array([1.0, 2.0], np.float32),
-        np.array([[1, 2]], np.int32),
-        np.array([TINY.vocab_size], np.int32),
-        np.array([-1], np.int32),
-    ]
-    for inputs in bad_first:
-        with pytest.raises(EngineError):
-            first.forward("r", inputs)
-    for inputs in [np.zeros((2, TINY.hidden_size + 1), np.float32), np.zeros((2, 64), np.int32)]:
-        with pytest.raises(EngineError):
-            inner.forward("r", inputs)
-    assert first.active_requests() == inner.active_requests() == 0
-    with pytest.raises(EngineError, match="no shard"):
-        TinygradEngine().forward("r", PROMPT)
-
-
-def test_load_replaces_shard_and_caches(tiny_weights: WeightsFor) -> None:
-    engine = whole(tiny_weights)
-    engine.forward("r", PROMPT)
-    shard = Shard("tiny", 0, 1, TINY.num_layers)
-    engine.load(tiny_weights(shard))
-    assert engine.shard == shard and engine.active_requests() == 0
-    engine.unload()
-    assert engine.shard is None
+    TINYGRAD.assert_matches_reference(logits, expected, tiny_weights)
 
 
 def test_threads_do_not_change_results(tiny_weights: WeightsFor) -> None:
@@ -262,18 +59,6 @@ def test_threads_do_not_change_results(tiny_weights: WeightsFor) -> None:
         out += [engine.forward("r", np.array([t], np.int32)) for t in (3, 9, 27, 81)]
         results.append(np.stack(out))
     np.testing.assert_array_equal(results[0], results[1])
-
-
-def test_forward_from_other_threads(tiny_weights: WeightsFor) -> None:
-    # Orchestration calls engines from trio's worker threads, not always the same one.
-    engine = whole(tiny_weights)
-    expected = whole(tiny_weights).forward("r", PROMPT)
-    results: list[np.ndarray] = []
-    for part in (PROMPT[:6], PROMPT[6:]):
-        thread = threading.Thread(target=lambda p=part: results.append(engine.forward("r", p)))
-        thread.start()
-        thread.join()
-    assert_close(results[-1], expected)
 
 
 @pytest.mark.slow  # tinygrad compiles ~40 generated kernels (~15 s a parameter on 2 cores)
