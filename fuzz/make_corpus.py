@@ -3,7 +3,8 @@
     uv run python fuzz/make_corpus.py [CORPUS_DIR]
 
 Message seeds come from the registry: every registered message type needs an
-entry in `EXAMPLES`, or this script stops and names the missing type (and
+entry in `EXAMPLES` (tests/wire/message_examples.py, shared with the round-trip
+tests), or this script stops and names the missing type (and
 tests/wire/test_fuzz_corpus.py fails), so a new message always gets seeds.
 The messages/ and frames/ folders are rewritten from scratch, so seeds of
 retired message versions do not linger. Pairing seeds hold random SPAKE2
@@ -23,63 +24,12 @@ import numpy as np
 
 from exoquic.identity.pairing import PairingCode, PairingInitiator, PairingResponder
 from exoquic.wire.framing import encode_frame
-from exoquic.wire.messages import (
-    MESSAGE_TYPES,
-    PROTOCOL_VERSION,
-    ErrorMessage,
-    Forward,
-    Hello,
-    Message,
-    ModelProgress,
-    PairConfirm,
-    PairFinish,
-    PairRequest,
-    PairResponse,
-    Ping,
-    PlanProposal,
-    PlanReady,
-    Pong,
-    Release,
-    RequestFailed,
-    TokenResult,
-    encode_message,
-)
+from exoquic.wire.messages import MESSAGE_TYPES, Forward, Message, encode_message
 
 CORPUS = Path(__file__).parent / "corpus"
-NODE_ID = "exq-0000-0000-0000-0000-0"
-PLAN = {
-    "version": 3, "model_id": "smollm2-135m", "num_layers": 30,
-    "assignments": [{"node_id": NODE_ID, "start_layer": 0, "end_layer": 29}],
-}  # fmt: skip
-
-# Valid messages of each registered type, by type string: varied enough that
-# the fuzzer starts from every branch (optional fields set and not, each enum).
-EXAMPLES: dict[str, list[Message]] = {
-    "hello": [
-        Hello(PROTOCOL_VERSION, NODE_ID, "laptop",
-              {"memory": 1 << 34, "engines": ["mlx", "tinygrad"]}),
-    ],
-    "ping": [Ping(7)],
-    "pong": [Pong(7)],
-    "error": [ErrorMessage(0x206, "bad field")],
-    "forward": [
-        Forward("req-1", 1, 0, np.array([1, 2, 3], np.int32), 0.7, 0.9, 40, 1234, 64),
-        Forward("req-1", 1, 3, np.ones((2, 4), np.float16), step=2, origin=NODE_ID),
-    ],
-    "token": [TokenResult("req-1", 42, "stop"), TokenResult("req-1", 7, None)],
-    "release": [Release("req-1")],
-    "request_failed": [RequestFailed("req-1", "plan 3 is gone", True)],
-    "plan_proposal": [PlanProposal(PLAN)],
-    "plan_ready": [PlanReady(3, NODE_ID)],
-    "model_progress": [
-        ModelProgress("org/model", "downloading", 30 << 20, 90 << 20, 1, 5, 1 << 20, ""),
-        ModelProgress("org/model", "failed", 5, 10, 0, 1, 0, "disk full"),
-    ],
-    "pair_request": [PairRequest(bytes(range(32)), "phone")],
-    "pair_response": [PairResponse(bytes(range(32)), "desk", b"B" + bytes(32))],
-    "pair_finish": [PairFinish(b"A" + bytes(32), bytes(32))],
-    "pair_confirm": [PairConfirm(bytes(32))],
-}  # fmt: skip
+# The example messages are shared with the round-trip tests (tests/ is no package).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from wire.message_examples import EXAMPLES  # noqa: E402
 
 
 class MissingExampleError(Exception):
@@ -97,7 +47,8 @@ def message_seeds(examples: dict[str, list[Message]] = EXAMPLES) -> list[bytes]:
     missing = [t for t in protocol_types() if t not in examples]
     if missing:
         raise MissingExampleError(
-            f"no seed example for message type(s) {missing}: add them to EXAMPLES in {__file__}"
+            f"no seed example for message type(s) {missing}: "
+            "add them to EXAMPLES in tests/wire/message_examples.py"
         )
     seeds = []
     for type_name in protocol_types():

@@ -1,3 +1,5 @@
+"""Messages: round trips of every type, the wire form, and what decoding refuses."""
+
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -5,64 +7,19 @@ import cbor2
 import numpy as np
 import pytest
 
-from exoquic.identity.keys import Identity
 from exoquic.wire.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from exoquic.wire.messages import (
     MESSAGE_TYPES,
-    PROTOCOL_VERSION,
-    ErrorMessage,
     Forward,
-    Hello,
     Message,
     ModelProgress,
-    PairConfirm,
-    PairFinish,
-    PairRequest,
-    PairResponse,
     Ping,
-    PlanProposal,
-    PlanReady,
-    Pong,
-    Release,
-    RequestFailed,
-    TokenResult,
     check_uint,
     decode_message,
     encode_message,
     register,
 )
-
-NODE_ID = Identity.generate().node_id
-KEY = bytes(range(32))
-
-
-def examples() -> list[Message]:
-    return [
-        Hello(PROTOCOL_VERSION, NODE_ID, "laptop", {"memory": 16 << 30, "engines": ["mlx"]}),
-        Ping(2**64 - 1),
-        Pong(0),
-        ErrorMessage(ErrorCode.INVALID_FIELD, "bad field"),
-        ErrorMessage(2**62 - 1, ""),
-        Forward("req-1", 3, 0, np.array([1, 2, 3], np.int32)),
-        Forward("req-1", 3, 3, np.ones((2, 576), np.float32), 0.7, 0.9, 40, 2**64 - 1, 256),
-        Forward("req-2", 0, 9, np.ones((1, 8), np.float16), seed=None),
-        Forward("req-3", 1, 4, np.array([7], np.int32), step=3, origin=NODE_ID),
-        TokenResult("req-1", 49151, None),
-        TokenResult("req-1", 2, "stop"),
-        TokenResult("req-1", 2, "length"),
-        Release("req-1"),
-        RequestFailed("req-1", "plan 3 is gone", True),
-        PlanProposal({"version": 3, "assignments": [{"node_id": NODE_ID}]}),
-        PlanReady(3, NODE_ID),
-        ModelProgress("org/model", "downloading", 30 << 20, 90 << 20, 1, 5, 1 << 20, ""),
-        ModelProgress("org/model", "loading", 0, 0, 0, 0, 0, ""),
-        ModelProgress("m" * 256, "ready", 2**64 - 1, 2**64 - 1, 2**32 - 1, 2**32 - 1, 0, ""),
-        ModelProgress("org/model", "failed", 5, 10, 0, 1, 0, "x" * 1024),
-        PairRequest(KEY, "phone"),
-        PairResponse(KEY, "desk", b"A" + bytes(32)),
-        PairFinish(b"B" + bytes(32), bytes(32)),
-        PairConfirm(bytes(32)),
-    ]
+from wire.message_examples import NODE_ID, all_examples
 
 
 def same(a: Message, b: Message) -> bool:
@@ -78,7 +35,7 @@ def same(a: Message, b: Message) -> bool:
     return True
 
 
-@pytest.mark.parametrize("message", examples(), ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("message", all_examples(), ids=lambda m: type(m).__name__)
 def test_round_trip(message: Message) -> None:
     data = encode_message(message)
     decoded = decode_message(data)
@@ -87,7 +44,7 @@ def test_round_trip(message: Message) -> None:
 
 
 def test_every_registered_type_has_an_example() -> None:
-    covered = {type(m).TYPE for m in examples()}
+    covered = {type(m).TYPE for m in all_examples()}
     assert covered == set(MESSAGE_TYPES) - {"x-test-echo"}
 
 

@@ -1,0 +1,87 @@
+"""Valid messages of every registered type, by type string: one source for the
+round-trip tests (tests/wire/test_messages.py) and the fuzz seeds (fuzz/make_corpus.py).
+
+Varied enough that the fuzzer starts from every branch (optional fields set and
+not, each enum, the largest values). Everything is fixed, no randomness, so the
+seeds are reproducible: after editing, re-run `uv run python fuzz/make_corpus.py`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from exoquic.identity.node_id import node_id_from_public_key
+from exoquic.wire.errors import ErrorCode
+from exoquic.wire.messages import (
+    PROTOCOL_VERSION,
+    ErrorMessage,
+    Forward,
+    Hello,
+    Message,
+    ModelProgress,
+    PairConfirm,
+    PairFinish,
+    PairRequest,
+    PairResponse,
+    Ping,
+    PlanProposal,
+    PlanReady,
+    Pong,
+    Release,
+    RequestFailed,
+    TokenResult,
+)
+
+KEY = bytes(range(32))
+NODE_ID = node_id_from_public_key(KEY)
+PLAN = {
+    "version": 3, "model_id": "smollm2-135m", "num_layers": 30,
+    "assignments": [{"node_id": NODE_ID, "start_layer": 0, "end_layer": 29}],
+}  # fmt: skip
+
+EXAMPLES: dict[str, list[Message]] = {
+    "hello": [
+        Hello(PROTOCOL_VERSION, NODE_ID, "laptop", {"memory": 16 << 30, "engines": ["mlx"]}),
+    ],
+    "ping": [Ping(7), Ping(2**64 - 1)],
+    "pong": [Pong(7), Pong(0)],
+    "error": [ErrorMessage(ErrorCode.INVALID_FIELD, "bad field"), ErrorMessage(2**62 - 1, "")],
+    "forward": [
+        Forward("req-1", 3, 0, np.array([1, 2, 3], np.int32)),
+        Forward("req-1", 1, 0, np.array([1, 2, 3], np.int32), 0.7, 0.9, 40, 1234, 64),
+        Forward("req-1", 3, 3, np.ones((2, 576), np.float32), 0.7, 0.9, 40, 2**64 - 1, 256),
+        Forward("req-2", 0, 9, np.ones((1, 8), np.float16), seed=None),
+        Forward("req-1", 1, 3, np.ones((2, 4), np.float16), step=2, origin=NODE_ID),
+        Forward("req-3", 1, 4, np.array([7], np.int32), step=3, origin=NODE_ID),
+    ],
+    "token": [
+        TokenResult("req-1", 42, "stop"),
+        TokenResult("req-1", 7, None),
+        TokenResult("req-1", 49151, None),
+        TokenResult("req-1", 2, "stop"),
+        TokenResult("req-1", 2, "length"),
+    ],
+    "release": [Release("req-1")],
+    "request_failed": [RequestFailed("req-1", "plan 3 is gone", True)],
+    "plan_proposal": [
+        PlanProposal(PLAN),
+        PlanProposal({"version": 3, "assignments": [{"node_id": NODE_ID}]}),
+    ],
+    "plan_ready": [PlanReady(3, NODE_ID)],
+    "model_progress": [
+        ModelProgress("org/model", "downloading", 30 << 20, 90 << 20, 1, 5, 1 << 20, ""),
+        ModelProgress("org/model", "loading", 0, 0, 0, 0, 0, ""),
+        ModelProgress("m" * 256, "ready", 2**64 - 1, 2**64 - 1, 2**32 - 1, 2**32 - 1, 0, ""),
+        ModelProgress("org/model", "failed", 5, 10, 0, 1, 0, "disk full"),
+        ModelProgress("org/model", "failed", 5, 10, 0, 1, 0, "x" * 1024),
+    ],
+    "pair_request": [PairRequest(KEY, "phone")],
+    "pair_response": [PairResponse(KEY, "desk", b"A" + bytes(32))],
+    "pair_finish": [PairFinish(b"B" + bytes(32), bytes(32))],
+    "pair_confirm": [PairConfirm(bytes(32))],
+}  # fmt: skip
+
+
+def all_examples() -> list[Message]:
+    """Every example, type by type."""
+    return [message for messages in EXAMPLES.values() for message in messages]
