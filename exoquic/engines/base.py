@@ -9,6 +9,7 @@ its first `forward` and freed by `release`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -77,6 +78,24 @@ class Engine(ABC):
     @abstractmethod
     def active_requests(self) -> int:
         """How many requests hold a KV cache now."""
+
+    def _check_room(self, items: list[ForwardItem], new_positions: list[int]) -> None:
+        """Raise ContextOverflowError if a request would grow past `max_context`.
+
+        `new_positions[i]` is how many positions `items[i]` adds (a request may
+        appear in several items). Engines call it before any cache changes, so
+        an overflowing batch leaves every request as it was.
+        """
+        grown: Counter[str] = Counter()
+        for item, new in zip(items, new_positions, strict=True):
+            grown[item.request_id] += new
+        for request_id, new in grown.items():
+            length = self.cache_length(request_id)
+            if length + new > self.max_context:
+                raise ContextOverflowError(
+                    f"request {request_id!r}: {length} cached + {new} new positions "
+                    f"exceed the maximum context of {self.max_context}"
+                )
 
     def unload(self) -> None:  # noqa: B027 - optional hook; the default keeps nothing
         """Drop the weights and every cache."""

@@ -19,7 +19,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from exoquic.engines.base import ContextOverflowError, Engine, EngineError, ForwardItem
+from exoquic.engines.base import Engine, EngineError, ForwardItem
 from exoquic.engines.mlx.cache import RequestCache
 from exoquic.engines.mlx.ggml_pack import GROUP_SIZE, is_mappable, to_affine
 from exoquic.engines.mlx.llama import ModelArgs, ShardModel, sanitize
@@ -75,7 +75,7 @@ class MLXEngine(Engine):
         """
         model = self._require_model()
         prepared = [self._prepare(item.inputs) for item in items]
-        self._check_room(items, prepared)
+        self._check_room(items, [x.shape[1] for x in prepared])
         counts = Counter(item.request_id for item in items)
         batch = [
             i
@@ -129,18 +129,6 @@ class MLXEngine(Engine):
         if not np.issubdtype(x.dtype, np.floating):
             raise EngineError(f"expected float hidden states, got {x.dtype}")
         return mx.array(x.astype(np.float32)[None])
-
-    def _check_room(self, items: list[ForwardItem], prepared: list[mx.array]) -> None:
-        grown: Counter[str] = Counter()
-        for item, x in zip(items, prepared, strict=True):
-            grown[item.request_id] += x.shape[1]
-        for request_id, new in grown.items():
-            length = self.cache_length(request_id)
-            if length + new > self.max_context:
-                raise ContextOverflowError(
-                    f"request {request_id!r}: {length} cached + {new} new positions "
-                    f"exceed the maximum context of {self.max_context}"
-                )
 
     def _run(
         self, model: ShardModel, request_ids: list[str], inputs: list[mx.array]

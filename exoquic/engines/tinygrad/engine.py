@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 from tinygrad import Tensor, UOp
 
-from exoquic.engines.base import ContextOverflowError, Engine, EngineError, ForwardItem
+from exoquic.engines.base import Engine, EngineError, ForwardItem
 from exoquic.engines.tinygrad.device import TINYGRAD_LOCK
 from exoquic.engines.tinygrad.matrices import HostArrays
 from exoquic.engines.tinygrad.model import ShardModel
@@ -98,7 +98,7 @@ class TinygradEngine(Engine):
         """
         model = self._require_model()
         hidden = [self._hidden_inputs(model, item.inputs) for item in items]
-        self._check_room(items, hidden)
+        self._check_room(items, [h.shape[0] for h in hidden])
         counts = Counter(item.request_id for item in items)
         batch = [
             i for i, h in enumerate(hidden) if h.shape[0] == 1 and counts[items[i].request_id] == 1
@@ -177,18 +177,6 @@ class TinygradEngine(Engine):
         if not np.issubdtype(x.dtype, np.floating):
             raise EngineError(f"expected float hidden states, got {x.dtype}")
         return np.ascontiguousarray(x, dtype=np.float32)
-
-    def _check_room(self, items: list[ForwardItem], hidden: list[np.ndarray]) -> None:
-        grown: Counter[str] = Counter()
-        for item, h in zip(items, hidden, strict=True):
-            grown[item.request_id] += h.shape[0]
-        for request_id, new in grown.items():
-            length = self.cache_length(request_id)
-            if length + new > self.max_context:
-                raise ContextOverflowError(
-                    f"request {request_id!r}: {length} cached + {new} new positions "
-                    f"exceed the maximum context of {self.max_context}"
-                )
 
     def _request(self, model: ShardModel, request_id: str) -> _Request:
         request = self._requests.get(request_id)
