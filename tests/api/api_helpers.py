@@ -8,6 +8,7 @@ talk to it use greedy sampling and small `max_tokens` to stay fast.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -22,7 +23,7 @@ from typing import Any
 
 import httpx
 import trio
-from engines.tiny_model import random_tensors
+from engines.tiny_model import TINY, random_tensors
 
 from exoquic.engines.mlx.engine import MLXEngine
 from exoquic.models.config import ModelConfig
@@ -159,19 +160,14 @@ def sse_payloads(body: bytes) -> list[Any]:
 
 # --- In-process: the real app, tokenizer, worker and MLX engine, on random tiny weights.
 
-TINY_CONFIG = ModelConfig(
-    architecture="llama",
+TINY_CONFIG = dataclasses.replace(
+    TINY,
     vocab_size=49152,  # the real tokenizer's vocabulary
     hidden_size=32,
     intermediate_size=64,
     num_layers=2,
     num_heads=2,
     num_kv_heads=1,
-    head_dim=16,
-    rope_theta=10000.0,
-    rms_norm_eps=1e-5,
-    max_context=256,
-    tie_word_embeddings=True,
 )
 
 
