@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,15 +143,7 @@ class NodeProcess:
         for seen in self.lines:
             if predicate(seen[1]):
                 return seen
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                item = self._queue.get(timeout=left)
-            except queue.Empty:
-                break
-            if item is None:
-                break
-            self.lines.append(item)
+        for item in self._arrivals(timeout):
             if predicate(item[1]):
                 return item
         raise AssertionError(
@@ -161,18 +153,21 @@ class NodeProcess:
 
     def drain(self, seconds: float) -> list[Line]:
         """Lines that arrive within `seconds`."""
-        new: list[Line] = []
+        return [line for _, line in self._arrivals(seconds)]
+
+    def _arrivals(self, seconds: float) -> Iterator[tuple[float, Line]]:
+        """New lines (with their times) as they arrive, each also kept in `lines`,
+        for up to `seconds` or until the output ends."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             try:
                 item = self._queue.get(timeout=left)
             except queue.Empty:
-                break
+                return
             if item is None:
-                break
+                return
             self.lines.append(item)
-            new.append(item[1])
-        return new
+            yield item
 
     def stop(self) -> Line | None:
         """SIGTERM; the statistics line it prints on the way out, if any."""
