@@ -99,7 +99,12 @@ def candidates(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, 
 def _best(scaled: np.ndarray, count: int) -> np.ndarray:
     """The ids of the `count` largest values, largest first, ties by lower id."""
     if count < scaled.size:
-        chosen = np.argpartition(-scaled, count - 1)[:count]
+        # Everything above the count-th largest value, then its ties by lower id
+        # (argpartition alone would pick among ties arbitrarily).
+        kth = np.partition(scaled, scaled.size - count)[scaled.size - count]
+        above = np.flatnonzero(scaled > kth)
+        ties = np.flatnonzero(scaled == kth)[: count - len(above)]
+        chosen = np.concatenate([above, ties])
     else:
         chosen = np.arange(scaled.size)
     return chosen[np.lexsort((chosen, -scaled[chosen]))]

@@ -120,3 +120,10 @@ def test_draws_follow_the_candidate_probabilities() -> None:
     sampler = Sampler(SamplingParams(temperature=1.0, seed=1))
     counts = np.bincount([sampler.sample(logits, step) for step in range(6000)], minlength=3)
     assert counts / counts.sum() == pytest.approx([0.5, 0.3, 0.2], abs=0.02)
+
+
+def test_ties_at_the_cut_keep_the_lower_ids() -> None:
+    logits = np.array([0.0, 0.0, 1.0, 1.0, 1.0], dtype=np.float32)
+    ids, _ = candidates(logits, SamplingParams(temperature=1.0, top_k=2))
+    assert ids.tolist() == [2, 3]  # like argmax: the first of equals
+    assert Sampler(SamplingParams(temperature=1.0, top_k=1, seed=5)).sample(logits, 0) == 2
