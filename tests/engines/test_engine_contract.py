@@ -168,6 +168,24 @@ def test_release_frees_the_cache(engine_factory: EngineFactory, tiny_weights: We
     assert engine.active_requests() == 0 and engine.cache_bytes() == 0
 
 
+def test_a_request_after_released_ones_answers_as_on_a_fresh_engine(
+    engine_factory: EngineFactory, tiny_weights: WeightsFor
+) -> None:
+    """Engines may hand a released request's cache to a new one (tinygrad does):
+    nothing the old request left there may show in the new one's results."""
+    used, fresh = engine_factory.whole(tiny_weights), engine_factory.whole(tiny_weights)
+    long_prompt = np.concatenate([PROMPT] * 6)
+    for old in ("a", "b"):
+        used.forward(old, long_prompt)
+        used.forward(old, PROMPT[:1])
+        used.release(old)
+    short = PROMPT[:3]
+    assert np.array_equal(used.forward("new", short), fresh.forward("new", short))
+    for token in PROMPT[3:7]:
+        step = np.array([token], np.int32)
+        assert np.array_equal(used.forward("new", step), fresh.forward("new", step))
+
+
 def test_context_overflow_raises_and_keeps_the_cache(
     engine_factory: EngineFactory, tiny_weights: WeightsFor
 ) -> None:
