@@ -157,6 +157,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     from exoquic.api.admission import AdmissionLimits
     from exoquic.api.security import InsecureBindError, security_for_bind
+    from exoquic.engines.registry import engine_threads_setting
     from exoquic.orchestration.node import NodeSettings
     from exoquic.serve import serve_node
 
@@ -170,6 +171,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         cluster = cluster_settings(args)
         limits = AdmissionLimits(args.max_requests, args.max_queued, args.queue_timeout)
+        engine_threads_setting()  # a bad EXOQUIC_ENGINE_THREADS stops here, not in the engine
     except ValueError as exc:
         print(f"exoquic: {exc}", file=sys.stderr)
         return 2

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 from exoquic.engines.base import Engine, EngineError
+
+THREADS_VARIABLE = "EXOQUIC_ENGINE_THREADS"
 
 # name -> (module, class); the modules import tinygrad or mlx, so they load lazily.
 _ENGINES: dict[str, tuple[str, str]] = {
@@ -26,3 +29,16 @@ def create_engine(name: str, max_context: int) -> Engine:
         raise EngineError(f"unknown engine {name!r}; choose one of {', '.join(_ENGINES)}") from None
     engine_class: type[Engine] = getattr(importlib.import_module(module_name), class_name)
     return engine_class(max_context=max_context)
+
+
+def engine_threads_setting() -> int | None:
+    """CPU threads per engine step from `EXOQUIC_ENGINE_THREADS` (None: the engine's
+    default). Raises ValueError naming the variable when it is not 1 to 64."""
+    configured = os.environ.get(THREADS_VARIABLE, "").strip()
+    if not configured:
+        return None
+    if not configured.isdigit() or not 1 <= int(configured) <= 64:
+        raise ValueError(
+            f"{THREADS_VARIABLE} must be a whole number from 1 to 64, not {configured!r}"
+        )
+    return int(configured)
