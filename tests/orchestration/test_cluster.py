@@ -25,7 +25,7 @@ from exoquic.identity.trust import TrustStore
 from exoquic.models.config import ModelConfig
 from exoquic.models.shard import Shard
 from exoquic.models.weights import EMBED_NAME, HEAD_NAME, ShardWeights, shard_tensor_names
-from exoquic.orchestration.cluster import Cluster
+from exoquic.orchestration.cluster import Cluster, ShardLoader
 from exoquic.orchestration.generation import UnavailableError
 from exoquic.orchestration.network import ClusterSettings, open_cluster
 from exoquic.orchestration.planning import Member, PlanState
@@ -103,7 +103,11 @@ class Lab:
 
     @asynccontextmanager
     async def node(
-        self, name: str, memory_mib: int = 1000, port: int | None = None
+        self,
+        name: str,
+        memory_mib: int = 1000,
+        port: int | None = None,
+        loader: ShardLoader = load_shard,
     ) -> AsyncIterator[Cluster]:
         home = self.homes[name]
         settings = ClusterSettings(
@@ -125,7 +129,7 @@ class Lab:
         worker = EngineWorker(MLXEngine(max_context=CONFIG.max_context))
         async with trio.open_nursery() as nursery:
             await nursery.start(worker.run)
-            async with open_cluster(settings, state, worker, load_shard, MODEL_ID) as cluster:
+            async with open_cluster(settings, state, worker, loader, MODEL_ID) as cluster:
                 yield cluster
             nursery.cancel_scope.cancel()
 

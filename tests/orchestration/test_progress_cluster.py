@@ -9,51 +9,22 @@ load shows its error everywhere and is tried again.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from test_cluster import CONFIG, MIB, MODEL_ID, REQUIREMENTS, Lab, load_shard, wait_plan
+from test_cluster import CONFIG, MODEL_ID, Lab, load_shard, wait_plan
 
 from exoquic.download.progress import current_reporter
-from exoquic.engines.mlx.engine import MLXEngine
-from exoquic.identity.trust import TrustStore
 from exoquic.models.shard import Shard
 from exoquic.models.weights import ShardWeights
 from exoquic.orchestration import cluster as cluster_module
 from exoquic.orchestration.cluster import Cluster, ShardLoader
-from exoquic.orchestration.network import ClusterSettings, open_cluster
-from exoquic.orchestration.planning import Member, PlanState
 from exoquic.orchestration.topology_view import topology_report
-from exoquic.orchestration.worker import EngineWorker
-from exoquic.topology import DeviceCapabilities
 
 WEIGHTS = "model-00001-of-00002.safetensors"
-
-
-@asynccontextmanager
-async def open_node(
-    lab: Lab, name: str, loader: ShardLoader = load_shard
-) -> AsyncIterator[Cluster]:
-    """One node of `lab` (as test_cluster's `Lab.node`) with its own shard loader."""
-    home = lab.homes[name]
-    settings = ClusterSettings(
-        identity=lab.identities[name], trust=TrustStore.open(home), name=name,
-        host="127.0.0.1", port=lab.ports[name], discovery=("manual",),
-        peers_file=home / "peers.json", peer_timeout=1.0, join_timeout=3.0,
-        settle_time=0.05, plan_timeout=20.0,
-    )  # fmt: skip
-    caps = DeviceCapabilities(1000 * MIB, 1000 * MIB, "test", "mlx")
-    state = PlanState(Member(settings.identity.node_id, name, caps), REQUIREMENTS, 1.0)
-    worker = EngineWorker(MLXEngine(max_context=CONFIG.max_context))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(worker.run)
-        async with open_cluster(settings, state, worker, loader, MODEL_ID) as cluster:
-            yield cluster
-        nursery.cancel_scope.cancel()
 
 
 def held_download(release: threading.Event) -> ShardLoader:
@@ -94,7 +65,7 @@ async def test_a_download_in_progress_shows_on_every_peer_until_ready(tmp_path: 
     release = threading.Event()
     held = {"phase": "downloading", "done": 410, "total": 1010, "files_done": 1, "files_total": 2}
     try:
-        async with open_node(lab, "a") as a, open_node(lab, "b", held_download(release)) as b:
+        async with lab.node("a") as a, lab.node("b", loader=held_download(release)) as b:
             await wait_until(lambda: shows(a, "b", **held), "a to see b downloading")
             [entry] = downloads(a)
             assert entry | {"bytes_per_second": 0} == {
@@ -110,7 +81,7 @@ async def test_a_download_in_progress_shows_on_every_peer_until_ready(tmp_path: 
 
             await wait_until(lambda: rate() > 0, "a rate over the first second")
             await wait_until(lambda: rate() == 0, "the rate of the stalled download")
-            async with open_node(lab, "c") as c:
+            async with lab.node("c") as c:
                 await wait_until(lambda: shows(c, "b", **held), "c to see b downloading")
                 release.set()
                 await wait_plan([a, b, c], 3)
@@ -138,7 +109,7 @@ async def test_a_failed_load_shows_its_error_then_is_retried(
             raise OSError("cannot reach the hub at http://hub.invalid")
         return load_shard(shard)
 
-    async with open_node(lab, "a") as a, open_node(lab, "b", flaky) as b:
+    async with lab.node("a") as a, lab.node("b", loader=flaky) as b:
         await wait_until(
             lambda: shows(
                 a, "b", phase="failed", error="cannot reach the hub at http://hub.invalid"
