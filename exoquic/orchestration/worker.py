@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -130,7 +130,7 @@ class EngineWorker:
         future = self._thread.submit(fn)
         future.add_done_callback(lambda _: token.run_sync_soon(done.set))
         # Not cancellable: the engine call runs to the end either way, and its
-        # result must be delivered (see `_submit`).
+        # result must be delivered (see `Job.wait`).
         with trio.CancelScope(shield=True):
             await done.wait()
         return future.result()
@@ -152,9 +152,10 @@ class EngineWorker:
                 head.started = True
                 await self._run_call(head)
                 continue
-            forwards = list(itertools.takewhile(lambda job: job.run is None, pending))
-            batch = _decode_batch(forwards, self.max_batch)
-            prefill = _next_prefill(forwards, batch)
+            forwards = itertools.takewhile(lambda job: job.run is None, pending)
+            heads = _first_of_each_request(forwards)
+            batch = [job for job in heads if _is_decode(job)][: self.max_batch]
+            prefill = next((job for job in heads if job not in batch), None)
             if batch and (decode_turn or prefill is None):
                 for job in batch:
                     pending.remove(job)
@@ -286,28 +287,17 @@ async def _let_callers_queue() -> None:
         await trio.lowlevel.cancel_shielded_checkpoint()
 
 
-def _decode_batch(forwards: list[Job], limit: int) -> list[Job]:
-    """The decode steps (one position) among queued forward steps that may run as one
-    batch: up to `limit`, at most one per request, none behind an earlier step of its
-    own request (a request's steps run in order)."""
-    batch: list[Job] = []
-    seen: set[str] = set()
+def _first_of_each_request(forwards: Iterable[Job]) -> list[Job]:
+    """Of queued forward steps, each request's first: the steps that may run now, in
+    any order (a request's own steps run in order; different requests' are independent)."""
+    heads: dict[str, Job] = {}
     for job in forwards:
         assert job.item is not None
-        request_id = job.item.request_id
-        if request_id not in seen and len(job.item.inputs) == 1 and len(batch) < limit:
-            batch.append(job)
-        seen.add(request_id)
-    return batch
+        heads.setdefault(job.item.request_id, job)
+    return list(heads.values())
 
 
-def _next_prefill(forwards: list[Job], batch: list[Job]) -> Job | None:
-    """The first queued step outside `batch` that is not behind a step of its own request."""
-    seen: set[str] = set()
-    for job in forwards:
-        assert job.item is not None
-        request_id = job.item.request_id
-        if request_id not in seen and job not in batch:
-            return job
-        seen.add(request_id)
-    return None
+def _is_decode(job: Job) -> bool:
+    """One new position: a decode step, which batches with other requests' steps."""
+    assert job.item is not None
+    return len(job.item.inputs) == 1
