@@ -180,17 +180,15 @@ class TinygradEngine(Engine):
 
     def _request(self, model: ShardModel, request_id: str) -> _Request:
         request = self._requests.get(request_id)
-        if request is None and self._spare:
-            # A released request's cache: what it holds is never read, since attention
-            # only reads the positions this request writes first.
-            request = self._requests[request_id] = self._spare.pop()
-            request.length = 0
         if request is None:
-            memory = HostArrays()
-            with TINYGRAD_LOCK:
-                caches = model.new_cache(memory)
-                addresses = [buffer_address(c) for c in caches]
-            request = self._requests[request_id] = _Request(memory, caches, addresses)
+            if self._spare:
+                # A released request's cache: what it holds is never read, since
+                # attention only reads the positions this request writes first.
+                request = self._spare.pop()
+                request.length = 0
+            else:
+                request = _new_request(model)
+            self._requests[request_id] = request
         return request
 
     def _prefill(self, model: ShardModel, request_id: str, hidden: np.ndarray) -> np.ndarray:
@@ -251,11 +249,7 @@ class TinygradEngine(Engine):
     def _scratch(self, model: ShardModel, count: int) -> list[_Request]:
         """`count` requests no caller sees, whose caches padded decode rows write into."""
         while len(self._scratch_requests) < count:
-            memory = HostArrays()
-            with TINYGRAD_LOCK:
-                caches = model.new_cache(memory)
-                addresses = [buffer_address(c) for c in caches]
-            self._scratch_requests.append(_Request(memory, caches, addresses))
+            self._scratch_requests.append(_new_request(model))
         return self._scratch_requests[:count]
 
     def _head(self, model: ShardModel, hidden: np.ndarray) -> np.ndarray:
@@ -271,6 +265,15 @@ class TinygradEngine(Engine):
         if key not in self._steps:
             self._steps[key] = LayerStack(self._require_model(), rows, requests, self.threads)
         return self._steps[key]
+
+
+def _new_request(model: ShardModel) -> _Request:
+    """A request with fresh (zeroed) KV caches for every layer of `model`."""
+    memory = HostArrays()
+    with TINYGRAD_LOCK:
+        caches = model.new_cache(memory)
+        addresses = [buffer_address(c) for c in caches]
+    return _Request(memory, caches, addresses)
 
 
 def _pick_bucket(remaining: int, room: int) -> int:
