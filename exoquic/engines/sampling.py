@@ -87,13 +87,13 @@ def candidates(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, 
     ranked = min(pool, _NUCLEUS_POOL)
     while True:
         ids = _best(scaled, ranked) if pool_ids is None else pool_ids[:ranked]
-        cumulative = np.cumsum(np.exp(scaled[ids] - top) / total)
+        weights = np.exp(scaled[ids] - top)
+        cumulative = np.cumsum(weights / total)
         if cumulative[-1] >= params.top_p or ranked == pool:
             break
         ranked = pool
     keep = min(int(np.searchsorted(cumulative, params.top_p)) + 1, ranked)
-    weights = np.exp(scaled[ids[:keep]] - top)
-    return ids[:keep], weights / weights.sum()
+    return ids[:keep], weights[:keep] / weights[:keep].sum()
 
 
 def _best(scaled: np.ndarray, count: int) -> np.ndarray:
