@@ -14,11 +14,24 @@ mix. When a node of the plan dies or the plan changes, the origin replays the
 request from its token history (prompt + tokens so far) as a fresh prefill
 under the next plan, then continues: greedy output is unchanged, and so is
 seeded output, as the draw for step n depends only on (seed, n).
+
+A long prompt leaves the origin in chunks of `PREFILL_CHUNK` positions, one
+`Forward` each, all at once: the second node works on the first chunk while
+the first node works on the next, so a prompt's prefill is pipelined around
+the ring instead of waiting for each node to finish all of it. Every chunk's
+step comes back as a token; the origin keeps the last chunk's.
+
+Concurrent requests form a pipeline too: each node caps its decode batches at
+its live requests divided by the ring's length (`pipeline_batch`), so the
+requests split into one group per node and every node works on one group
+while its neighbours work on the others. One batch of all of them would move
+around the ring as a convoy, with every node but one idle.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -31,7 +44,7 @@ import trio
 
 from exoquic.engines.sampling import Sampler, SamplingParams
 from exoquic.orchestration.generation import UnavailableError
-from exoquic.orchestration.worker import EngineWorker, Job
+from exoquic.orchestration.worker import PREFILL_CHUNK, EngineWorker, Job
 from exoquic.topology import Plan
 from exoquic.wire.messages import Forward, Message, Release, RequestFailed, TokenResult
 
@@ -103,13 +116,15 @@ class _Attempt:
         self.wire_id = wire_id
         self.plan = plan
         self.sent_at = 0.0  # when the step in flight was sent
-        self._send, self._receive = trio.open_memory_channel[int | _Failure](4)
+        self.results_due = 0  # results of the step in flight (one per prefill chunk)
+        self._send, self._receive = trio.open_memory_channel[int | _Failure](math.inf)
 
     def put(self, outcome: int | _Failure) -> None:
-        try:
-            self._send.send_nowait(outcome)
-        except trio.WouldBlock:  # only stray duplicates can fill it; drop them
+        # Bounded by what is due: only stray duplicates could go beyond it.
+        if self._send.statistics().current_buffer_used >= self.results_due + 4:
             log.warning("dropping an unexpected result for %s", self.wire_id)
+            return
+        self._send.send_nowait(outcome)
 
     async def get(self) -> int | _Failure:
         return await self._receive.receive()
@@ -199,39 +214,48 @@ class Ring:
         step: int,
         sampling: SamplingParams,
     ) -> None:
-        """Send the step's tokens to the plan's first node (its result comes to the attempt)."""
+        """Send the step's tokens to the plan's first node (its result comes to the
+        attempt), a long prompt in chunks (see the module docstring)."""
         plan = attempt.plan
-        message = Forward(
-            attempt.wire_id,
-            plan.version,
-            position,
-            np.asarray(inputs, dtype=np.int32),
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            seed=sampling.seed,
-            step=step,
-            origin=self.router.node_id,
-        )
+        tokens = np.asarray(inputs, dtype=np.int32)
         attempt.sent_at = time.perf_counter()
-        try:
-            await self.router.send(plan.first_node, message)
-        except PeerUnavailable as exc:
-            raise _Retry(_Failure(str(exc), True)) from exc
+        attempt.results_due = 0
+        for start in range(0, len(tokens), PREFILL_CHUNK):
+            message = Forward(
+                attempt.wire_id,
+                plan.version,
+                position + start,
+                tokens[start : start + PREFILL_CHUNK],
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k,
+                seed=sampling.seed,
+                step=step,
+                origin=self.router.node_id,
+            )
+            attempt.results_due += 1  # before sending: a local ring answers within the send
+            try:
+                await self.router.send(plan.first_node, message)
+            except PeerUnavailable as exc:
+                raise _Retry(_Failure(str(exc), True)) from exc
 
     async def _step_result(self, attempt: _Attempt, positions: int) -> int:
-        """The token of the step in flight, or _Retry / StepFailedError / UnavailableError."""
+        """The token of the step in flight (its last chunk's), or _Retry /
+        StepFailedError / UnavailableError."""
         timeout = self.settings.step_timeout + self.settings.step_timeout_per_token * positions
         with trio.move_on_after(timeout):
-            outcome = await attempt.get()
-            self.stats.steps += 1
-            self.stats.step_seconds += time.perf_counter() - attempt.sent_at
-            if isinstance(outcome, int):
-                return outcome
-            if outcome.retryable:
-                raise _Retry(outcome)
-            self.stats.failed_requests += 1
-            raise StepFailedError(outcome.reason)
+            while True:
+                outcome = await attempt.get()
+                if isinstance(outcome, _Failure):
+                    if outcome.retryable:
+                        raise _Retry(outcome)
+                    self.stats.failed_requests += 1
+                    raise StepFailedError(outcome.reason)
+                attempt.results_due -= 1
+                if attempt.results_due <= 0:
+                    self.stats.steps += 1
+                    self.stats.step_seconds += time.perf_counter() - attempt.sent_at
+                    return outcome
         self.stats.failed_requests += 1
         raise UnavailableError(f"no answer from the ring within {timeout:.0f} s")
 
@@ -294,6 +318,7 @@ class Ring:
         if plan is None or plan.shard_of(self.router.node_id) is None:
             return None
         self._served[message.request_id] = message.origin or sender
+        self.worker.limit_batches(pipeline_batch(len(self._served), len(plan.node_ids)))
         return self.worker.forward_nowait(message.request_id, message.tensor)
 
     def is_released(self, request_id: str) -> bool:
@@ -369,6 +394,11 @@ class Ring:
 
     def statistics(self) -> dict[str, Any]:
         return self.stats.as_dict()
+
+
+def pipeline_batch(requests: int, nodes: int) -> int:
+    """Decode steps per batch that split `requests` into one group per ring node."""
+    return max(1, math.ceil(requests / max(1, nodes)))
 
 
 def _sampling(message: Forward) -> SamplingParams:

@@ -10,7 +10,9 @@ Work runs in queue order, with two liberties among neighbouring forward steps
 
 - decode steps (one new position each) of different requests run together as
   one `Engine.forward_batch` call, and their results are handed back as soon
-  as that batch ends; while it runs, the next batch gathers;
+  as that batch ends; while it runs, the next batch gathers (a ring caps the
+  batch with `limit_batches`, so that its nodes work on different groups of
+  requests at once: see `Ring`);
 - a prompt longer than `prefill_chunk` positions runs in chunks, and decode
   steps queued meanwhile take turns with its chunks, so one long prompt does
   not stall every other request's next token (and, around a ring, requests
@@ -111,11 +113,21 @@ class EngineWorker:
         self.engine = engine
         self.max_batch = max_batch
         self.prefill_chunk = prefill_chunk
+        self._batch_limit = max_batch
         self._send, self._receive = trio.open_memory_channel[Job](math.inf)
         self._stats = WorkerStatistics()
 
     def statistics(self) -> WorkerStatistics:
         return self._stats
+
+    @property
+    def batch_limit(self) -> int:
+        """Most decode steps per batch now (see `limit_batches`)."""
+        return self._batch_limit
+
+    def limit_batches(self, steps: int) -> None:
+        """Run at most `steps` decode steps per batch from now on (within 1..max_batch)."""
+        self._batch_limit = max(1, min(steps, self.max_batch))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="exoquic-engine") as thread:
@@ -154,7 +166,7 @@ class EngineWorker:
                 continue
             forwards = itertools.takewhile(lambda job: job.run is None, pending)
             heads = _first_of_each_request(forwards)
-            batch = [job for job in heads if _is_decode(job)][: self.max_batch]
+            batch = [job for job in heads if _is_decode(job)][: self._batch_limit]
             prefill = next((job for job in heads if job not in batch), None)
             if batch and (decode_turn or prefill is None):
                 for job in batch:

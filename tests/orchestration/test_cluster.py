@@ -194,6 +194,26 @@ async def test_a_ring_of_three_answers_like_one_engine(
         assert all(c.worker.engine.active_requests() == 0 for c in clusters)
 
 
+async def test_a_long_prompt_pipelined_in_chunks_answers_like_one_engine(tmp_path: Path) -> None:
+    """A prompt of several prefill chunks leaves the origin chunk by chunk (see
+    `Ring`); each node runs them in order, and the last chunk's token starts the
+    answer, as one engine running the whole prompt at once would."""
+    prompt = [int(t) for t in np.random.default_rng(7).integers(1, CONFIG.vocab_size, 200)]
+    engine = MLXEngine(max_context=CONFIG.max_context)
+    engine.load(load_shard(Shard.whole(MODEL_ID, CONFIG.num_layers)))
+    expected, inputs = [], np.asarray(prompt, np.int32)
+    for _ in range(8):
+        expected.append(int(np.argmax(engine.forward("whole", inputs))))
+        inputs = np.asarray(expected[-1:], np.int32)
+    lab = Lab(tmp_path, ["a", "b", "c"])
+    async with AsyncExitStack() as stack:
+        clusters = [await stack.enter_async_context(lab.node(n)) for n in ("a", "b", "c")]
+        await wait_plan(clusters, 3)
+        assert await generate(clusters[1], prompt, max_tokens=8) == expected
+        # every node ran the prompt as two chunks (128 + 72), then 7 decode steps
+        assert [c.ring.stats.forwards for c in clusters] == [2 + 7] * 3
+
+
 async def test_concurrent_requests_each_match_their_solo_run(
     tmp_path: Path, reference: dict[tuple[int, ...], list[int]]
 ) -> None:
@@ -211,7 +231,9 @@ async def test_concurrent_requests_each_match_their_solo_run(
                 nursery.start_soon(one, i)
         for i, tokens in results.items():
             assert tokens == reference[tuple(PROMPTS[i % len(PROMPTS)])][:12], i
-        assert a.worker.statistics().largest_batch > 1  # decode steps rode together
+        batches = [c.worker.statistics().largest_batch for c in (a, b)]
+        assert max(batches) > 1  # decode steps rode together...
+        assert max(batches) <= 4  # ...in one group per node (see `pipeline_batch`)
 
 
 async def test_requests_stopped_early_leave_no_cache_behind(

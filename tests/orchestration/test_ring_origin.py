@@ -9,7 +9,7 @@ import trio
 from exoquic.engines.sampling import SamplingParams
 from exoquic.models.shard import Shard
 from exoquic.orchestration.ring import PeerUnavailable, Ring
-from exoquic.orchestration.worker import EngineWorker
+from exoquic.orchestration.worker import PREFILL_CHUNK, EngineWorker
 from exoquic.topology import Plan
 from exoquic.topology.partition import Assignment
 from exoquic.wire.messages import Forward, Message, Release, TokenResult
@@ -22,8 +22,9 @@ def plan(version: int) -> Plan:
 
 
 class StandInRing:
-    """Answers every forward step with token 100 + its step index; the forward steps
-    numbered in `unreachable` fail to send, as if the first node had just died."""
+    """Answers every forward step with token 100 + its step index (a whole prompt
+    chunk with 500 + its start position); the forward steps numbered in `unreachable` fail
+    to send, as if the first node had just died."""
 
     node_id = NODE
 
@@ -44,7 +45,10 @@ class StandInRing:
         self.log.append(f"sent step {message.step}")
         if len(self.forwards) in self.unreachable:
             raise PeerUnavailable("first node unreachable")
-        self.ring.receive(TokenResult(message.request_id, 100 + message.step, None))
+        token = 100 + message.step
+        if len(message.tensor) == PREFILL_CHUNK:  # a prompt's chunk, maybe not its last
+            token = 500 + message.start_position
+        self.ring.receive(TokenResult(message.request_id, token, None))
 
     def serving_plan(self, version: int) -> Plan | None:
         return plan(version)
@@ -53,12 +57,17 @@ class StandInRing:
         return plan(newer_than + 1)
 
 
-async def run(stand_in: StandInRing, budget: int, stop_after: int | None = None) -> list[int]:
+async def run(
+    stand_in: StandInRing,
+    budget: int,
+    stop_after: int | None = None,
+    prompt: list[int] | None = None,
+) -> list[int]:
     # As origin only, the ring never touches its engine: an unstarted worker shell.
     ring = Ring(stand_in, EngineWorker.__new__(EngineWorker))
     stand_in.ring = ring
     tokens: list[int] = []
-    generator = ring.generate_tokens("req", [1, 2, 3], SamplingParams(), budget)
+    generator = ring.generate_tokens("req", prompt or [1, 2, 3], SamplingParams(), budget)
     try:
         async for token in generator:
             stand_in.log.append(f"got {token}")
@@ -97,3 +106,17 @@ async def test_a_caller_stopping_early_releases_the_step_in_flight() -> None:
     assert [f.step for f in stand_in.forwards] == [0, 1, 2]  # step 2 already left
     assert stand_in.released == ["req.0"]
     assert np.asarray(stand_in.forwards[2].tensor).tolist() == [101]
+
+
+async def test_a_long_prompt_leaves_in_chunks_and_the_last_chunk_gives_the_token() -> None:
+    """Chunks go out at once (the ring pipelines them); every chunk is answered, and
+    only the last one's token is the request's."""
+    stand_in = StandInRing(unreachable=set())
+    prompt = list(range(1, 2 * PREFILL_CHUNK + 45))
+    with trio.fail_after(5):
+        assert await run(stand_in, budget=2, prompt=prompt) == [100, 101]
+    chunks = stand_in.forwards[:3]
+    assert [f.start_position for f in chunks] == [0, PREFILL_CHUNK, 2 * PREFILL_CHUNK]
+    assert [t for f in chunks for t in f.tensor.tolist()] == prompt
+    assert {f.step for f in chunks} == {0}
+    assert stand_in.forwards[3].start_position == len(prompt)

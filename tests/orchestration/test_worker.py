@@ -296,3 +296,32 @@ async def test_requests_stepping_together_stay_in_one_batch() -> None:
                 requests.start_soon(request, f"r{i}", hops)
         nursery.cancel_scope.cancel()
     assert [len(batch) for batch in engine.batches] == [4] * 6
+
+
+async def test_a_batch_limit_splits_requests_stepping_together() -> None:
+    """Around a ring the worker's batches are capped (`limit_batches`) so that
+    requests form groups that different nodes work on at once."""
+    engine = RecordingEngine()
+    worker = EngineWorker(engine)
+    worker.limit_batches(2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+
+        async def request(name: str) -> None:
+            for _ in range(3):
+                await worker.forward(name, np.array([1]))
+
+        async with trio.open_nursery() as requests:
+            for i in range(4):
+                requests.start_soon(request, f"r{i}")
+        nursery.cancel_scope.cancel()
+    sizes = [len(batch) for batch in engine.batches]
+    assert max(sizes) == 2 and sum(sizes) == 12, engine.batches
+
+
+def test_a_batch_limit_stays_within_one_and_the_largest_batch() -> None:
+    worker = EngineWorker(RecordingEngine(), max_batch=8)
+    worker.limit_batches(0)
+    assert worker.batch_limit == 1
+    worker.limit_batches(50)
+    assert worker.batch_limit == 8
