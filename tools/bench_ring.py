@@ -1,7 +1,8 @@
 """Benchmark rings of 1, 2 and 3 `exoquic up` processes on this machine (loopback).
 
     uv run python tools/bench_ring.py [--engine mlx] [--nodes 1,2,3] [--tokens 32]
-                                      [--concurrency 1,4,8] [--repeats 3] [--json FILE]
+                                      [--concurrency 1,4,8] [--prompt-tokens 512]
+                                      [--repeats 3] [--json FILE] [--pin]
 
 For each ring size it reports:
 
@@ -12,6 +13,8 @@ For each ring size it reports:
 - aggregate tok/s with 1, 4 and 8 requests at once (all completion tokens
   over the wall time, prefill included), origins spread over the nodes, and
   the steady decode rate while all of them were decoding (no prefill);
+- time to first token of a long prompt (`--prompt-tokens`, about 512 by
+  default): its prefill, which a ring pipelines chunk by chunk;
 - where one decode step's time goes, from the nodes' counters in
   `/v1/topology` (`stats`): engine compute on every node, message encoding
   and decoding, and the rest per network hop (transport: QUIC, trio, the
@@ -40,6 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "orchestr
 from ring_nodes import RingNode, make_nodes, running, wait_serving
 
 MODEL = "smollm2-135m-instruct"
+# About 10 tokens, repeated to make a long prompt.
+LONG_PROMPT_PIECE = "The quick brown fox jumps over the lazy dog again. "
 # Prompts whose greedy continuations run long (few early end tokens).
 PROMPTS = [
     "Count from one to one hundred: one, two, three,",
@@ -61,7 +66,7 @@ async def stream(
             "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
     started = time.perf_counter()
     times: list[float] = []
-    count = 0
+    count = prompt_tokens = 0
     async with client.stream("POST", f"{node.url}/v1/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -72,9 +77,10 @@ async def stream(
                 raise RuntimeError(data["error"]["message"])
             if data.get("usage"):
                 count = data["usage"]["completion_tokens"]
+                prompt_tokens = data["usage"]["prompt_tokens"]
             elif data["choices"] and data["choices"][0]["text"]:
                 times.append(time.perf_counter())
-    return {"started": started, "times": times, "tokens": count}
+    return {"started": started, "times": times, "tokens": count, "prompt_tokens": prompt_tokens}
 
 
 def counters(nodes: list[RingNode]) -> list[dict[str, Any]]:
@@ -135,7 +141,7 @@ def steady_decode_rate(runs: list[dict[str, Any]]) -> float | None:
 
 
 async def bench_ring(
-    nodes: list[RingNode], tokens: int, levels: list[int], repeats: int
+    nodes: list[RingNode], tokens: int, levels: list[int], repeats: int, prompt_tokens: int
 ) -> dict[str, Any]:
     """Every figure is the median of `repeats` rounds (this machine's speed wanders)."""
     async with httpx.AsyncClient(timeout=900) as client:
@@ -144,12 +150,17 @@ async def bench_ring(
         # end one after another shrink the batch from the largest level down to 1.
         await run_concurrent(client, nodes, max(levels), 8, stagger=4)
         await run_concurrent(client, nodes, max(levels), 8, stagger=4)
-        rounds = [await bench_round(client, nodes, tokens, levels) for _ in range(repeats)]
+        rounds = [
+            await bench_round(client, nodes, tokens, levels, prompt_tokens) for _ in range(repeats)
+        ]
         stats = await trio.to_thread.run_sync(counters, nodes)
     result: dict[str, Any] = {"nodes": len(nodes), "repeats": repeats}
     result["single_decode_tok_s"] = _median([r["single"] for r in rounds])
     result["single_decode_tok_s_all"] = [r["single"] for r in rounds]
     result["single_tokens"] = rounds[0]["single_tokens"]
+    if prompt_tokens:
+        result["long_prompt_tokens"] = rounds[0]["long_prompt_tokens"]
+        result["long_prompt_ttft_s"] = _median([r["long_prompt_ttft_s"] for r in rounds])
     splits = [r["hop_split"] for r in rounds]
     result["hop_split"] = {key: _median([sp[key] for sp in splits]) for key in splits[0]}
     for name in ("aggregate_tok_s", "steady_decode_tok_s"):
@@ -161,7 +172,11 @@ async def bench_ring(
 
 
 async def bench_round(
-    client: httpx.AsyncClient, nodes: list[RingNode], tokens: int, levels: list[int]
+    client: httpx.AsyncClient,
+    nodes: list[RingNode],
+    tokens: int,
+    levels: list[int],
+    prompt_tokens: int,
 ) -> dict[str, Any]:
     n = len(nodes)
     before = await trio.to_thread.run_sync(counters, nodes)
@@ -173,6 +188,12 @@ async def bench_round(
         "single_tokens": solo["tokens"],
         "hop_split": hop_split(before, after, n),
     }
+    if prompt_tokens:
+        # A fresh text each round, so no cache could serve it.
+        text = f"Round {time.time()}. " + LONG_PROMPT_PIECE * (prompt_tokens // 10)
+        long = await stream(client, nodes[0], text, 1)
+        result["long_prompt_tokens"] = long["prompt_tokens"]
+        result["long_prompt_ttft_s"] = round(long["times"][0] - long["started"], 3)
     aggregate, steady = {}, {}
     for level in levels:
         runs: list[dict[str, Any]] = []
@@ -212,7 +233,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 started = time.perf_counter()
                 wait_serving(nodes, n, timeout=1800)
                 ready = time.perf_counter() - started
-                result = trio.run(bench_ring, nodes, args.tokens, args.concurrency, args.repeats)
+                result = trio.run(
+                    bench_ring,
+                    nodes,
+                    args.tokens,
+                    args.concurrency,
+                    args.repeats,
+                    args.prompt_tokens,
+                )
                 result["startup_s"] = round(ready, 1)
             print(json.dumps(result), flush=True)
             results.append(result)
@@ -224,7 +252,7 @@ def report(results: list[dict[str, Any]]) -> None:
     levels = list(results[0]["aggregate_tok_s"])
     print("\nnodes  single tok/s  (vs 1 node)  " + "  ".join(f"agg@{n}" for n in levels)
           + "  " + "  ".join(f"dec@{n}" for n in levels)
-          + "   step ms  compute  codec  transport/hop")  # fmt: skip
+          + "   step ms  compute  codec  transport/hop  ttft s (prompt)")  # fmt: skip
     for r in results:
         ratio = f"{r['single_decode_tok_s'] / base:6.0%}" if base else "   -  "
         agg = "  ".join(f"{v:6.2f}" for v in r["aggregate_tok_s"].values())
@@ -233,10 +261,12 @@ def report(results: list[dict[str, Any]]) -> None:
         )
         split = r["hop_split"]
         hop = split.get("transport_ms_per_hop")
+        ttft = r.get("long_prompt_ttft_s")
+        long = f"{ttft:6.2f} ({r['long_prompt_tokens']})" if ttft is not None else "-"
         print(
             f"{r['nodes']:5d}  {r['single_decode_tok_s']:12.2f}  {ratio:>11}  {agg}   "
             f"{split.get('step_ms', 0):7.1f}  {split.get('compute_ms', 0):7.1f}  "
-            f"{split.get('codec_ms', 0):5.2f}  {hop if hop is not None else '-':>13}"
+            f"{split.get('codec_ms', 0):5.2f}  {hop if hop is not None else '-':>13}  {long}"
         )
 
 
@@ -247,6 +277,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument(
         "--concurrency", default="1,4,8", type=lambda s: [int(x) for x in s.split(",")]
+    )
+    parser.add_argument(
+        "--prompt-tokens",
+        type=int,
+        default=512,
+        help="about this many prompt tokens for the time-to-first-token figure (0: skip)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="rounds; figures are medians")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
