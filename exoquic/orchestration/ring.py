@@ -161,6 +161,8 @@ class Ring:
         not enough memory, too many failed tries), StepFailedError when an
         engine refused it.
         """
+        if not prompt:
+            raise ValueError("the prompt is empty")
         if sampling.seed is None:  # fixed here so that replays draw the same tokens
             sampling = replace(sampling, seed=secrets.randbits(63))
         self.stats.requests += 1

@@ -4,6 +4,7 @@ the next step leaves before a token is handed out, and nothing is lost on the wa
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import trio
 
 from exoquic.engines.sampling import SamplingParams
@@ -67,7 +68,8 @@ async def run(
     ring = Ring(stand_in, EngineWorker.__new__(EngineWorker))
     stand_in.ring = ring
     tokens: list[int] = []
-    generator = ring.generate_tokens("req", prompt or [1, 2, 3], SamplingParams(), budget)
+    prompt = [1, 2, 3] if prompt is None else prompt
+    generator = ring.generate_tokens("req", prompt, SamplingParams(), budget)
     try:
         async for token in generator:
             stand_in.log.append(f"got {token}")
@@ -120,3 +122,10 @@ async def test_a_long_prompt_leaves_in_chunks_and_the_last_chunk_gives_the_token
     assert [t for f in chunks for t in f.tensor.tolist()] == prompt
     assert {f.step for f in chunks} == {0}
     assert stand_in.forwards[3].start_position == len(prompt)
+
+
+async def test_an_empty_prompt_is_refused_before_anything_is_sent() -> None:
+    stand_in = StandInRing(unreachable=set())
+    with pytest.raises(ValueError, match="empty"):
+        await run(stand_in, budget=2, prompt=[])
+    assert stand_in.forwards == []
