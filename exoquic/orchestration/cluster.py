@@ -561,6 +561,7 @@ class Cluster:
                 "batches": worker.batches,
                 "forwarded_items": worker.forwarded_items,
                 "largest_batch": worker.largest_batch,
+                "batch_limit": self.worker.batch_limit,  # decode steps per batch now
                 "compute_seconds": worker.compute_seconds,
                 "engine_seconds": worker.engine_seconds,
             },
