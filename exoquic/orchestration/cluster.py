@@ -28,7 +28,7 @@ from exoquic.orchestration.links import Link, LinkError, LinkStatistics, introdu
 from exoquic.orchestration.planning import Member, PlanKey, PlanState
 from exoquic.orchestration.progress import Preparation, ProgressGate
 from exoquic.orchestration.ring import PeerUnavailable, Ring, RingSettings
-from exoquic.orchestration.worker import EngineWorker
+from exoquic.orchestration.worker import EngineWorker, Job
 from exoquic.topology import (
     Assignment,
     DeviceCapabilities,
@@ -346,14 +346,12 @@ class Cluster:
 
     def _on_forward(self, link: Link, message: Forward) -> None:
         assert self._nursery is not None
-        job = self.ring.accept_forward(message, link.node_id)
-        origin = message.origin or link.node_id
-        if job is None:
-            if not self.ring.is_released(message.request_id):
-                refusal = self.ring.refusal(message)
-                self._nursery.start_soon(self.ring.send_quietly, origin, refusal)
-        else:
-            self._nursery.start_soon(self.ring.finish_forward, message, job)
+        accepted = self.ring.accept_forward(message, link.node_id)
+        if isinstance(accepted, Job):
+            self._nursery.start_soon(self.ring.finish_forward, message, accepted)
+        elif accepted is not None:  # a refusal, for the request's origin
+            origin = message.origin or link.node_id
+            self._nursery.start_soon(self.ring.send_quietly, origin, accepted)
 
     def _on_proposal(self, link: Link, message: PlanProposal) -> None:
         try:

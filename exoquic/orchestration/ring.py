@@ -283,9 +283,9 @@ class Ring:
     async def deliver_local(self, message: Message) -> None:
         """Handle a message this node sent itself (inline, in the sender's task)."""
         if isinstance(message, Forward):
-            job = self.accept_forward(message, self.router.node_id)
-            if job is not None:
-                await self.finish_forward(message, job)
+            accepted = self.accept_forward(message, self.router.node_id)
+            if isinstance(accepted, Job):
+                await self.finish_forward(message, accepted)
         else:
             self.receive(message)
 
@@ -310,15 +310,15 @@ class Ring:
 
     # --- serving a shard ----------------------------------------------------
 
-    def accept_forward(self, message: Forward, sender: str) -> Job | None:
-        """Queue a forward step on the engine now (in arrival order); None if this
-        node does not serve that plan (the caller then reports `refusal`) or the
-        request was released already (see `is_released`)."""
+    def accept_forward(self, message: Forward, sender: str) -> Job | RequestFailed | None:
+        """Queue a forward step on the engine now (in arrival order). Instead, the
+        refusal to send its origin when this node does not serve that plan, or None
+        when the request was released already (see `is_released`)."""
         if self.is_released(message.request_id):
             return None
         plan = self.router.serving_plan(message.plan_version)
         if plan is None or plan.shard_of(self.router.node_id) is None:
-            return None
+            return self._refusal(message)
         self._served[message.request_id] = message.origin or sender
         self.worker.limit_batches(pipeline_batch(len(self._served), len(plan.node_ids)))
         return self.worker.forward_nowait(message.request_id, message.tensor)
@@ -329,7 +329,7 @@ class Ring:
         stopped); that step must not make a cache that nobody would free."""
         return request_id in self._released
 
-    def refusal(self, message: Forward) -> RequestFailed:
+    def _refusal(self, message: Forward) -> RequestFailed:
         return RequestFailed(
             message.request_id,
             f"{self.router.node_id} does not serve plan {message.plan_version} now",
@@ -366,7 +366,7 @@ class Ring:
         origin = message.origin or self.router.node_id
         plan = self.router.serving_plan(message.plan_version)
         if plan is None:  # the shard was replaced while this step ran
-            return origin, self.refusal(message)
+            return origin, self._refusal(message)
         me = self.router.node_id
         shard = plan.shard_of(me)
         assert shard is not None
