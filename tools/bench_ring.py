@@ -120,12 +120,19 @@ def hop_split(before: list[dict[str, Any]], after: list[dict[str, Any]], n: int)
 
 async def run_concurrent(
     client: httpx.AsyncClient, nodes: list[RingNode], level: int, tokens: int, stagger: int = 0
-) -> None:
-    """`level` requests at once; request i asks for `tokens + i * stagger` tokens."""
+) -> list[dict[str, Any]]:
+    """`level` requests at once, origins spread over the nodes; request i asks for
+    `tokens + i * stagger` tokens. Their `stream` results."""
+    runs: list[dict[str, Any]] = []
+
+    async def one(i: int) -> None:
+        node, prompt = nodes[i % len(nodes)], PROMPTS[i % len(PROMPTS)]
+        runs.append(await stream(client, node, prompt, tokens + i * stagger))
+
     async with trio.open_nursery() as nursery:
         for i in range(level):
-            node, prompt = nodes[i % len(nodes)], PROMPTS[i % len(PROMPTS)]
-            nursery.start_soon(stream, client, node, prompt, tokens + i * stagger)
+            nursery.start_soon(one, i)
+    return runs
 
 
 def steady_decode_rate(runs: list[dict[str, Any]]) -> float | None:
@@ -196,16 +203,8 @@ async def bench_round(
         result["long_prompt_ttft_s"] = round(long["times"][0] - long["started"], 3)
     aggregate, steady = {}, {}
     for level in levels:
-        runs: list[dict[str, Any]] = []
-
-        async def one(i: int, runs: list[dict[str, Any]] = runs) -> None:
-            node = nodes[i % n]
-            runs.append(await stream(client, node, PROMPTS[i % len(PROMPTS)], tokens))
-
         started = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for i in range(level):
-                nursery.start_soon(one, i)
+        runs = await run_concurrent(client, nodes, level, tokens)
         wall = time.perf_counter() - started
         total = sum(run["tokens"] for run in runs)
         aggregate[str(level)] = round(total / wall, 2)
