@@ -9,6 +9,7 @@ from typing import Any
 import gguf
 import numpy as np
 import pytest
+from models.tiny_gguf import finish, tiny_llama_writer
 
 from exoquic.models.config import (
     LinearRopeScaling,
@@ -136,15 +137,7 @@ def test_invalid_parameters(bad: Any) -> None:
 
 def write_gguf(path: Path, rope_freqs: np.ndarray | None = None, **rope: Any) -> Path:
     """A llama GGUF header with head_dim 16 and the given rope keys / rope_freqs tensor."""
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(1)
-    writer.add_context_length(64)
-    writer.add_embedding_length(64)
-    writer.add_feed_forward_length(96)
-    writer.add_head_count(4)
-    writer.add_head_count_kv(2)
-    writer.add_rope_freq_base(500000.0)
-    writer.add_vocab_size(16)
+    writer = tiny_llama_writer(path, rope_freq_base=500000.0)
     if "type" in rope:
         writer.add_rope_scaling_type(rope["type"])
     if "factor" in rope:
@@ -152,10 +145,7 @@ def write_gguf(path: Path, rope_freqs: np.ndarray | None = None, **rope: Any) ->
     writer.add_tensor("token_embd.weight", np.zeros((16, 64), np.float32))
     if rope_freqs is not None:
         writer.add_tensor("rope_freqs.weight", rope_freqs.astype(np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish(writer)
     return path
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from models.tiny_gguf import finish, tiny_llama_writer
 
 from exoquic.models.errors import ModelLoadError
 from exoquic.models.gguf_file import GGUFFile
@@ -124,16 +125,8 @@ def _write_tiny_gguf(path: Path, skip: str = "") -> dict[str, np.ndarray]:
     Returns the HF-layout float32 values the loader should produce.
     """
     rng = np.random.default_rng(2)
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(1)
-    writer.add_context_length(64)
-    writer.add_embedding_length(64)
-    writer.add_feed_forward_length(96)
-    writer.add_head_count(4)
-    writer.add_head_count_kv(2)
-    writer.add_rope_freq_base(10000.0)
+    writer = tiny_llama_writer(path, rope_freq_base=10000.0)
     writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_vocab_size(16)
     shapes = {
         "token_embd.weight": (16, 64),
         "output.weight": (16, 64),
@@ -163,10 +156,7 @@ def _write_tiny_gguf(path: Path, skip: str = "") -> dict[str, np.ndarray]:
         else:
             writer.add_tensor(name, values.astype(np.float16))
             expected[name] = values.astype(np.float16).astype(np.float32)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish(writer)
     return expected
 
 
