@@ -65,10 +65,10 @@ class Preparation:
         """The state to report now (None before the first `start`)."""
         if self._stage is None:
             return None
-        files = self._download.snapshot()["files"]
-        total = sum(f["total"] for f in files)
+        snapshot = self._download.snapshot()
+        files, total = snapshot["files"], snapshot["total"]
         # A file that grew past its announced size is fetched again: never report done > total.
-        done = min(total, sum(f["done"] for f in files))
+        done = min(total, snapshot["done"])
         files_done = sum(1 for f in files if f["done"] >= f["total"])
         phase = self._phase(files_done < len(files))
         return ModelProgress(
