@@ -8,16 +8,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 from exoquic import __version__
+from exoquic.api.limits import DEFAULT_MAX_QUEUED, DEFAULT_MAX_REQUESTS, DEFAULT_QUEUE_TIMEOUT_S
 from exoquic.download.cli import add_models_command
 from exoquic.pairing.cli import add_pair_command, add_trust_command
 from exoquic.ring_cli import add_cluster_options, add_status_command, cluster_settings
 
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 52415
-# exoquic.api.admission's defaults (not imported here: it pulls in trio, slow to load).
-DEFAULT_MAX_REQUESTS = 64
-DEFAULT_MAX_QUEUED = 16
-DEFAULT_QUEUE_TIMEOUT_S = 0.0
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -155,7 +152,7 @@ def add_token(commands: argparse._SubParsersAction) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     import trio
 
-    from exoquic.api.admission import AdmissionLimits
+    from exoquic.api.limits import AdmissionLimits
     from exoquic.api.security import InsecureBindError, security_for_bind
     from exoquic.engines.registry import engine_threads_setting
     from exoquic.orchestration.node import NodeSettings

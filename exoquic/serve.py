@@ -10,8 +10,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from exoquic.api.admission import AdmissionLimits
 from exoquic.api.app import create_app
+from exoquic.api.limits import AdmissionLimits
 from exoquic.api.openai_routes import open_generation
 from exoquic.api.security import ApiSecurity
 from exoquic.engines.sampling import SamplingParams

@@ -17,47 +17,18 @@ import math
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import trio
 
 from exoquic.api.errors import APIError
+from exoquic.api.limits import AdmissionLimits
 
-DEFAULT_MAX_REQUESTS = 64
-DEFAULT_MAX_QUEUED = 16
-DEFAULT_QUEUE_TIMEOUT_S = 0.0
 # The official Python SDK honours Retry-After up to 60 s (older releases) or 120 s.
 MAX_RETRY_AFTER_S = 60
 # Weight of the newest hold time in the running mean behind Retry-After.
 HOLD_SMOOTHING = 0.2
-
-
-@dataclass(frozen=True)
-class AdmissionLimits:
-    """The `exoquic up` flags `--max-requests`, `--max-queued`, `--queue-timeout`.
-
-    `max_requests` 0 means no limit (and no queue). A request beyond the limit
-    waits up to `queue_timeout_s` for a slot if fewer than `max_queued` already
-    wait; 0 seconds (the default) refuses at once.
-    """
-
-    max_requests: int = DEFAULT_MAX_REQUESTS
-    max_queued: int = DEFAULT_MAX_QUEUED
-    queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S
-
-    def __post_init__(self) -> None:
-        if self.max_requests < 0:
-            raise ValueError(
-                f"--max-requests must be 0 (no limit) or more, not {self.max_requests}"
-            )
-        if self.max_queued < 0:
-            raise ValueError(f"--max-queued must be 0 or more, not {self.max_queued}")
-        if not math.isfinite(self.queue_timeout_s) or self.queue_timeout_s < 0:
-            raise ValueError(
-                f"--queue-timeout must be 0 or more seconds, not {self.queue_timeout_s}"
-            )
 
 
 class Slot:

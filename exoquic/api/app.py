@@ -12,8 +12,9 @@ from quart import Response, request, send_from_directory
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
-from exoquic.api.admission import Admission, AdmissionLimits
+from exoquic.api.admission import Admission
 from exoquic.api.errors import APIError
+from exoquic.api.limits import AdmissionLimits
 from exoquic.api.openai_routes import blueprint as openai_blueprint
 from exoquic.api.openapi import openapi_document
 from exoquic.api.security import ApiSecurity

@@ -26,8 +26,9 @@ from api_helpers import TINY_CONFIG, error_of, sse_payloads
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from exoquic.api.admission import Admission, AdmissionLimits, retry_after_s
+from exoquic.api.admission import Admission, retry_after_s
 from exoquic.api.app import create_app
+from exoquic.api.limits import AdmissionLimits
 from exoquic.api.openai_routes import ResponseShape, stream_events, stream_response
 from exoquic.cli import build_parser
 from exoquic.engines.mlx.engine import MLXEngine
