@@ -14,8 +14,8 @@ import logging
 import platform
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -227,8 +227,9 @@ async def open_node(
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
         if cluster is None:
-            await _load_whole(source.model_id, model.load_shard, config, worker)
-            yield Node(source.model_id, config, tokenizer, worker, max_context)
+            with _stopping_on_exit(worker):
+                await _load_whole(source.model_id, model.load_shard, config, worker)
+                yield Node(source.model_id, config, tokenizer, worker, max_context)
         else:
             me = Member(
                 cluster.identity.node_id, cluster.name, _probe(engine_name, cluster.memory_limit)
@@ -239,8 +240,19 @@ async def open_node(
             async with open_cluster(
                 cluster, state, worker, model.load_shard, source.model_id
             ) as ring:
-                yield Node(source.model_id, config, tokenizer, worker, max_context, ring)
+                with _stopping_on_exit(worker):
+                    yield Node(source.model_id, config, tokenizer, worker, max_context, ring)
         nursery.cancel_scope.cancel()
+
+
+@contextmanager
+def _stopping_on_exit(worker: EngineWorker) -> Iterator[None]:
+    """Leaving the block (the node stops) releases whoever waits on the engine:
+    a load still running must not hold the node's exit."""
+    try:
+        yield
+    finally:
+        worker.stop()
 
 
 async def _load_whole(
