@@ -20,7 +20,7 @@ import trio
 
 from exoquic.discovery.peers import PeerEventKind, PeerInfo
 from exoquic.download.progress import reporting_to
-from exoquic.identity.trust import TrustStore
+from exoquic.identity.trust import TrustStore, TrustStoreError
 from exoquic.models.shard import Shard
 from exoquic.models.weights import ShardWeights
 from exoquic.orchestration.generation import UnavailableError
@@ -209,29 +209,40 @@ class Cluster:
             return
         await self._run_link(Link(messages, hello, self.link_stats))
 
-    async def _dial(self, peer: PeerInfo, key: bytes) -> None:
+    async def _dial(self, peer: PeerInfo, key: bytes | None, trust: TrustStore) -> None:
+        """Link to `peer`. Without `key` (a peer trusted by node id alone) any key
+        that hashes to its id is accepted, and pinned in the trust store."""
         assert self.endpoint is not None
         self._dialing.add(peer.node_id)
         try:
             for address in peer.addresses:
-                link = await self._connect(address, peer.port, key)
-                if link is not None:
-                    await self._run_link(link)
+                link = await self._connect((address, peer.port), peer.node_id, key)
+                if link is None:
+                    continue
+                if key is None and not _pin(trust, link.connection.peer_public_key):
+                    link.close("no longer trusted")
                     return
+                await self._run_link(link)
+                return
         finally:
             self._dialing.discard(peer.node_id)
 
-    async def _connect(self, address: str, port: int, key: bytes) -> Link | None:
+    async def _connect(
+        self, address: tuple[str, int], node_id: str, key: bytes | None
+    ) -> Link | None:
         assert self.endpoint is not None
         connection = None
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
-                connection = await self.endpoint.connect((address, port), key)
+                if key is None:
+                    connection = await self.endpoint.connect_node_id(address, node_id)
+                else:
+                    connection = await self.endpoint.connect(address, key)
                 messages = await MessageStream.open(connection)
                 hello = await introduce(messages, self.hello(), dialer=True)
             return Link(messages, hello, self.link_stats)
         except (ConnectionClosed, OSError, RemoteProtocolError, trio.TooSlowError) as exc:
-            log.debug("cannot link to %s:%d: %s", address, port, exc)
+            log.debug("cannot link to %s:%d: %s", *address, exc)
             if connection is not None:
                 connection.close()
             return None
@@ -527,7 +538,8 @@ class Cluster:
     # --- finding peers ------------------------------------------------------
 
     async def run_dialer(self, trust: TrustStore) -> None:
-        """Keep a link to every known peer: dial those without one, every second."""
+        """Keep a link to every known, trusted peer: dial those without one, every
+        second and whenever membership changes."""
         assert self._nursery is not None
         while True:
             for peer in list(self.known.values()):
@@ -535,11 +547,24 @@ class Cluster:
                     continue
                 if self._link(peer.node_id) is not None:
                     continue
-                key = peer.public_key or _trusted_key(trust, peer.node_id)
-                if key is None:
-                    continue  # known by id only: it must dial us first
-                self._nursery.start_soon(self._dial, peer, key)
-            await trio.sleep(DIAL_INTERVAL)
+                entry = trust.get(peer.node_id)
+                if entry is None:
+                    continue  # trust was removed; discovery will forget it too
+                # A key pinned in the trust store wins over an announced one; with
+                # neither (trusted by id, found in peers.json) we dial by node id.
+                key = entry.public_key or peer.public_key
+                self._nursery.start_soon(self._dial, peer, key, trust)
+            with trio.move_on_after(DIAL_INTERVAL):  # or sooner, when peers change
+                await self._changed.wait()
+
+    def trust_changed(self, trust: TrustStore) -> None:
+        """The trust store changed under a running node: forget the peers it no
+        longer trusts (the endpoint closes their connections); the dialer reaches
+        newly trusted ones as discovery reports them."""
+        for node_id in [n for n in self.known if trust.get(n) is None]:
+            log.info("%s is no longer trusted", self._name(node_id))
+            del self.known[node_id]
+        self._pulse()
 
     def peer_event(self, kind: PeerEventKind, peer: PeerInfo) -> None:
         if kind in (PeerEventKind.APPEARED, PeerEventKind.UPDATED):
@@ -570,9 +595,14 @@ def _no_loading(shard: Shard) -> ShardWeights:
     raise RuntimeError("a local node's engine was loaded by its creator")
 
 
-def _trusted_key(trust: TrustStore, node_id: str) -> bytes | None:
-    peer = trust.get(node_id)
-    return None if peer is None else peer.public_key
+def _pin(trust: TrustStore, key: bytes) -> bool:
+    """Record the key a peer trusted by id proved; False if it is no longer trusted."""
+    try:
+        trust.pin_key(key)
+    except TrustStoreError as exc:
+        log.warning("not linking: %s", exc)
+        return False
+    return True
 
 
 def _ranges(plan: Plan) -> str:

@@ -8,6 +8,7 @@ stateless retry are not implemented: every exoquic node speaks QUIC v1/v2.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,7 +23,7 @@ from exoquic.identity.certs import make_certificate
 from exoquic.identity.keys import Identity
 from exoquic.transport.config import NODE_ALPN, PAIRING_ALPN, TransportConfig, quic_configuration
 from exoquic.transport.connection import Connection, StreamHandler
-from exoquic.transport.errors import ErrorCode
+from exoquic.transport.errors import ConnectionClosed, ErrorCode
 from exoquic.transport.quic import ExoQuicConnection
 from exoquic.transport.session import (
     Authorizer,
@@ -30,6 +31,7 @@ from exoquic.transport.session import (
     Session,
     accept_pairing,
     pin_key,
+    pin_node_id,
     pin_trust_store,
 )
 
@@ -123,6 +125,28 @@ class Endpoint:
         (`authentication_failed` set when either side refused) otherwise.
         """
         return await self._connect(address, NODE_ALPN, pin_key(peer_public_key))
+
+    async def connect_node_id(self, address: tuple[str, int], node_id: str) -> Connection:
+        """Connect to the node at `address` whose key must hash to `node_id` (a
+        peer trusted by id whose key we have not seen yet); read the key it
+        proved from `connection.peer_public_key`."""
+        return await self._connect(address, NODE_ALPN, pin_node_id(node_id))
+
+    async def probe(self, address: tuple[str, int]) -> bytes | None:
+        """The ed25519 key of the exoquic node answering at `address`, or None.
+
+        The handshake is abandoned as soon as the peer has proved its key, so
+        a probe never opens a connection (Tailscale discovery uses it to learn
+        who listens where; the trust store decides what happens next)."""
+        seen: list[bytes] = []
+
+        def record(alpn: str, key: bytes) -> bool:
+            seen.append(key)
+            return False
+
+        with contextlib.suppress(ConnectionClosed):  # `record` always refuses
+            await self._connect(address, NODE_ALPN, record)
+        return seen[0] if seen else None
 
     async def connect_pairing(self, address: tuple[str, int]) -> Connection:
         """Connect over the pairing ALPN, accepting whatever ed25519 key the peer
