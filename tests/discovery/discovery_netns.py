@@ -153,6 +153,10 @@ class NodeProcess:
             f"stderr: {''.join(self._stderr)[-2000:]}"
         )
 
+    def stderr_text(self) -> str:
+        """What the process wrote to stderr so far."""
+        return "".join(self._stderr)
+
     def drain(self, seconds: float) -> list[Line]:
         """Lines that arrive within `seconds`."""
         return [line for _, line in self._arrivals(seconds)]
