@@ -107,9 +107,7 @@ def caller_refusal(policy: ApiSecurity) -> APIError | None:
     return None
 
 
-def _add_info_routes(
-    app: QuartTrio, node: Node, admission: Admission, policy: ApiSecurity
-) -> None:
+def _add_info_routes(app: QuartTrio, node: Node, admission: Admission, policy: ApiSecurity) -> None:
     @app.get("/")
     async def index() -> Response:
         return await send_from_directory(STATIC_DIR, "index.html")
