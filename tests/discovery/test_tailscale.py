@@ -253,7 +253,6 @@ async def test_run_reports_events_on_a_channel(
         '{"Peer": {"k": ' + "[" * 100_000,  # nested deeper than the parser recurses
         json.dumps(status(device("studio", ["100.64.0.2"]) | {"TailscaleIPs": 5})),
         json.dumps(status(device("studio", ["100.64.0.2"]) | {"TailscaleIPs": True})),
-        json.dumps(status(device("studio", ["100.64.0.2"]) | {"HostName": {"a": 1}})),
     ],
 )
 async def test_hostile_status_output_does_not_stop_discovery(
@@ -279,3 +278,9 @@ async def test_hostile_status_output_does_not_stop_discovery(
             found = {(await receive.receive()).peer.node_id for _ in range(2)}
         assert found == {STUDIO.node_id, LAPTOP.node_id}
         nursery.cancel_scope.cancel()
+
+
+def test_mistyped_device_fields_are_left_out() -> None:
+    odd = device("studio", ["100.64.0.2"]) | {"HostName": {"a": 1}, "TailscaleIPs": "100.64.0.9"}
+    [studio] = parse_tailscale_status(json.dumps(status(odd))).peers
+    assert (studio.host_name, studio.addresses, studio.online) == ("", (), True)
