@@ -148,6 +148,7 @@ def test_a_junk_flood_from_spoofed_sources_expires_no_trusted_peer(
         assert stats is not None
         counters = stats["statistics"]
         print(counters)
-        assert counters["untrusted"] + counters["malformed"] >= 7000
+        # Most of the junk reached it (a loaded host may drop some in the kernel).
+        assert counters["untrusted"] + counters["malformed"] >= flood["sent"] // 2
         # Junk costs no signature check and no trusted budget.
         assert (counters["bad_signature"], counters["rate_limited"]) == (0, 0)
