@@ -213,7 +213,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     import trio
 
     from exoquic.api.limits import AdmissionLimits
-    from exoquic.api.security import InsecureBindError, security_for_bind
+    from exoquic.api.security import InsecureBindError, TokenFileError, security_for_bind
     from exoquic.engines.registry import engine_threads_setting
     from exoquic.orchestration.node import NodeSettings
     from exoquic.serve import serve_node
@@ -222,7 +222,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         security = security_for_bind(
             args.api_host, insecure=args.insecure_api, origins=args.cors_origin
         )
-    except InsecureBindError as exc:
+    except (InsecureBindError, TokenFileError) as exc:
         print(f"exoquic: {exc}", file=sys.stderr)
         return 2
     try:

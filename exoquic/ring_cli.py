@@ -141,11 +141,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     import httpx
 
-    from exoquic.api.security import API_KEY_ENV, read_token
+    from exoquic.api.security import API_KEY_ENV, TokenFileError, read_token
 
     host = f"[{args.api_host}]" if ":" in args.api_host else args.api_host
     url = f"http://{host}:{args.api_port}/v1/topology"
-    key = os.environ.get(API_KEY_ENV) or read_token()
+    try:
+        key = os.environ.get(API_KEY_ENV) or read_token()
+    except TokenFileError as exc:
+        print(f"exoquic: {exc}", file=sys.stderr)
+        return 2
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         response = httpx.get(url, headers=headers, timeout=10)

@@ -193,7 +193,11 @@ _DOCUMENT: dict[str, Any] = {
             ],
         },
         "/v1/topology": _get_route("The cluster: nodes, layers, downloads"),
-        "/health": _get_route("Liveness, live requests and KV caches, memory", public=True),
+        "/health": _get_route(
+            "Liveness; with the API key (or when none is set) also the model, "
+            "live requests and KV caches, memory",
+            public=True,
+        ),
         "/openapi.json": _get_route("This document", public=True),
     },
 }

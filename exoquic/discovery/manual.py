@@ -62,6 +62,8 @@ def parse_manual_peers(text: str, where: str = "peers file") -> list[ManualPeer]
         raise ManualPeersError(
             f"{where}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
+    except RecursionError:  # the JSON parser recurses once per nesting level
+        raise ManualPeersError(f"{where}: invalid JSON: nested too deeply") from None
     if not isinstance(document, dict) or set(document) != {"peers"}:
         raise ManualPeersError(f'{where}: expected an object {{"peers": [...]}}')
     entries = document["peers"]
