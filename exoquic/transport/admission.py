@@ -10,9 +10,11 @@ Before a peer authenticates, anyone can make a server hold state for it: a
   packets at its source address (spoofed floods stop there);
 - never keep more than `max_per_source` unfinished handshakes for one source
   address (`DROP` beyond), so one host cannot fill the table alone;
-- when the table is full, make room by evicting the oldest unfinished
-  handshake (`EVICT`) rather than refusing: authenticated connections are
-  never evicted, so a full table of junk never locks a trusted peer out.
+- when the table is full, make room by evicting an unfinished handshake
+  (`EVICT`) rather than refusing: the oldest one of the source holding the
+  most, if that is more than the newcomer's source holds. Authenticated
+  connections are never evicted, and a flood from a few addresses evicts
+  its own handshakes, not a trusted peer's.
 
 Unfinished handshakes also expire after `TransportConfig.handshake_timeout`
 (the connection enforces that); this table only counts them.
@@ -21,6 +23,7 @@ Unfinished handshakes also expire after `TransportConfig.handshake_timeout`
 from __future__ import annotations
 
 import enum
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -34,7 +37,7 @@ class Verdict(enum.Enum):
     RETRY = "retry"
     """Answer with a Retry packet; keep nothing."""
     EVICT = "evict"
-    """Take a slot after dropping `Admission.oldest_pending()`."""
+    """Take a slot after dropping `Admission.eviction_candidate()`."""
     DROP = "drop"
     """Ignore the datagram."""
 
@@ -62,7 +65,8 @@ class Admission(Generic[_C]):
             raise ValueError("retry_above must be a fraction of the table, 0..1")
         self.max_connections = max_connections
         self.max_per_source = max_per_source
-        self._retry_from = int(max_connections * retry_above)
+        # 1.0 means never: not even a full table asks for Retry (it evicts).
+        self._retry_from = math.inf if retry_above >= 1.0 else int(max_connections * retry_above)
         self._pending: dict[_C, str] = {}  # unfinished handshakes, oldest first
         self._per_source: Counter[str] = Counter()
         self.stats = AdmissionStatistics()
@@ -90,11 +94,13 @@ class Admission(Generic[_C]):
             return Verdict.RETRY
         if in_use < self.max_connections:
             return Verdict.ACCEPT
-        return Verdict.EVICT if self._pending else Verdict.DROP
+        heaviest = max(self._per_source.values(), default=0)
+        return Verdict.EVICT if heaviest > self._per_source[source] else Verdict.DROP
 
-    def oldest_pending(self) -> _C:
-        """The unfinished handshake that has waited longest (to evict)."""
-        return next(iter(self._pending))
+    def eviction_candidate(self) -> _C:
+        """The oldest unfinished handshake of the source that holds the most."""
+        heaviest = max(self._per_source, key=self._per_source.__getitem__)
+        return next(c for c, source in self._pending.items() if source == heaviest)
 
     def add(self, connection: _C, source: str) -> None:
         """A new server side connection from `source`, handshaking."""

@@ -214,7 +214,7 @@ class Endpoint:
         if verdict is Verdict.DROP:
             return None
         if verdict is Verdict.EVICT:
-            self._drop(self._admission.oldest_pending(), "evicted: connection table full")
+            self._drop(self._admission.eviction_candidate(), "evicted: connection table full")
         connection = self._start_server(remote, original_cid, retry_cid)
         self._by_cid[header.destination_cid] = connection
         return connection

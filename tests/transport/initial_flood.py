@@ -48,10 +48,9 @@ def main() -> None:
         sockets.append(sock)
     print("ready", flush=True)
     target = ("127.0.0.1", args.to)
-    started, sent = time.monotonic(), 0
-    for sock in itertools.cycle(sockets):
+    started = time.monotonic()
+    for sent, sock in enumerate(itertools.cycle(sockets), start=1):
         sock.sendto(junk_initial(), target)
-        sent += 1
         ahead = sent / args.rate - (time.monotonic() - started)
         if ahead > 0:
             time.sleep(ahead)
