@@ -25,7 +25,7 @@ from exoquic.wire.errors import ErrorCode, LocalProtocolError, RemoteProtocolErr
 MAX_DEPTH = 8
 """Nesting of arrays and maps a message may use (messages need 4)."""
 
-MAX_ITEMS = 1 << 14
+MAX_ITEMS = 1 << 13
 """Data items (each scalar, array, map, and map key counts one) a decoded value
 may hold. The largest message, a plan of 1024 nodes, has about 7,200."""
 
