@@ -135,6 +135,15 @@ async def test_flood_from_one_address_leaves_room_for_a_trusted_peer() -> None:
         assert stats["connections"] < 16
 
 
+async def test_a_peer_asked_to_retry_proves_its_address_and_connects() -> None:
+    config = TransportConfig(retry_above=0.0)  # every new peer gets a Retry
+    async with pair(config) as (flooded, peer, target):
+        connection = await peer.connect(flooded.local_address, target.public_key)
+        stats = flooded.statistics()
+        assert (stats["retries"], stats["accepted"], stats["dropped"]) == (1, 1, 0)
+        assert connection.established and stats["handshaking"] == 0
+
+
 async def test_flood_from_many_addresses_meets_a_retry_past_half_the_table() -> None:
     async with pair(max_connections=64) as (flooded, peer, target):
         with flood(flooded.local_address[1], sources=16):
