@@ -9,7 +9,8 @@ Before a peer authenticates, anyone can make a server hold state for it: a
   an Initial that echoes a valid Retry token, which proves the sender receives
   packets at its source address (spoofed floods stop there);
 - never keep more than `max_per_source` unfinished handshakes for one source
-  address (`DROP` beyond), so one host cannot fill the table alone;
+  address (`DROP` beyond; an IPv6 /64 counts as one address, see
+  `source_of`), so one host cannot fill the table alone;
 - when the table is full, make room by evicting an unfinished handshake
   (`EVICT`) rather than refusing: the oldest one of the source holding the
   most, if that is more than the newcomer's source holds. Authenticated
@@ -23,6 +24,7 @@ Unfinished handshakes also expire after `TransportConfig.handshake_timeout`
 from __future__ import annotations
 
 import enum
+import ipaddress
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -50,6 +52,21 @@ class AdmissionStatistics:
     retries: int = 0  # Retry packets sent
     dropped: int = 0  # Initials ignored (per-source cap, full table, bad token)
     evicted: int = 0  # unfinished handshakes dropped to make room
+
+
+def source_of(host: str) -> str:
+    """The "source address" the per-source limits count: an IPv4 address
+    (also written v4-mapped), or an IPv6 /64, since one host commonly holds
+    a whole /64 and could otherwise spread a flood over it."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip), 64), strict=False))
+    return str(ip)
 
 
 class Admission(Generic[_C]):

@@ -36,7 +36,7 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 
 from exoquic.identity.certs import make_certificate
 from exoquic.identity.keys import Identity
-from exoquic.transport.admission import Admission, Verdict
+from exoquic.transport.admission import Admission, Verdict, source_of
 from exoquic.transport.config import NODE_ALPN, PAIRING_ALPN, TransportConfig, quic_configuration
 from exoquic.transport.connection import Connection, StreamHandler
 from exoquic.transport.errors import ErrorCode
@@ -205,8 +205,9 @@ class Endpoint:
                 self._admission.stats.dropped += 1
                 return None
             retry_cid = header.destination_cid
+        source = source_of(remote[0])
         verdict = self._admission.decide(
-            remote[0], in_use=len(self._connections), validated=retry_cid is not None
+            source, in_use=len(self._connections), validated=retry_cid is not None
         )
         if verdict is Verdict.RETRY:
             self._send_retry(header, remote)
@@ -215,12 +216,12 @@ class Endpoint:
             return None
         if verdict is Verdict.EVICT:
             self._drop(self._admission.eviction_candidate(), "evicted: connection table full")
-        connection = self._start_server(remote, original_cid, retry_cid)
+        connection = self._start_server(remote, source, original_cid, retry_cid)
         self._by_cid[header.destination_cid] = connection
         return connection
 
     def _start_server(
-        self, remote: NetworkAddress, original_cid: bytes, retry_cid: bytes | None
+        self, remote: NetworkAddress, source: str, original_cid: bytes, retry_cid: bytes | None
     ) -> Connection:
         pairing = self._pairing_handler is not None
         alpns = [NODE_ALPN, PAIRING_ALPN] if pairing else [NODE_ALPN]
@@ -232,7 +233,7 @@ class Endpoint:
             retry_source_connection_id=retry_cid,
         )
         session = Session(quic, pin_trust_store(self._verify_peer, pairing=pairing))
-        return self._start(session, remote, source=remote[0])
+        return self._start(session, remote, source=source)
 
     def _send_retry(self, header: QuicHeader, remote: NetworkAddress) -> None:
         """Ask the client to prove its address: it must echo this token from it.

@@ -19,7 +19,7 @@ import trio
 
 from exoquic.identity.keys import Identity
 from exoquic.transport import ConnectionClosed, Endpoint, ErrorCode, TransportConfig, open_endpoint
-from exoquic.transport.admission import Admission, Verdict
+from exoquic.transport.admission import Admission, Verdict, source_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -63,6 +63,14 @@ def test_full_admission_evicts_from_the_heaviest_source_never_an_authenticated_o
         table.remove(name)
     assert table.decide("10.0.0.9", in_use=4, validated=False) is Verdict.DROP
     assert table.stats.evicted == 1 and table.stats.dropped == 2
+
+
+def test_an_ipv6_slash_64_counts_as_one_source() -> None:
+    assert source_of("2001:db8:1:2:aaaa::1") == source_of("2001:db8:1:2:bbbb::2")
+    assert source_of("2001:db8:1:2::1") == "2001:db8:1:2::/64"
+    assert source_of("2001:db8:1:3::1") != source_of("2001:db8:1:2::1")
+    assert source_of("::ffff:198.18.0.7") == source_of("198.18.0.7") == "198.18.0.7"
+    assert source_of("198.18.0.7") != source_of("198.18.0.8")
 
 
 def test_admission_refuses_nonsense_limits() -> None:
