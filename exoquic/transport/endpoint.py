@@ -418,6 +418,10 @@ async def open_endpoint(
     - `pairing_handler`, when given, makes the endpoint accept the pairing ALPN
       from any key and serves those streams; see `Endpoint.set_pairing_handler`.
     - `host` "0.0.0.0" serves IPv4; an IPv6 host ("::") serves both families.
+    - `max_connections` sizes the connection table; peers that have not
+      authenticated get a bounded share of it (see `transport/admission.py`
+      and the `TransportConfig` fields `retry_above`, `handshake_timeout`,
+      `max_handshakes_per_address`).
 
     On exit every connection is closed with NO_ERROR, so peers notice at once.
     """
