@@ -24,7 +24,7 @@ from exoquic.identity.trust import TrustStore, TrustStoreError
 from exoquic.models.shard import Shard
 from exoquic.models.weights import ShardWeights
 from exoquic.orchestration.generation import UnavailableError
-from exoquic.orchestration.links import Link, LinkError, LinkStatistics, introduce
+from exoquic.orchestration.links import Link, LinkError, LinkGate, LinkStatistics, introduce
 from exoquic.orchestration.planning import Member, PlanKey, PlanState
 from exoquic.orchestration.progress import Preparation, ProgressGate
 from exoquic.orchestration.ring import PeerUnavailable, Ring, RingSettings
@@ -96,6 +96,7 @@ class Cluster:
         self._load_shard = load_shard
         self._shard: Shard | None = None
         self._links: dict[str, list[Link]] = {}
+        self._link_gate = LinkGate()  # one link per connection
         self._dialing: set[str] = set()
         self._changed = trio.Event()
         self._membership_changed = trio.Event()
@@ -201,6 +202,8 @@ class Cluster:
 
     async def handle_stream(self, stream: QuicStream) -> None:
         """The endpoint's stream handler: a peer dialled us and opened its link stream."""
+        if not self._link_gate.admit(stream):
+            return
         messages = MessageStream(stream)
         try:
             hello = await introduce(messages, self.hello(), dialer=False)

@@ -108,6 +108,7 @@ class Lab:
         memory_mib: int = 1000,
         port: int | None = None,
         loader: ShardLoader = load_shard,
+        ring: RingSettings | None = None,
     ) -> AsyncIterator[Cluster]:
         home = self.homes[name]
         settings = ClusterSettings(
@@ -122,7 +123,7 @@ class Lab:
             join_timeout=3.0,
             settle_time=0.05,
             plan_timeout=20.0,
-            ring=RingSettings(step_timeout=20.0),
+            ring=ring or RingSettings(step_timeout=20.0),
         )
         caps = DeviceCapabilities(memory_mib * MIB, memory_mib * MIB, "test", "mlx")
         state = PlanState(Member(settings.identity.node_id, name, caps), REQUIREMENTS, 1.0)
