@@ -99,6 +99,7 @@ class Cluster:
         self._link_gate = LinkGate()  # one link per connection
         self._dialing: set[str] = set()
         self._changed = trio.Event()
+        self._new_peers = trio.Event()  # wakes the dialer
         self._membership_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         # When this process started: a peer that sees a newer instance of a node
@@ -542,7 +543,8 @@ class Cluster:
 
     async def run_dialer(self, trust: TrustStore) -> None:
         """Keep a link to every known, trusted peer: dial those without one, every
-        second and whenever membership changes."""
+        second and as soon as discovery reports a peer. (Not on every membership
+        change: two instances of one node would otherwise redial in a tight loop.)"""
         assert self._nursery is not None
         while True:
             for peer in list(self.known.values()):
@@ -557,8 +559,9 @@ class Cluster:
                 # neither (trusted by id, found in peers.json) we dial by node id.
                 key = entry.public_key or peer.public_key
                 self._nursery.start_soon(self._dial, peer, key, trust)
-            with trio.move_on_after(DIAL_INTERVAL):  # or sooner, when peers change
-                await self._changed.wait()
+            with trio.move_on_after(DIAL_INTERVAL):  # or sooner, for a newly found peer
+                await self._new_peers.wait()
+            self._new_peers = trio.Event()
 
     def trust_changed(self, trust: TrustStore) -> None:
         """The trust store changed under a running node: forget the peers it no
@@ -572,6 +575,7 @@ class Cluster:
     def peer_event(self, kind: PeerEventKind, peer: PeerInfo) -> None:
         if kind in (PeerEventKind.APPEARED, PeerEventKind.UPDATED):
             self.known[peer.node_id] = peer
+            self._new_peers.set()
         elif kind is PeerEventKind.EXPIRED:
             self.known.pop(peer.node_id, None)
         self._pulse()
