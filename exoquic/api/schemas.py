@@ -14,6 +14,9 @@ from exoquic.engines.sampling import SamplingParams
 
 ROLES = ("system", "user", "assistant", "developer")
 MAX_STOPS = 4
+# Longer stop strings are refused: text that may begin one is held back from a
+# stream, and matching keeps a table as long as each one (see orchestration/stops.py).
+MAX_STOP_CHARS = 256
 # Parameters clients commonly send with their default values; anything else is refused.
 NEUTRAL_DEFAULTS: dict[str, Any] = {
     "presence_penalty": 0,
@@ -204,6 +207,8 @@ def _stops(value: Any) -> tuple[str, ...]:
         raise invalid("'stop' must be a non-empty string or an array of them", "stop")
     if len(stops) > MAX_STOPS:
         raise invalid(f"'stop' takes at most {MAX_STOPS} sequences", "stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise invalid(f"each 'stop' sequence may be at most {MAX_STOP_CHARS} characters", "stop")
     return tuple(stops)
 
 

@@ -60,6 +60,10 @@ def test_text_parts_are_joined() -> None:
     assert req.messages[0]["content"] == "ab"
 
 
+def test_longest_allowed_stop_is_accepted() -> None:
+    assert chat(stop=["z" * 256]).params.stop == ("z" * 256,)
+
+
 @pytest.mark.parametrize(
     ("overrides", "param"),
     [
@@ -74,6 +78,8 @@ def test_text_parts_are_joined() -> None:
         ({"max_tokens": True}, "max_tokens"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"stop": [1]}, "stop"),
+        ({"stop": "x" * 257}, "stop"),
+        ({"stop": ["a", "y" * 257]}, "stop"),
         ({"seed": -1}, "seed"),
         ({"n": 2}, "n"),
         ({"stream": "yes"}, "stream"),
