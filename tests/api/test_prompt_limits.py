@@ -32,8 +32,8 @@ async def test_prompt_over_the_character_limit_is_refused_untokenized(
         body: dict[str, Any] = {"messages": [{"role": "user", "content": text}]}
     else:
         body = {"prompt": text}
-    response = await tiny_app_factory().test_client().post(
-        path, json={"model": DEFAULT_MODEL_ID, **body}
+    response = (
+        await tiny_app_factory().test_client().post(path, json={"model": DEFAULT_MODEL_ID, **body})
     )
     assert response.status_code == 400
     error = error_of(await response.get_data())

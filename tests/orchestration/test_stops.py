@@ -24,9 +24,7 @@ def reference_reply(text: str, stops: tuple[str, ...]) -> str:
 
 def reference_held(text: str, stops: tuple[str, ...]) -> int:
     """How much of the tail must wait: the longest suffix that begins a stop."""
-    return max(
-        (n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0
-    )
+    return max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
 
 
 def split(text: str, cuts: list[int]) -> list[str]:
