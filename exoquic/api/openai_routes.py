@@ -54,7 +54,7 @@ async def chat_completions() -> Response:
 
 @blueprint.post("/v1/completions")
 async def completions() -> Response:
-    text = parse_text_request(await json_body())
+    text = parse_text_request(await json_body(), context=node().max_context)
     serving = serving_node(text.params.model)
     if isinstance(text.prompt, str):
         prompt = await tokenized(serving.encode_text(text.prompt), "prompt")

@@ -81,22 +81,33 @@ def parse_chat_request(body: Any) -> ChatRequest:
     return ChatRequest(_messages(obj.get("messages")), _common(obj))
 
 
-def parse_text_request(body: Any) -> TextRequest:
-    """Validate a `POST /v1/completions` body (raises APIError 400)."""
+def parse_text_request(body: Any, context: int = MAX_PROMPT_ITEMS) -> TextRequest:
+    """Validate a `POST /v1/completions` body (raises APIError 400).
+
+    An array of `context` token ids or more is refused before its ids are
+    checked one by one: it could not fit a context of that many tokens.
+    """
     obj = _object(body)
     _reject_unknown(obj, TEXT_FIELDS)
     for name, neutral in (("echo", False), ("suffix", None), ("best_of", 1)):
         if obj.get(name, neutral) not in (neutral, None):
             raise invalid(f"'{name}' is not supported", name)
-    return TextRequest(_prompt(obj.get("prompt")), _common(obj))
+    return TextRequest(_prompt(obj.get("prompt"), context), _common(obj))
 
 
-def _prompt(value: Any) -> str | tuple[int, ...]:
+def _prompt(value: Any, context: int) -> str | tuple[int, ...]:
     """A string or an array of token ids; a one-element batch of either is unwrapped."""
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str | list):
         value = value[0]
     if isinstance(value, str):
         return value
+    if isinstance(value, list) and len(value) >= context:
+        raise invalid(
+            f"the prompt is {len(value)} tokens; this node's context is {context} tokens and "
+            "must leave room for at least one reply token",
+            "prompt",
+            code="context_length_exceeded",
+        )
     if (
         isinstance(value, list)
         and 0 < len(value) <= MAX_PROMPT_ITEMS

@@ -64,6 +64,15 @@ def test_longest_allowed_stop_is_accepted() -> None:
     assert chat(stop=["z" * 256]).params.stop == ("z" * 256,)
 
 
+def test_token_array_longer_than_the_context_is_refused_before_each_id_is_checked() -> None:
+    # The bad id at the end is never looked at: the length alone refuses it.
+    body = {"model": "m", "prompt": [1] * 99 + ["not an id"]}
+    with pytest.raises(APIError) as info:
+        parse_text_request(body, context=100)
+    assert (info.value.param, info.value.code) == ("prompt", "context_length_exceeded")
+    assert parse_text_request({"model": "m", "prompt": [1] * 99}, context=100).prompt == (1,) * 99
+
+
 @pytest.mark.parametrize(
     ("overrides", "param"),
     [
