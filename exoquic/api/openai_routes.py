@@ -46,7 +46,7 @@ async def json_body() -> Any:
 
 @blueprint.post("/v1/chat/completions")
 async def chat_completions() -> Response:
-    chat = parse_chat_request(await json_body())
+    chat = parse_chat_request(await json_body(), context=node().max_context)
     serving = serving_node(chat.params.model)
     prompt = await tokenized(serving.encode_chat(list(chat.messages)), "messages")
     return await complete(serving, prompt, chat.params, chat=True)

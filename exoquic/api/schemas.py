@@ -71,14 +71,18 @@ class TextRequest:
     params: CompletionParams
 
 
-def parse_chat_request(body: Any) -> ChatRequest:
-    """Validate a `POST /v1/chat/completions` body (raises APIError 400)."""
+def parse_chat_request(body: Any, context: int = MAX_PROMPT_ITEMS) -> ChatRequest:
+    """Validate a `POST /v1/chat/completions` body (raises APIError 400).
+
+    As many messages as `context`, or text parts in one message, are refused
+    before each is checked: every one renders to at least one token.
+    """
     obj = _object(body)
     _reject_unknown(obj, CHAT_FIELDS)
     response_format = obj.get("response_format")
     if response_format is not None and response_format != {"type": "text"}:
         raise invalid('only \'response_format\': {"type": "text"} is supported', "response_format")
-    return ChatRequest(_messages(obj.get("messages")), _common(obj))
+    return ChatRequest(_messages(obj.get("messages"), context), _common(obj))
 
 
 def parse_text_request(body: Any, context: int = MAX_PROMPT_ITEMS) -> TextRequest:
@@ -101,13 +105,8 @@ def _prompt(value: Any, context: int) -> str | tuple[int, ...]:
         value = value[0]
     if isinstance(value, str):
         return value
-    if isinstance(value, list) and len(value) >= context:
-        raise invalid(
-            f"the prompt is {len(value)} tokens; this node's context is {context} tokens and "
-            "must leave room for at least one reply token",
-            "prompt",
-            code="context_length_exceeded",
-        )
+    if isinstance(value, list):
+        _check_count(value, context, "tokens", "prompt")
     if (
         isinstance(value, list)
         and 0 < len(value) <= MAX_PROMPT_ITEMS
@@ -159,13 +158,25 @@ def _common(obj: dict[str, Any]) -> CompletionParams:
     )
 
 
-def _messages(value: Any) -> tuple[dict[str, str], ...]:
+def _check_count(items: list[Any], context: int, what: str, param: str) -> None:
+    """Refuse, by its length alone, an array whose items each take a token or more."""
+    if len(items) >= context:
+        raise invalid(
+            f"'{param}' has {len(items)} {what}, each at least one token; this node's context "
+            f"is {context} tokens and must leave room for at least one reply token",
+            param,
+            code="context_length_exceeded",
+        )
+
+
+def _messages(value: Any, context: int) -> tuple[dict[str, str], ...]:
     if not isinstance(value, list) or not value:
         raise invalid("'messages' must be a non-empty array", "messages")
-    return tuple(_message(m, i) for i, m in enumerate(value))
+    _check_count(value, context, "messages", "messages")
+    return tuple(_message(m, i, context) for i, m in enumerate(value))
 
 
-def _message(value: Any, index: int) -> dict[str, str]:
+def _message(value: Any, index: int, context: int) -> dict[str, str]:
     param = f"messages[{index}]"
     if not isinstance(value, dict):
         raise invalid(f"{param} must be an object", param)
@@ -180,15 +191,16 @@ def _message(value: Any, index: int) -> dict[str, str]:
         raise invalid(f"{param}.name must be a string", f"{param}.name")
     return {
         "role": "system" if role == "developer" else role,
-        "content": _content(value.get("content"), f"{param}.content"),
+        "content": _content(value.get("content"), f"{param}.content", context),
     }
 
 
-def _content(value: Any, param: str) -> str:
+def _content(value: Any, param: str, context: int) -> str:
     """A string, or an array of text parts (the newer OpenAI form)."""
     if isinstance(value, str):
         return value
     if isinstance(value, list):
+        _check_count(value, context, "text parts", param)
         texts = []
         for part in value:
             if not isinstance(part, dict) or part.get("type") != "text":

@@ -73,6 +73,32 @@ def test_token_array_longer_than_the_context_is_refused_before_each_id_is_checke
     assert parse_text_request({"model": "m", "prompt": [1] * 99}, context=100).prompt == (1,) * 99
 
 
+USER_X = {"role": "user", "content": "x"}
+TEXT_X = {"type": "text", "text": "x"}
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ([USER_X] * 9 + ["not a message"], "messages"),
+        ([{"role": "user", "content": [TEXT_X] * 9 + [None]}], "messages[0].content"),
+    ],
+)
+def test_more_messages_or_parts_than_the_context_are_refused_before_each_is_checked(
+    messages: list[Any], param: str
+) -> None:
+    # The bad item at the end is never looked at: the count alone refuses it.
+    with pytest.raises(APIError) as info:
+        parse_chat_request({**BASE, "messages": messages}, context=10)
+    assert (info.value.param, info.value.code) == (param, "context_length_exceeded")
+
+
+def test_fewer_messages_and_parts_than_the_context_are_accepted() -> None:
+    messages = [*[USER_X] * 8, {"role": "user", "content": [TEXT_X] * 9}]
+    parsed = parse_chat_request({**BASE, "messages": messages}, context=10).messages
+    assert len(parsed) == 9 and parsed[-1]["content"] == "x" * 9
+
+
 @pytest.mark.parametrize(
     ("overrides", "param"),
     [
