@@ -88,7 +88,7 @@ async def answer_once(
     async with open_node(settings) as node:
         request = GenerationRequest(
             request_id=new_request_id(),
-            prompt_tokens=tuple(node.chat_prompt(messages)),
+            prompt_tokens=tuple(await node.encode_chat(messages)),
             sampling=sampling,
             max_tokens=max_tokens,
         )

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -43,6 +43,16 @@ from exoquic.orchestration.worker import EngineWorker
 from exoquic.topology import DeviceCapabilities, ModelRequirements, probe_capabilities
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# A prompt longer than context * longest vocabulary entry * this many characters
+# cannot fit the context, whatever its text: it is refused before tokenizing.
+# The margin covers normalizers that shrink text before tokenizing.
+PROMPT_CHARS_MARGIN = 2
+# Threads that render chat templates and tokenize at once. Their own limit, so a
+# flood of large prompts waits here and never takes the threads everything
+# else borrows from trio's default pool.
+PROMPT_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,8 @@ class Node:
         self.worker = worker
         self.max_context = max_context
         self.started_at = time.time()
+        self.prompt_char_limit = max_context * tokenizer.longest_token_chars * PROMPT_CHARS_MARGIN
+        self._prompt_threads = trio.CapacityLimiter(PROMPT_THREADS)
         self._active: set[str] = set()
         if cluster is None:
             # A throwaway id: a node alone never shows it to anyone but itself.
@@ -105,9 +117,36 @@ class Node:
 
         return canonical_model_id(model) == self.model_id
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        """Render the model's chat template and tokenize it."""
-        return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages))
+    async def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """Render the model's chat template and tokenize it, off the event loop.
+
+        Raises ContextLengthError, before any work, when the messages are too
+        long for the context whatever they say; ChatTemplateError when the
+        template rejects them.
+        """
+        self._check_prompt_chars(sum(len(m["content"]) for m in messages))
+
+        def render_and_encode() -> list[int]:
+            return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages))
+
+        return await self._off_loop(render_and_encode)
+
+    async def encode_text(self, text: str) -> list[int]:
+        """Tokenize a plain prompt off the event loop (ContextLengthError as `encode_chat`)."""
+        self._check_prompt_chars(len(text))
+        return await self._off_loop(lambda: self.tokenizer.encode(text))
+
+    def _check_prompt_chars(self, chars: int) -> None:
+        if chars > self.prompt_char_limit:
+            raise ContextLengthError(
+                f"the prompt is {chars} characters; this node's context of {self.max_context} "
+                f"tokens cannot hold more than {self.prompt_char_limit} characters of text"
+            )
+
+    async def _off_loop(self, work: Callable[[], T]) -> T:
+        """Run CPU-heavy prompt work in a thread: on the loop, a multi-megabyte
+        prompt would stall every stream and the ring's keep-alives for seconds."""
+        return await trio.to_thread.run_sync(work, limiter=self._prompt_threads)
 
     def check_fits(self, prompt_tokens: int) -> None:
         """Refuse a request the node cannot take now: a prompt that leaves no room
