@@ -293,6 +293,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from exoquic.answer import Question, answer_once
     from exoquic.orchestration.node import NodeSettings
 
+    # tinygrad lowers kernels in a pool of spawned processes, each of which first
+    # imports tinygrad (~3 s of CPU): worth it for a server's warm-up with nothing
+    # compiled yet, but for one request it only delays the answer (5 s to the first
+    # token instead of 2 s on two busy cores, kernels cached). PARALLEL=N overrides.
+    os.environ.setdefault("PARALLEL", "0")
     # One request: warming up steps it will not use only delays its answer.
     settings = NodeSettings(
         model=args.model, engine=args.engine, max_context=args.max_context, warm_up=False
