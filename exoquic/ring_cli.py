@@ -170,6 +170,8 @@ def print_topology(topology: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from exoquic.tables import print_table, whole
+
     console = Console()
     version = topology.get("plan_version")
     status = topology.get("status", "?")
@@ -177,12 +179,11 @@ def print_topology(topology: dict[str, Any]) -> None:
     console.print(f"[bold]{topology.get('model')}[/] · {plan} · {status}")
     if topology.get("reason"):
         console.print(f"[red]{topology['reason']}[/]")
-    table = Table(show_lines=False)
-    for column in ("", "name", "node id", "engine", "memory", "layers", "address"):
-        table.add_column(column, no_wrap=column == "node id")
+    table = Table("", "name", "node id", "engine", "memory", "layers", "address")
+    whole(table, "node id", "address")
     for node in topology.get("nodes", []):
         table.add_row(*_row(node, topology.get("num_layers")))
-    console.print(table)
+    print_table(table, console)
     ring = topology.get("stats", {}).get("ring", {})
     if ring.get("steps"):
         per_step = ring["step_seconds"] / ring["steps"] * 1000
