@@ -20,7 +20,8 @@ class ModelNotCachedError(DownloadError):
         self.repo_id = repo_id
         self.revision = revision
         self.missing = missing
-        super().__init__(f"{self.fact}. Download it once online: `exoquic models download {repo_id}`.")
+        advice = f"Download it once online: `exoquic models download {repo_id}`."
+        super().__init__(f"{self.fact}. {advice}")
 
     @property
     def fact(self) -> str:
