@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING
 from exoquic import __version__
 from exoquic.api.limits import DEFAULT_MAX_QUEUED, DEFAULT_MAX_REQUESTS, DEFAULT_QUEUE_TIMEOUT_S
 from exoquic.download.cli import add_models_command
+from exoquic.local_api import DEFAULT_API_HOST, DEFAULT_API_PORT
 from exoquic.pairing.cli import add_pair_command, add_trust_command
 from exoquic.ring_cli import add_cluster_options, add_status_command, cluster_settings
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-DEFAULT_API_HOST = "127.0.0.1"
-DEFAULT_API_PORT = 52415
 
 Handler = Callable[[argparse.Namespace], int]
 
