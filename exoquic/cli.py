@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run(commands)
     add_models_command(commands)
     add_token(commands)
+    add_id(commands)
     add_pair_command(commands)
     add_trust_command(commands)
     add_status_command(commands)
@@ -244,6 +245,28 @@ def bounded(
 def add_token(commands: argparse._SubParsersAction) -> None:
     token = commands.add_parser("token", help="create a new API key for this node")
     token.set_defaults(handler=cmd_token)
+
+
+def add_id(commands: argparse._SubParsersAction) -> None:
+    show = commands.add_parser(
+        "id",
+        help="show this device's node id and key fingerprint (starts no node)",
+        description="Print this device's node id and the fingerprint of its key, as other "
+        "devices show them in `exoquic trust list` (the key is created if there is none yet).",
+    )
+    show.set_defaults(handler=cmd_id)
+
+
+def cmd_id(args: argparse.Namespace) -> int:
+    from exoquic import paths
+    from exoquic.identity.keys import load_or_create_identity
+    from exoquic.pairing.cli import key_fingerprint
+
+    identity = load_or_create_identity()
+    print(f"node id:          {identity.node_id}")
+    print(f"key fingerprint:  {key_fingerprint(identity.public_key)}")
+    print(f"home:             {paths.home()}")
+    return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
