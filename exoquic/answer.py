@@ -60,10 +60,13 @@ async def answer_once(
     `status` shows a spinner until the first token (on a terminal only)."""
     out = out or sys.stdout
     started = time.perf_counter()
+    log.debug("%.2fs from the process's start to loading (Python imports)", _process_age())
     spinner = _spinner(status, f"loading {settings.model}")
     async with open_node(settings) as node:
         loaded = time.perf_counter()
-        log.debug("model ready in %.2fs", loaded - started)
+        log.debug(
+            "model ready in %.2fs (tinygrad's device check, tokenizer, weights)", loaded - started
+        )
         if spinner is not None:
             spinner.update(f"{node.model_id}: thinking")
         request = GenerationRequest(
@@ -89,6 +92,12 @@ async def answer_once(
             if spinner is not None:
                 spinner.stop()
         out.write("\n")
+
+
+def _process_age() -> float:
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
 
 
 def _spinner(console: Console | None, text: str) -> Status | None:

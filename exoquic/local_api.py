@@ -17,8 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from exoquic import paths
 from exoquic.identity.files import write_private_file
 
@@ -78,6 +76,8 @@ def find_local_api(path: Path | None = None) -> LocalApi | None:
         api = LocalApi(str(data["url"]), int(data["pid"]), bool(data["key_required"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    import psutil  # here: the CLI imports this module for its defaults
+
     return api if psutil.pid_exists(api.pid) else None
 
 
@@ -100,6 +100,8 @@ def browser_urls(host: str, port: int) -> list[str]:
 def _interface_addresses(version: int) -> list[str]:
     """This machine's addresses of IP `version`, without link-local ones (a browser
     needs a zone for those), loopback excluded."""
+    import psutil
+
     found = []
     for addrs in psutil.net_if_addrs().values():
         for addr in addrs:
