@@ -14,15 +14,15 @@ import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import TextIO
-
-from rich.console import Console
-from rich.status import Status
+from typing import TYPE_CHECKING, TextIO
 
 from exoquic.engines.sampling import SamplingParams
 from exoquic.models.generation_defaults import GenerationDefaults
 from exoquic.orchestration.generation import GenerationRequest
 from exoquic.orchestration.node import NodeSettings, new_request_id, open_node
+
+if TYPE_CHECKING:
+    from exoquic.terminal import Spinner
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +52,15 @@ class Question:
 async def answer_once(
     settings: NodeSettings,
     question: Question,
-    status: Console | None = None,
+    spinner: Spinner | None = None,
     out: TextIO | None = None,
 ) -> None:
     """Load the model, write the answer to `out` (stdout) as it comes, then a newline.
 
-    `status` shows a spinner until the first token (on a terminal only)."""
+    `spinner`, if any, is updated while loading and stopped at the first token."""
     out = out or sys.stdout
     started = time.perf_counter()
     log.debug("%.2fs from the process's start to loading (Python imports)", _process_age())
-    spinner = _spinner(status, f"loading {settings.model}")
     async with open_node(settings) as node:
         loaded = time.perf_counter()
         log.debug(
@@ -78,19 +77,15 @@ async def answer_once(
         chunks = node.generate(request)
         assert isinstance(chunks, AsyncGenerator)  # typed as an iterator, built as a generator
         first = True
-        try:
-            async with aclosing(chunks):
-                async for chunk in chunks:
-                    if first:
-                        first = False
-                        log.debug("first token %.2fs after loading", time.perf_counter() - loaded)
-                        if spinner is not None:
-                            spinner.stop()
-                    out.write(chunk.text)
-                    out.flush()
-        finally:
-            if spinner is not None:
-                spinner.stop()
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                if first:
+                    first = False
+                    log.debug("first token %.2fs after loading", time.perf_counter() - loaded)
+                    if spinner is not None:
+                        spinner.stop()  # before the answer: they share the terminal
+                out.write(chunk.text)
+                out.flush()
         out.write("\n")
 
 
@@ -98,12 +93,3 @@ def _process_age() -> float:
     import psutil
 
     return time.time() - psutil.Process().create_time()
-
-
-def _spinner(console: Console | None, text: str) -> Status | None:
-    """A started rich Status on `console`, or None when it is not a terminal."""
-    if console is None or not console.is_terminal:
-        return None
-    status = console.status(text)
-    status.start()
-    return status

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from exoquic import __version__
@@ -21,6 +22,8 @@ from exoquic.ring_cli import add_cluster_options, add_status_command, cluster_se
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from exoquic.terminal import Spinner
 
 
 Handler = Callable[[argparse.Namespace], int]
@@ -310,6 +313,12 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # The spinner runs from the start: imports alone take a while.
+    with spinner(f"loading {args.model}") as status:
+        return _run(args, status)
+
+
+def _run(args: argparse.Namespace, status: Spinner | None) -> int:
     import trio
 
     from exoquic.answer import Question, answer_once
@@ -327,7 +336,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     messages = [{"role": "system", "content": args.system}] if args.system else []
     messages.append({"role": "user", "content": args.prompt})
     question = Question(messages, args.temperature, args.top_p, args.max_tokens, args.seed)
-    trio.run(answer_once, settings, question, log_console())
+    trio.run(answer_once, settings, question, status)
     return 0
 
 
@@ -337,6 +346,23 @@ def log_console() -> Console:
     from rich.console import Console
 
     return Console(stderr=True)
+
+
+@contextlib.contextmanager
+def spinner(text: str) -> Iterator[Spinner | None]:
+    """A spinner on stderr while the block runs, if stderr is a terminal."""
+    console = log_console()
+    if not console.is_terminal:
+        yield None
+        return
+    from exoquic.terminal import Spinner
+
+    shown = Spinner(console, text)
+    shown.start()
+    try:
+        yield shown
+    finally:
+        shown.stop()
 
 
 def setup_logging(verbose: bool, quiet: bool = False) -> None:

@@ -225,7 +225,7 @@ def print_topology(topology: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from exoquic.tables import print_table, whole
+    from exoquic.terminal import print_table, whole
 
     console = Console()
     version = topology.get("plan_version")

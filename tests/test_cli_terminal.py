@@ -39,16 +39,31 @@ class Terminal:
 
     def run(self, command: str, env: dict[str, str], timeout: float = 500) -> int:
         """Run `command` in the pane with `env` added; its exit status."""
+        return self.wait(self.start(command, env), timeout)
+
+    def start(self, command: str, env: dict[str, str]) -> Path:
+        """Type `command` into the pane; the file its exit status will be written to."""
         done = self.workdir / f"rc-{uuid.uuid4().hex[:8]}"
         assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
         line = f"clear; env {assignments} {command}; echo $? > {done}"
         self._tmux("send-keys", "-t", "t", line, "Enter")
+        return done
+
+    def wait(self, done: Path, timeout: float = 500) -> int:
         deadline = time.monotonic() + timeout
         while not done.exists() or not done.read_text().strip():
             if time.monotonic() > deadline:
-                raise AssertionError(f"{command} did not finish in {timeout}s:\n{self.screen()}")
+                raise AssertionError(f"no exit status in {timeout}s:\n{self.screen()}")
             time.sleep(0.2)
         return int(done.read_text())
+
+    def wait_for_text(self, text: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.screen():
+                return True
+            time.sleep(0.1)
+        return False
 
     def screen(self) -> str:
         """The pane's text, scroll-back included, with wrapped lines joined as shown."""
@@ -77,11 +92,15 @@ def home_env(home: Path, **extra: str) -> dict[str, str]:
 @pytest.mark.slow
 def test_run_writes_only_the_answer_to_stdout(terminal: Terminal, tmp_path: Path) -> None:
     answer = tmp_path / "answer.txt"
-    status = terminal.run(
+    done = terminal.start(
         f"{EXOQUIC} run 'What is the capital of France?' > {answer}", home_env(tmp_path / "home")
     )
+    # A spinner on the terminal (stderr) while the model loads, gone once it answers.
+    assert terminal.wait_for_text("loading smollm2-135m-instruct", timeout=60), terminal.screen()
+    status = terminal.wait(done)
     screen = terminal.screen()
     assert status == 0, screen
+    assert "loading" not in screen, screen
     # The model's default is greedy: the answer the issue asked for, and nothing else.
     assert answer.read_text() == "The capital of France is Paris.\n", screen
     assert "Traceback" not in screen

@@ -62,7 +62,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     from exoquic.download.cache import cached_models, default_cache_dir
     from exoquic.models.registry import list_models
-    from exoquic.tables import print_table, whole
+    from exoquic.terminal import print_table, whole
 
     cached = {m.repo_id: m for m in cached_models(default_cache_dir())}
     table = whole(

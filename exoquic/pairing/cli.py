@@ -267,7 +267,7 @@ def cmd_trust_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from exoquic.identity.trust import TrustStore, TrustStoreError
-    from exoquic.tables import print_table, whole
+    from exoquic.terminal import print_table, whole
 
     try:
         peers = TrustStore.open().list()

@@ -1,6 +1,6 @@
-"""Tables for the terminal that never cut what people copy from them.
+"""Terminal output: tables that never cut what people copy from them, a spinner.
 
-Columns holding ids, repository names or addresses are `no_wrap`; when the
+Table columns holding ids, repository names or addresses are `no_wrap`; when the
 terminal (or a pipe's default 80 columns) is narrower than the table needs to
 show them whole, the table is printed wider than the terminal (which wraps
 the lines) instead of cutting them to "exq-XGYA-KP…".
@@ -9,7 +9,9 @@ the lines) instead of cutting them to "exq-XGYA-KP…".
 from __future__ import annotations
 
 from rich.console import Console
+from rich.live import Live
 from rich.measure import Measurement
+from rich.spinner import Spinner as RichSpinner
 from rich.table import Table
 
 _UNLIMITED = 100_000
@@ -34,3 +36,24 @@ def print_table(table: Table, console: Console | None = None) -> None:
     if needed > console.width:
         console = Console(file=console.file, width=needed, no_color=console.no_color)
     console.print(table, crop=False)
+
+
+class Spinner:
+    """A spinner with a line of text on `console` (stderr), gone when stopped.
+
+    Unlike rich's `console.status`, it leaves sys.stdout alone: redirected, the
+    answer would be drawn above the spinner on stderr instead of reaching stdout."""
+
+    def __init__(self, console: Console, text: str) -> None:
+        self._spinner = RichSpinner("dots", text)
+        self._live = Live(self._spinner, console=console, transient=True,
+                          redirect_stdout=False, redirect_stderr=False)  # fmt: skip
+
+    def start(self) -> None:
+        self._live.start()
+
+    def update(self, text: str) -> None:
+        self._spinner.update(text=text)
+
+    def stop(self) -> None:
+        self._live.stop()
