@@ -125,6 +125,9 @@ def keyed_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode
     (so none is in its home's token file)."""
     node = start_node(tmp_path_factory.mktemp("home"), api_key="exq-terminal-test-key")
     try:
+        log = " ".join(node.log().split())
+        assert f"chat UI at {node.url}/" in log, log
+        assert "the API requires its key" in log, log
         yield node
     finally:
         stop_node(node)

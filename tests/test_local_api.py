@@ -72,3 +72,14 @@ def test_a_newer_node_of_the_same_home_keeps_its_file(home: Path) -> None:
         newer = {"url": "http://127.0.0.1:6001", "pid": 1, "key_required": False}
         api_file().write_text(json.dumps(newer))
     assert api_file().exists()  # not ours any more: left alone
+
+
+def test_the_startup_line_names_urls_a_browser_can_open(caplog: pytest.LogCaptureFixture) -> None:
+    from exoquic.serve import log_startup
+
+    with caplog.at_level("INFO", logger="exoquic.serve"):
+        log_startup("smollm2-135m-instruct", "0.0.0.0", 52415, key_required=True)
+    text = caplog.text
+    assert "chat UI at http://127.0.0.1:52415/" in text
+    assert "0.0.0.0" not in text
+    assert "requires its key" in text and "api_token" in text
