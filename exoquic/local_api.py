@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from exoquic import paths
 from exoquic.identity.files import write_private_file
+
+log = logging.getLogger(__name__)
 
 API_FILE = "api.json"
 DEFAULT_API_HOST = "127.0.0.1"
@@ -61,7 +64,12 @@ def advertised(host: str, port: int, key_required: bool) -> Iterator[LocalApi]:
     api = LocalApi(api_url(connect_host(host), port), os.getpid(), key_required)
     path = api_file()
     data = {"url": api.url, "pid": api.pid, "key_required": api.key_required}
-    write_private_file(path, json.dumps(data).encode() + b"\n", replace=True)
+    try:
+        write_private_file(path, json.dumps(data).encode() + b"\n", replace=True)
+    except OSError as exc:  # the node serves anyway; only `status` needs flags then
+        log.warning("cannot write %s (%s): `exoquic status` will need --api-port", path, exc)
+        yield api
+        return
     try:
         yield api
     finally:

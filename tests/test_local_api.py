@@ -83,3 +83,13 @@ def test_the_startup_line_names_urls_a_browser_can_open(caplog: pytest.LogCaptur
     assert "chat UI at http://127.0.0.1:52415/" in text
     assert "0.0.0.0" not in text
     assert "requires its key" in text and "api_token" in text
+
+
+def test_a_home_that_refuses_the_file_does_not_stop_the_node(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    api_file().mkdir()  # a directory where the file should go: the write fails
+    with advertised("127.0.0.1", 6000, key_required=False) as api:
+        assert api.url == "http://127.0.0.1:6000"
+    assert "cannot write" in caplog.text
+    assert api_file().is_dir()
