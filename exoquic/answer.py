@@ -2,8 +2,9 @@
 
 The answer is the only thing written to stdout, so `exoquic run "..." > file`
 captures just the answer; the spinner and logs go to stderr. Nothing here
-imports the HTTP server or the cluster's network code: they would only add to
-the wait for the first token.
+imports the HTTP server or the hub client, and the engine is not warmed up:
+they would only add to the wait for the first token. (The QUIC stack still
+comes in with the node's module, although a node alone never opens a socket.)
 """
 
 from __future__ import annotations
