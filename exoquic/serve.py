@@ -43,6 +43,7 @@ async def serve_node(
             config.accesslog = None
             # Hypercorn's messages go through our logging setup (once), not its own handler.
             config.errorlog = logging.getLogger("hypercorn.error")
+            config.errorlog.addFilter(_not_running_on)  # once: the same filter is kept once
             config.graceful_timeout = 2.0
             key_required = security is not None and security.api_key is not None
             log_startup(node.model_id, host, port, key_required)
@@ -58,6 +59,12 @@ async def serve_node(
 
                 app = create_app(node, security, limits)
                 await serve(app, config, shutdown_trigger=until_signalled)
+
+
+def _not_running_on(record: logging.LogRecord) -> bool:
+    """Drop Hypercorn's "Running on http://0.0.0.0:PORT": our startup line names
+    the addresses a browser can open."""
+    return not record.getMessage().startswith("Running on ")
 
 
 @contextmanager

@@ -128,6 +128,7 @@ def keyed_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode
         log = " ".join(node.log().split())
         assert f"chat UI at {node.url}/" in log, log
         assert "the API requires its key" in log, log
+        assert "Running on" not in log, log  # Hypercorn's line, with the bind address
         yield node
     finally:
         stop_node(node)
