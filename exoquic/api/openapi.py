@@ -25,12 +25,18 @@ STOP = {
     "description": f"Up to {MAX_STOPS} sequences of up to {MAX_STOP_CHARS} characters; "
     "generation ends before the first one seen.",
 }
+MODEL_DEFAULT = "Omitted or null: the model's default, shown in its GET /v1/models entry."
 COMMON_PROPERTIES: dict[str, Any] = {
     "model": {"type": "string", "description": "A model id or alias from GET /v1/models."},
-    "temperature": {**NULLABLE_NUMBER, "minimum": 0, "maximum": 2, "default": 1},
-    "top_p": {**NULLABLE_NUMBER, "exclusiveMinimum": 0, "maximum": 1, "default": 1},
-    "top_k": {"type": ["integer", "null"], "minimum": 0, "default": 0},
-    "max_tokens": {"type": ["integer", "null"], "minimum": 1},
+    "temperature": {
+        **NULLABLE_NUMBER,
+        "minimum": 0,
+        "maximum": 2,
+        "description": MODEL_DEFAULT,
+    },
+    "top_p": {**NULLABLE_NUMBER, "exclusiveMinimum": 0, "maximum": 1, "description": MODEL_DEFAULT},
+    "top_k": {"type": ["integer", "null"], "minimum": 0, "description": MODEL_DEFAULT},
+    "max_tokens": {"type": ["integer", "null"], "minimum": 1, "description": MODEL_DEFAULT},
     "stop": STOP,
     "seed": {"type": ["integer", "null"], "minimum": 0},
     "stream": {"type": ["boolean", "null"], "default": False},
