@@ -556,6 +556,7 @@ function bindEvents() {
   $("toggle-panel").addEventListener("click", () => document.body.classList.toggle("panel-open"));
   $("close-panel").addEventListener("click", () => document.body.classList.remove("panel-open"));
   $("set-key").addEventListener("click", openKeyDialog);
+  $("set-key-drawer").addEventListener("click", () => { setDrawer(false); openKeyDialog(); });
   $("key-form").addEventListener("submit", (event) => { event.preventDefault(); setKey($("key-input").value.trim()); });
   $("key-clear").addEventListener("click", () => setKey(""));
   $("key-cancel").addEventListener("click", () => $("key-dialog").close());

@@ -69,7 +69,12 @@ function ringArc(node, i, totalLayers, gap) {
   group.dataset.node = node.id;
   const title = svg("title");
   title.textContent = `${i + 1}. ${nodeLabel(node)}: layers ${first}–${last}${node.live === false ? " (offline)" : ""}`;
-  group.append(title, svg("path", { d: arcPath(from, to, RING.radius), class: "ring-arc" }));
+  // An arc cannot close on itself: a node holding every layer is a full circle.
+  const whole = to - from >= 359.9;
+  const shape = whole
+    ? svg("circle", { cx: 100, cy: 100, r: RING.radius, class: "ring-arc" })
+    : svg("path", { d: arcPath(from, to, RING.radius), class: "ring-arc" });
+  group.append(title, shape);
   const [x, y] = polar((from + to) / 2, RING.radius);
   group.append(svg("circle", { cx: x.toFixed(2), cy: y.toFixed(2), r: 10, class: "ring-badge" }));
   const number = svg("text", { x: x.toFixed(2), y: (y + 3.5).toFixed(2), class: "ring-number" });
@@ -98,6 +103,7 @@ function nodeCard(node, totalLayers, colour) {
   const offline = node.live === false;
   const li = el("li", `node${node.self ? " self" : ""}${offline ? " offline" : ""}`);
   li.title = [node.id, node.address].filter(Boolean).join(" @ ");
+  if (colour !== undefined) li.style.setProperty("--node", `var(--node-${colour})`);
   const head = el("div", "node-head");
   const badge = el("span", `badge${colour === undefined ? " none" : ` node-${colour}`}`, colour === undefined ? "" : String(colour + 1));
   const name = el("strong", "node-name", nodeLabel(node));
