@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from exoquic import __version__
 from exoquic.api.limits import DEFAULT_MAX_QUEUED, DEFAULT_MAX_REQUESTS, DEFAULT_QUEUE_TIMEOUT_S
 from exoquic.download.cli import add_models_command
+from exoquic.local_api import DEFAULT_API_HOST, DEFAULT_API_PORT
 from exoquic.pairing.cli import add_pair_command, add_trust_command
 from exoquic.ring_cli import add_cluster_options, add_status_command, cluster_settings
 
-DEFAULT_API_HOST = "127.0.0.1"
-DEFAULT_API_PORT = 52415
+if TYPE_CHECKING:
+    from rich.console import Console
+
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -25,7 +29,7 @@ Handler = Callable[[argparse.Namespace], int]
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, getattr(args, "quiet", False))
     handler: Handler = args.handler
     # SIGTERM (systemd's stop, `kill`) stops a node like Ctrl-C until the
     # server installs its own graceful handler.
@@ -102,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run(commands)
     add_models_command(commands)
     add_token(commands)
+    add_id(commands)
     add_pair_command(commands)
     add_trust_command(commands)
     add_status_command(commands)
@@ -198,15 +203,70 @@ def add_run(commands: argparse._SubParsersAction) -> None:
     add_model_options(run)
     run.add_argument("prompt", help="the user message")
     run.add_argument("--system", help="system prompt (default: the model's own)")
-    run.add_argument("--max-tokens", type=int, default=256)
-    run.add_argument("--temperature", type=float, default=0.0)
-    run.add_argument("--seed", type=int)
-    run.set_defaults(handler=cmd_run)
+    run.add_argument(
+        "--max-tokens",
+        type=bounded(int, 1, None),
+        help="longest reply in tokens (default: the model's, 1024)",
+    )
+    run.add_argument(
+        "--temperature",
+        type=bounded(float, 0.0, 2.0),
+        help="0 to 2, 0 is greedy (default: the model's recommendation)",
+    )
+    run.add_argument(
+        "--top-p",
+        type=bounded(float, 0.0, 1.0, low_open=True),
+        help="0 to 1 (default: the model's recommendation)",
+    )
+    run.add_argument("--seed", type=int, help="same seed, same answer")
+    run.set_defaults(handler=cmd_run, quiet=True)
+
+
+def bounded(
+    kind: Callable[[str], float], low: float, high: float | None, low_open: bool = False
+) -> Callable[[str], float]:
+    """An argparse type: `kind(text)` between `low` and `high` (None: no limit)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        too_low = value <= low if low_open else value < low
+        if too_low or (high is not None and value > high):
+            above = f"above {low:g}" if low_open else f"at least {low:g}"
+            limit = above if high is None else f"{above} and at most {high:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {limit}")
+        return value
+
+    return parse
 
 
 def add_token(commands: argparse._SubParsersAction) -> None:
     token = commands.add_parser("token", help="create a new API key for this node")
     token.set_defaults(handler=cmd_token)
+
+
+def add_id(commands: argparse._SubParsersAction) -> None:
+    show = commands.add_parser(
+        "id",
+        help="show this device's node id and key fingerprint (starts no node)",
+        description="Print this device's node id and the fingerprint of its key, as other "
+        "devices show them in `exoquic trust list` (the key is created if there is none yet).",
+    )
+    show.set_defaults(handler=cmd_id)
+
+
+def cmd_id(args: argparse.Namespace) -> int:
+    from exoquic import paths
+    from exoquic.identity.keys import load_or_create_identity
+    from exoquic.pairing.cli import key_fingerprint
+
+    identity = load_or_create_identity()
+    print(f"node id:          {identity.node_id}")
+    print(f"key fingerprint:  {key_fingerprint(identity.public_key)}")
+    print(f"home:             {paths.home()}")
+    return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -252,26 +312,43 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
-    from exoquic.engines.sampling import SamplingParams
+    from exoquic.answer import Question, answer_once
     from exoquic.orchestration.node import NodeSettings
-    from exoquic.serve import answer_once
 
-    settings = NodeSettings(model=args.model, engine=args.engine, max_context=args.max_context)
+    # tinygrad lowers kernels in a pool of spawned processes, each of which first
+    # imports tinygrad (~3 s of CPU): worth it for a server's warm-up with nothing
+    # compiled yet, but for one request it only delays the answer (5 s to the first
+    # token instead of 2 s on two busy cores, kernels cached). PARALLEL=N overrides.
+    os.environ.setdefault("PARALLEL", "0")
+    # One request: warming up steps it will not use only delays its answer.
+    settings = NodeSettings(
+        model=args.model, engine=args.engine, max_context=args.max_context, warm_up=False
+    )
     messages = [{"role": "system", "content": args.system}] if args.system else []
     messages.append({"role": "user", "content": args.prompt})
-    sampling = SamplingParams(temperature=args.temperature, seed=args.seed)
-    trio.run(answer_once, settings, messages, sampling, args.max_tokens)
+    question = Question(messages, args.temperature, args.top_p, args.max_tokens, args.seed)
+    trio.run(answer_once, settings, question, log_console())
     return 0
 
 
-def setup_logging(verbose: bool) -> None:
+@functools.cache
+def log_console() -> Console:
+    """The stderr console that logs and spinners share (one, so they do not garble)."""
     from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def setup_logging(verbose: bool, quiet: bool = False) -> None:
+    """Debug logs with -v; without it, INFO, or only warnings for `quiet` commands
+    (`exoquic run`, whose spinner says what happens)."""
     from rich.logging import RichHandler
 
     # Logs go to stderr, so answers on stdout (`exoquic run`) stay clean.
-    handler = RichHandler(console=Console(stderr=True), rich_tracebacks=True, show_path=verbose)
+    handler = RichHandler(console=log_console(), rich_tracebacks=True, show_path=verbose)
+    quiet_level = logging.WARNING if quiet else logging.INFO
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else quiet_level,
         format="%(message)s",
         datefmt="[%X]",
         handlers=[handler],

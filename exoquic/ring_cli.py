@@ -130,8 +130,13 @@ def check_peers_file(path: Path | None) -> None:
 
 def add_status_command(commands: argparse._SubParsersAction) -> None:
     status = commands.add_parser("status", help="show the cluster as the local node sees it")
-    status.add_argument("--api-host", default="127.0.0.1", help="the node's API address")
-    status.add_argument("--api-port", type=int, default=52415, help="the node's API port")
+    status.add_argument(
+        "--api-host",
+        help="the node's API address (default: the node running in this home, else 127.0.0.1)",
+    )
+    status.add_argument(
+        "--api-port", type=int, help="the node's API port (default: as for --api-host, 52415)"
+    )
     status.add_argument("--json", action="store_true", help="print the raw /v1/topology JSON")
     status.set_defaults(handler=cmd_status)
 
@@ -141,21 +146,25 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     import httpx
 
-    from exoquic.api.security import API_KEY_ENV, TokenFileError, read_token
+    from exoquic.api.security import API_KEY_ENV, TokenFileError, read_token, token_path
 
-    host = f"[{args.api_host}]" if ":" in args.api_host else args.api_host
-    url = f"http://{host}:{args.api_port}/v1/topology"
+    base = status_base_url(args.api_host, args.api_port)
+    url = f"{base}/v1/topology"
     try:
-        key = os.environ.get(API_KEY_ENV) or read_token()
+        env_key = os.environ.get(API_KEY_ENV)
+        key = env_key or read_token()
     except TokenFileError as exc:
         print(f"exoquic: {exc}", file=sys.stderr)
         return 2
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         response = httpx.get(url, headers=headers, timeout=10)
-        response.raise_for_status()
     except httpx.HTTPError as exc:
-        print(f"exoquic: cannot read {url}: {exc} (is `exoquic up` running?)", file=sys.stderr)
+        print(f"exoquic: {unreachable_message(base, exc)}", file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        key_source = None if not key else API_KEY_ENV if env_key else str(token_path())
+        print(f"exoquic: {refusal_message(base, response, key_source)}", file=sys.stderr)
         return 1
     topology = response.json()
     if args.json:
@@ -165,10 +174,58 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def status_base_url(host: str | None, port: int | None) -> str:
+    """The API to ask: the flags, else the node running in this home (its api.json),
+    else the default address."""
+    from exoquic.local_api import DEFAULT_API_HOST, DEFAULT_API_PORT, api_url, find_local_api
+
+    if host is None and port is None:
+        local = find_local_api()
+        if local is not None:
+            return local.url
+    return api_url(host or DEFAULT_API_HOST, port or DEFAULT_API_PORT)
+
+
+def unreachable_message(base: str, exc: Exception) -> str:
+    import httpx
+
+    if isinstance(exc, httpx.TimeoutException):
+        return f"the node at {base} did not answer within 10 s"
+    return (
+        f"no node answers at {base} ({exc}): start one with `exoquic up`, or name "
+        "another with --api-host and --api-port"
+    )
+
+
+def refusal_message(base: str, response: Any, key_source: str | None) -> str:
+    """What to do about a refused request; `key_source` says where the key sent came from."""
+    from exoquic.api.security import API_KEY_ENV
+
+    if response.status_code == 401 and key_source is None:
+        return (
+            f"this node needs its API key: set {API_KEY_ENV} to the key it was started "
+            "with (`exoquic token` stores a new key in this home, which `exoquic up` "
+            "uses from its next start)"
+        )
+    if response.status_code == 401:
+        return (
+            f"the node at {base} refused the API key from {key_source}: it was started "
+            f"with another key. Set {API_KEY_ENV} to that key, or restart the node so it "
+            "uses this one"
+        )
+    try:
+        detail = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        detail = response.text[:200]
+    return f"the node at {base} answered HTTP {response.status_code}: {detail}"
+
+
 def print_topology(topology: dict[str, Any]) -> None:
     """The topology as a table: one row per node, in ring order."""
     from rich.console import Console
     from rich.table import Table
+
+    from exoquic.tables import print_table, whole
 
     console = Console()
     version = topology.get("plan_version")
@@ -177,12 +234,11 @@ def print_topology(topology: dict[str, Any]) -> None:
     console.print(f"[bold]{topology.get('model')}[/] · {plan} · {status}")
     if topology.get("reason"):
         console.print(f"[red]{topology['reason']}[/]")
-    table = Table(show_lines=False)
-    for column in ("", "name", "node id", "engine", "memory", "layers", "address"):
-        table.add_column(column, no_wrap=column == "node id")
+    table = Table("", "name", "node id", "engine", "memory", "layers", "address")
+    whole(table, "node id", "address")
     for node in topology.get("nodes", []):
         table.add_row(*_row(node, topology.get("num_layers")))
-    console.print(table)
+    print_table(table, console)
     ring = topology.get("stats", {}).get("ring", {})
     if ring.get("steps"):
         per_step = ring["step_seconds"] / ring["steps"] * 1000

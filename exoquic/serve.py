@@ -1,4 +1,5 @@
-"""Long-running entry points behind the CLI: serving the API, one-shot answers."""
+"""`exoquic up`'s long-running part: the node and its API until a signal stops it.
+(`exoquic run`'s one-shot answer is in exoquic.answer.)"""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,13 +16,11 @@ from hypercorn.trio import serve
 
 from exoquic.api.app import create_app
 from exoquic.api.limits import AdmissionLimits
-from exoquic.api.openai_routes import open_generation
-from exoquic.api.security import ApiSecurity
-from exoquic.engines.sampling import SamplingParams
+from exoquic.api.security import API_KEY_ENV, ApiSecurity, token_path
 from exoquic.errors import StartupError
-from exoquic.orchestration.generation import GenerationRequest
+from exoquic.local_api import advertised, browser_urls
 from exoquic.orchestration.network import ClusterSettings
-from exoquic.orchestration.node import NodeSettings, new_request_id, open_node
+from exoquic.orchestration.node import NodeSettings, open_node
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +35,8 @@ async def serve_node(
 ) -> None:
     """Join the ring (alone without `cluster`) and serve the API and UI until
     SIGINT or SIGTERM; `limits` caps the generations its API runs at once."""
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     with _listen(host, port) as sock:  # before anything else: a taken port fails at once
+        port = sock.getsockname()[1]  # the one the system chose for port 0
         async with open_node(settings, cluster) as node:
             config = Config()
             config.bind = [f"fd://{os.dup(sock.fileno())}"]  # Hypercorn owns (closes) the dup
@@ -46,10 +44,12 @@ async def serve_node(
             # Hypercorn's messages go through our logging setup (once), not its own handler.
             config.errorlog = logging.getLogger("hypercorn.error")
             config.graceful_timeout = 2.0
-            log.info("serving %s: chat UI at http://%s/, OpenAI API at /v1", node.model_id, address)
-            if security is not None and security.api_key:
-                log.info("the API requires 'Authorization: Bearer <key>' (exoquic token)")
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            key_required = security is not None and security.api_key is not None
+            log_startup(node.model_id, host, port, key_required)
+            with (
+                trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+                advertised(host, port, key_required),
+            ):
 
                 async def until_signalled() -> None:
                     async for signum in signals:
@@ -79,21 +79,15 @@ def _listen(host: str, port: int) -> Iterator[socket.socket]:
         yield sock
 
 
-async def answer_once(
-    settings: NodeSettings,
-    messages: list[dict[str, str]],
-    sampling: SamplingParams,
-    max_tokens: int,
-) -> None:
-    async with open_node(settings) as node:
-        request = GenerationRequest(
-            request_id=new_request_id(),
-            prompt_tokens=tuple(node.chat_prompt(messages)),
-            sampling=sampling,
-            max_tokens=max_tokens,
+def log_startup(model_id: str, host: str, port: int, key_required: bool) -> None:
+    """Say where to point a browser (every address, when listening on all of them)
+    and, when the API wants its key, where that key is."""
+    urls = browser_urls(host, port)
+    log.info("serving %s: chat UI at %s (OpenAI API under /v1)", model_id, ", ".join(urls))
+    if key_required:
+        log.info(
+            "the API requires its key (%s, or %s): clients send 'Authorization: Bearer <key>', "
+            "the chat UI asks for it once",
+            token_path(),
+            API_KEY_ENV,
         )
-        async with open_generation(node, request) as chunks:
-            async for chunk in chunks:
-                sys.stdout.write(chunk.text)
-                sys.stdout.flush()
-        sys.stdout.write("\n")

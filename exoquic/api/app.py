@@ -101,7 +101,9 @@ def caller_refusal(policy: ApiSecurity) -> APIError | None:
     if not (public or preflight) and not policy.key_matches(request.headers.get("Authorization")):
         return APIError(
             401,
-            "a valid API key is required: send 'Authorization: Bearer <key>'",
+            "this node needs its API key: send 'Authorization: Bearer <key>' with the key "
+            "it was started with (its home's api_token file, made by `exoquic token`, "
+            "or its EXOQUIC_API_KEY)",
             code="invalid_api_key",
         )
     return None

@@ -14,6 +14,7 @@ from quart import Blueprint, Response, current_app, request
 from exoquic.api.admission import Admission, Slot
 from exoquic.api.errors import APIError
 from exoquic.api.schemas import CompletionParams, parse_chat_request, parse_text_request
+from exoquic.models.generation_defaults import GenerationDefaults
 from exoquic.orchestration.generation import (
     GenerationChunk,
     GenerationRequest,
@@ -44,9 +45,20 @@ async def json_body() -> Any:
         raise APIError(400, f"the request body is not valid JSON: {exc}") from exc
 
 
+def with_model_defaults(body: Any, defaults: GenerationDefaults) -> Any:
+    """`body` with the model's recommended sampling wherever it names none (a
+    missing or null temperature, top_p or top_k); what it names is kept and
+    validated as given. max_tokens is settled once the prompt's length is known."""
+    if not isinstance(body, dict):
+        return body
+    recommended = {"temperature": defaults.temperature, "top_p": defaults.top_p,
+                   "top_k": defaults.top_k}  # fmt: skip
+    return {**body, **{k: v for k, v in recommended.items() if body.get(k) is None}}
+
+
 @blueprint.post("/v1/chat/completions")
 async def chat_completions() -> Response:
-    chat = parse_chat_request(await json_body())
+    chat = parse_chat_request(with_model_defaults(await json_body(), node().defaults))
     serving = serving_node(chat.params.model)
     prompt = serving.chat_prompt(list(chat.messages))
     return await complete(serving, prompt, chat.params, chat=True)
@@ -54,7 +66,7 @@ async def chat_completions() -> Response:
 
 @blueprint.post("/v1/completions")
 async def completions() -> Response:
-    text = parse_text_request(await json_body())
+    text = parse_text_request(with_model_defaults(await json_body(), node().defaults))
     serving = serving_node(text.params.model)
     if isinstance(text.prompt, str):
         prompt = serving.tokenizer.encode(text.prompt)
@@ -82,6 +94,8 @@ def model_card(serving: Node) -> dict[str, Any]:
         "created": int(serving.started_at),
         "owned_by": "exoquic",
         "context_length": serving.max_context,
+        # What a request gets for the sampling fields and max_tokens it leaves out.
+        "defaults": serving.defaults.as_dict(),
     }
 
 
@@ -126,7 +140,9 @@ async def complete(
         request_id=new_request_id(),
         prompt_tokens=tuple(prompt),
         sampling=params.sampling,
-        max_tokens=params.max_tokens,
+        # Without max_tokens, the model's finite default (the node cuts any
+        # budget to the room the context has left).
+        max_tokens=params.max_tokens or serving.defaults.max_tokens,
         stop=params.stop,
     )
     shape = ResponseShape(serving.model_id, generation.request_id, chat, len(prompt))

@@ -62,9 +62,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     from exoquic.download.cache import cached_models, default_cache_dir
     from exoquic.models.registry import list_models
+    from exoquic.tables import print_table, whole
 
     cached = {m.repo_id: m for m in cached_models(default_cache_dir())}
-    table = Table("model", "name", "layers", "hub repository", "cached")
+    table = whole(
+        Table("model", "name", "layers", "hub repository", "cached"), "model", "hub repository"
+    )
     for entry in list_models():
         table.add_row(
             entry.id,
@@ -76,8 +79,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for repo_id, model in sorted(cached.items()):
         table.add_row(repo_id, "", "", repo_id, _cached_text(model, bundled=None))
     console = Console()
-    console.print(table)
-    console.print(f"cache: {default_cache_dir()}")
+    print_table(table, console)
+    console.print(f"cache: {default_cache_dir()}", soft_wrap=True)
     return 0
 
 
@@ -91,7 +94,7 @@ def _cached_text(model: CachedModel | None, bundled: str | None) -> str:
 def cmd_download(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from exoquic.download.errors import DownloadError
+    from exoquic.download.errors import DownloadError, ModelNotCachedError
     from exoquic.download.hub import download_model
     from exoquic.download.progress import terminal_progress
 
@@ -103,8 +106,15 @@ def cmd_download(args: argparse.Namespace) -> int:
             path = download_model(
                 repo_id, layers=args.layers, revision=args.revision, progress=progress
             )
+    except ModelNotCachedError as e:  # only in offline mode: its advice is this command
+        print(
+            f"exoquic: {e.fact}. HF_HUB_OFFLINE keeps this download off the network: "
+            "unset it to download.",
+            file=sys.stderr,
+        )
+        return 1
     except DownloadError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"exoquic: {e}", file=sys.stderr)
         return 1
     print(path)
     return 0

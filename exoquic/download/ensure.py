@@ -15,7 +15,6 @@ from pathlib import Path
 
 import trio
 
-from exoquic.download.hub import download_metadata, download_shard
 from exoquic.download.progress import ProgressCallback, current_reporter
 from exoquic.models.registry import find_model
 from exoquic.models.shard import Shard
@@ -49,6 +48,9 @@ async def prepare_model(model: str, progress: ProgressCallback | None = None) ->
     if repo is None:
         source = resolve_source(model)
         return NodeModel(source, source.load_shard)
+    # Imported here: huggingface_hub takes ~1 s to import, which a local model never needs.
+    from exoquic.download.hub import download_metadata, download_shard
+
     snapshot = await trio.to_thread.run_sync(download_metadata, repo)
     entry = find_model(model)
     hub_source = ModelSource(entry.id if entry else repo, "hf", snapshot)

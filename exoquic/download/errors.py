@@ -20,13 +20,21 @@ class ModelNotCachedError(DownloadError):
         self.repo_id = repo_id
         self.revision = revision
         self.missing = missing
-        listed = ", ".join(missing)
-        super().__init__(
-            f"{repo_id}@{revision} is not fully cached and the hub is not used "
-            f"(offline mode, HF_HUB_OFFLINE=1, or unreachable); missing: {listed}. "
-            "Download it once online: `exoquic models download "
-            f"{repo_id}`."
+        advice = f"Download it once online: `exoquic models download {repo_id}`."
+        super().__init__(f"{self.fact}. {advice}")
+
+    @property
+    def fact(self) -> str:
+        """What is wrong, without the advice (which `exoquic models download` itself
+        must not give)."""
+        return (
+            f"{self.repo_id}@{self.revision} is not fully cached and the hub is not used "
+            f"(offline mode, HF_HUB_OFFLINE=1, or unreachable); missing: {', '.join(self.missing)}"
         )
+
+
+class HubUnreachableError(DownloadError):
+    """The hub did not answer, and the cache lacks what was asked for."""
 
 
 class DownloadCancelled(DownloadError):

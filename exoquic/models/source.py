@@ -15,6 +15,11 @@ from typing import Literal
 
 from exoquic.models.config import ModelConfig
 from exoquic.models.errors import ModelLoadError, UnknownModelError
+from exoquic.models.generation_defaults import (
+    FALLBACK_DEFAULTS,
+    GenerationDefaults,
+    read_generation_config,
+)
 from exoquic.models.gguf_loader import load_gguf_shard, read_gguf_config
 from exoquic.models.hf_loader import CONFIG_FILE, load_hf_shard, read_hf_config
 from exoquic.models.registry import MODELS, bundled_gguf_path, find_model
@@ -43,6 +48,16 @@ class ModelSource:
         if self.kind == "gguf":
             return load_gguf_shard(self.path, shard)
         return load_hf_shard(self.path, shard)
+
+    def load_generation_defaults(self) -> GenerationDefaults:
+        """The registry's defaults for a known model, else a Hugging Face
+        directory's generation_config.json, else greedy with a finite max_tokens."""
+        entry = find_model(self.model_id)
+        if entry is not None:
+            return entry.defaults
+        if self.kind == "hf":
+            return read_generation_config(self.path)
+        return FALLBACK_DEFAULTS
 
     def load_tokenizer(self) -> Tokenizer:
         if self.kind == "gguf":

@@ -24,6 +24,7 @@ import trio
 from exoquic.engines.base import Engine
 from exoquic.identity.keys import Identity
 from exoquic.models.config import ModelConfig
+from exoquic.models.generation_defaults import FALLBACK_DEFAULTS, GenerationDefaults
 from exoquic.models.shard import Shard
 from exoquic.models.source import ModelSource
 from exoquic.models.tokenizer import Tokenizer
@@ -51,6 +52,9 @@ class NodeSettings:
     engine: str = "auto"
     max_context: int = 2048
     max_batch: int = 16
+    # Warm the engine up before serving; a one-shot answer skips it, since its one
+    # request makes the steps it needs and nothing else (see Engine.warm_up).
+    warm_up: bool = True
 
 
 class Node:
@@ -68,9 +72,11 @@ class Node:
         worker: EngineWorker,
         max_context: int,
         cluster: Cluster | None = None,
+        defaults: GenerationDefaults = FALLBACK_DEFAULTS,
     ) -> None:
         self.model_id = model_id
         self.config = config
+        self.defaults = defaults  # for requests that name no sampling or max_tokens
         self.tokenizer = tokenizer
         self.worker = worker
         self.max_context = max_context
@@ -221,6 +227,7 @@ async def open_node(
     source: ModelSource = model.source
     config = source.load_config()
     tokenizer = source.load_tokenizer()
+    defaults = source.load_generation_defaults()
     engine_name = pick_engine(settings.engine)
     max_context = min(settings.max_context, config.max_context)
     engine = create_engine(engine_name, max_context=max_context)
@@ -229,8 +236,12 @@ async def open_node(
         await nursery.start(worker.run)
         if cluster is None:
             with _stopping_on_exit(worker):
-                await _load_whole(source.model_id, model.load_shard, config, worker)
-                yield Node(source.model_id, config, tokenizer, worker, max_context)
+                await _load_whole(
+                    source.model_id, model.load_shard, config, worker, settings.warm_up
+                )
+                yield Node(
+                    source.model_id, config, tokenizer, worker, max_context, defaults=defaults
+                )
         else:
             me = Member(
                 cluster.identity.node_id, cluster.name, _probe(engine_name, cluster.memory_limit)
@@ -242,7 +253,9 @@ async def open_node(
                 cluster, state, worker, model.load_shard, source.model_id
             ) as ring:
                 with _stopping_on_exit(worker):
-                    yield Node(source.model_id, config, tokenizer, worker, max_context, ring)
+                    yield Node(
+                        source.model_id, config, tokenizer, worker, max_context, ring, defaults
+                    )
         nursery.cancel_scope.cancel()
 
 
@@ -261,14 +274,16 @@ async def _load_whole(
     load_shard: Callable[[Shard], ShardWeights],
     config: ModelConfig,
     worker: EngineWorker,
+    warm_up: bool = True,
 ) -> None:
     shard = Shard.whole(model_id, config.num_layers)
     started = time.perf_counter()
     weights = await trio.to_thread.run_sync(load_shard, shard)
-    await worker.load(weights)
+    await worker.load(weights, warm_up)
     log.info(
-        "loaded and warmed up %s on %s in %.1fs",
+        "loaded %s on %s%s in %.1fs",
         model_id,
         worker.engine.name,
+        " and warmed it up" if warm_up else "",
         time.perf_counter() - started,
     )

@@ -215,13 +215,15 @@ class EngineWorker:
         output: np.ndarray = await self.forward_nowait(request_id, inputs).wait()
         return output
 
-    async def load(self, weights: ShardWeights) -> None:
+    async def load(self, weights: ShardWeights, warm_up: bool = True) -> None:
         """Load a shard into the engine, then warm it up (see `Engine.warm_up`): both
-        are queued at once, so nothing queued later runs between them."""
+        are queued at once, so nothing queued later runs between them. Without
+        `warm_up` the first request makes the steps it needs (`exoquic run`)."""
         loading = self.call_nowait(lambda: self.engine.load(weights))
-        warming = self.call_nowait(self.engine.warm_up)
+        warming = self.call_nowait(self.engine.warm_up) if warm_up else None
         await loading.wait()
-        await warming.wait()
+        if warming is not None:
+            await warming.wait()
 
     async def call(self, fn: Callable[[], Any]) -> Any:
         """Run any other engine method (load, release...) in the worker thread, in order."""

@@ -267,6 +267,7 @@ def cmd_trust_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from exoquic.identity.trust import TrustStore, TrustStoreError
+    from exoquic.tables import print_table, whole
 
     try:
         peers = TrustStore.open().list()
@@ -277,10 +278,10 @@ def cmd_trust_list(args: argparse.Namespace) -> int:
     if not peers:
         console.print("No trusted devices yet: pair one with `exoquic pair`.")
         return 0
-    table = Table("node id", "name", "key fingerprint", "added")
+    table = whole(Table("node id", "name", "key fingerprint", "added"), "node id")
     for peer in peers:
         table.add_row(peer.node_id, peer.name, key_fingerprint(peer.public_key), _added(peer))
-    console.print(table)
+    print_table(table, console)
     return 0
 
 

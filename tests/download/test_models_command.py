@@ -54,7 +54,7 @@ def test_download_failure_is_reported_without_a_traceback(
     hub: HubServer, home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run(["models", "download", "exoquic-test/missing"]) == 1
-    assert "error: exoquic-test/missing: no such model" in capsys.readouterr().err
+    assert "exoquic: exoquic-test/missing: no such model" in capsys.readouterr().err
 
 
 def test_parse_layers() -> None:
@@ -71,3 +71,26 @@ def test_format_bytes() -> None:
         "3.4 MB",
         "16.1 GB",
     ]
+
+
+def test_offline_download_says_what_to_change_not_to_run_itself_again(
+    hub: HubServer, home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert run(["models", "download", TINY_REPO]) == 1
+    err = capsys.readouterr().err
+    assert "not fully cached" in err and "unset it" in err, err
+    assert "exoquic models download" not in err, err
+
+
+def test_list_keeps_ids_and_repositories_whole_in_a_narrow_terminal(
+    home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exoquic.models.registry import list_models
+
+    monkeypatch.setenv("COLUMNS", "40")
+    assert run(["models", "list"]) == 0
+    listed = capsys.readouterr().out
+    for entry in list_models():
+        assert entry.id in listed
+        assert entry.hf_repo in listed

@@ -8,6 +8,7 @@ quantized kernels and the direct kernel dispatcher rely on.
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -47,6 +48,22 @@ def _use_one_cache_connection_per_thread() -> None:
 
 
 _use_one_cache_connection_per_thread()
+
+
+def _default_to_our_device() -> None:
+    """Make `DEVICE` tinygrad's default device unless DEV says otherwise.
+
+    Any tensor op that meets a Python constant asks for the default device, and
+    without DEV tinygrad finds one by opening every backend it knows in turn
+    (METAL, AMD, NV, CUDA, ...): ~7 s on two cores, and a GPU context we never
+    use. Spawned compiler processes inherit the choice through the environment.
+    """
+    if not tinygrad.helpers.DEV.device:
+        tinygrad.helpers.DEV.value = DEVICE
+        os.environ.setdefault("DEV", DEVICE)
+
+
+_default_to_our_device()
 
 
 def renderer_name() -> str:
