@@ -487,3 +487,68 @@ def test_ring_picture_and_node_cards_fit_long_names(
     SCREENSHOTS.mkdir(exist_ok=True)
     page.locator("#panel").screenshot(path=str(SCREENSHOTS / f"ui-ring-{count}-{name}.png"))
     context.close()
+
+
+def test_sampling_starts_from_the_models_defaults_until_changed(
+    browser: Browser, api_node: RunningNode
+) -> None:
+    """The node's `defaults` in /v1/models (changed here, so the test tells them
+    from the UI's own fallbacks) drive requests until the user picks values;
+    a temperature the old UI stored by itself is not taken for a choice."""
+
+    def models_with_defaults(route: Route) -> None:
+        body = route.fetch().json()
+        body["data"][0]["defaults"] = {"temperature": 0.6, "top_p": 0.9, "max_tokens": 300}
+        route.fulfill(json=body)
+
+    chat = StubChat("one", "two", "three")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.add_init_script(
+        f"localStorage.setItem('exoquic.apiKey', {api_node.api_key!r});"
+        "localStorage.setItem('exoquic.settings', "
+        """'{"temperature": 0.7, "maxTokens": "", "system": "Be brief."}')"""
+    )
+    page = context.new_page()
+    page.route("**/v1/models", models_with_defaults)
+    page.route("**/v1/chat/completions", chat)
+    page.goto(api_node.url)
+    expect(page.locator("#temperature-value")).to_have_text("0.60 (default)")
+    expect(page.locator("#max-tokens")).to_have_attribute("placeholder", "300 (default)")
+    expect(page.locator("#system")).to_have_value("Be brief.")  # kept from the old settings
+    send(page, "Hi")
+    expect(page.locator(".message.assistant .content")).to_have_text(["one"])
+    assert (chat.requests[0]["temperature"], chat.requests[0]["max_tokens"]) == (0.6, 300)
+    assert chat.requests[0]["messages"][0] == {"role": "system", "content": "Be brief."}
+
+    page.fill("#temperature", "1.2")
+    page.fill("#max-tokens", "50")
+    expect(page.locator("#temperature-value")).to_have_text("1.20")
+    page.locator(".message.assistant button.regenerate").click()
+    expect(page.locator(".message.assistant .content")).to_have_text(["two"])
+    assert (chat.requests[1]["temperature"], chat.requests[1]["max_tokens"]) == (1.2, 50)
+
+    page.click("#reset-settings")
+    expect(page.locator("#temperature-value")).to_have_text("0.60 (default)")
+    expect(page.locator("#max-tokens")).to_have_value("")
+    page.reload()
+    expect(page.locator("#temperature-value")).to_have_text("0.60 (default)")
+    page.locator(".message.assistant button.regenerate").click()
+    expect(page.locator(".message.assistant .content")).to_have_text(["three"])
+    assert (chat.requests[2]["temperature"], chat.requests[2]["max_tokens"]) == (0.6, 300)
+    context.close()
+
+
+def test_keyboard_shortcuts_are_listed_and_work(browser: Browser, api_node: RunningNode) -> None:
+    chat = StubChat("ok")
+    context, page, errors = stubbed_page(browser, api_node, chat)
+    expect(page.locator("#shortcuts")).to_contain_text("new chat")
+    send(page, "First")
+    expect(page.locator(".message.assistant .content")).to_have_text(["ok"])
+    page.locator("#new-chat").focus()
+    page.keyboard.press("/")
+    expect(page.locator("#prompt")).to_be_focused()
+    page.keyboard.press("Control+Shift+O")
+    expect(page.locator("#conversations li")).to_have_count(2)
+    expect(page.locator("#messages li")).to_have_count(0)
+    context.close()
+    assert errors == []

@@ -101,7 +101,7 @@ def test_shard_bytes_are_what_the_partition_charged_and_add_up(case: Case) -> No
 
 def test_shard_bytes_refuses_layers_outside_the_model() -> None:
     model = ModelRequirements("m", num_layers=4, bytes_per_layer=10)
-    with pytest.raises(ValueError, match="not within 0..3"):
+    with pytest.raises(ValueError, match=r"not within 0\.\.3"):
         model.shard_bytes(2, 4)
     with pytest.raises(ValueError):
         model.shard_bytes(3, 2)
