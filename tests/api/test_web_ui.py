@@ -293,6 +293,9 @@ def test_markdown_replies_render_and_model_html_stays_inert(
     assert chat.requests[0]["temperature"] == 0
     assert chat.requests[0]["max_tokens"] == 1024
     screenshot(page, "ui-markdown.png")
+    page.emulate_media(color_scheme="dark")
+    page.wait_for_timeout(300)  # the buttons' colour transition
+    screenshot(page, "ui-markdown-dark.png")
     context.close()
     assert errors == [], f"the page logged errors: {errors}"
 

@@ -52,6 +52,8 @@ function ringPicture(topology, totalLayers) {
   picture.append(svg("circle", { cx: 100, cy: 100, r: RING.radius - 20, class: "ring-flow" }));
   const gap = ring.length > 1 ? RING.gapDegrees : 0;
   ring.forEach((node, i) => picture.append(ringArc(node, i, totalLayers, gap)));
+  // Where a token enters each node's layers: an arrowhead on its path.
+  for (const node of ring) picture.append(flowArrow((node.layers[0] / totalLayers) * 360));
   const centre = svg("text", { x: 100, y: 96, class: "ring-centre" });
   centre.textContent = `${totalLayers} layers`;
   const status = svg("text", { x: 100, y: 114, class: "ring-status" });
@@ -81,6 +83,12 @@ function ringArc(node, i, totalLayers, gap) {
   number.textContent = String(i + 1);
   group.append(number);
   return group;
+}
+
+function flowArrow(degrees) {
+  const r = RING.radius - 20;
+  const points = [polar(degrees + 5, r), polar(degrees - 3, r - 5), polar(degrees - 3, r + 5)];
+  return svg("polygon", { points: points.map(([x, y]) => `${x.toFixed(2)},${y.toFixed(2)}`).join(" "), class: "ring-arrow" });
 }
 
 function ringDescription(ring, status) {
