@@ -339,7 +339,9 @@ def test_regenerate_and_edit_resend(browser: Browser, api_node: RunningNode) -> 
     assert errors == []
 
 
-def test_delete_conversation_is_kept_after_reload(browser: Browser, api_node: RunningNode) -> None:
+def test_delete_conversation_can_be_undone_and_is_kept_after_reload(
+    browser: Browser, api_node: RunningNode
+) -> None:
     chat = StubChat("ok")
     context, page, errors = stubbed_page(browser, api_node, chat)
     send(page, "Keep me")
@@ -347,8 +349,15 @@ def test_delete_conversation_is_kept_after_reload(browser: Browser, api_node: Ru
     page.click("#new-chat")
     send(page, "Delete me")
     expect(page.locator(".message.assistant .content")).to_have_text(["ok"])
+    page.locator("#conversations li", has_text="Keep me").hover()  # shows its ×
+    page.get_by_role("button", name="Delete conversation: Keep me").click()
+    expect(page.locator("#conversations .chat-link")).to_have_text(["Delete me"])
+    page.click("#banner button.undo")  # a slip is undone, in its place
+    expect(page.locator("#conversations .chat-link")).to_have_text(["Delete me", "Keep me"])
+    expect(page.locator("#banner")).to_be_hidden()
     page.get_by_role("button", name="Delete conversation: Delete me").click()
     expect(page.locator("#conversations .chat-link")).to_have_text(["Keep me"])
+    expect(page.locator("#banner")).to_contain_text("Deleted “Delete me”.")
     page.reload()
     expect(page.locator("#conversations .chat-link")).to_have_text(["Keep me"])
     expect(page.locator(".message.user .content")).to_have_text(["Keep me"])

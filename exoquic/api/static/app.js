@@ -10,6 +10,7 @@ const STORE = { chats: "exoquic.conversations", current: "exoquic.current", key:
 // length keeps a rambling model from filling the whole context.
 const FALLBACK_DEFAULTS = { temperature: 0, maxTokens: 1024 };
 const TOPOLOGY_POLL_MS = 2000;
+const UNDO_MS = 10000;
 
 const state = {
   chats: readJSON(STORE.chats, []),
@@ -135,18 +136,35 @@ function selectChat(id) {
   setDrawer(false);
 }
 
+// Deleting asks no question but offers Undo for a while, so a slip loses nothing.
 function deleteChat(id) {
   if (state.running && id === state.currentId) state.running.abort();
-  state.chats = state.chats.filter((c) => c.id !== id);
-  if (state.currentId === id) state.currentId = state.chats[0]?.id || null;
+  const index = state.chats.findIndex((c) => c.id === id);
+  if (index < 0) return;
+  const [chat] = state.chats.splice(index, 1);
+  const wasCurrent = state.currentId === id;
+  if (wasCurrent) state.currentId = state.chats[0]?.id || null;
   saveChats();
   renderSidebar();
   renderMessages();
+  const undo = button("link undo", "Undo", "Restore the conversation", () => {
+    state.chats.splice(Math.min(index, state.chats.length), 0, chat);
+    if (wasCurrent) state.currentId = chat.id;
+    saveChats();
+    renderSidebar();
+    renderMessages();
+    hideBanner();
+  });
+  showBanner(`Deleted “${chat.title}”. `, undo);
+  const banner = $("banner");
+  setTimeout(() => { if (banner.contains(undo)) hideBanner(); }, UNDO_MS);
 }
 
 function setDrawer(open) {
+  const was = document.body.classList.contains("sidebar-open");
   document.body.classList.toggle("sidebar-open", open);
   $("toggle-sidebar").setAttribute("aria-expanded", String(open));
+  if (open && !was) $("new-chat").focus();
 }
 
 // --- messages
