@@ -349,7 +349,7 @@ def test_delete_conversation_can_be_undone_and_is_kept_after_reload(
     page.click("#new-chat")
     send(page, "Delete me")
     expect(page.locator(".message.assistant .content")).to_have_text(["ok"])
-    page.locator("#conversations li", has_text="Keep me").hover()  # shows its ×
+    page.locator("#conversations li", has_text="Keep me").hover()  # shows its delete button
     page.get_by_role("button", name="Delete conversation: Keep me").click()
     expect(page.locator("#conversations .chat-link")).to_have_text(["Delete me"])
     page.click("#banner button.undo")  # a slip is undone, in its place
