@@ -115,7 +115,8 @@ class Node:
 
     def topology(self) -> dict[str, Any]:
         """What `GET /v1/topology` shows: the nodes, their layers, the plan, this node's stats."""
-        return topology_report(self.cluster, self.model_id, self.config.num_layers)
+        weights = model_requirements(self.model_id, self.config)
+        return topology_report(self.cluster, self.model_id, self.config.num_layers, weights)
 
     def serves(self, model: str) -> bool:
         """Whether `model` (an id or alias from a request) names the loaded model."""

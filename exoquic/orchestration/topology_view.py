@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from exoquic.models.shard import Shard
 from exoquic.orchestration.cluster import Cluster
 from exoquic.orchestration.planning import Member
-from exoquic.topology import Plan
+from exoquic.topology import ModelRequirements, Plan
 from exoquic.wire.messages import ModelProgress
 
 
-def topology_report(cluster: Cluster, model_id: str, num_layers: int) -> dict[str, Any]:
+def topology_report(
+    cluster: Cluster, model_id: str, num_layers: int, weights: ModelRequirements | None = None
+) -> dict[str, Any]:
     """Nodes (this one and its live peers, plus any node of the plan), their
     memory, engine and layer ranges, the plan version and this node's stats,
     and `downloads`: the nodes still preparing their shard (see `_download`).
 
     `plan_version` is the plan this node adopted (`status` says whether it
     serves yet: "serving", "loading", "forming" or "unavailable" with `reason`).
+    With `weights`, each planned node's `memory.model` is its shard's weight
+    bytes as the planner counts them.
     """
     state = cluster.state
     adopted = state.adopted
@@ -33,14 +38,20 @@ def topology_report(cluster: Cluster, model_id: str, num_layers: int) -> dict[st
         "coordinator": state.coordinator,
         "status": cluster.status(),
         "reason": state.unavailable,
-        "nodes": [_node(cluster, node_id, members.get(node_id), plan) for node_id in node_ids],
+        "nodes": [
+            _node(cluster, node_id, members.get(node_id), plan, weights) for node_id in node_ids
+        ],
         "downloads": _downloads(cluster, node_ids, members),
         "stats": cluster.statistics(),
     }
 
 
 def _node(
-    cluster: Cluster, node_id: str, member: Member | None, plan: Plan | None
+    cluster: Cluster,
+    node_id: str,
+    member: Member | None,
+    plan: Plan | None,
+    weights: ModelRequirements | None,
 ) -> dict[str, Any]:
     shard = plan.shard_of(node_id) if plan is not None else None
     me = node_id == cluster.node_id
@@ -52,21 +63,26 @@ def _node(
         "address": None if me else cluster.peer_address(node_id),
         "engine": member.capabilities.engine if member else None,
         "chip": member.capabilities.chip if member else None,
-        "memory": _memory(member),
+        "memory": _memory(member, shard, weights),
         "layers": [shard.start_layer, shard.end_layer] if shard is not None else None,
     }
     return entry
 
 
-def _memory(member: Member | None) -> dict[str, int] | None:
+def _memory(
+    member: Member | None, shard: Shard | None, weights: ModelRequirements | None
+) -> dict[str, int] | None:
     if member is None:
         return None
     caps = member.capabilities
-    return {
+    memory = {
         "total": caps.total_memory,
         "available": caps.available_memory,
         "usable": caps.usable_memory,
     }
+    if shard is not None and weights is not None and weights.num_layers == shard.num_layers:
+        memory["model"] = weights.shard_bytes(shard.start_layer, shard.end_layer)
+    return memory
 
 
 def _downloads(

@@ -63,6 +63,18 @@ class ModelRequirements:
     def total_bytes(self) -> int:
         return self.num_layers * self.bytes_per_layer + self.embed_bytes + self.head_bytes
 
+    def shard_bytes(self, start_layer: int, end_layer: int) -> int:
+        """What the node holding layers start..end (inclusive) is charged for,
+        as `partition` counts it: its layers, plus the embedding if it is
+        first and the head if it is last."""
+        if not 0 <= start_layer <= end_layer < self.num_layers:
+            last = self.num_layers - 1
+            raise ValueError(f"layers {start_layer}..{end_layer} are not within 0..{last}")
+        layers = (end_layer - start_layer + 1) * self.bytes_per_layer
+        embed = self.embed_bytes if start_layer == 0 else 0
+        head = self.head_bytes if end_layer == self.num_layers - 1 else 0
+        return layers + embed + head
+
 
 @dataclass(frozen=True)
 class NodeInfo:

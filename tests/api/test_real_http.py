@@ -15,7 +15,7 @@ import pytest
 from api_helpers import RunningNode
 
 from exoquic.api.app import MAX_BODY_BYTES
-from exoquic.models.registry import DEFAULT_MODEL_ID
+from exoquic.models.registry import DEFAULT_MODEL_ID, get_model
 
 pytestmark = pytest.mark.slow
 
@@ -113,3 +113,14 @@ def test_health_reports_counters(api_node: RunningNode) -> None:
     assert isinstance(health["rss_bytes"], int) and health["rss_bytes"] > 50 * 2**20
     document = httpx.get(f"{api_node.url}/openapi.json").json()
     assert document["openapi"].startswith("3.")
+
+
+def test_topology_gives_each_planned_node_its_model_bytes(api_node: RunningNode) -> None:
+    topology = httpx.get(f"{api_node.url}/v1/topology", headers=api_node.headers()).json()
+    entry = get_model(DEFAULT_MODEL_ID)
+    (node,) = topology["nodes"]
+    assert node["layers"] == [0, entry.num_layers - 1]
+    # The whole model on one node: every layer, the embedding and the head.
+    expected = entry.num_layers * entry.bytes_per_layer + entry.embed_bytes + entry.head_bytes
+    assert node["memory"]["model"] == expected
+    assert 0 < node["memory"]["model"] < node["memory"]["total"]

@@ -88,6 +88,26 @@ def test_layers_once_contiguous_in_ring_order_within_capacity(case: Case) -> Non
 
 
 @given(clusters())
+def test_shard_bytes_are_what_the_partition_charged_and_add_up(case: Case) -> None:
+    model, nodes = case
+    try:
+        assignments = partition(model, nodes, memory_fraction=1.0)
+    except InsufficientMemoryError:
+        return
+    charged = [model.shard_bytes(a.shard.start_layer, a.shard.end_layer) for a in assignments]
+    assert charged == [used_bytes(model, a) for a in assignments]
+    assert sum(charged) == model.total_bytes
+
+
+def test_shard_bytes_refuses_layers_outside_the_model() -> None:
+    model = ModelRequirements("m", num_layers=4, bytes_per_layer=10)
+    with pytest.raises(ValueError, match=r"not within 0\.\.3"):
+        model.shard_bytes(2, 4)
+    with pytest.raises(ValueError):
+        model.shard_bytes(3, 2)
+
+
+@given(clusters())
 def test_fails_only_when_total_memory_is_short(case: Case) -> None:
     model, nodes = case
     total = sum(n.capabilities.available_memory for n in nodes)

@@ -1,21 +1,38 @@
 // exoquic chat UI: plain JS, no build step. It talks only to this node's own
-// OpenAI-compatible API, and renders model text with textContent (never as HTML).
+// OpenAI-compatible API. Model text goes through markdown.js (sanitized, never
+// executed); everything else is set with textContent.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const STORE = { chats: "exoquic.conversations", current: "exoquic.current", key: "exoquic.apiKey", settings: "exoquic.settings" };
-const DEFAULT_SETTINGS = { temperature: 0.7, maxTokens: "", system: "" };
+const STORE = { chats: "exoquic.conversations", current: "exoquic.current", key: "exoquic.apiKey", settings: "exoquic.settings.v2", oldSettings: "exoquic.settings" };
+// Used until the node names the model's recommended values (see loadModels).
+// Greedy decoding is what small models answer sensibly with; a finite reply
+// length keeps a rambling model from filling the whole context.
+const FALLBACK_DEFAULTS = { temperature: 0, maxTokens: 1024 };
 const TOPOLOGY_POLL_MS = 2000;
+const UNDO_MS = 10000;
 
 const state = {
   chats: readJSON(STORE.chats, []),
   currentId: localStorage.getItem(STORE.current),
-  settings: { ...DEFAULT_SETTINGS, ...readJSON(STORE.settings, {}) },
+  // null means "the model's default"; only what the user changes is stored.
+  settings: { temperature: null, maxTokens: null, system: "", ...readSettings() },
+  defaults: { ...FALLBACK_DEFAULTS },
+  models: [],
   running: null, // AbortController of the generation in progress
 };
 
 function readJSON(key, fallback) {
   try { return JSON.parse(localStorage.getItem(key)) ?? fallback; } catch (_) { return fallback; }
+}
+
+// Earlier versions stored every setting, so a stored temperature there is not
+// a choice the user made: keep only the system prompt from them.
+function readSettings() {
+  const current = readJSON(STORE.settings, null);
+  if (current) return current;
+  const old = readJSON(STORE.oldSettings, {});
+  return typeof old.system === "string" ? { system: old.system } : {};
 }
 
 function saveChats() {
@@ -32,6 +49,14 @@ function el(tag, className, text) {
   if (className) node.className = className;
   if (text !== undefined) node.textContent = text;
   return node;
+}
+
+function button(className, text, title, onClick) {
+  const b = el("button", className, text);
+  b.type = "button";
+  if (title) { b.title = title; b.setAttribute("aria-label", title); }
+  b.addEventListener("click", onClick);
+  return b;
 }
 
 // --- talking to the node
@@ -81,7 +106,7 @@ async function readEvents(body, onEvent) {
   }
 }
 
-// --- conversations (sidebar)
+// --- conversations (sidebar, a drawer on narrow screens)
 
 function newChat() {
   const chat = { id: crypto.randomUUID(), title: "New chat", messages: [], updated: Date.now() };
@@ -94,15 +119,9 @@ function newChat() {
 function renderSidebar() {
   const items = state.chats.map((chat) => {
     const li = el("li", chat.id === state.currentId ? "active" : "");
-    const open = el("button", "chat-link", chat.title);
-    open.type = "button";
+    const open = button("chat-link", chat.title, "", () => { if (!state.running) selectChat(chat.id); });
     open.title = chat.title;
-    open.addEventListener("click", () => { if (!state.running) selectChat(chat.id); });
-    const remove = el("button", "chat-delete", "×");
-    remove.type = "button";
-    remove.title = "Delete conversation";
-    remove.setAttribute("aria-label", `Delete ${chat.title}`);
-    remove.addEventListener("click", () => deleteChat(chat.id));
+    const remove = button("chat-delete", "×", `Delete conversation: ${chat.title}`, () => deleteChat(chat.id));
     li.append(open, remove);
     return li;
   });
@@ -114,55 +133,81 @@ function selectChat(id) {
   saveChats();
   renderSidebar();
   renderMessages();
+  setDrawer(false);
 }
 
+// Deleting asks no question but offers Undo for a while, so a slip loses nothing.
 function deleteChat(id) {
   if (state.running && id === state.currentId) state.running.abort();
-  state.chats = state.chats.filter((c) => c.id !== id);
-  if (state.currentId === id) state.currentId = state.chats[0]?.id || null;
+  const index = state.chats.findIndex((c) => c.id === id);
+  if (index < 0) return;
+  const [chat] = state.chats.splice(index, 1);
+  const wasCurrent = state.currentId === id;
+  if (wasCurrent) state.currentId = state.chats[0]?.id || null;
   saveChats();
   renderSidebar();
   renderMessages();
+  const undo = button("link undo", "Undo", "Restore the conversation", () => {
+    state.chats.splice(Math.min(index, state.chats.length), 0, chat);
+    if (wasCurrent) state.currentId = chat.id;
+    saveChats();
+    renderSidebar();
+    renderMessages();
+    hideBanner();
+  });
+  showBanner(`Deleted “${chat.title}”. `, undo);
+  const banner = $("banner");
+  setTimeout(() => { if (banner.contains(undo)) hideBanner(); }, UNDO_MS);
+}
+
+function setDrawer(open) {
+  const was = document.body.classList.contains("sidebar-open");
+  document.body.classList.toggle("sidebar-open", open);
+  $("toggle-sidebar").setAttribute("aria-expanded", String(open));
+  if (open && !was) $("new-chat").focus();
 }
 
 // --- messages
 
-// Text with ``` fences becomes text and <pre> blocks, built with textContent only.
-function fillContent(target, text) {
-  const parts = text.split("```");
-  target.replaceChildren(...parts.map((part, i) => {
-    if (i % 2 === 0) {
-      // The line breaks around a fence belong to the fence, not to the text.
-      const start = i > 0 && part.startsWith("\n") ? 1 : 0;
-      const end = i < parts.length - 1 && part.endsWith("\n") ? part.length - 1 : part.length;
-      return document.createTextNode(part.slice(start, end));
-    }
-    const newline = part.indexOf("\n");
-    const code = el("code", "", newline >= 0 ? part.slice(newline + 1) : part);
-    const pre = el("pre");
-    pre.append(code);
-    return pre;
-  }));
-}
-
-function messageView(message) {
+function messageView(message, index, chat) {
   const li = el("li", `message ${message.role}`);
+  li.dataset.index = String(index);
   li.append(el("div", "role", message.role === "assistant" ? "Assistant" : "You"));
   const content = el("div", "content");
-  fillContent(content, message.content);
+  fillContent(content, message);
   li.append(content);
-  const meta = el("div", "meta");
-  if (message.stats) meta.textContent = statsLine(message.stats);
-  if (message.stopped) meta.append(el("span", "tag", "stopped"));
   if (message.error) li.append(el("div", "error", message.error));
+  const meta = el("div", "meta");
+  if (message.stats) meta.append(el("span", "stats", statsLine(message.stats)));
+  if (message.stopped) meta.append(el("span", "tag", "stopped"));
+  meta.append(messageActions(message, index, chat));
   li.append(meta);
   return li;
+}
+
+// Replies are markdown; what the user typed is shown exactly as typed.
+function fillContent(target, message) {
+  if (message.role === "assistant") renderMarkdown(target, message.content);
+  else target.textContent = message.content;
+}
+
+function messageActions(message, index, chat) {
+  const actions = el("span", "actions");
+  actions.append(copyButton(() => message.content, "Copy message"));
+  const last = index === chat.messages.length - 1;
+  if (message.role === "assistant" && last) {
+    actions.append(button("ghost small regenerate", "Regenerate", "Regenerate this reply", () => regenerate(chat)));
+  }
+  if (message.role === "user") {
+    actions.append(button("ghost small edit", "Edit", "Edit and resend", () => startEdit(chat, index)));
+  }
+  return actions;
 }
 
 function renderMessages() {
   const chat = currentChat();
   const messages = chat ? chat.messages : [];
-  $("messages").replaceChildren(...messages.map(messageView));
+  $("messages").replaceChildren(...messages.map((m, i) => messageView(m, i, chat)));
   $("empty").hidden = messages.length > 0;
   scrollToEnd();
 }
@@ -180,7 +225,44 @@ function statsLine(stats) {
   return parts.join(" · ");
 }
 
+// Editing a message replaces it, drops everything after it, and asks again.
+function startEdit(chat, index) {
+  if (state.running) return;
+  const view = $("messages").querySelector(`[data-index="${index}"]`);
+  const box = el("textarea", "edit-box");
+  box.value = chat.messages[index].content;
+  box.setAttribute("aria-label", "edit message");
+  const save = () => {
+    const text = box.value.trim();
+    if (!text) return;
+    chat.messages = chat.messages.slice(0, index);
+    if (index === 0) chat.title = text.slice(0, 60);
+    ask(chat, text);
+  };
+  box.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) { event.preventDefault(); save(); }
+    if (event.key === "Escape") { event.stopPropagation(); renderMessages(); }
+  });
+  const row = el("div", "edit-row");
+  row.append(button("ghost small", "Cancel", "Cancel editing", renderMessages), button("primary small save-edit", "Save & send", "Save and resend", save));
+  view.querySelector(".content").replaceChildren(box, row);
+  view.querySelector(".meta").hidden = true;
+  box.focus();
+}
+
+function regenerate(chat) {
+  if (state.running) return;
+  const last = chat.messages[chat.messages.length - 1];
+  if (last?.role === "assistant") chat.messages.pop();
+  generate(chat);
+}
+
 // --- sending
+
+function effective(name) {
+  const chosen = state.settings[name];
+  return chosen === null || chosen === undefined || chosen === "" ? state.defaults[name] : chosen;
+}
 
 function requestBody(chat) {
   const messages = [];
@@ -189,19 +271,22 @@ function requestBody(chat) {
   const body = {
     model: $("model").value,
     messages,
-    temperature: Number(state.settings.temperature),
+    temperature: Number(effective("temperature")),
     stream: true,
     stream_options: { include_usage: true },
   };
-  const maxTokens = parseInt(state.settings.maxTokens, 10);
+  const maxTokens = parseInt(effective("maxTokens"), 10);
   if (maxTokens > 0) body.max_tokens = maxTokens;
   return body;
 }
 
-async function send(text) {
-  const chat = currentChat() || newChat();
+function ask(chat, text) {
   if (chat.messages.length === 0) chat.title = text.slice(0, 60);
   chat.messages.push({ role: "user", content: text });
+  generate(chat);
+}
+
+async function generate(chat) {
   const body = requestBody(chat);
   const reply = { role: "assistant", content: "" };
   chat.messages.push(reply);
@@ -212,11 +297,15 @@ async function send(text) {
   const view = $("messages").lastElementChild;
   const content = view.querySelector(".content");
   view.classList.add("streaming");
+  view.querySelector(".meta").hidden = true;
 
   const controller = new AbortController();
   state.running = controller;
   setRunning(true);
   const timing = { started: performance.now(), first: null, last: null, usage: null, chunks: 0 };
+  // Markdown is re-rendered at most once a frame, however fast tokens come.
+  let drawPending = false;
+  const draw = () => { drawPending = false; renderMarkdown(content, reply.content); scrollToEnd(); };
   try {
     const response = await api("/v1/chat/completions", { method: "POST", body: JSON.stringify(body), signal: controller.signal });
     await readEvents(response.body, (chunk) => {
@@ -228,9 +317,8 @@ async function send(text) {
       timing.last = performance.now();
       timing.chunks += 1;
       reply.content += delta;
-      fillContent(content, reply.content);
+      if (!drawPending) { drawPending = true; requestAnimationFrame(draw); }
       $("stats").textContent = liveStats(timing);
-      scrollToEnd();
     });
   } catch (err) {
     if (err.name === "AbortError") reply.stopped = true;
@@ -275,13 +363,27 @@ function setRunning(on) {
 async function loadModels() {
   try {
     const { data } = await (await api("/v1/models")).json();
+    state.models = data;
     const previous = $("model").value;
     $("model").replaceChildren(...data.map((m) => new Option(m.id, m.id)));
     if (data.some((m) => m.id === previous)) $("model").value = previous;
+    applyModelDefaults();
     hideBanner();
   } catch (err) {
     if (err.status !== 401) showBanner(`Could not list models: ${err.message}`);
   }
+}
+
+// A node may name the model's recommended sampling in its /v1/models entry
+// (`defaults: {temperature, max_tokens}`); otherwise the fallbacks hold.
+function applyModelDefaults() {
+  const entry = state.models.find((m) => m.id === $("model").value);
+  const given = entry?.defaults || {};
+  state.defaults = {
+    temperature: typeof given.temperature === "number" ? given.temperature : FALLBACK_DEFAULTS.temperature,
+    maxTokens: Number.isInteger(given.max_tokens) ? given.max_tokens : FALLBACK_DEFAULTS.maxTokens,
+  };
+  showSettings();
 }
 
 function formatBytes(n) {
@@ -299,34 +401,6 @@ function bar(fraction, className) {
   return outer;
 }
 
-// One node: name, engine, memory in use, and its slice of the model's layers.
-function nodeCard(node, totalLayers) {
-  const offline = node.live === false;
-  const li = el("li", `node${node.self ? " self" : ""}${offline ? " offline" : ""}`);
-  li.title = [node.id, node.address].filter(Boolean).join(" @ ");
-  const head = el("div", "node-head");
-  head.append(el("span", "dot"), el("strong", "", node.name || node.id || "node"));
-  if (node.self) head.append(el("span", "tag", "this node"));
-  if (offline) head.append(el("span", "tag warn", "offline"));
-  head.append(el("span", "engine", [node.engine, node.chip].filter(Boolean).join(" · ") || "?"));
-  li.append(head);
-  const total = node.memory?.total;
-  const used = total && node.memory.available != null ? total - node.memory.available : null;
-  li.append(el("div", "kv", `Memory ${formatBytes(used)} / ${formatBytes(total)}`));
-  if (total && used != null) li.append(bar(used / total, "memory"));
-  if (node.layers) {
-    const [first, last] = node.layers;
-    li.append(el("div", "kv", `Layers ${first}–${last} of ${totalLayers}`));
-    const layers = el("div", "bar layers");
-    const fill = el("div", "fill");
-    fill.style.marginLeft = `${(first / totalLayers) * 100}%`;
-    fill.style.width = `${((last - first + 1) / totalLayers) * 100}%`;
-    layers.append(fill);
-    li.append(layers);
-  }
-  return li;
-}
-
 function renderTopology(topology) {
   const nodes = topology.nodes || [];
   const totalLayers = topology.num_layers || Math.max(1, ...nodes.map((n) => (n.layers ? n.layers[1] + 1 : 1)));
@@ -338,7 +412,10 @@ function renderTopology(topology) {
   $("cluster-reason").hidden = !topology.reason;
   $("cluster-reason").textContent = topology.reason || "";
   $("cluster-model").textContent = `${topology.model || ""} · ${nodes.length} node${nodes.length === 1 ? "" : "s"}`;
-  $("nodes").replaceChildren(...nodes.map((n) => nodeCard(n, totalLayers)));
+  $("ring").replaceChildren(ringPicture(topology, totalLayers));
+  $("token-path").textContent = tokenPath(topology);
+  const colours = colourIndex(nodes);
+  $("nodes").replaceChildren(...nodes.map((n) => nodeCard(n, totalLayers, colours.get(n.id))));
   renderDownloads(topology.downloads || []);
 }
 
@@ -406,26 +483,69 @@ function setKey(key) {
   refreshCluster();
 }
 
+// The fields show what the next request uses: the user's choice, else the
+// model's default (marked as such).
+function showSettings() {
+  const s = state.settings;
+  const temperature = Number(effective("temperature"));
+  $("temperature").value = temperature;
+  $("temperature-value").textContent = temperature.toFixed(2) + (s.temperature === null ? " (default)" : "");
+  $("max-tokens").value = s.maxTokens ?? "";
+  $("max-tokens").placeholder = `${state.defaults.maxTokens} (default)`;
+  $("system").value = s.system;
+  $("reset-settings").disabled = s.temperature === null && s.maxTokens === null;
+}
+
 function bindSettings() {
   const s = state.settings;
-  const save = () => localStorage.setItem(STORE.settings, JSON.stringify(s));
-  $("temperature").value = s.temperature;
-  $("temperature-value").textContent = Number(s.temperature).toFixed(2);
-  $("max-tokens").value = s.maxTokens;
-  $("system").value = s.system;
-  $("temperature").addEventListener("input", (e) => {
-    s.temperature = Number(e.target.value);
-    $("temperature-value").textContent = s.temperature.toFixed(2);
-    save();
+  const save = () => { localStorage.setItem(STORE.settings, JSON.stringify(s)); showSettings(); };
+  $("temperature").addEventListener("input", (e) => { s.temperature = Number(e.target.value); save(); });
+  $("max-tokens").addEventListener("input", (e) => {
+    const n = parseInt(e.target.value, 10);
+    s.maxTokens = n > 0 ? n : null;
+    localStorage.setItem(STORE.settings, JSON.stringify(s));
+    $("reset-settings").disabled = s.temperature === null && s.maxTokens === null;
   });
-  $("max-tokens").addEventListener("input", (e) => { s.maxTokens = e.target.value; save(); });
-  $("system").addEventListener("input", (e) => { s.system = e.target.value; save(); });
+  $("system").addEventListener("input", (e) => { s.system = e.target.value; localStorage.setItem(STORE.settings, JSON.stringify(s)); });
+  $("reset-settings").addEventListener("click", () => { s.temperature = null; s.maxTokens = null; save(); });
+  showSettings();
 }
 
 function autoGrow() {
   const box = $("prompt");
   box.style.height = "auto";
   box.style.height = `${Math.min(box.scrollHeight, 240)}px`;
+}
+
+function startChat() {
+  state.running?.abort();
+  newChat();
+  renderSidebar();
+  renderMessages();
+  $("stats").textContent = "";
+  setDrawer(false);
+  $("prompt").focus();
+}
+
+function typing(event) {
+  const t = event.target;
+  return t instanceof HTMLElement && (t.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(t.tagName));
+}
+
+// The shortcuts listed in the panel (index.html, "Keyboard shortcuts").
+function onShortcut(event) {
+  const mod = event.ctrlKey || event.metaKey;
+  if (event.key === "Escape") {
+    if (state.running) state.running.abort();
+    setDrawer(false);
+    document.body.classList.remove("panel-open");
+  } else if (mod && event.shiftKey && event.key.toLowerCase() === "o") {
+    event.preventDefault();
+    startChat();
+  } else if (event.key === "/" && !typing(event)) {
+    event.preventDefault();
+    $("prompt").focus();
+  }
 }
 
 function bindEvents() {
@@ -435,7 +555,7 @@ function bindEvents() {
     if (!text || state.running) return;
     $("prompt").value = "";
     autoGrow();
-    send(text);
+    ask(currentChat() || newChat(), text);
   });
   $("prompt").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
@@ -444,23 +564,17 @@ function bindEvents() {
     }
   });
   $("prompt").addEventListener("input", autoGrow);
-  document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && state.running) state.running.abort();
-  });
+  document.addEventListener("keydown", onShortcut);
   $("stop").addEventListener("click", () => state.running?.abort());
-  const startChat = () => {
-    state.running?.abort();
-    newChat();
-    renderSidebar();
-    renderMessages();
-    $("stats").textContent = "";
-    $("prompt").focus();
-  };
   $("new-chat").addEventListener("click", startChat);
   $("new-chat-compact").addEventListener("click", startChat);
+  $("toggle-sidebar").addEventListener("click", () => setDrawer(!document.body.classList.contains("sidebar-open")));
+  $("scrim").addEventListener("click", () => setDrawer(false));
+  $("model").addEventListener("change", applyModelDefaults);
   $("toggle-panel").addEventListener("click", () => document.body.classList.toggle("panel-open"));
   $("close-panel").addEventListener("click", () => document.body.classList.remove("panel-open"));
   $("set-key").addEventListener("click", openKeyDialog);
+  $("set-key-drawer").addEventListener("click", () => { setDrawer(false); openKeyDialog(); });
   $("key-form").addEventListener("submit", (event) => { event.preventDefault(); setKey($("key-input").value.trim()); });
   $("key-clear").addEventListener("click", () => setKey(""));
   $("key-cancel").addEventListener("click", () => $("key-dialog").close());
