@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import threading
@@ -103,6 +104,7 @@ def soak(nodes: list[RingNode], args: argparse.Namespace) -> dict[str, Any]:
     wait_serving(nodes, len(nodes))
     references = {p: complete(origin, p, args.max_tokens, args.request_timeout) for p in PROMPTS}
     counts: Counter[str] = Counter()
+    seconds: list[float] = []  # of every answer
     chaos = Chaos(victims, args.period, args.down)
     chaos.start()
     deadline = time.monotonic() + args.duration
@@ -116,16 +118,17 @@ def soak(nodes: list[RingNode], args: argparse.Namespace) -> dict[str, Any]:
                 text = complete(origin, prompt, args.max_tokens, args.request_timeout)
             except httpx.HTTPError as exc:
                 counts["failed"] += 1
-                seconds = time.monotonic() - started
-                print(f"request {i}: failed after {seconds:.1f}s: {exc!r}", flush=True)
+                took = time.monotonic() - started
+                print(f"request {i}: failed after {took:.1f}s: {exc!r}", flush=True)
                 continue
-            seconds = time.monotonic() - started
+            took = time.monotonic() - started
+            seconds.append(took)
             if text == references[prompt]:
                 counts["identical"] += 1
-                print(f"request {i}: identical in {seconds:.1f}s", flush=True)
+                print(f"request {i}: identical in {took:.1f}s", flush=True)
                 continue
             counts["different"] += 1
-            print(f"request {i}: DIFFERENT for {prompt!r} in {seconds:.1f}s\n"
+            print(f"request {i}: DIFFERENT for {prompt!r} in {took:.1f}s\n"
                   f"  want {references[prompt]!r}\n  got  {text!r}", flush=True)  # fmt: skip
     finally:
         chaos.join()
@@ -137,6 +140,8 @@ def soak(nodes: list[RingNode], args: argparse.Namespace) -> dict[str, Any]:
         "identical": counts["identical"],
         "different": counts["different"],
         "failed": counts["failed"],
+        "median_answer_s": round(statistics.median(seconds), 2) if seconds else None,
+        "slowest_answer_s": round(max(seconds), 2) if seconds else None,
         "replays": ring["replays"],
         "replay_mismatches": ring.get("replay_mismatches"),
         "chaos": chaos.events,
