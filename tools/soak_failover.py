@@ -63,6 +63,13 @@ def complete(node: RingNode, prompt: str, max_tokens: int, timeout: float) -> st
     return str(response.json()["choices"][0]["message"]["content"])
 
 
+def describe(exc: httpx.HTTPError) -> str:
+    """The error, with the server's own message when it sent one."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code}: {exc.response.text[:300]}"
+    return repr(exc)
+
+
 class Chaos:
     """Kills a node (in turn among `victims`) every `period` s and restarts it `down` s later."""
 
@@ -119,7 +126,7 @@ def soak(nodes: list[RingNode], args: argparse.Namespace) -> dict[str, Any]:
             except httpx.HTTPError as exc:
                 counts["failed"] += 1
                 took = time.monotonic() - started
-                print(f"request {i}: failed after {took:.1f}s: {exc!r}", flush=True)
+                print(f"request {i}: failed after {took:.1f}s: {describe(exc)}", flush=True)
                 continue
             took = time.monotonic() - started
             seconds.append(took)
