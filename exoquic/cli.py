@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from exoquic import __version__
@@ -24,10 +27,67 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     handler: Handler = args.handler
+    # SIGTERM (systemd's stop, `kill`) stops a node like Ctrl-C until the
+    # server installs its own graceful handler.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        sys.exit(handler(args))
+        status = handler(args)
     except KeyboardInterrupt:
-        sys.exit(130)
+        status = 130
+    except BaseException as exc:
+        problem = None if isinstance(exc, SystemExit) else startup_problem(exc)
+        if problem is None or args.verbose:
+            raise
+        print(f"exoquic: {problem}", file=sys.stderr)
+        status = 1
+    finally:
+        stop_child_processes()
+    exit_now(status)
+
+
+def exit_now(status: int) -> None:
+    """Exit, without waiting for an engine call still running: a load or kernel
+    compile cut short by Ctrl-C cannot be interrupted, and nobody needs its result."""
+    busy = [
+        thread
+        for thread in threading.enumerate()
+        if thread is not threading.main_thread() and not thread.daemon and thread.is_alive()
+    ]
+    if not busy:
+        sys.exit(status)
+    logging.getLogger(__name__).debug("not waiting for %s", ", ".join(t.name for t in busy))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def startup_problem(exc: BaseException) -> str | None:
+    """The one-line message for a mistake the user can fix (a port in use, a bad
+    --model, a broken file in the home), or None for a bug, which keeps its
+    traceback. Looks inside the exception groups that trio nurseries raise."""
+    from exoquic.errors import StartupError
+    from exoquic.identity.keys import IdentityError
+    from exoquic.identity.trust import TrustStoreError
+    from exoquic.models.errors import ModelError
+    from exoquic.topology import InsufficientMemoryError
+
+    user_errors = (StartupError, ModelError, IdentityError, TrustStoreError,
+                   InsufficientMemoryError)  # fmt: skip
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        found = exc.subgroup(lambda e: isinstance(e, user_errors))
+        if found is None:
+            return None
+        exc = found.exceptions[0]
+    return str(exc) if isinstance(exc, user_errors) else None
+
+
+def stop_child_processes() -> None:
+    """Leave no child process behind (tinygrad's compiler pool, if it was started)."""
+    if "tinygrad.engine.worker" in sys.modules:
+        from exoquic.engines.tinygrad.compile_pool import stop_compile_pool
+
+        stop_compile_pool()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,7 +213,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     import trio
 
     from exoquic.api.limits import AdmissionLimits
-    from exoquic.api.security import InsecureBindError, security_for_bind
+    from exoquic.api.security import InsecureBindError, TokenFileError, security_for_bind
     from exoquic.engines.registry import engine_threads_setting
     from exoquic.orchestration.node import NodeSettings
     from exoquic.serve import serve_node
@@ -162,7 +222,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         security = security_for_bind(
             args.api_host, insecure=args.insecure_api, origins=args.cors_origin
         )
-    except InsecureBindError as exc:
+    except (InsecureBindError, TokenFileError) as exc:
         print(f"exoquic: {exc}", file=sys.stderr)
         return 2
     try:
@@ -205,13 +265,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def setup_logging(verbose: bool) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
+    # Logs go to stderr, so answers on stdout (`exoquic run`) stay clean.
+    handler = RichHandler(console=Console(stderr=True), rich_tracebacks=True, show_path=verbose)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
         datefmt="[%X]",
-        handlers=[RichHandler(rich_tracebacks=True, show_path=verbose)],
+        handlers=[handler],
     )
     for noisy in ("hypercorn.access", "quic", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

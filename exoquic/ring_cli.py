@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from exoquic import paths
+from exoquic.errors import StartupError
+
 if TYPE_CHECKING:
     from exoquic.orchestration.network import ClusterSettings
 
@@ -85,8 +88,12 @@ def cluster_settings(args: argparse.Namespace) -> ClusterSettings:
     try:
         identity = load_or_create_identity()
         trust = TrustStore.open()
+    except OSError as exc:
+        raise StartupError(f"cannot use the node's home: {exc}") from exc
     except (IdentityError, TrustStoreError) as exc:
-        raise ValueError(str(exc)) from exc
+        raise StartupError(str(exc)) from exc
+    if "manual" in methods:
+        check_peers_file(args.peers)
     return ClusterSettings(
         identity=identity,
         trust=trust,
@@ -98,6 +105,27 @@ def cluster_settings(args: argparse.Namespace) -> ClusterSettings:
         memory_limit=args.memory_limit,
         peer_timeout=args.peer_timeout,
     )
+
+
+def check_peers_file(path: Path | None) -> None:
+    """A peers file given with --peers must exist; any peers file must parse.
+    (A running node re-reads it and keeps its last good peers on a bad edit.)"""
+    from exoquic.discovery.manual import ManualPeersError, parse_manual_peers
+    from exoquic.discovery.service import PEERS_FILENAME
+
+    file = path if path is not None else paths.home() / PEERS_FILENAME
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if path is None:
+            return  # no default peers file: no manual peers
+        raise StartupError(f"--peers {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StartupError(f"cannot read the peers file {file}: {exc}") from exc
+    try:
+        parse_manual_peers(text, str(file))
+    except ManualPeersError as exc:
+        raise StartupError(str(exc)) from exc
 
 
 def add_status_command(commands: argparse._SubParsersAction) -> None:
@@ -113,11 +141,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     import httpx
 
-    from exoquic.api.security import API_KEY_ENV, read_token
+    from exoquic.api.security import API_KEY_ENV, TokenFileError, read_token
 
     host = f"[{args.api_host}]" if ":" in args.api_host else args.api_host
     url = f"http://{host}:{args.api_port}/v1/topology"
-    key = os.environ.get(API_KEY_ENV) or read_token()
+    try:
+        key = os.environ.get(API_KEY_ENV) or read_token()
+    except TokenFileError as exc:
+        print(f"exoquic: {exc}", file=sys.stderr)
+        return 2
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         response = httpx.get(url, headers=headers, timeout=10)

@@ -66,6 +66,7 @@ def test_one_input(data: bytes) -> None:
             port=announcement.port,
             addresses=announcement.addresses,
             capabilities=announcement.capabilities,
+            start_time=announcement.start_time,
             instance_id=announcement.instance_id,
             sequence=announcement.sequence,
         )

@@ -21,8 +21,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from exoquic.discovery.announcement import encode_announcement
+from exoquic.identity.keys import Identity
 from exoquic.identity.pairing import PairingCode, PairingInitiator, PairingResponder
+from exoquic.wire import cbor
 from exoquic.wire.framing import encode_frame
 from exoquic.wire.messages import MESSAGE_TYPES, Forward, Message, encode_message
 
@@ -98,11 +102,32 @@ def write_pairing(corpus: Path) -> None:
         write(folder, bytes([scenario, 0, 0]) + payload)
 
 
+def write_announcement(corpus: Path) -> None:
+    """One valid datagram (first byte even) and its body (first byte odd, which
+    fuzz_announcement.py signs with the same fixed key)."""
+    key = Identity.from_private_key(Ed25519PrivateKey.from_private_bytes(bytes(range(32))))
+    datagram = encode_announcement(
+        key,
+        name="studio",
+        port=52417,
+        addresses=["198.18.0.2", "fe80::1"],
+        capabilities={"chip": "Apple M2", "engine": "mlx", "total_memory": 16 << 30},
+        start_time=1_800_000_000_000_000,
+        instance_id=bytes(16),
+        sequence=7,
+    )
+    folder = corpus / "announcement"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / "valid_datagram").write_bytes(b"\x00" + datagram)
+    (folder / "valid_body").write_bytes(b"\x01" + cbor.loads(datagram)[2])
+
+
 def main(corpus: Path = CORPUS) -> None:
-    """Write the messages/, frames/ and pairing/ seeds under `corpus`
-    (announcement/ seeds are kept by hand)."""
+    """Write the messages/, frames/, pairing/ and announcement/ seeds under `corpus`."""
     write_messages_and_frames(corpus)
     write_pairing(corpus)
+    write_announcement(corpus)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def create_app(
     app.register_blueprint(openai_blueprint)
     policy = security or ApiSecurity()
     _add_checks(app, policy)
-    _add_info_routes(app, node, admission)
+    _add_info_routes(app, node, admission, policy)
     _add_error_handlers(app)
     return app
 
@@ -107,7 +107,7 @@ def caller_refusal(policy: ApiSecurity) -> APIError | None:
     return None
 
 
-def _add_info_routes(app: QuartTrio, node: Node, admission: Admission) -> None:
+def _add_info_routes(app: QuartTrio, node: Node, admission: Admission, policy: ApiSecurity) -> None:
     @app.get("/")
     async def index() -> Response:
         return await send_from_directory(STATIC_DIR, "index.html")
@@ -118,6 +118,10 @@ def _add_info_routes(app: QuartTrio, node: Node, admission: Admission) -> None:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
+        # Liveness is public (load balancers, the UI before it has the key); the
+        # model, memory and load are for key holders when a key is set.
+        if not policy.key_matches(request.headers.get("Authorization")):
+            return {"status": "ok"}
         return health_report(node, admission)
 
     @app.get("/v1/topology")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing
 from typing import Any
 
@@ -46,23 +46,31 @@ async def json_body() -> Any:
 
 @blueprint.post("/v1/chat/completions")
 async def chat_completions() -> Response:
-    chat = parse_chat_request(await json_body())
+    chat = parse_chat_request(await json_body(), context=node().max_context)
     serving = serving_node(chat.params.model)
-    prompt = serving.chat_prompt(list(chat.messages))
+    prompt = await tokenized(serving.encode_chat(list(chat.messages)), "messages")
     return await complete(serving, prompt, chat.params, chat=True)
 
 
 @blueprint.post("/v1/completions")
 async def completions() -> Response:
-    text = parse_text_request(await json_body())
+    text = parse_text_request(await json_body(), context=node().max_context)
     serving = serving_node(text.params.model)
     if isinstance(text.prompt, str):
-        prompt = serving.tokenizer.encode(text.prompt)
+        prompt = await tokenized(serving.encode_text(text.prompt), "prompt")
     else:
         prompt = list(text.prompt)
         if max(prompt) >= serving.tokenizer.vocab_size:
             raise APIError(400, "'prompt' holds a token id outside the vocabulary", param="prompt")
     return await complete(serving, prompt, text.params, chat=False)
+
+
+async def tokenized(encoding: Awaitable[list[int]], param: str) -> list[int]:
+    """The prompt's token ids; a prompt far too long for the context is a 400."""
+    try:
+        return await encoding
+    except RequestError as exc:
+        raise APIError(400, str(exc), param=param, code=exc.code) from exc
 
 
 @blueprint.get("/v1/models")

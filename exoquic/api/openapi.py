@@ -7,6 +7,7 @@ import copy
 from typing import Any
 
 from exoquic import __version__
+from exoquic.api.schemas import MAX_STOP_CHARS, MAX_STOPS
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -14,13 +15,15 @@ def _ref(name: str) -> dict[str, str]:
 
 
 NULLABLE_NUMBER = {"type": ["number", "null"]}
+STOP_STRING = {"type": "string", "minLength": 1, "maxLength": MAX_STOP_CHARS}
 STOP = {
     "oneOf": [
-        {"type": "string", "minLength": 1},
-        {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 4},
+        STOP_STRING,
+        {"type": "array", "items": STOP_STRING, "maxItems": MAX_STOPS},
         {"type": "null"},
     ],
-    "description": "Up to 4 sequences; generation ends before the first one seen.",
+    "description": f"Up to {MAX_STOPS} sequences of up to {MAX_STOP_CHARS} characters; "
+    "generation ends before the first one seen.",
 }
 COMMON_PROPERTIES: dict[str, Any] = {
     "model": {"type": "string", "description": "A model id or alias from GET /v1/models."},
@@ -193,7 +196,11 @@ _DOCUMENT: dict[str, Any] = {
             ],
         },
         "/v1/topology": _get_route("The cluster: nodes, layers, downloads"),
-        "/health": _get_route("Liveness, live requests and KV caches, memory", public=True),
+        "/health": _get_route(
+            "Liveness; with the API key (or when none is set) also the model, "
+            "live requests and KV caches, memory",
+            public=True,
+        ),
         "/openapi.json": _get_route("This document", public=True),
     },
 }

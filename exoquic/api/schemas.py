@@ -14,6 +14,9 @@ from exoquic.engines.sampling import SamplingParams
 
 ROLES = ("system", "user", "assistant", "developer")
 MAX_STOPS = 4
+# Longer stop strings are refused: text that may begin one is held back from a
+# stream, and matching keeps a table as long as each one (see orchestration/stops.py).
+MAX_STOP_CHARS = 256
 # Parameters clients commonly send with their default values; anything else is refused.
 NEUTRAL_DEFAULTS: dict[str, Any] = {
     "presence_penalty": 0,
@@ -68,32 +71,42 @@ class TextRequest:
     params: CompletionParams
 
 
-def parse_chat_request(body: Any) -> ChatRequest:
-    """Validate a `POST /v1/chat/completions` body (raises APIError 400)."""
+def parse_chat_request(body: Any, context: int = MAX_PROMPT_ITEMS) -> ChatRequest:
+    """Validate a `POST /v1/chat/completions` body (raises APIError 400).
+
+    As many messages as `context`, or text parts in one message, are refused
+    before each is checked: every one renders to at least one token.
+    """
     obj = _object(body)
     _reject_unknown(obj, CHAT_FIELDS)
     response_format = obj.get("response_format")
     if response_format is not None and response_format != {"type": "text"}:
         raise invalid('only \'response_format\': {"type": "text"} is supported', "response_format")
-    return ChatRequest(_messages(obj.get("messages")), _common(obj))
+    return ChatRequest(_messages(obj.get("messages"), context), _common(obj))
 
 
-def parse_text_request(body: Any) -> TextRequest:
-    """Validate a `POST /v1/completions` body (raises APIError 400)."""
+def parse_text_request(body: Any, context: int = MAX_PROMPT_ITEMS) -> TextRequest:
+    """Validate a `POST /v1/completions` body (raises APIError 400).
+
+    An array of `context` token ids or more is refused before its ids are
+    checked one by one: it could not fit a context of that many tokens.
+    """
     obj = _object(body)
     _reject_unknown(obj, TEXT_FIELDS)
     for name, neutral in (("echo", False), ("suffix", None), ("best_of", 1)):
         if obj.get(name, neutral) not in (neutral, None):
             raise invalid(f"'{name}' is not supported", name)
-    return TextRequest(_prompt(obj.get("prompt")), _common(obj))
+    return TextRequest(_prompt(obj.get("prompt"), context), _common(obj))
 
 
-def _prompt(value: Any) -> str | tuple[int, ...]:
+def _prompt(value: Any, context: int) -> str | tuple[int, ...]:
     """A string or an array of token ids; a one-element batch of either is unwrapped."""
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str | list):
         value = value[0]
     if isinstance(value, str):
         return value
+    if isinstance(value, list):
+        _check_count(value, context, "tokens", "prompt")
     if (
         isinstance(value, list)
         and 0 < len(value) <= MAX_PROMPT_ITEMS
@@ -145,13 +158,25 @@ def _common(obj: dict[str, Any]) -> CompletionParams:
     )
 
 
-def _messages(value: Any) -> tuple[dict[str, str], ...]:
+def _check_count(items: list[Any], context: int, what: str, param: str) -> None:
+    """Refuse, by its length alone, an array whose items each take a token or more."""
+    if len(items) >= context:
+        raise invalid(
+            f"'{param}' has {len(items)} {what}, each at least one token; this node's context "
+            f"is {context} tokens and must leave room for at least one reply token",
+            param,
+            code="context_length_exceeded",
+        )
+
+
+def _messages(value: Any, context: int) -> tuple[dict[str, str], ...]:
     if not isinstance(value, list) or not value:
         raise invalid("'messages' must be a non-empty array", "messages")
-    return tuple(_message(m, i) for i, m in enumerate(value))
+    _check_count(value, context, "messages", "messages")
+    return tuple(_message(m, i, context) for i, m in enumerate(value))
 
 
-def _message(value: Any, index: int) -> dict[str, str]:
+def _message(value: Any, index: int, context: int) -> dict[str, str]:
     param = f"messages[{index}]"
     if not isinstance(value, dict):
         raise invalid(f"{param} must be an object", param)
@@ -166,15 +191,16 @@ def _message(value: Any, index: int) -> dict[str, str]:
         raise invalid(f"{param}.name must be a string", f"{param}.name")
     return {
         "role": "system" if role == "developer" else role,
-        "content": _content(value.get("content"), f"{param}.content"),
+        "content": _content(value.get("content"), f"{param}.content", context),
     }
 
 
-def _content(value: Any, param: str) -> str:
+def _content(value: Any, param: str, context: int) -> str:
     """A string, or an array of text parts (the newer OpenAI form)."""
     if isinstance(value, str):
         return value
     if isinstance(value, list):
+        _check_count(value, context, "text parts", param)
         texts = []
         for part in value:
             if not isinstance(part, dict) or part.get("type") != "text":
@@ -204,6 +230,8 @@ def _stops(value: Any) -> tuple[str, ...]:
         raise invalid("'stop' must be a non-empty string or an array of them", "stop")
     if len(stops) > MAX_STOPS:
         raise invalid(f"'stop' takes at most {MAX_STOPS} sequences", "stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise invalid(f"each 'stop' sequence may be at most {MAX_STOP_CHARS} characters", "stop")
     return tuple(stops)
 
 

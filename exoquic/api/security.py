@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from exoquic import paths
+from exoquic.identity.files import loose_permissions, write_private_file
 
 API_KEY_ENV = "EXOQUIC_API_KEY"
 TOKEN_FILE = "api_token"
@@ -28,6 +29,10 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
 
 class InsecureBindError(Exception):
     """Listening beyond loopback without an API key and without --insecure-api."""
+
+
+class TokenFileError(Exception):
+    """The API token file cannot be used; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -114,21 +119,30 @@ def token_path() -> Path:
 
 
 def read_token() -> str | None:
+    """The stored API key, or None when there is no token file.
+
+    Raises TokenFileError when other users may read or write the file: a key
+    they can read is no secret, and one they can write lets them in. Refusing
+    (rather than warning) matches the identity key and the trust store.
+    """
+    path = token_path()
     try:
-        return token_path().read_text().strip() or None
+        if loose_permissions(path):
+            raise TokenFileError(
+                f"the API token file {path} is accessible by other users; restrict it with "
+                f"`chmod 600 {path}` (or make a new key with `exoquic token`)"
+            )
+        return path.read_text(encoding="utf-8").strip() or None
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TokenFileError(f"cannot read the API token file {path}: {exc}") from exc
 
 
 def create_token() -> str:
-    """Make a new API key, store it (mode 0600) and return it."""
+    """Make a new API key, store it (mode 0600, atomically) and return it."""
     token = "exq-" + secrets.token_urlsafe(32)
-    path = token_path()
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    os.replace(tmp, path)
+    write_private_file(token_path(), (token + "\n").encode(), replace=True)
     return token
 
 

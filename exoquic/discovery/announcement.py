@@ -24,10 +24,17 @@ add optional fields without a new version):
 - `addrs`: IP addresses the sender can be reached at (may be empty: then the
   datagram's source address is all we have).
 - `caps`: the capability summary (`DeviceCapabilities.to_dict()`), plain data.
+- `start`: when this instance started, in microseconds since the Unix epoch;
+  strictly greater than the start of any earlier instance in the same process.
 - `inst`: 16 random bytes chosen at process start (the instance id).
 - `seq`: a counter that grows with every announcement of this instance.
 
-The receiver rejects replays with (`inst`, `seq`); see `PeerTable`.
+The receiver orders a node's announcements by (`start`, `seq`) to reject
+replays, also of runs it never saw; see `PeerTable`.
+
+`open_envelope` checks the envelope without the signature (cheap), so that a
+receiver can drop keys it does not trust before spending a signature check;
+`verify` then checks the signature and the body.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from exoquic.identity.node_id import node_id_from_public_key
 from exoquic.wire import cbor
 from exoquic.wire.errors import LocalProtocolError, RemoteProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the body carries `start`
 # One unfragmented datagram on any IPv6 path (minimum MTU 1280 minus headers).
 MAX_ANNOUNCEMENT_SIZE = 1200
 PUBLIC_KEY_SIZE = 32
@@ -52,6 +59,7 @@ INSTANCE_ID_SIZE = 16
 MAX_NAME_LENGTH = 64
 MAX_ADDRESSES = 16
 MAX_SEQUENCE = 2**64 - 1
+MAX_START_TIME = 2**64 - 1
 MAX_CAPABILITY_DEPTH = 4
 # The envelope and body are at most this deep (caps included), so decoding
 # can never recurse far on hostile input.
@@ -88,9 +96,21 @@ class Announcement:
     port: int
     addresses: tuple[str, ...]
     capabilities: Mapping[str, Any] = field(hash=False)
+    start_time: int
     instance_id: bytes
     sequence: int
     version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A datagram's outer array, well formed but not yet verified: nothing in
+    `body` may be believed before `verify` checks `signature`."""
+
+    version: int
+    public_key: bytes
+    body: bytes
+    signature: bytes
 
 
 def encode_announcement(
@@ -100,6 +120,7 @@ def encode_announcement(
     port: int,
     addresses: Sequence[str],
     capabilities: Mapping[str, Any],
+    start_time: int,
     instance_id: bytes,
     sequence: int,
 ) -> bytes:
@@ -111,6 +132,7 @@ def encode_announcement(
         "port": port,
         "addrs": list(addresses),
         "caps": dict(capabilities),
+        "start": start_time,
         "inst": instance_id,
         "seq": sequence,
     }
@@ -136,11 +158,20 @@ def signed_bytes(version: int, public_key: bytes, body: bytes) -> bytes:
 
 
 def decode_and_verify(data: bytes) -> Announcement:
-    """Decode a received datagram and check its signature.
+    """Decode a received datagram and check its signature: `verify(open_envelope(data))`.
 
     Raises only `AnnouncementError` subclasses: `AnnouncementTooLarge`,
     `MalformedAnnouncement`, `UnsupportedVersion` or `BadSignature`. Says
     nothing about trust: the caller checks `public_key` against its trust store.
+    """
+    return verify(open_envelope(data))
+
+
+def open_envelope(data: bytes) -> Envelope:
+    """The datagram's envelope, checked for shape but not for its signature.
+
+    Costs a bounded CBOR decode (microseconds), no public-key operation.
+    Raises `AnnouncementTooLarge`, `MalformedAnnouncement` or `UnsupportedVersion`.
     """
     if len(data) > MAX_ANNOUNCEMENT_SIZE:
         raise AnnouncementTooLarge(
@@ -153,14 +184,25 @@ def decode_and_verify(data: bytes) -> Announcement:
     if type(version) is not int:
         raise MalformedAnnouncement("version must be an integer")
     if version != PROTOCOL_VERSION:
-        raise UnsupportedVersion(f"announcement version {version}, this node speaks 1")
+        raise UnsupportedVersion(
+            f"announcement version {version}, this node speaks {PROTOCOL_VERSION}"
+        )
     _check_bytes("public key", public_key, PUBLIC_KEY_SIZE)
     _check_bytes("signature", signature, SIGNATURE_SIZE)
     if not isinstance(body_bytes, bytes):
         raise MalformedAnnouncement("body must be a byte string")
-    if not verify_signature(public_key, signature, signed_bytes(version, public_key, body_bytes)):
+    return Envelope(version, public_key, body_bytes, signature)
+
+
+def verify(envelope: Envelope) -> Announcement:
+    """Check the envelope's signature, then decode and check its body.
+
+    Raises `BadSignature` or `MalformedAnnouncement`.
+    """
+    signed = signed_bytes(envelope.version, envelope.public_key, envelope.body)
+    if not verify_signature(envelope.public_key, envelope.signature, signed):
         raise BadSignature("announcement signature does not verify")
-    return _parse_body(_strict_loads(body_bytes), public_key)
+    return _parse_body(_strict_loads(envelope.body), envelope.public_key)
 
 
 def _strict_loads(data: bytes) -> Any:
@@ -184,6 +226,7 @@ def _parse_body(body: Any, public_key: bytes) -> Announcement:
         port=_check_range("port", _field(body, "port", int), 1, 65535),
         addresses=_check_addresses(_field(body, "addrs", list)),
         capabilities=_check_capabilities(_field(body, "caps", dict)),
+        start_time=_check_range("start", _field(body, "start", int), 0, MAX_START_TIME),
         instance_id=_check_bytes("inst", _field(body, "inst", bytes), INSTANCE_ID_SIZE),
         sequence=_check_range("seq", _field(body, "seq", int), 0, MAX_SEQUENCE),
     )

@@ -29,7 +29,7 @@ from exoquic.identity.node_id import NodeIdError, parse_node_id
 
 log = logging.getLogger(__name__)
 
-DEFAULT_POLL_INTERVAL = 2.0
+DEFAULT_POLL_INTERVAL = 1.0
 _FIELDS = {"id", "host", "port", "name"}
 # RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens.
 _HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
@@ -62,6 +62,8 @@ def parse_manual_peers(text: str, where: str = "peers file") -> list[ManualPeer]
         raise ManualPeersError(
             f"{where}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
+    except RecursionError:  # the JSON parser recurses once per nesting level
+        raise ManualPeersError(f"{where}: invalid JSON: nested too deeply") from None
     if not isinstance(document, dict) or set(document) != {"peers"}:
         raise ManualPeersError(f'{where}: expected an object {{"peers": [...]}}')
     entries = document["peers"]

@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,15 @@ log = logging.getLogger(__name__)
 MULTICAST_GROUP = "239.255.77.77"  # IPv4 organization-local scope (RFC 2365)
 MULTICAST_PORT = 52416
 _RECEIVE_BUFFER = 2 * MAX_ANNOUNCEMENT_SIZE  # so that oversize datagrams show as such
+_last_start_time = 0
+
+
+def new_start_time() -> int:
+    """The `start` of a new instance: microseconds since the Unix epoch, and later
+    than any earlier instance of this process even if the clock stood still."""
+    global _last_start_time
+    _last_start_time = max(time.time_ns() // 1000, _last_start_time + 1)
+    return _last_start_time
 
 
 @dataclass(frozen=True)
@@ -118,6 +128,7 @@ class MulticastDiscovery:
             pairing=pairing,
         )
         self.instance_id = os.urandom(16)
+        self.start_time = new_start_time()
         self._sequence = 0
         self._interfaces: dict[str, str] = {}
         self._scanned = False
@@ -196,6 +207,7 @@ class MulticastDiscovery:
             port=self.port,
             addresses=self._announced_addresses(),
             capabilities=self.capabilities,
+            start_time=self.start_time,
             instance_id=self.instance_id,
             sequence=self._sequence,
         )

@@ -2,34 +2,42 @@
 
 Every datagram goes through, in this order:
 
-1. a token bucket for its source address and one for all sources, so a flood
-   (even from spoofed addresses) costs bounded CPU before any signature check;
-2. `decode_and_verify` (size cap, strict CBOR, ed25519 signature);
-3. the trust store: announcements of untrusted keys are dropped, except in
-   pairing mode, where they become pairing candidates (never peers);
-4. replay protection per node: within one instance id the sequence number must
-   grow; a new instance id is a restart, but an instance id the node already
-   left behind is a replay.
+1. `open_envelope`: size cap and strict CBOR of the outer array (microseconds,
+   no public-key operation), so junk costs almost nothing;
+2. our own key is ignored (our announcements loop back);
+3. the trust store, *before* the signature: outside pairing mode an untrusted
+   key is dropped unverified. In pairing mode untrusted keys are verified
+   within a token bucket per source address and one for all sources, and
+   become pairing candidates (never peers);
+4. a token bucket per trusted key, so no flood under other keys can use up
+   the budget of a trusted peer, and signature checks stay bounded;
+5. `verify` (ed25519 signature, then the body's fields);
+6. ordering per node: an announcement must be newer than the last one accepted,
+   by (`start`, `seq`) within one instance id. A new instance id with a later
+   `start` is a restart; one with an earlier or equal `start` (a replay of an
+   earlier run, or a node whose clock went back) is accepted only once the
+   current instance has been silent for `expire_after`.
 
 Peers that send nothing valid for `expire_after` seconds expire.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from exoquic.discovery.announcement import (
+    Announcement,
     AnnouncementError,
     BadSignature,
+    Envelope,
     UnsupportedVersion,
-    decode_and_verify,
+    open_envelope,
+    verify,
 )
 from exoquic.discovery.peers import PeerEvent, PeerEventKind, PeerInfo
-
-# How many instance ids per node are remembered as finished (restarts).
-_RETIRED_INSTANCES = 8
+from exoquic.identity.node_id import node_id_from_public_key
 
 
 class TrustChecker(Protocol):
@@ -64,12 +72,18 @@ class TokenBucket:
 
 @dataclass(frozen=True)
 class RateLimits:
-    """Datagrams per second (and burst) allowed per source address and in total.
+    """Signature checks per second (and burst) the table spends.
 
-    The per-source default leaves room for several nodes on one host and the
-    fast start (2 datagrams/s each) with a wide margin.
+    `per_key`: for each trusted key. A node sends at most 2 datagrams/s per
+    interface, so 50/s leaves a wide margin, while a flood of forgeries under
+    one trusted key costs at most 50 checks/s (about 11 ms of CPU here).
+    `per_source` and `total`: for untrusted keys, which are only checked in
+    pairing mode; the per-source default leaves room for several nodes on one
+    host and the fast start (2 datagrams/s each).
     """
 
+    per_key: float = 50.0
+    per_key_burst: float = 100.0
     per_source: float = 10.0
     per_source_burst: float = 20.0
     total: float = 500.0
@@ -92,20 +106,26 @@ class TableStatistics:
 
 
 @dataclass
-class _History:
-    """The newest (instance id, sequence) of a trusted node, and its past instances."""
-
-    instance_id: bytes
-    sequence: int
-    retired: deque[bytes] = field(default_factory=lambda: deque(maxlen=_RETIRED_INSTANCES))
-
-
-@dataclass
 class _Entry:
+    """The newest accepted announcement of a node: its peer info, its place in
+    the node's order (start, instance id, sequence) and when it came."""
+
     info: PeerInfo
+    start_time: int
     instance_id: bytes
     sequence: int
     last_seen: float
+
+    def supersedes(self, other: _Entry, other_silent: bool) -> bool:
+        """Whether this announcement may replace `other`, the node's last accepted
+        one (`other_silent`: nothing accepted from the node for `expire_after`)."""
+        if self.instance_id == other.instance_id:
+            return self.start_time == other.start_time and self.sequence > other.sequence
+        # Another instance: a later start is a restart. An earlier one is a replay
+        # of an older run, or a restart with a clock set back (a board without a
+        # real-time clock): let it in only when the current run has gone quiet,
+        # so a replay can never push a live instance out.
+        return self.start_time > other.start_time or other_silent
 
 
 @dataclass
@@ -126,44 +146,36 @@ class PeerTable:
     max_candidates: int = 64
     _peers: dict[str, _Entry] = field(default_factory=dict, init=False)
     _candidates: dict[str, _Entry] = field(default_factory=dict, init=False)
-    _history: dict[str, _History] = field(default_factory=dict, init=False)
+    # The newest announcement accepted per trusted node, kept across expiry.
+    _history: dict[str, _Entry] = field(default_factory=dict, init=False)
+    _key_buckets: dict[bytes, TokenBucket] = field(default_factory=dict, init=False)
     _buckets: OrderedDict[str, TokenBucket] = field(default_factory=OrderedDict, init=False)
     _total_bucket: TokenBucket | None = field(default=None, init=False)
     _stats: TableStatistics = field(default_factory=TableStatistics, init=False)
 
     def receive(self, data: bytes, source: str, now: float) -> list[PeerEvent]:
         """Handle one datagram from IP address `source`; returns the events it causes."""
-        if not self._admit(source, now):
-            self._stats.rate_limited += 1
-            return []
         try:
-            announcement = decode_and_verify(data)
+            envelope = open_envelope(data)
         except AnnouncementError as exc:
             self._count_rejection(exc)
             return []
-        key = announcement.public_key
+        key = envelope.public_key
         if key == self.own_public_key:
             self._stats.own += 1
             return []
-        addresses = announcement.addresses
-        if source not in addresses:
-            addresses = (*addresses, source)
-        info = PeerInfo(
-            node_id=announcement.node_id,
-            addresses=addresses,
-            port=announcement.port,
-            source="multicast",
-            public_key=key,
-            name=announcement.name,
-            capabilities=announcement.capabilities,
-        )
-        entry = _Entry(info, announcement.instance_id, announcement.sequence, now)
         if self.trust.is_trusted(key):
-            return self._update_peer(entry)
+            announcement = self._verify(envelope, self._key_admits(key, now))
+            if announcement is None:
+                return []
+            return self._update_peer(_entry(announcement, source, now), now)
         self._stats.untrusted += 1
-        events = self._forget_peer(info.node_id)  # trust was revoked
-        if self.pairing:
-            events += self._update_candidate(entry)
+        # Revoked trust ends a peer whatever the datagram says: no check needed.
+        events = self._forget_peer(node_id_from_public_key(key))
+        if self.pairing:  # only then is an untrusted key worth a signature check
+            announcement = self._verify(envelope, self._source_admits(source, now))
+            if announcement is not None:
+                events += self._update_candidate(_entry(announcement, source, now))
         return events
 
     def expire(self, now: float) -> list[PeerEvent]:
@@ -191,7 +203,28 @@ class PeerTable:
     def statistics(self) -> TableStatistics:
         return TableStatistics(**vars(self._stats))
 
-    def _admit(self, source: str, now: float) -> bool:
+    def _verify(self, envelope: Envelope, admitted: bool) -> Announcement | None:
+        """The verified announcement, or None (counted) when over budget or invalid."""
+        if not admitted:
+            self._stats.rate_limited += 1
+            return None
+        try:
+            return verify(envelope)
+        except AnnouncementError as exc:
+            self._count_rejection(exc)
+            return None
+
+    def _key_admits(self, key: bytes, now: float) -> bool:
+        """The trusted key's own budget: floods under other keys cannot spend it."""
+        bucket = self._key_buckets.get(key)
+        if bucket is None:
+            # Only trusted keys get a bucket, so this dict is as small as the trust store.
+            bucket = TokenBucket.full(self.limits.per_key, self.limits.per_key_burst, now)
+            self._key_buckets[key] = bucket
+        return bucket.take(now)
+
+    def _source_admits(self, source: str, now: float) -> bool:
+        """The budget of untrusted keys (pairing mode): per source and overall."""
         limits = self.limits
         if self._total_bucket is None:
             self._total_bucket = TokenBucket.full(limits.total, limits.total_burst, now)
@@ -212,9 +245,9 @@ class PeerTable:
         else:
             self._stats.malformed += 1
 
-    def _update_peer(self, entry: _Entry) -> list[PeerEvent]:
+    def _update_peer(self, entry: _Entry, now: float) -> list[PeerEvent]:
         node_id = entry.info.node_id
-        if not self._record_fresh(entry):
+        if not self._record_fresh(entry, now):
             self._stats.replayed += 1
             return []
         self._stats.accepted += 1
@@ -232,7 +265,7 @@ class PeerTable:
         old = self._candidates.get(node_id)
         # Candidates keep no history (spoofed keys must not grow memory): only
         # the latest datagram of a live candidate is compared.
-        if old is not None and _same_instance_not_newer(old, entry):
+        if old is not None and not entry.supersedes(old, other_silent=False):
             self._stats.replayed += 1
             return []
         if old is None and len(self._candidates) >= self.max_candidates:
@@ -242,23 +275,15 @@ class PeerTable:
             return [PeerEvent(PeerEventKind.CANDIDATE, entry.info)]
         return []
 
-    def _record_fresh(self, entry: _Entry) -> bool:
-        """Whether `entry` is newer than anything this trusted node sent before
+    def _record_fresh(self, entry: _Entry, now: float) -> bool:
+        """Whether `entry` is newer than what this trusted node sent before
         (kept across expiry, so a cut link that heals is not a restart and old
         datagrams stay replays); records it if so."""
-        history = self._history.get(entry.info.node_id)
-        if history is None:
-            self._history[entry.info.node_id] = _History(entry.instance_id, entry.sequence)
-            return True
-        if entry.instance_id in history.retired:
+        node_id = entry.info.node_id
+        last = self._history.get(node_id)
+        if last is not None and not entry.supersedes(last, self._stale(last, now)):
             return False
-        if entry.instance_id == history.instance_id:
-            if entry.sequence <= history.sequence:
-                return False
-        else:  # a restart
-            history.retired.append(history.instance_id)
-            history.instance_id = entry.instance_id
-        history.sequence = entry.sequence
+        self._history[node_id] = entry
         return True
 
     def _forget_peer(self, node_id: str) -> list[PeerEvent]:
@@ -269,5 +294,19 @@ class PeerTable:
         return now - entry.last_seen >= self.expire_after
 
 
-def _same_instance_not_newer(old: _Entry, new: _Entry) -> bool:
-    return old.instance_id == new.instance_id and new.sequence <= old.sequence
+def _entry(announcement: Announcement, source: str, now: float) -> _Entry:
+    addresses = announcement.addresses
+    if source not in addresses:
+        addresses = (*addresses, source)
+    info = PeerInfo(
+        node_id=announcement.node_id,
+        addresses=addresses,
+        port=announcement.port,
+        source="multicast",
+        public_key=announcement.public_key,
+        name=announcement.name,
+        capabilities=announcement.capabilities,
+    )
+    return _Entry(
+        info, announcement.start_time, announcement.instance_id, announcement.sequence, now
+    )

@@ -61,6 +61,8 @@ def parse_tailscale_status(text: str) -> TailscaleStatus:
         status = json.loads(text)
     except json.JSONDecodeError as exc:
         raise TailscaleError(f"tailscale status is not JSON: {exc}") from None
+    except RecursionError:  # the JSON parser recurses once per nesting level
+        raise TailscaleError("tailscale status is not JSON: nested too deeply") from None
     if not isinstance(status, dict):
         raise TailscaleError("tailscale status is not a JSON object")
     peers = status.get("Peer") or {}  # null when the tailnet has no other device
@@ -75,16 +77,19 @@ def parse_tailscale_status(text: str) -> TailscaleStatus:
 
 
 def _device(entry: dict[str, Any]) -> TailscaleDevice:
+    """A field of the wrong type is skipped, not fatal: the device just lacks it."""
+    listed = entry.get("TailscaleIPs")
     addresses = []
-    for address in entry.get("TailscaleIPs") or []:
+    for address in listed if isinstance(listed, list) else []:
         try:
             addresses.append(str(ipaddress.ip_address(address)))
         except (ValueError, TypeError):
-            continue  # a field we cannot use is skipped, not fatal
+            continue
     # IPv4 first: it is what a probe tries first.
     addresses.sort(key=lambda a: ipaddress.ip_address(a).version)
+    host_name = entry.get("HostName")
     return TailscaleDevice(
-        host_name=str(entry.get("HostName") or ""),
+        host_name=host_name if isinstance(host_name, str) else "",
         addresses=tuple(addresses),
         online=entry.get("Online") is True,
     )

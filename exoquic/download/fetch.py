@@ -93,22 +93,25 @@ def _transfer(
     stalled = 0
     while (have := _size(partial)) < remote.size:
         try:
-            _get(url, partial, have, headers, report)
+            _get(url, partial, have, remote.size, headers, report)
         except (httpx2.TransportError, _RetryableStatus) as e:
             stalled = 0 if _size(partial) > have else stalled + 1
             if stalled >= MAX_STALLED_ATTEMPTS:
                 raise DownloadError(f"{remote.name}: download failed {stalled} times: {e}") from e
             log.info("%s: %s; resuming at byte %d", remote.name, e, _size(partial))
             time.sleep(RETRY_DELAY_S * stalled)
-    # A file that grew past its size fails the hash check and is fetched again.
+    # Writes stop at the size, so the file is never longer than the hub said.
 
 
 class _RetryableStatus(Exception):
     pass
 
 
-def _get(url: str, partial: Path, have: int, headers: dict[str, str], report: Report) -> None:
-    """One GET from byte `have` on, appended to `partial`."""
+def _get(
+    url: str, partial: Path, have: int, size: int, headers: dict[str, str], report: Report
+) -> None:
+    """One GET from byte `have` on, appended to `partial`, never past byte `size`
+    (a server that sends more, by mistake or to fill the disk, is cut off)."""
     request_headers = dict(headers)
     if have:
         request_headers["Range"] = f"bytes={have}-"
@@ -128,8 +131,10 @@ def _get(url: str, partial: Path, have: int, headers: dict[str, str], report: Re
         mode = "ab" if response.status_code == 206 else "wb"
         with partial.open(mode) as f:
             for chunk in response.iter_bytes():
-                f.write(chunk)
+                f.write(chunk[: size - f.tell()])
                 report(f.tell())
+                if f.tell() >= size:
+                    break  # closing the response drops whatever else it carries
 
 
 def _size(path: Path) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -57,6 +58,11 @@ from exoquic.download.selection import (
 from exoquic.models.shard import Shard
 
 log = logging.getLogger(__name__)
+
+# The hub's answer names cache paths (snapshots/<commit>, blobs/<etag>): only
+# lowercase hex of the right length may become a path part.
+_SHA1 = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 # The shard to fetch, given the repo's config.json; None fetches only the small files.
 ShardFor = Callable[[dict[str, Any]], Shard | None]
@@ -375,14 +381,27 @@ def list_repo(repo_id: str, revision: str, settings: HubSettings) -> RepoListing
         raise DownloadError(f"{repo_id}: {e}") from e
     if not info.sha or info.siblings is None:
         raise DownloadError(f"{repo_id}: the hub's answer lacks the commit or the file list")
+    if not isinstance(info.sha, str) or not _SHA1.fullmatch(info.sha):
+        raise DownloadError(f"{repo_id}: the hub gave {info.sha!r} as commit, not a sha1 in hex")
     files = {}
     for s in info.siblings:
         etag = s.lfs.sha256 if s.lfs else s.blob_id
         size = s.lfs.size if s.lfs else s.size
         if etag is None or size is None:
             raise DownloadError(f"{repo_id}: the hub gave no size or hash for {s.rfilename}")
+        _check_file(repo_id, s.rfilename, etag, size, is_lfs=s.lfs is not None)
         files[s.rfilename] = RemoteFile(s.rfilename, size, etag, is_lfs=s.lfs is not None)
     return RepoListing(info.sha, files)
+
+
+def _check_file(repo_id: str, name: str, etag: object, size: object, *, is_lfs: bool) -> None:
+    """A listed file's hash must be hex of its kind (it names the blob on disk)
+    and its size a count of bytes (downloads stop there)."""
+    pattern, kind = (_SHA256, "sha256") if is_lfs else (_SHA1, "git blob id")
+    if not isinstance(etag, str) or not pattern.fullmatch(etag):
+        raise DownloadError(f"{repo_id}: the hub gave {etag!r} as the {kind} of {name}, not hex")
+    if type(size) is not int or size < 0:
+        raise DownloadError(f"{repo_id}: the hub gave {size!r} as the size of {name}")
 
 
 # -- shared by online and offline ----------------------------------------------------

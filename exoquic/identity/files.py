@@ -10,7 +10,13 @@ import contextlib
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 
 def write_private_file(path: Path, data: bytes, *, replace: bool) -> bool:
@@ -40,6 +46,32 @@ def write_private_file(path: Path, data: bytes, *, replace: bool) -> bool:
             os.unlink(tmp)
     _fsync_dir(path.parent)
     return True
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path`'s lock file (`path` + ".lock")
+    for a read-modify-write that other processes must not interleave with.
+    Without fcntl (Windows) it is a no-op."""
+    if fcntl is None:
+        yield
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def file_signature(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced or rewritten (inode, size, mtime), or None if absent."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def loose_permissions(path: Path) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from exoquic import paths
-from exoquic.identity.files import loose_permissions, write_private_file
+from exoquic.identity.files import file_signature, locked, loose_permissions, write_private_file
 from exoquic.identity.node_id import (
     MAX_NAME_LENGTH,
     PUBLIC_KEY_SIZE,
@@ -59,6 +59,7 @@ class TrustStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._peers: dict[str, TrustedPeer] = {}
+        self._signature: tuple[int, int, int] | None = None
         self.reload()
 
     @classmethod
@@ -68,7 +69,17 @@ class TrustStore:
 
     def reload(self) -> None:
         """Re-read the file (an absent file is an empty store)."""
+        signature = file_signature(self.path)
         self._peers = _read(self.path)
+        self._signature = signature
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the file if another process (`exoquic pair`, `trust add`,
+        `trust remove`) changed it since it was last read; True if it changed."""
+        if file_signature(self.path) == self._signature:
+            return False
+        self.reload()
+        return True
 
     def list(self) -> list[TrustedPeer]:
         """Trusted peers, oldest first."""
@@ -101,46 +112,49 @@ class TrustStore:
 
     def pin_key(self, public_key: bytes) -> TrustedPeer:
         """Record the key of an id-only entry once a peer holding it has connected."""
-        self.reload()
         node_id = _node_id(public_key)
-        peer = self._peers.get(node_id)
-        if peer is None or peer.public_key not in (None, public_key):
-            raise TrustConflictError(f"{node_id} is not trusted with this key")
-        if peer.public_key is None:
-            peer = replace(peer, public_key=public_key)
-            self._peers[node_id] = peer
-            self._save()
+        with locked(self.path):
+            self.reload()
+            peer = self._peers.get(node_id)
+            if peer is None or peer.public_key not in (None, public_key):
+                raise TrustConflictError(f"{node_id} is not trusted with this key")
+            if peer.public_key is None:
+                peer = replace(peer, public_key=public_key)
+                self._peers[node_id] = peer
+                self._save()
         return peer
 
     def remove(self, node_id: str) -> TrustedPeer:
         """Stop trusting `node_id`; raises KeyError if it was not trusted."""
-        self.reload()
         canonical = parse_node_id(node_id)
-        peer = self._peers.pop(canonical, None)
-        if peer is None:
-            raise KeyError(f"{canonical} is not in the trust store")
-        self._save()
+        with locked(self.path):
+            self.reload()
+            peer = self._peers.pop(canonical, None)
+            if peer is None:
+                raise KeyError(f"{canonical} is not in the trust store")
+            self._save()
         return peer
 
     def _change(
         self, node_id: str, name: str, public_key: bytes | None, now: datetime | None
     ) -> TrustedPeer:
         _check_name(name)
-        self.reload()
-        holder = self._holder_of(name)
-        if holder is not None and holder.node_id != node_id:
-            raise TrustConflictError(
-                f"refusing to trust {node_id} as {name!r}: that name belongs to "
-                f"{holder.node_id}, a different key. If the device really changed its "
-                f"key, run `exoquic trust remove {holder.node_id}` first."
-            )
-        old = self._peers.get(node_id)
-        if old is not None and public_key is None:
-            public_key = old.public_key  # adding by id never forgets a pinned key
-        added_at = old.added_at if old is not None else (now or datetime.now(UTC))
-        peer = TrustedPeer(node_id, name, public_key, added_at)
-        self._peers[node_id] = peer
-        self._save()
+        with locked(self.path):
+            self.reload()
+            holder = self._holder_of(name)
+            if holder is not None and holder.node_id != node_id:
+                raise TrustConflictError(
+                    f"refusing to trust {node_id} as {name!r}: that name belongs to "
+                    f"{holder.node_id}, a different key. If the device really changed its "
+                    f"key, run `exoquic trust remove {holder.node_id}` first."
+                )
+            old = self._peers.get(node_id)
+            if old is not None and public_key is None:
+                public_key = old.public_key  # adding by id never forgets a pinned key
+            added_at = old.added_at if old is not None else (now or datetime.now(UTC))
+            peer = TrustedPeer(node_id, name, public_key, added_at)
+            self._peers[node_id] = peer
+            self._save()
         return peer
 
     def _holder_of(self, name: str) -> TrustedPeer | None:
@@ -151,6 +165,7 @@ class TrustStore:
         document = {"version": FORMAT_VERSION, "peers": [_to_json(p) for p in self.list()]}
         text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
         write_private_file(self.path, text.encode(), replace=True)
+        self._signature = file_signature(self.path)
 
 
 def _node_id(public_key: bytes) -> str:

@@ -8,6 +8,7 @@ tokens and chat template) or from a Hugging Face directory (`tokenizer.json`,
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,25 @@ class Tokenizer:
     def bos_token(self) -> str | None:
         return None if self.bos_token_id is None else self.backend.id_to_token(self.bos_token_id)
 
+    @cached_property
+    def longest_token_chars(self) -> int:
+        """Characters in the longest vocabulary entry, special tokens included.
+
+        For byte-level BPE an entry has one character per byte it stands for,
+        so no token covers more characters of text than this.
+        """
+        vocab = self.backend.get_vocab(with_added_tokens=True)
+        return max(map(len, vocab), default=1)
+
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`; special tokens written in the text become their ids."""
-        return list(self.backend.encode(text, add_special_tokens=False).ids)
+        """Token ids of `text`; special tokens written in the text become their ids.
+
+        Releases the GIL while it works (the batch call does, the single one
+        does not), so a long text tokenized in a worker thread leaves the
+        event loop running.
+        """
+        encoding = self.backend.encode_batch_fast([text], add_special_tokens=False)[0]
+        return list(encoding.ids)
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         """The text of `ids` (special tokens included unless skipped)."""

@@ -20,11 +20,11 @@ import trio
 
 from exoquic.discovery.peers import PeerEventKind, PeerInfo
 from exoquic.download.progress import reporting_to
-from exoquic.identity.trust import TrustStore
+from exoquic.identity.trust import TrustStore, TrustStoreError
 from exoquic.models.shard import Shard
 from exoquic.models.weights import ShardWeights
 from exoquic.orchestration.generation import UnavailableError
-from exoquic.orchestration.links import Link, LinkError, LinkStatistics, introduce
+from exoquic.orchestration.links import Link, LinkError, LinkGate, LinkStatistics, introduce
 from exoquic.orchestration.planning import Member, PlanKey, PlanState
 from exoquic.orchestration.progress import Preparation, ProgressGate
 from exoquic.orchestration.ring import PeerUnavailable, Ring, RingSettings
@@ -96,8 +96,10 @@ class Cluster:
         self._load_shard = load_shard
         self._shard: Shard | None = None
         self._links: dict[str, list[Link]] = {}
+        self._link_gate = LinkGate()  # one link per connection
         self._dialing: set[str] = set()
         self._changed = trio.Event()
+        self._new_peers = trio.Event()  # wakes the dialer
         self._membership_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         # When this process started: a peer that sees a newer instance of a node
@@ -201,6 +203,8 @@ class Cluster:
 
     async def handle_stream(self, stream: QuicStream) -> None:
         """The endpoint's stream handler: a peer dialled us and opened its link stream."""
+        if not self._link_gate.admit(stream):
+            return
         messages = MessageStream(stream)
         try:
             hello = await introduce(messages, self.hello(), dialer=False)
@@ -209,29 +213,40 @@ class Cluster:
             return
         await self._run_link(Link(messages, hello, self.link_stats))
 
-    async def _dial(self, peer: PeerInfo, key: bytes) -> None:
+    async def _dial(self, peer: PeerInfo, key: bytes | None, trust: TrustStore) -> None:
+        """Link to `peer`. Without `key` (a peer trusted by node id alone) any key
+        that hashes to its id is accepted, and pinned in the trust store."""
         assert self.endpoint is not None
         self._dialing.add(peer.node_id)
         try:
             for address in peer.addresses:
-                link = await self._connect(address, peer.port, key)
-                if link is not None:
-                    await self._run_link(link)
+                link = await self._connect((address, peer.port), peer.node_id, key)
+                if link is None:
+                    continue
+                if key is None and not _pin(trust, link.connection.peer_public_key):
+                    link.close("no longer trusted")
                     return
+                await self._run_link(link)
+                return
         finally:
             self._dialing.discard(peer.node_id)
 
-    async def _connect(self, address: str, port: int, key: bytes) -> Link | None:
+    async def _connect(
+        self, address: tuple[str, int], node_id: str, key: bytes | None
+    ) -> Link | None:
         assert self.endpoint is not None
         connection = None
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
-                connection = await self.endpoint.connect((address, port), key)
+                if key is None:
+                    connection = await self.endpoint.connect_node_id(address, node_id)
+                else:
+                    connection = await self.endpoint.connect(address, key)
                 messages = await MessageStream.open(connection)
                 hello = await introduce(messages, self.hello(), dialer=True)
             return Link(messages, hello, self.link_stats)
         except (ConnectionClosed, OSError, RemoteProtocolError, trio.TooSlowError) as exc:
-            log.debug("cannot link to %s:%d: %s", address, port, exc)
+            log.debug("cannot link to %s:%d: %s", *address, exc)
             if connection is not None:
                 connection.close()
             return None
@@ -527,7 +542,9 @@ class Cluster:
     # --- finding peers ------------------------------------------------------
 
     async def run_dialer(self, trust: TrustStore) -> None:
-        """Keep a link to every known peer: dial those without one, every second."""
+        """Keep a link to every known, trusted peer: dial those without one, every
+        second and as soon as discovery reports a peer. (Not on every membership
+        change: two instances of one node would otherwise redial in a tight loop.)"""
         assert self._nursery is not None
         while True:
             for peer in list(self.known.values()):
@@ -535,15 +552,30 @@ class Cluster:
                     continue
                 if self._link(peer.node_id) is not None:
                     continue
-                key = peer.public_key or _trusted_key(trust, peer.node_id)
-                if key is None:
-                    continue  # known by id only: it must dial us first
-                self._nursery.start_soon(self._dial, peer, key)
-            await trio.sleep(DIAL_INTERVAL)
+                entry = trust.get(peer.node_id)
+                if entry is None:
+                    continue  # trust was removed; discovery will forget it too
+                # A key pinned in the trust store wins over an announced one; with
+                # neither (trusted by id, found in peers.json) we dial by node id.
+                key = entry.public_key or peer.public_key
+                self._nursery.start_soon(self._dial, peer, key, trust)
+            with trio.move_on_after(DIAL_INTERVAL):  # or sooner, for a newly found peer
+                await self._new_peers.wait()
+            self._new_peers = trio.Event()
+
+    def trust_changed(self, trust: TrustStore) -> None:
+        """The trust store changed under a running node: forget the peers it no
+        longer trusts (the endpoint closes their connections); the dialer reaches
+        newly trusted ones as discovery reports them."""
+        for node_id in [n for n in self.known if trust.get(n) is None]:
+            log.info("%s is no longer trusted", self._name(node_id))
+            del self.known[node_id]
+        self._pulse()
 
     def peer_event(self, kind: PeerEventKind, peer: PeerInfo) -> None:
         if kind in (PeerEventKind.APPEARED, PeerEventKind.UPDATED):
             self.known[peer.node_id] = peer
+            self._new_peers.set()
         elif kind is PeerEventKind.EXPIRED:
             self.known.pop(peer.node_id, None)
         self._pulse()
@@ -570,9 +602,14 @@ def _no_loading(shard: Shard) -> ShardWeights:
     raise RuntimeError("a local node's engine was loaded by its creator")
 
 
-def _trusted_key(trust: TrustStore, node_id: str) -> bytes | None:
-    peer = trust.get(node_id)
-    return None if peer is None else peer.public_key
+def _pin(trust: TrustStore, key: bytes) -> bool:
+    """Record the key a peer trusted by id proved; False if it is no longer trusted."""
+    try:
+        trust.pin_key(key)
+    except TrustStoreError as exc:
+        log.warning("not linking: %s", exc)
+        return False
+    return True
 
 
 def _ranges(plan: Plan) -> str:

@@ -9,12 +9,13 @@ when its connection closes (QUIC idle timeout after a crash, or a clean close).
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from exoquic.transport import Connection, ConnectionClosed, MessageStream, StreamReset
+from exoquic.transport import Connection, ConnectionClosed, MessageStream, QuicStream, StreamReset
 from exoquic.transport.errors import ErrorCode as TransportErrorCode
 from exoquic.wire.errors import ErrorCode, RemoteProtocolError
 from exoquic.wire.messages import PROTOCOL_VERSION, Hello, Message, decode_message, encode_message
@@ -118,12 +119,35 @@ async def introduce(messages: MessageStream, hello: Hello, *, dialer: bool) -> H
     with trio.fail_after(HELLO_TIMEOUT):
         if dialer:
             await messages.send_message(hello)
-        theirs = await messages.receive_message()
+        with messages.frame_limit(Hello.MAX_SIZE):
+            theirs = await messages.receive_message()
         _check_hello(messages, theirs)
         if not dialer:
             await messages.send_message(hello)
     assert isinstance(theirs, Hello)
     return theirs
+
+
+class LinkGate:
+    """One link per connection: the first stream the dialer opens carries it.
+
+    A trusted peer could otherwise open a link on every stream it may open
+    (aioquic allows 128 at a time), on its connection or on one we dialled,
+    and each is a Hello to decode and a link to serve. Other streams are
+    refused with STREAM_REFUSED; the connection and its link stay up.
+    """
+
+    def __init__(self) -> None:
+        self._linked: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+    def admit(self, stream: QuicStream) -> bool:
+        """Whether `stream`, opened by the peer, may carry a link (refused if not)."""
+        connection = stream.connection
+        if connection.is_client or connection in self._linked:
+            stream.reset(TransportErrorCode.STREAM_REFUSED)
+            return False
+        self._linked.add(connection)
+        return True
 
 
 def _check_hello(messages: MessageStream, message: Message | None) -> None:

@@ -6,6 +6,7 @@ the cluster's dialer and plan loop until the block exits.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -17,18 +18,23 @@ from typing import Any
 import trio
 
 from exoquic.discovery.peers import PeerEventKind
+from exoquic.discovery.tailscale import Probe
+from exoquic.errors import StartupError
 from exoquic.identity.keys import Identity
-from exoquic.identity.trust import TrustStore
+from exoquic.identity.node_id import node_id_from_public_key
+from exoquic.identity.trust import TrustStore, TrustStoreError
 from exoquic.orchestration.cluster import Cluster, ShardLoader
 from exoquic.orchestration.planning import PlanState
 from exoquic.orchestration.ring import RingSettings
 from exoquic.orchestration.worker import EngineWorker
 from exoquic.topology import DEFAULT_MEMORY_FRACTION
-from exoquic.transport import TransportConfig, open_endpoint
+from exoquic.transport import Endpoint, TransportConfig, open_endpoint
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NODE_PORT = 52417
+TRUST_POLL_INTERVAL = 0.5
+"""How often a running node looks for changes to its trust store (seconds)."""
 
 
 @dataclass(frozen=True)
@@ -103,11 +109,13 @@ async def open_cluster(
             name=settings.name,
             capabilities=state.me.capabilities.to_dict(),
             peers_file=settings.peers_file,
+            probe=_prober(endpoint),
         ) as discovery:
             for peer in discovery.peers().values():
                 cluster.peer_event(PeerEventKind.APPEARED, peer)
             nursery.start_soon(_follow_discovery, cluster, discovery.events)
             nursery.start_soon(cluster.run_dialer, trust)
+            nursery.start_soon(_watch_trust, trust, endpoint, cluster)
             nursery.start_soon(cluster.run_plan_loop)
             yield cluster
             nursery.cancel_scope.cancel()
@@ -118,16 +126,48 @@ async def _follow_discovery(cluster: Cluster, events: trio.MemoryReceiveChannel[
         cluster.peer_event(event.kind, event.peer)
 
 
+async def _watch_trust(trust: TrustStore, endpoint: Endpoint, cluster: Cluster) -> None:
+    """Apply `exoquic pair`, `trust add` and `trust remove` to the running node
+    within `TRUST_POLL_INTERVAL`: revoked peers lose their connections and
+    leave the cluster; newly trusted ones may connect and be dialled."""
+    broken = False
+    while True:
+        await trio.sleep(TRUST_POLL_INTERVAL)
+        try:
+            changed = trust.reload_if_changed()
+        except TrustStoreError as exc:
+            if not broken:  # say it once, keep the trust we had
+                log.error("%s (keeping the trust store as it was)", exc)
+            broken = True
+            continue
+        broken = False
+        if changed:
+            closed = endpoint.recheck_trust()
+            log.info("trust store changed%s", f": closed {closed} link(s)" if closed else "")
+            cluster.trust_changed(trust)
+
+
+def _prober(endpoint: Endpoint) -> Probe:
+    async def probe(host: str, port: int) -> bytes | None:
+        return await endpoint.probe((host, port))
+
+    return probe
+
+
 def _node_port(host: str, port: int) -> int:
     """`port`, or 0 (any free port) when the default port is taken by another
-    node on this host. An explicitly chosen port is never replaced."""
-    if port != DEFAULT_NODE_PORT:
-        return port
+    node on this host. An explicitly chosen port is never replaced: if it is
+    taken, that is a StartupError."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as probe:
         try:
             probe.bind((host, port))
         except OSError as exc:
+            if port != DEFAULT_NODE_PORT or exc.errno != errno.EADDRINUSE:
+                raise StartupError(
+                    f"cannot listen for peers on UDP {host}:{port}: {exc.strerror or exc} "
+                    "(choose another --node-port or --node-host)"
+                ) from exc
             log.warning("UDP port %d is taken (%s); using a free port", port, exc)
             return 0
     return port
@@ -136,9 +176,22 @@ def _node_port(host: str, port: int) -> int:
 def _verifier(trust: TrustStore) -> Callable[[bytes], bool]:
     def verify(key: bytes) -> bool:
         # Pairing may have added the key since the file was read: look again.
-        if trust.is_trusted(key):
-            return True
-        trust.reload()
-        return trust.is_trusted(key)
+        if not trust.is_trusted(key):
+            trust.reload_if_changed()
+        if not trust.is_trusted(key):
+            return False
+        _pin_if_new(trust, key)
+        return True
 
     return verify
+
+
+def _pin_if_new(trust: TrustStore, key: bytes) -> None:
+    """A peer trusted by node id alone just proved this key: pin it, so a
+    different key with a colliding id can never be accepted later."""
+    entry = trust.get(node_id_from_public_key(key))
+    if entry is not None and entry.public_key is None:
+        try:
+            trust.pin_key(key)
+        except TrustStoreError as exc:
+            log.warning("cannot pin the key of %s: %s", entry.node_id, exc)

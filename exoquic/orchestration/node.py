@@ -14,10 +14,10 @@ import logging
 import platform
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -43,6 +43,16 @@ from exoquic.orchestration.worker import EngineWorker
 from exoquic.topology import DeviceCapabilities, ModelRequirements, probe_capabilities
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# A prompt longer than context * longest vocabulary entry * this many characters
+# cannot fit the context, whatever its text: it is refused before tokenizing.
+# The margin covers normalizers that shrink text before tokenizing.
+PROMPT_CHARS_MARGIN = 2
+# Threads that render chat templates and tokenize at once. Their own limit, so a
+# flood of large prompts waits here and never takes the threads everything
+# else borrows from trio's default pool.
+PROMPT_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,8 @@ class Node:
         self.worker = worker
         self.max_context = max_context
         self.started_at = time.time()
+        self.prompt_char_limit = max_context * tokenizer.longest_token_chars * PROMPT_CHARS_MARGIN
+        self._prompt_threads = trio.CapacityLimiter(PROMPT_THREADS)
         self._active: set[str] = set()
         if cluster is None:
             # A throwaway id: a node alone never shows it to anyone but itself.
@@ -105,9 +117,36 @@ class Node:
 
         return canonical_model_id(model) == self.model_id
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        """Render the model's chat template and tokenize it."""
-        return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages))
+    async def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """Render the model's chat template and tokenize it, off the event loop.
+
+        Raises ContextLengthError, before any work, when the messages are too
+        long for the context whatever they say; ChatTemplateError when the
+        template rejects them.
+        """
+        self._check_prompt_chars(sum(len(m["content"]) for m in messages))
+
+        def render_and_encode() -> list[int]:
+            return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages))
+
+        return await self._off_loop(render_and_encode)
+
+    async def encode_text(self, text: str) -> list[int]:
+        """Tokenize a plain prompt off the event loop (ContextLengthError as `encode_chat`)."""
+        self._check_prompt_chars(len(text))
+        return await self._off_loop(lambda: self.tokenizer.encode(text))
+
+    def _check_prompt_chars(self, chars: int) -> None:
+        if chars > self.prompt_char_limit:
+            raise ContextLengthError(
+                f"the prompt is {chars} characters; this node's context of {self.max_context} "
+                f"tokens cannot hold more than {self.prompt_char_limit} characters of text"
+            )
+
+    async def _off_loop(self, work: Callable[[], T]) -> T:
+        """Run CPU-heavy prompt work in a thread: on the loop, a multi-megabyte
+        prompt would stall every stream and the ring's keep-alives for seconds."""
+        return await trio.to_thread.run_sync(work, limiter=self._prompt_threads)
 
     def check_fits(self, prompt_tokens: int) -> None:
         """Refuse a request the node cannot take now: a prompt that leaves no room
@@ -227,8 +266,9 @@ async def open_node(
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
         if cluster is None:
-            await _load_whole(source.model_id, model.load_shard, config, worker)
-            yield Node(source.model_id, config, tokenizer, worker, max_context)
+            with _stopping_on_exit(worker):
+                await _load_whole(source.model_id, model.load_shard, config, worker)
+                yield Node(source.model_id, config, tokenizer, worker, max_context)
         else:
             me = Member(
                 cluster.identity.node_id, cluster.name, _probe(engine_name, cluster.memory_limit)
@@ -239,8 +279,19 @@ async def open_node(
             async with open_cluster(
                 cluster, state, worker, model.load_shard, source.model_id
             ) as ring:
-                yield Node(source.model_id, config, tokenizer, worker, max_context, ring)
+                with _stopping_on_exit(worker):
+                    yield Node(source.model_id, config, tokenizer, worker, max_context, ring)
         nursery.cancel_scope.cancel()
+
+
+@contextmanager
+def _stopping_on_exit(worker: EngineWorker) -> Iterator[None]:
+    """Leaving the block (the node stops) releases whoever waits on the engine:
+    a load still running must not hold the node's exit."""
+    try:
+        yield
+    finally:
+        worker.stop()
 
 
 async def _load_whole(

@@ -36,7 +36,7 @@ import logging
 import math
 import secrets
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -88,6 +88,11 @@ class RingSettings:
     """...plus this much per input token (a long prefill on a slow CPU)."""
     max_attempts: int = 4
     """Tries of one request (the first and its replays) before it fails."""
+    max_caches_per_peer: int = 256
+    """KV caches one peer's `Forward`s may hold open on this node at a time
+    (each costs memory for up to the whole context). A relaying node sends
+    the steps of every origin's requests, so this is four nodes' worth of
+    the API's default 64 concurrent requests."""
 
 
 @dataclass
@@ -152,6 +157,8 @@ class Ring:
         self.stats = RingStatistics()
         self._attempts: dict[str, _Attempt] = {}
         self._served: dict[str, str] = {}  # wire id -> origin, for requests we hold caches of
+        self._opened_by: dict[str, str] = {}  # wire id -> the peer whose Forward made its cache
+        self._caches_per_peer: Counter[str] = Counter()
         self._released: OrderedDict[str, None] = OrderedDict()  # the latest released wire ids
 
     # --- origin -------------------------------------------------------------
@@ -361,6 +368,7 @@ class Ring:
             self._deliver_outcome(message.request_id, _Failure(message.reason, message.retryable))
         elif isinstance(message, Release):
             self._served.pop(message.request_id, None)
+            self._uncount(message.request_id)
             request_id = message.request_id
             self._released[request_id] = None
             while len(self._released) > RELEASED_MEMORY:
@@ -383,9 +391,34 @@ class Ring:
         plan = self.router.serving_plan(message.plan_version)
         if plan is None or plan.shard_of(self.router.node_id) is None:
             return self._refusal(message)
+        if message.request_id not in self._served and not self._count_new_cache(message, sender):
+            return RequestFailed(
+                message.request_id,
+                f"{sender} holds {self.settings.max_caches_per_peer} requests open on "
+                f"{self.router.node_id}, the most one peer may",
+                retryable=False,  # the same ring would refuse the replay too
+            )
         self._served[message.request_id] = message.origin or sender
         self.worker.limit_batches(pipeline_batch(len(self._served), len(plan.node_ids)))
         return self.worker.forward_nowait(message.request_id, message.tensor)
+
+    def _count_new_cache(self, message: Forward, sender: str) -> bool:
+        """Count the cache a peer's Forward is about to open; False when the peer
+        holds its limit already. This node's own requests are bounded by the API."""
+        if sender == self.router.node_id:
+            return True
+        if self._caches_per_peer[sender] >= self.settings.max_caches_per_peer:
+            return False
+        self._caches_per_peer[sender] += 1
+        self._opened_by[message.request_id] = sender
+        return True
+
+    def _uncount(self, request_id: str) -> None:
+        sender = self._opened_by.pop(request_id, None)
+        if sender is not None:
+            self._caches_per_peer[sender] -= 1
+            if not self._caches_per_peer[sender]:
+                del self._caches_per_peer[sender]
 
     def is_released(self, request_id: str) -> bool:
         """True for a request released lately. Its origin may release it while a
@@ -457,6 +490,8 @@ class Ring:
     def forget_served(self) -> None:
         """The shard was replaced, and every cache with it."""
         self._served.clear()
+        self._opened_by.clear()
+        self._caches_per_peer.clear()
 
     def statistics(self) -> dict[str, Any]:
         return self.stats.as_dict()

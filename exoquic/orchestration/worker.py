@@ -60,6 +60,7 @@ class Job:
     abandoned: bool = False  # its caller was cancelled: skip it, or stop between chunks
     progress: int = 0  # positions of a chunked prefill already run
     outputs: list[np.ndarray] = field(default_factory=list)  # of those chunks
+    worker_stopped: trio.Event = field(default_factory=trio.Event)  # the worker's, when queued
 
     async def wait(self) -> Any:
         """The job's result (or its exception).
@@ -77,11 +78,23 @@ class Job:
             if not self.started:
                 raise
             with trio.CancelScope(shield=True):
-                await self.done.wait()
+                await _first_of(self.done, self.worker_stopped)
             raise
         if self.error is not None:
             raise self.error
         return self.result
+
+
+async def _first_of(*events: trio.Event) -> None:
+    """Wait until any of `events` is set."""
+    async with trio.open_nursery() as nursery:
+        for event in events:
+
+            async def wait(event: trio.Event = event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(wait)
 
 
 @dataclass
@@ -116,6 +129,8 @@ class EngineWorker:
         self._batch_limit = max_batch
         self._send, self._receive = trio.open_memory_channel[Job](math.inf)
         self._stats = WorkerStatistics()
+        self._stopped = trio.Event()
+        self._engine_wait: trio.CancelScope | None = None
 
     def statistics(self) -> WorkerStatistics:
         return self._stats
@@ -130,10 +145,15 @@ class EngineWorker:
         self._batch_limit = max(1, min(steps, self.max_batch))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="exoquic-engine") as thread:
-            self._thread = thread
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exoquic-engine")
+        self._thread = thread
+        try:
             task_status.started()
             await self._serve()
+        finally:
+            # Do not wait for an engine call still running (a load or kernel compile
+            # when the node stops): it cannot be interrupted, and its caller is gone.
+            thread.shutdown(wait=False, cancel_futures=True)
 
     async def _in_engine_thread(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the engine's own thread and wait for it without blocking Trio."""
@@ -142,10 +162,19 @@ class EngineWorker:
         future = self._thread.submit(fn)
         future.add_done_callback(lambda _: token.run_sync_soon(done.set))
         # Not cancellable: the engine call runs to the end either way, and its
-        # result must be delivered (see `Job.wait`).
-        with trio.CancelScope(shield=True):
+        # result must be delivered (see `Job.wait`), unless the node is stopping.
+        with trio.CancelScope(shield=not self._stopped.is_set()) as self._engine_wait:
             await done.wait()
+        self._engine_wait = None
         return future.result()
+
+    def stop(self) -> None:
+        """The node is stopping: stop waiting for the engine call in progress (a
+        load or compile cannot be interrupted, and its result is not needed), so
+        cancelling the worker's task ends it at once."""
+        self._stopped.set()  # callers cancelled now stop waiting for their jobs
+        if self._engine_wait is not None:
+            self._engine_wait.shield = False
 
     async def _serve(self) -> None:
         pending: list[Job] = []
@@ -207,6 +236,7 @@ class EngineWorker:
         return self._queue(Job(run=fn))
 
     def _queue(self, job: Job) -> Job:
+        job.worker_stopped = self._stopped
         self._send.send_nowait(job)
         return job
 

@@ -44,10 +44,24 @@ class TransportConfig:
     """Largest message frame a message stream accepts (checked before buffering)."""
     inbox_size: int = 4096
     """Datagrams queued per connection before more are dropped (UDP semantics)."""
+    handshake_timeout: float = 3.0
+    """A connection a peer opened to us that has not authenticated after this
+    many seconds is dropped (a LAN handshake takes milliseconds; this leaves
+    room for a few lost packets)."""
+    max_handshakes_per_address: int = 8
+    """Unfinished handshakes one source address may hold at a time."""
+    retry_above: float = 0.5
+    """Once this fraction of the connection table is in use, a new peer must
+    first prove its address with a stateless Retry (costs it one round trip).
+    0 always asks; 1 never does."""
 
     def __post_init__(self) -> None:
         if not 0 < self.keepalive_interval * 3 <= self.idle_timeout:
             raise ValueError("keepalive_interval must be at most a third of idle_timeout")
+        if self.handshake_timeout <= 0 or self.max_handshakes_per_address < 1:
+            raise ValueError("handshake_timeout and max_handshakes_per_address must be positive")
+        if not 0.0 <= self.retry_above <= 1.0:
+            raise ValueError("retry_above must be a fraction, 0..1")
         if self.receive_window < 2 or self.send_high_water < 1:
             raise ValueError("windows must be positive")
         for size in (self.max_datagram_size, self.loopback_datagram_size):

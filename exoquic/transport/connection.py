@@ -48,6 +48,7 @@ class _Host(Protocol):
     def register_cid(self, cid: bytes, connection: Connection) -> None: ...
     def unregister_cid(self, cid: bytes) -> None: ...
     def forget(self, connection: Connection) -> None: ...
+    def authenticated(self, connection: Connection) -> None: ...
     def stream_handler_for(self, alpn: str) -> StreamHandler | None: ...
 
 
@@ -81,6 +82,7 @@ class Connection:
         self._close_applied = False
         self._established = False
         self._terminated = False
+        self._abandoned = False
         self._streams: dict[int, QuicStream] = {}
         self._dirty: set[QuicStream] = set()
         self._next_stream_id = 0 if session.is_client else 1
@@ -89,6 +91,11 @@ class Connection:
         self._handlers: trio.Nursery | None = None
         self._delivered = False
         self._timer: float | None = None  # aioquic's, read after every pass
+        # A server side handshake that has not authenticated by then is dropped
+        # (see transport/admission.py); our own dials are bounded by their callers.
+        self._handshake_deadline = (
+            math.inf if session.is_client else trio.current_time() + config.handshake_timeout
+        )
 
     # --- public API -------------------------------------------------------
 
@@ -139,6 +146,15 @@ class Connection:
             self._close_request = (error_code, reason)
             self._set_closed(ConnectionClosed(error_code, reason))
             self._wake()
+
+    def abandon(self, reason: str) -> None:
+        """Drop an unauthenticated connection at once, sending nothing: it may be
+        junk from a forged address, and a CONNECTION_CLOSE would keep its slot
+        taken for three more probe timeouts."""
+        if self.closed is None:
+            self._set_closed(ConnectionClosed(ErrorCode.HANDSHAKE_ABANDONED, reason))
+        self._terminated = self._abandoned = True
+        self._wake()
 
     async def aclose(self) -> None:
         """Close with NO_ERROR and wait until the connection is gone."""
@@ -208,6 +224,8 @@ class Connection:
                     self._wakeup = trio.Event()  # wakeups from here on are not missed
                     if self._step(trio.current_time()):
                         await self._let_application_answer()
+                    if self._abandoned:
+                        return
                     await self._transmit()
                     self._after_transmit()
                     timer.deadline = self._deadline()
@@ -219,6 +237,8 @@ class Connection:
         deadline = math.inf if timer is None else timer
         if self._ping_at is not None:
             deadline = min(deadline, self._ping_at)
+        if not self._established:
+            deadline = min(deadline, self._handshake_deadline)
         return deadline
 
     async def _let_application_answer(self) -> None:
@@ -235,6 +255,9 @@ class Connection:
         """Feed every pending input to aioquic; True if streams received data."""
         self._delivered = False
         session = self._session
+        if not self._established and now >= self._handshake_deadline:
+            self.abandon("no handshake in time")
+            return False
         timer = self._timer  # nothing touched aioquic since the last pass read it
         if timer is not None and now >= timer:
             self._timer = None
@@ -261,6 +284,7 @@ class Connection:
         if not self._established and session.established:
             self._established = True
             self._ping_at = now + self.config.keepalive_interval
+            self._host.authenticated(self)
             self._state_changed.set()
         if session.closed is not None:
             self._ping_at = None

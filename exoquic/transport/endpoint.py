@@ -1,28 +1,46 @@
 """The node's UDP endpoint: one socket that both accepts and opens QUIC connections.
 
 Datagrams are demultiplexed by destination connection id. A client Initial
-for an unknown id (at least 1200 bytes, as QUIC requires) starts a new server
-side connection; anything else unknown is dropped. Version negotiation and
-stateless retry are not implemented: every exoquic node speaks QUIC v1/v2.
+for an unknown id (at least 1200 bytes, as QUIC requires) may start a new
+server side connection; anything else unknown is dropped. Until a peer has
+authenticated it can only take a bounded share of the connection table:
+`transport/admission.py` decides, with a stateless Retry once the table is
+half full. Version negotiation is not implemented: every exoquic node speaks
+QUIC v1/v2.
+
+A node keeps at most one connection *from* each trusted key: when a new one
+authenticates, an older one from the same key is closed (REPLACED). With the
+one it may have dialled itself, that is at most two per peer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import asdict
 
 import trio
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
-from aioquic.quic.packet import QuicPacketType, QuicProtocolVersion, pull_quic_header
+from aioquic.quic.packet import (
+    QuicHeader,
+    QuicPacketType,
+    QuicProtocolVersion,
+    encode_quic_retry,
+    pull_quic_header,
+)
+from aioquic.quic.retry import QuicRetryTokenHandler
 
 from exoquic.identity.certs import make_certificate
 from exoquic.identity.keys import Identity
+from exoquic.transport.admission import Admission, Verdict, source_of
 from exoquic.transport.config import NODE_ALPN, PAIRING_ALPN, TransportConfig, quic_configuration
 from exoquic.transport.connection import Connection, StreamHandler
-from exoquic.transport.errors import ErrorCode
+from exoquic.transport.errors import ConnectionClosed, ErrorCode
 from exoquic.transport.quic import ExoQuicConnection
 from exoquic.transport.session import (
     Authorizer,
@@ -30,6 +48,7 @@ from exoquic.transport.session import (
     Session,
     accept_pairing,
     pin_key,
+    pin_node_id,
     pin_trust_store,
 )
 
@@ -69,9 +88,14 @@ class Endpoint:
         self._verify_peer = verify_peer
         self._stream_handler = stream_handler
         self._pairing_handler = pairing_handler
-        self._max_connections = max_connections
         self._by_cid: dict[bytes, Connection] = {}
         self._connections: set[Connection] = set()
+        self._admission: Admission[Connection] = Admission(
+            max_connections,
+            retry_above=config.retry_above,
+            max_per_source=config.max_handshakes_per_address,
+        )
+        self._retry = QuicRetryTokenHandler()
         self._send_lock = trio.Lock()
         self._closing = False
 
@@ -111,6 +135,14 @@ class Endpoint:
             connection.close(ErrorCode.PEER_NOT_TRUSTED, "trust revoked")
         return len(revoked)
 
+    def statistics(self) -> dict[str, int]:
+        """Open connections, unfinished handshakes, and what admission did so far."""
+        return {
+            "connections": len(self.connections),
+            "handshaking": self._admission.pending,
+            **asdict(self._admission.stats),
+        }
+
     def set_pairing_handler(self, handler: StreamHandler | None) -> None:
         """Accept pairing connections (any key) and serve their streams with
         `handler`; None stops offering the pairing ALPN to new connections."""
@@ -123,6 +155,28 @@ class Endpoint:
         (`authentication_failed` set when either side refused) otherwise.
         """
         return await self._connect(address, NODE_ALPN, pin_key(peer_public_key))
+
+    async def connect_node_id(self, address: tuple[str, int], node_id: str) -> Connection:
+        """Connect to the node at `address` whose key must hash to `node_id` (a
+        peer trusted by id whose key we have not seen yet); read the key it
+        proved from `connection.peer_public_key`."""
+        return await self._connect(address, NODE_ALPN, pin_node_id(node_id))
+
+    async def probe(self, address: tuple[str, int]) -> bytes | None:
+        """The ed25519 key of the exoquic node answering at `address`, or None.
+
+        The handshake is abandoned as soon as the peer has proved its key, so
+        a probe never opens a connection (Tailscale discovery uses it to learn
+        who listens where; the trust store decides what happens next)."""
+        seen: list[bytes] = []
+
+        def record(alpn: str, key: bytes) -> bool:
+            seen.append(key)
+            return False
+
+        with contextlib.suppress(ConnectionClosed):  # `record` always refuses
+            await self._connect(address, NODE_ALPN, record)
+        return seen[0] if seen else None
 
     async def connect_pairing(self, address: tuple[str, int]) -> Connection:
         """Connect over the pairing ALPN, accepting whatever ed25519 key the peer
@@ -158,22 +212,79 @@ class Endpoint:
         assert isinstance(resolved[0], str)
         return resolved
 
-    def _accept(self, destination_cid: bytes, remote: NetworkAddress) -> Connection | None:
-        if self._closing or len(self._connections) >= self._max_connections:
+    def _accept(self, header: QuicHeader, remote: NetworkAddress) -> Connection | None:
+        """A new server side connection for a client Initial, if admission allows."""
+        if self._closing:
             return None
+        original_cid, retry_cid = header.destination_cid, None
+        if header.token:
+            try:  # only our own Retry hands out tokens (there are no NEW_TOKENs)
+                original_cid = self._retry.validate_token(
+                    address=remote,
+                    destination_cid=header.destination_cid,
+                    token=header.token,
+                    now=trio.current_time(),
+                )
+            except ValueError:
+                self._admission.stats.dropped += 1
+                return None
+            retry_cid = header.destination_cid
+        source = source_of(remote[0])
+        verdict = self._admission.decide(
+            source, in_use=len(self._connections), validated=retry_cid is not None
+        )
+        if verdict is Verdict.RETRY:
+            self._send_retry(header, remote)
+            return None
+        if verdict is Verdict.DROP:
+            return None
+        if verdict is Verdict.EVICT:
+            self._drop(self._admission.eviction_candidate(), "evicted: connection table full")
+        connection = self._start_server(remote, source, original_cid, retry_cid)
+        self._by_cid[header.destination_cid] = connection
+        return connection
+
+    def _start_server(
+        self, remote: NetworkAddress, source: str, original_cid: bytes, retry_cid: bytes | None
+    ) -> Connection:
         pairing = self._pairing_handler is not None
         alpns = [NODE_ALPN, PAIRING_ALPN] if pairing else [NODE_ALPN]
         quic = self._new_quic(
             remote,
             is_client=False,
             alpn_protocols=alpns,
-            original_destination_connection_id=destination_cid,
+            original_destination_connection_id=original_cid,
+            retry_source_connection_id=retry_cid,
         )
-        connection = self._start(
-            Session(quic, pin_trust_store(self._verify_peer, pairing=pairing)), remote
+        session = Session(quic, pin_trust_store(self._verify_peer, pairing=pairing))
+        return self._start(session, remote, source=source)
+
+    def _send_retry(self, header: QuicHeader, remote: NetworkAddress) -> None:
+        """Ask the client to prove its address: it must echo this token from it.
+        Stateless (the token is sealed with a key only we hold), and smaller
+        than the Initial it answers, so it amplifies nothing."""
+        assert header.version is not None  # checked by _dispatch
+        retry_cid = os.urandom(_CID_LENGTH)
+        token = self._retry.create_token(
+            address=remote,
+            original_destination_connection_id=header.destination_cid,
+            retry_source_connection_id=retry_cid,
+            now=trio.current_time(),
         )
-        self._by_cid[destination_cid] = connection
-        return connection
+        packet = encode_quic_retry(
+            version=header.version,
+            source_cid=retry_cid,
+            destination_cid=header.source_cid,
+            original_destination_cid=header.destination_cid,
+            retry_token=token,
+        )
+        self.send_datagram_nowait(packet, remote)
+
+    def _drop(self, connection: Connection, reason: str) -> None:
+        """Abandon an unfinished handshake now and free its slot at once."""
+        logger.debug("dropping handshake from %s: %s", connection.remote_address, reason)
+        connection.abandon(reason)
+        self.forget(connection)
 
     def _new_quic(
         self,
@@ -182,6 +293,7 @@ class Endpoint:
         is_client: bool,
         alpn_protocols: list[str],
         original_destination_connection_id: bytes | None = None,
+        retry_source_connection_id: bytes | None = None,
     ) -> ExoQuicConnection:
         configuration = quic_configuration(
             self.identity.private_key,
@@ -195,11 +307,16 @@ class Endpoint:
             configuration=configuration,
             receive_window=self.config.receive_window,
             original_destination_connection_id=original_destination_connection_id,
+            retry_source_connection_id=retry_source_connection_id,
         )
 
-    def _start(self, session: Session, remote: NetworkAddress) -> Connection:
+    def _start(
+        self, session: Session, remote: NetworkAddress, *, source: str | None = None
+    ) -> Connection:
         connection = Connection(self, session, remote, self.config)
         self._connections.add(connection)
+        if source is not None:  # our own dials are not limited here
+            self._admission.add(connection, source)
         self._by_cid[session.quic.host_cid] = connection
         self._nursery.start_soon(connection.run)
         return connection
@@ -230,8 +347,27 @@ class Endpoint:
 
     def forget(self, connection: Connection) -> None:
         self._connections.discard(connection)
+        self._admission.remove(connection)
         for cid in [cid for cid, c in self._by_cid.items() if c is connection]:
             del self._by_cid[cid]
+
+    def authenticated(self, connection: Connection) -> None:
+        self._admission.authenticated(connection)
+        if connection.is_client or connection.alpn != NODE_ALPN:
+            return
+        key = connection.peer_public_key
+        for other in self.connections:
+            if (
+                other is not connection
+                and not other.is_client
+                and other.established
+                and other.alpn == NODE_ALPN
+                and other.peer_public_key == key
+            ):
+                # One connection from each key: a peer cannot multiply its
+                # share of the table, and a restarted peer's old connection
+                # goes now rather than at its idle timeout.
+                other.close(ErrorCode.REPLACED, "replaced by a newer connection")
 
     def stream_handler_for(self, alpn: str) -> StreamHandler | None:
         return self._pairing_handler if alpn == PAIRING_ALPN else self._stream_handler
@@ -270,7 +406,7 @@ class Endpoint:
             and header.version in _SUPPORTED_VERSIONS
             and len(data) >= SMALLEST_MAX_DATAGRAM_SIZE
         ):
-            connection = self._accept(header.destination_cid, address)
+            connection = self._accept(header, address)
         if connection is not None:
             connection.datagram_received(data, address)
 
@@ -306,6 +442,10 @@ async def open_endpoint(
     - `pairing_handler`, when given, makes the endpoint accept the pairing ALPN
       from any key and serves those streams; see `Endpoint.set_pairing_handler`.
     - `host` "0.0.0.0" serves IPv4; an IPv6 host ("::") serves both families.
+    - `max_connections` sizes the connection table; peers that have not
+      authenticated get a bounded share of it (see `transport/admission.py`
+      and the `TransportConfig` fields `retry_above`, `handshake_timeout`,
+      `max_handshakes_per_address`).
 
     On exit every connection is closed with NO_ERROR, so peers notice at once.
     """

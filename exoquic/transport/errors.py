@@ -22,6 +22,11 @@ class ErrorCode(enum.IntEnum):
     """The peer's certificate holds no ed25519 key."""
     BAD_HANDSHAKE = 0x104
     """Unexpected ALPN, session resumption or 0-RTT (all disabled in exoquic)."""
+    HANDSHAKE_ABANDONED = 0x105
+    """Local only, never sent: a handshake that did not finish within
+    `TransportConfig.handshake_timeout`, or was evicted to make room."""
+    REPLACED = 0x106
+    """A newer node connection from the same key took this one's place."""
     STREAM_REFUSED = 0x120
     """Stream-level code: nobody here serves streams of this kind."""
     INTERNAL_ERROR = 0x1FF

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 
 from exoquic.transport.connection import Connection
@@ -34,6 +36,19 @@ class MessageStream:
     @property
     def connection(self) -> Connection:
         return self.stream.connection
+
+    @contextmanager
+    def frame_limit(self, max_frame_size: int) -> Iterator[None]:
+        """Receive with a lower frame cap for a while (say, for a handshake
+        message whose type bounds its size), so that a larger length prefix is
+        refused before the payload is buffered."""
+        decoder = self._decoder
+        previous = decoder.max_frame_size
+        decoder.max_frame_size = min(previous, max_frame_size)
+        try:
+            yield
+        finally:
+            decoder.max_frame_size = previous
 
     async def send_message(self, message: Message, *, bfloat16: bool = False) -> None:
         """Encode and send one message (waits while the stream's send buffer is full)."""

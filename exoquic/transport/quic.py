@@ -54,10 +54,12 @@ class ExoQuicConnection(QuicConnection):
         configuration: QuicConfiguration,
         receive_window: int,
         original_destination_connection_id: bytes | None = None,
+        retry_source_connection_id: bytes | None = None,
     ) -> None:
         super().__init__(
             configuration=configuration,
             original_destination_connection_id=original_destination_connection_id,
+            retry_source_connection_id=retry_source_connection_id,
         )
         self._receive_window = receive_window
         self._consumed: dict[int, int] = {}

@@ -32,6 +32,7 @@ from aioquic.quic.events import (
 )
 
 from exoquic.identity.certs import CertificateError, peer_public_key
+from exoquic.identity.node_id import node_id_from_public_key
 from exoquic.transport.config import NODE_ALPN, PAIRING_ALPN
 from exoquic.transport.errors import ConnectionClosed, ErrorCode
 from exoquic.transport.quic import ExoQuicConnection
@@ -52,6 +53,12 @@ _PEER_DATA_EVENTS = (StreamDataReceived, StreamReset, StopSendingReceived, Datag
 def pin_key(expected: bytes) -> Authorizer:
     """Client side of the node protocol: only the exact key of the node we dialled."""
     return lambda alpn, key: alpn == NODE_ALPN and key == expected
+
+
+def pin_node_id(node_id: str) -> Authorizer:
+    """Client side of the node protocol when only the peer's node id is known
+    (a peer trusted by id): any key that hashes to that id. The caller pins it."""
+    return lambda alpn, key: alpn == NODE_ALPN and node_id_from_public_key(key) == node_id
 
 
 def pin_trust_store(verify_peer: Callable[[bytes], bool], *, pairing: bool) -> Authorizer:
@@ -190,5 +197,6 @@ __all__ = [
     "Session",
     "accept_pairing",
     "pin_key",
+    "pin_node_id",
     "pin_trust_store",
 ]

@@ -5,7 +5,10 @@ strings, integers, floats, booleans and null. It refuses what a peer could use
 to confuse or slow us: indefinite lengths, duplicate map keys, nesting deeper
 than `max_depth`, every tag (cbor2 would otherwise build dates, big integers,
 regular expressions, shared references... from peer input), simple values
-other than true/false/null, and bytes after the one item. Encoding is
+other than true/false/null, more than `max_items` data items, and bytes after
+the one item. The item count is checked on the raw bytes before cbor2 builds
+anything: decoding millions of tiny items costs seconds and gigabytes, however
+small each one is on the wire. Encoding is
 canonical (RFC 8949 section 4.2.1: shortest forms, sorted map keys), so equal
 values always give equal bytes.
 """
@@ -21,6 +24,10 @@ from exoquic.wire.errors import ErrorCode, LocalProtocolError, RemoteProtocolErr
 
 MAX_DEPTH = 8
 """Nesting of arrays and maps a message may use (messages need 4)."""
+
+MAX_ITEMS = 1 << 13
+"""Data items (each scalar, array, map, and map key counts one) a decoded value
+may hold. The largest message, a plan of 1024 nodes, has about 7,200."""
 
 # The tags cbor2 6.3 decodes by itself without calling `tag_hook` (found by
 # probing every tag up to 70000). Overriding them routes them to the refusal;
@@ -42,11 +49,13 @@ def dumps(value: Any) -> bytes:
         raise LocalProtocolError(f"cannot encode as CBOR: {exc}") from exc
 
 
-def loads(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
-    """Decode exactly one strict CBOR item from `data`.
+def loads(data: bytes, *, max_depth: int = MAX_DEPTH, max_items: int = MAX_ITEMS) -> Any:
+    """Decode exactly one strict CBOR item from `data`, of at most `max_items` items.
 
     Raises RemoteProtocolError (MALFORMED_MESSAGE) for anything else.
     """
+    if len(data) > max_items:  # each item takes at least one byte: else no need to count
+        _check_item_count(data, max_items)
     stream = io.BytesIO(data)
     decoder = cbor2.CBORDecoder(
         stream,
@@ -67,6 +76,54 @@ def loads(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
         )
     _check_plain(value, max_depth, RemoteProtocolError)
     return value
+
+
+def count_items(value: Any, limit: int) -> int:
+    """Data items in a decoded plain value, counting up to just past `limit`
+    (so a field can be bounded cheaply however large it is)."""
+    count, todo = 0, [value]
+    while todo and count <= limit:
+        item = todo.pop()
+        count += 1
+        if isinstance(item, dict):
+            count += len(item)  # the keys (text)
+            todo.extend(item.values())
+        elif isinstance(item, list | tuple):
+            todo.extend(item)
+    return count
+
+
+def _check_item_count(data: bytes, max_items: int) -> None:
+    """Walk the item heads of `data` (RFC 8949 section 3) without decoding
+    anything; raise as soon as more than `max_items` items are announced.
+    Anything else wrong (bad lengths, tags...) is left to cbor2's checks."""
+    position, unread, count, end = 0, 1, 0, len(data)
+    while unread and position < end:
+        head = data[position]
+        major, info = head >> 5, head & 0x1F
+        position += 1
+        if info < 24:
+            argument = info
+        elif info < 28:
+            size = 1 << (info - 24)
+            argument = int.from_bytes(data[position : position + size], "big")
+            position += size
+        else:
+            return  # indefinite length or reserved: cbor2 refuses it
+        unread -= 1
+        count += 1
+        if major in (2, 3):  # byte and text strings: skip their content
+            position += argument
+        elif major == 4:
+            unread += argument
+        elif major == 5:
+            unread += 2 * argument
+        elif major == 6:
+            return  # a tag: cbor2 refuses it
+        if count + unread > max_items:
+            raise RemoteProtocolError(
+                f"CBOR value of over {max_items} items", ErrorCode.MALFORMED_MESSAGE
+            )
 
 
 def _refuse_tag(tag: cbor2.CBORTag, immutable: bool) -> NoReturn:

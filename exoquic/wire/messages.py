@@ -31,6 +31,7 @@ import numpy as np
 from exoquic.identity.node_id import NodeIdError, is_valid_device_name, parse_node_id
 from exoquic.wire import cbor
 from exoquic.wire.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from exoquic.wire.framing import MAX_FRAME_SIZE
 from exoquic.wire.tensors import MAX_TENSOR_ELEMENTS, decode_tensor, encode_tensor
 
 PROTOCOL_VERSION = 1
@@ -39,6 +40,7 @@ PROTOCOL_VERSION = 1
 MAX_ID_LENGTH = 128
 MAX_REASON_LENGTH = 1024
 MAX_CAPABILITIES = 64
+MAX_CAPABILITY_ITEMS = 1024
 U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1
 QUIC_ERROR_CODE_MAX = (1 << 62) - 1
@@ -48,10 +50,16 @@ _RESERVED_KEYS = ("type", "v")
 
 
 class Message:
-    """Base of every wire message. Subclasses are frozen dataclasses."""
+    """Base of every wire message. Subclasses are frozen dataclasses.
+
+    `MAX_SIZE` bounds the encoded message in bytes, for sender and receiver
+    alike; every message also stays within `cbor.MAX_ITEMS` data items, and
+    free-form fields carry their own item bounds.
+    """
 
     TYPE: ClassVar[str]
     VERSION: ClassVar[int] = 1
+    MAX_SIZE: ClassVar[int] = 8 << 10  # enough for 1024 characters of 4-byte UTF-8
 
 
 _M = TypeVar("_M", bound=type[Message])
@@ -91,7 +99,13 @@ def encode_message(message: Message, *, bfloat16: bool = False) -> bytes:
             dtype = "bfloat16" if bfloat16 and value.dtype == np.float32 else None
             value = encode_tensor(value, dtype)
         body[item.name] = value
-    return cbor.dumps(body)
+    encoded = cbor.dumps(body)
+    if len(encoded) > message.MAX_SIZE:
+        raise LocalProtocolError(
+            f"{message.TYPE} of {len(encoded)} bytes is over its {message.MAX_SIZE}-byte limit",
+            ErrorCode.FRAME_TOO_LARGE,
+        )
+    return encoded
 
 
 def decode_message(data: bytes, *, max_tensor_elements: int = MAX_TENSOR_ELEMENTS) -> Message:
@@ -108,6 +122,11 @@ def decode_message(data: bytes, *, max_tensor_elements: int = MAX_TENSOR_ELEMENT
             f"{cls.TYPE} version {version!r} is not supported (this node speaks "
             f"version {cls.VERSION})",
             ErrorCode.UNSUPPORTED_VERSION,
+        )
+    if len(data) > cls.MAX_SIZE:
+        raise RemoteProtocolError(
+            f"{cls.TYPE} of {len(data)} bytes is over its {cls.MAX_SIZE}-byte limit",
+            ErrorCode.FRAME_TOO_LARGE,
         )
     return _build(cls, body, max_tensor_elements)
 
@@ -188,6 +207,13 @@ def check_choice(
         raise _invalid(message, name, expected, value)
 
 
+def check_items(message: Message, name: str, max_items: int) -> None:
+    """A free-form CBOR field of at most `max_items` data items (see `cbor.count_items`)."""
+    value = getattr(message, name)
+    if cbor.count_items(value, max_items) > max_items:
+        raise _invalid(message, name, f"at most {max_items} CBOR items", value)
+
+
 def check_name(message: Message, name: str) -> None:
     if not is_valid_device_name(getattr(message, name)):
         value = getattr(message, name)
@@ -249,6 +275,7 @@ class Hello(Message):
     """
 
     TYPE = "hello"
+    MAX_SIZE = 64 << 10
     protocol_version: int
     node_id: str
     name: str
@@ -263,6 +290,7 @@ class Hello(Message):
             raise _invalid(self, "capabilities", f"a map of at most {MAX_CAPABILITIES}", caps)
         if not all(isinstance(key, str) and 0 < len(key) <= 64 for key in caps):
             raise _invalid(self, "capabilities", "a map with short text keys", caps)
+        check_items(self, "capabilities", MAX_CAPABILITY_ITEMS)
 
 
 @register
@@ -326,6 +354,7 @@ class Forward(Message):
 
     TYPE = "forward"
     VERSION = 2
+    MAX_SIZE = MAX_FRAME_SIZE  # a long prefill's hidden state
     request_id: str
     plan_version: int
     start_position: int
@@ -398,6 +427,7 @@ class Release(Message):
 
 
 MAX_PLAN_NODES = 1024
+MAX_PLAN_ITEMS = 8 * MAX_PLAN_NODES  # 7 items per node and a few for the plan itself
 
 
 @register
@@ -433,6 +463,7 @@ class PlanProposal(Message):
     """
 
     TYPE = "plan_proposal"
+    MAX_SIZE = 256 << 10
     plan: dict[str, Any]
 
     def __post_init__(self) -> None:
@@ -442,6 +473,7 @@ class PlanProposal(Message):
         assignments = plan.get("assignments")
         if not isinstance(assignments, list) or len(assignments) > MAX_PLAN_NODES:
             raise _invalid(self, "plan", f"a plan of at most {MAX_PLAN_NODES} nodes", plan)
+        check_items(self, "plan", MAX_PLAN_ITEMS)
 
 
 @register

@@ -53,7 +53,7 @@ class RunningNode:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def health(self) -> dict[str, object]:
-        response = httpx.get(f"{self.url}/health", timeout=10)
+        response = httpx.get(f"{self.url}/health", headers=self.headers(), timeout=10)
         response.raise_for_status()
         return response.json()  # type: ignore[no-any-return]
 

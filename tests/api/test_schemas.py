@@ -60,6 +60,45 @@ def test_text_parts_are_joined() -> None:
     assert req.messages[0]["content"] == "ab"
 
 
+def test_longest_allowed_stop_is_accepted() -> None:
+    assert chat(stop=["z" * 256]).params.stop == ("z" * 256,)
+
+
+def test_token_array_longer_than_the_context_is_refused_before_each_id_is_checked() -> None:
+    # The bad id at the end is never looked at: the length alone refuses it.
+    body = {"model": "m", "prompt": [1] * 99 + ["not an id"]}
+    with pytest.raises(APIError) as info:
+        parse_text_request(body, context=100)
+    assert (info.value.param, info.value.code) == ("prompt", "context_length_exceeded")
+    assert parse_text_request({"model": "m", "prompt": [1] * 99}, context=100).prompt == (1,) * 99
+
+
+USER_X = {"role": "user", "content": "x"}
+TEXT_X = {"type": "text", "text": "x"}
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ([USER_X] * 9 + ["not a message"], "messages"),
+        ([{"role": "user", "content": [TEXT_X] * 9 + [None]}], "messages[0].content"),
+    ],
+)
+def test_more_messages_or_parts_than_the_context_are_refused_before_each_is_checked(
+    messages: list[Any], param: str
+) -> None:
+    # The bad item at the end is never looked at: the count alone refuses it.
+    with pytest.raises(APIError) as info:
+        parse_chat_request({**BASE, "messages": messages}, context=10)
+    assert (info.value.param, info.value.code) == (param, "context_length_exceeded")
+
+
+def test_fewer_messages_and_parts_than_the_context_are_accepted() -> None:
+    messages = [*[USER_X] * 8, {"role": "user", "content": [TEXT_X] * 9}]
+    parsed = parse_chat_request({**BASE, "messages": messages}, context=10).messages
+    assert len(parsed) == 9 and parsed[-1]["content"] == "x" * 9
+
+
 @pytest.mark.parametrize(
     ("overrides", "param"),
     [
@@ -74,6 +113,8 @@ def test_text_parts_are_joined() -> None:
         ({"max_tokens": True}, "max_tokens"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"stop": [1]}, "stop"),
+        ({"stop": "x" * 257}, "stop"),
+        ({"stop": ["a", "y" * 257]}, "stop"),
         ({"seed": -1}, "seed"),
         ({"n": 2}, "n"),
         ({"stream": "yes"}, "stream"),

@@ -14,6 +14,7 @@ from exoquic.api.security import (
     API_KEY_ENV,
     ApiSecurity,
     InsecureBindError,
+    TokenFileError,
     create_token,
     is_loopback,
     local_host_names,
@@ -113,3 +114,42 @@ def test_cli_refuses_a_public_bind_without_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "without an API key" in result.stderr and "--insecure-api" in result.stderr
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o602])
+def test_a_token_file_other_users_can_access_is_refused(mode: int) -> None:
+    create_token()
+    token_path().chmod(mode)
+    with pytest.raises(TokenFileError, match=r"accessible by other users.*chmod 600"):
+        read_token()
+    token_path().chmod(0o600)
+    assert read_token() is not None
+
+
+def test_a_new_token_is_private_even_over_a_loose_leftover(isolated_home: Path) -> None:
+    for leftover in (token_path(), token_path().with_suffix(".tmp")):
+        leftover.write_text("old\n")
+        leftover.chmod(0o666)
+    create_token()
+    assert stat.S_IMODE(os.stat(token_path()).st_mode) == 0o600
+
+
+@pytest.mark.parametrize("command", [["up"], ["status"]])
+def test_cli_refuses_a_world_readable_token_file(tmp_path: Path, command: list[str]) -> None:
+    """The real `exoquic` command stops before serving (or asking) with the fix."""
+    exoquic = Path(sys.executable).with_name("exoquic")
+    env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
+    env["EXOQUIC_HOME"] = str(tmp_path)
+    token = tmp_path / "api_token"
+    token.write_text("exq-readable-by-everyone\n")
+    token.chmod(0o644)
+    result = subprocess.run(
+        [str(exoquic), *command, "--api-port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "accessible by other users" in result.stderr
+    assert f"chmod 600 {token}" in result.stderr

@@ -93,7 +93,9 @@ class NetnsLan:
 
     def _quiet(self, *args: str) -> list[str]:
         result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
-        missing = "Cannot find device" in result.stderr or "No such file" in result.stderr
+        # A veth goes away with its namespace's end, sometimes just as we delete it.
+        gone = ("Cannot find device", "No such device", "No such file")
+        missing = any(text in result.stderr for text in gone)
         return [] if result.returncode == 0 or missing else [result.stderr.strip()]
 
     def exec_prefix(self, host: Host) -> list[str]:
@@ -150,6 +152,10 @@ class NodeProcess:
             f"no matching line within {timeout} s; got {[line for _, line in self.lines]}; "
             f"stderr: {''.join(self._stderr)[-2000:]}"
         )
+
+    def stderr_text(self) -> str:
+        """What the process wrote to stderr so far."""
+        return "".join(self._stderr)
 
     def drain(self, seconds: float) -> list[Line]:
         """Lines that arrive within `seconds`."""

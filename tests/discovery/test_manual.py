@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import pytest
 import trio
+from discovery_netns import NodeProcess
 
 from exoquic.discovery.manual import (
     ManualPeer,
@@ -137,3 +139,27 @@ async def test_running_discovery_picks_up_edits(tmp_path: Path, trust: TrustStor
             event = await receive.receive()
         assert (event.kind, event.peer.node_id) == (PeerEventKind.APPEARED, B.node_id)
         nursery.cancel_scope.cancel()
+
+
+def test_deeply_nested_json_is_an_invalid_file() -> None:
+    with pytest.raises(ManualPeersError, match="nested too deeply"):
+        parse_manual_peers("[" * 100_000, "peers.json")
+
+
+def test_a_running_node_survives_a_hostile_peers_file(tmp_path: Path) -> None:
+    """A real `python -m exoquic.discovery` process: a peers.json nested
+    100,000 deep is reported and skipped, and the next valid one is used."""
+    home = tmp_path / "home"
+    home.mkdir()
+    TrustStore.open(home).add(A.public_key, "a")
+    (home / "peers.json").write_text('{"peers": ' + "[" * 100_000)
+    command = [sys.executable, "-m", "exoquic.discovery", "--home", str(home)]
+    node = NodeProcess([*command, "--methods", "manual"])
+    try:
+        node.wait_for(lambda line: "ready" in line, timeout=30)
+        (home / "peers.json").write_text(document(entry(A)))
+        _, line = node.wait_for(lambda line: line.get("event") == "appeared", timeout=10)
+        assert line["node_id"] == A.node_id
+        assert "nested too deeply (keeping the previous peers)" in node.stderr_text()
+    finally:
+        node.kill()

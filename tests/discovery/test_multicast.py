@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
 import trio
 
-from exoquic.discovery.multicast import MulticastDiscovery, MulticastSettings
+from exoquic.discovery.multicast import MulticastDiscovery, MulticastSettings, new_start_time
 from exoquic.discovery.peers import PeerEvent, PeerEventKind
 from exoquic.identity.keys import Identity
 from exoquic.identity.trust import TrustStore
@@ -89,3 +90,16 @@ async def test_untrusted_node_is_not_reported(tmp_path: Path, settings: Multicas
             stranger.node_id,
         )
         nursery.cancel_scope.cancel()
+
+
+def test_each_instance_starts_later_than_the_one_before(tmp_path: Path) -> None:
+    """Receivers order runs by `start`: even instances made within one clock
+    tick (a restart inside one process) must not tie."""
+    before = time.time_ns() // 1000
+    starts = [new_start_time() for _ in range(1000)]
+    assert starts == sorted(set(starts))
+    assert before <= starts[0] <= time.time_ns() // 1000
+    identity, trust = Identity.generate(), TrustStore(tmp_path / "trust.json")
+    first = node(trust, identity, MulticastSettings())
+    second = node(trust, identity, MulticastSettings())
+    assert first.start_time < second.start_time

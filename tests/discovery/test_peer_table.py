@@ -26,6 +26,7 @@ class Sender:
         self.identity = identity or Identity.generate()
         self.name = name
         self.instance_id = bytes(range(16))
+        self.start_time = 1_800_000_000_000_000
         self.sequence = 0
 
     def next(self, **overrides: object) -> bytes:
@@ -35,14 +36,18 @@ class Sender:
             "port": 52417,
             "addresses": ["198.18.0.2"],
             "capabilities": {"engine": "tinygrad"},
+            "start_time": self.start_time,
             "instance_id": self.instance_id,
             "sequence": self.sequence,
         }
         fields.update(overrides)
         return encode_announcement(self.identity, **fields)  # type: ignore[arg-type]
 
-    def restart(self) -> None:
-        self.instance_id = bytes(reversed(self.instance_id))
+    def restart(self, seconds_later: float = 60.0) -> None:
+        """A new process: another instance id, a start `seconds_later` (negative:
+        the clock went back)."""
+        self.instance_id = bytes([(self.instance_id[0] + 1) % 256]) + self.instance_id[1:]
+        self.start_time += int(seconds_later * 1_000_000)
         self.sequence = 0
 
 
@@ -182,29 +187,102 @@ def test_own_announcements_are_ignored(trust: TrustStore, sender: Sender) -> Non
     assert table.statistics().own == 1
 
 
-def test_rate_limit_applies_per_source_before_verification(
+def test_replay_of_an_earlier_run_never_seen_does_not_lock_the_node_out(
     trust: TrustStore, sender: Sender
 ) -> None:
-    limits = RateLimits(per_source=1.0, per_source_burst=3.0)
-    table = PeerTable(trust, limits=limits)
-    garbage = b"\x00" * 100
+    table = PeerTable(trust)
+    captured = sender.next()  # from a run the table never heard
+    sender.restart()
+    table.receive(sender.next(), SOURCE, now=0.0)
+    assert table.receive(captured, SOURCE, now=1.0) == []
+    # The live instance is still the peer, and its next announcements count.
+    [event] = table.receive(sender.next(port=6000), SOURCE, now=2.0)
+    assert (event.kind, event.peer.port) == (UPDATED, 6000)
+    assert table.statistics().replayed == 1
+
+
+def test_a_restart_with_an_earlier_start_waits_until_the_old_run_is_silent(
+    trust: TrustStore, sender: Sender
+) -> None:
+    table = PeerTable(trust, expire_after=6.0)
+    table.receive(sender.next(), SOURCE, now=0.0)
+    sender.restart(seconds_later=-3600)  # a board without a real-time clock
+    assert table.receive(sender.next(), SOURCE, now=1.0) == []
+    assert kinds(table.receive(sender.next(port=6000), SOURCE, now=6.0)) == [UPDATED]
+    assert table.peers()[sender.identity.node_id].port == 6000
+
+
+def test_a_replay_while_the_node_is_away_gives_way_to_its_return(
+    trust: TrustStore, sender: Sender
+) -> None:
+    table = PeerTable(trust, expire_after=6.0)
+    captured = sender.next(port=1111)  # from a run the table never heard
+    sender.restart()
+    table.receive(sender.next(), SOURCE, now=0.0)
+    table.expire(now=6.0)
+    # The node is away: the old datagram shows it at its old port until it expires...
+    assert kinds(table.receive(captured, SOURCE, now=7.0)) == [APPEARED]
+    # ...and the live instance takes over at its next announcement.
+    [event] = table.receive(sender.next(), SOURCE, now=8.0)
+    assert (event.kind, event.peer.port) == (UPDATED, 52417)
+    assert table.receive(captured, SOURCE, now=9.0) == []
+
+
+def test_untrusted_keys_are_dropped_before_any_signature_check(trust: TrustStore) -> None:
+    table = PeerTable(trust)
+    version, key, body, _signature = cbor2.loads(Sender().next())
+    forged = cbor2.dumps([version, key, body, bytes(64)])
+    for _ in range(2000):
+        assert table.receive(forged, SOURCE, now=0.0) == []
+    stats = table.statistics()
+    assert (stats.untrusted, stats.bad_signature, stats.rate_limited) == (2000, 0, 0)
+
+
+def test_a_flood_under_other_keys_leaves_a_trusted_peer_its_budget(
+    trust: TrustStore, sender: Sender
+) -> None:
+    other = Sender()
+    trust.add(other.identity.public_key, "other")
+    limits = RateLimits(per_key=1.0, per_key_burst=5.0, total=10.0, total_burst=10.0)
+    table = PeerTable(trust, limits=limits, pairing=True)
+    version, key, body, _signature = cbor2.loads(other.next())
+    forged = cbor2.dumps([version, key, body, bytes(64)])  # other's key, junk signature
+    junk = Sender().next()  # an untrusted key, checked in pairing mode
+    for index in range(1000):
+        table.receive(forged, SOURCE, now=0.0)
+        table.receive(junk, f"198.18.1.{index % 250}", now=0.0)
+    assert kinds(table.receive(sender.next(), SOURCE, now=0.0)) == [APPEARED]
+    stats = table.statistics()
+    assert stats.bad_signature == 5  # other's burst; then its bucket is empty
+    # other's key over its burst, and the junk over the overall budget of untrusted keys
+    assert stats.rate_limited == 995 + 990
+    assert (stats.accepted, len(table.pairing_candidates())) == (1, 1)
+
+
+def test_untrusted_keys_are_rate_limited_per_source_in_pairing_mode(trust: TrustStore) -> None:
+    table = PeerTable(trust, limits=RateLimits(per_source=1.0, per_source_burst=3.0), pairing=True)
+    stranger = Sender()
     for _ in range(3):
-        table.receive(garbage, SOURCE, now=0.0)
+        table.receive(stranger.next(), SOURCE, now=0.0)
     # The flooding source's bucket is empty: even a valid datagram is refused...
-    assert table.receive(sender.next(), SOURCE, now=0.0) == []
+    assert table.receive(Sender().next(), SOURCE, now=0.0) == []
     # ...while another source is unaffected, and the first one recovers with time.
-    assert kinds(table.receive(sender.next(), "198.18.0.3", now=0.0)) == [APPEARED]
-    assert table.receive(sender.next(port=7), SOURCE, now=1.0) != []
+    candidate = table.receive(Sender().next(), "198.18.0.3", now=0.0)
+    assert kinds(candidate) == [PeerEventKind.CANDIDATE]
+    assert table.receive(Sender().next(), SOURCE, now=1.0) != []
     stats = table.statistics()
-    assert (stats.malformed, stats.rate_limited, stats.accepted) == (3, 1, 2)
+    assert (stats.rate_limited, len(table.pairing_candidates())) == (1, 3)
 
 
-def test_total_rate_limit_caps_spoofed_sources(trust: TrustStore) -> None:
-    table = PeerTable(trust, limits=RateLimits(total=10.0, total_burst=10.0, max_sources=4))
+def test_total_rate_limit_caps_spoofed_sources_in_pairing_mode(trust: TrustStore) -> None:
+    limits = RateLimits(total=10.0, total_burst=10.0, max_sources=4)
+    table = PeerTable(trust, limits=limits, pairing=True)
+    version, key, body, _signature = cbor2.loads(Sender().next())
+    forged = cbor2.dumps([version, key, body, bytes(64)])
     for index in range(50):
-        table.receive(b"\x00", f"198.18.1.{index}", now=0.0)
+        table.receive(forged, f"198.18.1.{index}", now=0.0)
     stats = table.statistics()
-    assert (stats.malformed, stats.rate_limited) == (10, 40)
+    assert (stats.bad_signature, stats.rate_limited) == (10, 40)
 
 
 def test_token_bucket_refills_at_its_rate() -> None:

@@ -245,3 +245,42 @@ async def test_run_reports_events_on_a_channel(
             found = {(await receive.receive()).peer.node_id for _ in range(2)}
         assert found == {STUDIO.node_id, LAPTOP.node_id}
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        '{"Peer": {"k": ' + "[" * 100_000,  # nested deeper than the parser recurses
+        json.dumps(status(device("studio", ["100.64.0.2"]) | {"TailscaleIPs": 5})),
+        json.dumps(status(device("studio", ["100.64.0.2"]) | {"TailscaleIPs": True})),
+    ],
+)
+async def test_hostile_status_output_does_not_stop_discovery(
+    tmp_path: Path,
+    trust: TrustStore,
+    monkeypatch: pytest.MonkeyPatch,
+    hostile: str,
+) -> None:
+    """A real stand-in `tailscale` process prints hostile JSON; discovery keeps
+    polling and finds the peers once the output is valid again."""
+    status_file = install_status(tmp_path, TAILNET, monkeypatch)
+    status_file.write_text(hostile)
+    send, receive = trio.open_memory_channel[PeerEvent](10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: run_tailscale_discovery(
+                trust, Prober(), send, port=PORT, poll_interval=0.05, task_status=task_status
+            )
+        )
+        await trio.sleep(0.3)  # several polls of the hostile output
+        status_file.write_text(json.dumps(TAILNET))
+        with trio.fail_after(5):
+            found = {(await receive.receive()).peer.node_id for _ in range(2)}
+        assert found == {STUDIO.node_id, LAPTOP.node_id}
+        nursery.cancel_scope.cancel()
+
+
+def test_mistyped_device_fields_are_left_out() -> None:
+    odd = device("studio", ["100.64.0.2"]) | {"HostName": {"a": 1}, "TailscaleIPs": "100.64.0.9"}
+    [studio] = parse_tailscale_status(json.dumps(status(odd))).peers
+    assert (studio.host_name, studio.addresses, studio.online) == ("", (), True)

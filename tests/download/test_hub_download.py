@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -312,3 +313,57 @@ def test_a_refused_download_fails_at_once(hub: HubServer, cache_dir: Path) -> No
     with pytest.raises(DownloadError, match="403"):
         download_shard(TINY_REPO, shard(2, 3), cache_dir)
     assert len([e for e in hub.requests(server="cdn") if e.filename == FILE2]) == 1
+
+
+@pytest.mark.parametrize("commit", ["../../../../escaped", "A" * 40, "abc123", "0" * 41])
+def test_a_commit_that_is_not_a_hex_sha1_is_refused(
+    hub: HubServer, cache_dir: Path, commit: str
+) -> None:
+    """The commit names a folder of the cache: a hostile hub must not pick it."""
+    hub.falsify_listing(TINY_REPO, commit=commit)
+
+    with pytest.raises(DownloadError, match="not a sha1 in hex"):
+        download_shard(TINY_REPO, shard(2, 3), cache_dir)
+    assert not (cache_dir.parent / "escaped").exists()
+    assert not list(cache_dir.parent.rglob("snapshots/*"))
+    assert hub.downloaded_files() == set()
+
+
+@pytest.mark.parametrize(
+    ("name", "etag"),
+    [
+        (FILE2, "../../../escaped"),  # LFS: a sha256
+        (FILE2, "f" * 40),  # a sha1 where a sha256 belongs
+        ("config.json", "../../escaped"),  # a git blob id
+        ("config.json", "F" * 40),
+    ],
+)
+def test_a_file_hash_that_is_not_hex_is_refused(
+    hub: HubServer, cache_dir: Path, name: str, etag: str
+) -> None:
+    """The hash names the blob file: a hostile hub must not pick the path."""
+    hub.falsify_listing(TINY_REPO, etags={name: etag})
+
+    expected = f"the hub gave '{re.escape(etag)}' as the .* of {name}"
+    with pytest.raises(DownloadError, match=expected):
+        download_shard(TINY_REPO, shard(2, 3), cache_dir)
+    assert not list(cache_dir.parent.rglob("*escaped*"))
+    assert hub.downloaded_files() == set()
+
+
+def test_a_body_longer_than_advertised_is_cut_at_the_size(
+    hub: HubServer, cache_dir: Path, tiny_repo_dir: Path
+) -> None:
+    """A server sending 64 MB past the end of the file (twice) does not fill
+    the disk: the download stops at the listed size, and the bytes it kept are
+    the file."""
+    hub.overlong(FILE2, extra=64 << 20, times=2)
+    hub.overlong("config.json", extra=64 << 20, times=2)
+
+    snapshot = download_shard(TINY_REPO, shard(2, 3), cache_dir)
+
+    assert same_content(snapshot, tiny_repo_dir, FILE2)
+    assert same_content(snapshot, tiny_repo_dir, "config.json")
+    gets = [e for e in hub.requests(method="GET") if e.filename == FILE2 and e.body_bytes]
+    assert len(gets) == 1  # the first answer was enough
+    assert hub.bytes_served(FILE2) < (tiny_repo_dir / FILE2).stat().st_size + (32 << 20)

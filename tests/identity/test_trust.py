@@ -1,4 +1,5 @@
 import json
+import multiprocessing
 import os
 import stat
 from datetime import UTC, datetime
@@ -37,7 +38,8 @@ def test_added_key_is_trusted_and_persisted(store: TrustStore, tmp_path: Path) -
     assert not store.is_trusted(Identity.generate().public_key)
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
     assert TrustStore.open(tmp_path).list() == [added]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [TRUST_FILENAME]
+    # No temporary file is left behind (the lock file stays, empty, for the next writer).
+    assert sorted(p.name for p in tmp_path.iterdir()) == [TRUST_FILENAME, TRUST_FILENAME + ".lock"]
 
 
 def test_file_format(store: TrustStore) -> None:
@@ -184,3 +186,36 @@ def test_writable_by_others_is_refused(store: TrustStore) -> None:
 def _write(store: TrustStore, text: str) -> None:
     store.path.write_text(text)
     store.path.chmod(0o600)
+
+
+def _add_many(path: str, count: int) -> None:
+    store = TrustStore(Path(path))
+    for _ in range(count):
+        key = Identity.generate().public_key
+        store.add(key, f"peer-{key.hex()[:12]}")
+
+
+def test_writers_in_other_processes_lose_nothing(store: TrustStore) -> None:
+    # `exoquic pair` racing `trust remove` (or a running node pinning a key): each
+    # read-modify-write holds the store's lock, so no change overwrites another.
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_add_many, args=(str(store.path), 25)) for _ in range(4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+        assert writer.exitcode == 0
+    store.reload()
+    assert len(store.list()) == 100
+
+
+def test_reload_if_changed_sees_other_processes_only(store: TrustStore, tmp_path: Path) -> None:
+    assert not store.reload_if_changed()
+    store.add(Identity.generate().public_key, "laptop")
+    assert not store.reload_if_changed()  # our own write
+    other = TrustStore.open(tmp_path)
+    peer = Identity.generate()
+    other.add(peer.public_key, "phone")
+    assert store.reload_if_changed() and store.is_trusted(peer.public_key)
+    other.remove(peer.node_id)
+    assert store.reload_if_changed() and not store.is_trusted(peer.public_key)

@@ -56,6 +56,7 @@ class RingNode:
     engine: str = "mlx"
     extra: tuple[str, ...] = ()
     cpu: int | None = None  # pin the process to this CPU (taskset), for benchmarks
+    env: dict[str, str] = field(default_factory=dict)  # more environment variables
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,7 +71,7 @@ class RingNode:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def start(self) -> None:
-        env = {**os.environ, "EXOQUIC_HOME": str(self.home)}
+        env = {**os.environ, "EXOQUIC_HOME": str(self.home), **self.env}
         env.pop("EXOQUIC_API_KEY", None)
         command = [
             str(Path(sys.executable).with_name("exoquic")),

@@ -119,6 +119,7 @@ class Lab:
         memory_mib: int = 1000,
         port: int | None = None,
         loader: ShardLoader | None = None,
+        ring: RingSettings | None = None,
     ) -> AsyncIterator[Cluster]:
         home = self.homes[name]
         settings = ClusterSettings(
@@ -133,7 +134,7 @@ class Lab:
             join_timeout=3.0,
             settle_time=0.05,
             plan_timeout=20.0,
-            ring=RingSettings(step_timeout=20.0),
+            ring=ring or RingSettings(step_timeout=20.0),
         )
         engine = self.engine()
         caps = DeviceCapabilities(memory_mib * MIB, memory_mib * MIB, "test", engine.name)

@@ -1,3 +1,5 @@
+import time
+
 import cbor2
 import pytest
 
@@ -72,3 +74,32 @@ def test_protocol_error_must_say_whose_fault() -> None:
     with pytest.raises(TypeError):
         ProtocolError("who?")
     assert RemoteProtocolError("x").error_code == ErrorCode.PROTOCOL_ERROR
+
+
+def test_millions_of_tiny_items_are_refused_before_decoding() -> None:
+    # 4 Mi one-byte integers: cbor2 would take seconds and gigabytes on them.
+    data = cbor2.dumps({"junk": [0] * (4 << 20)})
+    started = time.perf_counter()
+    with pytest.raises(RemoteProtocolError, match="items") as caught:
+        cbor.loads(data)
+    assert time.perf_counter() - started < 0.05
+    assert caught.value.error_code == ErrorCode.MALFORMED_MESSAGE
+
+
+def test_item_cap_counts_nested_items_and_map_keys() -> None:
+    value = {"a": [[1, 2], {"b": b"x" * 100}]}  # map, key, array, array, 1, 2, map, key, bytes
+    assert cbor.count_items(value, 100) == 9
+    data = cbor.dumps(value)
+    assert cbor.loads(data, max_items=9) == value
+    with pytest.raises(RemoteProtocolError, match="over 8 items"):
+        cbor.loads(data, max_items=8)
+
+
+def test_an_announced_huge_array_is_refused_at_its_head() -> None:
+    data = bytes.fromhex("9b7fffffffffffffff") + b"\x00" * (cbor.MAX_ITEMS + 1)
+    with pytest.raises(RemoteProtocolError, match="items"):
+        cbor.loads(data)
+
+
+def test_count_items_stops_just_past_its_limit() -> None:
+    assert cbor.count_items([0] * 1_000_000, 10) == 11

@@ -1,5 +1,6 @@
 """Messages: round trips of every type, the wire form, and what decoding refuses."""
 
+import time
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -9,8 +10,10 @@ import pytest
 
 from exoquic.wire.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from exoquic.wire.messages import (
+    MAX_CAPABILITY_ITEMS,
     MESSAGE_TYPES,
     Forward,
+    Hello,
     Message,
     ModelProgress,
     Ping,
@@ -331,3 +334,46 @@ def test_refused_values_are_shown_briefly() -> None:
 def test_building_a_bad_model_progress_is_our_bug() -> None:
     with pytest.raises(LocalProtocolError, match="done_bytes"):
         ModelProgress("m", "downloading", 5, 4, 0, 0, 0, "")
+
+
+def hello_body(**changes: Any) -> dict[str, Any]:
+    body = {"type": "hello", "v": 1, "protocol_version": 1, "node_id": NODE_ID, "name": "n",
+            "capabilities": {}}  # fmt: skip
+    return {**body, **changes}
+
+
+def test_every_message_type_has_a_size_limit_that_its_examples_respect() -> None:
+    for message in all_examples():
+        assert len(encode_message(message)) <= type(message).MAX_SIZE
+    assert MESSAGE_TYPES["hello"].MAX_SIZE == 64 << 10
+    assert MESSAGE_TYPES["ping"].MAX_SIZE == 8 << 10
+
+
+def test_oversized_message_is_refused_for_its_type() -> None:
+    # A Ping padded past its 8 KiB inside a frame that a Forward could fill.
+    data = cbor2.dumps({"type": "ping", "v": 1, "nonce": 1, "pad": b"x" * (8 << 10)})
+    with pytest.raises(RemoteProtocolError, match=r"ping of .* over its 8192-byte limit") as caught:
+        decode_message(data)
+    assert caught.value.error_code == ErrorCode.FRAME_TOO_LARGE
+    big = {"blob": b"x" * (64 << 10)}
+    with pytest.raises(RemoteProtocolError, match=r"hello of .* over its 65536-byte limit"):
+        decode_message(cbor2.dumps(hello_body(capabilities=big)))
+    with pytest.raises(LocalProtocolError, match="over its 65536-byte limit"):
+        encode_message(Hello(1, NODE_ID, "n", big))
+
+
+def test_hello_capabilities_are_bounded_in_items() -> None:
+    many = {"list": list(range(MAX_CAPABILITY_ITEMS))}
+    with pytest.raises(RemoteProtocolError, match="at most 1024 CBOR items") as caught:
+        decode_message(cbor2.dumps(hello_body(capabilities=many)))
+    assert caught.value.error_code == ErrorCode.INVALID_FIELD
+    fine = {"list": list(range(MAX_CAPABILITY_ITEMS - 3))}  # map, key, list: 3 more
+    assert isinstance(decode_message(cbor2.dumps(hello_body(capabilities=fine))), Hello)
+
+
+def test_a_hello_of_four_million_items_is_refused_in_milliseconds() -> None:
+    data = cbor2.dumps(hello_body(capabilities={"junk": [0] * (4 << 20)}))
+    started = time.perf_counter()
+    with pytest.raises(RemoteProtocolError, match="items"):
+        decode_message(data)
+    assert time.perf_counter() - started < 0.05

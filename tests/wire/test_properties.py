@@ -88,6 +88,22 @@ def test_cbor_round_trip_and_canonical(value: Any) -> None:
     assert cbor.dumps(cbor.loads(data)) == data
 
 
+@given(plain)
+def test_cbor_item_cap_counts_exactly_what_decoding_builds(value: Any) -> None:
+    data = cbor.dumps(value)
+    items = cbor.count_items(value, 10_000)
+    assert cbor.loads(data, max_items=items) == value
+    if len(data) > items - 1:  # else a shorter encoding cannot hold more items
+        with pytest.raises(RemoteProtocolError, match="items"):
+            cbor.loads(data, max_items=items - 1)
+
+
+@given(st.binary(max_size=512), st.integers(0, 64))
+def test_cbor_item_cap_on_garbage_only_raises_remote_errors(data: bytes, cap: int) -> None:
+    with contextlib.suppress(RemoteProtocolError):
+        cbor.dumps(cbor.loads(data, max_items=cap))
+
+
 @given(st.binary(max_size=512))
 def test_cbor_on_garbage_only_raises_remote_errors(data: bytes) -> None:
     try:

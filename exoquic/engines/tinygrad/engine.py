@@ -17,6 +17,7 @@ import numpy as np
 from tinygrad import Tensor, UOp
 
 from exoquic.engines.base import Engine, EngineError, ForwardItem
+from exoquic.engines.tinygrad.compile_pool import stop_compile_pool
 from exoquic.engines.tinygrad.cpu_kernels import GEMM_ROWS
 from exoquic.engines.tinygrad.device import TINYGRAD_LOCK
 from exoquic.engines.tinygrad.matrices import HostArrays
@@ -138,6 +139,8 @@ class TinygradEngine(Engine):
             self.forward(request_id, inputs)
             self.forward(request_id, step)
             self.release(request_id)
+        # Compiling is done: a serving node keeps no compiler processes.
+        stop_compile_pool()
 
     def cache_length(self, request_id: str) -> int:
         request = self._requests.get(request_id)
