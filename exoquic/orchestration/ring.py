@@ -11,9 +11,11 @@ itself never touch the network: a ring of one is a plain local loop.
 Each try of a request (an *attempt*) runs under one plan version with its own
 wire request id `<request id>.<attempt>`, so KV caches of different tries never
 mix. When a node of the plan dies or the plan changes, the origin replays the
-request from its token history (prompt + tokens so far) as a fresh prefill
-under the next plan, then continues: greedy output is unchanged, and so is
-seeded output, as the draw for step n depends only on (seed, n).
+request from its token history under the next plan: the prompt as it was sent
+the first time, then each token generated so far as the decode step it was, so
+that every node computes each position exactly as before (see `_send_history`).
+Greedy output is then bit for bit what it would have been, and so is seeded
+output, as the draw for step n depends only on (seed, n).
 
 A long prompt leaves the origin in chunks of `PREFILL_CHUNK` positions, one
 `Forward` each, all at once: the second node works on the first chunk while
@@ -99,6 +101,7 @@ class RingStatistics:
     steps: int = 0  # steps this node originated
     step_seconds: float = 0.0  # from sending Forward to receiving TokenResult
     replays: int = 0
+    replay_mismatches: int = 0  # replays that sampled a token other than the first try's
     failed_requests: int = 0
     forwards: int = 0  # forward steps this node ran
     compute_seconds: float = 0.0  # engine time of those steps (a batch's time each)
@@ -121,7 +124,8 @@ class _Attempt:
         self.wire_id = wire_id
         self.plan = plan
         self.sent_at = 0.0  # when the step in flight was sent
-        self.results_due = 0  # results of the step in flight (one per prefill chunk)
+        self.results_due = 0  # results of the step in flight (one per Forward sent)
+        self.positions = 0  # positions the step in flight runs (its timeout grows with them)
         self._send, self._receive = trio.open_memory_channel[int | _Failure](math.inf)
 
     def put(self, outcome: int | _Failure) -> None:
@@ -180,23 +184,28 @@ class Ring:
             attempt = _Attempt(f"{request_id}.{attempt_number}", plan)
             self._attempts[attempt.wire_id] = attempt
             try:
-                inputs, position = [*prompt, *tokens], 0
                 if len(tokens) < budget:
-                    await self._send_step(attempt, inputs, position, len(tokens), sampling)
+                    await self._send_history(attempt, prompt, tokens, sampling)
+                replayed = list(tokens)  # what this try's first step must sample again
                 while len(tokens) < budget:
-                    token = await self._step_result(attempt, len(inputs))
-                    tokens.append(token)
-                    position, inputs = position + len(inputs), [token]
+                    results = await self._step_results(attempt)
+                    if replayed:
+                        self._check_replay(request_id, replayed, results)
+                        replayed = []
+                    tokens.append(results[-1])
                     # The next step starts before this token goes out, so the engines
                     # work while the caller streams it; if the caller stops here, the
                     # release below frees what that step computed.
                     unsent: _Retry | None = None
                     if len(tokens) < budget:
+                        position = len(prompt) + len(tokens) - 1
                         try:
-                            await self._send_step(attempt, inputs, position, len(tokens), sampling)
+                            await self._send_step(
+                                attempt, tokens[-1:], position, len(tokens), sampling
+                            )
                         except _Retry as retry:
                             unsent = retry  # replay after the caller has this token
-                    yield token
+                    yield tokens[-1]
                     if unsent is not None:
                         raise unsent
                 return
@@ -215,6 +224,26 @@ class Ring:
         self.stats.failed_requests += 1
         raise UnavailableError(f"request failed after {self.settings.max_attempts} tries")
 
+    async def _send_history(
+        self, attempt: _Attempt, prompt: list[int], tokens: list[int], sampling: SamplingParams
+    ) -> None:
+        """Start a try: send the prompt and, on a replay, the tokens generated so far.
+
+        A replay computes every position exactly as the first try did: the prompt
+        in the same chunks, then each generated token as the decode step it was (same
+        position, same step index), all sent at once. Engines compute a prompt's rows
+        and a decode step's row with different kernels that agree only up to rounding
+        (tinygrad: a float32 GEMM for prefill chunks, integer dot products for decode
+        rows), so replaying the history as one prefill would change the cache a little,
+        and a near-tie later could flip a token that the first try would have drawn.
+        Step by step, the replay samples the tokens already generated again
+        (`_check_replay`) and continues exactly where the first try stopped.
+        """
+        self._begin_step(attempt)
+        await self._send_chunks(attempt, prompt, 0, 0, sampling)
+        for i, token in enumerate(tokens):
+            await self._send_chunks(attempt, [token], len(prompt) + i, i + 1, sampling)
+
     async def _send_step(
         self,
         attempt: _Attempt,
@@ -223,12 +252,28 @@ class Ring:
         step: int,
         sampling: SamplingParams,
     ) -> None:
-        """Send the step's tokens to the plan's first node (its result comes to the
-        attempt), a long prompt in chunks (see the module docstring)."""
-        plan = attempt.plan
-        tokens = np.asarray(inputs, dtype=np.int32)
+        """Send one step's tokens (the attempt gets its results)."""
+        self._begin_step(attempt)
+        await self._send_chunks(attempt, inputs, position, step, sampling)
+
+    def _begin_step(self, attempt: _Attempt) -> None:
         attempt.sent_at = time.perf_counter()
         attempt.results_due = 0
+        attempt.positions = 0
+
+    async def _send_chunks(
+        self,
+        attempt: _Attempt,
+        inputs: list[int],
+        position: int,
+        step: int,
+        sampling: SamplingParams,
+    ) -> None:
+        """Send tokens to the plan's first node, a long prompt in chunks (see the
+        module docstring): one result is due for each `Forward`."""
+        plan = attempt.plan
+        tokens = np.asarray(inputs, dtype=np.int32)
+        attempt.positions += len(tokens)
         for start in range(0, len(tokens), PREFILL_CHUNK):
             message = Forward(
                 attempt.wire_id,
@@ -248,10 +293,12 @@ class Ring:
             except PeerUnavailable as exc:
                 raise _Retry(_Failure(str(exc), True)) from exc
 
-    async def _step_result(self, attempt: _Attempt, positions: int) -> int:
-        """The token of the step in flight (its last chunk's), or _Retry /
-        StepFailedError / UnavailableError."""
-        timeout = self.settings.step_timeout + self.settings.step_timeout_per_token * positions
+    async def _step_results(self, attempt: _Attempt) -> list[int]:
+        """The tokens of the step in flight, one per `Forward` in sending order (the
+        last is the step's token), or _Retry / StepFailedError / UnavailableError."""
+        per_token = self.settings.step_timeout_per_token
+        timeout = self.settings.step_timeout + per_token * attempt.positions
+        results: list[int] = []
         with trio.move_on_after(timeout):
             while True:
                 outcome = await attempt.get()
@@ -260,13 +307,30 @@ class Ring:
                         raise _Retry(outcome)
                     self.stats.failed_requests += 1
                     raise StepFailedError(outcome.reason)
+                results.append(outcome)
                 attempt.results_due -= 1
                 if attempt.results_due <= 0:
                     self.stats.steps += 1
                     self.stats.step_seconds += time.perf_counter() - attempt.sent_at
-                    return outcome
+                    return results
         self.stats.failed_requests += 1
         raise UnavailableError(f"no answer from the ring within {timeout:.0f} s")
+
+    def _check_replay(self, request_id: str, replayed: list[int], results: list[int]) -> None:
+        """Warn when a replay sampled other tokens than the first try: the ring now
+        computes differently (another engine under the new plan, say), so the rest
+        of the answer may differ from what the first try would have said."""
+        again = results[-len(replayed) - 1 : -1]
+        if again != replayed:
+            first = next(i for i, (a, b) in enumerate(zip(again, replayed, strict=True)) if a != b)
+            self.stats.replay_mismatches += 1
+            log.warning(
+                "request %s: the replay sampled token %d differently (%d, first try %d)",
+                request_id,
+                first,
+                again[first],
+                replayed[first],
+            )
 
     async def _release(self, attempt: _Attempt) -> None:
         """Tell every node of the attempt's plan to free its cache (best effort)."""

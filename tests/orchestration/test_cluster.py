@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import trio
 
+from exoquic.engines.base import Engine
 from exoquic.engines.mlx.engine import MLXEngine
 from exoquic.engines.sampling import SamplingParams
 from exoquic.identity.keys import Identity
@@ -86,7 +87,17 @@ def free_udp_port() -> int:
 class Lab:
     """Homes, keys, trust and peers files for a few in-process nodes."""
 
-    def __init__(self, root: Path, names: list[str]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        names: list[str],
+        engine: Callable[[], Engine] | None = None,
+        loader: ShardLoader = load_shard,
+        peer_timeout: float = 1.0,
+    ) -> None:
+        self.engine = engine or (lambda: MLXEngine(max_context=CONFIG.max_context))
+        self.loader = loader
+        self.peer_timeout = peer_timeout  # longer for engines that hold the GIL while tracing
         self.identities = {name: Identity.generate() for name in names}
         self.ports = {name: free_udp_port() for name in names}
         self.homes = {name: root / name for name in names}
@@ -107,7 +118,7 @@ class Lab:
         name: str,
         memory_mib: int = 1000,
         port: int | None = None,
-        loader: ShardLoader = load_shard,
+        loader: ShardLoader | None = None,
         ring: RingSettings | None = None,
     ) -> AsyncIterator[Cluster]:
         home = self.homes[name]
@@ -119,17 +130,19 @@ class Lab:
             port=port or self.ports[name],
             discovery=("manual",),
             peers_file=home / "peers.json",
-            peer_timeout=1.0,
+            peer_timeout=self.peer_timeout,
             join_timeout=3.0,
             settle_time=0.05,
             plan_timeout=20.0,
             ring=ring or RingSettings(step_timeout=20.0),
         )
-        caps = DeviceCapabilities(memory_mib * MIB, memory_mib * MIB, "test", "mlx")
+        engine = self.engine()
+        caps = DeviceCapabilities(memory_mib * MIB, memory_mib * MIB, "test", engine.name)
         state = PlanState(Member(settings.identity.node_id, name, caps), REQUIREMENTS, 1.0)
-        worker = EngineWorker(MLXEngine(max_context=CONFIG.max_context))
+        worker = EngineWorker(engine)
         async with trio.open_nursery() as nursery:
             await nursery.start(worker.run)
+            loader = loader or self.loader
             async with open_cluster(settings, state, worker, loader, MODEL_ID) as cluster:
                 yield cluster
             nursery.cancel_scope.cancel()
@@ -152,8 +165,8 @@ async def generate(
     return tokens
 
 
-async def wait_plan(clusters: list[Cluster], size: int) -> None:
-    with trio.move_on_after(20):
+async def wait_plan(clusters: list[Cluster], size: int, timeout: float = 20) -> None:
+    with trio.move_on_after(timeout):
         while True:
             plans = [c.state.active_plan() for c in clusters]
             sizes = {len(p.node_ids) if p else 0 for p in plans}

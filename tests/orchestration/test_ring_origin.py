@@ -3,6 +3,8 @@ the next step leaves before a token is handed out, and nothing is lost on the wa
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import trio
@@ -96,10 +98,35 @@ async def test_a_step_that_cannot_leave_replays_after_handing_out_its_token() ->
     stand_in = StandInRing(unreachable={3})
     with trio.fail_after(5):
         assert await run(stand_in, budget=5) == [100, 101, 102, 103, 104]
-    replay = stand_in.forwards[3]
-    assert replay.request_id == "req.1" and replay.step == 2
-    assert replay.tensor.tolist() == [1, 2, 3, 100, 101]  # prompt + tokens so far
+    # The replay resends the first try's steps: the prompt, then each token so far
+    # as its own decode step, with its position and step index, all at once.
+    replay = stand_in.forwards[3:6]
+    assert {f.request_id for f in replay} == {"req.1"}
+    assert [f.tensor.tolist() for f in replay] == [[1, 2, 3], [100], [101]]
+    assert [f.start_position for f in replay] == [0, 3, 4]
+    assert [f.step for f in replay] == [0, 1, 2]
+    assert stand_in.forwards[6].step == 3 and stand_in.forwards[6].tensor.tolist() == [102]
     assert stand_in.released == ["req.0", "req.1"]
+
+
+async def test_a_replay_that_samples_other_tokens_is_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The replay's steps sample the tokens of the first try again; when the ring
+    computes differently now, the origin says so (and goes on)."""
+    stand_in = StandInRing(unreachable={3})
+    original_send = stand_in.send
+
+    async def send(node_id: str, message: Message) -> None:
+        if isinstance(message, Forward) and message.request_id == "req.1":
+            message = replace(message, step=message.step + 7)  # another token than before
+        await original_send(node_id, message)
+
+    stand_in.send = send  # type: ignore[method-assign]
+    ring_tokens = await run(stand_in, budget=4)
+    assert ring_tokens[:2] == [100, 101]
+    assert stand_in.ring is not None and stand_in.ring.stats.replay_mismatches == 1
+    assert "sampled token 0 differently (107, first try 100)" in caplog.text
 
 
 async def test_a_caller_stopping_early_releases_the_step_in_flight() -> None:

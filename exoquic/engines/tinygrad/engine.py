@@ -18,6 +18,7 @@ from tinygrad import Tensor, UOp
 
 from exoquic.engines.base import Engine, EngineError, ForwardItem
 from exoquic.engines.tinygrad.compile_pool import stop_compile_pool
+from exoquic.engines.tinygrad.cpu_kernels import GEMM_ROWS
 from exoquic.engines.tinygrad.device import TINYGRAD_LOCK
 from exoquic.engines.tinygrad.matrices import HostArrays
 from exoquic.engines.tinygrad.model import ShardModel
@@ -34,8 +35,11 @@ PREFILL_BUCKETS = (32, 128, 512)
 SPARE_CACHES = 8
 # Decode batches run at one of these sizes: padded up to the next one, split above
 # the last. Each size is traced on first use (~1 s); padding a batch of 5 to 8 would
-# cost 60% more compute on every step, so small sizes are all there.
-DECODE_BATCHES = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16)
+# cost 60% more compute on every step, so small sizes are all there. All stay below
+# GEMM_ROWS: there the products switch from per-row integer dot products to a float32
+# GEMM that rounds differently, and a request's tokens would depend on how many others
+# shared its steps (and a replayed request, see `Ring`, would not repeat itself).
+DECODE_BATCHES = (1, 2, 3, 4, 5, 6, 7, 8, 12, GEMM_ROWS - 1)
 
 
 @dataclass
