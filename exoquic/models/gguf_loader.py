@@ -2,8 +2,9 @@
 
 Names are mapped to the Hugging Face llama names, and GGUF's interleaved RoPE
 row order of the Q/K projections is undone, so GGUF and safetensors weights
-are interchangeable for the engines. Q4_0/Q4_1/Q8_0 matrices stay quantized
-(`QuantizedTensor`); every other type becomes float32.
+are interchangeable for the engines. Matrices of the GGML block types in
+`exoquic.models.quant` (Q4_0 ... Q6_K, F16, BF16) stay in their file encoding
+(`QuantizedTensor`); everything else (F32 norms, other types) is float32.
 """
 
 from __future__ import annotations
@@ -141,17 +142,16 @@ def _load_tensor(gf: GGUFFile, name: str, config: ModelConfig) -> WeightArray:
         raise ModelLoadError(f"{gf.path}: tensor {name} is missing")
     raw = gf.read_tensor(name)
     kind = quant_kind(info.ggml_type)
-    if kind is None:
-        data: np.ndarray = _to_float32(raw, info.ggml_type)
-    else:
-        data = raw
     n_heads = _rope_heads(name, config)
+    if kind is None or len(info.shape) != 2:
+        data = _to_float32(raw, info.ggml_type)
+        return unpermute_rope_rows(data, n_heads) if n_heads else data
+    # Kept in the file's block bytes (f16 as its two bytes per value).
+    blocks = raw.view(np.uint8).reshape(info.shape[0], -1)
     if n_heads:
-        data = unpermute_rope_rows(data, n_heads)
-    if kind is None:
-        return data
+        blocks = unpermute_rope_rows(blocks, n_heads)
     rows, cols = info.shape
-    return QuantizedTensor(kind=kind, blocks=data, shape=(rows, cols))
+    return QuantizedTensor(kind=kind, blocks=blocks, shape=(rows, cols))
 
 
 def _rope_heads(name: str, config: ModelConfig) -> int:

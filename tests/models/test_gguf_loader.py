@@ -119,10 +119,13 @@ def test_shard_layer_count_must_match() -> None:
         load_gguf_shard(GGUF_PATH, Shard("m", 0, 3, 4))
 
 
-def _write_tiny_gguf(path: Path, skip: str = "") -> dict[str, np.ndarray]:
-    """A 1-layer llama GGUF with f16/bf16/f32 tensors and its own output head.
+def _write_tiny_gguf(
+    path: Path, skip: str = "", matrix_type: gguf.GGMLQuantizationType | None = None
+) -> dict[str, np.ndarray]:
+    """A 1-layer llama GGUF with f16/bf16/f32 tensors and its own output head
+    (or every matrix in `matrix_type`).
 
-    Returns the HF-layout float32 values the loader should produce.
+    Returns the file's float32 values of every tensor (GGUF layout).
     """
     rng = np.random.default_rng(2)
     writer = tiny_llama_writer(path, rope_freq_base=10000.0)
@@ -149,6 +152,10 @@ def _write_tiny_gguf(path: Path, skip: str = "") -> dict[str, np.ndarray]:
         if len(shape) == 1:
             writer.add_tensor(name, values)
             expected[name] = values
+        elif matrix_type is not None:
+            raw = gguf.quants.quantize(values, matrix_type)
+            writer.add_tensor(name, raw, raw_dtype=matrix_type)
+            expected[name] = gguf.quants.dequantize(raw, matrix_type)
         elif name == "blk.0.attn_v.weight":
             raw = gguf.quants.quantize(values, gguf.GGMLQuantizationType.BF16)
             writer.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType.BF16)
@@ -165,7 +172,13 @@ def test_tiny_float_gguf_with_untied_head(tmp_path: Path) -> None:
     expected = _write_tiny_gguf(path)
     w = load_gguf_shard(path, Shard.whole("tiny", 1))
     assert not w.config.tie_word_embeddings and w.config.head_dim == 16
-    assert all(isinstance(t, np.ndarray) and t.dtype == np.float32 for t in w.tensors.values())
+    # 16-bit matrices stay 16-bit (f16 / bf16 blocks); 1-D tensors are float32.
+    for name, t in w.tensors.items():
+        if name.endswith("norm.weight"):
+            assert isinstance(t, np.ndarray) and t.dtype == np.float32
+        else:
+            assert isinstance(t, QuantizedTensor) and t.blocks.dtype == np.uint8
+            assert t.kind == ("bf16" if "v_proj" in name else "f16")
     assert np.array_equal(w.dense("lm_head.weight"), expected["output.weight"])
     assert np.array_equal(
         w.dense("model.layers.0.self_attn.v_proj.weight"), expected["blk.0.attn_v.weight"]
@@ -184,3 +197,20 @@ def test_missing_tensor_is_named(tmp_path: Path) -> None:
         ModelLoadError, match=r"tiny\.gguf: tensor blk\.0\.ffn_down\.weight is missing"
     ):
         load_gguf_shard(path, Shard.whole("tiny", 1))
+
+
+@pytest.mark.parametrize(
+    ("ggml_type", "kind"),
+    [(gguf.GGMLQuantizationType.Q5_0, "q5_0"), (gguf.GGMLQuantizationType.Q5_1, "q5_1")],
+)
+def test_5_bit_matrices_stay_quantized(
+    tmp_path: Path, ggml_type: gguf.GGMLQuantizationType, kind: str
+) -> None:
+    path = tmp_path / "tiny.gguf"
+    expected = _write_tiny_gguf(path, matrix_type=ggml_type)
+    w = load_gguf_shard(path, Shard.whole("tiny", 1))
+    down = w.tensors["model.layers.0.mlp.down_proj.weight"]
+    assert isinstance(down, QuantizedTensor) and (down.kind, down.shape) == (kind, (64, 96))
+    assert np.array_equal(down.dequantize(), expected["blk.0.ffn_down.weight"])
+    q = w.dense("model.layers.0.self_attn.q_proj.weight")
+    assert np.array_equal(permute_rope_rows(q, 4), expected["blk.0.attn_q.weight"])

@@ -129,6 +129,8 @@ def to_matrix(w: WeightArray, host: HostArrays) -> Matrix:
     """One weight matrix as device tensors, quantized ones still quantized."""
     if not isinstance(w, QuantizedTensor):
         return DenseMatrix(host.tensor(np.asarray(w, dtype=np.float32)))
+    if w.kind not in ("q4_0", "q4_1", "q8_0"):
+        return DenseMatrix(host.tensor(w.dequantize()))
     fields = {name: host.tensor(array) for name, array in split_blocks(w).items()}
     return Q8Matrix(**fields) if w.kind == "q8_0" else Q4Matrix(**fields)
 
