@@ -20,8 +20,9 @@ import numpy as np
 from tinygrad import Tensor, dtypes
 
 from exoquic.engines.tinygrad.device import DEVICE
-from exoquic.models.quant import BLOCK_BYTES, BLOCK_VALUES
-from exoquic.models.weights import QuantizedTensor, WeightArray
+from exoquic.engines.tinygrad.block_decode import block_dequantized
+from exoquic.models.quant import BLOCK_BYTES, BLOCK_VALUES, VALUES_PER_BLOCK
+from exoquic.models.weights import QuantizedTensor, QuantKind, WeightArray
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,24 @@ class Q8Matrix:
 
 
 @dataclass(frozen=True)
+class BlockMatrix:
+    """`(rows, cols)` weights in GGML blocks of `kind` (one of `BLOCK_KINDS`), the
+    file's bytes unchanged: uint8 `(rows, bytes_per_row)`.
+
+    The C kernels of `ggml_kernels` and `block_dequantized` read them as they are.
+    """
+
+    blocks: Tensor
+    kind: QuantKind
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        rows, nbytes = self.blocks.shape
+        blocks = int(nbytes) // BLOCK_BYTES[self.kind]
+        return int(rows), blocks * VALUES_PER_BLOCK[self.kind]
+
+
+@dataclass(frozen=True)
 class DenseMatrix:
     weight: Tensor  # float32 (rows, cols)
 
@@ -65,7 +84,11 @@ class DenseMatrix:
         return int(rows), int(cols)
 
 
-Matrix = Q4Matrix | Q8Matrix | DenseMatrix
+Matrix = Q4Matrix | Q8Matrix | BlockMatrix | DenseMatrix
+
+# Kinds computed on in their file layout (`BlockMatrix`); Q4_0/Q4_1/Q8_0 are repacked
+# (`Q4Matrix`, `Q8Matrix`); f16/bf16 are widened to float32 (`DenseMatrix`).
+BLOCK_KINDS: frozenset[QuantKind] = frozenset({"q5_0", "q5_1", "q4_k", "q5_k", "q6_k"})
 
 
 def split_blocks(t: QuantizedTensor) -> dict[str, np.ndarray]:
@@ -129,6 +152,8 @@ def to_matrix(w: WeightArray, host: HostArrays) -> Matrix:
     """One weight matrix as device tensors, quantized ones still quantized."""
     if not isinstance(w, QuantizedTensor):
         return DenseMatrix(host.tensor(np.asarray(w, dtype=np.float32)))
+    if w.kind in BLOCK_KINDS:
+        return BlockMatrix(host.tensor(w.blocks), w.kind)
     if w.kind not in ("q4_0", "q4_1", "q8_0"):
         return DenseMatrix(host.tensor(w.dequantize()))
     fields = {name: host.tensor(array) for name, array in split_blocks(w).items()}
@@ -137,12 +162,19 @@ def to_matrix(w: WeightArray, host: HostArrays) -> Matrix:
 
 def matrix_tensors(m: Matrix) -> list[Tensor]:
     """The tensors of a matrix, in field order."""
-    return [getattr(m, f.name) for f in fields(m)]
+    return [getattr(m, f.name) for f in fields(m) if f.name != "kind"]
 
 
 def with_tensors(m: Matrix, tensors: list[Tensor]) -> Matrix:
     """A matrix of the same kind made of other tensors (same order as `matrix_tensors`)."""
+    if isinstance(m, BlockMatrix):
+        return BlockMatrix(tensors[0], m.kind)
     return type(m)(*tensors)
+
+
+def matrix_key(m: Matrix) -> str:
+    """Equal for matrices one traced computation can serve (with equal tensor shapes)."""
+    return f"{type(m).__name__}:{m.kind}" if isinstance(m, BlockMatrix) else type(m).__name__
 
 
 def dequantized(w: Matrix) -> Tensor:
@@ -152,6 +184,8 @@ def dequantized(w: Matrix) -> Tensor:
         return w.weight
     if isinstance(w, Q8Matrix):
         return (w.values.cast(dtypes.float32) * w.scale.unsqueeze(-1)).reshape(rows, cols)
+    if isinstance(w, BlockMatrix):
+        return block_dequantized(w.blocks, w.kind)
     low, high = w.packed.bitwise_and(15), w.packed.rshift(4)
     codes = low.cat(high, dim=-1).cast(dtypes.float32)  # (rows, blocks, 32)
     return (codes * w.scale.unsqueeze(-1) + w.offset.unsqueeze(-1)).reshape(rows, cols)
