@@ -23,11 +23,13 @@ _F16_FIELDS: dict[QuantKind, tuple[int, ...]] = {
 }  # fmt: skip
 
 
-def random_blocks(kind: QuantKind, rows: int, cols: int, seed: int = 0) -> QuantizedTensor:
-    """A `(rows, cols)` tensor of random blocks of `kind`, weights of magnitude ~1."""
+def random_blocks(
+    kind: QuantKind, rows: int, cols: int, seed: int = 0, scale: float = 1.0
+) -> QuantizedTensor:
+    """A `(rows, cols)` tensor of random blocks of `kind`, weights of magnitude ~`scale`."""
     rng = np.random.default_rng(seed)
     if kind in ("f16", "bf16"):
-        values = rng.standard_normal((rows, cols)).astype(np.float32)
+        values = (scale * rng.standard_normal((rows, cols))).astype(np.float32)
         if kind == "f16":
             blocks = values.astype(np.float16)
         else:  # bf16 is the top half of a float32
@@ -36,8 +38,8 @@ def random_blocks(kind: QuantKind, rows: int, cols: int, seed: int = 0) -> Quant
     n = cols // VALUES_PER_BLOCK[kind]
     blocks = rng.integers(0, 256, (rows, n, BLOCK_BYTES[kind]), dtype=np.uint8)
     # Scales sized so weights are ~1: a K-quant's d multiplies 6-bit (or int8) sub-scales.
-    scale = 1 / 8 if VALUES_PER_BLOCK[kind] == 32 else 1 / 256
+    d = scale / 8 if VALUES_PER_BLOCK[kind] == 32 else scale / 256
     for offset in _F16_FIELDS[kind]:
-        field = (rng.uniform(0.5, 1.5, (rows, n)) * scale).astype(np.float16)
+        field = (rng.uniform(0.5, 1.5, (rows, n)) * d).astype(np.float16)
         blocks[:, :, offset : offset + 2] = field.view(np.uint8).reshape(rows, n, 2)
     return QuantizedTensor(kind, blocks.reshape(rows, row_bytes(kind, cols)), (rows, cols))

@@ -73,13 +73,16 @@ _K_NIBBLES = """const unsigned char *q = QS + 32 * (j >> 1); const short sh = (s
         i16x16 h = __builtin_convertvector(*(const u8x16 *)(q + 16), i16x16);
         l = (l >> sh) & (short)15; h = (h >> sh) & (short)15;"""
 
+_PLAIN_CODES = "\n        v16hi wl = (v16hi)l, wh = (v16hi)h;"
+
 Q4_K = BlockFormat(
     kind="q4_k",
     values=256,
     nbytes=144,
     setup=_K_SCALES,
     code="((blk[16 + 32 * (j >> 1) + i] >> (4 * (j & 1))) & 15)",
-    unpack_avx2=_K_NIBBLES.replace("QS", "(blk + 16)") + "\n        v16hi wl = (v16hi)l, wh = (v16hi)h;",
+    unpack_avx2=_K_NIBBLES.replace("QS", "(blk + 16)")
+    + "\n        v16hi wl = (v16hi)l, wh = (v16hi)h;",
     offset=True,
 )
 
@@ -88,7 +91,8 @@ Q5_K = BlockFormat(
     values=256,
     nbytes=176,
     setup=_K_SCALES,
-    code="(((blk[48 + 32 * (j >> 1) + i] >> (4 * (j & 1))) & 15) | (((blk[16 + i] >> j) & 1) << 4))",
+    code="(((blk[48 + 32 * (j >> 1) + i] >> (4 * (j & 1))) & 15)"
+    " | (((blk[16 + i] >> j) & 1) << 4))",
     unpack_avx2=_K_NIBBLES.replace("QS", "(blk + 48)")
     + """
         i16x16 hl = __builtin_convertvector(*(const u8x16 *)(blk + 16), i16x16);
@@ -156,7 +160,8 @@ Q5_1 = BlockFormat(
     nbytes=24,
     setup="ds[0] = F16(blk); dm[0] = F16(blk + 2); unsigned qh; __builtin_memcpy(&qh, blk + 4, 4);",
     code=_Q5_CODE.replace("QS", "(blk + 8)"),
-    unpack_avx2=_Q5_AVX2.replace("QS", "(blk + 8)") + "\n        v16hi wl = (v16hi)l, wh = (v16hi)h;",
+    unpack_avx2=_Q5_AVX2.replace("QS", "(blk + 8)")
+    + "\n        v16hi wl = (v16hi)l, wh = (v16hi)h;",
     offset=True,
 )
 

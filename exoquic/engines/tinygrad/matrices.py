@@ -19,8 +19,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 from tinygrad import Tensor, dtypes
 
-from exoquic.engines.tinygrad.device import DEVICE
 from exoquic.engines.tinygrad.block_decode import block_dequantized
+from exoquic.engines.tinygrad.device import DEVICE
 from exoquic.models.quant import BLOCK_BYTES, BLOCK_VALUES, VALUES_PER_BLOCK
 from exoquic.models.weights import QuantizedTensor, QuantKind, WeightArray
 

@@ -31,7 +31,9 @@ KINDS = sorted(BLOCK_KINDS)
 PRODUCT_TOLERANCE = 2e-4
 
 
-def block_matrix(kind: QuantKind, rows: int, cols: int, seed: int) -> tuple[BlockMatrix, QuantizedTensor]:
+def block_matrix(
+    kind: QuantKind, rows: int, cols: int, seed: int
+) -> tuple[BlockMatrix, QuantizedTensor]:
     t = random_blocks(kind, rows, cols, seed)
     w = to_matrix(t, HOST)
     assert isinstance(w, BlockMatrix) and w.shape == (rows, cols)
