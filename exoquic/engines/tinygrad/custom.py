@@ -79,6 +79,7 @@ def quantized_matmul(
 ) -> Tensor:
     """`x @ w.T (+ residual)` `(R, N)` for x given as `quantize_rows(x)`."""
     fmt: cpu_kernels.Format | ggml_kernels.BlockFormat
+    kind: str  # names the kernels
     if isinstance(w, BlockMatrix):
         weights, names, kind = [w.blocks], ["P"], w.kind
         fmt = ggml_kernels.FORMATS[w.kind]
