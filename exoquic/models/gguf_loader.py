@@ -4,7 +4,9 @@ Names are mapped to the Hugging Face llama names, and GGUF's interleaved RoPE
 row order of the Q/K projections is undone, so GGUF and safetensors weights
 are interchangeable for the engines. Matrices of the GGML block types in
 `exoquic.models.quant` (Q4_0 ... Q6_K, F16, BF16) stay in their file encoding
-(`QuantizedTensor`); everything else (F32 norms, other types) is float32.
+(`QuantizedTensor`) as read-only views of the file's memory map, except the Q/K
+projections whose rows are reordered (copies); everything else (F32 norms,
+other types) is read as float32.
 """
 
 from __future__ import annotations
@@ -140,17 +142,20 @@ def _load_tensor(gf: GGUFFile, name: str, config: ModelConfig) -> WeightArray:
     info = gf.tensors.get(name)
     if info is None:
         raise ModelLoadError(f"{gf.path}: tensor {name} is missing")
-    raw = gf.read_tensor(name)
     kind = quant_kind(info.ggml_type)
     n_heads = _rope_heads(name, config)
     if kind is None or len(info.shape) != 2:
-        data = _to_float32(raw, info.ggml_type)
+        data = _to_float32(gf.read_tensor(name), info.ggml_type)
         return unpermute_rope_rows(data, n_heads) if n_heads else data
-    # Kept in the file's block bytes (f16 as its two bytes per value).
-    blocks = raw.view(np.uint8).reshape(info.shape[0], -1)
-    if n_heads:
-        blocks = unpermute_rope_rows(blocks, n_heads)
     rows, cols = info.shape
+    if n_heads:
+        # Rows move, so Q and K are copies (read, then reordered); their pages of the
+        # map are never touched.
+        blocks = gf.read_tensor(name).view(np.uint8).reshape(rows, -1)
+        blocks = unpermute_rope_rows(blocks, n_heads)
+    else:
+        # The file's own bytes (f16 as two bytes a value), mapped, not read.
+        blocks = gf.view_tensor(name).view(np.uint8).reshape(rows, -1)
     return QuantizedTensor(kind=kind, blocks=blocks, shape=(rows, cols))
 
 

@@ -106,12 +106,16 @@ def test_unpermute_inverts_permute() -> None:
     assert np.array_equal(p[1], w[32]) and np.array_equal(p[2], w[1])
 
 
-def test_loaded_arrays_do_not_pin_the_file() -> None:
+def test_weights_are_views_of_the_mapped_file() -> None:
     w = load_gguf_shard(GGUF_PATH, Shard("m", 5, 5, 30))
-    blocks = w.layer(5, "mlp.up_proj.weight")
-    assert isinstance(blocks, QuantizedTensor)
-    assert not isinstance(blocks.blocks, np.memmap)
-    assert blocks.blocks.flags.writeable and blocks.blocks.flags.c_contiguous
+    up = w.layer(5, "mlp.up_proj.weight")
+    assert isinstance(up, QuantizedTensor)
+    assert not up.blocks.flags.writeable and up.blocks.flags.c_contiguous  # the map's pages
+    gf = GGUFFile.open(GGUF_PATH)
+    assert np.array_equal(up.blocks, gf.read_tensor("blk.5.ffn_up.weight"))
+    # Q and K rows are reordered: copies of their own.
+    q = w.layer(5, "self_attn.q_proj.weight")
+    assert isinstance(q, QuantizedTensor) and q.blocks.flags.writeable
 
 
 def test_shard_layer_count_must_match() -> None:

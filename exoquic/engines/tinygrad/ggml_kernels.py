@@ -32,6 +32,7 @@ from exoquic.engines.tinygrad.cpu_kernels import GROUP_ROWS, Format
 
 # float16 at byte pointer q -> float (normal and subnormal values exactly).
 _F16 = """
+typedef unsigned char u8x8 __attribute__((ext_vector_type(8), aligned(1)));
 #define F16(q) ({ const unsigned h_ = (unsigned)(q)[0] | ((unsigned)(q)[1] << 8); \\
   const unsigned e_ = (h_ >> 10) & 31, m_ = h_ & 1023; \\
   union { unsigned u; float f; } v_; v_.u = ((e_ + 112) << 23) | (m_ << 13); \\
@@ -42,7 +43,8 @@ _F16 = """
 @dataclass(frozen=True)
 class BlockFormat:
     """How to read one GGML block type. C snippets see `blk` (the super-block's bytes)
-    and, per sub-block, `j`; `setup` fills `ds[j]` (and `dm[j]` with `offset`)."""
+    and, per sub-block, `j` (a constant); `setup` sets the f32x8 `ds8` lane j to sub-block
+    j's scale (and `dm8` to its offset, with `offset`)."""
 
     kind: str
     values: int  # values per super-block
@@ -52,7 +54,7 @@ class BlockFormat:
     unpack_avx2: str  # int16 codes of sub-block j: `wl` (values 0-15), `wh` (16-31)
     offset: bool
     # exact dequantization of value i of sub-block j: `dq_scale * dq_code (+ dm[j])`
-    dq_scale: str = "ds[j]"
+    dq_scale: str = "ds8[j]"
     dq_code: str = ""
 
     @property
@@ -60,12 +62,16 @@ class BlockFormat:
         return self.values // 32
 
 
-_K_SCALES = """const float d = F16(blk), dmin = F16(blk + 2); const unsigned char *sc = blk + 4;
-      for (int j = 0; j < 8; j++) {
-        const int s_ = j < 4 ? sc[j] & 63 : (sc[j + 4] & 15) | ((sc[j - 4] >> 6) << 4);
-        const int m_ = j < 4 ? sc[j + 4] & 63 : (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
-        ds[j] = d * (float)s_; dm[j] = -(dmin * (float)m_);
-      }"""
+# The 12 scale bytes of a K-quant super-block hold 8 6-bit scales and 8 6-bit minimums
+# (llama.cpp's `get_scale_min_k4`), unpacked four bytes at a time.
+_K_SCALES = """const float d = F16(blk), dmin = F16(blk + 2);
+      unsigned u[4]; __builtin_memcpy(u, blk + 4, 12);
+      u[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+      const unsigned mins_lo = u[1] & 0x3f3f3f3fu;
+      u[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+      u[2] = mins_lo; u[0] &= 0x3f3f3f3fu;
+      ds8 = __builtin_convertvector(*(const u8x8 *)u, f32x8) * d;
+      dm8 = -(__builtin_convertvector(*(const u8x8 *)(u + 2), f32x8) * dmin);"""
 
 # 4-bit codes of a K-quant sub-block: 32 bytes hold sub-blocks 2k (low nibbles) and 2k + 1.
 _K_NIBBLES = """const unsigned char *q = QS + 32 * (j >> 1); const short sh = (short)(4 * (j & 1));
@@ -115,7 +121,7 @@ Q6_K = BlockFormat(
     kind="q6_k",
     values=256,
     nbytes=210,
-    setup="const float d = F16(blk + 208); for (int j = 0; j < 8; j++) ds[j] = d;",
+    setup="const float d = F16(blk + 208); ds8 = d;",
     code=f"(({_Q6} - 32) * {_Q6_SCALE})",
     unpack_avx2="""const unsigned char *ql = blk + 64 * (j >> 2) + 32 * (j & 1);
         const unsigned char *qh = blk + 128 + 32 * (j >> 2);
@@ -147,7 +153,7 @@ Q5_0 = BlockFormat(
     kind="q5_0",
     values=32,
     nbytes=22,
-    setup="ds[0] = F16(blk); unsigned qh; __builtin_memcpy(&qh, blk + 2, 4);",
+    setup="ds8 = F16(blk); unsigned qh; __builtin_memcpy(&qh, blk + 2, 4);",
     code="(" + _Q5_CODE.replace("QS", "(blk + 6)") + " - 16)",
     unpack_avx2=_Q5_AVX2.replace("QS", "(blk + 6)")
     + "\n        v16hi wl = (v16hi)(l - (short)16), wh = (v16hi)(h - (short)16);",
@@ -158,7 +164,7 @@ Q5_1 = BlockFormat(
     kind="q5_1",
     values=32,
     nbytes=24,
-    setup="ds[0] = F16(blk); dm[0] = F16(blk + 2); unsigned qh; __builtin_memcpy(&qh, blk + 4, 4);",
+    setup="ds8 = F16(blk); dm8 = F16(blk + 2); unsigned qh; __builtin_memcpy(&qh, blk + 4, 4);",
     code=_Q5_CODE.replace("QS", "(blk + 8)"),
     unpack_avx2=_Q5_AVX2.replace("QS", "(blk + 8)")
     + "\n        v16hi wl = (v16hi)l, wh = (v16hi)h;",
@@ -173,18 +179,20 @@ def constants(fmt: BlockFormat, cols: int) -> dict[str, int | str]:
     return {"NSB": cols // fmt.values, "ROWBYTES": cols // fmt.values * fmt.nbytes}
 
 
-def _superblocks(fmt: BlockFormat, body: str) -> str:
-    """C looping over the super-blocks of weight row `p` and their sub-blocks `j`."""
+def _superblocks(fmt: BlockFormat, per_block: str, per_sub: str) -> str:
+    """C looping over the super-blocks of weight row `p`: `per_block` once each (after
+    `setup`), then `per_sub` for each sub-block `j`, unrolled so `j` is a constant."""
+    subs = "\n      ".join(
+        f"{{ const int j = {j}, b = s * {fmt.subs} + {j}; (void)b; {per_sub} }}"
+        for j in range(fmt.subs)
+    )
     return f"""for (int s = 0; s < $NSB; s++) {{
       const unsigned char *blk = p + (long)s * {fmt.nbytes};
-      float ds[{fmt.subs}], dm[{fmt.subs}];
-      (void)dm;
+      f32x8 ds8 = 0.0f, dm8 = 0.0f;
+      (void)dm8;
       {fmt.setup}
-      for (int j = 0; j < {fmt.subs}; j++) {{
-        const int b = s * {fmt.subs} + j;
-        (void)b;
-        {body}
-      }}
+      {per_block}
+      {subs}
     }}"""
 
 
@@ -195,7 +203,7 @@ def gemm_format(fmt: BlockFormat) -> Format:
     `gguf.quants` (each product and sum its own statement, so nothing is fused).
     """
     code = fmt.dq_code or fmt.code
-    offset = "v = v + dm[j];" if fmt.offset else ""
+    offset = "v = v + dm8[j];" if fmt.offset else ""
     body = f"""for (int i = 0; i < 32; i++) {{
           const float scale = {fmt.dq_scale};
           float v = scale * (float){code};
@@ -207,7 +215,7 @@ def gemm_format(fmt: BlockFormat) -> Format:
         unpack_avx2="",
         dot_portable="",
         offset=False,
-        dequantize=_superblocks(fmt, body),
+        dequantize=_superblocks(fmt, "", body),
     )
 
 
@@ -255,34 +263,45 @@ for (int n = n0; n < n1; n++) {{
 
 
 def _group(fmt: BlockFormat, rows: list[int]) -> str:
-    decl = " ".join(f"f32x8 a{r} = 0.0f; float o{r} = 0.0f;" for r in rows)
-    avx2, portable, offsets = [], [], []
+    """Rows `rows` against weight row `p`: per row, `a{r}` sums the scaled integer dot
+    products, `o{r}` the offsets' share (`dm * dx * sum(qx)` per sub-block)."""
+    decl = " ".join(f"f32x8 a{r} = 0.0f, o{r} = 0.0f;" for r in rows)
+    # Per super-block and row: sx = ds * dx of each sub-block (lane j), and the offsets.
+    per_block = []
+    for r in rows:
+        xs = f"(xs + (long){r} * 2 * $B + s * {fmt.subs})"
+        if fmt.subs == 8:
+            per_block.append(f"const f32x8 sx{r} = ds8 * *(const f32x8 *){xs};")
+            if fmt.offset:
+                per_block.append(f"o{r} += dm8 * *(const f32x8 *)({xs} + $B);")
+        else:
+            per_block.append(f"const f32x8 sx{r} = ds8[0] * {xs}[0];")
+            if fmt.offset:
+                per_block.append(f"o{r}[0] += dm8[0] * {xs}[$B];")
+    avx2, portable = [], []
     for r in rows:
         xr = f"((long){r} * $K + b * 32)"
-        scale = f"(ds[j] * xs[(long){r} * 2 * $B + b])"
         avx2.append(
             f"a{r} += __builtin_convertvector((i32x8)("
             f"__builtin_ia32_pmaddwd256(wl, *(const v16hi *)(xq + {xr}))"
             f" + __builtin_ia32_pmaddwd256(wh, *(const v16hi *)(xq + {xr} + 16))), f32x8)"
-            f" * {scale};"
+            f" * sx{r}[j];"
         )
         portable.append(
             f"{{ int dot = 0; for (int i = 0; i < 32; i++) dot += {fmt.code} * xq[{xr} + i];"
-            f" a{r}[0] += (float)dot * {scale}; }}"
+            f" a{r}[0] += (float)dot * sx{r}[j]; }}"
         )
-        if fmt.offset:
-            offsets.append(f"o{r} += dm[j] * xs[(long){r} * 2 * $B + $B + b];")
     sep = "\n        "
-    inner = f"""
+    per_sub = f"""
 #if defined(__AVX2__) && !$PORTABLE
-        {{ {fmt.unpack_avx2}
-        {sep.join(avx2)} }}
+        {fmt.unpack_avx2}
+        {sep.join(avx2)}
 #else
         {sep.join(portable)}
 #endif
-        {sep.join(offsets)}"""
-    stores = " ".join(f"STORE((long){r} * $N + n, HSUM8(a{r}) + o{r});" for r in rows)
+      """
+    stores = " ".join(f"STORE((long){r} * $N + n, HSUM8(a{r}) + HSUM8(o{r}));" for r in rows)
     return f"""  {{ {decl}
-    {_superblocks(fmt, inner)}
+    {_superblocks(fmt, " ".join(per_block), per_sub)}
     {stores}
   }}"""

@@ -109,19 +109,31 @@ class HostArrays:
 
     `tensor(a)` copies `a` once into 64-byte aligned memory kept here and wraps it
     without another copy, so weights are not held twice and need no upload kernels.
-    Keep this object alive as long as the tensors.
+    `view(a)` wraps `a`'s own memory (a mapped file's pages, say) and keeps `a`
+    alive. Keep this object alive as long as the tensors.
     """
 
     ALIGN = 64
 
     def __init__(self) -> None:
-        self._arrays: list[np.ndarray] = []
+        self._arrays: list[np.ndarray] = []  # allocated here (counted in `nbytes`)
+        self._views: list[np.ndarray] = []  # others' memory, kept alive
 
     def tensor(self, a: np.ndarray) -> Tensor:
         a = np.asarray(a)
         aligned = self._allocate(a.shape, a.dtype, np.empty)
         aligned[...] = a
         return self._wrap(aligned)
+
+    def view(self, a: np.ndarray) -> Tensor:
+        """`a` as a tensor without copying it (copied if it is not C-contiguous).
+
+        The tensor may be read-only memory: weights are never written.
+        """
+        if not a.flags.c_contiguous:
+            return self.tensor(a)
+        self._views.append(a)
+        return self._wrap(a)
 
     def zeros(self, shape: tuple[int, ...]) -> Tensor:
         """A float32 tensor of zeros; its pages only take memory once written (calloc)."""
@@ -153,7 +165,7 @@ def to_matrix(w: WeightArray, host: HostArrays) -> Matrix:
     if not isinstance(w, QuantizedTensor):
         return DenseMatrix(host.tensor(np.asarray(w, dtype=np.float32)))
     if w.kind in BLOCK_KINDS:
-        return BlockMatrix(host.tensor(w.blocks), w.kind)
+        return BlockMatrix(host.view(w.blocks), w.kind)
     if w.kind not in ("q4_0", "q4_1", "q8_0"):
         return DenseMatrix(host.tensor(w.dequantize()))
     fields = {name: host.tensor(array) for name, array in split_blocks(w).items()}
@@ -207,14 +219,44 @@ def matmul(x: Tensor, w: Matrix, fast: bool) -> Tensor:
 
 
 def fuse_rows(parts: list[WeightArray]) -> WeightArray | None:
-    """The matrices stacked along their rows (one product instead of several), if compatible."""
+    """The matrices stacked along their rows (one product instead of several), if compatible.
+
+    Kinds used in their file layout are only fused where they already lie one after
+    another in memory (gate and up in a GGUF's map, say): stacking them would copy
+    weights that can be used in place.
+    """
     if all(isinstance(p, QuantizedTensor) for p in parts):
         quantized = [p for p in parts if isinstance(p, QuantizedTensor)]
         kind, cols = quantized[0].kind, quantized[0].shape[1]
         if any(q.kind != kind or q.shape[1] != cols for q in quantized):
             return None
-        blocks = np.concatenate([q.blocks for q in quantized])
-        return QuantizedTensor(kind, blocks, (sum(q.shape[0] for q in quantized), cols))
+        rows = sum(q.shape[0] for q in quantized)
+        if kind in BLOCK_KINDS:
+            blocks = _adjacent(quantized)
+            return None if blocks is None else QuantizedTensor(kind, blocks, (rows, cols))
+        return QuantizedTensor(kind, np.concatenate([q.blocks for q in quantized]), (rows, cols))
     if any(isinstance(p, QuantizedTensor) for p in parts):
         return None
     return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])
+
+
+def _adjacent(parts: list[QuantizedTensor]) -> np.ndarray | None:
+    """One view of the parts' blocks if each starts where the previous ends in one buffer."""
+    arrays = [p.blocks for p in parts]
+    root = _owner(arrays[0])
+    start = arrays[0].ctypes.data
+    end = start
+    for a in arrays:
+        if not a.flags.c_contiguous or _owner(a) is not root or a.ctypes.data != end:
+            return None
+        end += a.nbytes
+    offset = start - root.ctypes.data
+    rows = sum(a.shape[0] for a in arrays)
+    return np.ndarray((rows, arrays[0].shape[1]), np.uint8, buffer=root, offset=offset)
+
+
+def _owner(a: np.ndarray) -> np.ndarray:
+    """The array at the root of `a`'s chain of views."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
