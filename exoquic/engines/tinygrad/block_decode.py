@@ -96,9 +96,15 @@ def _q5_1(blk: Tensor) -> Tensor:
     return _f16(blk[..., 0:2]).unsqueeze(-1) * q + _f16(blk[..., 2:4]).unsqueeze(-1)
 
 
+def _q8_0(blk: Tensor) -> Tensor:
+    q = blk[..., 2:34].bitcast(dtypes.int8).cast(dtypes.float32)
+    return _f16(blk[..., 0:2]).unsqueeze(-1) * q
+
+
 _DECODERS: dict[QuantKind, Callable[[Tensor], Tensor]] = {
     "q5_0": _q5_0,
     "q5_1": _q5_1,
+    "q8_0": _q8_0,
     "q4_k": _q4_k,
     "q5_k": _q5_k,
     "q6_k": _q6_k,

@@ -15,7 +15,7 @@ from tinygrad.uop.ops import KernelInfo, Ops, UOp
 
 from exoquic.engines.tinygrad import cpu_kernels, ggml_kernels
 from exoquic.engines.tinygrad.device import DEVICE
-from exoquic.engines.tinygrad.matrices import BlockMatrix, Q4Matrix, Q8Matrix
+from exoquic.engines.tinygrad.matrices import BlockMatrix, Q4Matrix
 
 BLOCK = cpu_kernels.BLOCK
 # Tests set this to run the plain C branches instead of the AVX2 ones.
@@ -71,7 +71,7 @@ def _quantize(
     return codes, sums
 
 
-QuantizedMatrix = Q4Matrix | Q8Matrix | BlockMatrix
+QuantizedMatrix = Q4Matrix | BlockMatrix
 
 
 def quantized_matmul(
@@ -82,9 +82,7 @@ def quantized_matmul(
     kind: str  # names the kernels
     if isinstance(w, BlockMatrix):
         weights, names, kind = [w.blocks], ["P"], w.kind
-        fmt = ggml_kernels.FORMATS[w.kind]
-    elif isinstance(w, Q8Matrix):
-        weights, names, kind, fmt = [w.values, w.scale], ["C", "S"], "q8", cpu_kernels.Q8
+        fmt = ggml_kernels.block_format(w.kind, w.shape[1])
     else:
         weights, names, kind, fmt = (
             [w.packed, w.scale, w.offset],
@@ -147,7 +145,7 @@ def _gemm_source(fmt: cpu_kernels.Format | ggml_kernels.BlockFormat) -> Template
 def dequantize_blocks(w: BlockMatrix) -> Tensor:
     """The float32 weights of `w` decoded by the C kernels' own code (for tests)."""
     rows, cols = w.shape
-    fmt = ggml_kernels.FORMATS[w.kind]
+    fmt = ggml_kernels.block_format(w.kind, cols)
     constants = {"N": rows, "K": cols, **ggml_kernels.constants(fmt, cols)}
     code = cpu_kernels.source(ggml_kernels.dequantize_source(fmt), **constants)
     out = Tensor.empty(rows, cols, dtype=dtypes.float32, device=DEVICE)

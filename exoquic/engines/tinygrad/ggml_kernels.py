@@ -1,14 +1,16 @@
-"""C kernels that compute straight on GGML block bytes: Q5_0, Q5_1, Q4_K, Q5_K, Q6_K.
+"""C kernels that compute straight on GGML block bytes: Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K.
 
 The weights stay exactly as in the GGUF file (no repacked copy), so a node can
-use them from the file's memory map. Each kernel walks a weight row block by
-block; a "super-block" is one GGML block (32 values for Q5_0/Q5_1, 256 for the
-K-quants), split into sub-blocks of 32 values that each meet one int16
-activation block of `cpu_kernels.QUANTIZE`:
+use them from the file's memory map. Each kernel walks a weight row
+super-block by super-block: one K-quant block (256 values), or 8 blocks of a
+32-value kind (one where rows are not a multiple of 256), split into sub-blocks
+of 32 values that each meet one int16 activation block of
+`cpu_kernels.QUANTIZE`:
 
     kind  sub-block j of 32 values decodes as       dot product per sub-block
     q5_0  d * (q - 16), q 5-bit                      ds * dx * sum((q - 16) qx)
     q5_1  d * q + m                                  ds * dx * sum(q qx) + m * dx sum(qx)
+    q8_0  d * q, q int8                              ds * dx * sum(q qx)
     q4_k  d*sc[j] * q - dmin*mn[j], 6-bit sc, mn     likewise, ds = d*sc[j], dm = -dmin*mn[j]
     q5_k  as q4_k with a 5th bit from qh             likewise
     q6_k  d*sc[i/16] * (q - 32), int8 sc per 16      d * dx * sum((q - 32) sc qx)
@@ -37,6 +39,16 @@ typedef unsigned char u8x8 __attribute__((ext_vector_type(8), aligned(1)));
   const unsigned e_ = (h_ >> 10) & 31, m_ = h_ & 1023; \\
   union { unsigned u; float f; } v_; v_.u = ((e_ + 112) << 23) | (m_ << 13); \\
   const float r_ = e_ ? v_.f : (float)m_ * 5.9604644775390625e-08f; (h_ & 0x8000) ? -r_ : r_; })
+/* the same for the float16 at byte offset OFF of 8 blocks of STRIDE bytes from q */
+#define H16(q) ((int)(q)[0] | ((int)(q)[1] << 8))
+#define F16X8(q, STRIDE, OFF) ({ const unsigned char *q_ = (q) + (OFF); \
+  const i32x8 h_ = {H16(q_), H16(q_ + STRIDE), H16(q_ + 2 * STRIDE), H16(q_ + 3 * STRIDE), \
+                    H16(q_ + 4 * STRIDE), H16(q_ + 5 * STRIDE), H16(q_ + 6 * STRIDE), \
+                    H16(q_ + 7 * STRIDE)}; \
+  const i32x8 e_ = (h_ >> 10) & 31, m_ = h_ & 1023; \
+  const f32x8 n_ = (f32x8)(((e_ + 112) << 23) | (m_ << 13)); \
+  const f32x8 s_ = __builtin_convertvector(m_, f32x8) * 5.9604644775390625e-08f; \
+  const f32x8 r_ = e_ != 0 ? n_ : s_; (h_ & 0x8000) != 0 ? -r_ : r_; })
 """
 
 
@@ -56,6 +68,7 @@ class BlockFormat:
     # exact dequantization of value i of sub-block j: `dq_scale * dq_code (+ dm[j])`
     dq_scale: str = "ds8[j]"
     dq_code: str = ""
+    sub_prelude: str = ""  # C run before each sub-block's code
 
     @property
     def subs(self) -> int:
@@ -139,6 +152,32 @@ Q6_K = BlockFormat(
     dq_code=f"({_Q6} - 32)",
 )
 
+
+# The 32-value kinds go 8 blocks at a time where rows allow (one "super-block" of 256
+# values, sub-block j = block j at `bj`), else one block at a time.
+def _legacy(
+    kind: str, nbytes: int, group: int, code: str, unpack: str, offset: bool, qh: int = -1
+) -> BlockFormat:
+    if group == 8:
+        setup = f"ds8 = F16X8(blk, {nbytes}, 0);"
+        setup += f" dm8 = F16X8(blk, {nbytes}, 2);" if offset else ""
+    else:
+        setup = "ds8 = F16(blk);" + (" dm8 = F16(blk + 2);" if offset else "")
+    sub = f"const unsigned char *bj = blk + j * {nbytes};"
+    if qh >= 0:
+        sub += f" unsigned qh; __builtin_memcpy(&qh, bj + {qh}, 4);"
+    return BlockFormat(
+        kind=kind,
+        values=32 * group,
+        nbytes=nbytes * group,
+        setup=setup,
+        code=code,
+        unpack_avx2=unpack,
+        offset=offset,
+        sub_prelude=sub,
+    )
+
+
 # Q5_0 / Q5_1: value i has its low 4 bits in byte i % 16 (nibble i / 16) and its 5th bit
 # at bit i of the little-endian u32 `qh`.
 _Q5_CODE = "(int)(((QS[i & 15] >> (4 * (i >> 4))) & 15) | (((qh >> i) & 1) << 4))"
@@ -148,30 +187,37 @@ _Q5_AVX2 = """const i16x16 bit = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2
         i16x16 hl = (short)(qh & 0xffff), hh = (short)(qh >> 16);
         i16x16 l = (c & (short)15) | (((hl & bit) != 0) & (short)16);
         i16x16 h = (c >> (short)4) | (((hh & bit) != 0) & (short)16);"""
+_Q8_AVX2 = """v16hi wl = (v16hi)__builtin_convertvector(*(const i8x16 *)(bj + 2), i16x16);
+        v16hi wh = (v16hi)__builtin_convertvector(*(const i8x16 *)(bj + 18), i16x16);"""
 
-Q5_0 = BlockFormat(
-    kind="q5_0",
-    values=32,
-    nbytes=22,
-    setup="ds8 = F16(blk); unsigned qh; __builtin_memcpy(&qh, blk + 2, 4);",
-    code="(" + _Q5_CODE.replace("QS", "(blk + 6)") + " - 16)",
-    unpack_avx2=_Q5_AVX2.replace("QS", "(blk + 6)")
-    + "\n        v16hi wl = (v16hi)(l - (short)16), wh = (v16hi)(h - (short)16);",
-    offset=False,
-)
 
-Q5_1 = BlockFormat(
-    kind="q5_1",
-    values=32,
-    nbytes=24,
-    setup="ds8 = F16(blk); dm8 = F16(blk + 2); unsigned qh; __builtin_memcpy(&qh, blk + 4, 4);",
-    code=_Q5_CODE.replace("QS", "(blk + 8)"),
-    unpack_avx2=_Q5_AVX2.replace("QS", "(blk + 8)")
-    + "\n        v16hi wl = (v16hi)l, wh = (v16hi)h;",
-    offset=True,
-)
+def _q5_0(group: int) -> BlockFormat:
+    code = "(" + _Q5_CODE.replace("QS", "(bj + 6)") + " - 16)"
+    unpack = _Q5_AVX2.replace("QS", "(bj + 6)")
+    unpack += "\n        v16hi wl = (v16hi)(l - (short)16), wh = (v16hi)(h - (short)16);"
+    return _legacy("q5_0", 22, group, code, unpack, offset=False, qh=2)
 
-FORMATS: dict[str, BlockFormat] = {f.kind: f for f in (Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)}
+
+def _q5_1(group: int) -> BlockFormat:
+    unpack = _Q5_AVX2.replace("QS", "(bj + 8)") + _PLAIN_CODES
+    return _legacy("q5_1", 24, group, _Q5_CODE.replace("QS", "(bj + 8)"), unpack, True, qh=4)
+
+
+def _q8_0(group: int) -> BlockFormat:
+    code = "((const signed char *)(bj + 2))[i]"
+    return _legacy("q8_0", 34, group, code, _Q8_AVX2, offset=False)
+
+
+_K_FORMATS = {f.kind: f for f in (Q4_K, Q5_K, Q6_K)}
+_LEGACY = {"q5_0": _q5_0, "q5_1": _q5_1, "q8_0": _q8_0}
+KINDS = frozenset(_K_FORMATS) | frozenset(_LEGACY)
+
+
+def block_format(kind: str, cols: int) -> BlockFormat:
+    """The format for rows of `cols` values of `kind` (32-value kinds in 8s where they fit)."""
+    if kind in _K_FORMATS:
+        return _K_FORMATS[kind]
+    return _LEGACY[kind](8 if cols % 256 == 0 else 1)
 
 
 def constants(fmt: BlockFormat, cols: int) -> dict[str, int | str]:
@@ -183,7 +229,7 @@ def _superblocks(fmt: BlockFormat, per_block: str, per_sub: str) -> str:
     """C looping over the super-blocks of weight row `p`: `per_block` once each (after
     `setup`), then `per_sub` for each sub-block `j`, unrolled so `j` is a constant."""
     subs = "\n      ".join(
-        f"{{ const int j = {j}, b = s * {fmt.subs} + {j}; (void)b; {per_sub} }}"
+        f"{{ const int j = {j}, b = s * {fmt.subs} + {j}; (void)b; {fmt.sub_prelude} {per_sub} }}"
         for j in range(fmt.subs)
     )
     return f"""for (int s = 0; s < $NSB; s++) {{
