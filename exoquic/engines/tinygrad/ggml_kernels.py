@@ -63,11 +63,15 @@ class BlockFormat:
     nbytes: int  # bytes per super-block
     setup: str
     code: str  # int code of value i of sub-block j, as used in the dot product
-    unpack_avx2: str  # int16 codes of sub-block j: `wl` (values 0-15), `wh` (16-31)
+    codes_avx2: str  # i16x16 codes `l` (values 0-15) and `h` (16-31) of sub-block j
     offset: bool
     # exact dequantization of value i of sub-block j: `dq_scale * dq_code (+ dm[j])`
     dq_scale: str = "ds8[j]"
     dq_code: str = ""
+    # from `l`, `h`: the dot product's int16 weights `wl`, `wh` (sub-scales folded in)
+    fold_avx2: str = "v16hi wl = (v16hi)l, wh = (v16hi)h;"
+    # scales of values 0-15 and 16-31 of sub-block j, for dequantizing `l`, `h`
+    dq_scales_avx2: tuple[str, str] = ("ds8[j]", "ds8[j]")
     sub_prelude: str = ""  # C run before each sub-block's code
 
     @property
@@ -92,16 +96,13 @@ _K_NIBBLES = """const unsigned char *q = QS + 32 * (j >> 1); const short sh = (s
         i16x16 h = __builtin_convertvector(*(const u8x16 *)(q + 16), i16x16);
         l = (l >> sh) & (short)15; h = (h >> sh) & (short)15;"""
 
-_PLAIN_CODES = "\n        v16hi wl = (v16hi)l, wh = (v16hi)h;"
-
 Q4_K = BlockFormat(
     kind="q4_k",
     values=256,
     nbytes=144,
     setup=_K_SCALES,
     code="((blk[16 + 32 * (j >> 1) + i] >> (4 * (j & 1))) & 15)",
-    unpack_avx2=_K_NIBBLES.replace("QS", "(blk + 16)")
-    + "\n        v16hi wl = (v16hi)l, wh = (v16hi)h;",
+    codes_avx2=_K_NIBBLES.replace("QS", "(blk + 16)"),
     offset=True,
 )
 
@@ -112,12 +113,12 @@ Q5_K = BlockFormat(
     setup=_K_SCALES,
     code="(((blk[48 + 32 * (j >> 1) + i] >> (4 * (j & 1))) & 15)"
     " | (((blk[16 + i] >> j) & 1) << 4))",
-    unpack_avx2=_K_NIBBLES.replace("QS", "(blk + 48)")
+    codes_avx2=_K_NIBBLES.replace("QS", "(blk + 48)")
     + """
         i16x16 hl = __builtin_convertvector(*(const u8x16 *)(blk + 16), i16x16);
         i16x16 hh = __builtin_convertvector(*(const u8x16 *)(blk + 32), i16x16);
-        v16hi wl = (v16hi)(l | (((hl >> (short)j) & (short)1) << 4));
-        v16hi wh = (v16hi)(h | (((hh >> (short)j) & (short)1) << 4));""",
+        l = l | (((hl >> (short)j) & (short)1) << 4);
+        h = h | (((hh >> (short)j) & (short)1) << 4);""",
     offset=True,
 )
 
@@ -136,7 +137,7 @@ Q6_K = BlockFormat(
     nbytes=210,
     setup="const float d = F16(blk + 208); ds8 = d;",
     code=f"(({_Q6} - 32) * {_Q6_SCALE})",
-    unpack_avx2="""const unsigned char *ql = blk + 64 * (j >> 2) + 32 * (j & 1);
+    codes_avx2="""const unsigned char *ql = blk + 64 * (j >> 2) + 32 * (j & 1);
         const unsigned char *qh = blk + 128 + 32 * (j >> 2);
         const short s4 = (short)(4 * ((j >> 1) & 1)), s2 = (short)(2 * (j & 3));
         const signed char *sc6 = (const signed char *)(blk + 192) + 2 * j;
@@ -145,8 +146,9 @@ Q6_K = BlockFormat(
         i16x16 hl = __builtin_convertvector(*(const u8x16 *)qh, i16x16);
         i16x16 hh = __builtin_convertvector(*(const u8x16 *)(qh + 16), i16x16);
         l = (((l >> s4) & (short)15) | (((hl >> s2) & (short)3) << 4)) - (short)32;
-        h = (((h >> s4) & (short)15) | (((hh >> s2) & (short)3) << 4)) - (short)32;
-        v16hi wl = (v16hi)(l * (short)sc6[0]), wh = (v16hi)(h * (short)sc6[1]);""",
+        h = (((h >> s4) & (short)15) | (((hh >> s2) & (short)3) << 4)) - (short)32;""",
+    fold_avx2="v16hi wl = (v16hi)(l * (short)sc6[0]), wh = (v16hi)(h * (short)sc6[1]);",
+    dq_scales_avx2=("(d * (float)sc6[0])", "(d * (float)sc6[1])"),
     offset=False,
     dq_scale=f"(d * (float){_Q6_SCALE})",
     dq_code=f"({_Q6} - 32)",
@@ -156,7 +158,7 @@ Q6_K = BlockFormat(
 # The 32-value kinds go 8 blocks at a time where rows allow (one "super-block" of 256
 # values, sub-block j = block j at `bj`), else one block at a time.
 def _legacy(
-    kind: str, nbytes: int, group: int, code: str, unpack: str, offset: bool, qh: int = -1
+    kind: str, nbytes: int, group: int, code: str, codes: str, offset: bool, qh: int = -1
 ) -> BlockFormat:
     if group == 8:
         setup = f"ds8 = F16X8(blk, {nbytes}, 0);"
@@ -172,7 +174,7 @@ def _legacy(
         nbytes=nbytes * group,
         setup=setup,
         code=code,
-        unpack_avx2=unpack,
+        codes_avx2=codes,
         offset=offset,
         sub_prelude=sub,
     )
@@ -187,19 +189,19 @@ _Q5_AVX2 = """const i16x16 bit = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2
         i16x16 hl = (short)(qh & 0xffff), hh = (short)(qh >> 16);
         i16x16 l = (c & (short)15) | (((hl & bit) != 0) & (short)16);
         i16x16 h = (c >> (short)4) | (((hh & bit) != 0) & (short)16);"""
-_Q8_AVX2 = """v16hi wl = (v16hi)__builtin_convertvector(*(const i8x16 *)(bj + 2), i16x16);
-        v16hi wh = (v16hi)__builtin_convertvector(*(const i8x16 *)(bj + 18), i16x16);"""
+_Q8_AVX2 = """i16x16 l = __builtin_convertvector(*(const i8x16 *)(bj + 2), i16x16);
+        i16x16 h = __builtin_convertvector(*(const i8x16 *)(bj + 18), i16x16);"""
 
 
 def _q5_0(group: int) -> BlockFormat:
     code = "(" + _Q5_CODE.replace("QS", "(bj + 6)") + " - 16)"
     unpack = _Q5_AVX2.replace("QS", "(bj + 6)")
-    unpack += "\n        v16hi wl = (v16hi)(l - (short)16), wh = (v16hi)(h - (short)16);"
+    unpack += "\n        l = l - (short)16; h = h - (short)16;"
     return _legacy("q5_0", 22, group, code, unpack, offset=False, qh=2)
 
 
 def _q5_1(group: int) -> BlockFormat:
-    unpack = _Q5_AVX2.replace("QS", "(bj + 8)") + _PLAIN_CODES
+    unpack = _Q5_AVX2.replace("QS", "(bj + 8)")
     return _legacy("q5_1", 24, group, _Q5_CODE.replace("QS", "(bj + 8)"), unpack, True, qh=4)
 
 
@@ -250,12 +252,27 @@ def gemm_format(fmt: BlockFormat) -> Format:
     """
     code = fmt.dq_code or fmt.code
     offset = "v = v + dm8[j];" if fmt.offset else ""
-    body = f"""for (int i = 0; i < 32; i++) {{
+    stores = []
+    for k, (half, part) in enumerate([("l", "lo"), ("l", "hi"), ("h", "lo"), ("h", "hi")]):
+        stores.append(
+            f"{{ f32x8 v = __builtin_convertvector({half}.{part}, f32x8) * s{k // 2};"
+            f" {offset} *(f32x8 *)(row + b * 32 + {8 * k}) = v; }}"
+        )
+    lo, hi = fmt.dq_scales_avx2
+    body = f"""
+#if defined(__AVX2__) && !$PORTABLE
+        {fmt.codes_avx2}
+        const f32x8 s0 = {lo}, s1 = {hi};
+        {" ".join(stores)}
+#else
+        for (int i = 0; i < 32; i++) {{
           const float scale = {fmt.dq_scale};
           float v = scale * (float){code};
           {offset}
           row[b * 32 + i] = v;
-        }}"""
+        }}
+#endif
+      """
     return Format(
         setup="const unsigned char *p = $P + (long)n * $ROWBYTES;",
         unpack_avx2="",
@@ -340,7 +357,8 @@ def _group(fmt: BlockFormat, rows: list[int]) -> str:
     sep = "\n        "
     per_sub = f"""
 #if defined(__AVX2__) && !$PORTABLE
-        {fmt.unpack_avx2}
+        {fmt.codes_avx2}
+        {fmt.fold_avx2}
         {sep.join(avx2)}
 #else
         {sep.join(portable)}

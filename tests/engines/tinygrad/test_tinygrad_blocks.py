@@ -49,7 +49,12 @@ def product(x: np.ndarray, w: BlockMatrix) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_c_dequantization_equals_gguf(kind: QuantKind) -> None:
+@pytest.mark.parametrize("portable", [False, True], ids=["avx2", "plain-c"])
+def test_c_dequantization_equals_gguf(
+    kind: QuantKind, portable: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The code the prefill GEMM dequantizes weights with, in both of its C branches.
+    monkeypatch.setattr(custom, "PORTABLE_C", portable)
     w, t = block_matrix(kind, 8, 512, seed=1)
     np.testing.assert_array_equal(dequantize_blocks(w).numpy(), reference(t))
 
