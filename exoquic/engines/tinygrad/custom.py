@@ -146,7 +146,7 @@ def dequantize_blocks(w: BlockMatrix) -> Tensor:
     """The float32 weights of `w` decoded by the C kernels' own code (for tests)."""
     rows, cols = w.shape
     fmt = ggml_kernels.block_format(w.kind, cols)
-    constants = {"N": rows, "K": cols, "PORTABLE": int(PORTABLE_C)}
+    constants: dict[str, int | str] = {"N": rows, "K": cols, "PORTABLE": int(PORTABLE_C)}
     constants |= ggml_kernels.constants(fmt, cols)
     code = cpu_kernels.source(ggml_kernels.dequantize_source(fmt), **constants)
     out = Tensor.empty(rows, cols, dtype=dtypes.float32, device=DEVICE)
