@@ -6,8 +6,8 @@ not import tinygrad (`exoquic.engines.tinygrad.engine.TinygradEngine` does).
 How a step runs (module by module):
 
 - `matrices`: GGML weights stay quantized, wrapped in place as tinygrad tensors
-  (`HostArrays`): Q5_0/Q5_1/Q8_0/K-quants as the file's own bytes (from its
-  memory map), Q4_0/Q4_1 repacked with float32 scales; F16/BF16 become float32.
+  (`HostArrays`): Q5_0/Q5_1/Q8_0/K-quants/F16/BF16 as the file's own bytes
+  (from its memory map), Q4_0/Q4_1 repacked with float32 scales.
 - `block_decode`: the file-layout kinds decoded as tinygrad expressions (the
   portable path), bit-exact with `gguf.quants`.
 - `cpu_kernels`, `ggml_kernels` + `custom`: the hot kernels (quantized products, RMS norm,

@@ -101,7 +101,15 @@ def _q8_0(blk: Tensor) -> Tensor:
     return _f16(blk[..., 0:2]).unsqueeze(-1) * q
 
 
+def _bf16(blk: Tensor) -> Tensor:
+    """bfloat16 byte pairs `(..., 2)` (f16/bf16 "blocks" are single values) -> float32."""
+    h = blk[..., 0].cast(dtypes.uint32) | (blk[..., 1].cast(dtypes.uint32) << 8)
+    return (h << 16).bitcast(dtypes.float32)
+
+
 _DECODERS: dict[QuantKind, Callable[[Tensor], Tensor]] = {
+    "f16": _f16,
+    "bf16": _bf16,
     "q5_0": _q5_0,
     "q5_1": _q5_1,
     "q8_0": _q8_0,

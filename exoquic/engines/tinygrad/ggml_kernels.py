@@ -210,20 +210,63 @@ def _q8_0(group: int) -> BlockFormat:
     return _legacy("q8_0", 34, group, code, _Q8_AVX2, offset=False)
 
 
+@dataclass(frozen=True)
+class FloatFormat:
+    """16-bit float weights (F16, BF16): no integer codes, so every product, decode
+    included, goes through the float32 GEMM (`cpu_kernels.gemm_source`)."""
+
+    kind: str
+    dequantize: str  # C writing the K floats of weight row `p` into `row`, exactly
+
+
+# F16C converts 8 halves at once (exactly); elsewhere the F16 macro, one at a time.
+F16 = FloatFormat(
+    kind="f16",
+    dequantize="""int k = 0;
+#if defined(__F16C__) && !$PORTABLE
+      typedef short h16x8 __attribute__((vector_size(16), aligned(2)));
+      for (; k + 8 <= $K; k += 8)
+        *(f32x8 *)(row + k) = (f32x8)__builtin_ia32_vcvtph2ps256(*(const h16x8 *)(p + 2 * k));
+#endif
+      for (; k < $K; k++) row[k] = F16(p + 2 * k);""",
+)
+
+# bfloat16 is the top half of a float32.
+BF16 = FloatFormat(
+    kind="bf16",
+    dequantize="""typedef unsigned short u16x8 __attribute__((ext_vector_type(8), aligned(2)));
+      int k = 0;
+      for (; k + 8 <= $K; k += 8) {
+        const i32x8 wide = __builtin_convertvector(*(const u16x8 *)(p + 2 * k), i32x8);
+        *(f32x8 *)(row + k) = (f32x8)(wide << 16);
+      }
+      for (; k < $K; k++) {
+        union { unsigned u; float f; } v;
+        v.u = ((unsigned)p[2 * k] | ((unsigned)p[2 * k + 1] << 8)) << 16;
+        row[k] = v.f;
+      }""",
+)
+
 _K_FORMATS = {f.kind: f for f in (Q4_K, Q5_K, Q6_K)}
 _LEGACY = {"q5_0": _q5_0, "q5_1": _q5_1, "q8_0": _q8_0}
-KINDS = frozenset(_K_FORMATS) | frozenset(_LEGACY)
+_FLOAT = {f.kind: f for f in (F16, BF16)}
+KINDS = frozenset(_K_FORMATS) | frozenset(_LEGACY) | frozenset(_FLOAT)
+AnyFormat = BlockFormat | FloatFormat
 
 
-def block_format(kind: str, cols: int) -> BlockFormat:
+def block_format(kind: str, cols: int) -> AnyFormat:
     """The format for rows of `cols` values of `kind` (32-value kinds in 8s where they fit)."""
     if kind in _K_FORMATS:
         return _K_FORMATS[kind]
+    if kind in _FLOAT:
+        return _FLOAT[kind]
     return _LEGACY[kind](8 if cols % 256 == 0 else 1)
 
 
-def constants(fmt: BlockFormat, cols: int) -> dict[str, int | str]:
+def constants(fmt: AnyFormat, cols: int) -> dict[str, int | str]:
     """Shape constants of a weight row of `cols` values."""
+    if isinstance(fmt, FloatFormat):
+        return {"ROWBYTES": 2 * cols}
     return {"NSB": cols // fmt.values, "ROWBYTES": cols // fmt.values * fmt.nbytes}
 
 
@@ -244,12 +287,17 @@ def _superblocks(fmt: BlockFormat, per_block: str, per_sub: str) -> str:
     }}"""
 
 
-def gemm_format(fmt: BlockFormat) -> Format:
+def gemm_format(fmt: AnyFormat) -> Format:
     """The `cpu_kernels.Format` whose `setup` and `dequantize` feed `gemm_source`.
 
     Dequantization is exact: the same float32 operations, in the same order, as
     `gguf.quants` (each product and sum its own statement, so nothing is fused).
     """
+    setup = "const unsigned char *p = $P + (long)n * $ROWBYTES;"
+    if isinstance(fmt, FloatFormat):
+        return Format(
+            setup, unpack_avx2="", dot_portable="", offset=False, dequantize=fmt.dequantize
+        )
     code = fmt.dq_code or fmt.code
     offset = "v = v + dm8[j];" if fmt.offset else ""
     stores = []
@@ -274,7 +322,7 @@ def gemm_format(fmt: BlockFormat) -> Format:
 #endif
       """
     return Format(
-        setup="const unsigned char *p = $P + (long)n * $ROWBYTES;",
+        setup=setup,
         unpack_avx2="",
         dot_portable="",
         offset=False,
@@ -282,7 +330,7 @@ def gemm_format(fmt: BlockFormat) -> Format:
     )
 
 
-def dequantize_source(fmt: BlockFormat) -> Template:
+def dequantize_source(fmt: AnyFormat) -> Template:
     """`$OUT (N, K)` float32 = the weights `$P` (N rows of K values), exactly."""
     g = gemm_format(fmt)
     return Template(
@@ -298,7 +346,7 @@ for (int n = 0; n < $N; n++) {{
     )
 
 
-def gemm_source(fmt: BlockFormat) -> Template:
+def gemm_source(fmt: AnyFormat) -> Template:
     """`cpu_kernels.gemm_source` (prefill chunks) for weights in `fmt` blocks."""
     return Template(_F16 + cpu_kernels.gemm_source(gemm_format(fmt)).template)
 

@@ -1,6 +1,6 @@
 """Weight matrices on the tinygrad device, kept in their GGML block quantization.
 
-Most kinds (Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) stay exactly as in the GGUF file
+Most kinds (Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, F16, BF16) stay exactly as in the GGUF file
 (`BlockMatrix`), used in place from the file's memory map; `ggml_kernels` and
 `block_decode` read them. Q4_0 and Q4_1 (the bundled model's) are repacked
 (`Q4Matrix`): a GGML block covers 32 consecutive values of one row, Q4_1 decodes
@@ -77,9 +77,10 @@ class DenseMatrix:
 Matrix = Q4Matrix | BlockMatrix | DenseMatrix
 
 # Kinds computed on in their file layout (`BlockMatrix`, used from the file's map in
-# place); Q4_0/Q4_1 are repacked (`Q4Matrix`: float32 scales, a little faster); f16/bf16
-# are widened to float32 (`DenseMatrix`).
-BLOCK_KINDS: frozenset[QuantKind] = frozenset({"q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k"})
+# place); Q4_0/Q4_1 are repacked (`Q4Matrix`: float32 scales, a little faster).
+BLOCK_KINDS: frozenset[QuantKind] = frozenset(
+    {"q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "f16", "bf16"}
+)
 
 
 def split_blocks(t: QuantizedTensor) -> dict[str, np.ndarray]:
@@ -156,10 +157,7 @@ def to_matrix(w: WeightArray, host: HostArrays) -> Matrix:
         return DenseMatrix(host.tensor(np.asarray(w, dtype=np.float32)))
     if w.kind in BLOCK_KINDS:
         return BlockMatrix(host.view(w.blocks), w.kind)
-    if w.kind in ("q4_0", "q4_1"):
-        m: Matrix = Q4Matrix(**{name: host.tensor(a) for name, a in split_blocks(w).items()})
-    else:
-        m = DenseMatrix(host.tensor(w.dequantize()))
+    m = Q4Matrix(**{name: host.tensor(a) for name, a in split_blocks(w).items()})
     release_pages(w.blocks)  # copied: the file's pages are not needed any more
     return m
 
