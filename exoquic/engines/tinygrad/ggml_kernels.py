@@ -40,7 +40,16 @@ typedef unsigned char u8x8 __attribute__((ext_vector_type(8), aligned(1)));
   union { unsigned u; float f; } v_; v_.u = ((e_ + 112) << 23) | (m_ << 13); \\
   const float r_ = e_ ? v_.f : (float)m_ * 5.9604644775390625e-08f; (h_ & 0x8000) ? -r_ : r_; })
 /* the same for the float16 at byte offset OFF of 8 blocks of STRIDE bytes from q */
-#define H16(q) ((int)(q)[0] | ((int)(q)[1] << 8))
+typedef unsigned short u16u __attribute__((aligned(1)));
+#define H16(q) (*(const u16u *)(q))
+#if defined(__F16C__) && !$PORTABLE
+typedef short h16x8 __attribute__((vector_size(16)));
+#define F16X8(q, STRIDE, OFF) ({ const unsigned char *q_ = (q) + (OFF); \
+  const h16x8 h_ = {H16(q_), H16(q_ + STRIDE), H16(q_ + 2 * STRIDE), H16(q_ + 3 * STRIDE), \
+                    H16(q_ + 4 * STRIDE), H16(q_ + 5 * STRIDE), H16(q_ + 6 * STRIDE), \
+                    H16(q_ + 7 * STRIDE)}; \
+  (f32x8)__builtin_ia32_vcvtph2ps256(h_); })
+#else
 #define F16X8(q, STRIDE, OFF) ({ const unsigned char *q_ = (q) + (OFF); \
   const i32x8 h_ = {H16(q_), H16(q_ + STRIDE), H16(q_ + 2 * STRIDE), H16(q_ + 3 * STRIDE), \
                     H16(q_ + 4 * STRIDE), H16(q_ + 5 * STRIDE), H16(q_ + 6 * STRIDE), \
@@ -49,6 +58,7 @@ typedef unsigned char u8x8 __attribute__((ext_vector_type(8), aligned(1)));
   const f32x8 n_ = (f32x8)(((e_ + 112) << 23) | (m_ << 13)); \
   const f32x8 s_ = __builtin_convertvector(m_, f32x8) * 5.9604644775390625e-08f; \
   const f32x8 r_ = e_ != 0 ? n_ : s_; (h_ & 0x8000) != 0 ? -r_ : r_; })
+#endif
 """
 
 

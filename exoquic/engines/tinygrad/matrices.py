@@ -209,9 +209,9 @@ def matmul(x: Tensor, w: Matrix, fast: bool) -> Tensor:
 def fuse_rows(parts: list[WeightArray]) -> WeightArray | None:
     """The matrices stacked along their rows (one product instead of several), if compatible.
 
-    Kinds used in their file layout are only fused where they already lie one after
-    another in memory (gate and up in a GGUF's map, say): stacking them would copy
-    weights that can be used in place.
+    Kinds used in their file layout that already lie one after another in memory
+    (gate and up in a GGUF's map, say) become one view; others are copied once
+    (their file pages then dropped), so memory stays one copy either way.
     """
     if all(isinstance(p, QuantizedTensor) for p in parts):
         quantized = [p for p in parts if isinstance(p, QuantizedTensor)]
@@ -219,12 +219,11 @@ def fuse_rows(parts: list[WeightArray]) -> WeightArray | None:
         if any(q.kind != kind or q.shape[1] != cols for q in quantized):
             return None
         rows = sum(q.shape[0] for q in quantized)
-        if kind in BLOCK_KINDS:
-            blocks = _adjacent(quantized)
-            return None if blocks is None else QuantizedTensor(kind, blocks, (rows, cols))
-        blocks = np.concatenate([q.blocks for q in quantized])
-        for q in quantized:
-            release_pages(q.blocks)
+        blocks = _adjacent(quantized) if kind in BLOCK_KINDS else None
+        if blocks is None:
+            blocks = np.concatenate([q.blocks for q in quantized])
+            for q in quantized:
+                release_pages(q.blocks)  # copied: the file's pages are not needed any more
         return QuantizedTensor(kind, blocks, (rows, cols))
     if any(isinstance(p, QuantizedTensor) for p in parts):
         return None
