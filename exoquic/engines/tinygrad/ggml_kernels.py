@@ -18,10 +18,12 @@ of 32 values that each meet one int16 activation block of
 Q6_K's int8 sub-scales are folded into the int16 weight codes (|(q-32) sc| <=
 4096), so two pmaddwd results still fit an int32 lane next to |qx| <= 32767.
 
-`Format`s here plug into `cpu_kernels.gemm_source` (prefill) as they are;
-`matmul_source` is the per-row integer kernel for these layouts. Float16
-fields are decoded with integer operations (exact, no F16C needed; no inf or
-NaN scales expected).
+`gemm_format` turns a format into the `cpu_kernels.Format` that
+`cpu_kernels.gemm_source` (prefill chunks) dequantizes with, exactly;
+`matmul_source` is the per-row integer kernel for these layouts. F16 and BF16
+matrices (`FloatFormat`) always go through the GEMM. Float16 fields are decoded
+with F16C where the CPU has it, else with integer operations (both exact; no
+inf or NaN scales expected).
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class BlockFormat:
     code: str  # int code of value i of sub-block j, as used in the dot product
     codes_avx2: str  # i16x16 codes `l` (values 0-15) and `h` (16-31) of sub-block j
     offset: bool
-    # exact dequantization of value i of sub-block j: `dq_scale * dq_code (+ dm[j])`
+    # exact dequantization of value i of sub-block j: `dq_scale * dq_code (+ dm8[j])`
     dq_scale: str = "ds8[j]"
     dq_code: str = ""
     # from `l`, `h`: the dot product's int16 weights `wl`, `wh` (sub-scales folded in)
