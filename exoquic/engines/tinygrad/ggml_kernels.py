@@ -41,11 +41,14 @@ typedef unsigned char u8x8 __attribute__((ext_vector_type(8), aligned(1)));
   const unsigned e_ = (h_ >> 10) & 31, m_ = h_ & 1023; \\
   union { unsigned u; float f; } v_; v_.u = ((e_ + 112) << 23) | (m_ << 13); \\
   const float r_ = e_ ? v_.f : (float)m_ * 5.9604644775390625e-08f; (h_ & 0x8000) ? -r_ : r_; })
-/* the same for the float16 at byte offset OFF of 8 blocks of STRIDE bytes from q */
+/* F16X8: the same for the float16 at byte offset OFF of 8 blocks of STRIDE bytes from q;
+   both with F16C where the CPU has it */
 typedef unsigned short u16u __attribute__((aligned(1)));
 #define H16(q) (*(const u16u *)(q))
 #if defined(__F16C__) && !$PORTABLE
 typedef short h16x8 __attribute__((vector_size(16)));
+#undef F16
+#define F16(q) (__builtin_ia32_vcvtph2ps((h16x8){(short)H16(q), 0, 0, 0, 0, 0, 0, 0})[0])
 #define F16X8(q, STRIDE, OFF) ({ const unsigned char *q_ = (q) + (OFF); \
   const h16x8 h_ = {H16(q_), H16(q_ + STRIDE), H16(q_ + 2 * STRIDE), H16(q_ + 3 * STRIDE), \
                     H16(q_ + 4 * STRIDE), H16(q_ + 5 * STRIDE), H16(q_ + 6 * STRIDE), \
