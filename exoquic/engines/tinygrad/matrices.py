@@ -1,10 +1,12 @@
 """Weight matrices on the tinygrad device, kept in their GGML block quantization.
 
-A GGML block covers 32 consecutive values of one row. Q4_1 decodes as
-`w = d * q + m` (q a 4-bit code), Q4_0 as `w = d * (q - 8)` (so it is Q4_1 with
-`m = -8 d`), Q8_0 as `w = d * q` (q an int8). The codes stay packed in memory
-(4 or 8 bits per weight); the scales are widened once to float32 because this
-CPU's half-precision arithmetic is scalar and slow.
+Most kinds (Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, F16, BF16) stay exactly as in the GGUF file
+(`BlockMatrix`), used in place from the file's memory map; `ggml_kernels` and
+`block_decode` read them. Q4_0 and Q4_1 (the bundled model's) are repacked
+(`Q4Matrix`): a GGML block covers 32 consecutive values of one row, Q4_1 decodes
+as `w = d * q + m` (q a 4-bit code), Q4_0 as `w = d * (q - 8)` (so it is Q4_1
+with `m = -8 d`); the codes stay packed, the scales are widened once to float32,
+which the hand-written kernels for it read a little faster than float16 fields.
 
 `matmul` writes dequantization and product as one lazy tinygrad expression, so
 the scheduler fuses the decoding into the matmul kernel instead of ever
@@ -19,9 +21,11 @@ from dataclasses import dataclass, fields
 import numpy as np
 from tinygrad import Tensor, dtypes
 
+from exoquic.engines.tinygrad.block_decode import block_dequantized
 from exoquic.engines.tinygrad.device import DEVICE
-from exoquic.models.quant import BLOCK_BYTES, BLOCK_VALUES
-from exoquic.models.weights import QuantizedTensor, WeightArray
+from exoquic.models.gguf_file import release_pages
+from exoquic.models.quant import BLOCK_BYTES, BLOCK_VALUES, VALUES_PER_BLOCK
+from exoquic.models.weights import QuantizedTensor, QuantKind, WeightArray
 
 
 @dataclass(frozen=True)
@@ -43,16 +47,21 @@ class Q4Matrix:
 
 
 @dataclass(frozen=True)
-class Q8Matrix:
-    """`(rows, cols)` weights as int8 codes: `w[r, 32b + j] = scale[r, b] * values[r, b, j]`."""
+class BlockMatrix:
+    """`(rows, cols)` weights in GGML blocks of `kind` (one of `BLOCK_KINDS`), the
+    file's bytes unchanged: uint8 `(rows, bytes_per_row)`.
 
-    values: Tensor  # int8 (rows, cols/32, 32)
-    scale: Tensor  # float32 (rows, cols/32)
+    The C kernels of `ggml_kernels` and `block_dequantized` read them as they are.
+    """
+
+    blocks: Tensor
+    kind: QuantKind
 
     @property
     def shape(self) -> tuple[int, int]:
-        rows, blocks, _ = self.values.shape
-        return int(rows), int(blocks) * BLOCK_VALUES
+        rows, nbytes = self.blocks.shape
+        blocks = int(nbytes) // BLOCK_BYTES[self.kind]
+        return int(rows), blocks * VALUES_PER_BLOCK[self.kind]
 
 
 @dataclass(frozen=True)
@@ -65,16 +74,21 @@ class DenseMatrix:
         return int(rows), int(cols)
 
 
-Matrix = Q4Matrix | Q8Matrix | DenseMatrix
+Matrix = Q4Matrix | BlockMatrix | DenseMatrix
+
+# Kinds computed on in their file layout (`BlockMatrix`, used from the file's map in
+# place); Q4_0/Q4_1 are repacked (`Q4Matrix`: float32 scales, a little faster).
+BLOCK_KINDS: frozenset[QuantKind] = frozenset(
+    {"q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "f16", "bf16"}
+)
 
 
 def split_blocks(t: QuantizedTensor) -> dict[str, np.ndarray]:
-    """The fields of every GGML block of `t` as numpy arrays (scales widened to float32)."""
+    """The fields of every Q4_0 / Q4_1 block of `t` as numpy arrays (scales widened to
+    float32)."""
     rows, cols = t.shape
     blocks = t.blocks.reshape(rows, cols // BLOCK_VALUES, BLOCK_BYTES[t.kind])
     scale = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
-    if t.kind == "q8_0":
-        return {"values": blocks[..., 2:].copy().view(np.int8), "scale": scale}
     if t.kind == "q4_1":
         offset = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
         return {"packed": blocks[..., 4:].copy(), "scale": scale, "offset": offset}
@@ -86,19 +100,31 @@ class HostArrays:
 
     `tensor(a)` copies `a` once into 64-byte aligned memory kept here and wraps it
     without another copy, so weights are not held twice and need no upload kernels.
-    Keep this object alive as long as the tensors.
+    `view(a)` wraps `a`'s own memory (a mapped file's pages, say) and keeps `a`
+    alive. Keep this object alive as long as the tensors.
     """
 
     ALIGN = 64
 
     def __init__(self) -> None:
-        self._arrays: list[np.ndarray] = []
+        self._arrays: list[np.ndarray] = []  # allocated here (counted in `nbytes`)
+        self._views: list[np.ndarray] = []  # others' memory, kept alive
 
     def tensor(self, a: np.ndarray) -> Tensor:
         a = np.asarray(a)
         aligned = self._allocate(a.shape, a.dtype, np.empty)
         aligned[...] = a
         return self._wrap(aligned)
+
+    def view(self, a: np.ndarray) -> Tensor:
+        """`a` as a tensor without copying it (copied if it is not C-contiguous).
+
+        The tensor may be read-only memory: weights are never written.
+        """
+        if not a.flags.c_contiguous:
+            return self.tensor(a)
+        self._views.append(a)
+        return self._wrap(a)
 
     def zeros(self, shape: tuple[int, ...]) -> Tensor:
         """A float32 tensor of zeros; its pages only take memory once written (calloc)."""
@@ -122,25 +148,40 @@ class HostArrays:
         return sum(a.nbytes for a in self._arrays)
 
 
-_DTYPES = {"<f4": dtypes.float32, "|u1": dtypes.uint8, "|i1": dtypes.int8}
+_DTYPES = {"<f4": dtypes.float32, "|u1": dtypes.uint8}
 
 
 def to_matrix(w: WeightArray, host: HostArrays) -> Matrix:
     """One weight matrix as device tensors, quantized ones still quantized."""
     if not isinstance(w, QuantizedTensor):
         return DenseMatrix(host.tensor(np.asarray(w, dtype=np.float32)))
-    fields = {name: host.tensor(array) for name, array in split_blocks(w).items()}
-    return Q8Matrix(**fields) if w.kind == "q8_0" else Q4Matrix(**fields)
+    if w.shape[1] % BLOCK_VALUES:
+        # Only f16/bf16 rows can be this short of whole blocks; activations are
+        # quantized in blocks of 32, so these take the float path.
+        m: Matrix = DenseMatrix(host.tensor(w.dequantize()))
+    elif w.kind in BLOCK_KINDS:
+        return BlockMatrix(host.view(w.blocks), w.kind)
+    else:
+        m = Q4Matrix(**{name: host.tensor(a) for name, a in split_blocks(w).items()})
+    release_pages(w.blocks)  # copied: the file's pages are not needed any more
+    return m
 
 
 def matrix_tensors(m: Matrix) -> list[Tensor]:
     """The tensors of a matrix, in field order."""
-    return [getattr(m, f.name) for f in fields(m)]
+    return [getattr(m, f.name) for f in fields(m) if f.name != "kind"]
 
 
 def with_tensors(m: Matrix, tensors: list[Tensor]) -> Matrix:
     """A matrix of the same kind made of other tensors (same order as `matrix_tensors`)."""
+    if isinstance(m, BlockMatrix):
+        return BlockMatrix(tensors[0], m.kind)
     return type(m)(*tensors)
+
+
+def matrix_key(m: Matrix) -> str:
+    """Equal for matrices one traced computation can serve (with equal tensor shapes)."""
+    return f"{type(m).__name__}:{m.kind}" if isinstance(m, BlockMatrix) else type(m).__name__
 
 
 def dequantized(w: Matrix) -> Tensor:
@@ -148,8 +189,8 @@ def dequantized(w: Matrix) -> Tensor:
     rows, cols = w.shape
     if isinstance(w, DenseMatrix):
         return w.weight
-    if isinstance(w, Q8Matrix):
-        return (w.values.cast(dtypes.float32) * w.scale.unsqueeze(-1)).reshape(rows, cols)
+    if isinstance(w, BlockMatrix):
+        return block_dequantized(w.blocks, w.kind)
     low, high = w.packed.bitwise_and(15), w.packed.rshift(4)
     codes = low.cat(high, dim=-1).cast(dtypes.float32)  # (rows, blocks, 32)
     return (codes * w.scale.unsqueeze(-1) + w.offset.unsqueeze(-1)).reshape(rows, cols)
@@ -171,14 +212,46 @@ def matmul(x: Tensor, w: Matrix, fast: bool) -> Tensor:
 
 
 def fuse_rows(parts: list[WeightArray]) -> WeightArray | None:
-    """The matrices stacked along their rows (one product instead of several), if compatible."""
+    """The matrices stacked along their rows (one product instead of several), if compatible.
+
+    Kinds used in their file layout that already lie one after another in memory
+    (gate and up in a GGUF's map, say) become one view; others are copied once
+    (their file pages then dropped), so memory stays one copy either way.
+    """
     if all(isinstance(p, QuantizedTensor) for p in parts):
         quantized = [p for p in parts if isinstance(p, QuantizedTensor)]
         kind, cols = quantized[0].kind, quantized[0].shape[1]
         if any(q.kind != kind or q.shape[1] != cols for q in quantized):
             return None
-        blocks = np.concatenate([q.blocks for q in quantized])
-        return QuantizedTensor(kind, blocks, (sum(q.shape[0] for q in quantized), cols))
+        rows = sum(q.shape[0] for q in quantized)
+        blocks = _adjacent(quantized) if kind in BLOCK_KINDS else None
+        if blocks is None:
+            blocks = np.concatenate([q.blocks for q in quantized])
+            for q in quantized:
+                release_pages(q.blocks)  # copied: the file's pages are not needed any more
+        return QuantizedTensor(kind, blocks, (rows, cols))
     if any(isinstance(p, QuantizedTensor) for p in parts):
         return None
     return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])
+
+
+def _adjacent(parts: list[QuantizedTensor]) -> np.ndarray | None:
+    """One view of the parts' blocks if each starts where the previous ends in one buffer."""
+    arrays = [p.blocks for p in parts]
+    root = _owner(arrays[0])
+    start = arrays[0].ctypes.data
+    end = start
+    for a in arrays:
+        if not a.flags.c_contiguous or _owner(a) is not root or a.ctypes.data != end:
+            return None
+        end += a.nbytes
+    offset = start - root.ctypes.data
+    rows = sum(a.shape[0] for a in arrays)
+    return np.ndarray((rows, arrays[0].shape[1]), np.uint8, buffer=root, offset=offset)
+
+
+def _owner(a: np.ndarray) -> np.ndarray:
+    """The array at the root of `a`'s chain of views."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
