@@ -1,0 +1,102 @@
+"""tools/gen_gguf.py: real-shape GGUFs with random, valid blocks in llama.cpp's mixes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gen_gguf
+import numpy as np
+import pytest
+from gen_gguf import SHAPES, tensor_type
+from gguf import GGMLQuantizationType as T
+from gguf import GGUFReader
+from gguf.quants import dequantize
+
+from exoquic.models.gguf_loader import read_gguf_config
+
+
+def _types(mix: str, shape: str) -> dict[str, T]:
+    s = SHAPES[shape]
+    return {
+        name: tensor_type(mix, name, dims[1], s.layers, s.tied)
+        for name, dims in gen_gguf.tensor_shapes(s)
+        if len(dims) == 2
+    }
+
+
+def test_q4_k_m_gives_q6_k_to_the_layers_llama_cpp_picks() -> None:
+    types = _types("q4_k_m", "llama-3.2-1b")
+    # 16 layers: the first and last eighth (0, 1, 14, 15) and every third from 2 (4, 7, 10, 13).
+    more_bits = {0, 1, 4, 7, 10, 13, 14, 15}
+    for i in range(16):
+        wanted = T.Q6_K if i in more_bits else T.Q4_K
+        assert types[f"blk.{i}.attn_v.weight"] == wanted
+        assert types[f"blk.{i}.ffn_down.weight"] == wanted
+        assert types[f"blk.{i}.attn_q.weight"] == T.Q4_K
+        assert types[f"blk.{i}.ffn_up.weight"] == T.Q4_K
+    assert types["token_embd.weight"] == T.Q6_K  # tied: the embedding is the output head
+
+
+def test_untied_head_is_q6_k_and_embedding_keeps_the_base_type() -> None:
+    types = _types("q5_k_m", "llama-3.1-8b")
+    assert types["output.weight"] == T.Q6_K
+    assert types["token_embd.weight"] == T.Q5_K
+    assert set(_types("q8_0", "llama-3.1-8b").values()) == {T.Q8_0}
+    assert set(_types("q6_k", "qwen2.5-7b").values()) == {T.Q6_K}
+
+
+@pytest.mark.parametrize(
+    ("mix", "name", "wanted"),
+    [
+        ("q4_k_m", "blk.3.attn_q.weight", T.Q5_0),
+        ("q5_k_m", "blk.3.attn_q.weight", T.Q5_1),
+        ("q6_k", "blk.3.attn_q.weight", T.Q8_0),
+        ("q4_k_m", "output.weight", T.Q8_0),
+    ],
+)
+def test_rows_not_a_multiple_of_256_fall_back_like_llama_cpp(
+    mix: str, name: str, wanted: T
+) -> None:
+    assert tensor_type(mix, name, 576, 30, tied=False) == wanted
+
+
+@pytest.mark.parametrize("mix", sorted(gen_gguf.MIXES))
+def test_generated_file_reads_back_with_finite_weights(mix: str, tmp_path: Path) -> None:
+    out = tmp_path / "tiny.gguf"
+    gen_gguf.generate("tiny", mix, out, seed=1)
+    reader = GGUFReader(out)
+    wanted = _types(mix, "tiny")
+    shape = SHAPES["tiny"]
+    assert len(reader.tensors) == len(list(gen_gguf.tensor_shapes(shape)))
+    for t in reader.tensors:
+        values = dequantize(t.data, t.tensor_type)
+        assert np.isfinite(values).all(), t.name
+        if t.name in wanted:
+            assert t.tensor_type == wanted[t.name]
+            # Weights near 1/sqrt(row length): neither vanishing nor huge.
+            assert 0.2 < float(values.std()) * np.sqrt(values.shape[-1]) < 2.0, t.name
+    tokens = reader.fields["tokenizer.ggml.tokens"]
+    assert len(tokens.data) == shape.vocab
+    config = read_gguf_config(out)
+    assert (config.num_layers, config.hidden_size, config.num_kv_heads) == (4, 256, 2)
+
+
+def test_vocabulary_is_padded_with_control_tokens(tmp_path: Path) -> None:
+    out = tmp_path / "padded.gguf"
+    gen_gguf.generate("tiny", "q8_0", out)  # tiny's vocabulary equals the bundled one
+    gen_gguf_shape = SHAPES["tiny"]
+    reader = GGUFReader(out)
+    assert len(reader.fields["tokenizer.ggml.token_type"].data) == gen_gguf_shape.vocab
+
+
+def test_llama3_rope_factors_match_exoquic_scaling() -> None:
+    from exoquic.models.config import Llama3RopeScaling
+    from exoquic.models.rope import inverse_frequencies
+
+    shape = SHAPES["llama-3.2-1b"]
+    factors = gen_gguf.llama3_rope_factors(shape)
+    plain = inverse_frequencies(shape.head_dim, shape.rope_theta)
+    scaled = inverse_frequencies(
+        shape.head_dim, shape.rope_theta, Llama3RopeScaling(32.0, 1.0, 4.0, 8192)
+    )
+    np.testing.assert_allclose(plain / factors, scaled, rtol=1e-6)
