@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from gen_gguf import SHAPES, tensor_type
 from gguf import GGMLQuantizationType as T
-from gguf import GGUFReader
+from gguf import GGUFReader, GGUFWriter
 from gguf.quants import dequantize
 
+from exoquic.models.gguf_file import GGUFFile
 from exoquic.models.gguf_loader import read_gguf_config
 
 
@@ -60,33 +61,54 @@ def test_rows_not_a_multiple_of_256_fall_back_like_llama_cpp(
     assert tensor_type(mix, name, 576, 30, tied=False) == wanted
 
 
-@pytest.mark.parametrize("mix", sorted(gen_gguf.MIXES))
-def test_generated_file_reads_back_with_finite_weights(mix: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("qtype", sorted(gen_gguf.SCALE_FIELDS, key=int))
+def test_random_blocks_decode_to_finite_weights_of_the_planned_size(qtype: T) -> None:
+    rows, cols = 64, 512
+    blocks = gen_gguf.random_blocks(qtype, rows, cols, np.random.default_rng(3))
+    values = dequantize(blocks, qtype)
+    assert values.shape == (rows, cols)
+    assert np.isfinite(values).all()
+    # Near 1/sqrt(row length): activations neither vanish nor blow up through the layers.
+    assert 0.2 < float(values.std()) * np.sqrt(cols) < 2.0
+
+
+def test_generated_file_reads_back_as_planned(tmp_path: Path) -> None:
     out = tmp_path / "tiny.gguf"
-    gen_gguf.generate("tiny", mix, out, seed=1)
-    reader = GGUFReader(out)
-    wanted = _types(mix, "tiny")
+    gen_gguf.generate("tiny", "q4_k_m", out, seed=1)
+    gf = GGUFFile.open(out)  # strict: checks every offset and size against the file
+    wanted = _types("q4_k_m", "tiny")
     shape = SHAPES["tiny"]
-    assert len(reader.tensors) == len(list(gen_gguf.tensor_shapes(shape)))
-    for t in reader.tensors:
-        values = dequantize(t.data, t.tensor_type)
-        assert np.isfinite(values).all(), t.name
-        if t.name in wanted:
-            assert t.tensor_type == wanted[t.name]
-            # Weights near 1/sqrt(row length): neither vanishing nor huge.
-            assert 0.2 < float(values.std()) * np.sqrt(values.shape[-1]) < 2.0, t.name
-    tokens = reader.fields["tokenizer.ggml.tokens"]
-    assert len(tokens.data) == shape.vocab
+    assert list(gf.tensors) == [n for n, _ in gen_gguf.tensor_shapes(shape)]
+    for name, info in gf.tensors.items():
+        assert info.ggml_type == wanted.get(name, T.F32), name
+    head = gf.read_tensor("token_embd.weight")
+    assert np.isfinite(dequantize(head, T.Q6_K)).all()
+    assert len(gf.metadata["tokenizer.ggml.tokens"]) == shape.vocab
+    assert gf.metadata["general.file_type"] == 15  # MOSTLY_Q4_K_M
     config = read_gguf_config(out)
     assert (config.num_layers, config.hidden_size, config.num_kv_heads) == (4, 256, 2)
 
 
 def test_vocabulary_is_padded_with_control_tokens(tmp_path: Path) -> None:
-    out = tmp_path / "padded.gguf"
-    gen_gguf.generate("tiny", "q8_0", out)  # tiny's vocabulary equals the bundled one
-    gen_gguf_shape = SHAPES["tiny"]
-    reader = GGUFReader(out)
-    assert len(reader.fields["tokenizer.ggml.token_type"].data) == gen_gguf_shape.vocab
+    source = tmp_path / "small-vocab.gguf"
+    writer = GGUFWriter(source, "llama")
+    writer.add_token_list(["a", "b", "c"])
+    writer.add_token_types([1, 1, 3])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+
+    out = GGUFWriter(tmp_path / "padded.gguf", "llama")
+    gen_gguf.copy_tokenizer(out, source, vocab=6)
+    out.write_header_to_file()
+    out.write_kv_data_to_file()
+    out.close()
+    fields = GGUFReader(tmp_path / "padded.gguf").fields
+    tokens = fields["tokenizer.ggml.tokens"].contents()
+    assert tokens == ["a", "b", "c", "<|pad_3|>", "<|pad_4|>", "<|pad_5|>"]
+    assert fields["tokenizer.ggml.token_type"].contents() == [1, 1, 3, 3, 3, 3]
+    with pytest.raises(ValueError, match="more than 2 tokens"):
+        gen_gguf.copy_tokenizer(GGUFWriter(None, "llama"), source, vocab=2)
 
 
 def test_llama3_rope_factors_match_exoquic_scaling() -> None:
