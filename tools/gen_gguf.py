@@ -79,15 +79,45 @@ class ModelShape:
 
 SHAPES: dict[str, ModelShape] = {
     "llama-3.2-1b": ModelShape(
-        "llama", 16, 2048, 8192, 32, 8, 128256, 500000.0, 1e-5, 131072, True,
+        "llama",
+        16,
+        2048,
+        8192,
+        32,
+        8,
+        128256,
+        500000.0,
+        1e-5,
+        131072,
+        True,
         rope=Llama3Rope(32.0),
     ),
     "llama-3.2-3b": ModelShape(
-        "llama", 28, 3072, 8192, 24, 8, 128256, 500000.0, 1e-5, 131072, True,
+        "llama",
+        28,
+        3072,
+        8192,
+        24,
+        8,
+        128256,
+        500000.0,
+        1e-5,
+        131072,
+        True,
         rope=Llama3Rope(32.0),
     ),
     "llama-3.1-8b": ModelShape(
-        "llama", 32, 4096, 14336, 32, 8, 128256, 500000.0, 1e-5, 131072, False,
+        "llama",
+        32,
+        4096,
+        14336,
+        32,
+        8,
+        128256,
+        500000.0,
+        1e-5,
+        131072,
+        False,
         rope=Llama3Rope(8.0),
     ),
     "qwen2.5-7b": ModelShape(
@@ -277,25 +307,33 @@ def generate(
     w = GGUFWriter(out, shape.arch)
     write_metadata(w, shape, file_type, f"random {shape_name} {mix}")
     copy_tokenizer(w, tokenizer or bundled_tokenizer_source(), shape.vocab)
-    plan: list[tuple[str, tuple[int, ...], T | None]] = []
-    for name, dims in tensor_shapes(shape):
-        qtype = None if len(dims) == 1 else tensor_type(mix, name, dims[1], shape.layers, shape.tied)
-        plan.append((name, dims, qtype))
+    plan = [
+        (name, dims, _planned_type(shape, mix, name, dims)) for name, dims in tensor_shapes(shape)
+    ]
+    for name, dims, qtype in plan:
         if qtype is None:
             w.add_tensor_info(name, dims, np.dtype(np.float32), 4 * dims[0])
         else:
             block_values, block_bytes = GGML_QUANT_SIZES[qtype]
-            row_bytes = dims[1] // block_values * block_bytes
-            w.add_tensor_info(name, (dims[0], row_bytes), np.dtype(np.uint8), dims[0] * row_bytes, qtype)
+            byte_shape = (dims[0], dims[1] // block_values * block_bytes)
+            w.add_tensor_info(name, byte_shape, np.dtype(np.uint8), math.prod(byte_shape), qtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
+    # Tensors are made and written one by one: an 8B model never sits in memory.
     for name, dims, qtype in plan:
         if qtype is None:
             w.write_tensor_data(dense_tensor(name, dims[0], shape, rng))
         else:
             w.write_tensor_data(random_blocks(qtype, dims[0], dims[1], rng))
     w.close()
+
+
+def _planned_type(shape: ModelShape, mix: str, name: str, dims: tuple[int, ...]) -> T | None:
+    """The quantized type of a matrix, None for the float32 vectors."""
+    if len(dims) == 1:
+        return None
+    return tensor_type(mix, name, dims[1], shape.layers, shape.tied)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -309,8 +347,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.list:
         for name, s in SHAPES.items():
-            print(f"{name:>13}: {s.arch}, {s.layers} layers, hidden {s.hidden}, ffn {s.ffn}, "
-                  f"heads {s.heads}/{s.kv_heads}, vocab {s.vocab}, tied={s.tied}")
+            print(
+                f"{name:>13}: {s.arch}, {s.layers} layers, hidden {s.hidden}, ffn {s.ffn}, "
+                f"heads {s.heads}/{s.kv_heads}, vocab {s.vocab}, tied={s.tied}"
+            )
         print("mixes:", ", ".join(MIXES))
         return
     if args.out is None:
