@@ -4,8 +4,12 @@ Why not `gguf.GGUFReader`: it builds a numpy view per metadata string, which
 takes 6-13 s for the default model's 98k tokenizer strings on a small CPU. This
 reader parses the header with `struct` in well under a second, checks every
 length against the file size before reading (a corrupt length cannot make it
-allocate gigabytes), and reads only the tensors asked for, as copies, so no
-mapping of the file outlives a load.
+allocate gigabytes), and reads only the tensors asked for: small ones as copies
+(`read_tensor`), weights as read-only views of one memory map of the file
+(`view_tensor`), so a node's weights are the file's pages, held once and only
+where its shard touches them. A mapped file must not be truncated or rewritten
+in place while views of it are alive (the kernel would fault the process); the
+downloader writes new files under a temporary name and renames them.
 
 Format (GGUF v2/v3, little endian): magic `GGUF`, u32 version, u64 tensor
 count, u64 metadata count, the metadata key/values, the tensor infos (name,
@@ -15,9 +19,11 @@ section aligned to `general.alignment` (default 32).
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -183,6 +189,31 @@ class GGUFFile:
             )
         return _shape_raw(buf, info)
 
+    def view_tensor(self, name: str) -> np.ndarray:
+        """The tensor's data as a read-only view of the file's memory map (no copy).
+
+        Same dtypes and shapes as `read_tensor`. Pages are read from the file when
+        first touched, and count once however many views share them.
+        """
+        info = self.tensors[name]
+        data = self._mapped
+        if info.offset + info.nbytes > data.size:
+            raise ModelLoadError(
+                f"{self.path}: truncated: tensor {name} ends at byte "
+                f"{info.offset + info.nbytes}, file now has {data.size} bytes"
+            )
+        return _shape_raw(data[info.offset : info.offset + info.nbytes], info)
+
+    @cached_property
+    def _mapped(self) -> np.ndarray:
+        """The whole file, mapped read-only (the map lives as long as any view of it)."""
+        try:
+            with self.path.open("rb") as f:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"{self.path}: cannot map model file: {e}") from e
+        return np.frombuffer(mapped, dtype=np.uint8)
+
 
 def _parse(cur: _Cursor, path: Path, size: int) -> GGUFFile:
     if size < 4 or cur.read(4, "magic") != _MAGIC:
@@ -250,7 +281,7 @@ _FLOAT_DTYPES = {
 }
 
 
-def _shape_raw(buf: bytearray, info: TensorInfo) -> np.ndarray:
+def _shape_raw(buf: bytearray | np.ndarray, info: TensorInfo) -> np.ndarray:
     dtype = _FLOAT_DTYPES.get(info.ggml_type)
     if dtype is not None:
         return np.frombuffer(buf, dtype=dtype).reshape(info.shape)

@@ -2,8 +2,11 @@
 
 Names are mapped to the Hugging Face llama names, and GGUF's interleaved RoPE
 row order of the Q/K projections is undone, so GGUF and safetensors weights
-are interchangeable for the engines. Q4_0/Q4_1/Q8_0 matrices stay quantized
-(`QuantizedTensor`); every other type becomes float32.
+are interchangeable for the engines. Matrices of the GGML block types in
+`exoquic.models.quant` (Q4_0 ... Q6_K, F16, BF16) stay in their file encoding
+(`QuantizedTensor`) as read-only views of the file's memory map, except the Q/K
+projections whose rows are reordered (copies); everything else (F32 norms,
+other types) is read as float32.
 """
 
 from __future__ import annotations
@@ -139,19 +142,21 @@ def _load_tensor(gf: GGUFFile, name: str, config: ModelConfig) -> WeightArray:
     info = gf.tensors.get(name)
     if info is None:
         raise ModelLoadError(f"{gf.path}: tensor {name} is missing")
-    raw = gf.read_tensor(name)
     kind = quant_kind(info.ggml_type)
-    if kind is None:
-        data: np.ndarray = _to_float32(raw, info.ggml_type)
-    else:
-        data = raw
     n_heads = _rope_heads(name, config)
-    if n_heads:
-        data = unpermute_rope_rows(data, n_heads)
-    if kind is None:
-        return data
+    if kind is None or len(info.shape) != 2:
+        data = _to_float32(gf.read_tensor(name), info.ggml_type)
+        return unpermute_rope_rows(data, n_heads) if n_heads else data
     rows, cols = info.shape
-    return QuantizedTensor(kind=kind, blocks=data, shape=(rows, cols))
+    if n_heads:
+        # Rows move, so Q and K are copies (read, then reordered); their pages of the
+        # map are never touched.
+        blocks = gf.read_tensor(name).view(np.uint8).reshape(rows, -1)
+        blocks = unpermute_rope_rows(blocks, n_heads)
+    else:
+        # The file's own bytes (f16 as two bytes a value), mapped, not read.
+        blocks = gf.view_tensor(name).view(np.uint8).reshape(rows, -1)
+    return QuantizedTensor(kind=kind, blocks=blocks, shape=(rows, cols))
 
 
 def _rope_heads(name: str, config: ModelConfig) -> int:

@@ -20,16 +20,19 @@ import numpy as np
 from exoquic.models.config import ModelConfig
 from exoquic.models.shard import Shard
 
-QuantKind = Literal["q4_0", "q4_1", "q8_0"]
+# GGML block formats kept as they are in the file (see `exoquic.models.quant`).
+QuantKind = Literal["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "f16", "bf16"]
 
 
 @dataclass(frozen=True)
 class QuantizedTensor:
     """A matrix kept in its GGML block-quantized form.
 
-    `blocks` is `uint8[rows, bytes_per_row]`: each row of the logical
-    `(rows, cols)` matrix is `cols / 32` consecutive GGML blocks. Engines that
-    can compute on quantized weights read the blocks directly; others call
+    `blocks` is `uint8[rows, bytes_per_row]`, the raw GGUF bytes: each row of
+    the logical `(rows, cols)` matrix is `cols / VALUES_PER_BLOCK[kind]`
+    consecutive GGML blocks (32 values for the legacy kinds, 256 for K-quants,
+    1 for f16/bf16). It may be a read-only view of a memory-mapped file. Engines
+    that can compute on a kind read the blocks directly; others call
     `dequantize()`.
     """
 

@@ -106,12 +106,16 @@ def test_unpermute_inverts_permute() -> None:
     assert np.array_equal(p[1], w[32]) and np.array_equal(p[2], w[1])
 
 
-def test_loaded_arrays_do_not_pin_the_file() -> None:
+def test_weights_are_views_of_the_mapped_file() -> None:
     w = load_gguf_shard(GGUF_PATH, Shard("m", 5, 5, 30))
-    blocks = w.layer(5, "mlp.up_proj.weight")
-    assert isinstance(blocks, QuantizedTensor)
-    assert not isinstance(blocks.blocks, np.memmap)
-    assert blocks.blocks.flags.writeable and blocks.blocks.flags.c_contiguous
+    up = w.layer(5, "mlp.up_proj.weight")
+    assert isinstance(up, QuantizedTensor)
+    assert not up.blocks.flags.writeable and up.blocks.flags.c_contiguous  # the map's pages
+    gf = GGUFFile.open(GGUF_PATH)
+    assert np.array_equal(up.blocks, gf.read_tensor("blk.5.ffn_up.weight"))
+    # Q and K rows are reordered: copies of their own.
+    q = w.layer(5, "self_attn.q_proj.weight")
+    assert isinstance(q, QuantizedTensor) and q.blocks.flags.writeable
 
 
 def test_shard_layer_count_must_match() -> None:
@@ -119,10 +123,13 @@ def test_shard_layer_count_must_match() -> None:
         load_gguf_shard(GGUF_PATH, Shard("m", 0, 3, 4))
 
 
-def _write_tiny_gguf(path: Path, skip: str = "") -> dict[str, np.ndarray]:
-    """A 1-layer llama GGUF with f16/bf16/f32 tensors and its own output head.
+def _write_tiny_gguf(
+    path: Path, skip: str = "", matrix_type: gguf.GGMLQuantizationType | None = None
+) -> dict[str, np.ndarray]:
+    """A 1-layer llama GGUF with f16/bf16/f32 tensors and its own output head
+    (or every matrix in `matrix_type`).
 
-    Returns the HF-layout float32 values the loader should produce.
+    Returns the file's float32 values of every tensor (GGUF layout).
     """
     rng = np.random.default_rng(2)
     writer = tiny_llama_writer(path, rope_freq_base=10000.0)
@@ -149,6 +156,10 @@ def _write_tiny_gguf(path: Path, skip: str = "") -> dict[str, np.ndarray]:
         if len(shape) == 1:
             writer.add_tensor(name, values)
             expected[name] = values
+        elif matrix_type is not None:
+            raw = gguf.quants.quantize(values, matrix_type)
+            writer.add_tensor(name, raw, raw_dtype=matrix_type)
+            expected[name] = gguf.quants.dequantize(raw, matrix_type)
         elif name == "blk.0.attn_v.weight":
             raw = gguf.quants.quantize(values, gguf.GGMLQuantizationType.BF16)
             writer.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType.BF16)
@@ -165,7 +176,13 @@ def test_tiny_float_gguf_with_untied_head(tmp_path: Path) -> None:
     expected = _write_tiny_gguf(path)
     w = load_gguf_shard(path, Shard.whole("tiny", 1))
     assert not w.config.tie_word_embeddings and w.config.head_dim == 16
-    assert all(isinstance(t, np.ndarray) and t.dtype == np.float32 for t in w.tensors.values())
+    # 16-bit matrices stay 16-bit (f16 / bf16 blocks); 1-D tensors are float32.
+    for name, t in w.tensors.items():
+        if name.endswith("norm.weight"):
+            assert isinstance(t, np.ndarray) and t.dtype == np.float32
+        else:
+            assert isinstance(t, QuantizedTensor) and t.blocks.dtype == np.uint8
+            assert t.kind == ("bf16" if "v_proj" in name else "f16")
     assert np.array_equal(w.dense("lm_head.weight"), expected["output.weight"])
     assert np.array_equal(
         w.dense("model.layers.0.self_attn.v_proj.weight"), expected["blk.0.attn_v.weight"]
@@ -184,3 +201,20 @@ def test_missing_tensor_is_named(tmp_path: Path) -> None:
         ModelLoadError, match=r"tiny\.gguf: tensor blk\.0\.ffn_down\.weight is missing"
     ):
         load_gguf_shard(path, Shard.whole("tiny", 1))
+
+
+@pytest.mark.parametrize(
+    ("ggml_type", "kind"),
+    [(gguf.GGMLQuantizationType.Q5_0, "q5_0"), (gguf.GGMLQuantizationType.Q5_1, "q5_1")],
+)
+def test_5_bit_matrices_stay_quantized(
+    tmp_path: Path, ggml_type: gguf.GGMLQuantizationType, kind: str
+) -> None:
+    path = tmp_path / "tiny.gguf"
+    expected = _write_tiny_gguf(path, matrix_type=ggml_type)
+    w = load_gguf_shard(path, Shard.whole("tiny", 1))
+    down = w.tensors["model.layers.0.mlp.down_proj.weight"]
+    assert isinstance(down, QuantizedTensor) and (down.kind, down.shape) == (kind, (64, 96))
+    assert np.array_equal(down.dequantize(), expected["blk.0.ffn_down.weight"])
+    q = w.dense("model.layers.0.self_attn.q_proj.weight")
+    assert np.array_equal(permute_rope_rows(q, 4), expected["blk.0.attn_q.weight"])

@@ -46,9 +46,13 @@ class AffineQuantized:
     bits: int
 
 
+# The kinds that are one affine code per 32 values; others are dequantized by the engine.
+MAPPABLE_KINDS = frozenset({"q4_0", "q4_1", "q8_0"})
+
+
 def is_mappable(t: QuantizedTensor) -> bool:
     """Whether `to_affine` can repack this tensor."""
-    return t.kind in BLOCK_BYTES and t.shape[1] % GROUP_SIZE == 0
+    return t.kind in MAPPABLE_KINDS and t.shape[1] % GROUP_SIZE == 0
 
 
 def to_affine(t: QuantizedTensor) -> AffineQuantized:

@@ -13,9 +13,9 @@ from string import Template
 from tinygrad import Tensor, dtypes
 from tinygrad.uop.ops import KernelInfo, Ops, UOp
 
-from exoquic.engines.tinygrad import cpu_kernels
+from exoquic.engines.tinygrad import cpu_kernels, ggml_kernels
 from exoquic.engines.tinygrad.device import DEVICE
-from exoquic.engines.tinygrad.matrices import Q4Matrix, Q8Matrix
+from exoquic.engines.tinygrad.matrices import BlockMatrix, Q4Matrix, Q8Matrix
 
 BLOCK = cpu_kernels.BLOCK
 # Tests set this to run the plain C branches instead of the AVX2 ones.
@@ -71,11 +71,19 @@ def _quantize(
     return codes, sums
 
 
+QuantizedMatrix = Q4Matrix | Q8Matrix | BlockMatrix
+
+
 def quantized_matmul(
-    codes: Tensor, sums: Tensor, w: Q4Matrix | Q8Matrix, residual: Tensor | None = None
+    codes: Tensor, sums: Tensor, w: QuantizedMatrix, residual: Tensor | None = None
 ) -> Tensor:
     """`x @ w.T (+ residual)` `(R, N)` for x given as `quantize_rows(x)`."""
-    if isinstance(w, Q8Matrix):
+    fmt: cpu_kernels.Format | ggml_kernels.BlockFormat
+    kind: str  # names the kernels
+    if isinstance(w, BlockMatrix):
+        weights, names, kind = [w.blocks], ["P"], w.kind
+        fmt = ggml_kernels.FORMATS[w.kind]
+    elif isinstance(w, Q8Matrix):
         weights, names, kind, fmt = [w.values, w.scale], ["C", "S"], "q8", cpu_kernels.Q8
     else:
         weights, names, kind, fmt = (
@@ -90,7 +98,7 @@ def quantized_matmul(
 
 
 def _matmul(
-    fmt: cpu_kernels.Format,
+    fmt: cpu_kernels.Format | ggml_kernels.BlockFormat,
     kind: str,
     codes: Tensor,
     sums: Tensor,
@@ -106,9 +114,11 @@ def _matmul(
     constants: dict[str, int | str] = {
         "R": rows, "N": n, "K": cols, "B": cols // BLOCK, "STORE_SETUP": store,
     }  # fmt: skip
+    if isinstance(fmt, ggml_kernels.BlockFormat):
+        constants |= ggml_kernels.constants(fmt, cols)
     out = Tensor.empty(rows, n, dtype=dtypes.float32, device=DEVICE)
     if rows < cpu_kernels.GEMM_ROWS:
-        template = cpu_kernels.matmul_source(fmt, rows)
+        template = _row_source(fmt, rows)
         code = cpu_kernels.source(template, **constants, THREADS=count, PORTABLE=int(PORTABLE_C))
         name = f"{kind}_{rows}_{n}_{cols}" + ("_portable" if PORTABLE_C else "")
         fxn = _kernel(name, code, ["OUT", "XQ", "XS", *weight_names], count)
@@ -117,9 +127,32 @@ def _matmul(
     code = cpu_kernels.source(cpu_kernels.DEQUANTIZE_ROWS, **constants)
     name = f"dequantize_rows_{rows}_{cols}"
     x = x.custom_kernel(codes, sums, fxn=_kernel(name, code, ["X", "XQ", "XS"]))[0]
-    code = cpu_kernels.source(cpu_kernels.gemm_source(fmt), **constants, THREADS=count)
+    code = cpu_kernels.source(_gemm_source(fmt), **constants, THREADS=count)
     fxn = _kernel(f"{kind}_gemm_{rows}_{n}_{cols}", code, ["OUT", "XF", *weight_names], count)
     return out.custom_kernel(x, *weights, fxn=fxn)[0]
+
+
+def _row_source(fmt: cpu_kernels.Format | ggml_kernels.BlockFormat, rows: int) -> Template:
+    if isinstance(fmt, ggml_kernels.BlockFormat):
+        return ggml_kernels.matmul_source(fmt, rows)
+    return cpu_kernels.matmul_source(fmt, rows)
+
+
+def _gemm_source(fmt: cpu_kernels.Format | ggml_kernels.BlockFormat) -> Template:
+    if isinstance(fmt, ggml_kernels.BlockFormat):
+        return ggml_kernels.gemm_source(fmt)
+    return cpu_kernels.gemm_source(fmt)
+
+
+def dequantize_blocks(w: BlockMatrix) -> Tensor:
+    """The float32 weights of `w` decoded by the C kernels' own code (for tests)."""
+    rows, cols = w.shape
+    fmt = ggml_kernels.FORMATS[w.kind]
+    constants = {"N": rows, "K": cols, **ggml_kernels.constants(fmt, cols)}
+    code = cpu_kernels.source(ggml_kernels.dequantize_source(fmt), **constants)
+    out = Tensor.empty(rows, cols, dtype=dtypes.float32, device=DEVICE)
+    fxn = _kernel(f"dequantize_{w.kind}_{rows}_{cols}", code, ["OUT", "P"])
+    return out.custom_kernel(w.blocks, fxn=fxn)[0]
 
 
 def _kernel(

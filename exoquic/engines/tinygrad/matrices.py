@@ -19,9 +19,10 @@ from dataclasses import dataclass, fields
 import numpy as np
 from tinygrad import Tensor, dtypes
 
+from exoquic.engines.tinygrad.block_decode import block_dequantized
 from exoquic.engines.tinygrad.device import DEVICE
-from exoquic.models.quant import BLOCK_BYTES, BLOCK_VALUES
-from exoquic.models.weights import QuantizedTensor, WeightArray
+from exoquic.models.quant import BLOCK_BYTES, BLOCK_VALUES, VALUES_PER_BLOCK
+from exoquic.models.weights import QuantizedTensor, QuantKind, WeightArray
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,24 @@ class Q8Matrix:
 
 
 @dataclass(frozen=True)
+class BlockMatrix:
+    """`(rows, cols)` weights in GGML blocks of `kind` (one of `BLOCK_KINDS`), the
+    file's bytes unchanged: uint8 `(rows, bytes_per_row)`.
+
+    The C kernels of `ggml_kernels` and `block_dequantized` read them as they are.
+    """
+
+    blocks: Tensor
+    kind: QuantKind
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        rows, nbytes = self.blocks.shape
+        blocks = int(nbytes) // BLOCK_BYTES[self.kind]
+        return int(rows), blocks * VALUES_PER_BLOCK[self.kind]
+
+
+@dataclass(frozen=True)
 class DenseMatrix:
     weight: Tensor  # float32 (rows, cols)
 
@@ -65,7 +84,11 @@ class DenseMatrix:
         return int(rows), int(cols)
 
 
-Matrix = Q4Matrix | Q8Matrix | DenseMatrix
+Matrix = Q4Matrix | Q8Matrix | BlockMatrix | DenseMatrix
+
+# Kinds computed on in their file layout (`BlockMatrix`); Q4_0/Q4_1/Q8_0 are repacked
+# (`Q4Matrix`, `Q8Matrix`); f16/bf16 are widened to float32 (`DenseMatrix`).
+BLOCK_KINDS: frozenset[QuantKind] = frozenset({"q5_0", "q5_1", "q4_k", "q5_k", "q6_k"})
 
 
 def split_blocks(t: QuantizedTensor) -> dict[str, np.ndarray]:
@@ -86,19 +109,31 @@ class HostArrays:
 
     `tensor(a)` copies `a` once into 64-byte aligned memory kept here and wraps it
     without another copy, so weights are not held twice and need no upload kernels.
-    Keep this object alive as long as the tensors.
+    `view(a)` wraps `a`'s own memory (a mapped file's pages, say) and keeps `a`
+    alive. Keep this object alive as long as the tensors.
     """
 
     ALIGN = 64
 
     def __init__(self) -> None:
-        self._arrays: list[np.ndarray] = []
+        self._arrays: list[np.ndarray] = []  # allocated here (counted in `nbytes`)
+        self._views: list[np.ndarray] = []  # others' memory, kept alive
 
     def tensor(self, a: np.ndarray) -> Tensor:
         a = np.asarray(a)
         aligned = self._allocate(a.shape, a.dtype, np.empty)
         aligned[...] = a
         return self._wrap(aligned)
+
+    def view(self, a: np.ndarray) -> Tensor:
+        """`a` as a tensor without copying it (copied if it is not C-contiguous).
+
+        The tensor may be read-only memory: weights are never written.
+        """
+        if not a.flags.c_contiguous:
+            return self.tensor(a)
+        self._views.append(a)
+        return self._wrap(a)
 
     def zeros(self, shape: tuple[int, ...]) -> Tensor:
         """A float32 tensor of zeros; its pages only take memory once written (calloc)."""
@@ -129,18 +164,29 @@ def to_matrix(w: WeightArray, host: HostArrays) -> Matrix:
     """One weight matrix as device tensors, quantized ones still quantized."""
     if not isinstance(w, QuantizedTensor):
         return DenseMatrix(host.tensor(np.asarray(w, dtype=np.float32)))
+    if w.kind in BLOCK_KINDS:
+        return BlockMatrix(host.view(w.blocks), w.kind)
+    if w.kind not in ("q4_0", "q4_1", "q8_0"):
+        return DenseMatrix(host.tensor(w.dequantize()))
     fields = {name: host.tensor(array) for name, array in split_blocks(w).items()}
     return Q8Matrix(**fields) if w.kind == "q8_0" else Q4Matrix(**fields)
 
 
 def matrix_tensors(m: Matrix) -> list[Tensor]:
     """The tensors of a matrix, in field order."""
-    return [getattr(m, f.name) for f in fields(m)]
+    return [getattr(m, f.name) for f in fields(m) if f.name != "kind"]
 
 
 def with_tensors(m: Matrix, tensors: list[Tensor]) -> Matrix:
     """A matrix of the same kind made of other tensors (same order as `matrix_tensors`)."""
+    if isinstance(m, BlockMatrix):
+        return BlockMatrix(tensors[0], m.kind)
     return type(m)(*tensors)
+
+
+def matrix_key(m: Matrix) -> str:
+    """Equal for matrices one traced computation can serve (with equal tensor shapes)."""
+    return f"{type(m).__name__}:{m.kind}" if isinstance(m, BlockMatrix) else type(m).__name__
 
 
 def dequantized(w: Matrix) -> Tensor:
@@ -150,6 +196,8 @@ def dequantized(w: Matrix) -> Tensor:
         return w.weight
     if isinstance(w, Q8Matrix):
         return (w.values.cast(dtypes.float32) * w.scale.unsqueeze(-1)).reshape(rows, cols)
+    if isinstance(w, BlockMatrix):
+        return block_dequantized(w.blocks, w.kind)
     low, high = w.packed.bitwise_and(15), w.packed.rshift(4)
     codes = low.cat(high, dim=-1).cast(dtypes.float32)  # (rows, blocks, 32)
     return (codes * w.scale.unsqueeze(-1) + w.offset.unsqueeze(-1)).reshape(rows, cols)
@@ -171,14 +219,44 @@ def matmul(x: Tensor, w: Matrix, fast: bool) -> Tensor:
 
 
 def fuse_rows(parts: list[WeightArray]) -> WeightArray | None:
-    """The matrices stacked along their rows (one product instead of several), if compatible."""
+    """The matrices stacked along their rows (one product instead of several), if compatible.
+
+    Kinds used in their file layout are only fused where they already lie one after
+    another in memory (gate and up in a GGUF's map, say): stacking them would copy
+    weights that can be used in place.
+    """
     if all(isinstance(p, QuantizedTensor) for p in parts):
         quantized = [p for p in parts if isinstance(p, QuantizedTensor)]
         kind, cols = quantized[0].kind, quantized[0].shape[1]
         if any(q.kind != kind or q.shape[1] != cols for q in quantized):
             return None
-        blocks = np.concatenate([q.blocks for q in quantized])
-        return QuantizedTensor(kind, blocks, (sum(q.shape[0] for q in quantized), cols))
+        rows = sum(q.shape[0] for q in quantized)
+        if kind in BLOCK_KINDS:
+            blocks = _adjacent(quantized)
+            return None if blocks is None else QuantizedTensor(kind, blocks, (rows, cols))
+        return QuantizedTensor(kind, np.concatenate([q.blocks for q in quantized]), (rows, cols))
     if any(isinstance(p, QuantizedTensor) for p in parts):
         return None
     return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])
+
+
+def _adjacent(parts: list[QuantizedTensor]) -> np.ndarray | None:
+    """One view of the parts' blocks if each starts where the previous ends in one buffer."""
+    arrays = [p.blocks for p in parts]
+    root = _owner(arrays[0])
+    start = arrays[0].ctypes.data
+    end = start
+    for a in arrays:
+        if not a.flags.c_contiguous or _owner(a) is not root or a.ctypes.data != end:
+            return None
+        end += a.nbytes
+    offset = start - root.ctypes.data
+    rows = sum(a.shape[0] for a in arrays)
+    return np.ndarray((rows, arrays[0].shape[1]), np.uint8, buffer=root, offset=offset)
+
+
+def _owner(a: np.ndarray) -> np.ndarray:
+    """The array at the root of `a`'s chain of views."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a

@@ -28,6 +28,7 @@ from exoquic.engines.tinygrad.matrices import (
     Matrix,
     fuse_rows,
     matmul,
+    matrix_key,
     matrix_tensors,
     to_matrix,
     with_tensors,
@@ -100,7 +101,7 @@ class LayerWeights:
     def structure(self) -> tuple[object, ...]:
         """Equal for layers that one traced computation can serve (shapes, kinds, fusion)."""
         projections = tuple(
-            (p.sizes, tuple(type(m).__name__ for m in p.matrices))
+            (p.sizes, tuple(matrix_key(m) for m in p.matrices))
             for p in (self.qkv, self.o, self.gate_up, self.down)
         )
         return projections, tuple((tuple(t.shape), t.dtype) for t in self.tensors())

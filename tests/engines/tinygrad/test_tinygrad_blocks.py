@@ -1,0 +1,94 @@
+"""Q5_0, Q5_1, Q4_K, Q5_K, Q6_K computed on in their GGML block bytes: the C kernels and
+the portable tinygrad expressions against `gguf.quants` and a float64 reference."""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+from models.ggml_blocks import random_blocks
+from tinygrad import Tensor
+
+from exoquic.engines.tinygrad import custom
+from exoquic.engines.tinygrad.cpu_kernels import GEMM_ROWS
+from exoquic.engines.tinygrad.custom import dequantize_blocks, quantize_rows, quantized_matmul
+from exoquic.engines.tinygrad.device import DEVICE
+from exoquic.engines.tinygrad.matrices import (
+    BLOCK_KINDS,
+    BlockMatrix,
+    HostArrays,
+    dequantized,
+    matmul,
+    to_matrix,
+)
+from exoquic.models.quant import GGML_TYPES
+from exoquic.models.weights import QuantizedTensor, QuantKind
+
+HOST = HostArrays()  # the memory behind the test matrices (tensors do not own it)
+KINDS = sorted(BLOCK_KINDS)
+# int16 activations (|q| <= 32767 per block of 32) against float64: products agree to
+# this fraction of the largest output.
+PRODUCT_TOLERANCE = 2e-4
+
+
+def block_matrix(
+    kind: QuantKind, rows: int, cols: int, seed: int
+) -> tuple[BlockMatrix, QuantizedTensor]:
+    t = random_blocks(kind, rows, cols, seed)
+    w = to_matrix(t, HOST)
+    assert isinstance(w, BlockMatrix) and w.shape == (rows, cols)
+    return w, t
+
+
+def reference(t: QuantizedTensor) -> np.ndarray:
+    return gguf.quants.dequantize(t.blocks, GGML_TYPES[t.kind]).reshape(t.shape)
+
+
+def product(x: np.ndarray, w: BlockMatrix) -> np.ndarray:
+    return quantized_matmul(*quantize_rows(Tensor(x, device=DEVICE)), w).numpy()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_c_dequantization_equals_gguf(kind: QuantKind) -> None:
+    w, t = block_matrix(kind, 8, 512, seed=1)
+    np.testing.assert_array_equal(dequantize_blocks(w).numpy(), reference(t))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_portable_dequantization_equals_gguf(kind: QuantKind) -> None:
+    w, t = block_matrix(kind, 8, 512, seed=2)
+    np.testing.assert_array_equal(dequantized(w).numpy(), reference(t))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("rows", [1, 5, GEMM_ROWS + 3])
+def test_products_match_float64(kind: QuantKind, rows: int) -> None:
+    # rows < GEMM_ROWS: integer dot products per row; from GEMM_ROWS: the float32 GEMM.
+    w, t = block_matrix(kind, 40, 512, seed=3)
+    x = np.random.default_rng(4).standard_normal((rows, 512)).astype(np.float32)
+    x[0, 3] = 300.0  # an outlier: activation blocks are scaled on their own
+    expected = x.astype(np.float64) @ reference(t).T.astype(np.float64)
+    atol = PRODUCT_TOLERANCE * np.abs(expected).max()
+    np.testing.assert_allclose(product(x, w), expected, rtol=0, atol=atol)
+    # The portable path: float32 activations, tinygrad-generated kernels.
+    portable = matmul(Tensor(x, device=DEVICE), w, fast=False).numpy()
+    np.testing.assert_allclose(portable, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_portable_c_matches_the_avx2_code(kind: QuantKind, monkeypatch: pytest.MonkeyPatch) -> None:
+    w, _ = block_matrix(kind, 24, 512, seed=5)
+    x = np.random.default_rng(6).standard_normal((3, 512)).astype(np.float32)
+    fast = product(x, w)
+    monkeypatch.setattr(custom, "PORTABLE_C", True)
+    portable = product(x, w)
+    np.testing.assert_allclose(portable, fast, rtol=0, atol=1e-5 * np.abs(fast).max())
+
+
+def test_each_row_is_computed_the_same_way_in_any_batch() -> None:
+    w, _ = block_matrix("q4_k", 32, 512, seed=7)
+    x = np.random.default_rng(8).standard_normal((9, 512)).astype(np.float32)
+    together = product(x, w)
+    for rows in (1, 3, 5):
+        np.testing.assert_array_equal(product(x[:rows], w), together[:rows])
+    np.testing.assert_array_equal(product(x[4:5], w), together[4:5])
