@@ -19,12 +19,14 @@ llama.cpp runs the text as one batch; exoquic feeds it one token at a time
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "engines" / "reference.py"
 OUT_DIR = Path.home() / ".cache" / "exoquic-bench" / "smollm2"
 MIXES = ("q4_k_m", "q5_k_m", "q6_k", "q8_0")
 TEXT = """\
@@ -89,8 +91,33 @@ def exoquic_top1(path: Path, tokens: list[int], engine_name: str) -> list[int]:
     return picks
 
 
-def agreement(path: Path, engine_name: str) -> dict[str, Any]:
-    """Teacher-forced top-1 agreement of exoquic with llama.cpp on `TEXT`."""
+def reference_top1(path: Path, tokens: list[int]) -> list[int]:
+    """Top-1 picks of the tests' float64 forward pass (exact weights, exact activations)."""
+    spec = importlib.util.spec_from_file_location("reference", REFERENCE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    from exoquic.models.gguf_loader import load_gguf_shard, read_gguf_config
+    from exoquic.models.shard import Shard
+
+    config = read_gguf_config(path)
+    weights = load_gguf_shard(path, Shard.whole("reference", config.num_layers))
+    logits = module.reference_forward(weights, np.array(tokens, np.int32))
+    return [int(i) for i in logits.argmax(axis=1)]
+
+
+def _share(a: list[int], b: list[int]) -> float:
+    return round(sum(x == y for x, y in zip(a, b, strict=True)) / len(a), 4)
+
+
+def agreement(path: Path, engine_name: str, reference: bool = False) -> dict[str, Any]:
+    """Teacher-forced top-1 agreement of exoquic with llama.cpp on `TEXT`.
+
+    With `reference`, also each engine's agreement with the float64 forward
+    pass: it tells which side a disagreement comes from (llama.cpp rounds
+    activations to 8 bits for its K-quant dot products).
+    """
     from llamacpp_env import run_worker
 
     from exoquic.models.gguf_file import GGUFFile
@@ -98,15 +125,19 @@ def agreement(path: Path, engine_name: str) -> dict[str, Any]:
     tokens = text_tokens(path)
     theirs = run_worker("logits", {"path": str(path), "tokens": tokens})["top1"]
     ours = exoquic_top1(path, tokens, engine_name)
-    same = sum(a == b for a, b in zip(ours, theirs, strict=True))
     types = sorted({info.ggml_type.name for info in GGUFFile.open(path).tensors.values()})
-    return {
+    result: dict[str, Any] = {
         "file": path.name,
         "types": types,
         "tokens": len(tokens),
-        "agree": same,
-        "agreement": round(same / len(tokens), 4),
+        "agree": sum(a == b for a, b in zip(ours, theirs, strict=True)),
+        "agreement": _share(ours, theirs),
     }
+    if reference:
+        exact = reference_top1(path, tokens)
+        result["exoquic_vs_reference"] = _share(ours, exact)
+        result["llama_cpp_vs_reference"] = _share(theirs, exact)
+    return result
 
 
 def main() -> None:
@@ -114,21 +145,26 @@ def main() -> None:
     parser.add_argument("--mixes", default=",".join(MIXES))
     parser.add_argument("--engine", default="tinygrad")
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
+    parser.add_argument(
+        "--reference", action="store_true", help="also compare both with a float64 forward pass"
+    )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     results = []
     for mix in args.mixes.split(","):
-        result = {
-            "mix": mix,
-            "engine": args.engine,
-            **agreement(quantize(mix, args.out_dir), args.engine),
-        }
+        path = quantize(mix, args.out_dir)
+        result = {"mix": mix, "engine": args.engine, **agreement(path, args.engine, args.reference)}
         results.append(result)
-        print(
+        line = (
             f"{mix:>7}: {result['agree']}/{result['tokens']} = {result['agreement']:.1%} top-1 "
-            f"agreement with llama.cpp ({args.engine}; types {', '.join(result['types'])})",
-            flush=True,
+            f"agreement with llama.cpp ({args.engine}; types {', '.join(result['types'])})"
         )
+        if args.reference:
+            line += (
+                f"; vs float64 reference: exoquic {result['exoquic_vs_reference']:.1%}, "
+                f"llama.cpp {result['llama_cpp_vs_reference']:.1%}"
+            )
+        print(line, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
