@@ -299,10 +299,18 @@ def bundled_tokenizer_source() -> Path:
 
 
 def generate(
-    shape_name: str, mix: str, out: Path, seed: int = 0, tokenizer: Path | None = None
+    shape_name: str | ModelShape,
+    mix: str,
+    out: Path,
+    seed: int = 0,
+    tokenizer: Path | None = None,
 ) -> None:
-    """Write the GGUF of `shape_name` quantized as `mix` to `out`, one tensor at a time."""
-    shape, (_, file_type) = SHAPES[shape_name], MIXES[mix]
+    """Write the GGUF of a shape (a `SHAPES` name or a `ModelShape`) quantized as `mix` to `out`.
+
+    Tensors are made and written one at a time, so memory stays small.
+    """
+    shape = SHAPES[shape_name] if isinstance(shape_name, str) else shape_name
+    _, file_type = MIXES[mix]
     rng = np.random.default_rng(seed)
     w = GGUFWriter(out, shape.arch)
     write_metadata(w, shape, file_type, f"random {shape_name} {mix}")

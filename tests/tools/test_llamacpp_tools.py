@@ -46,3 +46,29 @@ def test_bench_measures_both_engines_on_one_file(tmp_path: Path) -> None:
     for r in results:
         assert "error" not in r, r
         assert r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 and r["peak_rss_mib"] > 0
+
+
+@pytest.mark.parametrize(
+    ("mix", "tied"), [("q4_k_m", False), ("q5_k_m", False), ("q6_k", False), ("q4_k_m", True)]
+)
+def test_generated_mixes_match_llama_cpps_quantizer(mix: str, tied: bool, tmp_path: Path) -> None:
+    """llama.cpp re-quantizes a Q8_0 file into `mix`: its types are the ones gen_gguf picks."""
+    import dataclasses
+
+    import gen_gguf
+    from llamacpp_env import run_worker
+
+    from exoquic.models.gguf_file import GGUFFile
+
+    # 16 layers exercise use_more_bits; a tied embedding is the head, an untied one is not.
+    shape = dataclasses.replace(gen_gguf.SHAPES["tiny"], layers=16, tied=tied)
+    source, out = tmp_path / "q8_0.gguf", tmp_path / f"{mix}.gguf"
+    gen_gguf.generate(shape, "q8_0", source)
+    run_worker("quantize", {"source": str(source), "out": str(out), "mix": mix})
+    theirs = {name: info.ggml_type for name, info in GGUFFile.open(out).tensors.items()}
+    ours = {
+        name: gen_gguf.tensor_type(mix, name, dims[1], shape.layers, shape.tied)
+        for name, dims in gen_gguf.tensor_shapes(shape)
+        if len(dims) == 2
+    }
+    assert {name: theirs[name] for name in ours} == ours
