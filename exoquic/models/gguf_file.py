@@ -215,6 +215,23 @@ class GGUFFile:
         return np.frombuffer(mapped, dtype=np.uint8)
 
 
+def release_pages(a: np.ndarray) -> None:
+    """Drop the pages of a view of a mapped file from this process's memory.
+
+    For weights an engine has copied into its own layout: the view stays valid (its
+    pages are read again, from the page cache, if touched). No-op for other arrays.
+    """
+    root = a
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    mapped = root.base.obj if isinstance(root.base, memoryview) else None
+    if not isinstance(mapped, mmap.mmap) or a.size == 0:
+        return
+    start = a.ctypes.data - root.ctypes.data
+    first = start - start % mmap.PAGESIZE
+    mapped.madvise(mmap.MADV_DONTNEED, first, start + a.nbytes - first)
+
+
 def _parse(cur: _Cursor, path: Path, size: int) -> GGUFFile:
     if size < 4 or cur.read(4, "magic") != _MAGIC:
         raise ModelLoadError(f"{path}: not a GGUF file (bad magic bytes)")

@@ -20,7 +20,7 @@ from gguf.quants import dequantize as gguf_dequantize
 
 from exoquic.models.config import ModelConfig, rope_scaling_from_gguf
 from exoquic.models.errors import ModelLoadError
-from exoquic.models.gguf_file import GGUFFile
+from exoquic.models.gguf_file import GGUFFile, release_pages
 from exoquic.models.quant import quant_kind
 from exoquic.models.shard import Shard
 from exoquic.models.weights import (
@@ -148,14 +148,13 @@ def _load_tensor(gf: GGUFFile, name: str, config: ModelConfig) -> WeightArray:
         data = _to_float32(gf.read_tensor(name), info.ggml_type)
         return unpermute_rope_rows(data, n_heads) if n_heads else data
     rows, cols = info.shape
+    # The file's own bytes (f16 as two bytes a value), mapped, not read.
+    blocks = gf.view_tensor(name).view(np.uint8).reshape(rows, -1)
     if n_heads:
-        # Rows move, so Q and K are copies (read, then reordered); their pages of the
-        # map are never touched.
-        blocks = gf.read_tensor(name).view(np.uint8).reshape(rows, -1)
-        blocks = unpermute_rope_rows(blocks, n_heads)
-    else:
-        # The file's own bytes (f16 as two bytes a value), mapped, not read.
-        blocks = gf.view_tensor(name).view(np.uint8).reshape(rows, -1)
+        # Rows move, so Q and K are copied once, reordered, out of the map; the
+        # map's pages of them are then dropped from this process.
+        mapped, blocks = blocks, unpermute_rope_rows(blocks, n_heads)
+        release_pages(mapped)
     return QuantizedTensor(kind=kind, blocks=blocks, shape=(rows, cols))
 
 

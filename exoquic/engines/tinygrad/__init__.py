@@ -5,9 +5,12 @@ not import tinygrad (`exoquic.engines.tinygrad.engine.TinygradEngine` does).
 
 How a step runs (module by module):
 
-- `matrices`: GGML Q4_0/Q4_1/Q8_0 weights stay in their 4/8-bit codes (scales
-  widened to float32), wrapped in place as tinygrad tensors (`HostArrays`).
-- `cpu_kernels` + `custom`: the hot kernels (quantized products, RMS norm,
+- `matrices`: GGML weights stay quantized, wrapped in place as tinygrad tensors
+  (`HostArrays`): Q5_0/Q5_1/Q8_0/K-quants/F16/BF16 as the file's own bytes
+  (from its memory map), Q4_0/Q4_1 repacked with float32 scales.
+- `block_decode`: the file-layout kinds decoded as tinygrad expressions (the
+  portable path), bit-exact with `gguf.quants`.
+- `cpu_kernels`, `ggml_kernels` + `custom`: the hot kernels (quantized products, RMS norm,
   SwiGLU, RoPE + KV-cache write, attention) are C written here and inserted
   into tinygrad graphs as custom kernels; activations meet the weights as int16
   blocks in integer dot products (float32 GEMM for prefill chunks).

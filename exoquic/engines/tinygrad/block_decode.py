@@ -96,9 +96,23 @@ def _q5_1(blk: Tensor) -> Tensor:
     return _f16(blk[..., 0:2]).unsqueeze(-1) * q + _f16(blk[..., 2:4]).unsqueeze(-1)
 
 
+def _q8_0(blk: Tensor) -> Tensor:
+    q = blk[..., 2:34].bitcast(dtypes.int8).cast(dtypes.float32)
+    return _f16(blk[..., 0:2]).unsqueeze(-1) * q
+
+
+def _bf16(blk: Tensor) -> Tensor:
+    """bfloat16 byte pairs `(..., 2)` (f16/bf16 "blocks" are single values) -> float32."""
+    h = blk[..., 0].cast(dtypes.uint32) | (blk[..., 1].cast(dtypes.uint32) << 8)
+    return (h << 16).bitcast(dtypes.float32)
+
+
 _DECODERS: dict[QuantKind, Callable[[Tensor], Tensor]] = {
+    "f16": _f16,
+    "bf16": _bf16,
     "q5_0": _q5_0,
     "q5_1": _q5_1,
+    "q8_0": _q8_0,
     "q4_k": _q4_k,
     "q5_k": _q5_k,
     "q6_k": _q6_k,

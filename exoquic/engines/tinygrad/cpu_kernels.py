@@ -12,7 +12,8 @@ block), then a weight block and an activation block meet in AVX2 `pmaddwd`,
 scaled in float32:
 
     Q4 (w = s * c + m, c in 0..15):  s * dx * sum(c * qx) + m * dx * sum(qx)
-    Q8 (w = s * c, c int8):          s * dx * sum(c * qx)
+
+(`ggml_kernels` applies the same scheme to the other GGML kinds, read in place.)
 
 int8 activations (llama.cpp's choice) run ~1.2x faster here but move the
 default model's logits by ~5% (they change its greedy answers); int16 keeps
@@ -161,21 +162,6 @@ Q4 = Format(
         *(f32x8 *)(row + b * 32 + 8) = __builtin_convertvector(lo.hi, f32x8) * sv + mv;
         *(f32x8 *)(row + b * 32 + 16) = __builtin_convertvector(hi.lo, f32x8) * sv + mv;
         *(f32x8 *)(row + b * 32 + 24) = __builtin_convertvector(hi.hi, f32x8) * sv + mv;
-      }""",
-)
-
-Q8 = Format(
-    setup="const signed char *c = $C + (long)n * $K; const float *s = $S + (long)n * $B;",
-    unpack_avx2="""v16hi wl = (v16hi)__builtin_convertvector(*(const i8x16 *)(c + b * 32), i16x16);
-      v16hi wh = (v16hi)__builtin_convertvector(*(const i8x16 *)(c + b * 32 + 16), i16x16);""",
-    dot_portable="for (int j = 0; j < 32; j++) dot += c[b * 32 + j] * xq[XR + j];",
-    offset=False,
-    dequantize="""for (int b = 0; b < $B; b++) {
-        f32x8 sv = s[b];
-        for (int i = 0; i < 32; i += 8) {
-          f32x8 codes = __builtin_convertvector(*(const i8x8 *)(c + b * 32 + i), f32x8);
-          *(f32x8 *)(row + b * 32 + i) = codes * sv;
-        }
       }""",
 )
 

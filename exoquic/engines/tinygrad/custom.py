@@ -15,7 +15,7 @@ from tinygrad.uop.ops import KernelInfo, Ops, UOp
 
 from exoquic.engines.tinygrad import cpu_kernels, ggml_kernels
 from exoquic.engines.tinygrad.device import DEVICE
-from exoquic.engines.tinygrad.matrices import BlockMatrix, Q4Matrix, Q8Matrix
+from exoquic.engines.tinygrad.matrices import BlockMatrix, Q4Matrix
 
 BLOCK = cpu_kernels.BLOCK
 # Tests set this to run the plain C branches instead of the AVX2 ones.
@@ -71,20 +71,18 @@ def _quantize(
     return codes, sums
 
 
-QuantizedMatrix = Q4Matrix | Q8Matrix | BlockMatrix
+QuantizedMatrix = Q4Matrix | BlockMatrix
 
 
 def quantized_matmul(
     codes: Tensor, sums: Tensor, w: QuantizedMatrix, residual: Tensor | None = None
 ) -> Tensor:
     """`x @ w.T (+ residual)` `(R, N)` for x given as `quantize_rows(x)`."""
-    fmt: cpu_kernels.Format | ggml_kernels.BlockFormat
+    fmt: cpu_kernels.Format | ggml_kernels.AnyFormat
     kind: str  # names the kernels
     if isinstance(w, BlockMatrix):
         weights, names, kind = [w.blocks], ["P"], w.kind
-        fmt = ggml_kernels.FORMATS[w.kind]
-    elif isinstance(w, Q8Matrix):
-        weights, names, kind, fmt = [w.values, w.scale], ["C", "S"], "q8", cpu_kernels.Q8
+        fmt = ggml_kernels.block_format(w.kind, w.shape[1])
     else:
         weights, names, kind, fmt = (
             [w.packed, w.scale, w.offset],
@@ -98,7 +96,7 @@ def quantized_matmul(
 
 
 def _matmul(
-    fmt: cpu_kernels.Format | ggml_kernels.BlockFormat,
+    fmt: cpu_kernels.Format | ggml_kernels.AnyFormat,
     kind: str,
     codes: Tensor,
     sums: Tensor,
@@ -106,7 +104,7 @@ def _matmul(
     weight_names: list[str],
 ) -> Tensor:
     """Per-row integer dot products for a few rows; a float32 GEMM on the same
-    (dequantized) activations for many, where it is ~1.6x faster."""
+    (dequantized) activations for many, where it is ~1.6x faster (and for F16/BF16)."""
     rows, cols = (int(k) for k in codes.shape)
     n = int(weights[0].shape[0])
     count = threads()
@@ -114,10 +112,11 @@ def _matmul(
     constants: dict[str, int | str] = {
         "R": rows, "N": n, "K": cols, "B": cols // BLOCK, "STORE_SETUP": store,
     }  # fmt: skip
-    if isinstance(fmt, ggml_kernels.BlockFormat):
+    if not isinstance(fmt, cpu_kernels.Format):
         constants |= ggml_kernels.constants(fmt, cols)
     out = Tensor.empty(rows, n, dtype=dtypes.float32, device=DEVICE)
-    if rows < cpu_kernels.GEMM_ROWS:
+    # 16-bit float weights have no integer codes: the GEMM serves any number of rows.
+    if rows < cpu_kernels.GEMM_ROWS and not isinstance(fmt, ggml_kernels.FloatFormat):
         template = _row_source(fmt, rows)
         code = cpu_kernels.source(template, **constants, THREADS=count, PORTABLE=int(PORTABLE_C))
         name = f"{kind}_{rows}_{n}_{cols}" + ("_portable" if PORTABLE_C else "")
@@ -138,20 +137,22 @@ def _row_source(fmt: cpu_kernels.Format | ggml_kernels.BlockFormat, rows: int) -
     return cpu_kernels.matmul_source(fmt, rows)
 
 
-def _gemm_source(fmt: cpu_kernels.Format | ggml_kernels.BlockFormat) -> Template:
-    if isinstance(fmt, ggml_kernels.BlockFormat):
-        return ggml_kernels.gemm_source(fmt)
-    return cpu_kernels.gemm_source(fmt)
+def _gemm_source(fmt: cpu_kernels.Format | ggml_kernels.AnyFormat) -> Template:
+    if isinstance(fmt, cpu_kernels.Format):
+        return cpu_kernels.gemm_source(fmt)
+    return ggml_kernels.gemm_source(fmt)
 
 
 def dequantize_blocks(w: BlockMatrix) -> Tensor:
     """The float32 weights of `w` decoded by the C kernels' own code (for tests)."""
     rows, cols = w.shape
-    fmt = ggml_kernels.FORMATS[w.kind]
-    constants = {"N": rows, "K": cols, **ggml_kernels.constants(fmt, cols)}
+    fmt = ggml_kernels.block_format(w.kind, cols)
+    constants: dict[str, int | str] = {"N": rows, "K": cols, "PORTABLE": int(PORTABLE_C)}
+    constants |= ggml_kernels.constants(fmt, cols)
     code = cpu_kernels.source(ggml_kernels.dequantize_source(fmt), **constants)
     out = Tensor.empty(rows, cols, dtype=dtypes.float32, device=DEVICE)
-    fxn = _kernel(f"dequantize_{w.kind}_{rows}_{cols}", code, ["OUT", "P"])
+    name = f"dequantize_{w.kind}_{rows}_{cols}" + ("_portable" if PORTABLE_C else "")
+    fxn = _kernel(name, code, ["OUT", "P"])
     return out.custom_kernel(w.blocks, fxn=fxn)[0]
 
 

@@ -1,14 +1,16 @@
-"""C kernels that compute straight on GGML block bytes: Q5_0, Q5_1, Q4_K, Q5_K, Q6_K.
+"""C kernels that compute straight on GGML block bytes: Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K.
 
 The weights stay exactly as in the GGUF file (no repacked copy), so a node can
-use them from the file's memory map. Each kernel walks a weight row block by
-block; a "super-block" is one GGML block (32 values for Q5_0/Q5_1, 256 for the
-K-quants), split into sub-blocks of 32 values that each meet one int16
-activation block of `cpu_kernels.QUANTIZE`:
+use them from the file's memory map. Each kernel walks a weight row
+super-block by super-block: one K-quant block (256 values), or 8 blocks of a
+32-value kind (one where rows are not a multiple of 256), split into sub-blocks
+of 32 values that each meet one int16 activation block of
+`cpu_kernels.QUANTIZE`:
 
     kind  sub-block j of 32 values decodes as       dot product per sub-block
     q5_0  d * (q - 16), q 5-bit                      ds * dx * sum((q - 16) qx)
     q5_1  d * q + m                                  ds * dx * sum(q qx) + m * dx sum(qx)
+    q8_0  d * q, q int8                              ds * dx * sum(q qx)
     q4_k  d*sc[j] * q - dmin*mn[j], 6-bit sc, mn     likewise, ds = d*sc[j], dm = -dmin*mn[j]
     q5_k  as q4_k with a 5th bit from qh             likewise
     q6_k  d*sc[i/16] * (q - 32), int8 sc per 16      d * dx * sum((q - 32) sc qx)
@@ -37,6 +39,26 @@ typedef unsigned char u8x8 __attribute__((ext_vector_type(8), aligned(1)));
   const unsigned e_ = (h_ >> 10) & 31, m_ = h_ & 1023; \\
   union { unsigned u; float f; } v_; v_.u = ((e_ + 112) << 23) | (m_ << 13); \\
   const float r_ = e_ ? v_.f : (float)m_ * 5.9604644775390625e-08f; (h_ & 0x8000) ? -r_ : r_; })
+/* the same for the float16 at byte offset OFF of 8 blocks of STRIDE bytes from q */
+typedef unsigned short u16u __attribute__((aligned(1)));
+#define H16(q) (*(const u16u *)(q))
+#if defined(__F16C__) && !$PORTABLE
+typedef short h16x8 __attribute__((vector_size(16)));
+#define F16X8(q, STRIDE, OFF) ({ const unsigned char *q_ = (q) + (OFF); \
+  const h16x8 h_ = {H16(q_), H16(q_ + STRIDE), H16(q_ + 2 * STRIDE), H16(q_ + 3 * STRIDE), \
+                    H16(q_ + 4 * STRIDE), H16(q_ + 5 * STRIDE), H16(q_ + 6 * STRIDE), \
+                    H16(q_ + 7 * STRIDE)}; \
+  (f32x8)__builtin_ia32_vcvtph2ps256(h_); })
+#else
+#define F16X8(q, STRIDE, OFF) ({ const unsigned char *q_ = (q) + (OFF); \
+  const i32x8 h_ = {H16(q_), H16(q_ + STRIDE), H16(q_ + 2 * STRIDE), H16(q_ + 3 * STRIDE), \
+                    H16(q_ + 4 * STRIDE), H16(q_ + 5 * STRIDE), H16(q_ + 6 * STRIDE), \
+                    H16(q_ + 7 * STRIDE)}; \
+  const i32x8 e_ = (h_ >> 10) & 31, m_ = h_ & 1023; \
+  const f32x8 n_ = (f32x8)(((e_ + 112) << 23) | (m_ << 13)); \
+  const f32x8 s_ = __builtin_convertvector(m_, f32x8) * 5.9604644775390625e-08f; \
+  const f32x8 r_ = e_ != 0 ? n_ : s_; (h_ & 0x8000) != 0 ? -r_ : r_; })
+#endif
 """
 
 
@@ -51,11 +73,16 @@ class BlockFormat:
     nbytes: int  # bytes per super-block
     setup: str
     code: str  # int code of value i of sub-block j, as used in the dot product
-    unpack_avx2: str  # int16 codes of sub-block j: `wl` (values 0-15), `wh` (16-31)
+    codes_avx2: str  # i16x16 codes `l` (values 0-15) and `h` (16-31) of sub-block j
     offset: bool
     # exact dequantization of value i of sub-block j: `dq_scale * dq_code (+ dm[j])`
     dq_scale: str = "ds8[j]"
     dq_code: str = ""
+    # from `l`, `h`: the dot product's int16 weights `wl`, `wh` (sub-scales folded in)
+    fold_avx2: str = "v16hi wl = (v16hi)l, wh = (v16hi)h;"
+    # scales of values 0-15 and 16-31 of sub-block j, for dequantizing `l`, `h`
+    dq_scales_avx2: tuple[str, str] = ("ds8[j]", "ds8[j]")
+    sub_prelude: str = ""  # C run before each sub-block's code
 
     @property
     def subs(self) -> int:
@@ -79,16 +106,13 @@ _K_NIBBLES = """const unsigned char *q = QS + 32 * (j >> 1); const short sh = (s
         i16x16 h = __builtin_convertvector(*(const u8x16 *)(q + 16), i16x16);
         l = (l >> sh) & (short)15; h = (h >> sh) & (short)15;"""
 
-_PLAIN_CODES = "\n        v16hi wl = (v16hi)l, wh = (v16hi)h;"
-
 Q4_K = BlockFormat(
     kind="q4_k",
     values=256,
     nbytes=144,
     setup=_K_SCALES,
     code="((blk[16 + 32 * (j >> 1) + i] >> (4 * (j & 1))) & 15)",
-    unpack_avx2=_K_NIBBLES.replace("QS", "(blk + 16)")
-    + "\n        v16hi wl = (v16hi)l, wh = (v16hi)h;",
+    codes_avx2=_K_NIBBLES.replace("QS", "(blk + 16)"),
     offset=True,
 )
 
@@ -99,12 +123,12 @@ Q5_K = BlockFormat(
     setup=_K_SCALES,
     code="(((blk[48 + 32 * (j >> 1) + i] >> (4 * (j & 1))) & 15)"
     " | (((blk[16 + i] >> j) & 1) << 4))",
-    unpack_avx2=_K_NIBBLES.replace("QS", "(blk + 48)")
+    codes_avx2=_K_NIBBLES.replace("QS", "(blk + 48)")
     + """
         i16x16 hl = __builtin_convertvector(*(const u8x16 *)(blk + 16), i16x16);
         i16x16 hh = __builtin_convertvector(*(const u8x16 *)(blk + 32), i16x16);
-        v16hi wl = (v16hi)(l | (((hl >> (short)j) & (short)1) << 4));
-        v16hi wh = (v16hi)(h | (((hh >> (short)j) & (short)1) << 4));""",
+        l = l | (((hl >> (short)j) & (short)1) << 4);
+        h = h | (((hh >> (short)j) & (short)1) << 4);""",
     offset=True,
 )
 
@@ -123,7 +147,7 @@ Q6_K = BlockFormat(
     nbytes=210,
     setup="const float d = F16(blk + 208); ds8 = d;",
     code=f"(({_Q6} - 32) * {_Q6_SCALE})",
-    unpack_avx2="""const unsigned char *ql = blk + 64 * (j >> 2) + 32 * (j & 1);
+    codes_avx2="""const unsigned char *ql = blk + 64 * (j >> 2) + 32 * (j & 1);
         const unsigned char *qh = blk + 128 + 32 * (j >> 2);
         const short s4 = (short)(4 * ((j >> 1) & 1)), s2 = (short)(2 * (j & 3));
         const signed char *sc6 = (const signed char *)(blk + 192) + 2 * j;
@@ -132,12 +156,39 @@ Q6_K = BlockFormat(
         i16x16 hl = __builtin_convertvector(*(const u8x16 *)qh, i16x16);
         i16x16 hh = __builtin_convertvector(*(const u8x16 *)(qh + 16), i16x16);
         l = (((l >> s4) & (short)15) | (((hl >> s2) & (short)3) << 4)) - (short)32;
-        h = (((h >> s4) & (short)15) | (((hh >> s2) & (short)3) << 4)) - (short)32;
-        v16hi wl = (v16hi)(l * (short)sc6[0]), wh = (v16hi)(h * (short)sc6[1]);""",
+        h = (((h >> s4) & (short)15) | (((hh >> s2) & (short)3) << 4)) - (short)32;""",
+    fold_avx2="v16hi wl = (v16hi)(l * (short)sc6[0]), wh = (v16hi)(h * (short)sc6[1]);",
+    dq_scales_avx2=("(d * (float)sc6[0])", "(d * (float)sc6[1])"),
     offset=False,
     dq_scale=f"(d * (float){_Q6_SCALE})",
     dq_code=f"({_Q6} - 32)",
 )
+
+
+# The 32-value kinds go 8 blocks at a time where rows allow (one "super-block" of 256
+# values, sub-block j = block j at `bj`), else one block at a time.
+def _legacy(
+    kind: str, nbytes: int, group: int, code: str, codes: str, offset: bool, qh: int = -1
+) -> BlockFormat:
+    if group == 8:
+        setup = f"ds8 = F16X8(blk, {nbytes}, 0);"
+        setup += f" dm8 = F16X8(blk, {nbytes}, 2);" if offset else ""
+    else:
+        setup = "ds8 = F16(blk);" + (" dm8 = F16(blk + 2);" if offset else "")
+    sub = f"const unsigned char *bj = blk + j * {nbytes};"
+    if qh >= 0:
+        sub += f" unsigned qh; __builtin_memcpy(&qh, bj + {qh}, 4);"
+    return BlockFormat(
+        kind=kind,
+        values=32 * group,
+        nbytes=nbytes * group,
+        setup=setup,
+        code=code,
+        codes_avx2=codes,
+        offset=offset,
+        sub_prelude=sub,
+    )
+
 
 # Q5_0 / Q5_1: value i has its low 4 bits in byte i % 16 (nibble i / 16) and its 5th bit
 # at bit i of the little-endian u32 `qh`.
@@ -148,34 +199,84 @@ _Q5_AVX2 = """const i16x16 bit = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2
         i16x16 hl = (short)(qh & 0xffff), hh = (short)(qh >> 16);
         i16x16 l = (c & (short)15) | (((hl & bit) != 0) & (short)16);
         i16x16 h = (c >> (short)4) | (((hh & bit) != 0) & (short)16);"""
+_Q8_AVX2 = """i16x16 l = __builtin_convertvector(*(const i8x16 *)(bj + 2), i16x16);
+        i16x16 h = __builtin_convertvector(*(const i8x16 *)(bj + 18), i16x16);"""
 
-Q5_0 = BlockFormat(
-    kind="q5_0",
-    values=32,
-    nbytes=22,
-    setup="ds8 = F16(blk); unsigned qh; __builtin_memcpy(&qh, blk + 2, 4);",
-    code="(" + _Q5_CODE.replace("QS", "(blk + 6)") + " - 16)",
-    unpack_avx2=_Q5_AVX2.replace("QS", "(blk + 6)")
-    + "\n        v16hi wl = (v16hi)(l - (short)16), wh = (v16hi)(h - (short)16);",
-    offset=False,
+
+def _q5_0(group: int) -> BlockFormat:
+    code = "(" + _Q5_CODE.replace("QS", "(bj + 6)") + " - 16)"
+    unpack = _Q5_AVX2.replace("QS", "(bj + 6)")
+    unpack += "\n        l = l - (short)16; h = h - (short)16;"
+    return _legacy("q5_0", 22, group, code, unpack, offset=False, qh=2)
+
+
+def _q5_1(group: int) -> BlockFormat:
+    unpack = _Q5_AVX2.replace("QS", "(bj + 8)")
+    return _legacy("q5_1", 24, group, _Q5_CODE.replace("QS", "(bj + 8)"), unpack, True, qh=4)
+
+
+def _q8_0(group: int) -> BlockFormat:
+    code = "((const signed char *)(bj + 2))[i]"
+    return _legacy("q8_0", 34, group, code, _Q8_AVX2, offset=False)
+
+
+@dataclass(frozen=True)
+class FloatFormat:
+    """16-bit float weights (F16, BF16): no integer codes, so every product, decode
+    included, goes through the float32 GEMM (`cpu_kernels.gemm_source`)."""
+
+    kind: str
+    dequantize: str  # C writing the K floats of weight row `p` into `row`, exactly
+
+
+# F16C converts 8 halves at once (exactly); elsewhere the F16 macro, one at a time.
+F16 = FloatFormat(
+    kind="f16",
+    dequantize="""int k = 0;
+#if defined(__F16C__) && !$PORTABLE
+      typedef short h16x8 __attribute__((vector_size(16), aligned(2)));
+      for (; k + 8 <= $K; k += 8)
+        *(f32x8 *)(row + k) = (f32x8)__builtin_ia32_vcvtph2ps256(*(const h16x8 *)(p + 2 * k));
+#endif
+      for (; k < $K; k++) row[k] = F16(p + 2 * k);""",
 )
 
-Q5_1 = BlockFormat(
-    kind="q5_1",
-    values=32,
-    nbytes=24,
-    setup="ds8 = F16(blk); dm8 = F16(blk + 2); unsigned qh; __builtin_memcpy(&qh, blk + 4, 4);",
-    code=_Q5_CODE.replace("QS", "(blk + 8)"),
-    unpack_avx2=_Q5_AVX2.replace("QS", "(blk + 8)")
-    + "\n        v16hi wl = (v16hi)l, wh = (v16hi)h;",
-    offset=True,
+# bfloat16 is the top half of a float32.
+BF16 = FloatFormat(
+    kind="bf16",
+    dequantize="""typedef unsigned short u16x8 __attribute__((ext_vector_type(8), aligned(2)));
+      int k = 0;
+      for (; k + 8 <= $K; k += 8) {
+        const i32x8 wide = __builtin_convertvector(*(const u16x8 *)(p + 2 * k), i32x8);
+        *(f32x8 *)(row + k) = (f32x8)(wide << 16);
+      }
+      for (; k < $K; k++) {
+        union { unsigned u; float f; } v;
+        v.u = ((unsigned)p[2 * k] | ((unsigned)p[2 * k + 1] << 8)) << 16;
+        row[k] = v.f;
+      }""",
 )
 
-FORMATS: dict[str, BlockFormat] = {f.kind: f for f in (Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)}
+_K_FORMATS = {f.kind: f for f in (Q4_K, Q5_K, Q6_K)}
+_LEGACY = {"q5_0": _q5_0, "q5_1": _q5_1, "q8_0": _q8_0}
+_FLOAT = {f.kind: f for f in (F16, BF16)}
+KINDS = frozenset(_K_FORMATS) | frozenset(_LEGACY) | frozenset(_FLOAT)
+AnyFormat = BlockFormat | FloatFormat
 
 
-def constants(fmt: BlockFormat, cols: int) -> dict[str, int | str]:
+def block_format(kind: str, cols: int) -> AnyFormat:
+    """The format for rows of `cols` values of `kind` (32-value kinds in 8s where they fit)."""
+    if kind in _K_FORMATS:
+        return _K_FORMATS[kind]
+    if kind in _FLOAT:
+        return _FLOAT[kind]
+    return _LEGACY[kind](8 if cols % 256 == 0 else 1)
+
+
+def constants(fmt: AnyFormat, cols: int) -> dict[str, int | str]:
     """Shape constants of a weight row of `cols` values."""
+    if isinstance(fmt, FloatFormat):
+        return {"ROWBYTES": 2 * cols}
     return {"NSB": cols // fmt.values, "ROWBYTES": cols // fmt.values * fmt.nbytes}
 
 
@@ -183,7 +284,7 @@ def _superblocks(fmt: BlockFormat, per_block: str, per_sub: str) -> str:
     """C looping over the super-blocks of weight row `p`: `per_block` once each (after
     `setup`), then `per_sub` for each sub-block `j`, unrolled so `j` is a constant."""
     subs = "\n      ".join(
-        f"{{ const int j = {j}, b = s * {fmt.subs} + {j}; (void)b; {per_sub} }}"
+        f"{{ const int j = {j}, b = s * {fmt.subs} + {j}; (void)b; {fmt.sub_prelude} {per_sub} }}"
         for j in range(fmt.subs)
     )
     return f"""for (int s = 0; s < $NSB; s++) {{
@@ -196,22 +297,42 @@ def _superblocks(fmt: BlockFormat, per_block: str, per_sub: str) -> str:
     }}"""
 
 
-def gemm_format(fmt: BlockFormat) -> Format:
+def gemm_format(fmt: AnyFormat) -> Format:
     """The `cpu_kernels.Format` whose `setup` and `dequantize` feed `gemm_source`.
 
     Dequantization is exact: the same float32 operations, in the same order, as
     `gguf.quants` (each product and sum its own statement, so nothing is fused).
     """
+    setup = "const unsigned char *p = $P + (long)n * $ROWBYTES;"
+    if isinstance(fmt, FloatFormat):
+        return Format(
+            setup, unpack_avx2="", dot_portable="", offset=False, dequantize=fmt.dequantize
+        )
     code = fmt.dq_code or fmt.code
     offset = "v = v + dm8[j];" if fmt.offset else ""
-    body = f"""for (int i = 0; i < 32; i++) {{
+    stores = []
+    for k, (half, part) in enumerate([("l", "lo"), ("l", "hi"), ("h", "lo"), ("h", "hi")]):
+        stores.append(
+            f"{{ f32x8 v = __builtin_convertvector({half}.{part}, f32x8) * s{k // 2};"
+            f" {offset} *(f32x8 *)(row + b * 32 + {8 * k}) = v; }}"
+        )
+    lo, hi = fmt.dq_scales_avx2
+    body = f"""
+#if defined(__AVX2__) && !$PORTABLE
+        {fmt.codes_avx2}
+        const f32x8 s0 = {lo}, s1 = {hi};
+        {" ".join(stores)}
+#else
+        for (int i = 0; i < 32; i++) {{
           const float scale = {fmt.dq_scale};
           float v = scale * (float){code};
           {offset}
           row[b * 32 + i] = v;
-        }}"""
+        }}
+#endif
+      """
     return Format(
-        setup="const unsigned char *p = $P + (long)n * $ROWBYTES;",
+        setup=setup,
         unpack_avx2="",
         dot_portable="",
         offset=False,
@@ -219,7 +340,7 @@ def gemm_format(fmt: BlockFormat) -> Format:
     )
 
 
-def dequantize_source(fmt: BlockFormat) -> Template:
+def dequantize_source(fmt: AnyFormat) -> Template:
     """`$OUT (N, K)` float32 = the weights `$P` (N rows of K values), exactly."""
     g = gemm_format(fmt)
     return Template(
@@ -235,7 +356,7 @@ for (int n = 0; n < $N; n++) {{
     )
 
 
-def gemm_source(fmt: BlockFormat) -> Template:
+def gemm_source(fmt: AnyFormat) -> Template:
     """`cpu_kernels.gemm_source` (prefill chunks) for weights in `fmt` blocks."""
     return Template(_F16 + cpu_kernels.gemm_source(gemm_format(fmt)).template)
 
@@ -294,7 +415,8 @@ def _group(fmt: BlockFormat, rows: list[int]) -> str:
     sep = "\n        "
     per_sub = f"""
 #if defined(__AVX2__) && !$PORTABLE
-        {fmt.unpack_avx2}
+        {fmt.codes_avx2}
+        {fmt.fold_avx2}
         {sep.join(avx2)}
 #else
         {sep.join(portable)}

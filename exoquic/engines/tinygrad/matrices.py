@@ -1,10 +1,12 @@
 """Weight matrices on the tinygrad device, kept in their GGML block quantization.
 
-A GGML block covers 32 consecutive values of one row. Q4_1 decodes as
-`w = d * q + m` (q a 4-bit code), Q4_0 as `w = d * (q - 8)` (so it is Q4_1 with
-`m = -8 d`), Q8_0 as `w = d * q` (q an int8). The codes stay packed in memory
-(4 or 8 bits per weight); the scales are widened once to float32 because this
-CPU's half-precision arithmetic is scalar and slow.
+Most kinds (Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, F16, BF16) stay exactly as in the GGUF file
+(`BlockMatrix`), used in place from the file's memory map; `ggml_kernels` and
+`block_decode` read them. Q4_0 and Q4_1 (the bundled model's) are repacked
+(`Q4Matrix`): a GGML block covers 32 consecutive values of one row, Q4_1 decodes
+as `w = d * q + m` (q a 4-bit code), Q4_0 as `w = d * (q - 8)` (so it is Q4_1
+with `m = -8 d`); the codes stay packed, the scales are widened once to float32,
+which the hand-written kernels for it read a little faster than float16 fields.
 
 `matmul` writes dequantization and product as one lazy tinygrad expression, so
 the scheduler fuses the decoding into the matmul kernel instead of ever
@@ -21,6 +23,7 @@ from tinygrad import Tensor, dtypes
 
 from exoquic.engines.tinygrad.block_decode import block_dequantized
 from exoquic.engines.tinygrad.device import DEVICE
+from exoquic.models.gguf_file import release_pages
 from exoquic.models.quant import BLOCK_BYTES, BLOCK_VALUES, VALUES_PER_BLOCK
 from exoquic.models.weights import QuantizedTensor, QuantKind, WeightArray
 
@@ -40,19 +43,6 @@ class Q4Matrix:
     @property
     def shape(self) -> tuple[int, int]:
         rows, blocks, _ = self.packed.shape
-        return int(rows), int(blocks) * BLOCK_VALUES
-
-
-@dataclass(frozen=True)
-class Q8Matrix:
-    """`(rows, cols)` weights as int8 codes: `w[r, 32b + j] = scale[r, b] * values[r, b, j]`."""
-
-    values: Tensor  # int8 (rows, cols/32, 32)
-    scale: Tensor  # float32 (rows, cols/32)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        rows, blocks, _ = self.values.shape
         return int(rows), int(blocks) * BLOCK_VALUES
 
 
@@ -84,20 +74,21 @@ class DenseMatrix:
         return int(rows), int(cols)
 
 
-Matrix = Q4Matrix | Q8Matrix | BlockMatrix | DenseMatrix
+Matrix = Q4Matrix | BlockMatrix | DenseMatrix
 
-# Kinds computed on in their file layout (`BlockMatrix`); Q4_0/Q4_1/Q8_0 are repacked
-# (`Q4Matrix`, `Q8Matrix`); f16/bf16 are widened to float32 (`DenseMatrix`).
-BLOCK_KINDS: frozenset[QuantKind] = frozenset({"q5_0", "q5_1", "q4_k", "q5_k", "q6_k"})
+# Kinds computed on in their file layout (`BlockMatrix`, used from the file's map in
+# place); Q4_0/Q4_1 are repacked (`Q4Matrix`: float32 scales, a little faster).
+BLOCK_KINDS: frozenset[QuantKind] = frozenset(
+    {"q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "f16", "bf16"}
+)
 
 
 def split_blocks(t: QuantizedTensor) -> dict[str, np.ndarray]:
-    """The fields of every GGML block of `t` as numpy arrays (scales widened to float32)."""
+    """The fields of every Q4_0 / Q4_1 block of `t` as numpy arrays (scales widened to
+    float32)."""
     rows, cols = t.shape
     blocks = t.blocks.reshape(rows, cols // BLOCK_VALUES, BLOCK_BYTES[t.kind])
     scale = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
-    if t.kind == "q8_0":
-        return {"values": blocks[..., 2:].copy().view(np.int8), "scale": scale}
     if t.kind == "q4_1":
         offset = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
         return {"packed": blocks[..., 4:].copy(), "scale": scale, "offset": offset}
@@ -157,7 +148,7 @@ class HostArrays:
         return sum(a.nbytes for a in self._arrays)
 
 
-_DTYPES = {"<f4": dtypes.float32, "|u1": dtypes.uint8, "|i1": dtypes.int8}
+_DTYPES = {"<f4": dtypes.float32, "|u1": dtypes.uint8}
 
 
 def to_matrix(w: WeightArray, host: HostArrays) -> Matrix:
@@ -166,10 +157,9 @@ def to_matrix(w: WeightArray, host: HostArrays) -> Matrix:
         return DenseMatrix(host.tensor(np.asarray(w, dtype=np.float32)))
     if w.kind in BLOCK_KINDS:
         return BlockMatrix(host.view(w.blocks), w.kind)
-    if w.kind not in ("q4_0", "q4_1", "q8_0"):
-        return DenseMatrix(host.tensor(w.dequantize()))
-    fields = {name: host.tensor(array) for name, array in split_blocks(w).items()}
-    return Q8Matrix(**fields) if w.kind == "q8_0" else Q4Matrix(**fields)
+    m = Q4Matrix(**{name: host.tensor(a) for name, a in split_blocks(w).items()})
+    release_pages(w.blocks)  # copied: the file's pages are not needed any more
+    return m
 
 
 def matrix_tensors(m: Matrix) -> list[Tensor]:
@@ -194,8 +184,6 @@ def dequantized(w: Matrix) -> Tensor:
     rows, cols = w.shape
     if isinstance(w, DenseMatrix):
         return w.weight
-    if isinstance(w, Q8Matrix):
-        return (w.values.cast(dtypes.float32) * w.scale.unsqueeze(-1)).reshape(rows, cols)
     if isinstance(w, BlockMatrix):
         return block_dequantized(w.blocks, w.kind)
     low, high = w.packed.bitwise_and(15), w.packed.rshift(4)
@@ -221,9 +209,9 @@ def matmul(x: Tensor, w: Matrix, fast: bool) -> Tensor:
 def fuse_rows(parts: list[WeightArray]) -> WeightArray | None:
     """The matrices stacked along their rows (one product instead of several), if compatible.
 
-    Kinds used in their file layout are only fused where they already lie one after
-    another in memory (gate and up in a GGUF's map, say): stacking them would copy
-    weights that can be used in place.
+    Kinds used in their file layout that already lie one after another in memory
+    (gate and up in a GGUF's map, say) become one view; others are copied once
+    (their file pages then dropped), so memory stays one copy either way.
     """
     if all(isinstance(p, QuantizedTensor) for p in parts):
         quantized = [p for p in parts if isinstance(p, QuantizedTensor)]
@@ -231,10 +219,12 @@ def fuse_rows(parts: list[WeightArray]) -> WeightArray | None:
         if any(q.kind != kind or q.shape[1] != cols for q in quantized):
             return None
         rows = sum(q.shape[0] for q in quantized)
-        if kind in BLOCK_KINDS:
-            blocks = _adjacent(quantized)
-            return None if blocks is None else QuantizedTensor(kind, blocks, (rows, cols))
-        return QuantizedTensor(kind, np.concatenate([q.blocks for q in quantized]), (rows, cols))
+        blocks = _adjacent(quantized) if kind in BLOCK_KINDS else None
+        if blocks is None:
+            blocks = np.concatenate([q.blocks for q in quantized])
+            for q in quantized:
+                release_pages(q.blocks)  # copied: the file's pages are not needed any more
+        return QuantizedTensor(kind, blocks, (rows, cols))
     if any(isinstance(p, QuantizedTensor) for p in parts):
         return None
     return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])

@@ -33,14 +33,15 @@ CONFIG = ModelConfig(
     max_context=128,
     tie_word_embeddings=True,
 )
-# Like llama.cpp's Q4_K_M: mostly Q4_K, some Q6_K / Q5_K, and 5-bit legacy blocks.
+# Like llama.cpp's Q4_K_M: mostly Q4_K, some Q6_K / Q5_K, and 5-bit legacy blocks; and
+# 16-bit floats.
 KINDS = {
     "self_attn.q_proj.weight": ("q4_k", "q5_k"),
     "self_attn.k_proj.weight": ("q4_k", "q5_k"),
     "self_attn.v_proj.weight": ("q6_k", "q5_0"),
     "self_attn.o_proj.weight": ("q4_k", "q5_1"),
-    "mlp.gate_proj.weight": ("q4_k", "q4_k"),
-    "mlp.up_proj.weight": ("q4_k", "q4_k"),
+    "mlp.gate_proj.weight": ("q4_k", "bf16"),
+    "mlp.up_proj.weight": ("q4_k", "f16"),
     "mlp.down_proj.weight": ("q6_k", "q5_k"),
 }
 KV = CONFIG.num_kv_heads * CONFIG.head_dim

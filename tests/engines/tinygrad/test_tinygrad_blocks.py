@@ -49,7 +49,12 @@ def product(x: np.ndarray, w: BlockMatrix) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_c_dequantization_equals_gguf(kind: QuantKind) -> None:
+@pytest.mark.parametrize("portable", [False, True], ids=["avx2", "plain-c"])
+def test_c_dequantization_equals_gguf(
+    kind: QuantKind, portable: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The code the prefill GEMM dequantizes weights with, in both of its C branches.
+    monkeypatch.setattr(custom, "PORTABLE_C", portable)
     w, t = block_matrix(kind, 8, 512, seed=1)
     np.testing.assert_array_equal(dequantize_blocks(w).numpy(), reference(t))
 
@@ -92,3 +97,15 @@ def test_each_row_is_computed_the_same_way_in_any_batch() -> None:
     for rows in (1, 3, 5):
         np.testing.assert_array_equal(product(x[:rows], w), together[:rows])
     np.testing.assert_array_equal(product(x[4:5], w), together[4:5])
+
+
+@pytest.mark.parametrize("kind", ["q5_0", "q5_1", "q8_0"])
+@pytest.mark.parametrize("rows", [1, GEMM_ROWS])
+def test_rows_that_are_not_whole_super_blocks(kind: QuantKind, rows: int) -> None:
+    # 160 values a row: the 32-value kinds go one block at a time instead of 8.
+    w, t = block_matrix(kind, 24, 160, seed=9)
+    np.testing.assert_array_equal(dequantize_blocks(w).numpy(), reference(t))
+    x = np.random.default_rng(10).standard_normal((rows, 160)).astype(np.float32)
+    expected = x.astype(np.float64) @ reference(t).T.astype(np.float64)
+    atol = PRODUCT_TOLERANCE * np.abs(expected).max()
+    np.testing.assert_allclose(product(x, w), expected, rtol=0, atol=atol)

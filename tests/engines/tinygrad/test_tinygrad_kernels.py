@@ -16,7 +16,7 @@ from exoquic.engines.tinygrad import custom, tinygrad_available
 from exoquic.engines.tinygrad.cpu_kernels import GEMM_ROWS
 from exoquic.engines.tinygrad.custom import quantize_rows, quantized_matmul
 from exoquic.engines.tinygrad.device import DEVICE
-from exoquic.engines.tinygrad.matrices import HostArrays, Q4Matrix, Q8Matrix, to_matrix
+from exoquic.engines.tinygrad.matrices import BlockMatrix, HostArrays, Q4Matrix, to_matrix
 from exoquic.models.quant import GGML_TYPES
 from exoquic.models.weights import QuantizedTensor, QuantKind
 
@@ -28,7 +28,7 @@ def quantized(kind: QuantKind, rows: int, cols: int, seed: int) -> QuantizedTens
     return QuantizedTensor(kind, gguf.quants.quantize(dense, GGML_TYPES[kind]), (rows, cols))
 
 
-def product(x: np.ndarray, w: Q4Matrix | Q8Matrix) -> np.ndarray:
+def product(x: np.ndarray, w: Q4Matrix | BlockMatrix) -> np.ndarray:
     return quantized_matmul(*quantize_rows(Tensor(x, device=DEVICE)), w).numpy()
 
 
@@ -36,7 +36,7 @@ def product(x: np.ndarray, w: Q4Matrix | Q8Matrix) -> np.ndarray:
 def test_quantized_matmul_matches_dequantized_weights(kind: QuantKind) -> None:
     t = quantized(kind, 96, 160, seed=1)
     w = to_matrix(t, HOST)
-    assert isinstance(w, Q4Matrix | Q8Matrix)
+    assert isinstance(w, Q4Matrix | BlockMatrix)
     x = np.random.default_rng(2).standard_normal((5, 160)).astype(np.float32)
     x[0, 3] = 300.0  # an outlier: blocks are scaled on their own
     expected = x.astype(np.float64) @ t.dequantize().T.astype(np.float64)
@@ -59,7 +59,7 @@ def test_portable_c_matches_the_avx2_code(monkeypatch: pytest.MonkeyPatch) -> No
     x = np.random.default_rng(7).standard_normal((3, 96)).astype(np.float32)
     for kind in ("q4_1", "q8_0"):
         w = to_matrix(quantized(kind, 40, 96, seed=8), HOST)
-        assert isinstance(w, Q4Matrix | Q8Matrix)
+        assert isinstance(w, Q4Matrix | BlockMatrix)
         fast = product(x, w)
         monkeypatch.setattr(custom, "PORTABLE_C", True)
         portable = product(x, w)
@@ -72,7 +72,7 @@ def test_many_rows_use_a_gemm_that_agrees_with_the_row_kernel() -> None:
     # float32 instead of integer dot products: equal up to float32 rounding.
     for kind in ("q4_1", "q8_0"):
         w = to_matrix(quantized(kind, 48, 96, seed=5), HOST)
-        assert isinstance(w, Q4Matrix | Q8Matrix)
+        assert isinstance(w, Q4Matrix | BlockMatrix)
         x = np.random.default_rng(6).standard_normal((GEMM_ROWS + 5, 96)).astype(np.float32)
         many = product(x, w)
         rows = np.concatenate([product(x[i : i + 1], w) for i in range(len(x))])
