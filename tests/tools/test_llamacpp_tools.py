@@ -26,10 +26,12 @@ pytestmark = [
 
 def test_requantized_q4_k_m_agrees_with_llama_cpp(tmp_path: Path) -> None:
     path = requantize_smollm2.quantize("q4_k_m", tmp_path)
-    result = requantize_smollm2.agreement(path, "tinygrad")
+    result = requantize_smollm2.agreement(path, "tinygrad", reference=True)
     assert {"Q4_K", "Q6_K"} <= set(result["types"])  # llama.cpp's mix, with its fallbacks
     assert result["tokens"] >= 256
+    # Measured 96.4%: llama.cpp rounds activations to 8 bits; exoquic matches float64.
     assert result["agreement"] >= 0.95, result
+    assert result["exoquic_vs_reference"] >= 0.99, result
 
 
 def test_bench_measures_both_engines_on_one_file(tmp_path: Path) -> None:
