@@ -18,10 +18,12 @@ of 32 values that each meet one int16 activation block of
 Q6_K's int8 sub-scales are folded into the int16 weight codes (|(q-32) sc| <=
 4096), so two pmaddwd results still fit an int32 lane next to |qx| <= 32767.
 
-`Format`s here plug into `cpu_kernels.gemm_source` (prefill) as they are;
-`matmul_source` is the per-row integer kernel for these layouts. Float16
-fields are decoded with integer operations (exact, no F16C needed; no inf or
-NaN scales expected).
+`gemm_format` turns a format into the `cpu_kernels.Format` that
+`cpu_kernels.gemm_source` (prefill chunks) dequantizes with, exactly;
+`matmul_source` is the per-row integer kernel for these layouts. F16 and BF16
+matrices (`FloatFormat`) always go through the GEMM. Float16 fields are decoded
+with F16C where the CPU has it, else with integer operations (both exact; no
+inf or NaN scales expected).
 """
 
 from __future__ import annotations
@@ -39,11 +41,14 @@ typedef unsigned char u8x8 __attribute__((ext_vector_type(8), aligned(1)));
   const unsigned e_ = (h_ >> 10) & 31, m_ = h_ & 1023; \\
   union { unsigned u; float f; } v_; v_.u = ((e_ + 112) << 23) | (m_ << 13); \\
   const float r_ = e_ ? v_.f : (float)m_ * 5.9604644775390625e-08f; (h_ & 0x8000) ? -r_ : r_; })
-/* the same for the float16 at byte offset OFF of 8 blocks of STRIDE bytes from q */
+/* F16X8: the same for the float16 at byte offset OFF of 8 blocks of STRIDE bytes from q;
+   both with F16C where the CPU has it */
 typedef unsigned short u16u __attribute__((aligned(1)));
 #define H16(q) (*(const u16u *)(q))
 #if defined(__F16C__) && !$PORTABLE
 typedef short h16x8 __attribute__((vector_size(16)));
+#undef F16
+#define F16(q) (__builtin_ia32_vcvtph2ps((h16x8){(short)H16(q), 0, 0, 0, 0, 0, 0, 0})[0])
 #define F16X8(q, STRIDE, OFF) ({ const unsigned char *q_ = (q) + (OFF); \
   const h16x8 h_ = {H16(q_), H16(q_ + STRIDE), H16(q_ + 2 * STRIDE), H16(q_ + 3 * STRIDE), \
                     H16(q_ + 4 * STRIDE), H16(q_ + 5 * STRIDE), H16(q_ + 6 * STRIDE), \
@@ -75,7 +80,7 @@ class BlockFormat:
     code: str  # int code of value i of sub-block j, as used in the dot product
     codes_avx2: str  # i16x16 codes `l` (values 0-15) and `h` (16-31) of sub-block j
     offset: bool
-    # exact dequantization of value i of sub-block j: `dq_scale * dq_code (+ dm[j])`
+    # exact dequantization of value i of sub-block j: `dq_scale * dq_code (+ dm8[j])`
     dq_scale: str = "ds8[j]"
     dq_code: str = ""
     # from `l`, `h`: the dot product's int16 weights `wl`, `wh` (sub-scales folded in)

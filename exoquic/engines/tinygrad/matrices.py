@@ -155,9 +155,14 @@ def to_matrix(w: WeightArray, host: HostArrays) -> Matrix:
     """One weight matrix as device tensors, quantized ones still quantized."""
     if not isinstance(w, QuantizedTensor):
         return DenseMatrix(host.tensor(np.asarray(w, dtype=np.float32)))
-    if w.kind in BLOCK_KINDS:
+    if w.shape[1] % BLOCK_VALUES:
+        # Only f16/bf16 rows can be this short of whole blocks; activations are
+        # quantized in blocks of 32, so these take the float path.
+        m: Matrix = DenseMatrix(host.tensor(w.dequantize()))
+    elif w.kind in BLOCK_KINDS:
         return BlockMatrix(host.view(w.blocks), w.kind)
-    m = Q4Matrix(**{name: host.tensor(a) for name, a in split_blocks(w).items()})
+    else:
+        m = Q4Matrix(**{name: host.tensor(a) for name, a in split_blocks(w).items()})
     release_pages(w.blocks)  # copied: the file's pages are not needed any more
     return m
 

@@ -16,6 +16,7 @@ from exoquic.engines.tinygrad.device import DEVICE
 from exoquic.engines.tinygrad.matrices import (
     BLOCK_KINDS,
     BlockMatrix,
+    DenseMatrix,
     HostArrays,
     dequantized,
     matmul,
@@ -109,3 +110,13 @@ def test_rows_that_are_not_whole_super_blocks(kind: QuantKind, rows: int) -> Non
     expected = x.astype(np.float64) @ reference(t).T.astype(np.float64)
     atol = PRODUCT_TOLERANCE * np.abs(expected).max()
     np.testing.assert_allclose(product(x, w), expected, rtol=0, atol=atol)
+
+
+def test_16_bit_rows_shorter_than_activation_blocks_are_widened() -> None:
+    # Activations are quantized in blocks of 32 values: 48-value rows take the float path.
+    t = random_blocks("f16", 8, 48, seed=11)
+    w = to_matrix(t, HOST)
+    assert isinstance(w, DenseMatrix)
+    x = np.random.default_rng(12).standard_normal((2, 48)).astype(np.float32)
+    got = matmul(Tensor(x, device=DEVICE), w, fast=True).numpy()
+    np.testing.assert_allclose(got, x @ reference(t).T, rtol=1e-5, atol=1e-5)

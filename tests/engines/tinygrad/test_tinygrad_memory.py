@@ -18,6 +18,7 @@ from models.ggml_blocks import random_blocks
 
 from exoquic.models.gguf_loader import LAYER_NAMES
 from exoquic.models.quant import GGML_TYPES
+from exoquic.models.weights import QuantKind
 
 LAYERS, HIDDEN, FFN, HEADS, KV_HEADS, VOCAB = 12, 1024, 4096, 8, 2, 256
 SHARD = (4, 7)  # the middle third
@@ -72,8 +73,8 @@ def write_gguf(path: Path) -> dict[str, int]:
     }  # fmt: skip
     sizes: dict[str, int] = {}
 
-    def add(name: str, kind: str, shape: tuple[int, int]) -> None:
-        t = random_blocks(kind, *shape, seed=len(sizes), scale=shape[1] ** -0.5)  # type: ignore[arg-type]
+    def add(name: str, kind: QuantKind, shape: tuple[int, int]) -> None:
+        t = random_blocks(kind, *shape, seed=len(sizes), scale=shape[1] ** -0.5)
         writer.add_tensor(name, t.blocks, raw_dtype=GGML_TYPES[t.kind])
         sizes[name] = t.blocks.nbytes
 
