@@ -1,8 +1,21 @@
 """Load a Hugging Face llama checkpoint directory (config.json + safetensors).
 
 Only the safetensors files that hold the shard's tensors are opened, and only
-the shard's tensors are read. Every float dtype becomes float32, the layout
-engines get from the GGUF loader after dequantization.
+the shard's tensors are read. What a matrix becomes is the caller's choice
+(`HFWeights`):
+
+- "auto" (the default): bfloat16 / float16 matrices are quantized to Q8_0 as
+  they are read, about a byte per parameter instead of four; a float32
+  checkpoint is taken as a wish for full precision and stays float32;
+- "q8_0", "q4_k", "q4_0", "q4_1": every float matrix is quantized to that
+  GGML kind (Q4_K by `exoquic.models.quantize`);
+- "keep": bfloat16 / float16 matrices stay 16-bit (`QuantizedTensor` kinds
+  "bf16" / "f16", their bytes as stored), float32 stays float32;
+- "f32": everything becomes float32.
+
+Vectors (norms) are always float32, and a matrix whose rows are not whole
+blocks of the chosen kind stays as "keep" would leave it. Quantized matrices
+are what the GGUF loader hands the engines, so both formats run the same way.
 """
 
 from __future__ import annotations
@@ -10,17 +23,21 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 from exoquic.models.config import ModelConfig
 from exoquic.models.errors import ModelLoadError
+from exoquic.models.quant import VALUES_PER_BLOCK
+from exoquic.models.quantize import quantize
 from exoquic.models.safetensors_file import SafetensorsFile
 from exoquic.models.shard import Shard
 from exoquic.models.weights import (
     EMBED_NAME,
     HEAD_NAME,
+    QuantizedTensor,
+    QuantKind,
     ShardWeights,
     WeightArray,
     shard_tensor_names,
@@ -29,6 +46,12 @@ from exoquic.models.weights import (
 CONFIG_FILE = "config.json"
 INDEX_FILE = "model.safetensors.index.json"
 SUPPORTED_MODEL_TYPES = frozenset({"llama"})
+
+HFWeights = Literal["auto", "q8_0", "q4_k", "q4_0", "q4_1", "keep", "f32"]
+HF_WEIGHTS: tuple[str, ...] = get_args(HFWeights)
+DEFAULT_HF_WEIGHTS: HFWeights = "auto"
+_HALF_KINDS: dict[str, QuantKind] = {"BF16": "bf16", "F16": "f16"}
+_QUANTIZED: dict[str, QuantKind] = {"q8_0": "q8_0", "q4_k": "q4_k", "q4_0": "q4_0", "q4_1": "q4_1"}
 
 
 def read_json(path: Path) -> Any:
@@ -58,12 +81,16 @@ def read_hf_config(directory: str | os.PathLike[str]) -> ModelConfig:
         raise ModelLoadError(f"{path}: invalid value: {e}") from e
 
 
-def load_hf_shard(directory: str | os.PathLike[str], shard: Shard) -> ShardWeights:
-    """Read `shard`'s tensors from a Hugging Face directory as float32 arrays.
+def load_hf_shard(
+    directory: str | os.PathLike[str], shard: Shard, weights: HFWeights = DEFAULT_HF_WEIGHTS
+) -> ShardWeights:
+    """Read `shard`'s tensors from a Hugging Face directory, stored as `weights` says.
 
     Raises ModelLoadError if config.json or a needed safetensors file is
     missing or corrupt, a tensor is missing, or the layer count differs.
     """
+    if weights not in HF_WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(HF_WEIGHTS)}, not {weights!r}")
     root = Path(directory)
     config = read_hf_config(root)
     if shard.num_layers != config.num_layers:
@@ -83,7 +110,7 @@ def load_hf_shard(directory: str | os.PathLike[str], shard: Shard) -> ShardWeigh
         filename = locations[source]
         if filename not in files:
             files[filename] = SafetensorsFile.open(root / filename)
-        tensors[name] = _read(files[filename], source)
+        tensors[name] = _read(files[filename], source, weights)
     return ShardWeights(config=config, shard=shard, tensors=tensors)
 
 
@@ -94,10 +121,34 @@ def _source_name(name: str, config: ModelConfig, locations: dict[str, str]) -> s
     return name
 
 
-def _read(f: SafetensorsFile, name: str) -> np.ndarray:
+def _read(f: SafetensorsFile, name: str, weights: HFWeights) -> WeightArray:
     if name not in f.tensors:
         raise ModelLoadError(f"{f.path}: tensor {name} is listed in the index but missing")
-    return f.read_float32(name)
+    entry = f.tensors[name]
+    dense = f.read_float32(name)
+    if dense.ndim != 2 or weights == "f32":
+        return dense
+    kind = _target_kind(entry.dtype, weights)
+    if kind is not None and dense.shape[1] % VALUES_PER_BLOCK[kind] == 0:
+        return quantize(dense, kind)
+    if entry.dtype in _HALF_KINDS and weights != "f32":
+        return _half(dense, _HALF_KINDS[entry.dtype])
+    return dense
+
+
+def _target_kind(dtype: str, weights: HFWeights) -> QuantKind | None:
+    """The GGML kind a matrix stored as `dtype` is quantized to, or None to keep it."""
+    if weights == "auto":
+        return "q8_0" if dtype in _HALF_KINDS else None
+    return _QUANTIZED.get(weights)
+
+
+def _half(dense: np.ndarray, kind: QuantKind) -> QuantizedTensor:
+    """A float32 matrix that came from 16 bits, back in those 16 bits (exact)."""
+    rows, cols = dense.shape
+    # bfloat16 is the top half of each float32, which is all the value had.
+    raw = dense.astype("<f2") if kind == "f16" else (dense.view(np.uint32) >> 16).astype("<u2")
+    return QuantizedTensor(kind, raw.view(np.uint8).reshape(rows, cols * 2), (rows, cols))
 
 
 def tensor_locations(root: Path) -> dict[str, str]:

@@ -14,7 +14,7 @@ from exoquic.models.errors import ModelLoadError
 from exoquic.models.gguf_loader import load_gguf_shard, read_gguf_config
 from exoquic.models.hf_loader import load_hf_shard, read_hf_config
 from exoquic.models.shard import Shard
-from exoquic.models.weights import shard_tensor_names
+from exoquic.models.weights import QuantizedTensor, shard_tensor_names
 
 TINY_CONFIG = {
     "model_type": "llama",
@@ -94,7 +94,7 @@ def _tiny_model(root: Path, dtype: str) -> dict[str, np.ndarray]:
 def test_tiny_model_without_index(tmp_path: Path, dtype: str) -> None:
     expected = _tiny_model(tmp_path, dtype)
     shard = Shard("tiny", 1, 2, 3)
-    w = load_hf_shard(tmp_path, shard)
+    w = load_hf_shard(tmp_path, shard, weights="f32")
     assert set(w.tensors) == set(shard_tensor_names(shard))
     for name, array in w.tensors.items():
         assert isinstance(array, np.ndarray) and array.dtype == np.float32
@@ -102,9 +102,65 @@ def test_tiny_model_without_index(tmp_path: Path, dtype: str) -> None:
     assert w.config.head_dim == 16 and not w.config.tie_word_embeddings
 
 
+@pytest.mark.parametrize("dtype", ["BF16", "F16"])
+def test_16_bit_matrices_become_q8_0_by_default(tmp_path: Path, dtype: str) -> None:
+    expected = _tiny_model(tmp_path, dtype)
+    w = load_hf_shard(tmp_path, Shard.whole("tiny", 3))
+    for name, t in w.tensors.items():
+        if expected[name].ndim == 1:  # norms stay float32
+            assert isinstance(t, np.ndarray) and np.array_equal(t, expected[name])
+            continue
+        assert isinstance(t, QuantizedTensor) and t.kind == "q8_0", name
+        # Q8_0 keeps ~8 bits: a few parts in a thousand of each block's largest value.
+        err = np.abs(t.dequantize() - expected[name]).max()
+        assert 0 < err < 0.01 * np.abs(expected[name]).max(), name
+        assert t.blocks.nbytes == expected[name].size * 34 // 32  # ~1 byte per parameter
+
+
+@pytest.mark.parametrize(("dtype", "kind"), [("BF16", "bf16"), ("F16", "f16")])
+def test_keep_holds_16_bit_matrices_as_stored(tmp_path: Path, dtype: str, kind: str) -> None:
+    expected = _tiny_model(tmp_path, dtype)
+    w = load_hf_shard(tmp_path, Shard.whole("tiny", 3), weights="keep")
+    t = w.tensors["model.layers.1.mlp.down_proj.weight"]
+    assert isinstance(t, QuantizedTensor) and t.kind == kind
+    assert np.array_equal(t.dequantize(), expected["model.layers.1.mlp.down_proj.weight"])
+
+
+def test_float32_checkpoints_stay_float32_unless_a_kind_is_asked(hf_like_f32: Path) -> None:
+    shard = Shard.whole("tiny", 3)
+    assert isinstance(load_hf_shard(hf_like_f32, shard).tensors["lm_head.weight"], np.ndarray)
+    t = load_hf_shard(hf_like_f32, shard, weights="q4_1").tensors["lm_head.weight"]
+    assert isinstance(t, QuantizedTensor) and t.kind == "q4_1"
+
+
+def test_rows_too_short_for_the_kind_stay_16_bit(tmp_path: Path) -> None:
+    _tiny_model(tmp_path, "BF16")  # rows of 64 and 96 values: no 256-value Q4_K block fits
+    w = load_hf_shard(tmp_path, Shard.whole("tiny", 3), weights="q4_k")
+    kinds = {t.kind for t in w.tensors.values() if isinstance(t, QuantizedTensor)}
+    assert kinds == {"bf16"}
+
+
+def test_unknown_weights_choice_is_refused(tmp_path: Path) -> None:
+    _tiny_model(tmp_path, "F16")
+    with pytest.raises(ValueError, match="weights must be one of"):
+        load_hf_shard(tmp_path, Shard.whole("tiny", 3), weights="q3_k")  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def hf_like_f32(tmp_path: Path) -> Path:
+    """The tiny model stored in float32."""
+    rng = np.random.default_rng(2)
+    stored = {
+        n: ("F32", rng.standard_normal(s).astype(np.float32)) for n, s in _tiny_shapes().items()
+    }
+    _write_safetensors(tmp_path / "model.safetensors", stored)
+    (tmp_path / "config.json").write_text(json.dumps(TINY_CONFIG))
+    return tmp_path
+
+
 def test_untied_head_is_its_own_tensor(tmp_path: Path) -> None:
     expected = _tiny_model(tmp_path, "F16")
-    w = load_hf_shard(tmp_path, Shard.whole("tiny", 3))
+    w = load_hf_shard(tmp_path, Shard.whole("tiny", 3), weights="keep")
     assert np.array_equal(w.dense("lm_head.weight"), expected["lm_head.weight"])
     assert not np.array_equal(w.dense("lm_head.weight"), w.dense("model.embed_tokens.weight"))
 

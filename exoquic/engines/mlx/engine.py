@@ -1,9 +1,10 @@
 """`MLXEngine`: runs one llama shard with MLX.
 
-GGML Q4_0 / Q4_1 / Q8_0 matrices are repacked (exactly, see `ggml_pack`) into
-MLX affine quantization with group size 32 and computed on with
-`mx.quantized_matmul`, so the weights stay in 4 or 8 bits; other tensors run in
-float32. Activations and the KV cache are float32, so hidden states match the
+GGML block-quantized matrices (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
+Q6_K) are repacked into MLX affine quantization with group size 32 (exactly,
+except Q6_K: see `ggml_pack`) and computed on with `mx.quantized_matmul`, so
+the weights stay in 4, 5 or 8 bits; float16 / bfloat16 matrices stay 16-bit;
+other tensors run in float32. Activations and the KV cache are float32, so hidden states match the
 other engines closely enough to mix them in one ring.
 
 MLX is imported by this module only: importing `exoquic.engines` must not
@@ -149,6 +150,9 @@ class MLXEngine(Engine):
         return cache
 
 
+_HALF_TYPES = {"f16": mx.float16, "bf16": mx.bfloat16}
+
+
 def _to_mlx(tensors: dict[str, WeightArray]) -> tuple[dict[str, mx.array], dict[str, int]]:
     """MLX arrays for every tensor, plus the bit width of each quantized module path.
 
@@ -165,6 +169,10 @@ def _to_mlx(tensors: dict[str, WeightArray]) -> tuple[dict[str, mx.array], dict[
             arrays[f"{path}.scales"] = mx.array(packed.scales)
             arrays[f"{path}.biases"] = mx.array(packed.biases)
             bits[path] = packed.bits
+        elif isinstance(tensor, QuantizedTensor) and tensor.kind in _HALF_TYPES:
+            # The GGUF bytes as they are: a 2-byte float per value, half the memory of float32.
+            halves = np.ascontiguousarray(tensor.blocks).view(np.uint16).reshape(tensor.shape)
+            arrays[name] = mx.array(halves).view(_HALF_TYPES[tensor.kind])
         elif isinstance(tensor, QuantizedTensor):
             arrays[name] = mx.array(tensor.dequantize().astype(np.float32))
         else:

@@ -1,23 +1,28 @@
-"""Repack GGML block-quantized matrices into MLX affine quantization, exactly.
+"""Repack GGML block-quantized matrices into MLX affine quantization.
 
-GGML's Q4_0, Q4_1 and Q8_0 blocks all hold 32 consecutive elements of a row
-with one float16 scale (and, for Q4_1, one float16 minimum). Each is an affine
-code `w = scale * q + bias` with a per-32 group scale and bias, which is what
-MLX's `mx.quantized_matmul(..., group_size=32, mode="affine")` computes on:
+MLX's `mx.quantized_matmul(..., mode="affine")` computes on groups of 32, 64
+or 128 consecutive values of a row with one scale and one bias per group,
+`w = scale * q + bias`, for 2, 3, 4, 5, 6 or 8-bit codes `q`. Every GGML kind
+`ggml_codes` reads is such a code (see the table there); this module chooses
+the MLX form and packs the codes:
 
-    Q4_1: w = d*q + m       (q in 0..15)   -> bits=4, scale=d, bias=m
-    Q4_0: w = d*(q - 8)     (q in 0..15)   -> bits=4, scale=d, bias=-8d
-    Q8_0: w = d*q           (q in -128..127) -> bits=8, q+128, scale=d, bias=-128d
+- Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (32-value blocks) and Q4_K, Q5_K (256-value
+  super-blocks of eight 32-value sub-blocks, each with its own 6-bit scale and
+  minimum) map exactly: group size 32, 4, 5 or 8 bits, the scale and bias of
+  each (sub-)block. The dequantized weights equal GGML's bit for bit.
+- Q6_K has a scale per 16 values, and MLX has no group of 16. Each pair of
+  16-value sub-blocks becomes one 8-bit group of 32 whose step is a quarter
+  of the larger sub-block's step: the sub-block with the larger scale stays
+  exact (its 6-bit codes times 4 fit in 8 bits), the other is rounded to the
+  nearest multiple of that step (error at most an eighth of the larger
+  step). It costs 8 bits a value instead of 6.56. Kept exact instead, the
+  pair would need two 6-bit matrices (twice the memory and the work) or
+  float32.
 
-Scales and biases are kept in float32: `d` and `m` are float16 values, so
-`d*q` is exact in float32 and `-8d`, `-128d` are exact power-of-two multiples;
-the dequantized weights equal GGML's bit for bit.
-
-Only the element order differs. A GGML 4-bit block stores elements 0..15 in
-the low nibbles and 16..31 in the high nibbles of its 16 bytes; MLX packs
-consecutive elements into a uint32 from the low bits up (so, read as
-little-endian bytes, element 2i is the low nibble of byte i). This module is
-pure numpy so it can be tested without MLX.
+Scales and biases are float32: GGML's are float16 products with small
+integers, exact in float32. MLX packs consecutive codes from the low bits of
+each byte up, little-endian, as one bit stream (for 4 bits: element 2i is the
+low nibble of byte i). Pure numpy, so it is tested without MLX.
 """
 
 from __future__ import annotations
@@ -26,10 +31,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exoquic.models.quant import BLOCK_BYTES, BLOCK_VALUES
+from exoquic.engines.mlx.ggml_codes import AffineGroups, affine_groups
 from exoquic.models.weights import QuantizedTensor
 
-GROUP_SIZE = BLOCK_VALUES
+GROUP_SIZE = 32
+
+# Kinds that become MLX affine quantization; f16/bf16 are float matrices.
+MAPPABLE_KINDS = frozenset({"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k"})
+# Kinds whose MLX form dequantizes to exactly GGML's weights.
+EXACT_KINDS = MAPPABLE_KINDS - {"q6_k"}
 
 
 @dataclass(frozen=True)
@@ -46,51 +56,55 @@ class AffineQuantized:
     bits: int
 
 
-# The kinds that are one affine code per 32 values; others are dequantized by the engine.
-MAPPABLE_KINDS = frozenset({"q4_0", "q4_1", "q8_0"})
-
-
 def is_mappable(t: QuantizedTensor) -> bool:
     """Whether `to_affine` can repack this tensor."""
     return t.kind in MAPPABLE_KINDS and t.shape[1] % GROUP_SIZE == 0
 
 
 def to_affine(t: QuantizedTensor) -> AffineQuantized:
-    """Repack a GGML Q4_0 / Q4_1 / Q8_0 matrix into MLX's affine layout."""
+    """Repack a GGML block-quantized matrix into MLX's affine layout (see the module doc)."""
     if not is_mappable(t):
         raise ValueError(f"cannot map {t.kind} {t.shape} to MLX affine quantization")
-    rows, cols = t.shape
-    blocks = _blocks(t, rows, cols)
-    d = _f16(blocks, 0)
-    if t.kind == "q4_1":
-        return _pack4(blocks[:, :, 4:], d, _f16(blocks, 2), rows)
-    if t.kind == "q4_0":
-        return _pack4(blocks[:, :, 2:], d, -8.0 * d, rows)
-    # q8_0: flipping the sign bit of an int8 is adding 128 to it as a uint8.
-    codes = (blocks[:, :, 2:] ^ np.uint8(0x80)).reshape(rows, -1)
-    weight = np.ascontiguousarray(codes).view(np.uint32)
-    return AffineQuantized(weight, d, -128.0 * d, bits=8)
+    groups = affine_groups(t)
+    if groups.group == 16:
+        groups = merge_sixteens(groups)
+    return AffineQuantized(
+        pack_codes(groups.codes, groups.bits), groups.scales, groups.biases, groups.bits
+    )
 
 
-def _blocks(t: QuantizedTensor, rows: int, cols: int) -> np.ndarray:
-    """The raw bytes as `(rows, blocks_per_row, block_bytes)`."""
-    size = BLOCK_BYTES[t.kind]
-    raw = np.ascontiguousarray(t.blocks, dtype=np.uint8)
-    if raw.shape != (rows, cols // GROUP_SIZE * size):
-        raise ValueError(f"{t.kind} blocks of shape {raw.shape} do not fit {t.shape}")
-    return raw.reshape(rows, cols // GROUP_SIZE, size)
+def merge_sixteens(g: AffineGroups) -> AffineGroups:
+    """6-bit groups of 16 symmetric around code 32 (Q6_K) -> 8-bit groups of 32.
+
+    The new step is a quarter of the pair's larger scale, with its sign, so
+    the larger sub-block's codes become `4 (q - 32) + 128` exactly and the
+    other's values are rounded; the bias keeps code 128 at zero. Only a value
+    of exactly 128 steps (equal scales of opposite sign, q = 0) is clipped to
+    127, one step off.
+    """
+    rows, cols = g.codes.shape
+    values = (g.codes.astype(np.float32) - 32.0).reshape(rows, -1, 16) * g.scales[:, :, None]
+    pairs = g.scales.reshape(rows, -1, 2)
+    larger = np.take_along_axis(pairs, np.abs(pairs).argmax(axis=2)[:, :, None], axis=2)
+    step = larger[:, :, 0] / 4  # (rows, cols / 32), exact: a power-of-two division
+    safe = np.where(step == 0, 1.0, step)[:, :, None]
+    q = np.rint(values.reshape(rows, -1, 32) / safe)
+    codes = (np.clip(q, -128, 127) + 128).astype(np.uint8).reshape(rows, cols)
+    return AffineGroups(codes, step.astype(np.float32), -128.0 * step, 32, 8)
 
 
-def _f16(blocks: np.ndarray, offset: int) -> np.ndarray:
-    """The float16 field at byte `offset` of every block, as float32 `(rows, groups)`."""
-    pair = np.ascontiguousarray(blocks[:, :, offset : offset + 2])
-    return pair.view("<f2")[:, :, 0].astype(np.float32)
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 codes `(rows, cols)` -> MLX's uint32 `(rows, cols * bits / 32)` bit stream.
 
-
-def _pack4(qs: np.ndarray, scales: np.ndarray, biases: np.ndarray, rows: int) -> AffineQuantized:
-    """Reorder 16-byte GGML nibble blocks into MLX's consecutive 4-bit packing."""
-    codes = np.concatenate([qs & 0x0F, qs >> 4], axis=2)  # (rows, groups, 32) in element order
-    codes = codes.reshape(rows, -1)
-    packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
-    weight = np.ascontiguousarray(packed).view(np.uint32)
-    return AffineQuantized(weight, scales, biases, bits=4)
+    `per` consecutive codes fill a whole number of bytes (2 x 4 bits, 8 x 5,
+    4 x 6, 1 x 8 ...); each such run is assembled in a uint64 and its low
+    bytes are kept.
+    """
+    rows, cols = codes.shape
+    per = 8 // np.gcd(8, bits)
+    nbytes = per * bits // 8
+    runs = codes.reshape(rows, cols // per, per).astype(np.uint64)
+    shifts = (np.arange(per, dtype=np.uint64) * np.uint64(bits))[None, None, :]
+    words = np.bitwise_or.reduce(runs << shifts, axis=2)  # (rows, runs)
+    stream = words.astype("<u8").view(np.uint8).reshape(rows, -1, 8)[:, :, :nbytes]
+    return np.ascontiguousarray(stream).reshape(rows, -1).view(np.uint32)

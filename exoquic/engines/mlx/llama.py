@@ -180,7 +180,8 @@ class ShardModel(nn.Module):
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
     def __call__(self, inputs: mx.array, caches: list[list[LayerCache]]) -> mx.array:
-        h = self.model.embed_tokens(inputs) if self.args.is_first else inputs
+        # A float16 / bfloat16 embedding must not make the whole pass 16-bit.
+        h = self.model.embed_tokens(inputs).astype(mx.float32) if self.args.is_first else inputs
         for i, layer in enumerate(self.model.layers):
             h = layer(h, [row[i] for row in caches])
         if not self.args.is_last:

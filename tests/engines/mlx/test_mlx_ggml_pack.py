@@ -66,7 +66,7 @@ def test_layout_and_dtypes() -> None:
 
 def test_mismatched_blocks_are_rejected() -> None:
     t = QuantizedTensor(kind="q4_1", blocks=np.zeros((4, 20), np.uint8), shape=(4, 64))
-    with pytest.raises(ValueError, match="do not fit"):
+    with pytest.raises(ValueError, match="do not encode"):
         to_affine(t)
 
 
