@@ -6,8 +6,8 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
+from engines.block_model import PROMPT, weights
 from engines.reference import reference_forward
-from engines.tinygrad.test_tinygrad_block_model import PROMPT, weights
 from models.ggml_blocks import ALL_KINDS, random_blocks
 
 from exoquic.engines.mlx.engine import MLXEngine
