@@ -7,12 +7,13 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from engines.block_model import PROMPT, weights
+from engines.mlx.affine import mlx_dequantize
 from engines.reference import reference_forward
 from models.ggml_blocks import ALL_KINDS, random_blocks
 
 from exoquic.engines.mlx.engine import MLXEngine
 from exoquic.engines.mlx.ggml_codes import affine_groups
-from exoquic.engines.mlx.ggml_pack import EXACT_KINDS, GROUP_SIZE, pack_codes, to_affine
+from exoquic.engines.mlx.ggml_pack import EXACT_KINDS, pack_codes, to_affine
 from exoquic.models.weights import (
     EMBED_NAME,
     HEAD_NAME,
@@ -22,18 +23,6 @@ from exoquic.models.weights import (
 )
 
 BLOCK_KINDS = [k for k in ALL_KINDS if k not in ("f16", "bf16")]
-
-
-def mlx_dequantize(t: QuantizedTensor) -> np.ndarray:
-    p = to_affine(t)
-    out = mx.dequantize(
-        mx.array(p.weight),
-        mx.array(p.scales),
-        mx.array(p.biases),
-        group_size=GROUP_SIZE,
-        bits=p.bits,
-    )
-    return np.array(out)
 
 
 @pytest.mark.parametrize("kind", BLOCK_KINDS)
