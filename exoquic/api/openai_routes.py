@@ -14,6 +14,8 @@ from quart import Blueprint, Response, current_app, request
 from exoquic.api.admission import Admission, Slot
 from exoquic.api.errors import APIError
 from exoquic.api.schemas import CompletionParams, parse_chat_request, parse_text_request
+from exoquic.api.tool_calls import ToolCall, call_id
+from exoquic.api.tools import ReplyPiece, ToolCalling, reply_pieces
 from exoquic.models.generation_defaults import GenerationDefaults
 from exoquic.orchestration.generation import (
     GenerationChunk,
@@ -61,8 +63,10 @@ async def chat_completions() -> Response:
     body = with_model_defaults(await json_body(), node().defaults)
     chat = parse_chat_request(body, context=node().max_context)
     serving = serving_node(chat.params.model)
-    prompt = await tokenized(serving.encode_chat(list(chat.messages)), "messages")
-    return await complete(serving, prompt, chat.params, chat=True)
+    calling = ToolCalling.for_template(chat.tools, serving.tokenizer.chat_template)
+    messages, tools = calling.render(list(chat.messages))
+    prompt = await tokenized(serving.encode_chat(messages, tools, calling.prefix), "messages")
+    return await complete(serving, prompt, chat.params, chat=True, calling=calling)
 
 
 @blueprint.post("/v1/completions")
@@ -143,7 +147,12 @@ def check_room(serving: Node, prompt: list[int], params: CompletionParams, chat:
 
 
 async def complete(
-    serving: Node, prompt: list[int], params: CompletionParams, *, chat: bool
+    serving: Node,
+    prompt: list[int],
+    params: CompletionParams,
+    *,
+    chat: bool,
+    calling: ToolCalling | None = None,
 ) -> Response:
     check_room(serving, prompt, params, chat)
     generation = GenerationRequest(
@@ -160,23 +169,26 @@ async def complete(
     # 400, not a 429, and never takes a slot.
     slot = await admission().admit()
     if params.stream:
-        return stream_response(serving, generation, shape, params.include_usage, slot)
+        return stream_response(serving, generation, shape, params.include_usage, slot, calling)
     with slot:
-        text, completion_tokens, finish = await collect(serving, generation)
+        reply = await collect(serving, generation, calling)
     return Response(
-        json.dumps(shape.whole(text, finish, completion_tokens)),
+        json.dumps(shape.whole(reply)),
         content_type="application/json",
     )
 
 
-async def collect(serving: Node, generation: GenerationRequest) -> tuple[str, int, str | None]:
+async def collect(
+    serving: Node, generation: GenerationRequest, calling: ToolCalling | None = None
+) -> ReplyPiece:
+    """The whole reply as one piece: all its text, its calls, its finish reason."""
     parts: list[str] = []
-    tokens, finish = 0, None
+    last = ReplyPiece("", 0)
     async with open_generation(serving, generation) as chunks:
-        async for chunk in chunks:
-            parts.append(chunk.text)
-            tokens, finish = chunk.token_count, chunk.finish_reason
-    return "".join(parts), tokens, finish
+        async for piece in reply_pieces(chunks, calling):
+            parts.append(piece.text)
+            last = piece
+    return ReplyPiece("".join(parts), last.token_count, last.finish_reason, last.calls)
 
 
 def stream_response(
@@ -185,9 +197,10 @@ def stream_response(
     shape: ResponseShape,
     include_usage: bool,
     slot: Slot,
+    calling: ToolCalling | None = None,
 ) -> Response:
     """The SSE response; its body owns `slot` and frees it when the stream ends."""
-    events = stream_events(serving, generation, shape, include_usage, slot)
+    events = stream_events(serving, generation, shape, include_usage, slot, calling)
     slot.release_with(events)  # in case the server drops the body unread
     response = Response(events, content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
@@ -202,6 +215,7 @@ async def stream_events(
     shape: ResponseShape,
     include_usage: bool,
     slot: Slot,
+    calling: ToolCalling | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE body. A client that disconnects cancels this iterator (quart-trio
     cancels the request's task on `http.disconnect`), and `aclosing` then frees
@@ -212,12 +226,14 @@ async def stream_events(
         tokens = 0
         try:
             async with open_generation(serving, generation) as chunks:
-                async for chunk in chunks:
-                    tokens = chunk.token_count
-                    if chunk.text:
-                        yield sse(shape.chunk({"content": chunk.text}, None, text=chunk.text))
-                    if chunk.finish_reason:
-                        yield sse(shape.chunk({}, chunk.finish_reason, text=""))
+                async for piece in reply_pieces(chunks, calling):
+                    tokens = piece.token_count
+                    if piece.text:
+                        yield sse(shape.chunk({"content": piece.text}, None, text=piece.text))
+                    for index, call in enumerate(piece.calls):
+                        yield sse(shape.chunk({"tool_calls": [shape.tool_call(call, index)]}, None))
+                    if piece.finish_reason:
+                        yield sse(shape.chunk({}, piece.finish_reason, text=""))
         except Exception as exc:
             # The 200 status is already sent: report the failure the way OpenAI's
             # stream does, as an error event, and still end the stream cleanly.
@@ -271,19 +287,35 @@ class ResponseShape:
             "total_tokens": self.prompt_tokens + completion_tokens,
         }
 
-    def whole(self, text: str, finish: str | None, completion_tokens: int) -> dict[str, Any]:
+    def whole(self, reply: ReplyPiece) -> dict[str, Any]:
+        finish = reply.finish_reason
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
         if self.chat:
-            choice["message"] = {"role": "assistant", "content": text}
+            message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+            if reply.calls:
+                # OpenAI's shape: no content (null) when the reply is only calls.
+                message["content"] = reply.text or None
+                calls = [self.tool_call(c, i) for i, c in enumerate(reply.calls)]
+                message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in calls]
+            choice["message"] = message
         else:
-            choice["text"] = text
+            choice["text"] = reply.text
         return {
             **self._envelope(stream=False),
             "choices": [choice],
-            "usage": self.usage(completion_tokens),
+            "usage": self.usage(reply.token_count),
         }
 
-    def chunk(self, delta: dict[str, str], finish: str | None, text: str = "") -> dict[str, Any]:
+    def tool_call(self, call: ToolCall, index: int) -> dict[str, Any]:
+        """One call as OpenAI shows it (`index` matters only in stream deltas)."""
+        return {
+            "index": index,
+            "id": call_id(self.id.removeprefix("chatcmpl-"), index),
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments_json()},
+        }
+
+    def chunk(self, delta: dict[str, Any], finish: str | None, text: str = "") -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
         if self.chat:
             choice["delta"] = delta
