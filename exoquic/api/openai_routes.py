@@ -296,7 +296,9 @@ class ResponseShape:
                 # OpenAI's shape: no content (null) when the reply is only calls.
                 message["content"] = reply.text or None
                 calls = [self.tool_call(c, i) for i, c in enumerate(reply.calls)]
-                message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in calls]
+                message["tool_calls"] = [
+                    {k: v for k, v in c.items() if k != "index"} for c in calls
+                ]
             choice["message"] = message
         else:
             choice["text"] = reply.text

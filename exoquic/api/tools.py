@@ -233,17 +233,38 @@ def _with_tool_prompt(
 
 def forced_prefix(tools: ToolRequest | None, fmt: ToolFormat) -> str:
     """The opening of a call the prompt ends with when the reply must call a
-    tool: the model continues it, so its reply starts as that call."""
+    tool: the model continues it, so its reply starts as that call. With the
+    function known, the arguments open with its first parameter's name, which
+    keeps small models from copying the schema instead of filling it in."""
     name = tools.forced if tools is not None else None
-    if name is None:
+    if name is None or tools is None:
         return ""
     key = "parameters" if fmt is ToolFormat.LLAMA3 else "arguments"
-    opening = f'{{"name": "{name}", "{key}": {{' if name else '{"name": "'
+    if name:
+        opening = f'{{"name": "{name}", "{key}": {{{_first_parameter(tools, name)}'
+    else:
+        opening = '{"name": "'
     if fmt is ToolFormat.HERMES:
         return f"{HERMES_OPEN}\n{opening}"
     if fmt is ToolFormat.MISTRAL:
         return f"[TOOL_CALLS][{opening}"
     return opening
+
+
+def _first_parameter(tools: ToolRequest, name: str) -> str:
+    """`"param": ` for the function's first required (else first) parameter, with
+    the opening quote of its value when it is a string; "" when it has none."""
+    schema = next(t["function"]["parameters"] for t in tools.tools if t["function"]["name"] == name)
+    properties = schema.get("properties")
+    required = schema.get("required")
+    names = list(required) if isinstance(required, list) and required else []
+    names += list(properties) if isinstance(properties, dict) else []
+    first = next((n for n in names if isinstance(n, str)), None)
+    if first is None:
+        return ""
+    described = properties.get(first) if isinstance(properties, dict) else None
+    is_text = isinstance(described, dict) and described.get("type") == "string"
+    return json.dumps(first) + (': "' if is_text else ": ")
 
 
 # --- replies -----------------------------------------------------------------
