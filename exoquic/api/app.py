@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 from exoquic.api.admission import Admission
 from exoquic.api.errors import APIError
 from exoquic.api.limits import AdmissionLimits
+from exoquic.api.ollama_routes import blueprint as ollama_blueprint
 from exoquic.api.openai_routes import blueprint as openai_blueprint
 from exoquic.api.openapi import openapi_document
 from exoquic.api.security import ApiSecurity
@@ -42,6 +44,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["RESPONSE_TIMEOUT"] = None  # streams last as long as generation does
     app.register_blueprint(openai_blueprint)
+    app.register_blueprint(ollama_blueprint)
     policy = security or ApiSecurity()
     _add_checks(app, policy)
     _add_info_routes(app, node, admission, policy)
@@ -193,7 +196,10 @@ def http_refusal(error: HTTPException) -> APIError:
 
 
 def error_response(error: APIError) -> Response:
-    response = Response(error.json(), status=error.status, content_type="application/json")
+    # Ollama's clients read a plain {"error": message} from its routes.
+    ollama = request.path.startswith("/api/")
+    body = json.dumps({"error": error.message}) if ollama else error.json()
+    response = Response(body, status=error.status, content_type="application/json")
     response.headers.update(error.headers)
     if error.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="exoquic"'

@@ -154,16 +154,7 @@ async def complete(
     chat: bool,
     calling: ToolCalling | None = None,
 ) -> Response:
-    check_room(serving, prompt, params, chat)
-    generation = GenerationRequest(
-        request_id=new_request_id(),
-        prompt_tokens=tuple(prompt),
-        sampling=params.sampling,
-        # Without max_tokens, the model's finite default (the node cuts any
-        # budget to the room the context has left).
-        max_tokens=params.max_tokens or serving.defaults.max_tokens,
-        stop=params.stop,
-    )
+    generation = new_generation(serving, prompt, params, chat)
     shape = ResponseShape(serving.model_id, generation.request_id, chat, len(prompt))
     # Admitted only once the request is known to be valid: a bad one gets its
     # 400, not a 429, and never takes a slot.
@@ -175,6 +166,22 @@ async def complete(
     return Response(
         json.dumps(shape.whole(reply)),
         content_type="application/json",
+    )
+
+
+def new_generation(
+    serving: Node, prompt: list[int], params: CompletionParams, chat: bool
+) -> GenerationRequest:
+    """The generation a valid request asks for (400 when it cannot fit)."""
+    check_room(serving, prompt, params, chat)
+    return GenerationRequest(
+        request_id=new_request_id(),
+        prompt_tokens=tuple(prompt),
+        sampling=params.sampling,
+        # Without max_tokens, the model's finite default (the node cuts any
+        # budget to the room the context has left).
+        max_tokens=params.max_tokens or serving.defaults.max_tokens,
+        stop=params.stop,
     )
 
 
