@@ -18,6 +18,7 @@ from quart import Blueprint, Response
 
 from exoquic.api.admission import Slot
 from exoquic.api.errors import APIError
+from exoquic.api.metrics import GenerationMeter
 from exoquic.api.ollama_schemas import (
     OLLAMA_VERSION,
     Timings,
@@ -31,6 +32,7 @@ from exoquic.api.ollama_schemas import (
 )
 from exoquic.api.openai_routes import (
     admission,
+    generation_meter,
     json_body,
     new_generation,
     node,
@@ -126,9 +128,10 @@ async def reply(
     calling: ToolCalling | None,
 ) -> Response:
     generation = new_generation(serving, prompt, params, shape.chat)
+    meter = generation_meter(len(prompt))
     slot = await admission().admit()
     if stream:
-        lines = ndjson_lines(serving, generation, shape, calling, slot)
+        lines = ndjson_lines(serving, generation, shape, calling, slot, meter)
         slot.release_with(lines)  # in case the server drops the body unread
         response = Response(lines, content_type="application/x-ndjson")
         response.timeout = None
@@ -136,17 +139,21 @@ async def reply(
     with slot:
         parts: list[str] = []
         last = ReplyPiece("", 0)
-        async for piece in pieces(serving, generation, shape, calling):
+        async for piece in pieces(serving, generation, shape, calling, meter):
             parts.append(piece.text)
             last = piece
     return json_response(shape.done("".join(parts), last))
 
 
 async def pieces(
-    serving: Node, generation: GenerationRequest, shape: OllamaShape, calling: ToolCalling | None
+    serving: Node,
+    generation: GenerationRequest,
+    shape: OllamaShape,
+    calling: ToolCalling | None,
+    meter: GenerationMeter | None,
 ) -> AsyncIterator[ReplyPiece]:
     """The reply's pieces, noting when the first one came (prompt evaluation's end)."""
-    async with open_generation(serving, generation) as chunks:
+    async with open_generation(serving, generation, meter) as chunks:
         async for piece in reply_pieces(chunks, calling):
             if shape.first_token is None:
                 shape.first_token = time.perf_counter()
@@ -159,12 +166,13 @@ async def ndjson_lines(
     shape: OllamaShape,
     calling: ToolCalling | None,
     slot: Slot,
+    meter: GenerationMeter | None,
 ) -> AsyncIterator[bytes]:
     """The streamed body: a line per piece, then the `done` line (or an
     `{"error": ...}` line if generation fails once the 200 is sent)."""
     with slot:
         try:
-            async for piece in pieces(serving, generation, shape, calling):
+            async for piece in pieces(serving, generation, shape, calling, meter):
                 if piece.text:
                     yield ndjson(shape.piece(piece.text))
                 if piece.finish_reason is not None:

@@ -13,6 +13,7 @@ from quart import Blueprint, Response, current_app, request
 
 from exoquic.api.admission import Admission, Slot
 from exoquic.api.errors import APIError
+from exoquic.api.metrics import ApiMetrics, GenerationMeter, metered
 from exoquic.api.schemas import CompletionParams, parse_chat_request, parse_text_request
 from exoquic.api.tool_calls import ToolCall, call_id
 from exoquic.api.tools import ReplyPiece, ToolCalling, reply_pieces
@@ -35,6 +36,15 @@ def node() -> Node:
 
 def admission() -> Admission:
     return current_app.config["EXOQUIC_ADMISSION"]
+
+
+def generation_meter(prompt_tokens: int) -> GenerationMeter | None:
+    """A meter for the current request's generation (None for an app without metrics)."""
+    metrics: ApiMetrics | None = current_app.config.get("EXOQUIC_METRICS")
+    if metrics is None:
+        return None
+    rule = request.url_rule.rule if request.url_rule is not None else request.path
+    return metrics.meter(rule, prompt_tokens)
 
 
 async def json_body() -> Any:
@@ -156,13 +166,15 @@ async def complete(
 ) -> Response:
     generation = new_generation(serving, prompt, params, chat)
     shape = ResponseShape(serving.model_id, generation.request_id, chat, len(prompt))
+    meter = generation_meter(len(prompt))
     # Admitted only once the request is known to be valid: a bad one gets its
     # 400, not a 429, and never takes a slot.
     slot = await admission().admit()
     if params.stream:
-        return stream_response(serving, generation, shape, params.include_usage, slot, calling)
+        usage = params.include_usage
+        return stream_response(serving, generation, shape, usage, slot, calling, meter)
     with slot:
-        reply = await collect(serving, generation, calling)
+        reply = await collect(serving, generation, calling, meter)
     return Response(
         json.dumps(shape.whole(reply)),
         content_type="application/json",
@@ -186,12 +198,15 @@ def new_generation(
 
 
 async def collect(
-    serving: Node, generation: GenerationRequest, calling: ToolCalling | None = None
+    serving: Node,
+    generation: GenerationRequest,
+    calling: ToolCalling | None = None,
+    meter: GenerationMeter | None = None,
 ) -> ReplyPiece:
     """The whole reply as one piece: all its text, its calls, its finish reason."""
     parts: list[str] = []
     last = ReplyPiece("", 0)
-    async with open_generation(serving, generation) as chunks:
+    async with open_generation(serving, generation, meter) as chunks:
         async for piece in reply_pieces(chunks, calling):
             parts.append(piece.text)
             last = piece
@@ -205,9 +220,10 @@ def stream_response(
     include_usage: bool,
     slot: Slot,
     calling: ToolCalling | None = None,
+    meter: GenerationMeter | None = None,
 ) -> Response:
     """The SSE response; its body owns `slot` and frees it when the stream ends."""
-    events = stream_events(serving, generation, shape, include_usage, slot, calling)
+    events = stream_events(serving, generation, shape, include_usage, slot, calling, meter)
     slot.release_with(events)  # in case the server drops the body unread
     response = Response(events, content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
@@ -223,6 +239,7 @@ async def stream_events(
     include_usage: bool,
     slot: Slot,
     calling: ToolCalling | None = None,
+    meter: GenerationMeter | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE body. A client that disconnects cancels this iterator (quart-trio
     cancels the request's task on `http.disconnect`), and `aclosing` then frees
@@ -232,7 +249,7 @@ async def stream_events(
             yield sse(shape.chunk({"role": "assistant", "content": ""}, None))
         tokens = 0
         try:
-            async with open_generation(serving, generation) as chunks:
+            async with open_generation(serving, generation, meter) as chunks:
                 async for piece in reply_pieces(chunks, calling):
                     tokens = piece.token_count
                     if piece.text:
@@ -256,12 +273,15 @@ async def stream_events(
 
 
 def open_generation(
-    serving: Node, generation: GenerationRequest
+    serving: Node, generation: GenerationRequest, meter: GenerationMeter | None = None
 ) -> aclosing[AsyncGenerator[GenerationChunk, None]]:
-    """`serving.generate(...)` closed on exit, so its KV cache is freed however we leave."""
+    """`serving.generate(...)` (timed and counted by `meter`) closed on exit, so
+    its KV cache is freed however we leave."""
     chunks = serving.generate(generation)
     assert isinstance(chunks, AsyncGenerator)  # typed as an iterator, built as a generator
-    return aclosing(chunks)
+    observed = metered(chunks, meter)
+    assert isinstance(observed, AsyncGenerator)
+    return aclosing(observed)
 
 
 def sse(payload: dict[str, Any]) -> bytes:
