@@ -113,10 +113,10 @@ def _tool(value: Any, param: str) -> dict[str, Any]:
     description = function.get("description")
     if description is not None and not isinstance(description, str):
         raise invalid(f"{param}.function.description must be a string", param)
-    clean: dict[str, Any] = {"name": name, "parameters": parameters}
+    clean: dict[str, Any] = {"name": name}
     if description:
         clean["description"] = description
-    return {"type": "function", "function": clean}
+    return {"type": "function", "function": {**clean, "parameters": parameters}}
 
 
 def _choice(value: Any, names: list[str]) -> str:
