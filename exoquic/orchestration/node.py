@@ -139,8 +139,7 @@ class Node:
         the context whatever they say; ChatTemplateError when the template
         rejects them.
         """
-        chars = sum(len(m["content"]) for m in messages) + len(json.dumps(tools or []))
-        self._check_prompt_chars(chars)
+        self._check_prompt_chars(sum(map(_message_chars, messages)) + _json_chars(tools))
 
         def render_and_encode() -> list[int]:
             text = self.tokenizer.apply_chat_template(messages, tools=tools)
@@ -223,6 +222,15 @@ class Node:
                     return
                 if piece:
                     yield GenerationChunk(piece, produced)
+
+
+def _message_chars(message: dict[str, Any]) -> int:
+    return len(message["content"]) + _json_chars(message.get("tool_calls"))
+
+
+def _json_chars(value: Any) -> int:
+    """Characters of `value` as JSON, 0 for nothing (tools and tool calls)."""
+    return len(json.dumps(value)) if value else 0
 
 
 def new_request_id() -> str:
