@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from exoquic import defaults
 from exoquic.engines.base import Engine
 from exoquic.identity.keys import Identity
 from exoquic.models.config import ModelConfig
@@ -60,7 +61,7 @@ PROMPT_THREADS = 2
 class NodeSettings:
     model: str
     engine: str = "auto"
-    max_context: int = 2048
+    max_context: int = defaults.MAX_CONTEXT
     max_batch: int = 16
     # Warm the engine up before serving; a one-shot answer skips it, since its one
     # request makes the steps it needs and nothing else (see Engine.warm_up).
