@@ -112,9 +112,9 @@ def cmd_pair(args: argparse.Namespace) -> int:
     from exoquic.discovery.multicast import MulticastSettings
     from exoquic.identity.keys import IdentityError, load_or_create_identity
     from exoquic.identity.node_id import is_valid_device_name
-    from exoquic.identity.pairing import PairingCodeError, parse_pairing_code
     from exoquic.identity.trust import TrustStore, TrustStoreError
     from exoquic.pairing.lan import ANNOUNCE_INTERVAL
+    from exoquic.pairing.protocol import PairingCodeError, parse_pairing_code
 
     name = args.name if args.name is not None else default_device_name()
     if not is_valid_device_name(name):

@@ -1,6 +1,7 @@
-"""`exoquic pair` and `exoquic trust` over the network: the glue around the
-sans-IO pairing state machines (`exoquic.identity.pairing`).
+"""Pairing two devices: the protocol and its glue to the network.
 
+- `protocol`: the sans-IO state machines (codes, SPAKE2, key confirmation);
+  they take and return frame payloads and never touch a socket.
 - `service`: the responder side (shows a code, serves the pairing ALPN on
   its own QUIC endpoint) and the initiator side (connects and runs the PAKE).
 - `lan`: multicast announcements of a device that shows a code, and finding one.

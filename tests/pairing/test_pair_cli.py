@@ -17,8 +17,8 @@ from exoquic.cli import pair, trust
 from exoquic.cli.pair import parse_address
 from exoquic.cli.trust import key_fingerprint
 from exoquic.identity.keys import Identity, load_or_create_identity
-from exoquic.identity.pairing import PairingCode
 from exoquic.identity.trust import TrustStore
+from exoquic.pairing.protocol import PairingCode
 
 pytestmark = pytest.mark.timeout(60)
 
