@@ -24,6 +24,7 @@ import trio
 from exoquic import defaults
 from exoquic.engines.base import Engine
 from exoquic.identity.keys import Identity
+from exoquic.machine import probe_capabilities
 from exoquic.models.config import ModelConfig
 from exoquic.models.generation_defaults import FALLBACK_DEFAULTS, GenerationDefaults
 from exoquic.models.shard import Shard
@@ -42,7 +43,7 @@ from exoquic.orchestration.planning import Member, PlanState
 from exoquic.orchestration.stops import StopMatcher
 from exoquic.orchestration.topology_view import topology_report
 from exoquic.orchestration.worker import EngineWorker
-from exoquic.topology import DeviceCapabilities, ModelRequirements, probe_capabilities
+from exoquic.topology import DeviceCapabilities, ModelRequirements
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
