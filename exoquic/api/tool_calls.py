@@ -17,6 +17,7 @@ back whatever may be the start of a call until the reply ends.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -264,5 +265,6 @@ def _partial_marker(text: str, markers: tuple[str, ...]) -> int:
 
 
 def call_id(request_id: str, index: int) -> str:
-    """A stable id for the `index`-th call of a request (OpenAI's look: `call_...`)."""
-    return f"call_{request_id[:20]}_{index}"
+    """A stable id for the `index`-th call of a request: 9 letters and digits,
+    the only form Mistral's templates accept back (others take any string)."""
+    return hashlib.sha256(f"{request_id}/{index}".encode()).hexdigest()[:9]

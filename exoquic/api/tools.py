@@ -18,6 +18,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from exoquic.api.errors import invalid
@@ -30,6 +31,8 @@ from exoquic.api.tool_calls import (
     template_takes_tools,
     tool_format,
 )
+from exoquic.models.chat_template import render_chat
+from exoquic.models.errors import ChatTemplateError
 from exoquic.orchestration.generation import GenerationChunk
 
 MAX_TOOLS = 128
@@ -165,17 +168,34 @@ def assistant_tool_calls(value: Any, param: str) -> list[dict[str, Any]]:
 
 
 def template_messages(
-    messages: list[dict[str, Any]], tools: ToolRequest | None, native: bool
+    messages: list[dict[str, Any]],
+    tools: ToolRequest | None,
+    native: bool,
+    system_role: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """The messages and `tools` to render: through the template when it takes
-    tools (`native`), else in the fallback's plain messages."""
+    tools (`native`), else in the fallback's plain messages, with the tool
+    prompt as a system message where the template has that role (`system_role`)."""
     offered = list(tools.tools) if tools is not None and tools.active else None
     if native:
         return [_native_message(m) for m in messages], offered
     plain = _fallback_messages(messages)
     if offered:
-        plain = _with_tool_prompt(plain, offered)
+        plain = _with_tool_prompt(plain, offered, system_role)
     return plain, None
+
+
+@lru_cache(maxsize=16)
+def template_takes_system(template: str | None) -> bool:
+    """Whether the template renders a system message (Gemma's refuse one)."""
+    if not template:
+        return True  # ChatML, used when a model ships no template, has one
+    probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    try:
+        render_chat(template, probe)
+    except ChatTemplateError:
+        return False
+    return True
 
 
 def _native_message(message: dict[str, Any]) -> dict[str, Any]:
@@ -221,14 +241,18 @@ def _hermes_block(call: dict[str, Any]) -> str:
 
 
 def _with_tool_prompt(
-    messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]], system_role: bool
 ) -> list[dict[str, Any]]:
+    """The tool prompt before the system message, as a new one, or (for a
+    template without that role) before the first user message."""
     described = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
     prompt = FALLBACK_PROMPT.format(tools=described)
-    if messages and messages[0]["role"] == "system":
+    first_role = messages[0]["role"] if messages else None
+    if first_role == "system" or (first_role == "user" and not system_role):
         first = {**messages[0], "content": prompt + "\n\n" + messages[0]["content"]}
         return [first, *messages[1:]]
-    return [{"role": "system", "content": prompt}, *messages]
+    role = "system" if system_role else "user"
+    return [{"role": role, "content": prompt}, *messages]
 
 
 def forced_prefix(tools: ToolRequest | None, fmt: ToolFormat) -> str:
@@ -277,10 +301,14 @@ class ToolCalling:
     request: ToolRequest | None
     fmt: ToolFormat
     native: bool  # the template renders the tools itself
+    system_role: bool = True  # the template renders a system message
 
     @classmethod
     def for_template(cls, request: ToolRequest | None, template: str | None) -> ToolCalling:
-        return cls(request, tool_format(template), template_takes_tools(template))
+        native = template_takes_tools(template)
+        # Probing the system role renders the template: only the fallback needs it.
+        system_role = native or request is None or template_takes_system(template)
+        return cls(request, tool_format(template), native, system_role)
 
     @property
     def active(self) -> bool:
@@ -295,7 +323,7 @@ class ToolCalling:
         self, messages: list[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
         """The messages and tools to give the chat template."""
-        return template_messages(messages, self.request, self.native)
+        return template_messages(messages, self.request, self.native, self.system_role)
 
 
 @dataclass(frozen=True)

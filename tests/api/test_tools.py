@@ -11,7 +11,7 @@ import pytest
 
 from exoquic.api.errors import APIError
 from exoquic.api.schemas import parse_chat_request
-from exoquic.api.tool_calls import ToolCall, ToolFormat
+from exoquic.api.tool_calls import ToolCall, ToolFormat, call_id
 from exoquic.api.tools import ToolCalling, forced_prefix, parse_tools, reply_pieces
 from exoquic.models.chat_template import render_chat
 from exoquic.orchestration.generation import GenerationChunk
@@ -173,3 +173,26 @@ async def test_garbled_forced_call_comes_back_as_text() -> None:
     got = await pieces(["Par", "is, sunny"], calling)
     assert got[-1].finish_reason == "stop" and got[-1].calls == ()
     assert "".join(p.text for p in got) == calling.prefix + "Paris, sunny"
+
+
+# Gemma's way: no system role at all.
+NO_SYSTEM = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "<turn>{{ m['role'] }}\n{{ m['content'] }}</turn>\n{% endfor %}<turn>assistant\n"
+)
+
+
+def test_fallback_without_a_system_role_puts_the_tools_in_the_first_user_turn() -> None:
+    request = chat(tools=[WEATHER])
+    calling = ToolCalling.for_template(request.tools, NO_SYSTEM)
+    assert not calling.system_role
+    messages, _ = calling.render(list(request.messages))
+    text = render_chat(NO_SYSTEM, messages)  # renders: no system message
+    assert text.startswith("<turn>user\nYou are a function calling AI model.")
+    assert "</tool_call>\n\nWeather in Paris?</turn>" in text
+
+
+def test_call_ids_suit_every_template() -> None:
+    ids = {call_id("0123456789abcdef0123456789abcdef", i) for i in range(3)}
+    assert len(ids) == 3 and all(len(i) == 9 and i.isalnum() for i in ids)
