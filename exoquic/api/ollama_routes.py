@@ -42,6 +42,7 @@ from exoquic.api.openai_routes import (
     with_model_defaults,
 )
 from exoquic.api.schemas import CompletionParams, parse_chat_request, parse_text_request
+from exoquic.api.tool_calls import ToolCall
 from exoquic.api.tools import ReplyPiece, ToolCalling, reply_pieces
 from exoquic.orchestration.generation import GenerationRequest
 from exoquic.orchestration.node import Node, model_requirements
@@ -62,25 +63,26 @@ class OllamaShape:
         self.started = time.perf_counter()
         self.first_token: float | None = None
 
-    def piece(self, text: str, calls: ReplyPiece | None = None) -> dict[str, Any]:
+    def piece(self, text: str, calls: tuple[ToolCall, ...] = ()) -> dict[str, Any]:
         out: dict[str, Any] = {"model": self.model, "created_at": timestamp(time.time())}
         if self.chat:
             message: dict[str, Any] = {"role": "assistant", "content": text}
-            if calls is not None and calls.calls:
-                message["tool_calls"] = tool_calls(calls.calls)
+            if calls:
+                message["tool_calls"] = tool_calls(calls)
             out["message"] = message
         else:
             out["response"] = text
         return {**out, "done": False}
 
-    def done(self, text: str, last: ReplyPiece) -> dict[str, Any]:
+    def done(self, text: str, last: ReplyPiece, calls: tuple[ToolCall, ...] = ()) -> dict[str, Any]:
         # Ollama reports a call's turn as stopped, not as "tool_calls".
         reason = "length" if last.finish_reason == "length" else "stop"
         timings = Timings(
             self.started, self.first_token, time.perf_counter(), self.prompt_tokens,
             last.token_count,
         )  # fmt: skip
-        return {**self.piece(text, last), "done": True, "done_reason": reason, **timings.as_dict()}
+        outcome = {"done": True, "done_reason": reason, **timings.as_dict()}
+        return {**self.piece(text, calls), **outcome}
 
 
 @blueprint.post("/api/chat")
@@ -142,7 +144,7 @@ async def reply(
         async for piece in pieces(serving, generation, shape, calling, meter):
             parts.append(piece.text)
             last = piece
-    return json_response(shape.done("".join(parts), last))
+    return json_response(shape.done("".join(parts), last, last.calls))
 
 
 async def pieces(
@@ -175,6 +177,8 @@ async def ndjson_lines(
             async for piece in pieces(serving, generation, shape, calling, meter):
                 if piece.text:
                     yield ndjson(shape.piece(piece.text))
+                if piece.calls:  # as Ollama: the calls on a line of their own
+                    yield ndjson(shape.piece("", piece.calls))
                 if piece.finish_reason is not None:
                     # As Ollama: the last line has no text, only the outcome and counters.
                     yield ndjson(shape.done("", piece))
