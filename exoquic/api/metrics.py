@@ -74,6 +74,7 @@ class GenerationMeter:
         self.metrics = metrics
         self.endpoint = endpoint
         self.prompt_tokens = prompt_tokens
+        self.inter_token = metrics.inter_token.labels(endpoint)  # looked up once per request
         self.started = time.perf_counter()
         self.last: float | None = None
         self.tokens = 0
@@ -86,9 +87,8 @@ class GenerationMeter:
         elif new > 0:
             # A chunk may carry several tokens (held-back text): spread its time.
             per_token = (now - self.last) / new
-            histogram = self.metrics.inter_token.labels(self.endpoint)
             for _ in range(new):
-                histogram.observe(per_token)
+                self.inter_token.observe(per_token)
         self.last, self.tokens = now, max(self.tokens, token_count)
 
     def done(self) -> None:

@@ -205,32 +205,42 @@ class ToolCallStream:
     `push(piece)` returns the text that is safe to show now; once a call may
     have begun, everything is held. `finish()` returns the held text that turned
     out not to be a call, and the calls. `prefix` is text the prompt already
-    wrote for the model (a forced call's opening, see `exoquic.api.tool_prompt`).
+    wrote for the model (a forced call's opening, see `exoquic.api.tools`).
+    Work per piece is bounded by what is held, not by the reply's length.
     """
 
     def __init__(self, fmt: ToolFormat, names: Collection[str], prefix: str = "") -> None:
         self.fmt = fmt
         self.names = frozenset(names)
-        self._shown = ""  # text already returned by push
         self._held = prefix
         self._capturing = bool(prefix)
+        # Llama writes a call as the whole reply: until its first visible
+        # character, the reply may still turn out to be one.
+        self._may_open_with_json = fmt is ToolFormat.LLAMA3
 
     def push(self, piece: str) -> str:
         self._held += piece
         if self._capturing:
             return ""
-        text = self._shown + self._held
-        start = call_start(text, self.fmt)
-        if start is not None and start >= len(self._shown):
+        if self._may_open_with_json:
+            first = self._held.lstrip()[:1]
+            if not first:
+                return ""
+            self._may_open_with_json = False
+            if first in "{[":
+                self._capturing = True
+                return ""
+        # A marker is never split between shown and held text, so searching
+        # what is held finds the first one.
+        markers = _markers(self.fmt)
+        starts = [i for i in (self._held.find(m) for m in markers) if i >= 0]
+        if starts:
             self._capturing = True
-            return self._release(start - len(self._shown))
-        if self.fmt is ToolFormat.LLAMA3 and not (self._shown + self._held).strip():
-            return ""  # a Llama reply that begins with `{` is a call: wait for its first character
-        return self._release(len(self._held) - _partial_marker(self._held, _markers(self.fmt)))
+            return self._release(min(starts))
+        return self._release(len(self._held) - _partial_marker(self._held, markers))
 
     def _release(self, count: int) -> str:
         out, self._held = self._held[:count], self._held[count:]
-        self._shown += out
         return out
 
     @property
