@@ -11,7 +11,7 @@ The route follows the API's auth rules: it needs the key when one is set.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -98,7 +98,7 @@ class GenerationMeter:
 
 async def metered(
     chunks: AsyncGenerator[GenerationChunk, None], meter: GenerationMeter | None
-) -> AsyncIterator[GenerationChunk]:
+) -> AsyncGenerator[GenerationChunk, None]:
     """`chunks` passed through `meter` (closed when this is closed)."""
     async with aclosing(chunks):
         if meter is None:

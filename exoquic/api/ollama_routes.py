@@ -36,14 +36,14 @@ from exoquic.api.openai_routes import (
     json_body,
     new_generation,
     node,
-    open_generation,
+    open_reply,
     serving_node,
     tokenized,
     with_model_defaults,
 )
 from exoquic.api.schemas import CompletionParams, parse_chat_request, parse_text_request
 from exoquic.api.tool_calls import ToolCall
-from exoquic.api.tools import ReplyPiece, ToolCalling, reply_pieces
+from exoquic.api.tools import ReplyPiece, ToolCalling
 from exoquic.orchestration.generation import GenerationRequest
 from exoquic.orchestration.node import Node, model_requirements
 
@@ -155,8 +155,8 @@ async def pieces(
     meter: GenerationMeter | None,
 ) -> AsyncIterator[ReplyPiece]:
     """The reply's pieces, noting when the first one came (prompt evaluation's end)."""
-    async with open_generation(serving, generation, meter) as chunks:
-        async for piece in reply_pieces(chunks, calling):
+    async with open_reply(serving, generation, calling, meter) as replies:
+        async for piece in replies:
             if shape.first_token is None:
                 shape.first_token = time.perf_counter()
             yield piece

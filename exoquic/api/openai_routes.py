@@ -19,7 +19,6 @@ from exoquic.api.tool_calls import ToolCall, call_id
 from exoquic.api.tools import ReplyPiece, ToolCalling, reply_pieces
 from exoquic.models.generation_defaults import GenerationDefaults
 from exoquic.orchestration.generation import (
-    GenerationChunk,
     GenerationRequest,
     RequestError,
     UnavailableError,
@@ -206,8 +205,8 @@ async def collect(
     """The whole reply as one piece: all its text, its calls, its finish reason."""
     parts: list[str] = []
     last = ReplyPiece("", 0)
-    async with open_generation(serving, generation, meter) as chunks:
-        async for piece in reply_pieces(chunks, calling):
+    async with open_reply(serving, generation, calling, meter) as pieces:
+        async for piece in pieces:
             parts.append(piece.text)
             last = piece
     return ReplyPiece("".join(parts), last.token_count, last.finish_reason, last.calls)
@@ -249,8 +248,8 @@ async def stream_events(
             yield sse(shape.chunk({"role": "assistant", "content": ""}, None))
         tokens = 0
         try:
-            async with open_generation(serving, generation, meter) as chunks:
-                async for piece in reply_pieces(chunks, calling):
+            async with open_reply(serving, generation, calling, meter) as pieces:
+                async for piece in pieces:
                     tokens = piece.token_count
                     if piece.text:
                         yield sse(shape.chunk({"content": piece.text}, None, text=piece.text))
@@ -272,16 +271,21 @@ async def stream_events(
         yield b"data: [DONE]\n\n"
 
 
-def open_generation(
-    serving: Node, generation: GenerationRequest, meter: GenerationMeter | None = None
-) -> aclosing[AsyncGenerator[GenerationChunk, None]]:
-    """`serving.generate(...)` (timed and counted by `meter`) closed on exit, so
-    its KV cache is freed however we leave."""
+def open_reply(
+    serving: Node,
+    generation: GenerationRequest,
+    calling: ToolCalling | None = None,
+    meter: GenerationMeter | None = None,
+) -> aclosing[AsyncGenerator[ReplyPiece, None]]:
+    """The reply's pieces: `serving.generate(...)`'s chunks, timed and counted by
+    `meter`, with tool calls taken out (`calling`; see `reply_pieces`). Closed
+    on exit, each layer closing the one it reads, so the KV cache is freed
+    however we leave."""
     chunks = serving.generate(generation)
     assert isinstance(chunks, AsyncGenerator)  # typed as an iterator, built as a generator
-    observed = metered(chunks, meter)
-    assert isinstance(observed, AsyncGenerator)
-    return aclosing(observed)
+    pieces = reply_pieces(metered(chunks, meter), calling)
+    assert isinstance(pieces, AsyncGenerator)
+    return aclosing(pieces)
 
 
 def sse(payload: dict[str, Any]) -> bytes:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -337,15 +338,25 @@ class ReplyPiece:
 
 
 async def reply_pieces(
-    chunks: AsyncIterator[GenerationChunk], calling: ToolCalling | None
+    chunks: AsyncGenerator[GenerationChunk, None], calling: ToolCalling | None
 ) -> AsyncIterator[ReplyPiece]:
     """The generation's chunks with tool calls taken out of the text: text that
     may begin a call is held back, and the last piece carries the calls with
-    finish reason "tool_calls". A forced call ends the reply once it is whole."""
-    if calling is None or not calling.active:
-        async for chunk in chunks:
-            yield ReplyPiece(chunk.text, chunk.token_count, chunk.finish_reason)
-        return
+    finish reason "tool_calls". A forced call ends the reply once it is whole.
+    `chunks` is closed when this is."""
+    async with aclosing(chunks):
+        if calling is None or not calling.active:
+            async for chunk in chunks:
+                yield ReplyPiece(chunk.text, chunk.token_count, chunk.finish_reason)
+        else:
+            async with aclosing(_with_calls(chunks, calling)) as pieces:
+                async for piece in pieces:
+                    yield piece
+
+
+async def _with_calls(
+    chunks: AsyncIterator[GenerationChunk], calling: ToolCalling
+) -> AsyncGenerator[ReplyPiece, None]:
     assert calling.request is not None
     stream = ToolCallStream(calling.fmt, calling.request.names, calling.prefix)
     forced = calling.request.forced is not None

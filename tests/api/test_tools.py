@@ -4,7 +4,7 @@ forced-call steering, and tool calls taken out of a generation's chunks."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -139,7 +139,9 @@ def test_forced_prefix_per_family() -> None:
     assert forced_prefix(parse_tools({"tools": [WEATHER]}), ToolFormat.HERMES) == ""
 
 
-async def chunks_of(texts: list[str], finish: str = "stop") -> AsyncIterator[GenerationChunk]:
+async def chunks_of(
+    texts: list[str], finish: str = "stop"
+) -> AsyncGenerator[GenerationChunk, None]:
     for i, text in enumerate(texts):
         yield GenerationChunk(text, i + 1, finish if i == len(texts) - 1 else None)
 
