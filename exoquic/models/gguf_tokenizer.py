@@ -1,0 +1,183 @@
+"""A `tokenizers.Tokenizer` rebuilt from a GGUF file's tokenizer metadata.
+
+GGUF stores a tokenizer as keys (`tokenizer.ggml.*`): the vocabulary in id
+order, token types, and either BPE merges (`model = gpt2`) or SentencePiece
+scores (`model = llama`). We rebuild what the model's own `tokenizer.json`
+says, so a GGUF and its Hugging Face repository give the same ids:
+
+- byte-level BPE: the pre-tokenizer each model declares in
+  `tokenizer.ggml.pre`, with the regexes llama.cpp (`llama-vocab.cpp`) and the
+  models' tokenizer.json files use. An unknown name is refused: a wrong
+  pre-tokenizer gives plausible but wrong ids.
+- SentencePiece BPE (Llama 2, Mistral, TinyLlama, Phi-3, Gemma): merges
+  recovered from the scores the way transformers' `SentencePieceExtractor`
+  builds tokenizer.json (every split of a piece into two pieces, ranked by the
+  piece's score), "▁" for spaces, `<0xNN>` byte fallback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+
+from exoquic.models.errors import ModelLoadError
+
+# GGUF token types (gguf.TokenType).
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+# llama.cpp's LLAMA_VOCAB_PRE_TYPE_LLAMA3 regex, as in Llama 3's tokenizer.json:
+# numbers in groups of up to three digits.
+LLAMA3_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# LLAMA_VOCAB_PRE_TYPE_QWEN2, as in Qwen2/2.5/3's tokenizer.json: one digit per piece.
+QWEN2_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+SPACE = "▁"  # SentencePiece's visible space (U+2581)
+
+
+def backend_from_gguf(name: str, md: Mapping[str, Any]) -> tokenizers.Tokenizer:
+    """The tokenizer a GGUF's metadata describes; `name` (the file) appears in errors."""
+    kind = md.get("tokenizer.ggml.model")
+    tokens = md.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, list) or not tokens:
+        raise ModelLoadError(f"{name}: no tokenizer vocabulary (tokenizer.ggml.tokens)")
+    types = list(md.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens))
+    if len(types) != len(tokens):
+        raise ModelLoadError(f"{name}: {len(types)} token types for {len(tokens)} tokens")
+    if kind == "gpt2":
+        backend = _byte_level_bpe(name, md, tokens)
+    elif kind == "llama":
+        backend = _sentencepiece_bpe(name, md, tokens, types)
+    else:
+        raise ModelLoadError(
+            f"{name}: unsupported GGUF tokenizer model {kind!r} "
+            "(supported: gpt2 byte-level BPE, llama SentencePiece)"
+        )
+    _add_special_tokens(backend, tokens, types)
+    return backend
+
+
+def _byte_level_bpe(name: str, md: Mapping[str, Any], tokens: list[str]) -> tokenizers.Tokenizer:
+    pre = md.get("tokenizer.ggml.pre", "gpt2")
+    if pre not in BYTE_LEVEL_PRE:
+        known = ", ".join(sorted(BYTE_LEVEL_PRE))
+        raise ModelLoadError(
+            f"{name}: unsupported BPE pre-tokenizer {pre!r} (tokenizer.ggml.pre; "
+            f"supported: {known})"
+        )
+    merges = [tuple(m.split(" ", 1)) for m in md.get("tokenizer.ggml.merges", [])]
+    bpe = models.BPE(
+        vocab={t: i for i, t in enumerate(tokens)},
+        merges=merges,
+        # Llama 3 takes a whole pre-token that is in the vocabulary as is
+        # (tokenizer.json's ignore_merges; llama.cpp's tokenizer_ignore_merges).
+        ignore_merges=pre in _IGNORE_MERGES_PRE,
+    )
+    backend = tokenizers.Tokenizer(bpe)
+    if pre in _NFC_PRE:  # Qwen's tokenizer.json normalizes to NFC first
+        backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = BYTE_LEVEL_PRE[pre]()
+    backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+def _split_then_bytes(regex: str) -> pre_tokenizers.PreTokenizer:
+    """The Llama 3 / Qwen form: one regex split, then bytes as characters."""
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+
+
+def _gpt2() -> pre_tokenizers.PreTokenizer:
+    # ByteLevel's own regex is GPT-2's (llama.cpp's LLAMA_VOCAB_PRE_TYPE_GPT2).
+    return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+
+
+def _smollm() -> pre_tokenizers.PreTokenizer:
+    # LLAMA_VOCAB_PRE_TYPE_SMOLLM: single digits, then GPT-2's regex.
+    digits = pre_tokenizers.Digits(individual_digits=True)
+    return pre_tokenizers.Sequence([digits, _gpt2()])
+
+
+# `tokenizer.ggml.pre` names -> the pre-tokenizer of the models that carry them.
+BYTE_LEVEL_PRE = {
+    "gpt2": _gpt2,
+    "smollm": _smollm,
+    "llama-bpe": lambda: _split_then_bytes(LLAMA3_REGEX),
+    "llama3": lambda: _split_then_bytes(LLAMA3_REGEX),
+    "qwen2": lambda: _split_then_bytes(QWEN2_REGEX),
+}
+_IGNORE_MERGES_PRE = frozenset({"llama-bpe", "llama3"})
+_NFC_PRE = frozenset({"qwen2"})
+
+
+def _sentencepiece_bpe(
+    name: str, md: Mapping[str, Any], tokens: list[str], types: list[int]
+) -> tokenizers.Tokenizer:
+    scores = md.get("tokenizer.ggml.scores")
+    if not isinstance(scores, list) or len(scores) != len(tokens):
+        raise ModelLoadError(f"{name}: a SentencePiece vocabulary needs one score per token")
+    unk = md.get("tokenizer.ggml.unknown_token_id")
+    bpe = models.BPE(
+        vocab={t: i for i, t in enumerate(tokens)},
+        merges=sentencepiece_merges(tokens, scores, types),
+        unk_token=None if unk is None else tokens[int(unk)],
+        fuse_unk=True,
+        byte_fallback=True,
+    )
+    backend = tokenizers.Tokenizer(bpe)
+    # Llama 2, Mistral and Phi-3 put a space before the text (and, as
+    # llama.cpp does, after each special token); Gemma does not.
+    prefix = bool(md.get("tokenizer.ggml.add_space_prefix", True))
+    replace = normalizers.Replace(" ", SPACE)
+    backend.normalizer = (
+        normalizers.Sequence([normalizers.Prepend(SPACE), replace]) if prefix else replace
+    )
+    steps = [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    if prefix:
+        steps.append(decoders.Strip(" ", 1, 0))
+    backend.decoder = decoders.Sequence(steps)
+    return backend
+
+
+def sentencepiece_merges(
+    tokens: list[str], scores: list[float], types: list[int]
+) -> list[tuple[str, str]]:
+    """BPE merges equivalent to SentencePiece's score-ordered merging.
+
+    Every way to write a normal piece as two pieces is a merge, ranked by the
+    piece's score (highest first), ties by the parts' ids: transformers'
+    `SentencePieceExtractor`, which made the models' tokenizer.json files.
+    """
+    ids = {t: i for i, t in enumerate(tokens)}
+    ranked: list[tuple[float, int, int, str, str]] = []
+    for token, score, kind in zip(tokens, scores, types, strict=True):
+        if kind != NORMAL:
+            continue
+        for cut in range(1, len(token)):
+            left, right = token[:cut], token[cut:]
+            if left in ids and right in ids:
+                ranked.append((-float(score), ids[left], ids[right], left, right))
+    ranked.sort(key=lambda m: m[:3])
+    return [(left, right) for *_, left, right in ranked]
+
+
+def _add_special_tokens(backend: tokenizers.Tokenizer, tokens: list[str], types: list[int]) -> None:
+    """Control tokens become special (skipped by `skip_special_tokens`); user-defined
+    ones (e.g. Qwen's `<tool_call>`) are matched whole in text but kept on decode."""
+    added = [
+        AddedToken(tokens[i], special=kind != USER_DEFINED, normalized=False)
+        for i, kind in enumerate(types)
+        if kind in (UNKNOWN, CONTROL, USER_DEFINED)
+    ]
+    backend.add_tokens(added)
