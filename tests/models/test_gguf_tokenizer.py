@@ -1,0 +1,156 @@
+"""GGUF tokenizers of every kind against the model's own tokenizer.
+
+Byte-level BPE: the ids of a GGUF's tokenizer equal those of the tokenizer.json
+it was converted from, read by `tokenizers`. SentencePiece: they equal the
+ids of the SentencePiece model itself (which the families' tokenizer.json
+files reproduce), with and without Gemma-style "no dummy prefix".
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from pathlib import Path
+
+import gguf
+import pytest
+import sentencepiece as spm
+import tokenizers
+from tokenizer_fixtures import (
+    BPE_FAMILIES,
+    TEXTS,
+    USER_SYMBOLS,
+    train_byte_level_bpe,
+    train_sentencepiece,
+    write_byte_level_gguf,
+    write_sentencepiece_gguf,
+)
+
+from exoquic.models.errors import ModelLoadError
+from exoquic.models.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module", params=sorted(BPE_FAMILIES))
+def bpe_pair(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, tokenizers.Tokenizer, Tokenizer]:
+    pre: str = request.param
+    out = tmp_path_factory.mktemp(pre)
+    tokenizer_json = train_byte_level_bpe(pre, out)
+    gguf_path = write_byte_level_gguf(tokenizer_json, pre, out)
+    return pre, tokenizers.Tokenizer.from_file(str(tokenizer_json)), Tokenizer.from_gguf(gguf_path)
+
+
+def test_byte_level_bpe_ids_match_tokenizer_json(
+    bpe_pair: tuple[str, tokenizers.Tokenizer, Tokenizer],
+) -> None:
+    pre, reference, ours = bpe_pair
+    for text in TEXTS:
+        expected = reference.encode(text, add_special_tokens=False).ids
+        assert ours.encode(text) == expected, (pre, text)
+        assert ours.decode(expected) == reference.decode(expected), (pre, text)
+
+
+def test_byte_level_bpe_round_trips_and_specials(
+    bpe_pair: tuple[str, tokenizers.Tokenizer, Tokenizer],
+) -> None:
+    pre, reference, ours = bpe_pair
+    for text in TEXTS:
+        # Qwen normalizes to NFC, so its round trip gives the composed text.
+        expected = unicodedata.normalize("NFC", text) if pre == "qwen2" else text
+        assert ours.decode(ours.encode(text)) == expected
+    specials = BPE_FAMILIES[pre]["special"]
+    text = f"{specials[0]}Hi 42{specials[-1]}"
+    ids = ours.encode(text)
+    assert ids == reference.encode(text, add_special_tokens=False).ids
+    assert ids[0] == reference.token_to_id(specials[0])
+    assert ours.decode(ids, skip_special_tokens=True) == "Hi 42"
+    assert reference.token_to_id(specials[-1]) in ours.eos_token_ids
+
+
+def test_pre_tokenizers_differ_where_the_models_do(
+    bpe_pair: tuple[str, tokenizers.Tokenizer, Tokenizer],
+) -> None:
+    """Digits: Llama 3 groups up to three, Qwen2 and SmolLM split each, GPT-2 keeps runs."""
+    pre, _, ours = bpe_pair
+    pieces = [ours.decode([i]) for i in ours.encode("1234567")]
+    longest = {"llama-bpe": 3, "qwen2": 1, "smollm": 1, "gpt2": 7}[pre]
+    assert max(map(len, pieces)) <= longest
+    assert "".join(pieces) == "1234567"
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["llama-style", "gemma-style"])
+def spm_pair(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[spm.SentencePieceProcessor, Tokenizer]:
+    sp = train_sentencepiece(add_dummy_prefix=request.param)
+    path = write_sentencepiece_gguf(sp, "spm", tmp_path_factory.mktemp("spm"))
+    return sp, Tokenizer.from_gguf(path)
+
+
+def test_sentencepiece_ids_match_the_model(
+    spm_pair: tuple[spm.SentencePieceProcessor, Tokenizer],
+) -> None:
+    sp, ours = spm_pair
+    for text in TEXTS:
+        assert ours.encode(text) == sp.encode(text), text
+        assert ours.decode(ours.encode(text)) == sp.decode(sp.encode(text)) == text
+
+
+def test_sentencepiece_byte_fallback_and_specials(
+    spm_pair: tuple[spm.SentencePieceProcessor, Tokenizer],
+) -> None:
+    sp, ours = spm_pair
+    ids = ours.encode("☃")  # never seen in training: three <0xNN> byte pieces
+    assert [sp.id_to_piece(i) for i in ids if sp.is_byte(i)] == ["<0xE2>", "<0x98>", "<0x83>"]
+    assert ours.decode(ids) == "☃"
+    # Chat markers and control tokens written in the text become their ids.
+    marker = sp.piece_to_id(USER_SYMBOLS[1])
+    assert marker in ours.encode(f"Hi{USER_SYMBOLS[1]}")
+    assert ours.encode("</s>") == [sp.eos_id()]
+    assert ours.decode([sp.eos_id()], skip_special_tokens=True) == ""
+    assert ours.eos_token_ids >= {sp.eos_id(), marker}  # </s> and <end_of_turn> both end
+    assert (ours.bos_token_id, ours.add_bos_token) == (sp.bos_id(), True)
+
+
+def _write_keys(path: Path, **keys: object) -> Path:
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for key, value in keys.items():
+        if isinstance(value, list):
+            writer.add_array(key, value)
+        else:
+            writer.add_string(key, str(value))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_unknown_pre_tokenizer_is_refused(tmp_path: Path) -> None:
+    path = _write_keys(
+        tmp_path / "x.gguf",
+        **{
+            "tokenizer.ggml.model": "gpt2",
+            "tokenizer.ggml.pre": "deepseek-coder",
+            "tokenizer.ggml.tokens": ["a", "b"],
+            "tokenizer.ggml.merges": [],
+        },
+    )
+    with pytest.raises(ModelLoadError, match=r"pre-tokenizer 'deepseek-coder'.*llama-bpe"):
+        Tokenizer.from_gguf(path)
+
+
+def test_unknown_tokenizer_model_is_refused(tmp_path: Path) -> None:
+    path = _write_keys(
+        tmp_path / "x.gguf", **{"tokenizer.ggml.model": "t5", "tokenizer.ggml.tokens": ["a"]}
+    )
+    with pytest.raises(ModelLoadError, match="unsupported GGUF tokenizer model 't5'"):
+        Tokenizer.from_gguf(path)
+
+
+def test_sentencepiece_without_scores_is_refused(tmp_path: Path) -> None:
+    path = _write_keys(
+        tmp_path / "x.gguf", **{"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["a"]}
+    )
+    with pytest.raises(ModelLoadError, match="one score per token"):
+        Tokenizer.from_gguf(path)
