@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from exoquic.models.errors import ChatTemplateError
+from exoquic.models.errors import ChatTemplateError, MessagesRejectedError
 
 # Used when a model ships no template: ChatML, which many instruct models use.
 CHATML_TEMPLATE = (
@@ -28,7 +28,7 @@ CHATML_TEMPLATE = (
 
 
 def _raise_exception(message: str) -> NoReturn:
-    raise ChatTemplateError(message)
+    raise MessagesRejectedError(message)
 
 
 def _tojson(
@@ -66,8 +66,9 @@ def render_chat(
     """Render `messages` with the template `source`.
 
     `special_tokens` (bos_token, eos_token, ...) are passed to the template as
-    variables, as transformers does. Raises ChatTemplateError when the template
-    rejects the messages or fails.
+    variables, as transformers does. Raises MessagesRejectedError when the
+    template rejects the messages (its `raise_exception`: a system message it
+    has no place for, roles out of order) and ChatTemplateError when it fails.
     """
     template = compile_template(source)
     try:
