@@ -17,7 +17,7 @@ says, so a GGUF and its Hugging Face repository give the same ids:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import tokenizers
@@ -60,7 +60,8 @@ def backend_from_gguf(name: str, md: Mapping[str, Any]) -> tokenizers.Tokenizer:
             f"{name}: unsupported GGUF tokenizer model {kind!r} "
             "(supported: gpt2 byte-level BPE, llama SentencePiece)"
         )
-    _add_special_tokens(backend, tokens, types)
+    phi3 = md.get("general.architecture") == "phi3"
+    _add_special_tokens(backend, tokens, types, _phi3_rstrip if phi3 else _no_rstrip)
     return backend
 
 
@@ -172,12 +173,34 @@ def sentencepiece_merges(
     return [(left, right) for *_, left, right in ranked]
 
 
-def _add_special_tokens(backend: tokenizers.Tokenizer, tokens: list[str], types: list[int]) -> None:
+def _add_special_tokens(
+    backend: tokenizers.Tokenizer,
+    tokens: list[str],
+    types: list[int],
+    rstrip: Callable[[str], bool],
+) -> None:
     """Control tokens become special (skipped by `skip_special_tokens`); user-defined
-    ones (e.g. Qwen's `<tool_call>`) are matched whole in text but kept on decode."""
+    ones (e.g. Qwen's `<tool_call>`) are matched whole in text but kept on decode.
+    Tokens `rstrip` picks swallow the whitespace after them."""
     added = [
-        AddedToken(tokens[i], special=kind != USER_DEFINED, normalized=False)
+        AddedToken(
+            tokens[i],
+            special=kind != USER_DEFINED,
+            normalized=False,
+            rstrip=rstrip(tokens[i]),
+        )
         for i, kind in enumerate(types)
         if kind in (UNKNOWN, CONTROL, USER_DEFINED)
     ]
     backend.add_tokens(added)
+
+
+def _no_rstrip(token: str) -> bool:
+    return False
+
+
+def _phi3_rstrip(token: str) -> bool:
+    """Phi-3's tokenizer.json marks its chat tokens (<|user|>, <|end|>, ...) and
+    </s> `rstrip`, so "<|user|>\\nHi" is <|user|> then "Hi"; llama.cpp does the
+    same for phi3 models (`LLAMA_TOKEN_ATTR_RSTRIP` in llama-vocab.cpp)."""
+    return token not in ("<unk>", "<s>", "<|endoftext|>")

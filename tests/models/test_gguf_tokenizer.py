@@ -112,6 +112,18 @@ def test_sentencepiece_byte_fallback_and_specials(
     assert (ours.bos_token_id, ours.add_bos_token) == (sp.bos_id(), True)
 
 
+def test_phi3_chat_tokens_swallow_the_whitespace_after_them(tmp_path: Path) -> None:
+    """As Phi-3's tokenizer.json (rstrip) and llama.cpp do; other models keep it."""
+    sp = train_sentencepiece(add_dummy_prefix=True)
+    phi3 = Tokenizer.from_gguf(write_sentencepiece_gguf(sp, "phi3", tmp_path, arch="phi3"))
+    llama = Tokenizer.from_gguf(write_sentencepiece_gguf(sp, "llama", tmp_path))
+    user, end = sp.piece_to_id("<|user|>"), sp.piece_to_id("<|end|>")
+    text = "<|user|>\nHi there<|end|>\n"
+    assert phi3.encode(text) == [user, *sp.encode("Hi there"), end]
+    assert llama.encode(text) == [user, *sp.encode("\nHi there"), end, *sp.encode("\n")]
+    assert end in phi3.eos_token_ids
+
+
 def _write_keys(path: Path, **keys: object) -> Path:
     writer = gguf.GGUFWriter(str(path), "llama")
     for key, value in keys.items():

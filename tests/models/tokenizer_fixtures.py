@@ -172,6 +172,7 @@ _SPM_OPTIONS: dict[str, Any] = {
 
 
 USER_SYMBOLS = ("<start_of_turn>", "<end_of_turn>")
+PHI3_SYMBOLS = ("<|user|>", "<|assistant|>", "<|end|>")  # control tokens in Phi-3's GGUF
 
 
 def train_sentencepiece(add_dummy_prefix: bool) -> spm.SentencePieceProcessor:
@@ -182,14 +183,16 @@ def train_sentencepiece(add_dummy_prefix: bool) -> spm.SentencePieceProcessor:
         model_writer=model,
         add_dummy_prefix=add_dummy_prefix,
         # Gemma and Phi-3 carry chat markers as extra pieces.
-        user_defined_symbols=list(USER_SYMBOLS),
+        user_defined_symbols=[*USER_SYMBOLS, *PHI3_SYMBOLS],
         minloglevel=2,
         **_SPM_OPTIONS,
     )
     return spm.SentencePieceProcessor(model_proto=model.getvalue())
 
 
-def write_sentencepiece_gguf(sp: spm.SentencePieceProcessor, name: str, out: Path) -> Path:
+def write_sentencepiece_gguf(
+    sp: spm.SentencePieceProcessor, name: str, out: Path, arch: str = "llama"
+) -> Path:
     """The keys convert_hf_to_gguf.py's `_create_vocab_sentencepiece` writes."""
     tokens, scores, types = [], [], []
     for i in range(sp.get_piece_size()):
@@ -197,7 +200,7 @@ def write_sentencepiece_gguf(sp: spm.SentencePieceProcessor, name: str, out: Pat
         scores.append(sp.get_score(i))
         types.append(_piece_type(sp, i))
     path = out / f"{name}.gguf"
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), arch)
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
@@ -223,8 +226,10 @@ def _piece_type(sp: spm.SentencePieceProcessor, i: int) -> gguf.TokenType:
     if sp.is_unused(i):
         return gguf.TokenType.UNUSED
     # convert_hf_to_gguf.py takes the chat markers' type from tokenizer_config.json.
-    user = sp.id_to_piece(i) in USER_SYMBOLS
-    return gguf.TokenType.USER_DEFINED if user else gguf.TokenType.NORMAL
+    piece = sp.id_to_piece(i)
+    if piece in PHI3_SYMBOLS:
+        return gguf.TokenType.CONTROL
+    return gguf.TokenType.USER_DEFINED if piece in USER_SYMBOLS else gguf.TokenType.NORMAL
 
 
 def _dummy_prefix(sp: spm.SentencePieceProcessor) -> bool:
