@@ -96,6 +96,27 @@ def test_sentencepiece_ids_match_the_model(
         assert ours.decode(ours.encode(text)) == sp.decode(sp.encode(text)) == text
 
 
+MISTRAL_V0_3 = (
+    Path(__file__).parents[1] / "fixtures" / "tokenizers" / "mistral_v0.3_tokenizer.model"
+)
+
+
+def test_mistral_v0_3_vocabulary_gives_its_own_ids(tmp_path: Path) -> None:
+    """A real vocabulary: Mistral 7B v0.3's SentencePiece model (see fixtures/tokenizers)."""
+    sp = spm.SentencePieceProcessor(model_file=str(MISTRAL_V0_3))
+    assert sp.get_piece_size() == 32768
+    ours = Tokenizer.from_gguf(write_sentencepiece_gguf(sp, "mistral", tmp_path))
+    for text in TEXTS:
+        assert ours.encode(text) == sp.encode(text), text
+        assert ours.decode(ours.encode(text)) == text
+    # Control tokens written in a prompt are their ids; the text around them is text.
+    inst, end_inst = sp.piece_to_id("[INST]"), sp.piece_to_id("[/INST]")
+    assert (inst, end_inst) == (3, 4)
+    ids = ours.encode("[INST]2+2?[/INST]")
+    assert ids == [inst, *sp.encode("2+2?"), end_inst]
+    assert ours.decode(ids, skip_special_tokens=True) == "2+2?"
+
+
 def test_sentencepiece_byte_fallback_and_specials(
     spm_pair: tuple[spm.SentencePieceProcessor, Tokenizer],
 ) -> None:
