@@ -14,17 +14,29 @@ length and its layer:
 - vectors (norms, biases) stay float32.
 
 tools/gen_gguf.py writes files by the same rules; a test checks the two agree.
+The registry computes its sizes when it is imported, and the command line
+imports the registry to build its parser, so this module imports neither
+numpy nor the `gguf` package: the block sizes below are the format's
+constants (a test checks them against `gguf.GGML_QUANT_SIZES`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
-from gguf import GGMLQuantizationType as T
-from gguf.quants import GGML_QUANT_SIZES
-
-_K_FALLBACK = {T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}
+Kind = Literal["f32", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k"]
+# GGML block kinds: (values per block, bytes per block).
+BLOCK_SIZES: dict[Kind, tuple[int, int]] = {
+    "q5_0": (32, 22),
+    "q5_1": (32, 24),
+    "q8_0": (32, 34),
+    "q4_k": (256, 144),
+    "q5_k": (256, 176),
+    "q6_k": (256, 210),
+}
+_K_FALLBACK: dict[Kind, Kind] = {"q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
 
 
 @dataclass(frozen=True)
@@ -92,23 +104,23 @@ def use_more_bits(layer: int, layers: int) -> bool:
     return layer < layers // 8 or layer >= 7 * layers // 8 or (layer - layers // 8) % 3 == 2
 
 
-def q4_k_m_type(suffix: str, row_length: int, layer: int, layers: int) -> T:
-    """The type llama.cpp's Q4_K_M gives a layer tensor (suffix as in `layer_tensors`)."""
+def q4_k_m_type(suffix: str, row_length: int, layer: int, layers: int) -> Kind:
+    """The kind llama.cpp's Q4_K_M gives a layer tensor (suffix as in `layer_tensors`)."""
     if row_length == 0:
-        return T.F32
-    chosen = T.Q4_K
+        return "f32"
+    chosen: Kind = "q4_k"
     if suffix in ("attn_v.weight", "ffn_down.weight") and use_more_bits(layer, layers):
-        chosen = T.Q6_K
+        chosen = "q6_k"
     elif suffix == "attn_qkv.weight":
-        chosen = T.Q5_K
+        chosen = "q5_k"
     return _with_fallback(chosen, row_length)
 
 
-def tensor_bytes(qtype: T, rows: int, row_length: int) -> int:
-    """Bytes of a (rows, row_length) tensor of `qtype`; row_length 0: a float32 vector."""
-    if row_length == 0:
-        return 4 * rows
-    block_values, block_bytes = GGML_QUANT_SIZES[qtype]
+def tensor_bytes(kind: Kind, rows: int, row_length: int) -> int:
+    """Bytes of a (rows, row_length) tensor of `kind`; row_length 0: a float32 vector."""
+    if row_length == 0 or kind == "f32":
+        return 4 * rows * max(row_length, 1)
+    block_values, block_bytes = BLOCK_SIZES[kind]
     return rows * row_length // block_values * block_bytes
 
 
@@ -125,20 +137,19 @@ def q4_k_m_layer_bytes(dims: ModelDims) -> tuple[int, ...]:
 
 def q4_k_m_embed_bytes(dims: ModelDims) -> int:
     """The token embedding: Q4_K, or the head's Q6_K when it doubles as the head."""
-    qtype = _with_fallback(T.Q6_K if dims.tied else T.Q4_K, dims.hidden)
-    return tensor_bytes(qtype, dims.vocab, dims.hidden)
+    kind = _with_fallback("q6_k" if dims.tied else "q4_k", dims.hidden)
+    return tensor_bytes(kind, dims.vocab, dims.hidden)
 
 
 def q4_k_m_head_bytes(dims: ModelDims) -> int:
     """The output head (Q6_K) plus the final norm; a tied head is the embedding again."""
-    head = (
-        q4_k_m_embed_bytes(dims)
-        if dims.tied
-        else (tensor_bytes(_with_fallback(T.Q6_K, dims.hidden), dims.vocab, dims.hidden))
-    )
+    if dims.tied:
+        head = q4_k_m_embed_bytes(dims)
+    else:
+        head = tensor_bytes(_with_fallback("q6_k", dims.hidden), dims.vocab, dims.hidden)
     return head + 4 * dims.hidden
 
 
-def _with_fallback(qtype: T, row_length: int) -> T:
-    block_values, _ = GGML_QUANT_SIZES[qtype]
-    return _K_FALLBACK.get(qtype, qtype) if row_length % block_values else qtype
+def _with_fallback(kind: Kind, row_length: int) -> Kind:
+    block_values, _ = BLOCK_SIZES[kind]
+    return _K_FALLBACK.get(kind, kind) if row_length % block_values else kind

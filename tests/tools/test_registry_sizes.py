@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 from gen_gguf import SHAPES, tensor_shapes, tensor_type
+from gguf import GGMLQuantizationType
 from gguf.quants import GGML_QUANT_SIZES
 
+from exoquic.models.gguf_sizes import BLOCK_SIZES
 from exoquic.models.registry import get_model
 
 MODELS = {
@@ -38,3 +40,9 @@ def test_registry_sizes_equal_gen_gguf_files(shape_name: str) -> None:
     assert entry.embed_bytes == sizes["token_embd.weight"]
     if not shape.tied:
         assert entry.head_bytes == sizes["output.weight"] + sizes["output_norm.weight"]
+
+
+def test_block_sizes_are_the_formats() -> None:
+    """gguf_sizes keeps its own table (the command line must not import numpy)."""
+    for kind, size in BLOCK_SIZES.items():
+        assert GGML_QUANT_SIZES[GGMLQuantizationType[kind.upper()]] == size

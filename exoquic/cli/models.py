@@ -8,6 +8,8 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
+from exoquic.cli.options import Subcommands
+
 if TYPE_CHECKING:
     from exoquic.download.cache import CachedModel
 
@@ -16,8 +18,7 @@ if TYPE_CHECKING:
 _LAYERS = re.compile(r"^(\d+)-(\d+)$")
 
 
-def add_models_command(commands: argparse._SubParsersAction) -> None:
-    """Register `exoquic models ...` on the CLI's subcommand parsers."""
+def register(commands: Subcommands) -> None:
     models = commands.add_parser("models", help="list, download and remove models")
     actions = models.add_subparsers(title="actions", required=True, metavar="ACTION")
 
