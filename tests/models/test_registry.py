@@ -217,3 +217,13 @@ def test_find_model_by_ollama_name_and_alias(name: str, model_id: str) -> None:
 @pytest.mark.parametrize("name", ["llama3.2:70b", "qwen2.5:7b-instruct-fp16", "gemma2", ""])
 def test_find_model_refuses_other_builds(name: str) -> None:
     assert find_model(name) is None
+
+
+def test_ollama_names_resolve_like_ids(smollm2_gguf_path: Path) -> None:
+    source = resolve_source("smollm2:135m")
+    assert (source.model_id, source.kind, source.path) == (
+        DEFAULT_MODEL_ID,
+        "gguf",
+        smollm2_gguf_path,
+    )
+    assert canonical_model_id("qwen2.5:7b") == "qwen2.5-7b-instruct"
