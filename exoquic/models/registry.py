@@ -94,11 +94,6 @@ class ModelEntry:
         return (self.id, *self.aliases, *self.ollama)
 
 
-# SmolLM2's model card samples at temperature 0.2, top_p 0.9 (its
-# generation_config.json names none). The 360M and 1.7B models take that; the
-# 135M one answers "What is the capital of France?" with "The capital of France
-# is Paris." only greedily: at 0.2 / 0.9 one run in two began "L'Étoile, la
-# Marseillaise..." and repeated itself until max_tokens.
 def ollama_names(name: str, latest: bool = False) -> tuple[str, ...]:
     """`family:size` and the tags Ollama gives its Q4_K_M instruct builds; with
     `latest`, also the bare family name (Ollama's default size of the family)."""
@@ -108,6 +103,11 @@ def ollama_names(name: str, latest: bool = False) -> tuple[str, ...]:
     return (*(f"{family}:{t}" for t in tags), *bare)
 
 
+# SmolLM2's model card samples at temperature 0.2, top_p 0.9 (its
+# generation_config.json names none). The 360M and 1.7B models take that; the
+# 135M one answers "What is the capital of France?" with "The capital of France
+# is Paris." only greedily: at 0.2 / 0.9 one run in two began "L'Étoile, la
+# Marseillaise..." and repeated itself until max_tokens.
 SMOLLM2_DEFAULTS = GenerationDefaults(temperature=0.2, top_p=0.9)
 SMOLLM2_135M_DEFAULTS = GenerationDefaults(temperature=0.0)
 # Llama 3.x Instruct's generation_config.json: do_sample, temperature 0.6, top_p 0.9
