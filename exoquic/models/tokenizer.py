@@ -1,8 +1,10 @@
 """Text <-> token ids, chat templates and streaming decode for a model.
 
-A `Tokenizer` is built from a GGUF file (its BPE vocabulary, merges, special
-tokens and chat template) or from a Hugging Face directory (`tokenizer.json`,
-`tokenizer_config.json`). Both give identical ids for the same model.
+A `Tokenizer` is built from a GGUF file (its byte-level BPE or SentencePiece
+vocabulary, rebuilt by gguf_tokenizer.py, special tokens, end tokens and chat
+template) or from a Hugging Face directory (`tokenizer.json`,
+`tokenizer_config.json`, `generation_config.json`). Both give identical ids
+for the same model.
 """
 
 from __future__ import annotations
