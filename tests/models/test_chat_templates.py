@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+import tokenizers
 from chat_templates import FAMILIES
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizer_fixtures import train_byte_level_bpe, write_byte_level_gguf
 
 from exoquic.models.chat_template import render_chat
 from exoquic.models.errors import ChatTemplateError, MessagesRejectedError
+from exoquic.models.tokenizer import Tokenizer
 
 SYSTEM = {"role": "system", "content": "You are terse."}
 TURNS = [
@@ -134,3 +138,24 @@ def test_tool_call_turns_render_like_transformers(family: str) -> None:
     expected = reference_render(f.template, messages, bos_token=f.bos_token, eos_token=f.eos_token)
     assert '"z": "Zürich & <Bern>", "a": 1' in expected
     assert _render(family, messages) == expected
+
+
+@pytest.mark.parametrize(("family", "pre"), [("llama-3", "llama-bpe"), ("qwen2.5", "qwen2")])
+def test_gguf_template_prompt_tokenizes_with_special_ids(
+    family: str, pre: str, tmp_path: Path
+) -> None:
+    """The template from a GGUF renders, and its markers become their control ids."""
+    f = FAMILIES[family]
+    reference = tokenizers.Tokenizer.from_file(str(train_byte_level_bpe(pre, tmp_path)))
+    gguf_path = write_byte_level_gguf(tmp_path / "tokenizer.json", pre, tmp_path, f.template)
+    tokenizer = Tokenizer.from_gguf(gguf_path)
+    assert tokenizer.chat_template == f.template
+    prompt = tokenizer.apply_chat_template([SYSTEM, *TURNS])
+    eos = reference.id_to_token(tokenizer.eos_token_id)
+    bos = tokenizer.bos_token or ""
+    assert prompt == render_chat(f.template, [SYSTEM, *TURNS], bos_token=bos, eos_token=eos)
+    ids = tokenizer.encode(prompt)
+    assert ids == reference.encode(prompt, add_special_tokens=False).ids
+    end = reference.token_to_id(f.end_of_turn)
+    assert ids.count(end) == 4 and end in tokenizer.eos_token_ids  # one per message
+    assert tokenizer.decode(ids) == prompt

@@ -74,7 +74,14 @@ BPE_FAMILIES: dict[str, dict[str, Any]] = {
         "normalizer": None,
         "pre_tokenizer": _split_then_bytes(_LLAMA3_SPLIT),
         "ignore_merges": True,
-        "special": ["<|begin_of_text|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"],
+        "special": [
+            "<|begin_of_text|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
+            "<|eom_id|>",
+            "<|end_of_text|>",
+        ],
     },
     "qwen2": {
         "normalizer": {"type": "NFC"},
@@ -133,7 +140,9 @@ def train_byte_level_bpe(pre: str, out: Path, vocab_size: int = 700) -> Path:
     return path
 
 
-def write_byte_level_gguf(tokenizer_json: Path, pre: str, out: Path) -> Path:
+def write_byte_level_gguf(
+    tokenizer_json: Path, pre: str, out: Path, chat_template: str | None = None
+) -> Path:
     """The GGUF tokenizer keys convert_hf_to_gguf.py writes for a BPE tokenizer.json."""
     spec = json.loads(tokenizer_json.read_text(encoding="utf-8"))
     vocab: dict[str, int] = spec["model"]["vocab"]
@@ -150,6 +159,8 @@ def write_byte_level_gguf(tokenizer_json: Path, pre: str, out: Path) -> Path:
     writer.add_token_merges(merges)
     writer.add_bos_token_id(vocab[BPE_FAMILIES[pre]["special"][0]])
     writer.add_eos_token_id(vocab[BPE_FAMILIES[pre]["special"][-1]])
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
     _finish(writer)
     return path
 
