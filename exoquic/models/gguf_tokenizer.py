@@ -137,18 +137,28 @@ def _sentencepiece_bpe(
         byte_fallback=True,
     )
     backend = tokenizers.Tokenizer(bpe)
-    # Llama 2, Mistral and Phi-3 put a space before the text (and, as
-    # llama.cpp does, after each special token); Gemma does not.
-    prefix = bool(md.get("tokenizer.ggml.add_space_prefix", True))
-    replace = normalizers.Replace(" ", SPACE)
-    backend.normalizer = (
-        normalizers.Sequence([normalizers.Prepend(SPACE), replace]) if prefix else replace
-    )
+    prefix = has_dummy_prefix(md)
+    if prefix:
+        # A space before each stretch of text (the text and what follows each
+        # special token) unless it starts with one: "[INST] Hello" is [INST],
+        # "▁Hello", as Mistral's own tokenizer (mistral_common) and its
+        # tokenizer.json make it, where llama.cpp adds a second "▁". A text that
+        # starts with a space gets its dummy prefix from `Tokenizer.encode`.
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(SPACE, "always", split=False)
+    else:
+        backend.normalizer = normalizers.Replace(" ", SPACE)  # Gemma: no dummy prefix
     steps = [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
     if prefix:
         steps.append(decoders.Strip(" ", 1, 0))
     backend.decoder = decoders.Sequence(steps)
     return backend
+
+
+def has_dummy_prefix(md: Mapping[str, Any]) -> bool:
+    """Whether a SentencePiece vocabulary puts a space before the text
+    (`tokenizer.ggml.add_space_prefix`: Llama 2, Mistral, Phi-3 yes; Gemma no)."""
+    is_sentencepiece = md.get("tokenizer.ggml.model") == "llama"
+    return is_sentencepiece and bool(md.get("tokenizer.ggml.add_space_prefix", True))
 
 
 def sentencepiece_merges(

@@ -19,7 +19,7 @@ import tokenizers
 from exoquic.models.chat_template import CHATML_TEMPLATE, render_chat
 from exoquic.models.errors import ModelLoadError
 from exoquic.models.gguf_file import GGUFFile
-from exoquic.models.gguf_tokenizer import backend_from_gguf
+from exoquic.models.gguf_tokenizer import backend_from_gguf, has_dummy_prefix
 from exoquic.models.hf_loader import read_json
 
 # Tokens that end a turn in the chat formats of the registry's families
@@ -58,6 +58,7 @@ class Tokenizer:
         *,
         eos_token_id: int | None = None,
         add_bos_token: bool = False,
+        dummy_prefix: bool = False,
     ) -> None:
         self.backend = backend
         self.chat_template = chat_template
@@ -71,6 +72,9 @@ class Tokenizer:
         # Whether the model's own tokenizer starts a raw prompt with BOS
         # (`tokenizer.ggml.add_bos_token`); chat templates write their own.
         self.add_bos_token = add_bos_token
+        # SentencePiece puts a space before the text even when it starts with
+        # one; the backend's Metaspace only when it does not (see gguf_tokenizer).
+        self._dummy_prefix = dummy_prefix
 
     @classmethod
     def from_gguf(cls, path: str | os.PathLike[str]) -> Tokenizer:
@@ -87,6 +91,7 @@ class Tokenizer:
             eos_token_ids=_end_tokens(backend, ends),
             eos_token_id=ends[0] if ends else None,
             add_bos_token=bool(md.get("tokenizer.ggml.add_bos_token", False)),
+            dummy_prefix=has_dummy_prefix(md),
         )
 
     @classmethod
@@ -140,6 +145,8 @@ class Tokenizer:
         does not), so a long text tokenized in a worker thread leaves the
         event loop running.
         """
+        if self._dummy_prefix and text.startswith(" "):
+            text = " " + text
         encoding = self.backend.encode_batch_fast([text], add_special_tokens=False)[0]
         return list(encoding.ids)
 

@@ -115,6 +115,13 @@ def test_mistral_v0_3_vocabulary_gives_its_own_ids(tmp_path: Path) -> None:
     ids = ours.encode("[INST]2+2?[/INST]")
     assert ids == [inst, *sp.encode("2+2?"), end_inst]
     assert ours.decode(ids, skip_special_tokens=True) == "2+2?"
+    # The prompt Mistral's chat template writes has the ids mistral_common
+    # gives a conversation: each message encoded on its own, with its dummy prefix.
+    prompt = "<s>[INST] Hello, how are you?[/INST] Fine, and you?</s>[INST] 1+1?[/INST]"
+    expected = [sp.bos_id(), inst, *sp.encode("Hello, how are you?"), end_inst]
+    expected += [*sp.encode("Fine, and you?"), sp.eos_id(), inst, *sp.encode("1+1?"), end_inst]
+    assert ours.encode(prompt) == expected
+    assert ours.decode(expected) == prompt
 
 
 def test_sentencepiece_byte_fallback_and_specials(
