@@ -15,6 +15,8 @@ import gguf
 import pytest
 import sentencepiece as spm
 import tokenizers
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tokenizer_fixtures import (
     BPE_FAMILIES,
     TEXTS,
@@ -122,6 +124,32 @@ def test_mistral_v0_3_vocabulary_gives_its_own_ids(tmp_path: Path) -> None:
     expected += [*sp.encode("Fine, and you?"), sp.eos_id(), inst, *sp.encode("1+1?"), end_inst]
     assert ours.encode(prompt) == expected
     assert ours.decode(expected) == prompt
+
+
+@pytest.fixture(scope="module")
+def mistral(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[spm.SentencePieceProcessor, Tokenizer]:
+    sp = spm.SentencePieceProcessor(model_file=str(MISTRAL_V0_3))
+    path = write_sentencepiece_gguf(sp, "mistral", tmp_path_factory.mktemp("mistral"))
+    return sp, Tokenizer.from_gguf(path)
+
+
+# Text without "[" and "<", so that no control token is spelled out in it.
+ANY_TEXT = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="[<"), max_size=60
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=ANY_TEXT)
+def test_mistral_ids_equal_sentencepiece_on_any_text(
+    mistral: tuple[spm.SentencePieceProcessor, Tokenizer], text: str
+) -> None:
+    sp, ours = mistral
+    assert ours.encode(text) == sp.encode(text)
 
 
 def test_sentencepiece_byte_fallback_and_specials(
