@@ -69,6 +69,17 @@ def test_byte_level_bpe_round_trips_and_specials(
     assert reference.token_to_id(specials[-1]) in ours.eos_token_ids
 
 
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=st.text(st.characters(blacklist_categories=("Cs",)), max_size=60))
+def test_byte_level_bpe_ids_match_on_any_text(
+    bpe_pair: tuple[str, tokenizers.Tokenizer, Tokenizer], text: str
+) -> None:
+    _, reference, ours = bpe_pair
+    assert ours.encode(text) == reference.encode(text, add_special_tokens=False).ids
+
+
 def test_pre_tokenizers_differ_where_the_models_do(
     bpe_pair: tuple[str, tokenizers.Tokenizer, Tokenizer],
 ) -> None:
