@@ -163,6 +163,20 @@ def test_mistral_ids_equal_sentencepiece_on_any_text(
     assert ours.encode(text) == sp.encode(text)
 
 
+def test_mistral_stream_decode_holds_back_byte_pieces(
+    mistral: tuple[spm.SentencePieceProcessor, Tokenizer],
+) -> None:
+    """A reply's text streams whole characters only, with its spaces, whatever the pieces."""
+    sp, ours = mistral
+    reply = "Sure 😀 — ☃ done\n  indented"
+    ids = ours.encode(reply)
+    assert any(sp.is_byte(i) for i in ids)  # the emoji comes as <0xNN> pieces
+    decoder = ours.stream_decoder()
+    pieces = [decoder.push(i) for i in ids] + [decoder.flush()]
+    assert "".join(pieces) == reply
+    assert not any("\ufffd" in p for p in pieces)
+
+
 def test_sentencepiece_byte_fallback_and_specials(
     spm_pair: tuple[spm.SentencePieceProcessor, Tokenizer],
 ) -> None:
