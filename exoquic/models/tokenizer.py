@@ -23,12 +23,14 @@ from exoquic.models.gguf_tokenizer import backend_from_gguf, has_dummy_prefix
 from exoquic.models.hf_loader import read_json
 
 # Tokens that end a turn in the chat formats of the registry's families
-# (ChatML/Qwen, Llama 3's end of turn and end of message, Gemma, Phi-3,
+# (ChatML/Qwen, Llama 3's end of text, turn and message, Gemma, Phi-3,
 # SentencePiece's eos): they stop generation when the model has them as added
-# tokens, whatever its declared eos.
+# tokens, whatever its declared eos (Llama 3.1's generation_config.json lists
+# three; its GGUF declares eos and eot as <|eot_id|>).
 END_TOKENS = (
     "<|im_end|>",
     "<|endoftext|>",
+    "<|end_of_text|>",
     "<|eot_id|>",
     "<|eom_id|>",
     "<end_of_turn>",

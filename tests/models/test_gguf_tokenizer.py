@@ -249,12 +249,21 @@ def test_sentencepiece_without_scores_is_refused(tmp_path: Path) -> None:
         Tokenizer.from_gguf(path)
 
 
-END_OF_TURN = ["<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>", "</s>"]
+END_OF_TURN = [
+    "<|end_of_text|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<end_of_turn>",
+    "<|end|>",
+    "</s>",
+]
 
 
 def test_every_end_of_turn_token_ends_generation(tmp_path: Path) -> None:
     """Declared eos, eot and eom ids, and each family's end-of-turn token, all stop."""
-    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|custom_eot|>", "<|custom_eom|>"]
+    specials = ["<|begin_of_text|>", "<|custom_eos|>", "<|custom_eot|>", "<|custom_eom|>"]
     tokens = [*map(chr, range(33, 127)), *specials, *END_OF_TURN, "<|not_an_end|>"]
     ids = {t: i for i, t in enumerate(tokens)}
     writer = gguf.GGUFWriter(str(tmp_path / "ends.gguf"), "llama")
@@ -264,7 +273,7 @@ def test_every_end_of_turn_token_ends_generation(tmp_path: Path) -> None:
     writer.add_token_types([1 if len(t) == 1 else 3 for t in tokens])
     writer.add_token_merges([])
     writer.add_bos_token_id(ids["<|begin_of_text|>"])
-    writer.add_eos_token_id(ids["<|end_of_text|>"])
+    writer.add_eos_token_id(ids["<|custom_eos|>"])
     writer.add_uint32("tokenizer.ggml.eot_token_id", ids["<|custom_eot|>"])
     writer.add_uint32("tokenizer.ggml.eom_token_id", ids["<|custom_eom|>"])
     writer.write_header_to_file()
@@ -274,4 +283,4 @@ def test_every_end_of_turn_token_ends_generation(tmp_path: Path) -> None:
     tokenizer = Tokenizer.from_gguf(tmp_path / "ends.gguf")
     expected = {ids[t] for t in [*specials[1:], *END_OF_TURN]}
     assert tokenizer.eos_token_ids == expected
-    assert tokenizer.eos_token_id == ids["<|end_of_text|>"]  # the template's eos_token
+    assert tokenizer.eos_token_id == ids["<|custom_eos|>"]  # the template's eos_token
