@@ -28,6 +28,8 @@ CHATML_TEMPLATE = (
 
 
 def _raise_exception(message: str) -> NoReturn:
+    # The template refuses the messages (a system message it has no place for,
+    # roles out of order): the client's error, a 400 (a ChatTemplateError too).
     raise MessagesRejectedError(message)
 
 
@@ -66,9 +68,8 @@ def render_chat(
     """Render `messages` with the template `source`.
 
     `special_tokens` (bos_token, eos_token, ...) are passed to the template as
-    variables, as transformers does. Raises MessagesRejectedError when the
-    template rejects the messages (its `raise_exception`: a system message it
-    has no place for, roles out of order) and ChatTemplateError when it fails.
+    variables, as transformers does. Raises ChatTemplateError when the template
+    rejects the messages or fails.
     """
     template = compile_template(source)
     try:
