@@ -141,8 +141,8 @@ def _sentencepiece_bpe(
     if prefix:
         # A space before each stretch of text (the text and what follows each
         # special token) unless it starts with one: "[INST] Hello" is [INST],
-        # "▁Hello", as Mistral's own tokenizer (mistral_common) and its
-        # tokenizer.json make it, where llama.cpp adds a second "▁". A text that
+        # "▁Hello", as Mistral's own tokenizer (mistral_common) makes it and its
+        # chat template expects, where llama.cpp adds a second "▁". A text that
         # starts with a space gets its dummy prefix from `Tokenizer.encode`.
         backend.pre_tokenizer = pre_tokenizers.Metaspace(SPACE, "always", split=False)
     else:
@@ -167,19 +167,20 @@ def sentencepiece_merges(
     """BPE merges equivalent to SentencePiece's score-ordered merging.
 
     Every way to write a normal piece as two pieces is a merge, ranked by the
-    piece's score (highest first), ties by the parts' ids: transformers'
-    `SentencePieceExtractor`, which made the models' tokenizer.json files.
+    piece's score (highest first), then the piece's id, then the parts' ids:
+    transformers' `SentencePieceExtractor`, which made the models'
+    tokenizer.json files.
     """
     ids = {t: i for i, t in enumerate(tokens)}
-    ranked: list[tuple[float, int, int, str, str]] = []
-    for token, score, kind in zip(tokens, scores, types, strict=True):
+    ranked: list[tuple[float, int, int, int, str, str]] = []
+    for piece, (token, score, kind) in enumerate(zip(tokens, scores, types, strict=True)):
         if kind != NORMAL:
             continue
         for cut in range(1, len(token)):
             left, right = token[:cut], token[cut:]
             if left in ids and right in ids:
-                ranked.append((-float(score), ids[left], ids[right], left, right))
-    ranked.sort(key=lambda m: m[:3])
+                ranked.append((-float(score), piece, ids[left], ids[right], left, right))
+    ranked.sort(key=lambda m: m[:4])
     return [(left, right) for *_, left, right in ranked]
 
 
