@@ -66,7 +66,14 @@ def backend_from_gguf(name: str, md: Mapping[str, Any]) -> tokenizers.Tokenizer:
 
 
 def _byte_level_bpe(name: str, md: Mapping[str, Any], tokens: list[str]) -> tokenizers.Tokenizer:
-    pre = md.get("tokenizer.ggml.pre", "gpt2")
+    pre = md.get("tokenizer.ggml.pre")
+    if pre is None:
+        # Files converted before llama.cpp recorded it (spring 2024): llama.cpp
+        # guesses GPT-2's split and warns that quality degrades; we refuse.
+        raise ModelLoadError(
+            f"{name}: the BPE tokenizer names no pre-tokenizer (tokenizer.ggml.pre); "
+            "the file predates llama.cpp recording it: use a newer conversion"
+        )
     if pre not in BYTE_LEVEL_PRE:
         known = ", ".join(sorted(BYTE_LEVEL_PRE))
         raise ModelLoadError(

@@ -233,6 +233,13 @@ def test_unknown_pre_tokenizer_is_refused(tmp_path: Path) -> None:
         Tokenizer.from_gguf(path)
 
 
+def test_bpe_without_a_pre_tokenizer_is_refused(tmp_path: Path) -> None:
+    keys = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a"]}
+    path = _write_keys(tmp_path / "x.gguf", **keys)
+    with pytest.raises(ModelLoadError, match=r"names no pre-tokenizer \(tokenizer\.ggml\.pre\)"):
+        Tokenizer.from_gguf(path)
+
+
 def test_unknown_tokenizer_model_is_refused(tmp_path: Path) -> None:
     path = _write_keys(
         tmp_path / "x.gguf", **{"tokenizer.ggml.model": "t5", "tokenizer.ggml.tokens": ["a"]}
