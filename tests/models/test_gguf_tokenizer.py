@@ -146,6 +146,48 @@ def mistral(
     return sp, Tokenizer.from_gguf(path)
 
 
+def _transformers_tokenizer_json(sp: spm.SentencePieceProcessor, legacy: bool, out: Path) -> Path:
+    """The tokenizer.json transformers makes of a SentencePiece BPE model: merges from
+    its `generate_merges`, normalizer / pre-tokenizer as its `LlamaConverter` writes
+    them with `legacy` True (Llama 2, Mistral v0.1) or False (newer conversions)."""
+    convert = pytest.importorskip("transformers.convert_slow_tokenizer")
+    pieces = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+    vocab = {piece: i for i, (piece, _) in enumerate(pieces)}
+    merges = convert.generate_merges(vocab, pieces)
+    bpe = tokenizers.models.BPE(vocab, merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True)
+    tokenizer = tokenizers.Tokenizer(bpe)
+    if legacy:
+        prepend, replace = (
+            tokenizers.normalizers.Prepend("▁"),
+            tokenizers.normalizers.Replace(" ", "▁"),
+        )
+        tokenizer.normalizer = tokenizers.normalizers.Sequence([prepend, replace])
+    else:
+        tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace("▁", "first", split=False)
+    control = [i for i in range(sp.get_piece_size()) if sp.is_control(i) or sp.is_unknown(i)]
+    tokenizer.add_tokens(
+        [tokenizers.AddedToken(sp.id_to_piece(i), special=True, normalized=False) for i in control]
+    )
+    path = out / f"tokenizer-{'legacy' if legacy else 'metaspace'}.json"
+    tokenizer.save(str(path))
+    return path
+
+
+def test_mistral_ids_equal_transformers_tokenizer_json(
+    mistral: tuple[spm.SentencePieceProcessor, Tokenizer], tmp_path: Path
+) -> None:
+    """Against tokenizer.json files made by transformers' own merge extraction: plain
+    text as both forms give it, and Mistral's chat prompt as the newer form does."""
+    sp, ours = mistral
+    legacy = tokenizers.Tokenizer.from_file(str(_transformers_tokenizer_json(sp, True, tmp_path)))
+    newer = tokenizers.Tokenizer.from_file(str(_transformers_tokenizer_json(sp, False, tmp_path)))
+    for text in TEXTS:
+        assert ours.encode(text) == legacy.encode(text, add_special_tokens=False).ids, text
+    prompt = "<s>[INST] Hello, how are you?[/INST] Fine, and you?</s>[INST] 1+1?[/INST]"
+    assert ours.encode(prompt) == newer.encode(prompt, add_special_tokens=False).ids
+    assert ours.encode(prompt) != legacy.encode(prompt, add_special_tokens=False).ids
+
+
 # Text without "[" and "<", so that no control token is spelled out in it.
 ANY_TEXT = st.text(
     st.characters(blacklist_categories=("Cs",), blacklist_characters="[<"), max_size=60
