@@ -44,6 +44,7 @@ from exoquic.api.openai_routes import (
 from exoquic.api.schemas import CompletionParams, parse_chat_request, parse_text_request
 from exoquic.api.tool_calls import ToolCall
 from exoquic.api.tools import ReplyPiece, ToolCalling
+from exoquic.models.registry import find_model
 from exoquic.orchestration.generation import GenerationRequest
 from exoquic.orchestration.node import Node, model_requirements
 
@@ -93,7 +94,8 @@ async def chat() -> Response:
     calling = ToolCalling.for_template(request.tools, serving.tokenizer.chat_template)
     messages, tools = calling.render(list(request.messages))
     prompt = await tokenized(serving.encode_chat(messages, tools, calling.prefix), "messages")
-    shape = OllamaShape(serving.model_id, True, len(prompt))
+    # As Ollama, replies name the model the way the request did.
+    shape = OllamaShape(request.params.model, True, len(prompt))
     return await reply(serving, prompt, request.params, shape, stream, calling)
 
 
@@ -111,13 +113,13 @@ async def generate() -> Response:
     serving = serving_node(params.model)
     if not asked.prompt:
         # Ollama's way to load a model: an empty prompt. Ours is loaded already.
-        shape = OllamaShape(serving.model_id, False, 0)
+        shape = OllamaShape(params.model, False, 0)
         return json_response({**shape.piece(""), "done": True, "done_reason": "load"})
     if asked.raw:
         prompt = await tokenized(serving.encode_text(asked.prompt), "prompt")
     else:
         prompt = await tokenized(serving.encode_chat(messages), "prompt")
-    shape = OllamaShape(serving.model_id, False, len(prompt))
+    shape = OllamaShape(params.model, False, len(prompt))
     return await reply(serving, prompt, params, shape, asked.stream, None)
 
 
@@ -257,12 +259,19 @@ async def show() -> dict[str, Any]:
 def model_entry(serving: Node) -> dict[str, Any]:
     """The fields `/api/tags` and `/api/ps` share."""
     return {
-        "name": serving.model_id,
-        "model": serving.model_id,
+        "name": ollama_name(serving.model_id),
+        "model": ollama_name(serving.model_id),
         "size": model_requirements(serving.model_id, serving.config).total_bytes,
         "digest": model_digest(serving.model_id),
         "details": details(serving),
     }
+
+
+def ollama_name(model_id: str) -> str:
+    """The model's usual Ollama name (`smollm2:135m`) where the registry knows
+    one, else its id; requests may use either."""
+    entry = find_model(model_id)
+    return entry.ollama[0] if entry is not None and entry.ollama else model_id
 
 
 def details(serving: Node) -> dict[str, Any]:

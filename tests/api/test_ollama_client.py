@@ -71,10 +71,12 @@ def test_generate_raw_stop_and_seed(client: ollama.Client) -> None:
 
 def test_models_show_ps_version(client: ollama.Client, api_node: RunningNode) -> None:
     (listed,) = client.list().models
-    assert listed.model == DEFAULT_MODEL_ID and (listed.size or 0) > 10**6
+    assert listed.model == "smollm2:135m" and (listed.size or 0) > 10**6
     assert listed.details is not None and listed.details.parameter_size == "135M"
     (loaded,) = client.ps().models
-    assert loaded.model == DEFAULT_MODEL_ID and loaded.context_length
+    assert loaded.model == "smollm2:135m" and loaded.context_length
+    by_listed_name = client.chat(model=loaded.model, messages=CAPITAL, options={"num_predict": 1})
+    assert by_listed_name.model == "smollm2:135m" and by_listed_name.done
     shown = client.show(DEFAULT_MODEL_ID)
     assert "tools" in (shown.capabilities or [])
     assert shown.modelinfo and shown.modelinfo["general.architecture"] == "llama"
