@@ -14,7 +14,7 @@ from exoquic import paths
 from exoquic.errors import StartupError
 
 if TYPE_CHECKING:
-    from exoquic.orchestration.network import ClusterSettings
+    from exoquic.orchestration.cluster import ClusterSettings
 
 DEFAULT_NODE_PORT = 52417  # orchestration.network.DEFAULT_NODE_PORT (not imported: slow)
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
@@ -79,7 +79,7 @@ def cluster_settings(args: argparse.Namespace) -> ClusterSettings:
     from exoquic.identity.keys import IdentityError, load_or_create_identity
     from exoquic.identity.node_id import is_valid_device_name
     from exoquic.identity.trust import TrustStore, TrustStoreError
-    from exoquic.orchestration.network import ClusterSettings
+    from exoquic.orchestration.cluster import ClusterSettings
 
     methods = tuple(parse_methods(args.discovery))
     name = args.name or platform.node().split(".")[0] or "node"
