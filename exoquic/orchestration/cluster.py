@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 
+from exoquic import defaults
 from exoquic.discovery.peers import PeerEventKind
 from exoquic.discovery.tailscale import Probe
 from exoquic.errors import StartupError
@@ -47,7 +48,7 @@ from exoquic.wire.messages import Forward, ModelProgress, Release, RequestFailed
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NODE_PORT = 52417
+DEFAULT_NODE_PORT = defaults.NODE_PORT
 TRUST_POLL_INTERVAL = 0.5
 """How often a running node looks for changes to its trust store (seconds)."""
 
@@ -67,7 +68,7 @@ class ClusterSettings:
     peers_file: Path | None = None
     memory_limit: int | None = None
     """Offer at most this many bytes to the cluster (tests simulate small devices)."""
-    peer_timeout: float = 3.0
+    peer_timeout: float = defaults.PEER_TIMEOUT_S
     """Seconds of silence after which a peer is dead (the QUIC idle timeout)."""
     join_timeout: float = 5.0
     """At start, how long to wait for the known peers before the first plan."""
