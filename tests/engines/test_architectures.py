@@ -1,0 +1,121 @@
+"""Every family on both engines, whole and split at a layer boundary, against mlx-lm.
+
+A tiny random model of each family is written in Hugging Face layout
+(`fixtures.tiny_hf`); mlx-lm loads it with its own code and gives the
+reference logits of every position in one pass. exoquic prefills a prompt and
+then decodes token by token, so the comparison covers the KV cache and RoPE at
+growing positions too. The same model converted to GGUF by tools/hf_to_gguf.py
+(Q/K rows permuted for the llama family, as llama.cpp does) must give the
+logits of the safetensors copy.
+
+Tolerances, relative to the largest reference logit (|logit| reaches ~5):
+- float32 weights: 1e-4 on both engines (MLX computes in float32 like mlx-lm;
+  tinygrad's float32 weights take float32 products; what remains is rounding);
+- GGUF copy vs safetensors copy: 1e-5 (the same float32 numbers, only their
+  row order in the file differs);
+- Q8_0 weights through the engines' block kernels: 1e-4 between the GGUF and the
+  safetensors-quantized copy (the same blocks), 5e-2 against mlx-lm's float32.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures.tiny_hf import FAMILIES, mlx_lm_logits, write_tiny_model
+
+from exoquic.engines.mlx.engine import MLXEngine
+from exoquic.engines.tinygrad.engine import TinygradEngine
+from exoquic.models.gguf_loader import load_gguf_shard
+from exoquic.models.hf_loader import load_hf_shard
+from exoquic.models.shard import Shard
+from exoquic.models.weights import ShardWeights
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+import hf_to_gguf
+
+TOKENS = np.array([1, 17, 250, 3, 88, 42, 0, 61, 9, 299, 70, 2], dtype=np.int64)
+PREFILL = 9  # the rest is decoded one token at a time
+LAYERS = 3
+SPLITS = {"whole": [(0, 2)], "split": [(0, 0), (1, 2)]}
+ENGINES: dict[str, Callable[[], MLXEngine | TinygradEngine]] = {
+    "mlx": lambda: MLXEngine(max_context=64),
+    "tinygrad": lambda: TinygradEngine(max_context=64),
+}
+
+Loader = Callable[[Shard], ShardWeights]
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def model_dir(family: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(family, tmp_path_factory.mktemp(f"tiny-{family}"))
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir: Path) -> np.ndarray:
+    """mlx-lm's logits at the positions exoquic samples from: `(T - PREFILL + 1, vocab)`."""
+    return mlx_lm_logits(model_dir, TOKENS)[PREFILL - 1 :]
+
+
+def run(engine: str, loader: Loader, split: str) -> np.ndarray:
+    """exoquic's logits at the sampled positions, the layers split as `SPLITS[split]`."""
+    engines = []
+    for start, end in SPLITS[split]:
+        e = ENGINES[engine]()
+        e.load(loader(Shard("tiny", start, end, LAYERS)))
+        engines.append(e)
+    steps = [TOKENS[:PREFILL], *(TOKENS[i : i + 1] for i in range(PREFILL, len(TOKENS)))]
+    logits = []
+    for step in steps:
+        x: np.ndarray = step
+        for e in engines:
+            x = e.forward("r", x)
+        logits.append(x)
+    return np.stack(logits)
+
+
+def assert_close(got: np.ndarray, want: np.ndarray, tolerance: float) -> None:
+    scale = float(np.abs(want).max())
+    np.testing.assert_allclose(got, want, atol=tolerance * scale, rtol=0)
+
+
+@pytest.mark.parametrize("split", sorted(SPLITS))
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_safetensors_logits_match_mlx_lm(
+    model_dir: Path, reference: np.ndarray, engine: str, split: str
+) -> None:
+    got = run(engine, lambda shard: load_hf_shard(model_dir, shard), split)
+    assert_close(got, reference, 1e-4)
+    # A wrong token would change every later position: the argmaxes must agree too.
+    assert np.array_equal(got.argmax(-1), reference.argmax(-1))
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_gguf_copy_gives_the_safetensors_logits(
+    model_dir: Path, tmp_path: Path, engine: str
+) -> None:
+    gguf_path = tmp_path / "model.gguf"
+    hf_to_gguf.convert(model_dir, gguf_path)
+    from_gguf = run(engine, lambda shard: load_gguf_shard(gguf_path, shard), "split")
+    from_hf = run(engine, lambda shard: load_hf_shard(model_dir, shard), "split")
+    assert_close(from_gguf, from_hf, 1e-5)
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_q8_0_gguf_runs_on_the_block_kernels(
+    model_dir: Path, reference: np.ndarray, tmp_path: Path, engine: str
+) -> None:
+    gguf_path = tmp_path / "model-q8_0.gguf"
+    hf_to_gguf.convert(model_dir, gguf_path, "q8_0")
+    from_gguf = run(engine, lambda shard: load_gguf_shard(gguf_path, shard), "split")
+    quantized = run(engine, lambda shard: load_hf_shard(model_dir, shard, "q8_0"), "whole")
+    assert_close(from_gguf, quantized, 1e-4)
+    assert_close(from_gguf, reference, 5e-2)
