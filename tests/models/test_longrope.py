@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from exoquic.models.config import ModelConfig
 from exoquic.models.longrope import LongRopeScaling, longrope_from_gguf, longrope_from_hf
 
 SHORT = [1.0, 1.25, 1.5, 2.0]  # exact in float32, as GGUF stores them
@@ -71,3 +72,26 @@ def test_bad_factors_are_refused(raw: dict[str, object]) -> None:
 def test_missing_factor_list_is_a_key_error() -> None:
     with pytest.raises(KeyError):
         longrope_from_hf({"short_factor": SHORT}, PHI35)
+
+
+@pytest.mark.parametrize("rope_type", ["longrope", "su"])
+def test_phi3_config_json_reads_longrope_under_either_name(rope_type: str) -> None:
+    config = {
+        "model_type": "phi3",
+        "vocab_size": 32064,
+        "hidden_size": 3072,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        **PHI35,
+        "rope_scaling": {"type": rope_type, "short_factor": [1.0] * 48, "long_factor": [2.0] * 48},
+    }
+    c = ModelConfig.from_hf_dict(config)
+    assert c.architecture == "phi3" and c.fused_projections
+    assert isinstance(c.rope_scaling, LongRopeScaling)
+    assert c.rope_scaling.factors_for(131072) == (2.0,) * 48
+    # head_dim 96 needs 48 factors: a config with another count is refused.
+    config["rope_scaling"] = {"type": rope_type, "short_factor": SHORT, "long_factor": LONG}
+    with pytest.raises(ValueError, match="48 factors"):
+        ModelConfig.from_hf_dict(config)
