@@ -41,9 +41,10 @@ TOKENS = np.array([1, 17, 250, 3, 88, 42, 0, 61, 9, 299, 70, 2], dtype=np.int64)
 PREFILL = 9  # the rest is decoded one token at a time
 LAYERS = 3
 SPLITS = {"whole": [(0, 2)], "split": [(0, 0), (1, 2)]}
-ENGINES: dict[str, Callable[[], MLXEngine | TinygradEngine]] = {
-    "mlx": lambda: MLXEngine(max_context=64),
-    "tinygrad": lambda: TinygradEngine(max_context=64),
+CONTEXT = 64  # what the engines serve (past phi3's original context of 32: long factors)
+ENGINES: dict[str, Callable[[int], MLXEngine | TinygradEngine]] = {
+    "mlx": lambda context: MLXEngine(max_context=context),
+    "tinygrad": lambda context: TinygradEngine(max_context=context),
 }
 
 Loader = Callable[[Shard], ShardWeights]
@@ -65,11 +66,11 @@ def reference(model_dir: Path) -> np.ndarray:
     return mlx_lm_logits(model_dir, TOKENS)[PREFILL - 1 :]
 
 
-def run(engine: str, loader: Loader, split: str) -> np.ndarray:
+def run(engine: str, loader: Loader, split: str, context: int = CONTEXT) -> np.ndarray:
     """exoquic's logits at the sampled positions, the layers split as `SPLITS[split]`."""
     engines = []
     for start, end in SPLITS[split]:
-        e = ENGINES[engine]()
+        e = ENGINES[engine](context)
         e.load(loader(Shard("tiny", start, end, LAYERS)))
         engines.append(e)
     steps = [TOKENS[:PREFILL], *(TOKENS[i : i + 1] for i in range(PREFILL, len(TOKENS)))]
@@ -119,3 +120,19 @@ def test_q8_0_gguf_runs_on_the_block_kernels(
     quantized = run(engine, lambda shard: load_hf_shard(model_dir, shard, "q8_0"), "whole")
     assert_close(from_gguf, quantized, 1e-4)
     assert_close(from_gguf, reference, 5e-2)
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_phi3_within_its_original_context_rotates_with_the_short_factors(
+    tmp_path: Path, engine: str
+) -> None:
+    """An engine serving at most original_max_position_embeddings (32) positions uses the
+    short factors, which Hugging Face uses for every sequence that short; mlx-lm always
+    takes the long ones, so it is handed the short ones in their place."""
+    model_dir = write_tiny_model("phi3", tmp_path / "phi3")
+    original = FAMILIES["phi3"]["original_max_position_embeddings"]
+    want = mlx_lm_logits(model_dir, TOKENS, rope_factors="short")[PREFILL - 1 :]
+    got = run(engine, lambda shard: load_hf_shard(model_dir, shard), "split", original)
+    assert_close(got, want, 1e-4)
+    long = mlx_lm_logits(model_dir, TOKENS)[PREFILL - 1 :]
+    assert np.abs(want - long).max() > 1e-2 * np.abs(want).max()  # the sets differ
