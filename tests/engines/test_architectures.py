@@ -136,3 +136,16 @@ def test_phi3_within_its_original_context_rotates_with_the_short_factors(
     assert_close(got, want, 1e-4)
     long = mlx_lm_logits(model_dir, TOKENS)[PREFILL - 1 :]
     assert np.abs(want - long).max() > 1e-2 * np.abs(want).max()  # the sets differ
+
+
+@pytest.mark.parametrize("family_name", ["phi3", "gemma2"])
+def test_tinygrad_generated_kernels_run_the_new_features(tmp_path: Path, family_name: str) -> None:
+    """tinygrad's own kernels (fast=False: no C attention) implement the soft-caps, the
+    sliding window, the norm offset and longrope's attention factor too."""
+    model_dir = write_tiny_model(family_name, tmp_path / family_name)
+    want = mlx_lm_logits(model_dir, TOKENS)[PREFILL - 1 :]
+    engine = TinygradEngine(max_context=CONTEXT, fast=False)
+    engine.load(load_hf_shard(model_dir, Shard("tiny", 0, LAYERS - 1, LAYERS)))
+    steps = [TOKENS[:PREFILL], *(TOKENS[i : i + 1] for i in range(PREFILL, len(TOKENS)))]
+    got = np.stack([engine.forward("r", step) for step in steps])
+    assert_close(got, want, 1e-4)

@@ -145,8 +145,9 @@ class LayerWeights:
 
         bias, q_norm, k_norm, attn_out, mlp_out = (optional(t) for t in self._maybe())
         return LayerWeights(
-            attn_norm, qkv, o, mlp_norm, gate_up, down, bias, q_norm, k_norm, attn_out, mlp_out,
-            self.window,
+            attn_norm, qkv, o, mlp_norm, gate_up, down,
+            qkv_bias=bias, q_norm=q_norm, k_norm=k_norm,
+            attn_out_norm=attn_out, mlp_out_norm=mlp_out, window=self.window,
         )  # fmt: skip
 
 
