@@ -10,7 +10,7 @@ llama.cpp's converter leaves the rows in Hugging Face's order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from exoquic.models.architectures.base import Architecture, Features, UnsupportedArchitectureError
@@ -27,13 +27,25 @@ def hf_features(d: Mapping[str, Any]) -> Features:
     return {"fused_projections": True, **sliding_window_limit(d)}
 
 
+def gguf_features(metadata: Mapping[str, Any], tensors: Collection[str]) -> Features:
+    # llama.cpp writes the rotated dimensions as rope.dimension_count (Phi-4-mini: 96 of 128).
+    heads = int(metadata["phi3.attention.head_count"])
+    head_dim = int(metadata["phi3.embedding_length"]) // heads
+    rotated = int(metadata.get("phi3.rope.dimension_count", head_dim))
+    if rotated != head_dim:
+        raise UnsupportedArchitectureError(
+            f"phi3 rotating {rotated} of {head_dim} dimensions a head (Phi-4-mini) is not supported"
+        )
+    return {"fused_projections": True}
+
+
 ARCH = Architecture(
     name="phi3",
     hf_model_types=("phi3",),
     gguf_arch="phi3",
     gguf_rope_permuted=False,
     hf_features=hf_features,
-    gguf_features=lambda metadata, tensors: {"fused_projections": True},
+    gguf_features=gguf_features,
     gguf_names={
         "self_attn.qkv_proj.weight": "attn_qkv.weight",
         "mlp.gate_up_proj.weight": "ffn_up.weight",
