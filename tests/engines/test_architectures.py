@@ -26,13 +26,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fixtures.tiny_hf import FAMILIES, mlx_lm_logits, write_tiny_model
+from models.ggml_blocks import ALL_KINDS, random_blocks
 
 from exoquic.engines.mlx.engine import MLXEngine
 from exoquic.engines.tinygrad.engine import TinygradEngine
+from exoquic.models.config import ModelConfig
 from exoquic.models.gguf_loader import load_gguf_shard
 from exoquic.models.hf_loader import load_hf_shard
 from exoquic.models.shard import Shard
-from exoquic.models.weights import ShardWeights
+from exoquic.models.weights import ShardWeights, WeightArray, shard_tensor_names
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import hf_to_gguf
@@ -66,12 +68,14 @@ def reference(model_dir: Path) -> np.ndarray:
     return mlx_lm_logits(model_dir, TOKENS)[PREFILL - 1 :]
 
 
-def run(engine: str, loader: Loader, split: str, context: int = CONTEXT) -> np.ndarray:
+def run(
+    engine: str, loader: Loader, split: str, layers: int = LAYERS, context: int = CONTEXT
+) -> np.ndarray:
     """exoquic's logits at the sampled positions, the layers split as `SPLITS[split]`."""
     engines = []
     for start, end in SPLITS[split]:
         e = ENGINES[engine](context)
-        e.load(loader(Shard("tiny", start, end, LAYERS)))
+        e.load(loader(Shard("tiny", start, min(end, layers - 1), layers)))
         engines.append(e)
     steps = [TOKENS[:PREFILL], *(TOKENS[i : i + 1] for i in range(PREFILL, len(TOKENS)))]
     logits = []
@@ -122,6 +126,71 @@ def test_q8_0_gguf_runs_on_the_block_kernels(
     assert_close(from_gguf, reference, 5e-2)
 
 
+# qwen3 with q/k/v biases too (Qwen3's config allows it): every feature in one model,
+# with rows of 256 values so that the K-quants apply.
+BLOCK_MODEL = FAMILIES["qwen3"] | {
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "head_dim": 64,
+    "num_hidden_layers": 2,
+    "attention_bias": True,
+}
+
+
+def _shape(name: str, c: ModelConfig) -> tuple[int, ...]:
+    d, f, hd = c.hidden_size, c.intermediate_size, c.head_dim
+    q, kv = c.num_heads * hd, c.num_kv_heads * hd
+    shapes = {
+        "embed_tokens.weight": (c.vocab_size, d),
+        "lm_head.weight": (c.vocab_size, d),
+        "q_proj.weight": (q, d),
+        "k_proj.weight": (kv, d),
+        "v_proj.weight": (kv, d),
+        "o_proj.weight": (d, q),
+        "gate_proj.weight": (f, d),
+        "up_proj.weight": (f, d),
+        "down_proj.weight": (d, f),
+        "q_proj.bias": (q,),
+        "k_proj.bias": (kv,),
+        "v_proj.bias": (kv,),
+        "q_norm.weight": (hd,),
+        "k_norm.weight": (hd,),
+        "layernorm.weight": (d,),
+        "model.norm.weight": (d,),
+    }
+    return next(shape for suffix, shape in shapes.items() if name.endswith(suffix))
+
+
+def test_every_block_kind_runs_under_the_new_features() -> None:
+    """qwen2's biases and qwen3's q/k norms around the block kernels of every GGML kind.
+
+    The model's matrices cycle through all kinds: tinygrad computes on the blocks
+    (int16 activations: 1e-3 of the largest logit, as for llama), MLX runs their
+    exact float32 values.
+    """
+    config = ModelConfig.from_hf_dict(BLOCK_MODEL)
+    shard = Shard.whole("blocks", config.num_layers)
+    rng = np.random.default_rng(0)
+    tensors: dict[str, WeightArray] = {}
+    matrices = 0
+    for name in shard_tensor_names(shard, config):
+        shape = _shape(name, config)
+        if len(shape) == 2:
+            kind = ALL_KINDS[matrices % len(ALL_KINDS)]
+            tensors[name] = random_blocks(kind, *shape, seed=matrices, scale=shape[1] ** -0.5)
+            matrices += 1
+        elif name.endswith("norm.weight"):
+            tensors[name] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        else:
+            tensors[name] = rng.normal(0.0, 0.2, shape).astype(np.float32)
+    assert matrices >= len(ALL_KINDS)
+    quantized = ShardWeights(config, shard, tensors)
+    dense = ShardWeights(config, shard, {n: quantized.dense(n) for n in tensors})
+    got = run("tinygrad", lambda _: quantized, "whole", config.num_layers)
+    want = run("mlx", lambda _: dense, "whole", config.num_layers)
+    assert_close(got, want, 1e-3)
+
+
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 def test_phi3_within_its_original_context_rotates_with_the_short_factors(
     tmp_path: Path, engine: str
@@ -132,7 +201,7 @@ def test_phi3_within_its_original_context_rotates_with_the_short_factors(
     model_dir = write_tiny_model("phi3", tmp_path / "phi3")
     original = FAMILIES["phi3"]["original_max_position_embeddings"]
     want = mlx_lm_logits(model_dir, TOKENS, rope_factors="short")[PREFILL - 1 :]
-    got = run(engine, lambda shard: load_hf_shard(model_dir, shard), "split", original)
+    got = run(engine, lambda shard: load_hf_shard(model_dir, shard), "split", context=original)
     assert_close(got, want, 1e-4)
     long = mlx_lm_logits(model_dir, TOKENS)[PREFILL - 1 :]
     assert np.abs(want - long).max() > 1e-2 * np.abs(want).max()  # the sets differ
