@@ -36,6 +36,7 @@ from exoquic.models.gguf_loader import load_gguf_shard
 from exoquic.models.hf_loader import load_hf_shard
 from exoquic.models.shard import Shard
 from exoquic.models.weights import ShardWeights, WeightArray, shard_tensor_names
+from exoquic.wire.tensors import decode_tensor, encode_tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import hf_to_gguf
@@ -239,3 +240,20 @@ def test_gemma2_batched_decode_keeps_each_request_s_window(tmp_path: Path, engin
         together = batched.forward_batch(items)
         for item, got in zip(items, together, strict=True):
             assert_close(got, alone.forward(item.request_id, item.inputs), 1e-5)
+
+
+@pytest.mark.parametrize("family_name", ["phi3", "gemma2"])
+def test_a_ring_of_mlx_then_tinygrad_matches_mlx_lm(tmp_path: Path, family_name: str) -> None:
+    """MLX runs layer 0 and hands its hidden states through the wire's tensor encoding
+    to tinygrad for layers 1-2, as two nodes of a mixed ring do."""
+    model_dir = write_tiny_model(family_name, tmp_path / family_name)
+    want = mlx_lm_logits(model_dir, TOKENS)[PREFILL - 1 :]
+    first, rest = ENGINES["mlx"](CONTEXT), ENGINES["tinygrad"](CONTEXT)
+    first.load(load_hf_shard(model_dir, Shard("tiny", 0, 0, LAYERS)))
+    rest.load(load_hf_shard(model_dir, Shard("tiny", 1, LAYERS - 1, LAYERS)))
+    steps = [TOKENS[:PREFILL], *(TOKENS[i : i + 1] for i in range(PREFILL, len(TOKENS)))]
+    got = []
+    for step in steps:
+        hidden = decode_tensor(encode_tensor(first.forward("r", step)))
+        got.append(rest.forward("r", hidden))
+    assert_close(np.stack(got), want, 1e-4)
