@@ -11,7 +11,8 @@
   `cap * tanh(score / cap)`, and so are the final logits;
 - even layers attend over the last `sliding_window` positions only, odd
   layers over everything;
-- the output head is the embedding (tied), always.
+- the output head is the embedding (tied), always in Hugging Face checkpoints;
+  a GGUF with its own `output.weight` uses it, as llama.cpp does.
 
 RoPE is NEOX-style, so llama.cpp's converter leaves the Q/K rows as they are.
 """
@@ -34,7 +35,8 @@ def hf_features(d: Mapping[str, Any]) -> Features:
         raise UnsupportedArchitectureError(f"gemma2 with hidden_activation={act!r}")
     layers = int(d["num_hidden_layers"])
     head_dim = int(d.get("head_dim") or int(d["hidden_size"]) // int(d["num_attention_heads"]))
-    return _features(
+    # Gemma2ForCausalLM always ties its head, whatever config.json says (or omits).
+    return {"tie_word_embeddings": True} | _features(
         hidden=int(d["hidden_size"]),
         query_scalar=float(d.get("query_pre_attn_scalar") or head_dim),
         attn_cap=d.get("attn_logit_softcapping"),
@@ -67,7 +69,6 @@ def _features(
     if query_scalar <= 0:
         raise ValueError(f"gemma2 query_pre_attn_scalar must be positive, got {query_scalar}")
     return {
-        "tie_word_embeddings": True,
         "norm_weight_offset": 1.0,
         "embedding_multiplier": math.sqrt(hidden),
         "hidden_act": "gelu_tanh",
