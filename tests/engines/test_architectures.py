@@ -28,7 +28,6 @@ import pytest
 from fixtures.tiny_hf import FAMILIES, mlx_lm_logits, write_tiny_model
 from models.ggml_blocks import ALL_KINDS, random_blocks
 
-from exoquic.engines.base import ForwardItem
 from exoquic.engines.mlx.engine import MLXEngine
 from exoquic.engines.tinygrad.engine import TinygradEngine
 from exoquic.models.config import ModelConfig
@@ -220,26 +219,6 @@ def test_tinygrad_generated_kernels_run_the_new_features(tmp_path: Path, family_
     steps = [TOKENS[:PREFILL], *(TOKENS[i : i + 1] for i in range(PREFILL, len(TOKENS)))]
     got = np.stack([engine.forward("r", step) for step in steps])
     assert_close(got, want, 1e-4)
-
-
-@pytest.mark.parametrize("engine", sorted(ENGINES))
-def test_gemma2_batched_decode_keeps_each_request_s_window(tmp_path: Path, engine: str) -> None:
-    """Two requests at different positions decode in one batch as they do alone: each row
-    is windowed and soft-capped at its own position (the window cuts at position 5)."""
-    model_dir = write_tiny_model("gemma2", tmp_path / "gemma2")
-    whole = load_hf_shard(model_dir, Shard("tiny", 0, LAYERS - 1, LAYERS))
-    alone, batched = ENGINES[engine](CONTEXT), ENGINES[engine](CONTEXT)
-    alone.load(whole)
-    batched.load(whole)
-    prompts = {"a": TOKENS[:9], "b": TOKENS[3:6]}
-    for rid, prompt in prompts.items():
-        alone.forward(rid, prompt)
-        batched.forward(rid, prompt)
-    for step in range(3):
-        items = [ForwardItem(rid, TOKENS[step : step + 1]) for rid in prompts]
-        together = batched.forward_batch(items)
-        for item, got in zip(items, together, strict=True):
-            assert_close(got, alone.forward(item.request_id, item.inputs), 1e-5)
 
 
 @pytest.mark.parametrize("family_name", ["phi3", "gemma2"])
