@@ -127,7 +127,7 @@ class NodeCollector(Collector):
         yield from self._ring()
 
     def _plan(self) -> Iterator[Metric]:
-        state = self.node.cluster.state
+        state = self.node.cluster.plans.state
         adopted = state.adopted
         if adopted is not None:
             yield _gauge("exoquic_plan_version", "Version of the plan this node adopted",
