@@ -178,7 +178,10 @@ def _call(obj: Any, names: Collection[str]) -> ToolCall | None:
     `{"type": "function", "function": {...}}` which some models copy."""
     if isinstance(obj, dict) and isinstance(obj.get("function"), dict):
         obj = obj["function"]
-    if not isinstance(obj, dict) or obj.get("name") not in names:
+    if not isinstance(obj, dict):
+        return None
+    name = obj.get("name")
+    if not isinstance(name, str) or name not in names:  # a dict name is unhashable
         return None
     arguments = obj.get("arguments", obj.get("parameters", {}))
     if isinstance(arguments, str):  # some models write the arguments as a JSON string
@@ -188,7 +191,7 @@ def _call(obj: Any, names: Collection[str]) -> ToolCall | None:
             return None
     if not isinstance(arguments, dict):
         return None
-    return ToolCall(str(obj["name"]), arguments)
+    return ToolCall(name, arguments)
 
 
 def _markers(fmt: ToolFormat) -> tuple[str, ...]:

@@ -86,6 +86,8 @@ def test_each_family_parses(fmt: ToolFormat, text: str, expected: ParsedReply) -
         (ToolFormat.LLAMA3, '{"name": "Bob", "age": 3}'),
         (ToolFormat.LLAMA3, '{"name": "get_weather", "parameters": {"city": "Paris"}} Sunny!'),
         (ToolFormat.MISTRAL, "[TOOL_CALLS] not json at all"),
+        (ToolFormat.MISTRAL, '[TOOL_CALLS][{"name": {}}]'),  # found by fuzz_tool_calls
+        (ToolFormat.HERMES, '<tool_call>{"name": ["get_time"]}</tool_call>'),
         (ToolFormat.HERMES, "Just an answer, no call."),
     ],
 )
