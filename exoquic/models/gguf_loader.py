@@ -21,6 +21,7 @@ from gguf.quants import dequantize as gguf_dequantize
 from exoquic.models.config import ModelConfig, rope_scaling_from_gguf
 from exoquic.models.errors import ModelLoadError
 from exoquic.models.gguf_file import GGUFFile, release_pages
+from exoquic.models.gguf_shard import shard_info
 from exoquic.models.quant import quant_kind
 from exoquic.models.shard import Shard
 from exoquic.models.weights import (
@@ -105,9 +106,15 @@ def _config_from_metadata(gf: GGUFFile) -> ModelConfig:
         rope_theta=float(get("rope.freq_base", 10000.0)),
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
         max_context=int(get("context_length", 2048)),
-        tie_word_embeddings=OUTPUT not in gf.tensors,
+        tie_word_embeddings=_tied(gf),
         rope_scaling=rope_scaling_from_gguf(md, str(arch), head_dim, rope_freqs),
     )
+
+
+def _tied(gf: GGUFFile) -> bool:
+    """No separate output head; a shard GGUF says so itself (its slice may lack the head)."""
+    info = shard_info(gf.metadata, str(gf.path))
+    return info.tie_word_embeddings if info is not None else OUTPUT not in gf.tensors
 
 
 def read_gguf_config(path: str | os.PathLike[str]) -> ModelConfig:
@@ -126,6 +133,12 @@ def load_gguf_shard(path: str | os.PathLike[str], shard: Shard) -> ShardWeights:
     if shard.num_layers != config.num_layers:
         raise ModelLoadError(
             f"{gf.path}: model has {config.num_layers} layers, shard expects {shard.num_layers}"
+        )
+    held = shard_info(gf.metadata, str(gf.path))
+    if held is not None and not held.holds(shard.start_layer, shard.end_layer):
+        raise ModelLoadError(
+            f"{gf.path}: holds layers {held.start_layer}..{held.end_layer} only, "
+            f"not {shard.start_layer}..{shard.end_layer}"
         )
     by_gguf_name: dict[str, WeightArray] = {}
     tensors: dict[str, WeightArray] = {}

@@ -1,0 +1,57 @@
+"""GGUF files holding a slice of a model's layers, cut from a full GGUF by the downloader.
+
+A shard GGUF keeps the source file's metadata verbatim (architecture, layer
+count, tokenizer, chat template) and adds the `exoquic.shard.*` keys below; its
+tensors are the source's tensors of the layer range (plus the embedding, norm
+and head where the range needs them), byte for byte. The loader reads it like
+any GGUF, using these keys where the missing tensors would otherwise mislead
+it (a middle shard has no `output.weight`, which would read as "tied").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from exoquic.models.errors import ModelLoadError
+
+KEY_PREFIX = "exoquic.shard."
+SOURCE_FILE = "exoquic.shard.source_file"  # the full GGUF's file name in its repository
+SOURCE_SIZE = "exoquic.shard.source_size"  # its size in bytes
+SOURCE_SHA256 = "exoquic.shard.source_sha256"  # the hub's sha256 of the whole file, if known
+START_LAYER = "exoquic.shard.start_layer"  # first layer held (inclusive)
+END_LAYER = "exoquic.shard.end_layer"  # last layer held (inclusive)
+TIED = "exoquic.shard.tie_word_embeddings"  # the source has no separate output.weight
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What a shard GGUF's `exoquic.shard.*` keys say."""
+
+    source_file: str
+    source_size: int
+    source_sha256: str | None
+    start_layer: int
+    end_layer: int
+    tie_word_embeddings: bool
+
+    def holds(self, start_layer: int, end_layer: int) -> bool:
+        return self.start_layer <= start_layer and end_layer <= self.end_layer
+
+
+def shard_info(metadata: Mapping[str, Any], where: str) -> ShardInfo | None:
+    """The shard keys of a GGUF's metadata; None for a whole-model file."""
+    if START_LAYER not in metadata:
+        return None
+    try:
+        return ShardInfo(
+            source_file=str(metadata[SOURCE_FILE]),
+            source_size=int(metadata[SOURCE_SIZE]),
+            source_sha256=str(metadata[SOURCE_SHA256]) if SOURCE_SHA256 in metadata else None,
+            start_layer=int(metadata[START_LAYER]),
+            end_layer=int(metadata[END_LAYER]),
+            tie_word_embeddings=bool(metadata[TIED]),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"{where}: incomplete exoquic.shard metadata: {e}") from e
