@@ -41,6 +41,7 @@ class GGUFHeaderIncomplete(ModelLoadError):
         self.needed = needed  # the header is at least this many bytes long
         super().__init__(f"{name}: the GGUF header needs more than the first {needed - 1} bytes")
 
+
 _MAGIC = b"GGUF"
 _DEFAULT_ALIGNMENT = 32
 _MAX_DIMS = 4
