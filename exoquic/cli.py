@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from exoquic import __version__
 from exoquic.api.limits import DEFAULT_MAX_QUEUED, DEFAULT_MAX_REQUESTS, DEFAULT_QUEUE_TIMEOUT_S
-from exoquic.download.cli import add_models_command
+from exoquic.download.cli import add_models_command, add_pull_command
 from exoquic.local_api import DEFAULT_API_HOST, DEFAULT_API_PORT
 from exoquic.pairing.cli import add_pair_command, add_trust_command
 from exoquic.ring_cli import add_cluster_options, add_status_command, cluster_settings
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_up(commands)
     add_run(commands)
     add_models_command(commands)
+    add_pull_command(commands)
     add_token(commands)
     add_id(commands)
     add_pair_command(commands)

@@ -1,4 +1,4 @@
-"""`exoquic models list | download MODEL [--layers START-END] | rm MODEL`."""
+"""`exoquic pull NAME[:TAG]` and `exoquic models list | download MODEL | rm MODEL`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from exoquic.download.cache import CachedModel
+    from exoquic.download.pull import PullTarget
 
 # Command bodies import what they use: registering the commands stays cheap.
 
@@ -38,6 +41,99 @@ def add_models_command(commands: argparse._SubParsersAction) -> None:
     remove = actions.add_parser("rm", help="delete a model's cached files")
     remove.add_argument("model", help="model id or hub repo id")
     remove.set_defaults(handler=cmd_rm)
+
+
+def add_pull_command(commands: argparse._SubParsersAction) -> None:
+    """Register `exoquic pull NAME[:TAG]` on the CLI's subcommand parsers."""
+    pull = commands.add_parser(
+        "pull",
+        help="download a model by name (qwen2.5:7b, owner/repo:Q4_K_M, owner/repo/FILE.gguf)",
+    )
+    pull.add_argument(
+        "name",
+        metavar="NAME[:TAG]",
+        help="registry name, owner/repo[:QUANT], owner/repo/FILE.gguf, or a safetensors repo",
+    )
+    pull.add_argument(
+        "--layers",
+        type=parse_layers,
+        metavar="START-END",
+        help="only these layers, e.g. 0-15 (a GGUF is fetched by byte ranges)",
+    )
+    pull.add_argument("--revision", default="main", help="branch, tag or commit")
+    pull.add_argument(
+        "--max-context",
+        type=int,
+        default=2048,
+        metavar="TOKENS",
+        help="context to check the memory for (default: 2048, as `exoquic up`)",
+    )
+    pull.set_defaults(handler=cmd_pull)
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from exoquic.download.errors import DownloadError
+    from exoquic.download.progress import terminal_progress
+    from exoquic.download.pull import pull
+
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    console = Console(stderr=True)
+    try:
+        target = _pull_target(args.name, args.revision)
+        if target is None:
+            return 0
+        _say_fit(target, args, console)
+        with terminal_progress(target.label, console) as progress:
+            path = pull(target, layers=args.layers, revision=args.revision, progress=progress)
+    except DownloadError as e:
+        print(f"exoquic: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+def _pull_target(name: str, revision: str) -> PullTarget | None:
+    """The resolved target; None (after saying so) for a model that ships with exoquic."""
+    from exoquic.download.hub import HubSettings, list_repo
+    from exoquic.download.pull import choose_file, parse_name
+
+    target = parse_name(name)
+    if target.entry is not None and target.entry.bundled_package:
+        print(f"{target.entry.id} ships with exoquic ({target.entry.bundled_package}): "
+              "nothing to download", file=sys.stderr)  # fmt: skip
+        return None
+    if target.filename is not None:
+        return target
+    listing = list_repo(target.repo_id, revision, HubSettings.from_env())
+    return choose_file(target, listing.files)
+
+
+def _say_fit(target: PullTarget, args: argparse.Namespace, console: Console) -> None:
+    """Warn before downloading a model this machine cannot hold (it may still join a ring)."""
+    import psutil
+
+    from exoquic.download.gguf import read_gguf_header
+    from exoquic.download.pull import footprint_of_gguf
+    from exoquic.topology.fit import ModelFootprint, check_fit
+
+    model_id = target.entry.id if target.entry else target.label
+    if target.filename is not None:
+        header = read_gguf_header(target.repo_id, target.filename, revision=args.revision)
+        footprint = footprint_of_gguf(header, model_id)
+    elif target.entry is not None:  # safetensors: the registry's sizes, KV cache unknown
+        e = target.entry
+        layers = (e.bytes_per_layer,) * e.num_layers
+        head = 0 if e.tie_word_embeddings else e.head_bytes
+        footprint = ModelFootprint(model_id, layers, e.embed_bytes, head, 0)
+    else:
+        return
+    fit = check_fit(footprint, args.max_context, [psutil.virtual_memory().available])
+    if fit.fits:
+        console.print(fit.message(), highlight=False, soft_wrap=True)
+    else:
+        console.print(f"warning: {fit.message()}", style="yellow", highlight=False, soft_wrap=True)
 
 
 def parse_layers(text: str) -> tuple[int, int]:
@@ -69,25 +165,26 @@ def cmd_list(args: argparse.Namespace) -> int:
         Table("model", "name", "layers", "hub repository", "cached"), "model", "hub repository"
     )
     for entry in list_models():
+        gguf_repo = getattr(entry, "gguf_repo", None)  # GGUF sources, once the registry has them
+        in_cache = [cached.pop(r) for r in (entry.hf_repo, gguf_repo) if r in cached]
         table.add_row(
             entry.id,
             entry.display_name,
             str(entry.num_layers),
             entry.hf_repo,
-            _cached_text(cached.pop(entry.hf_repo, None), bundled=entry.bundled_package),
+            _cached_text(in_cache, bundled=entry.bundled_package),
         )
     for repo_id, model in sorted(cached.items()):
-        table.add_row(repo_id, "", "", repo_id, _cached_text(model, bundled=None))
+        table.add_row(repo_id, "", "", repo_id, _cached_text([model], bundled=None))
     console = Console()
     print_table(table, console)
     console.print(f"cache: {default_cache_dir()}", soft_wrap=True)
     return 0
 
 
-def _cached_text(model: CachedModel | None, bundled: str | None) -> str:
+def _cached_text(models: list[CachedModel], bundled: str | None) -> str:
     parts = [f"bundled GGUF ({bundled})"] if bundled else []
-    if model is not None:
-        parts.append(f"{format_bytes(model.size_on_disk)} in {model.files} files")
+    parts += [m.summary() for m in models]
     return ", ".join(parts) or "-"
 
 

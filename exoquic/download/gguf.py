@@ -105,16 +105,10 @@ def download_gguf(
     if settings.offline:
         return cached_gguf(repo_id, filename, cache.cache_dir, layers=layers, revision=revision)
     try:
-        listing = list_repo(repo_id, revision, settings)
+        job = _job(cache, filename, revision, settings, progress, max_workers, cancel)
     except _HubUnreachable:
         return cached_gguf(repo_id, filename, cache.cache_dir, layers=layers, revision=revision)
-    if filename not in listing.files:
-        ggufs = sorted(f for f in listing.files if f.endswith(".gguf"))
-        raise DownloadError(f"{repo_id} has no file {filename!r} (GGUF files: {ggufs or 'none'})")
-    cache.write_ref(revision, listing.commit)
-    job = _Job(
-        repo_id, cache, listing, settings, progress or _ignore_progress, cancel, max(1, max_workers)
-    )
+    listing = job.listing
     whole = job.snapshot / filename
     if layers is None or (whole.exists() and cache.blob(listing.files[filename].etag).exists()):
         return _fetch_one(job, filename)
@@ -129,6 +123,54 @@ def download_gguf(
     layout = plan_slice(gf, prefix, shard, remote.source)
     dest = shard_path(cache, listing.commit, filename, shard)
     return _fetch_slice(job, remote, layout, dest)
+
+
+def read_gguf_header(
+    repo_id: str,
+    filename: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    revision: str = "main",
+    progress: ProgressCallback | None = None,
+) -> GGUFFile:
+    """The parsed header of a hub GGUF, read with range requests (and kept in the
+    cache for the download that usually follows). Its `path` is the file name."""
+    _check_name(filename)
+    cache = RepoCache(_cache_dir(cache_dir), repo_id)
+    settings = HubSettings.from_env()
+    try:
+        job = _job(cache, filename, revision, settings, progress, 4, None)
+    except _HubUnreachable as e:
+        raise DownloadError(f"cannot reach the hub at {settings.endpoint}: {e}") from e
+    return _read_header(job, _remote(job, filename))[0]
+
+
+def _job(
+    cache: RepoCache,
+    filename: str,
+    revision: str,
+    settings: HubSettings,
+    progress: ProgressCallback | None,
+    max_workers: int,
+    cancel: threading.Event | None,
+) -> _Job:
+    """List the repository (one API call), check it has the file, and pin the commit."""
+    listing = list_repo(cache.repo_id, revision, settings)
+    if filename not in listing.files:
+        ggufs = sorted(f for f in listing.files if f.endswith(".gguf"))
+        raise DownloadError(
+            f"{cache.repo_id} has no file {filename!r} (GGUF files: {ggufs or 'none'})"
+        )
+    cache.write_ref(revision, listing.commit)
+    return _Job(
+        cache.repo_id,
+        cache,
+        listing,
+        settings,
+        progress or _ignore_progress,
+        cancel,
+        max(1, max_workers),
+    )
 
 
 def cached_gguf(
