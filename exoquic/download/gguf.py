@@ -51,7 +51,7 @@ from exoquic.download.hub import (
 from exoquic.download.progress import ProgressCallback
 from exoquic.models.errors import ModelLoadError
 from exoquic.models.gguf_file import GGUFFile, GGUFHeaderIncomplete, parse_gguf_header
-from exoquic.models.gguf_shard import shard_info
+from exoquic.models.gguf_shard import shard_info, tied_flag
 from exoquic.models.shard import Shard
 
 HEADER_FIRST_READ = 2 << 20  # SmolLM2's header is 1.6 MB, Llama 3's about 8 MB
@@ -123,6 +123,52 @@ def download_gguf(
     layout = plan_slice(gf, prefix, shard, remote.source)
     dest = shard_path(cache, listing.commit, filename, shard)
     return _fetch_slice(job, remote, layout, dest)
+
+
+def download_gguf_metadata(
+    repo_id: str,
+    filename: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    revision: str = "main",
+) -> Path:
+    """A GGUF with the file's metadata and model-wide tensors but no layer: what a
+    node reads (config, tokenizer, chat template) before it knows its layers.
+
+    The whole file serves instead when it is cached; offline, a cached metadata
+    file does.
+    """
+    _check_name(filename)
+    settings = HubSettings.from_env()
+    cache = RepoCache(_cache_dir(cache_dir), repo_id)
+    try:
+        if settings.offline:
+            raise _HubUnreachable("offline")
+        job = _job(cache, filename, revision, settings, None, 4, None)
+    except _HubUnreachable:
+        return _cached_metadata(cache, filename, revision)
+    whole = job.snapshot / filename
+    if whole.exists():
+        return whole
+    remote = _remote(job, filename)
+    gf, prefix = _read_header(job, remote)
+    layout = plan_slice(gf, prefix, None, remote.source)
+    return _fetch_slice(job, remote, layout, metadata_path(cache, job.listing.commit, filename))
+
+
+def metadata_path(cache: RepoCache, commit: str, filename: str) -> Path:
+    name = Path(filename)
+    stem = name.name.removesuffix(".gguf")
+    return cache.root / "shards" / commit / name.parent / f"{stem}.metadata.gguf"
+
+
+def _cached_metadata(cache: RepoCache, filename: str, revision: str) -> Path:
+    commit = cache.resolve(revision)
+    if commit is not None:
+        for path in (cache.snapshot(commit) / filename, metadata_path(cache, commit, filename)):
+            if path.exists():
+                return path
+    raise ModelNotCachedError(cache.repo_id, revision, [f"{filename} (header)"])
 
 
 def read_gguf_header(
@@ -352,11 +398,11 @@ def _check_shard(path: Path, layout: SliceLayout) -> None:
     """The assembled file must parse as a GGUF holding exactly the planned tensors."""
     try:
         gf = GGUFFile.open(path)
-        info = shard_info(gf.metadata, str(path))
+        shard_info(gf.metadata, str(path))
     except ModelLoadError as e:
         raise DownloadError(f"the assembled shard does not parse: {e}") from e
     placed = {name: (t.offset, t.nbytes) for name, t in gf.tensors.items()}
-    if info is None or placed != layout.tensors or gf.size != layout.size:
+    if tied_flag(gf.metadata) is None or placed != layout.tensors or gf.size != layout.size:
         raise DownloadError(f"{path}: the assembled shard does not match its plan")
 
 

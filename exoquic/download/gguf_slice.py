@@ -64,15 +64,17 @@ class SliceLayout:
         return sum(r.nbytes for r in self.runs)
 
 
-def tensor_wanted(name: str, shard: Shard, *, tied: bool) -> bool:
+def tensor_wanted(name: str, shard: Shard | None, *, tied: bool) -> bool:
     """Whether `shard` needs GGUF tensor `name`.
 
     Layer tensors go with their layer; the embedding to the first shard (and to
     the last when the head is tied to it); the output norm and head to the last.
     Anything else (`rope_freqs.weight`...) is small and model-wide: every shard
-    gets it.
+    gets it, and so does the metadata file (`shard` None), which holds nothing else.
     """
     match = _LAYER.match(name)
+    if shard is None:
+        return not (match or name.startswith((EMBED_PREFIX, OUTPUT_PREFIX)))
     if match:
         return shard.start_layer <= int(match.group(1)) <= shard.end_layer
     if name.startswith(EMBED_PREFIX):
@@ -97,8 +99,15 @@ def check_layout(gf: GGUFFile) -> None:
         raise DownloadError(f"{gf.path}: tensor {previous.name} runs past the end of the file")
 
 
-def plan_slice(gf: GGUFFile, header_prefix: bytes, shard: Shard, source: SourceFile) -> SliceLayout:
-    """The shard file for `shard` of the GGUF whose header `gf` was parsed from `header_prefix`."""
+def plan_slice(
+    gf: GGUFFile, header_prefix: bytes, shard: Shard | None, source: SourceFile
+) -> SliceLayout:
+    """The shard file for `shard` of the GGUF whose header `gf` was parsed from `header_prefix`.
+
+    With `shard` None, the model's metadata file: every metadata key (config,
+    tokenizer, chat template) and the small model-wide tensors, no layer: what a
+    node reads before a plan gives it layers.
+    """
     if any(key.startswith(gguf_shard.KEY_PREFIX) for key in gf.metadata):
         raise DownloadError(f"{source.name} is itself a shard; cut shards from the full file")
     check_layout(gf)
@@ -145,7 +154,7 @@ def _header(
     prefix: bytes,
     kept: list[TensorInfo],
     relative: dict[str, int],
-    shard: Shard,
+    shard: Shard | None,
     source: SourceFile,
     tied: bool,
 ) -> bytes:
@@ -164,14 +173,17 @@ def _header(
     return bytes(out)
 
 
-def _shard_keys(shard: Shard, source: SourceFile, tied: bool) -> dict[str, tuple[int, object]]:
+def _shard_keys(
+    shard: Shard | None, source: SourceFile, tied: bool
+) -> dict[str, tuple[int, object]]:
     keys: dict[str, tuple[int, object]] = {
         gguf_shard.SOURCE_FILE: (_STRING, source.name),
         gguf_shard.SOURCE_SIZE: (_U64, source.size),
-        gguf_shard.START_LAYER: (_U32, shard.start_layer),
-        gguf_shard.END_LAYER: (_U32, shard.end_layer),
         gguf_shard.TIED: (_BOOL, tied),
     }
+    if shard is not None:
+        keys[gguf_shard.START_LAYER] = (_U32, shard.start_layer)
+        keys[gguf_shard.END_LAYER] = (_U32, shard.end_layer)
     if source.sha256 is not None:
         keys[gguf_shard.SOURCE_SHA256] = (_STRING, source.sha256)
     return keys

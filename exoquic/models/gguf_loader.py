@@ -21,7 +21,7 @@ from gguf.quants import dequantize as gguf_dequantize
 from exoquic.models.config import ModelConfig, rope_scaling_from_gguf
 from exoquic.models.errors import ModelLoadError
 from exoquic.models.gguf_file import GGUFFile, release_pages
-from exoquic.models.gguf_shard import shard_info
+from exoquic.models.gguf_shard import shard_info, tied_flag
 from exoquic.models.quant import quant_kind
 from exoquic.models.shard import Shard
 from exoquic.models.weights import (
@@ -113,8 +113,8 @@ def _config_from_metadata(gf: GGUFFile) -> ModelConfig:
 
 def _tied(gf: GGUFFile) -> bool:
     """No separate output head; a shard GGUF says so itself (its slice may lack the head)."""
-    info = shard_info(gf.metadata, str(gf.path))
-    return info.tie_word_embeddings if info is not None else OUTPUT not in gf.tensors
+    flag = tied_flag(gf.metadata)
+    return flag if flag is not None else OUTPUT not in gf.tensors
 
 
 def read_gguf_config(path: str | os.PathLike[str]) -> ModelConfig:

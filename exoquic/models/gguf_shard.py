@@ -1,5 +1,8 @@
 """GGUF files holding a slice of a model's layers, cut from a full GGUF by the downloader.
 
+Also the model's metadata file: the same keys without a layer range, and no
+layer tensors (config, tokenizer and chat template for a node without layers yet).
+
 A shard GGUF keeps the source file's metadata verbatim (architecture, layer
 count, tokenizer, chat template) and adds the `exoquic.shard.*` keys below; its
 tensors are the source's tensors of the layer range (plus the embedding, norm
@@ -38,6 +41,11 @@ class ShardInfo:
 
     def holds(self, start_layer: int, end_layer: int) -> bool:
         return self.start_layer <= start_layer and end_layer <= self.end_layer
+
+
+def tied_flag(metadata: Mapping[str, Any]) -> bool | None:
+    """What a file cut from a GGUF says about the head being tied (None: not cut)."""
+    return bool(metadata[TIED]) if TIED in metadata else None
 
 
 def shard_info(metadata: Mapping[str, Any], where: str) -> ShardInfo | None:

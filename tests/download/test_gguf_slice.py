@@ -169,3 +169,17 @@ def test_a_file_written_by_gguf_writer_slices_to_the_layers_asked_for(tmp_path: 
     sliced = GGUFFile.open(_write(layout, path, tmp_path / "cut.gguf"))
     assert set(sliced.tensors) == {"blk.1.attn_norm.weight", "output_norm.weight"}
     np.testing.assert_array_equal(sliced.read_tensor("blk.1.attn_norm.weight"), np.ones(8))
+
+
+def test_the_metadata_file_has_every_key_and_no_layer(gguf_repo_dir: Path, tmp_path: Path) -> None:
+    gf, prefix, source = _source(gguf_repo_dir)
+    layout = plan_slice(gf, prefix, None, source)
+    meta = GGUFFile.open(_write(layout, gguf_repo_dir / GGUF_FILE, tmp_path / "meta.gguf"))
+    assert meta.tensors == {}  # this model has no model-wide tensor (no rope_freqs)
+    assert layout.runs == () and layout.size == len(layout.header)
+    assert {k: v for k, v in meta.metadata.items() if not k.startswith("exoquic.")} == (gf.metadata)
+    assert shard_info(meta.metadata, "meta") is None  # it holds no layers
+    assert meta.metadata["exoquic.shard.tie_word_embeddings"] is False
+    assert tensor_wanted("rope_freqs.weight", None, tied=True)
+    assert not tensor_wanted("token_embd.weight", None, tied=True)
+    assert not tensor_wanted("blk.0.attn_q.weight", None, tied=True)
