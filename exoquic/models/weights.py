@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 
+from exoquic.models.affine import AffineTensor
 from exoquic.models.config import ModelConfig
 from exoquic.models.shard import Shard
 
@@ -46,7 +47,8 @@ class QuantizedTensor:
         return dequantize(self)
 
 
-WeightArray = np.ndarray | QuantizedTensor
+# Matrices: float arrays, GGML blocks, or MLX affine codes (mlx-community checkpoints).
+WeightArray = np.ndarray | QuantizedTensor | AffineTensor
 
 EMBED_NAME = "model.embed_tokens.weight"
 NORM_NAME = "model.norm.weight"
@@ -83,7 +85,7 @@ class ShardWeights:
     def dense(self, name: str) -> np.ndarray:
         """The named tensor as a float32 array, dequantizing if needed."""
         t = self.tensors[name]
-        if isinstance(t, QuantizedTensor):
+        if isinstance(t, QuantizedTensor | AffineTensor):
             return t.dequantize()
         return np.asarray(t, dtype=np.float32)
 

@@ -21,8 +21,10 @@ from typing import Any, TypeVar
 
 import trio
 
+from exoquic import defaults
 from exoquic.engines.base import Engine
 from exoquic.identity.keys import Identity
+from exoquic.machine import probe_capabilities
 from exoquic.models.config import ModelConfig
 from exoquic.models.generation_defaults import FALLBACK_DEFAULTS, GenerationDefaults
 from exoquic.models.shard import Shard
@@ -41,7 +43,7 @@ from exoquic.orchestration.planning import Member, PlanState
 from exoquic.orchestration.stops import StopMatcher
 from exoquic.orchestration.topology_view import topology_report
 from exoquic.orchestration.worker import EngineWorker
-from exoquic.topology import DeviceCapabilities, ModelRequirements, probe_capabilities
+from exoquic.topology import DeviceCapabilities, ModelRequirements
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,7 +62,7 @@ PROMPT_THREADS = 2
 class NodeSettings:
     model: str
     engine: str = "auto"
-    max_context: int = 2048
+    max_context: int = defaults.MAX_CONTEXT
     max_batch: int = 16
     # Warm the engine up before serving; a one-shot answer skips it, since its one
     # request makes the steps it needs and nothing else (see Engine.warm_up).

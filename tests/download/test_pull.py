@@ -16,8 +16,9 @@ from conftest import GGUF_FILE, GGUF_REPO
 from fixtures.hub_server import TINY_REPO, HubServer
 from fixtures.terminal import Terminal
 
+from exoquic.cli import models as models_command
+from exoquic.cli import pull as pull_command
 from exoquic.download.cache import cached_models
-from exoquic.download.cli import add_models_command, add_pull_command
 from exoquic.download.errors import DownloadError
 from exoquic.download.pull import PullTarget, choose_file, parse_name
 from exoquic.models.gguf_file import GGUFFile
@@ -94,8 +95,8 @@ def test_an_unmatched_or_ambiguous_tag_lists_the_candidates() -> None:
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="exoquic")
     commands = parser.add_subparsers(required=True)
-    add_pull_command(commands)
-    add_models_command(commands)
+    pull_command.register(commands)
+    models_command.register(commands)
     args = parser.parse_args(argv)
     result: int = args.handler(args)
     return result

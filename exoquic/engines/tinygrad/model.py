@@ -33,6 +33,7 @@ from exoquic.engines.tinygrad.matrices import (
     to_matrix,
     with_tensors,
 )
+from exoquic.models.affine import AffineTensor
 from exoquic.models.config import ModelConfig
 from exoquic.models.rope import inverse_frequencies
 from exoquic.models.shard import Shard
@@ -160,6 +161,8 @@ class ShardModel:
         """Float32 embeddings `(T, D)` of token ids (first shard only)."""
         table = self.embedding
         assert table is not None, "only the first shard embeds tokens"
+        if isinstance(table, AffineTensor):
+            return table.take_rows(tokens).dequantize()
         if isinstance(table, QuantizedTensor):
             rows = QuantizedTensor(table.kind, table.blocks[tokens], (len(tokens), table.shape[1]))
             return rows.dequantize()
