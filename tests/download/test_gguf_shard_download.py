@@ -110,6 +110,28 @@ def test_a_cut_connection_resumes_from_what_is_on_disk(
     )
 
 
+def test_a_shard_downloads_in_parallel_pieces(
+    gguf_hub: HubServer, gguf_repo_dir: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    download_gguf(GGUF_REPO, GGUF_FILE, cache_dir, layers=(4, 5))  # caches the header
+    gguf_hub.clear_log()
+    monkeypatch.setattr(gguf_download, "PIECE_BYTES", 512 * 1024)
+    gguf_hub.rate = 20e6  # slow enough for the pieces' requests to overlap
+    path = download_gguf(GGUF_REPO, GGUF_FILE, cache_dir, layers=(0, 1), max_workers=4)
+
+    gets = [e for e in gguf_hub.requests(method="GET", server="cdn") if e.body_bytes]
+    spans = sorted((_first(e.range or ""), _first(e.range or "") + e.body_bytes) for e in gets)
+    assert len(spans) >= 10 and all(end - start <= 512 * 1024 for start, end in spans)
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))  # no byte twice
+    most_at_once = max(sum(o.started < e.finished and e.started < o.finished for o in gets)
+                       for e in gets)  # fmt: skip
+    assert most_at_once > 1
+    shard = Shard("small", 0, 1, GGUF_LAYERS)
+    _assert_same_weights(
+        load_gguf_shard(path, shard), load_gguf_shard(gguf_repo_dir / GGUF_FILE, shard)
+    )
+
+
 def test_a_header_longer_than_the_first_read_takes_more_ranges(
     gguf_hub: HubServer, gguf_repo_dir: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
