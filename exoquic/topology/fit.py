@@ -69,19 +69,19 @@ class FitCheck:
 
     def message(self) -> str:
         """One line: how much it needs against what the devices offer, and what to do."""
-        where = "this device" if self.devices == 1 else f"the {self.devices} devices"
+        where = "this device offers" if self.devices == 1 else f"the {self.devices} devices offer"
         if self.fits:
             return (
                 f"{self.model_id} fits: it needs {format_size(self.needed)} "
                 f"(KV cache for {self.max_context} tokens: {format_size(self.kv_bytes)}) "
-                f"of the {format_size(self.available)} {where} offer"
+                f"of the {format_size(self.available)} {where}"
             )
         advice = "add a device or lower --max-context" if self.kv_bytes else "add a device"
         return (
             f"{self.model_id} does not fit: needs {format_size(self.shortfall)} more "
             f"({format_size(self.needed)}, of which KV cache for {self.max_context} tokens "
             f"{format_size(self.kv_bytes)}, against the {format_size(self.available)} "
-            f"{where} offer); {advice}"
+            f"{where}); {advice}"
         )
 
 
