@@ -289,25 +289,26 @@ def _read_header(job: _Job, remote: _Remote) -> tuple[GGUFFile, bytes]:
     """
     path = job.cache.root / "shards" / job.listing.commit / f"{remote.file.name}.header"
     path.parent.mkdir(parents=True, exist_ok=True)
-    want = HEADER_FIRST_READ
-    while True:
-        end = min(max(want, _size(path)), remote.file.size)
-        if _size(path) < end:
-            report = _reporter(job, f"{remote.file.name} (header)", partial(_pair, total=end))
-            fetch_range(remote.url, path, remote.file, 0, end, remote.headers, report)
-        prefix = path.read_bytes()
-        try:
-            gf = parse_gguf_header(prefix, remote.file.size, remote.file.name)
-            return gf, prefix[: gf.data_start]
-        except GGUFHeaderIncomplete as e:
-            if end >= min(remote.file.size, HEADER_MAX):
-                raise DownloadError(
-                    f"{remote.file.name}: no complete GGUF header in {end} bytes"
-                ) from e
-            want = max(e.needed, 2 * end)
-        except ModelLoadError as e:
-            path.unlink(missing_ok=True)  # not to be trusted next time either
-            raise DownloadError(f"{job.repo_id}: {e}") from e
+    with WeakFileLock(path.with_name(path.name + ".lock")):  # another process may grow it
+        want = HEADER_FIRST_READ
+        while True:
+            end = min(max(want, _size(path)), remote.file.size)
+            if _size(path) < end:
+                report = _reporter(job, f"{remote.file.name} (header)", partial(_pair, total=end))
+                fetch_range(remote.url, path, remote.file, 0, end, remote.headers, report)
+            prefix = path.read_bytes()
+            try:
+                gf = parse_gguf_header(prefix, remote.file.size, remote.file.name)
+                return gf, prefix[: gf.data_start]
+            except GGUFHeaderIncomplete as e:
+                if end >= min(remote.file.size, HEADER_MAX):
+                    raise DownloadError(
+                        f"{remote.file.name}: no complete GGUF header in {end} bytes"
+                    ) from e
+                want = max(e.needed, 2 * end)
+            except ModelLoadError as e:
+                path.unlink(missing_ok=True)  # not to be trusted next time either
+                raise DownloadError(f"{job.repo_id}: {e}") from e
 
 
 def _shard(gf: GGUFFile, filename: str, layers: Layers) -> Shard:

@@ -185,3 +185,15 @@ def test_a_file_name_outside_the_repo_is_refused(gguf_hub: HubServer, cache_dir:
 
 def _first(range_header: str) -> int:
     return int(range_header.removeprefix("bytes=").split("-")[0])
+
+
+def test_a_file_that_is_not_a_gguf_is_refused_and_not_kept(
+    hub: HubServer, cache_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "bad-repo"
+    folder.mkdir()
+    (folder / "bad.gguf").write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    hub.add_repo("exoquic-test/bad", folder)
+    with pytest.raises(DownloadError, match=r"exoquic-test/bad: bad\.gguf"):
+        download_gguf("exoquic-test/bad", "bad.gguf", cache_dir, layers=(0, 0))
+    assert not list(cache_dir.rglob("*.header"))
