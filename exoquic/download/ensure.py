@@ -40,7 +40,15 @@ def hub_repo_for(model: str) -> str | None:
 
 
 def hub_gguf_for(model: str) -> tuple[str, str] | None:
-    """(repo, file) for a `--model` of the form `owner/repo/FILE.gguf` not on disk."""
+    """(repo, file) of the hub GGUF a `--model` names: `owner/repo/FILE.gguf` not on
+    disk, or a registry entry that names a GGUF (what `exoquic pull` fetches for it)."""
+    entry = find_model(model)
+    if entry is not None:
+        # `gguf_repo`/`gguf_file`: the registry's GGUF source, on entries that have one.
+        repo, file = getattr(entry, "gguf_repo", None), getattr(entry, "gguf_file", None)
+        if entry.bundled_package or not (repo and file):
+            return None
+        return str(repo), str(file)
     parts = model.split("/")
     if len(parts) < 3 or not model.endswith(".gguf") or Path(model).expanduser().exists():
         return None
@@ -55,7 +63,8 @@ async def prepare_model(model: str, progress: ProgressCallback | None = None) ->
     """
     gguf = hub_gguf_for(model)
     if gguf is not None:
-        return await _prepare_gguf(model, *gguf, progress)
+        entry = find_model(model)
+        return await _prepare_gguf(entry.id if entry else model, *gguf, progress)
     repo = hub_repo_for(model)
     if repo is None:
         source = resolve_source(model)

