@@ -37,7 +37,7 @@ from exoquic import __version__
 from exoquic.download.cache import RepoCache
 from exoquic.download.errors import DownloadCancelled, DownloadError, ModelNotCachedError
 from exoquic.download.fetch import RemoteFile, fetch_range
-from exoquic.download.gguf_slice import SliceLayout, SourceFile, plan_slice
+from exoquic.download.gguf_slice import Run, SliceLayout, SourceFile, plan_slice
 from exoquic.download.hub import (
     HubSettings,
     RepoListing,
@@ -352,9 +352,10 @@ def _fetch_slice(job: _Job, remote: _Remote, layout: SliceLayout, dest: Path) ->
                     return sum(counts.values()), layout.fetched_bytes
 
             report = _reporter(job, label, count)
-            fetch_range(
-                remote.url, _part(parts, piece), remote.file, *piece, remote.headers, report
-            )
+            part = _part(parts, piece)
+            if _size(part) > piece[1] - piece[0]:  # not written by us: start it over
+                part.unlink()
+            fetch_range(remote.url, part, remote.file, *piece, remote.headers, report)
 
         with ThreadPoolExecutor(job.max_workers, thread_name_prefix="exoquic-slice") as pool:
             try:
@@ -368,11 +369,13 @@ def _fetch_slice(job: _Job, remote: _Remote, layout: SliceLayout, dest: Path) ->
 
 
 def _pieces(layout: SliceLayout) -> list[tuple[int, int]]:
-    return [
-        (start, min(start + PIECE_BYTES, run.source_end))
-        for run in layout.runs
-        for start in range(run.source_start, run.source_end, PIECE_BYTES)
-    ]
+    return [piece for run in layout.runs for piece in _run_pieces(run)]
+
+
+def _run_pieces(run: Run) -> list[tuple[int, int]]:
+    """The run's source bytes in ranges of at most PIECE_BYTES."""
+    starts = range(run.source_start, run.source_end, PIECE_BYTES)
+    return [(start, min(start + PIECE_BYTES, run.source_end)) for start in starts]
 
 
 def _part(parts: Path, piece: tuple[int, int]) -> Path:
@@ -386,8 +389,7 @@ def _assemble(layout: SliceLayout, parts: Path, dest: Path) -> None:
         out.write(layout.header)
         for run in layout.runs:
             out.seek(run.dest_start)  # the gap before it reads as zeros
-            for start in range(run.source_start, run.source_end, PIECE_BYTES):
-                piece = (start, min(start + PIECE_BYTES, run.source_end))
+            for piece in _run_pieces(run):
                 with _part(parts, piece).open("rb") as f:
                     shutil.copyfileobj(f, out, 1 << 20)
         out.truncate(layout.size)

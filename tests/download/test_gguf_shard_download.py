@@ -99,6 +99,8 @@ def test_a_cut_connection_resumes_from_what_is_on_disk(
     start = int(first[0].range.removeprefix("bytes=").split("-")[0])  # type: ignore[union-attr]
     gguf_hub.clear_log()
 
+    (part,) = cache_dir.rglob("*.parts/*")
+    assert part.stat().st_size == kept
     path = download_gguf(GGUF_REPO, GGUF_FILE, cache_dir, layers=(2, 3), max_workers=1)
 
     again = [e for e in gguf_hub.requests(method="GET", server="cdn") if e.body_bytes]
@@ -128,6 +130,25 @@ def test_a_shard_downloads_in_parallel_pieces(
                        for e in gets)  # fmt: skip
     assert most_at_once > 1
     shard = Shard("small", 0, 1, GGUF_LAYERS)
+    _assert_same_weights(
+        load_gguf_shard(path, shard), load_gguf_shard(gguf_repo_dir / GGUF_FILE, shard)
+    )
+
+
+def test_a_part_longer_than_its_piece_is_fetched_again(
+    gguf_hub: HubServer, gguf_repo_dir: Path, cache_dir: Path
+) -> None:
+    download_gguf(GGUF_REPO, GGUF_FILE, cache_dir, layers=(4, 5))
+    gguf_hub.cut_after(GGUF_FILE, 1000)
+    gguf_hub.fail(GGUF_FILE, status=403)
+    with pytest.raises(DownloadError):
+        download_gguf(GGUF_REPO, GGUF_FILE, cache_dir, layers=(2, 3), max_workers=1)
+    (part,) = cache_dir.rglob("*.parts/*")
+    part.write_bytes(bytes(50_000_000))  # longer than any piece: not a download of ours
+
+    path = download_gguf(GGUF_REPO, GGUF_FILE, cache_dir, layers=(2, 3), max_workers=1)
+
+    shard = Shard("small", 2, 3, GGUF_LAYERS)
     _assert_same_weights(
         load_gguf_shard(path, shard), load_gguf_shard(gguf_repo_dir / GGUF_FILE, shard)
     )
