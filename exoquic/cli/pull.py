@@ -74,18 +74,14 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def _pull_target(name: str, revision: str) -> PullTarget | None:
     """The resolved target; None (after saying so) for a model that ships with exoquic."""
-    from exoquic.download.hub import HubSettings, list_repo
-    from exoquic.download.pull import choose_file, parse_name
+    from exoquic.download.pull import parse_name, resolve
 
     target = parse_name(name)
     if target.entry is not None and target.entry.bundled_package:
         print(f"{target.entry.id} ships with exoquic ({target.entry.bundled_package}): "
               "nothing to download", file=sys.stderr)  # fmt: skip
         return None
-    if target.filename is not None:
-        return target
-    listing = list_repo(target.repo_id, revision, HubSettings.from_env())
-    return choose_file(target, listing.files)
+    return resolve(target, revision)
 
 
 def _say_fit(target: PullTarget, args: argparse.Namespace, console: Console) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from exoquic.download.errors import DownloadError
+from exoquic.download.errors import DownloadError, HubUnreachableError
 from exoquic.download.progress import ProgressCallback
 from exoquic.models.gguf_file import GGUFFile
 from exoquic.models.registry import ModelEntry, find_model
@@ -91,6 +91,22 @@ def choose_file(target: PullTarget, files: Iterable[str]) -> PullTarget:
         f"{target.repo_id} has neither safetensors (config.json) nor a single-file GGUF"
         + (f"; split GGUFs ({split[0]} ...) are not supported" if split else "")
     )
+
+
+def resolve(target: PullTarget, revision: str = "main") -> PullTarget:
+    """`choose_file` on the repository's listing (one hub API call) when no file is named."""
+    from exoquic.download.hub import HubSettings, _HubUnreachable, list_repo
+
+    if target.filename is not None:
+        return target
+    settings = HubSettings.from_env()
+    try:
+        listing = list_repo(target.repo_id, revision, settings)
+    except _HubUnreachable as e:
+        raise HubUnreachableError(
+            f"cannot reach the hub at {settings.endpoint} to list {target.repo_id}: {e}"
+        ) from e
+    return choose_file(target, listing.files)
 
 
 def _tagged(ggufs: list[str], tag: str) -> list[str]:

@@ -215,3 +215,15 @@ def test_pull_shows_bytes_rate_and_eta_in_a_terminal(
     assert "22.7/22.7 MB" in screen, screen
     assert f"{GGUF_REPO}/{GGUF_FILE}" in screen
     assert "fits" in screen and "Traceback" not in screen
+
+
+def test_pull_without_a_hub_is_one_line(
+    home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for name in ("owner/repo", "owner/repo/m.gguf"):
+        assert run(["pull", name]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("exoquic: ") and "cannot reach the hub" in err, err
+        assert "Traceback" not in err
