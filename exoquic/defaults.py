@@ -21,6 +21,8 @@ PAIRING_CODE_LIFETIME_S = 120.0
 PAIRING_SEARCH_S = 10.0
 """How long `exoquic pair CODE` looks on the LAN for the device showing the code."""
 
+DISCOVERY = "multicast,manual"
+"""How a node finds its peers unless told otherwise (`exoquic up --discovery`)."""
 PEER_TIMEOUT_S = 3.0
 """Silence after which a peer counts as gone (the QUIC idle timeout)."""
 

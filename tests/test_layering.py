@@ -157,6 +157,13 @@ def test_the_sans_io_parts_import_no_io() -> None:
     assert sorted({problem for path in files for problem in package.io_imports(path)}) == []
 
 
+def test_defaults_import_nothing() -> None:
+    # Any module may import exoquic.defaults, the command line before anything else.
+    package = Package(ROOT)
+    imported = package.imports(ROOT / "exoquic" / "defaults.py")
+    assert [imp.module for imp in imported] == ["__future__"]
+
+
 # The checks themselves, on a copy of the layer list with a few bad modules.
 
 

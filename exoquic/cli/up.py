@@ -102,9 +102,9 @@ def add_cluster_options(up: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--discovery",
-        default="multicast,manual",
+        default=defaults.DISCOVERY,
         metavar="METHODS",
-        help="comma-separated: multicast, manual, tailscale (default: multicast,manual)",
+        help=f"comma-separated: multicast, manual, tailscale (default: {defaults.DISCOVERY})",
     )
     group.add_argument(
         "--memory-limit",

@@ -32,7 +32,7 @@ from exoquic.identity.trust import TrustStore
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m exoquic.discovery", description=__doc__)
     parser.add_argument("--home", type=Path, help="node home (identity, trust.json, peers.json)")
-    parser.add_argument("--methods", default="multicast,manual", type=parse_methods)
+    parser.add_argument("--methods", default=defaults.DISCOVERY, type=parse_methods)
     parser.add_argument(
         "--port", type=int, default=defaults.NODE_PORT, help="QUIC port to announce"
     )

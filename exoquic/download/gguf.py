@@ -51,7 +51,7 @@ from exoquic.download.hub import (
 from exoquic.download.progress import ProgressCallback
 from exoquic.models.errors import ModelLoadError
 from exoquic.models.gguf_file import GGUFFile, GGUFHeaderIncomplete, parse_gguf_header
-from exoquic.models.gguf_shard import shard_info, tied_flag
+from exoquic.models.gguf_shard import SOURCE_TENSORS, shard_info
 from exoquic.models.shard import Shard
 
 HEADER_FIRST_READ = 2 << 20  # SmolLM2's header is 1.6 MB, Llama 3's about 8 MB
@@ -405,7 +405,7 @@ def _check_shard(path: Path, layout: SliceLayout) -> None:
     except ModelLoadError as e:
         raise DownloadError(f"the assembled shard does not parse: {e}") from e
     placed = {name: (t.offset, t.nbytes) for name, t in gf.tensors.items()}
-    if tied_flag(gf.metadata) is None or placed != layout.tensors or gf.size != layout.size:
+    if SOURCE_TENSORS not in gf.metadata or placed != layout.tensors or gf.size != layout.size:
         raise DownloadError(f"{path}: the assembled shard does not match its plan")
 
 

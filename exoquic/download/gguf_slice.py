@@ -24,7 +24,7 @@ _LAYER = re.compile(r"^blk\.(\d+)\.")
 EMBED_PREFIX = "token_embd."  # the embedding (and its norm, in some architectures)
 OUTPUT_PREFIX = "output"  # output.weight and output_norm.*
 HEAD = "output.weight"
-_STRING, _U32, _U64, _BOOL = 8, 4, 10, 7
+_STRING, _U32, _U64, _ARRAY = 8, 4, 10, 9
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def plan_slice(
         spans.append((start, end, at))
         at = _align(at + end - start, alignment)
     kept = [info for group in groups for info in group]
-    header = _header(gf, header_prefix, kept, relative, shard, source, tied)
+    header = _header(gf, header_prefix, kept, relative, shard, source)
     runs = tuple(Run(s, e, len(header) + offset) for s, e, offset in spans)
     size = runs[-1].dest_start + runs[-1].nbytes if runs else len(header)
     tensors = {info.name: (len(header) + relative[info.name], info.nbytes) for info in kept}
@@ -156,9 +156,8 @@ def _header(
     relative: dict[str, int],
     shard: Shard | None,
     source: SourceFile,
-    tied: bool,
 ) -> bytes:
-    extra = _shard_keys(shard, source, tied)
+    extra = _shard_keys(shard, source, sorted(gf.tensors))
     out = bytearray(prefix[:8])  # magic and version, as in the source
     out += struct.pack("<QQ", len(kept), len(gf.metadata) + len(extra))
     out += prefix[24 : gf.metadata_end]  # the source's metadata, byte for byte
@@ -174,12 +173,12 @@ def _header(
 
 
 def _shard_keys(
-    shard: Shard | None, source: SourceFile, tied: bool
+    shard: Shard | None, source: SourceFile, tensor_names: list[str]
 ) -> dict[str, tuple[int, object]]:
     keys: dict[str, tuple[int, object]] = {
         gguf_shard.SOURCE_FILE: (_STRING, source.name),
         gguf_shard.SOURCE_SIZE: (_U64, source.size),
-        gguf_shard.TIED: (_BOOL, tied),
+        gguf_shard.SOURCE_TENSORS: (_ARRAY, tensor_names),
     }
     if shard is not None:
         keys[gguf_shard.START_LAYER] = (_U32, shard.start_layer)
@@ -197,7 +196,10 @@ def _string(text: str) -> bytes:
 def _value(vtype: int, value: object) -> bytes:
     if vtype == _STRING:
         return _string(str(value))
-    fmt = {_U32: "<I", _U64: "<Q", _BOOL: "<?"}[vtype]
+    if vtype == _ARRAY:  # of strings
+        assert isinstance(value, list)
+        return struct.pack("<IQ", _STRING, len(value)) + b"".join(_string(v) for v in value)
+    fmt = {_U32: "<I", _U64: "<Q"}[vtype]
     return struct.pack(fmt, value)
 
 

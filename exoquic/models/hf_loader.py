@@ -1,4 +1,4 @@
-"""Load a Hugging Face llama checkpoint directory (config.json + safetensors).
+"""Load a Hugging Face checkpoint directory (config.json + safetensors) of a known family.
 
 Only the safetensors files that hold the shard's tensors are opened, and only
 the shard's tensors are read. What a matrix becomes is the caller's choice
@@ -51,7 +51,6 @@ from exoquic.models.weights import (
 
 CONFIG_FILE = "config.json"
 INDEX_FILE = "model.safetensors.index.json"
-SUPPORTED_MODEL_TYPES = frozenset({"llama"})
 
 HFWeights = Literal["auto", "q8_0", "q4_k", "q4_0", "q4_1", "keep", "f32"]
 HF_WEIGHTS: tuple[str, ...] = get_args(HFWeights)
@@ -76,9 +75,6 @@ def read_hf_config(directory: str | os.PathLike[str]) -> ModelConfig:
     d = read_json(path)
     if not isinstance(d, dict):
         raise ModelLoadError(f"{path}: expected a JSON object")
-    model_type = d.get("model_type", "llama")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelLoadError(f"{path}: unsupported model_type {model_type!r}")
     try:
         return ModelConfig.from_hf_dict(d)
     except KeyError as e:
@@ -116,7 +112,7 @@ def load_hf_shard(
         return files[filename]
 
     tensors: dict[str, WeightArray] = {}
-    for name in shard_tensor_names(shard):
+    for name in shard_tensor_names(shard, config):
         source = _source_name(name, config, locations)
         if source in tensors:  # tied head next to the embedding: share the array
             tensors[name] = tensors[source]

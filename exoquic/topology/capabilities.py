@@ -56,4 +56,3 @@ class DeviceCapabilities:
 
 
 _FIELDS = frozenset(DeviceCapabilities.__dataclass_fields__)
-

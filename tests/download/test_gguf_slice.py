@@ -92,7 +92,8 @@ def test_the_planned_shard_is_aligned_and_holds_exactly_its_tensors(
     info = shard_info(sliced.metadata, str(out))
     assert info is not None
     assert (info.start_layer, info.end_layer, info.source_size) == (*layers, gf.size)
-    assert info.source_sha256 == source.sha256 and not info.tie_word_embeddings
+    assert info.source_sha256 == source.sha256
+    assert sliced.metadata["exoquic.shard.source_tensors"] == sorted(gf.tensors)
     assert layout.fetched_bytes == sum(r.nbytes for r in layout.runs)
     assert layout.fetched_bytes >= sum(gf.tensors[n].nbytes for n in wanted)
 
@@ -179,7 +180,26 @@ def test_the_metadata_file_has_every_key_and_no_layer(gguf_repo_dir: Path, tmp_p
     assert layout.runs == () and layout.size == len(layout.header)
     assert {k: v for k, v in meta.metadata.items() if not k.startswith("exoquic.")} == (gf.metadata)
     assert shard_info(meta.metadata, "meta") is None  # it holds no layers
-    assert meta.metadata["exoquic.shard.tie_word_embeddings"] is False
+    assert meta.metadata["exoquic.shard.source_tensors"] == sorted(gf.tensors)
     assert tensor_wanted("rope_freqs.weight", None, tied=True)
     assert not tensor_wanted("token_embd.weight", None, tied=True)
     assert not tensor_wanted("blk.0.attn_q.weight", None, tied=True)
+
+
+def test_a_shard_past_layer_0_keeps_the_familys_features(tmp_path: Path) -> None:
+    """qwen2's q/k/v biases are read from `blk.0.*`, which layers 2-3 lack."""
+    if str(TOOLS) not in sys.path:
+        sys.path.insert(0, str(TOOLS))
+    from gen_gguf import ModelShape, generate
+
+    from exoquic.models.gguf_loader import read_gguf_config
+
+    shape = ModelShape("qwen2", 4, 256, 512, 4, 2, 49152, 1e6, 1e-6, 2048, False, qkv_bias=True)
+    full = tmp_path / "qwen2.gguf"
+    generate(shape, "q8_0", full)
+    gf = GGUFFile.open(full)
+    prefix = full.read_bytes()[: gf.data_start]
+    for shard in (_shard(2, 3, 4), None):  # a late shard, and the metadata file
+        layout = plan_slice(gf, prefix, shard, SourceFile("qwen2.gguf", gf.size, None))
+        cut = _write(layout, full, tmp_path / "cut.gguf")
+        assert read_gguf_config(cut) == read_gguf_config(full)
