@@ -12,6 +12,7 @@ from exoquic.cli.options import Subcommands
 
 if TYPE_CHECKING:
     from exoquic.download.cache import CachedModel
+    from exoquic.models.registry import ModelEntry
 
 # Command bodies import what they use: registering the commands stays cheap.
 
@@ -62,29 +63,29 @@ def cmd_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from exoquic.download.cache import cached_models, default_cache_dir
+    from exoquic.models.listing import REGISTRY_COLUMNS, WHOLE_COLUMNS, registry_row
     from exoquic.models.registry import list_models
     from exoquic.terminal import print_table, whole
 
     cached = {m.repo_id: m for m in cached_models(default_cache_dir())}
-    table = whole(
-        Table("model", "name", "layers", "hub repository", "cached"), "model", "hub repository"
-    )
+    table = whole(Table(*REGISTRY_COLUMNS, "cached"), *WHOLE_COLUMNS, "cached")
     for entry in list_models():
-        gguf_repo = getattr(entry, "gguf_repo", None)  # GGUF sources, once the registry has them
-        in_cache = [cached.pop(r) for r in (entry.hf_repo, gguf_repo) if r in cached]
+        # What `exoquic pull` fetched (the GGUF) and the safetensors, whichever is cached.
+        in_cache = [cached.pop(r) for r in _repos_of(entry) if r in cached]
         table.add_row(
-            entry.id,
-            entry.display_name,
-            str(entry.num_layers),
-            entry.hf_repo,
-            _cached_text(in_cache, bundled=entry.bundled_package),
+            *registry_row(entry, format_bytes), _cached_text(in_cache, entry.bundled_package)
         )
+    blank = [""] * (len(REGISTRY_COLUMNS) - 2)
     for repo_id, model in sorted(cached.items()):
-        table.add_row(repo_id, "", "", repo_id, _cached_text([model], bundled=None))
+        table.add_row(repo_id, *blank, repo_id, _cached_text([model], bundled=None))
     console = Console()
     print_table(table, console)
     console.print(f"cache: {default_cache_dir()}", soft_wrap=True)
     return 0
+
+
+def _repos_of(entry: ModelEntry) -> list[str]:
+    return [r for r in (entry.gguf_repo, entry.hf_repo) if r]
 
 
 def _cached_text(models: list[CachedModel], bundled: str | None) -> str:
@@ -124,13 +125,16 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     from exoquic.download.cache import RepoCache, default_cache_dir
+    from exoquic.models.registry import find_model
 
-    repo_id = hub_repo_for(args.model)
-    if RepoCache(default_cache_dir(), repo_id).remove():
+    entry = find_model(args.model)
+    repos = _repos_of(entry) if entry is not None else [args.model]
+    removed = [r for r in repos if RepoCache(default_cache_dir(), r).remove()]
+    for repo_id in removed:
         print(f"removed {repo_id}")
-        return 0
-    print(f"{repo_id} is not cached", file=sys.stderr)
-    return 1
+    if not removed:
+        print(f"{' or '.join(repos)} is not cached", file=sys.stderr)
+    return 0 if removed else 1
 
 
 def format_bytes(n: int) -> str:

@@ -44,11 +44,9 @@ def hub_gguf_for(model: str) -> tuple[str, str] | None:
     disk, or a registry entry that names a GGUF (what `exoquic pull` fetches for it)."""
     entry = find_model(model)
     if entry is not None:
-        # `gguf_repo`/`gguf_file`: the registry's GGUF source, on entries that have one.
-        repo, file = getattr(entry, "gguf_repo", None), getattr(entry, "gguf_file", None)
-        if entry.bundled_package or not (repo and file):
+        if entry.bundled_package or not (entry.gguf_repo and entry.gguf_file):
             return None
-        return str(repo), str(file)
+        return entry.gguf_repo, entry.gguf_file
     parts = model.split("/")
     if len(parts) < 3 or not model.endswith(".gguf") or Path(model).expanduser().exists():
         return None

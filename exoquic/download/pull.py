@@ -52,9 +52,8 @@ def parse_name(name: str) -> PullTarget:
     text = name.strip()
     entry = find_model(text)
     if entry is not None:
-        gguf_repo, gguf_file = _registry_gguf(entry)
-        if gguf_repo and gguf_file:
-            return PullTarget(gguf_repo, gguf_file, entry=entry)
+        if entry.gguf_repo and entry.gguf_file:
+            return PullTarget(entry.gguf_repo, entry.gguf_file, entry=entry)
         return PullTarget(entry.hf_repo, None, entry=entry)
     for prefix in ("https://", "hf.co/", "huggingface.co/"):
         text = text.removeprefix(prefix)
@@ -124,12 +123,6 @@ def _with_file(target: PullTarget, matches: list[str], tag: str | None) -> PullT
             "name the file as owner/repo/FILE.gguf"
         )
     return PullTarget(target.repo_id, matches[0], target.tag, target.entry)
-
-
-def _registry_gguf(entry: ModelEntry) -> tuple[str | None, str | None]:
-    # Registry entries name a GGUF (`gguf_repo`, `gguf_file`) once the registry
-    # carries them; older entries only have safetensors.
-    return getattr(entry, "gguf_repo", None), getattr(entry, "gguf_file", None)
 
 
 def footprint_of_gguf(gf: GGUFFile, model_id: str) -> ModelFootprint:

@@ -47,13 +47,18 @@ def test_names_resolve_to_a_repository_and_maybe_a_file(
     assert (target.repo_id, target.filename, target.tag) == (repo, file, tag)
 
 
-def test_a_registry_name_resolves_through_the_registry() -> None:
-    target = parse_name("smollm2-360m-instruct")
-    assert target.entry is not None and target.entry.id == "smollm2-360m-instruct"
-    assert target.repo_id in (
-        target.entry.hf_repo,
-        getattr(target.entry, "gguf_repo", None),
-    )
+@pytest.mark.parametrize("name", ["qwen2.5:7b", "qwen2.5-7b-instruct", "Qwen2.5-7B-Instruct"])
+def test_a_registry_name_means_its_q4_k_m_gguf(name: str) -> None:
+    target = parse_name(name)
+    assert target.entry is not None and target.entry.id == "qwen2.5-7b-instruct"
+    assert (target.repo_id, target.filename) == (target.entry.gguf_repo, target.entry.gguf_file)
+    assert target.filename is not None and target.filename.endswith("Q4_K_M.gguf")
+
+
+def test_the_bundled_model_needs_no_pull(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["pull", "smollm2:135m"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "ships with exoquic" in err
 
 
 @pytest.mark.parametrize("bad", ["nonsense", "a/b/c", "../x", "owner/../x.gguf", ""])
@@ -227,3 +232,28 @@ def test_pull_without_a_hub_is_one_line(
         err = capsys.readouterr().err
         assert err.startswith("exoquic: ") and "cannot reach the hub" in err, err
         assert "Traceback" not in err
+
+
+def test_a_pulled_registry_gguf_is_listed_on_its_entry_and_removed_by_name(
+    hub: HubServer, gguf_repo_dir: Path, home: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from exoquic.models.registry import get_model
+
+    monkeypatch.setenv("COLUMNS", "400")  # one table row a line
+
+    entry = get_model("smollm2:360m")
+    assert entry.gguf_repo and entry.gguf_file
+    folder = tmp_path / "as-registry"
+    folder.mkdir()
+    (folder / entry.gguf_file).symlink_to(gguf_repo_dir / GGUF_FILE)  # stands in for it
+    hub.add_repo(entry.gguf_repo, folder)
+
+    assert run(["pull", "smollm2:360m", "--layers", "2-3"]) == 0
+    capsys.readouterr()
+    assert run(["models", "list"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if entry.id in line)
+    assert f"{entry.gguf_file} layers 2-3 of 6" in row
+    assert run(["models", "rm", "smollm2:360m"]) == 0
+    assert capsys.readouterr().out == f"removed {entry.gguf_repo}\n"
+    assert cached_models(home / "models" / "hub") == []
