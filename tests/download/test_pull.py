@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -257,3 +258,31 @@ def test_a_pulled_registry_gguf_is_listed_on_its_entry_and_removed_by_name(
     assert run(["models", "rm", "smollm2:360m"]) == 0
     assert capsys.readouterr().out == f"removed {entry.gguf_repo}\n"
     assert cached_models(home / "models" / "hub") == []
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_a_pull_stopped_with_ctrl_c_resumes_where_it_stopped(
+    gguf_hub: HubServer, gguf_repo_dir: Path, terminal: Terminal, tmp_path: Path
+) -> None:
+    gguf_hub.rate = 4e6
+    env = {
+        "EXOQUIC_HOME": str(tmp_path / "home"),
+        "HF_ENDPOINT": gguf_hub.endpoint,
+        "PATH": os.environ["PATH"],
+    }
+    command = f"{EXOQUIC} pull {GGUF_REPO}/{GGUF_FILE}"
+    done = terminal.start(command, env)
+    assert terminal.wait_for_text("/22.7 MB", timeout=60), terminal.screen()
+    time.sleep(1.5)  # some megabytes in
+    terminal.interrupt()
+    assert terminal.wait(done, timeout=60) == 130, terminal.screen()
+    (partial,) = (tmp_path / "home").rglob("*.incomplete")
+    kept = partial.stat().st_size
+    assert 0 < kept < (gguf_repo_dir / GGUF_FILE).stat().st_size
+    gguf_hub.clear_log()
+    gguf_hub.rate = None
+
+    assert terminal.run(command, env, timeout=120) == 0, terminal.screen()
+    gets = [e for e in gguf_hub.requests(method="GET", server="cdn") if e.body_bytes]
+    assert gets[-1].range == f"bytes={kept}-"  # the whole file, from where it stopped
+    assert "Traceback" not in terminal.screen()
