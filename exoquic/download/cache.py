@@ -26,6 +26,7 @@ from huggingface_hub import scan_cache_dir
 from huggingface_hub.file_download import repo_folder_name
 
 from exoquic import paths
+from exoquic.topology.fit import format_size
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
@@ -132,7 +133,7 @@ class CachedModel:
 
     def summary(self) -> str:
         """`1.2 GB in 3 files; model.gguf layers 0-9 of 32` (for listings)."""
-        parts = [f"{_size(self.size_on_disk)}"]
+        parts = [format_size(self.size_on_disk)]
         if self.files:
             parts[0] += f" in {self.files} file{'s' if self.files != 1 else ''}"
         parts += [f"{s.file} {s.layers_text}" for s in self.shards]
@@ -184,10 +185,3 @@ def _shards_in(folder: Path) -> list[CachedShard]:
         layers = int(match["s"]), int(match["e"]), int(match["n"])
         shards.append(CachedShard(file, *layers, path.stat().st_size))
     return shards
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
