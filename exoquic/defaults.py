@@ -35,3 +35,6 @@ MAX_QUEUED = 16
 """Requests that may wait for a slot at once (`--max-queued`)."""
 QUEUE_TIMEOUT_S = 0.0
 """How long a request beyond MAX_REQUESTS waits for a slot (0: refused at once)."""
+
+KEEP_ALIVE = "5m"
+"""How long a model loaded on demand stays after its last request (`--keep-alive`)."""

@@ -20,6 +20,7 @@ from exoquic.api.security import API_KEY_ENV, ApiSecurity, token_path
 from exoquic.errors import StartupError
 from exoquic.local_api import advertised, browser_urls
 from exoquic.orchestration.cluster import ClusterSettings
+from exoquic.orchestration.modelset import ModelSetSettings, open_model_set
 from exoquic.orchestration.node import NodeSettings, open_node
 
 log = logging.getLogger(__name__)
@@ -32,12 +33,17 @@ async def serve_node(
     security: ApiSecurity | None = None,
     cluster: ClusterSettings | None = None,
     limits: AdmissionLimits | None = None,
+    models: ModelSetSettings | None = None,
 ) -> None:
     """Join the ring (alone without `cluster`) and serve the API and UI until
-    SIGINT or SIGTERM; `limits` caps the generations its API runs at once."""
+    SIGINT or SIGTERM; `limits` caps the generations its API runs at once,
+    `models` says how cached models are loaded on demand and kept."""
     with _listen(host, port) as sock:  # before anything else: a taken port fails at once
         port = sock.getsockname()[1]  # the one the system chose for port 0
-        async with open_node(settings, cluster) as node:
+        async with (
+            open_node(settings, cluster) as node,
+            open_model_set(node, settings, models) as model_set,
+        ):
             config = Config()
             config.bind = [f"fd://{os.dup(sock.fileno())}"]  # Hypercorn owns (closes) the dup
             config.accesslog = None
@@ -57,7 +63,7 @@ async def serve_node(
                         log.info("%s: shutting down", signal.Signals(signum).name)
                         return
 
-                app = create_app(node, security, limits)
+                app = create_app(node, security, limits, model_set)
                 await serve(app, config, shutdown_trigger=until_signalled)
 
 

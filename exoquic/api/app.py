@@ -23,6 +23,7 @@ from exoquic.api.openai_routes import blueprint as openai_blueprint
 from exoquic.api.openapi import openapi_document
 from exoquic.api.security import ApiSecurity
 from exoquic.orchestration.generation import UnavailableError
+from exoquic.orchestration.modelset import ModelSet
 from exoquic.orchestration.node import Node
 
 log = logging.getLogger(__name__)
@@ -35,13 +36,19 @@ PUBLIC_PATHS = ("/", "/health", "/openapi.json", "/favicon.ico")
 
 
 def create_app(
-    node: Node, security: ApiSecurity | None = None, limits: AdmissionLimits | None = None
+    node: Node,
+    security: ApiSecurity | None = None,
+    limits: AdmissionLimits | None = None,
+    models: ModelSet | None = None,
 ) -> QuartTrio:
     """The app serving `node`; `security` defaults to an open loopback-style policy,
-    `limits` to 64 generations at once and no waiting (see `exoquic.api.admission`)."""
+    `limits` to 64 generations at once and no waiting (see `exoquic.api.admission`),
+    `models` to `node`'s model alone (with a ModelSet that has a catalog, cached
+    models load on demand)."""
     app = QuartTrio("exoquic", static_folder=None)
     admission = Admission(limits)
     app.config["EXOQUIC_NODE"] = node
+    app.config["EXOQUIC_MODELS"] = models or ModelSet(node)
     app.config["EXOQUIC_ADMISSION"] = admission
     metrics = ApiMetrics(node, admission)
     app.config["EXOQUIC_METRICS"] = metrics
@@ -145,7 +152,7 @@ def _add_info_routes(app: QuartTrio, node: Node, admission: Admission, policy: A
         # model, memory and load are for key holders when a key is set.
         if not policy.key_matches(request.headers.get("Authorization")):
             return {"status": "ok"}
-        return health_report(node, admission)
+        return health_report(node, admission, app.config["EXOQUIC_MODELS"])
 
     @app.get("/v1/topology")
     async def topology() -> dict[str, Any]:
@@ -156,11 +163,15 @@ def _add_info_routes(app: QuartTrio, node: Node, admission: Admission, policy: A
         return openapi_document()
 
 
-def health_report(node: Node, admission: Admission) -> dict[str, Any]:
+def health_report(
+    node: Node, admission: Admission, models: ModelSet | None = None
+) -> dict[str, Any]:
     """Liveness plus the counters a load test watches for leaks."""
+    loaded = [r.model_id for r in models.residency.residents()] if models else [node.model_id]
     return {
         "status": "ok",
         "model": node.model_id,
+        "loaded_models": loaded,  # the default model first (see GET /api/ps)
         "engine": node.engine.name,
         "active_requests": node.active_requests,
         # Engines keep one cache per request in a dict; reading its size from

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import trio
 from quart import Blueprint, Response
 
 from exoquic.api.admission import Slot
@@ -34,10 +35,13 @@ from exoquic.api.openai_routes import (
     admission,
     generation_meter,
     json_body,
+    model_set,
     new_generation,
     node,
     open_reply,
+    serving_for,
     serving_node,
+    take_keep_alive,
     tokenized,
     with_model_defaults,
 )
@@ -50,7 +54,7 @@ from exoquic.orchestration.node import Node, model_requirements
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("ollama", __name__)
-# Ollama keeps a model loaded for a while; ours stays for the node's life.
+# What Ollama shows for a model kept forever (the default model, keep_alive -1).
 NEVER_EXPIRES = "2318-01-01T00:00:00Z"
 
 
@@ -88,9 +92,10 @@ class OllamaShape:
 
 @blueprint.post("/api/chat")
 async def chat() -> Response:
-    body, stream = chat_body(await json_body())
-    request = parse_chat_request(with_model_defaults(body, node().defaults), node().max_context)
-    serving = serving_node(request.params.model)
+    raw, keep_alive = take_keep_alive(await json_body())
+    body, stream = chat_body(raw)
+    serving = await serving_for(body, keep_alive)
+    request = parse_chat_request(with_model_defaults(body, serving.defaults), serving.max_context)
     calling = ToolCalling.for_template(request.tools, serving.tokenizer.chat_template)
     messages, tools = calling.render(list(request.messages))
     prompt = await tokenized(serving.encode_chat(messages, tools, calling.prefix), "messages")
@@ -101,20 +106,24 @@ async def chat() -> Response:
 
 @blueprint.post("/api/generate")
 async def generate() -> Response:
-    asked = generate_body(await json_body())
-    body = with_model_defaults(asked.chat_body, node().defaults)
+    raw, keep_alive = take_keep_alive(await json_body())
+    asked = generate_body(raw)
+    serving = await serving_for(asked.chat_body, keep_alive)
+    body = with_model_defaults(asked.chat_body, serving.defaults)
     messages: list[dict[str, Any]] = []
     if asked.raw:
         text_body = {k: v for k, v in body.items() if k != "messages"}
         params = parse_text_request({**text_body, "prompt": asked.prompt}).params
     else:
-        request = parse_chat_request(body, node().max_context)
+        request = parse_chat_request(body, serving.max_context)
         params, messages = request.params, list(request.messages)
-    serving = serving_node(params.model)
     if not asked.prompt:
-        # Ollama's way to load a model: an empty prompt. Ours is loaded already.
+        # Ollama's way to load a model: an empty prompt (loaded now), and to
+        # unload one: an empty prompt with keep_alive 0 (unloaded right after).
+        model_set().unreserve(serving)
         shape = OllamaShape(params.model, False, 0)
-        return json_response({**shape.piece(""), "done": True, "done_reason": "load"})
+        reason = "unload" if keep_alive == 0 else "load"
+        return json_response({**shape.piece(""), "done": True, "done_reason": reason})
     if asked.raw:
         prompt = await tokenized(serving.encode_text(asked.prompt), "prompt")
     else:
@@ -207,24 +216,48 @@ async def version() -> dict[str, Any]:
 
 @blueprint.get("/api/tags")
 async def tags() -> dict[str, Any]:
-    serving = node()
-    return {"models": [{**model_entry(serving), "modified_at": timestamp(serving.started_at)}]}
+    """The models this node can serve: loaded, then cached (loaded on demand)."""
+    models = model_set()
+    loaded = models.loaded_servables()
+    entries = [
+        {**model_entry(models.node_of(s.model_id)), "modified_at": timestamp(node().started_at)}
+        for s in loaded
+    ]
+    cached = await trio.to_thread.run_sync(models.cached_servables, {s.model_id for s in loaded})
+    for s in cached:
+        name = ollama_name(s.model_id)
+        entries.append(
+            {"name": name, "model": name, "size": s.size_bytes or 0,
+             "digest": model_digest(s.model_id), "details": {"format": "gguf"},
+             "modified_at": timestamp(node().started_at)}
+        )  # fmt: skip
+    return {"models": entries}
 
 
 @blueprint.get("/api/ps")
 async def running() -> dict[str, Any]:
-    serving = node()
-    entry = model_entry(serving)
-    return {
-        "models": [
+    """The loaded models and when each expires, as Ollama lists them, plus (our
+    fields) `nodes`: which node holds which layers, `default` (the node's own
+    model, never unloaded), `size_needed` (with the KV cache), `running` and
+    `load_seconds` (of an on-demand load)."""
+    models = []
+    for report in model_set().loaded():
+        serving = report["node"]
+        expires = report["expires_at"]
+        models.append(
             {
-                **entry,
-                "expires_at": NEVER_EXPIRES,
+                **model_entry(serving),
+                "expires_at": NEVER_EXPIRES if expires is None else timestamp(expires),
                 "size_vram": 0,  # the ring's engines share memory with the host
                 "context_length": serving.max_context,
+                "default": report["default"],
+                "size_needed": report["size_bytes"],
+                "running": report["running"],
+                "nodes": report["nodes"],
+                "load_seconds": report["load_seconds"],
             }
-        ]
-    }
+        )
+    return {"models": models}
 
 
 @blueprint.post("/api/show")
@@ -232,7 +265,8 @@ async def show() -> dict[str, Any]:
     body = await json_body()
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
-    serving = serving_node(model_name(body))
+    serving = await serving_node(model_name(body))
+    model_set().unreserve(serving)
     config = serving.config
     arch = config.architecture
     defaults = serving.defaults

@@ -31,7 +31,8 @@ OPTION_FIELDS = {
     "frequency_penalty": "frequency_penalty",
     "repeat_penalty": "repetition_penalty",
 }
-# Fields that change nothing here: the model is always loaded, thinking is the model's.
+# Fields that change nothing here (thinking is the model's); `keep_alive` is
+# taken out by the routes before these checks (see `take_keep_alive`).
 IGNORED_FIELDS = ("keep_alive", "think", "truncate", "shift", "logprobs", "top_logprobs")
 
 

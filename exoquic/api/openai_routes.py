@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing
 from typing import Any
 
+import trio
 from quart import Blueprint, Response, current_app, request
 
 from exoquic.api.admission import Admission, Slot
@@ -24,7 +25,9 @@ from exoquic.orchestration.generation import (
     RequestError,
     UnavailableError,
 )
+from exoquic.orchestration.modelset import ModelNotFoundError, ModelSet, Servable
 from exoquic.orchestration.node import Node, new_request_id
+from exoquic.orchestration.residency import KEEP, Keep, KeepAlive, parse_keep_alive
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("openai", __name__)
@@ -32,6 +35,10 @@ blueprint = Blueprint("openai", __name__)
 
 def node() -> Node:
     return current_app.config["EXOQUIC_NODE"]
+
+
+def model_set() -> ModelSet:
+    return current_app.config["EXOQUIC_MODELS"]
 
 
 def admission() -> Admission:
@@ -68,11 +75,33 @@ def with_model_defaults(body: Any, defaults: GenerationDefaults) -> Any:
     return {**body, **{k: v for k, v in recommended.items() if body.get(k) is None}}
 
 
+def take_keep_alive(body: Any) -> tuple[Any, KeepAlive | Keep]:
+    """`body` without its `keep_alive` (Ollama's field, which OpenAI bodies may
+    carry too), and that keep-alive (KEEP when absent; 400 when malformed)."""
+    if not isinstance(body, dict) or body.get("keep_alive") is None:
+        return body, KEEP
+    rest = {k: v for k, v in body.items() if k != "keep_alive"}
+    try:
+        return rest, parse_keep_alive(body["keep_alive"])
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="keep_alive") from exc
+
+
+async def serving_for(body: Any, keep_alive: KeepAlive | Keep = KEEP) -> Node:
+    """The node serving the model `body` names (loaded on demand); the default
+    node when it names none, so that validation says what is wrong with it."""
+    model = body.get("model") if isinstance(body, dict) else None
+    if not isinstance(model, str) or not model:
+        return node()
+    return await serving_node(model, keep_alive)
+
+
 @blueprint.post("/v1/chat/completions")
 async def chat_completions() -> Response:
-    body = with_model_defaults(await json_body(), node().defaults)
-    chat = parse_chat_request(body, context=node().max_context)
-    serving = serving_node(chat.params.model)
+    body, keep_alive = take_keep_alive(await json_body())
+    serving = await serving_for(body, keep_alive)
+    body = with_model_defaults(body, serving.defaults)
+    chat = parse_chat_request(body, context=serving.max_context)
     calling = ToolCalling.for_template(chat.tools, serving.tokenizer.chat_template)
     messages, tools = calling.render(list(chat.messages))
     prompt = await tokenized(serving.encode_chat(messages, tools, calling.prefix), "messages")
@@ -81,9 +110,10 @@ async def chat_completions() -> Response:
 
 @blueprint.post("/v1/completions")
 async def completions() -> Response:
-    body = with_model_defaults(await json_body(), node().defaults)
-    text = parse_text_request(body, context=node().max_context)
-    serving = serving_node(text.params.model)
+    body, keep_alive = take_keep_alive(await json_body())
+    serving = await serving_for(body, keep_alive)
+    body = with_model_defaults(body, serving.defaults)
+    text = parse_text_request(body, context=serving.max_context)
     if isinstance(text.prompt, str):
         prompt = await tokenized(serving.encode_text(text.prompt), "prompt")
     else:
@@ -108,16 +138,30 @@ async def tokenized(encoding: Awaitable[list[int]], param: str) -> list[int]:
 
 @blueprint.get("/v1/models")
 async def models() -> dict[str, Any]:
-    return {"object": "list", "data": [model_card(node())]}
+    """What this node can serve: the default model first, then the other loaded
+    ones, then the cached ones it would load on demand (`loaded: false`)."""
+    models = model_set()
+    loaded = models.loaded_servables()
+    cached = await trio.to_thread.run_sync(models.cached_servables, {s.model_id for s in loaded})
+    cards = [model_card(models.node_of(s.model_id), s) for s in loaded]
+    return {"object": "list", "data": cards + [cached_card(s) for s in cached]}
 
 
 @blueprint.get("/v1/models/<path:model>")
 async def model(model: str) -> dict[str, Any]:
-    return model_card(serving_node(model))
+    models = model_set()
+    serving = models.loaded_node(model)
+    if serving is not None:
+        return model_card(serving)
+    entry = models.find_cached(model)
+    if entry is None:
+        raise not_found(ModelNotFoundError(models.not_found_message(model)))
+    cached = await trio.to_thread.run_sync(models.cached_servables, set())
+    return cached_card(next(s for s in cached if s.model_id == entry.model_id))
 
 
-def model_card(serving: Node) -> dict[str, Any]:
-    return {
+def model_card(serving: Node, servable: Servable | None = None) -> dict[str, Any]:
+    card = {
         "id": serving.model_id,
         "object": "model",
         "created": int(serving.started_at),
@@ -125,20 +169,45 @@ def model_card(serving: Node) -> dict[str, Any]:
         "context_length": serving.max_context,
         # What a request gets for the sampling fields and max_tokens it leaves out.
         "defaults": serving.defaults.as_dict(),
+        "loaded": True,
+    }
+    return card | (_sizes(servable) if servable is not None else {})
+
+
+def cached_card(servable: Servable) -> dict[str, Any]:
+    """A cached model that is not loaded: a request naming it loads it."""
+    return {
+        "id": servable.model_id,
+        "object": "model",
+        "created": int(node().started_at),
+        "owned_by": "exoquic",
+        "loaded": False,
+        **_sizes(servable),
     }
 
 
-def serving_node(model: str) -> Node:
-    serving = node()
-    if not serving.serves(model):
-        raise APIError(
-            404,
-            f"the model '{model}' does not exist or is not loaded; this node serves "
-            f"'{serving.model_id}' (see GET /v1/models)",
-            param="model",
-            code="model_not_found",
-        )
-    return serving
+def _sizes(servable: Servable) -> dict[str, Any]:
+    """Added to OpenAI's model object: the weights' size, what loading takes with
+    the KV cache at full context, and whether this node can hold it."""
+    return {
+        "size_bytes": servable.size_bytes,
+        "needed_bytes": servable.needed_bytes,
+        "fits": servable.fits,
+        "default": servable.default,
+    }
+
+
+async def serving_node(model: str, keep_alive: KeepAlive | Keep = KEEP) -> Node:
+    """The node serving `model`, loaded on demand if cached (404 when not; 503
+    when it cannot fit or load in time), reserved for one request."""
+    try:
+        return await model_set().acquire(model, keep_alive)
+    except ModelNotFoundError as exc:
+        raise not_found(exc) from exc
+
+
+def not_found(exc: ModelNotFoundError) -> APIError:
+    return APIError(404, str(exc), param="model", code=exc.code)
 
 
 def check_room(serving: Node, prompt: list[int], params: CompletionParams, chat: bool) -> None:

@@ -27,6 +27,7 @@ COMMANDS = (
     "pair",
     "trust",
     "status",
+    "ps",
 )
 
 

@@ -47,6 +47,7 @@ def register(commands: Subcommands) -> None:
         help="let this web origin call the API from a browser (repeatable)",
     )
     add_admission_options(up)
+    add_model_set_options(up)
     add_cluster_options(up)
     up.set_defaults(handler=cmd_up)
 
@@ -77,6 +78,34 @@ def add_admission_options(up: argparse.ArgumentParser) -> None:
         help="requests that may wait at once with --queue-timeout "
         f"(default: {defaults.MAX_QUEUED})",
     )
+
+
+def add_model_set_options(up: argparse.ArgumentParser) -> None:
+    """`--keep-alive`, `--auto-pull`: other models than --model, loaded on demand."""
+    up.add_argument(
+        "--keep-alive",
+        type=keep_alive_type,
+        default=defaults.KEEP_ALIVE,
+        metavar="DURATION",
+        help="how long a model loaded on demand stays after its last request, e.g. 5m, "
+        f"30s, 0 (unload at once), -1 (forever) (default: {defaults.KEEP_ALIVE}); "
+        "requests may set their own keep_alive",
+    )
+    up.add_argument(
+        "--auto-pull",
+        action="store_true",
+        help="download a model a request names when it is not cached (default: 404 "
+        "naming `exoquic pull`)",
+    )
+
+
+def keep_alive_type(text: str) -> float | None:
+    from exoquic.orchestration.residency import parse_keep_alive
+
+    try:
+        return parse_keep_alive(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_cluster_options(up: argparse.ArgumentParser) -> None:
@@ -127,6 +156,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from exoquic.api.limits import AdmissionLimits
     from exoquic.api.security import InsecureBindError, TokenFileError, security_for_bind
     from exoquic.engines.registry import engine_threads_setting
+    from exoquic.orchestration.modelset import ModelSetSettings
     from exoquic.orchestration.node import NodeSettings
     from exoquic.serve import serve_node
 
@@ -145,7 +175,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"exoquic: {exc}", file=sys.stderr)
         return 2
     settings = NodeSettings(model=args.model, engine=args.engine, max_context=args.max_context)
-    trio.run(serve_node, settings, args.api_host, args.api_port, security, cluster, limits)
+    # (argparse runs --keep-alive's type on its string default too)
+    models = ModelSetSettings(keep_alive=args.keep_alive, auto_pull=args.auto_pull)
+    trio.run(serve_node, settings, args.api_host, args.api_port, security, cluster, limits, models)
     return 0
 
 

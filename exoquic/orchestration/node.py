@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 
@@ -46,6 +46,9 @@ from exoquic.orchestration.topology_view import topology_report
 from exoquic.orchestration.worker import EngineWorker
 from exoquic.topology import DeviceCapabilities, ModelRequirements
 
+if TYPE_CHECKING:
+    from exoquic.download.ensure import NodeModel
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -68,6 +71,14 @@ class NodeSettings:
     # Warm the engine up before serving; a one-shot answer skips it, since its one
     # request makes the steps it needs and nothing else (see Engine.warm_up).
     warm_up: bool = True
+
+
+class Usage(Protocol):
+    """Told when each of a node's generations starts and ends (keep-alive, see residency.py)."""
+
+    def started(self) -> None: ...
+
+    def finished(self) -> None: ...
 
 
 class Node:
@@ -101,6 +112,7 @@ class Node:
             member = Member(node_id, platform.node() or "node", _probe(worker.engine.name))
             cluster = Cluster.alone(worker, model_id, config.num_layers, member)
         self.cluster = cluster
+        self.usage: Usage | None = None  # set by the ModelSet that holds the node
 
     @property
     def node_id(self) -> str:
@@ -203,8 +215,15 @@ class Node:
         budget = self.max_context - len(request.prompt_tokens)
         if request.max_tokens is not None:
             budget = min(budget, request.max_tokens)
-        async for chunk in self._decode(request, budget):
-            yield chunk
+        usage = self.usage
+        if usage is not None:
+            usage.started()
+        try:
+            async for chunk in self._decode(request, budget):
+                yield chunk
+        finally:
+            if usage is not None:
+                usage.finished()
 
     async def _decode(
         self, request: GenerationRequest, budget: int
@@ -283,19 +302,23 @@ def _probe(engine: str, memory_limit: int | None = None) -> DeviceCapabilities:
 
 @asynccontextmanager
 async def open_node(
-    settings: NodeSettings, cluster_settings: ClusterSettings | None = None
+    settings: NodeSettings,
+    cluster_settings: ClusterSettings | None = None,
+    model: NodeModel | None = None,
 ) -> AsyncIterator[Node]:
     """Start the engine worker and yield the node.
 
     Without `cluster_settings`: load the whole model and serve alone (no
     network). With them: join the ring; this node's layers are loaded once the ring has
-    agreed on a plan (see `open_cluster`).
+    agreed on a plan (see `open_cluster`). `model`, when given, is the model
+    already resolved (a cached one loaded on demand); else `settings.model` is.
     """
     from exoquic.download.ensure import prepare_model
     from exoquic.engines.registry import create_engine
     from exoquic.engines.selection import pick_engine
 
-    model = await prepare_model(settings.model)
+    if model is None:
+        model = await prepare_model(settings.model)
     source: ModelSource = model.source
     config = source.load_config()
     tokenizer = source.load_tokenizer()

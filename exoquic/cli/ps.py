@@ -1,0 +1,126 @@
+"""`exoquic ps`: the models the local node has loaded, where, and until when."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+from exoquic import defaults
+from exoquic.cli.options import Subcommands
+
+NEVER_YEAR = 2300  # Ollama's "kept forever" is a date in 2318
+
+
+def register(commands: Subcommands) -> None:
+    ps = commands.add_parser(
+        "ps", help="show the loaded models: which nodes hold which layers, memory, expiry"
+    )
+    ps.add_argument(
+        "--api-host",
+        help="the node's API address (default: the node running in this home, "
+        f"else {defaults.API_HOST})",
+    )
+    ps.add_argument(
+        "--api-port",
+        type=int,
+        help=f"the node's API port (default: as for --api-host, {defaults.API_PORT})",
+    )
+    ps.add_argument("--json", action="store_true", help="print the raw /api/ps JSON")
+    ps.set_defaults(handler=cmd_ps)
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    import json
+
+    import httpx
+
+    from exoquic.api.security import API_KEY_ENV, TokenFileError, read_token, token_path
+    from exoquic.cli.status import refusal_message, status_base_url, unreachable_message
+
+    base = status_base_url(args.api_host, args.api_port)
+    try:
+        env_key = os.environ.get(API_KEY_ENV)
+        key = env_key or read_token()
+    except TokenFileError as exc:
+        print(f"exoquic: {exc}", file=sys.stderr)
+        return 2
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.get(f"{base}/api/ps", headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        print(f"exoquic: {unreachable_message(base, exc)}", file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        key_source = None if not key else API_KEY_ENV if env_key else str(token_path())
+        print(f"exoquic: {refusal_message(base, response, key_source)}", file=sys.stderr)
+        return 1
+    running = response.json()
+    if args.json:
+        print(json.dumps(running, indent=2))
+    else:
+        print_models(running.get("models", []))
+    return 0
+
+
+def print_models(models: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from exoquic.terminal import print_table, whole
+
+    console = Console()
+    if not models:
+        console.print("no model is loaded")
+        return
+    table = Table("model", "nodes and layers", "memory", "requests", "expires")
+    whole(table, "model")
+    for model in models:
+        table.add_row(*model_row(model, time.time()))
+    print_table(table, console)
+
+
+def model_row(model: dict[str, Any], now: float) -> list[str]:
+    """One loaded model's cells (pure: `now` is the wall clock)."""
+    name = str(model.get("name") or model.get("model") or "?")
+    if model.get("default"):
+        name += " (default)"
+    holders = model.get("nodes") or []
+    where = ", ".join(
+        f"{h.get('name') or h.get('id', '?')} {h['layers'][0]}-{h['layers'][1]}"
+        for h in holders
+        if h.get("layers")
+    )
+    size = model.get("size_needed") or model.get("size") or 0
+    return [name, where or "-", _size(int(size)), str(model.get("running", 0)),
+            expiry_text(model.get("expires_at"), now)]  # fmt: skip
+
+
+def expiry_text(expires_at: object, now: float) -> str:
+    """`never`, `in 4m 12s`, or `now` for an RFC 3339 time (Ollama's `expires_at`)."""
+    if not isinstance(expires_at, str):
+        return "?"
+    try:
+        when = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
+    except ValueError:
+        return expires_at
+    if when.year >= NEVER_YEAR:
+        return "never"
+    left = when.timestamp() - now
+    if left <= 0:
+        return "now"
+    minutes, seconds = divmod(int(left), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"in {hours}h {minutes}m"
+    return f"in {minutes}m {seconds}s" if minutes else f"in {seconds}s"
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"

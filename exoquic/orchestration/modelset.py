@@ -1,0 +1,459 @@
+"""The models a node serves: its default model and any cached model on demand.
+
+`ModelSet` is the one owner of the set of loaded models. The default model
+(`exoquic up --model`) is the node `open_node` made: in a ring, served by
+the ring's plan as before, and pinned (never unloaded). Any other model a
+request names is resolved in the `Catalog` (bundled or cached; with
+`auto_pull`, pulled first), checked against this node's memory (the fit
+message of `topology/fit.py` when it can never fit; least recently used idle
+models unloaded when it fits only without them), loaded whole on this node by
+`open_node` in a task of the set's own nursery, and unloaded once idle past
+its keep-alive (`Residency`, the pure part, decides what and when).
+
+Models loaded on demand run on this node alone (a ring of one each, with its
+own engine worker): spreading them over a ring's nodes is left for later (see
+docs/usage.md).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import trio
+
+from exoquic.orchestration.catalog import Catalog, CatalogEntry
+from exoquic.orchestration.generation import UnavailableError
+from exoquic.orchestration.node import Node, NodeSettings, model_requirements, open_node
+from exoquic.orchestration.residency import (
+    DEFAULT_KEEP_ALIVE_S,
+    KEEP,
+    Keep,
+    KeepAlive,
+    Residency,
+    Resident,
+)
+from exoquic.topology import DEFAULT_MEMORY_FRACTION
+from exoquic.topology.fit import KV_BYTES_PER_VALUE, FitCheck, check_fit
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotFoundError(Exception):
+    """A request named a model that is neither served nor cached (the API's 404)."""
+
+    code = "model_not_found"
+
+
+@dataclass(frozen=True)
+class ModelSetSettings:
+    """`exoquic up`'s `--keep-alive` and `--auto-pull`, and how long a request
+    waits for a load (the plan timeout's 60 s, as a request waits for a plan)."""
+
+    keep_alive: KeepAlive = DEFAULT_KEEP_ALIVE_S
+    auto_pull: bool = False
+    load_timeout: float = 60.0
+    memory_fraction: float = DEFAULT_MEMORY_FRACTION
+
+
+@dataclass
+class _Load:
+    """A model being pulled and loaded; requests for it wait on `done`."""
+
+    name: str
+    entry: CatalogEntry | None  # None until pulled (with auto_pull)
+    keep_alive: KeepAlive | Keep
+    waiting: int = 0
+    done: trio.Event = field(default_factory=trio.Event)
+    error: Exception | None = None
+
+
+@dataclass
+class _Held:
+    entry: CatalogEntry
+    node: Node
+    stop: trio.Event
+    stopped: trio.Event
+    loaded_at: float  # wall clock
+    load_seconds: float
+
+
+@dataclass(frozen=True)
+class Servable:
+    """A model `/v1/models` lists: loaded, or cached and loadable on demand."""
+
+    model_id: str
+    loaded: bool
+    size_bytes: int | None  # its weights; None when unknown
+    needed_bytes: int | None  # weights plus the KV cache at full context
+    fits: bool | None  # whether this node could hold it with nothing else loaded
+    default: bool = False
+
+
+class ModelSet:
+    """The loaded models and the loading of others (see the module docstring)."""
+
+    def __init__(
+        self,
+        default: Node,
+        catalog: Catalog | None = None,
+        *,
+        node_settings: NodeSettings | None = None,
+        usable_memory: int | None = None,
+        settings: ModelSetSettings | None = None,
+    ) -> None:
+        self.default = default
+        self.catalog = catalog
+        self.settings = settings or ModelSetSettings()
+        self.node_settings = node_settings or NodeSettings(default.model_id)
+        self.usable_memory = (
+            usable_memory or default.cluster.plans.state.me.capabilities.usable_memory
+        )
+        capacity = int(self.usable_memory * self.settings.memory_fraction)
+        self.residency = Residency(capacity)
+        # Pinned: its keep-alive and last use never matter (and no clock is needed here).
+        self.residency.add(default.model_id, _default_size(default), 0.0, None, pinned=True)
+        default.usage = _Usage(self, default.model_id)
+        self._held: dict[str, _Held] = {}
+        self._loads: dict[str, _Load] = {}
+        self._lock = trio.Lock()  # one load or unload decision at a time
+        self._pull_lock = trio.Lock()
+        self._changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    # --- requests ------------------------------------------------------------
+
+    def loaded_node(self, name: str) -> Node | None:
+        """The loaded node `name` names, without loading anything."""
+        from exoquic.models.registry import canonical_model_id
+
+        if self.default.serves(name):
+            return self.default
+        held = self._held.get(canonical_model_id(name.removesuffix(":latest")))
+        return held.node if held is not None else None
+
+    async def acquire(self, name: str, keep_alive: KeepAlive | Keep = KEEP) -> Node:
+        """The node serving `name`, loading the model if needed, reserved for one
+        request (see `Residency.reserve`). Raises ModelNotFoundError (not cached,
+        no auto-pull) or UnavailableError (cannot fit, load failed or too slow)."""
+        node = self.loaded_node(name)
+        if node is None and self.catalog is not None:
+            entry = self.catalog.find(name)
+            held = self._held.get(entry.model_id) if entry is not None else None
+            if held is not None:
+                node = held.node
+            elif entry is not None or self.settings.auto_pull:
+                return await self._wait_for_load(name, entry, keep_alive)
+        if node is None:
+            raise ModelNotFoundError(self.not_found_message(name))
+        self.residency.reserve(node.model_id, trio.current_time(), keep_alive)
+        self._pulse()
+        return node
+
+    def unreserve(self, node: Node) -> None:
+        """A request that acquired `node` will not generate (a load-only call)."""
+        self.residency.unreserve(node.model_id, trio.current_time())
+        self._pulse()
+
+    def not_found_message(self, name: str) -> str:
+        served = ", ".join(f"'{r.model_id}'" for r in self.residency.residents())
+        if self.catalog is None:
+            return (
+                f"the model '{name}' does not exist or is not loaded; this node serves "
+                f"{served} (see GET /v1/models)"
+            )
+        return (
+            f"the model '{name}' is not cached on this node: download it with "
+            f"`exoquic pull {name}` (or start the node with --auto-pull); it serves "
+            f"{served} and the cached models of GET /v1/models"
+        )
+
+    async def _wait_for_load(
+        self, name: str, entry: CatalogEntry | None, keep_alive: KeepAlive | Keep
+    ) -> Node:
+        key = entry.model_id if entry is not None else name
+        load = self._loads.get(key)
+        if load is None:
+            if self._nursery is None:
+                raise UnavailableError("this node does not load models on demand")
+            load = self._loads[key] = _Load(name, entry, keep_alive)
+            self._nursery.start_soon(self._load, key, load)
+        load.waiting += 1
+        with trio.move_on_after(self.settings.load_timeout):
+            await load.done.wait()
+        if not load.done.is_set():
+            load.waiting -= 1
+            raise UnavailableError(
+                f"{key} is still loading after {self.settings.load_timeout:.0f} s; try again "
+                "shortly (see GET /api/ps)"
+            )
+        if load.error is not None:
+            raise load.error
+        assert load.entry is not None
+        held = self._held.get(load.entry.model_id)
+        if held is None:
+            raise UnavailableError(f"{load.entry.model_id} was unloaded before it could serve")
+        return held.node  # reserved by the load for each request that waited
+
+    # --- loading -------------------------------------------------------------
+
+    async def _load(self, key: str, load: _Load) -> None:
+        try:
+            if load.entry is None:
+                load.entry = await self._pull(load.name)
+            async with self._lock:
+                await self._bring_in(load)
+        except (UnavailableError, ModelNotFoundError) as exc:
+            load.error = exc
+        except Exception as exc:  # a bad file must not take the node down
+            log.exception("cannot load %s", key)
+            load.error = UnavailableError(f"cannot load {key}: {exc}")
+        finally:
+            del self._loads[key]
+            load.done.set()
+            self._pulse()
+
+    async def _bring_in(self, load: _Load) -> None:
+        """Check the fit, make room, load the model (holding the lock)."""
+        entry = load.entry
+        assert entry is not None and self._nursery is not None
+        if entry.model_id in self._held:  # loaded meanwhile under another name
+            for _ in range(load.waiting):
+                self.residency.reserve(entry.model_id, trio.current_time(), load.keep_alive)
+            return
+        fit = await trio.to_thread.run_sync(self.fit, entry)
+        if not fit.fits:
+            raise UnavailableError(fit.message())
+        self.residency.resize(self.default.model_id, _default_size(self.default))
+        victims = self.residency.evictions(fit.needed, trio.current_time())
+        if victims is None:
+            raise UnavailableError(self._no_room(entry.model_id, fit.needed))
+        for model_id in victims:
+            log.info(
+                "unloading %s (least recently used) to make room for %s", model_id, entry.model_id
+            )
+            await self._unload(model_id)
+        held = await self._nursery.start(self._hold, entry)
+        keep_alive = (
+            self.settings.keep_alive if isinstance(load.keep_alive, Keep) else load.keep_alive
+        )
+        now = trio.current_time()
+        self.residency.add(entry.model_id, fit.needed, now, keep_alive, reservations=load.waiting)
+        self._held[entry.model_id] = held
+        held.node.usage = _Usage(self, entry.model_id)
+
+    def fit(self, entry: CatalogEntry) -> FitCheck:
+        """Whether this node could hold `entry` with nothing else loaded (blocking:
+        reads the model's header)."""
+        assert self.catalog is not None
+        footprint = self.catalog.footprint(entry)
+        context = min(self.node_settings.max_context, self.catalog.context_length(entry))
+        return check_fit(footprint, context, [self.usable_memory], self.settings.memory_fraction)
+
+    def _no_room(self, model_id: str, needed: int) -> str:
+        from exoquic.topology.fit import format_size
+
+        busy = [r for r in self.residency.residents() if r.model_id != model_id]
+        held = ", ".join(f"{r.model_id} ({format_size(r.size)})" for r in busy)
+        return (
+            f"{model_id} needs {format_size(needed)}, and the models loaded now ({held}) "
+            f"leave {format_size(self.residency.capacity - self.residency.used)} of "
+            f"{format_size(self.residency.capacity)}; the ones in use stay until idle: "
+            "try again when they are"
+        )
+
+    async def _hold(
+        self, entry: CatalogEntry, *, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Load `entry` on this node alone and keep it until told to stop."""
+        from exoquic.download.ensure import NodeModel
+
+        source = entry.source()
+        settings = replace(self.node_settings, model=entry.model_id)
+        started = time.perf_counter()
+        stopped = trio.Event()
+        try:
+            async with open_node(settings, None, NodeModel(source, source.load_shard)) as node:
+                seconds = time.perf_counter() - started
+                log.info("loaded %s on demand in %.1f s", entry.model_id, seconds)
+                held = _Held(entry, node, trio.Event(), stopped, time.time(), seconds)
+                task_status.started(held)
+                await held.stop.wait()
+        finally:
+            stopped.set()
+
+    async def _unload(self, model_id: str) -> None:
+        held = self._held.pop(model_id)
+        self.residency.remove(model_id)
+        held.stop.set()
+        await held.stopped.wait()
+        del held
+        gc.collect()  # the engine's buffers go now, not at some later collection
+        log.info("unloaded %s", model_id)
+        self._pulse()
+
+    async def _pull(self, name: str) -> CatalogEntry:
+        """`exoquic pull name` (with --auto-pull), then its catalog entry."""
+        from exoquic.download.errors import DownloadError
+        from exoquic.download.pull import parse_name, pull, resolve
+
+        assert self.catalog is not None
+        async with self._pull_lock:
+            try:
+                target = await trio.to_thread.run_sync(lambda: resolve(parse_name(name)))
+                log.info("pulling %s (%s) for a request", name, target.label)
+                await trio.to_thread.run_sync(lambda: pull(target))
+            except DownloadError as exc:
+                raise ModelNotFoundError(f"cannot pull the model '{name}': {exc}") from exc
+        entry = self.catalog.find(name)
+        if entry is None:
+            raise ModelNotFoundError(
+                f"pulled '{name}', but it is not a complete model in the cache"
+            )
+        return entry
+
+    # --- keep-alive ----------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the on-demand models and unload them past their keep-alive (runs forever)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                changed = self._changed
+                now = trio.current_time()
+                for model_id in self.residency.expired(now):
+                    async with self._lock:
+                        if model_id in self.residency.expired(trio.current_time()):
+                            log.info("%s is past its keep-alive", model_id)
+                            await self._unload(model_id)
+                deadline = self.residency.next_deadline(trio.current_time())
+                with trio.move_on_at(math.inf if deadline is None else deadline):
+                    await changed.wait()
+
+    def _pulse(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # --- reports -------------------------------------------------------------
+
+    def loaded(self) -> list[dict[str, Any]]:
+        """The loaded models for `/api/ps` and `exoquic ps`: memory, expiry (wall
+        clock, None: never), requests running, and which nodes hold which layers."""
+        now, wall = trio.current_time(), time.time()
+        self.residency.resize(self.default.model_id, _default_size(self.default))
+        return [self._report(r, now, wall) for r in self.residency.residents()]
+
+    def _report(self, resident: Resident, now: float, wall: float) -> dict[str, Any]:
+        expiry = resident.expiry(now)
+        node = self.node_of(resident.model_id)
+        held = self._held.get(resident.model_id)
+        return {
+            "model_id": resident.model_id,
+            "node": node,
+            "default": resident.pinned,
+            "size_bytes": resident.size,
+            "expires_at": None if expiry is None else wall + (expiry - now),
+            "keep_alive": resident.keep_alive,
+            "running": resident.running,
+            "loaded_at": held.loaded_at if held else self.default.started_at,
+            "load_seconds": held.load_seconds if held else None,
+            "nodes": self._holders(resident.model_id, node),
+        }
+
+    def node_of(self, model_id: str) -> Node:
+        return self.default if model_id == self.default.model_id else self._held[model_id].node
+
+    def _holders(self, model_id: str, node: Node) -> list[dict[str, Any]]:
+        """Each node holding layers of the model: [{id, name, layers: [first, last]}]."""
+        if node is self.default:
+            nodes = self.default.topology().get("nodes", [])
+            return [
+                {"id": n["id"], "name": n.get("name"), "layers": n["layers"]}
+                for n in nodes
+                if n.get("layers")
+            ]
+        me = self.default.cluster.plans.state.me
+        return [{"id": me.node_id, "name": me.name, "layers": [0, node.config.num_layers - 1]}]
+
+    def loaded_servables(self) -> list[Servable]:
+        """The loaded models as `/v1/models` lists them."""
+        return [self._loaded_servable(r) for r in self.residency.residents()]
+
+    def cached_servables(self, exclude: set[str]) -> list[Servable]:
+        """The cached models not in `exclude` (blocking: reads files; call it
+        from a thread), with their size and whether they fit this node."""
+        out = []
+        for entry in self.catalog.entries() if self.catalog is not None else []:
+            if entry.model_id in exclude:
+                continue
+            try:
+                fit = self.fit(entry)
+            except Exception as exc:  # a broken file in the cache: listed, size unknown
+                log.debug("cannot size %s: %s", entry.model_id, exc)
+                out.append(Servable(entry.model_id, False, None, None, None))
+                continue
+            weights = fit.needed - fit.kv_bytes
+            out.append(Servable(entry.model_id, False, weights, fit.needed, fit.fits))
+        return out
+
+    def find_cached(self, name: str) -> CatalogEntry | None:
+        return self.catalog.find(name) if self.catalog is not None else None
+
+    def _loaded_servable(self, resident: Resident) -> Servable:
+        node = self.node_of(resident.model_id)
+        weights = model_requirements(node.model_id, node.config).total_bytes
+        held = self._held.get(resident.model_id)
+        if held is not None and self.catalog is not None:
+            weights = self.catalog.footprint(held.entry).needed(0)
+        return Servable(resident.model_id, True, weights, resident.size, True, resident.pinned)
+
+
+class _Usage:
+    """A node's generations, told to the residency (a node's `usage` hook)."""
+
+    def __init__(self, models: ModelSet, model_id: str) -> None:
+        self.models = models
+        self.model_id = model_id
+
+    def started(self) -> None:
+        self.models.residency.started(self.model_id, trio.current_time())
+        self.models._pulse()
+
+    def finished(self) -> None:
+        self.models.residency.finished(self.model_id, trio.current_time())
+        self.models._pulse()
+
+
+def _default_size(node: Node) -> int:
+    """What the default model takes on this node: its shard's weights (all of
+    them when alone) and their KV cache at full context."""
+    config = node.config
+    requirements = model_requirements(node.model_id, config)
+    shard = node.cluster.plans.shard
+    first, last = (
+        (0, config.num_layers - 1) if shard is None else (shard.start_layer, shard.end_layer)
+    )
+    kv = 2 * (last - first + 1) * config.num_kv_heads * config.head_dim * KV_BYTES_PER_VALUE
+    return requirements.shard_bytes(first, last) + kv * node.max_context
+
+
+@asynccontextmanager
+async def open_model_set(
+    default: Node,
+    node_settings: NodeSettings,
+    settings: ModelSetSettings | None = None,
+    catalog: Catalog | None = None,
+) -> AsyncIterator[ModelSet]:
+    """The node's models, loading cached ones on demand until the block exits."""
+    models = ModelSet(default, catalog or Catalog(), node_settings=node_settings, settings=settings)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(models.run)
+        yield models
+        nursery.cancel_scope.cancel()

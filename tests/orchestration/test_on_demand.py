@@ -1,0 +1,185 @@
+"""Cached models served on demand by a real `exoquic up`, over real HTTP.
+
+One node with the bundled SmolLM2 as its default model and a hub cache (in a
+temporary EXOQUIC_HF_CACHE) holding a tiny generated GGUF and the header of an
+8B model: requests alternate between the two small models by name without a
+restart, the tiny one's first request loads it, `keep_alive: 0` unloads it,
+an uncached name gets a 404 naming `exoquic pull`, and the 8B one a 503 with
+the fit check's message.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from on_demand_models import HUGE_ID, TINY_ID, TINY_REPO, cache_huge, cache_tiny
+from ring_nodes import RingNode, engine_under_test, make_nodes, running, wait_serving
+
+from exoquic.models.registry import DEFAULT_MODEL_ID
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT = 300.0
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RingNode]:
+    cache = tmp_path_factory.mktemp("hub-cache")
+    cache_tiny(cache, tmp_path_factory.mktemp("work"))
+    cache_huge(cache)
+    root = tmp_path_factory.mktemp("on-demand")
+    extra = ("--memory-limit", "3G", "--keep-alive", "5m")
+    (solo,) = make_nodes(root, ["solo"], [engine_under_test()], extra)
+    solo.env = {"EXOQUIC_HF_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    with running([solo]):
+        wait_serving([solo], 1)
+        yield solo
+
+
+def chat(node: RingNode, model: str, **extra: Any) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+            "temperature": 0, **extra}  # fmt: skip
+    return httpx.post(f"{node.url}/v1/chat/completions", json=body, timeout=TIMEOUT)
+
+
+def first_token_seconds(node: RingNode, model: str) -> float:
+    """From sending a streamed chat request to its first content token."""
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
+            "temperature": 0, "stream": True}  # fmt: skip
+    started = time.perf_counter()
+    with httpx.stream(
+        "POST", f"{node.url}/v1/chat/completions", json=body, timeout=TIMEOUT
+    ) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if (
+                line.startswith("data: {")
+                and '"content": "' in line
+                and '"content": ""' not in line
+            ):
+                return time.perf_counter() - started
+    raise AssertionError("no token came")
+
+
+def loaded(node: RingNode) -> dict[str, dict[str, Any]]:
+    response = httpx.get(f"{node.url}/api/ps", timeout=10)
+    response.raise_for_status()
+    return {m["model"]: m for m in response.json()["models"]}
+
+
+def wait_unloaded(node: RingNode, model: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while model in loaded(node):
+        assert time.monotonic() < deadline, f"{model} still loaded:\n{node.log()[-3000:]}"
+        time.sleep(0.2)
+
+
+def rss(node: RingNode) -> int:
+    return int(httpx.get(f"{node.url}/health", timeout=10).json()["rss_bytes"])
+
+
+def loads_logged(node: RingNode) -> int:
+    return node.log().count(f"loaded {TINY_ID} on demand")
+
+
+def test_two_models_alternate_by_name_and_keep_alive_zero_unloads(node: RingNode) -> None:
+    assert chat(node, "smollm2:135m").status_code == 200
+    assert list(loaded(node)) == ["smollm2:135m"]
+
+    switch = first_token_seconds(node, f"{TINY_REPO}:Q8_0")  # its first request loads it
+    tiny = loaded(node)[TINY_ID]
+    cold_load = tiny["load_seconds"]
+    print(f"switch to {TINY_ID}: first token {switch:.2f} s, its load {cold_load:.2f} s")
+    assert switch <= cold_load + 1.0  # the issue's target
+    assert tiny["nodes"][0]["layers"] == [0, 3] and not tiny["default"]
+
+    for _ in range(2):  # alternate by name, without a restart or another load
+        for model, model_id in (("smollm2:135m", DEFAULT_MODEL_ID), (TINY_ID, TINY_ID)):
+            response = chat(node, model)
+            assert response.status_code == 200, response.text
+            assert response.json()["model"] == model_id
+    assert loads_logged(node) == 1
+
+    ps = loaded(node)
+    assert ps["smollm2:135m"]["expires_at"].startswith("2318")  # the default stays
+    expires = datetime.fromisoformat(ps[TINY_ID]["expires_at"].replace("Z", "+00:00"))
+    assert 250 < expires.timestamp() - time.time() <= 301  # the 5m keep-alive
+
+    before = rss(node)
+    body = {"model": TINY_ID, "keep_alive": 0}
+    unload = httpx.post(f"{node.url}/api/generate", json=body, timeout=TIMEOUT)
+    assert unload.json()["done_reason"] == "unload"
+    wait_unloaded(node, TINY_ID)
+    health = httpx.get(f"{node.url}/health", timeout=10).json()
+    assert health["loaded_models"] == [DEFAULT_MODEL_ID]
+    print(f"RSS {before / 2**20:.0f} MiB before unloading the tiny model, "
+          f"{rss(node) / 2**20:.0f} MiB after")  # fmt: skip
+
+    # Loaded again on its next request; keep_alive 0 there unloads it once it is answered.
+    response = chat(node, TINY_ID, keep_alive=0)
+    assert response.status_code == 200, response.text
+    assert loads_logged(node) == 2
+    wait_unloaded(node, TINY_ID)
+
+
+def test_exoquic_ps_shows_models_layers_and_expiry(node: RingNode) -> None:
+    assert chat(node, TINY_ID, keep_alive="10m").status_code == 200
+    exoquic = Path(sys.executable).with_name("exoquic")
+    env = {"EXOQUIC_HOME": str(node.home), "COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [str(exoquic), "ps"], env=env, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    print(out)
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in out.splitlines()]
+    lines = {cells[0].removesuffix(" (default)"): " ".join(cells) for cells in rows if cells}
+    assert "(default)" in lines["smollm2:135m"] and "never" in lines["smollm2:135m"]
+    assert "solo 0-29" in lines["smollm2:135m"]
+    assert "solo 0-3" in lines[TINY_ID]
+    assert "in 9m" in lines[TINY_ID] or "in 10m" in lines[TINY_ID]
+    raw = subprocess.run(
+        [str(exoquic), "ps", "--json"], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert {m["model"] for m in json.loads(raw)["models"]} == {"smollm2:135m", TINY_ID}
+
+
+def test_models_lists_cached_and_loaded_with_fit(node: RingNode) -> None:
+    data = httpx.get(f"{node.url}/v1/models", timeout=60).json()["data"]
+    cards = {c["id"]: c for c in data}
+    assert data[0]["id"] == DEFAULT_MODEL_ID and data[0]["loaded"] and data[0]["default"]
+    assert {TINY_ID, HUGE_ID} <= set(cards)
+    assert cards[HUGE_ID]["loaded"] is False and cards[HUGE_ID]["fits"] is False
+    assert cards[HUGE_ID]["size_bytes"] > 4_500_000_000
+    assert cards[TINY_ID]["fits"] is True and cards[TINY_ID]["size_bytes"] > 0
+
+
+def test_an_uncached_model_gets_a_404_naming_exoquic_pull(node: RingNode) -> None:
+    name = "nobody/nothing-GGUF:Q4_K_M"
+    response = chat(node, name)
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == "model_not_found"
+    assert f"exoquic pull {name}" in error["message"]
+    ollama = httpx.post(
+        f"{node.url}/api/chat",
+        json={"model": name, "messages": [{"role": "user", "content": "Hi"}], "stream": False},
+        timeout=60,
+    )
+    assert ollama.status_code == 404 and "exoquic pull" in ollama.json()["error"]
+
+
+def test_a_model_too_big_gets_a_503_with_the_fit_message(node: RingNode) -> None:
+    response = chat(node, HUGE_ID)
+    assert response.status_code == 503
+    message = response.json()["error"]["message"]
+    assert f"{HUGE_ID} does not fit: needs" in message
+    assert "this device offers" in message and "add a device" in message
+    assert HUGE_ID not in loaded(node)
