@@ -21,7 +21,16 @@ from typing import Any
 
 import httpx
 import pytest
-from on_demand_models import HUGE_ID, TINY_ID, TINY_REPO, cache_huge, cache_tiny
+from fixtures.hub_server import run_hub_server
+from on_demand_models import (
+    HUGE_ID,
+    TINY_FILE,
+    TINY_ID,
+    TINY_REPO,
+    cache_huge,
+    cache_tiny,
+    gen_gguf,
+)
 from ring_nodes import RingNode, engine_under_test, make_nodes, running, wait_serving
 
 from exoquic.models.registry import DEFAULT_MODEL_ID
@@ -131,6 +140,14 @@ def test_two_models_alternate_by_name_and_keep_alive_zero_unloads(node: RingNode
     wait_unloaded(node, TINY_ID)
 
 
+def test_an_idle_model_is_unloaded_after_its_keep_alive(node: RingNode) -> None:
+    assert chat(node, TINY_ID, keep_alive="2s").status_code == 200
+    ended = time.monotonic()
+    assert TINY_ID in loaded(node)  # kept for its 2 s
+    wait_unloaded(node, TINY_ID, timeout=10)
+    assert time.monotonic() - ended >= 1.5
+
+
 def test_exoquic_ps_shows_models_layers_and_expiry(node: RingNode) -> None:
     assert chat(node, TINY_ID, keep_alive="10m").status_code == 200
     exoquic = Path(sys.executable).with_name("exoquic")
@@ -183,3 +200,28 @@ def test_a_model_too_big_gets_a_503_with_the_fit_message(node: RingNode) -> None
     assert f"{HUGE_ID} does not fit: needs" in message
     assert "this device offers" in message and "add a device" in message
     assert HUGE_ID not in loaded(node)
+
+
+def test_auto_pull_fetches_an_uncached_model_first(tmp_path: Path) -> None:
+    """With --auto-pull, a request for a model only the hub has pulls it, then loads it."""
+    repo_dir = tmp_path / "repo"
+    repo_dir.mkdir()
+    gen = gen_gguf()
+    gen.generate(gen.SHAPES["tiny"], "q8_0", repo_dir / TINY_FILE)
+    with run_hub_server() as hub:
+        hub.add_repo(TINY_REPO, repo_dir)
+        extra = ("--auto-pull", "--memory-limit", "3G")
+        (solo,) = make_nodes(tmp_path / "homes", ["puller"], [engine_under_test()], extra)
+        solo.env = {"EXOQUIC_HF_CACHE": str(tmp_path / "cache"), "HF_ENDPOINT": hub.endpoint,
+                    "HF_HUB_OFFLINE": "0"}  # fmt: skip
+        with running([solo]):
+            wait_serving([solo], 1)
+            response = chat(solo, f"{TINY_REPO}:Q8_0")
+            assert response.status_code == 200, f"{response.text}\n{solo.log()[-3000:]}"
+            assert TINY_ID in loaded(solo)
+            fetched = [r for r in hub.log if r.filename == TINY_FILE and r.body_bytes > 0]
+            assert fetched, "the node did not fetch the file from the hub"
+            missing = chat(solo, "test-org/absent-GGUF:Q8_0")
+            assert (
+                missing.status_code == 404 and "cannot pull" in missing.json()["error"]["message"]
+            )
