@@ -17,6 +17,7 @@ docs/usage.md).
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import math
@@ -285,6 +286,8 @@ class ModelSet:
                 held = _Held(entry, node, trio.Event(), stopped, time.time(), seconds)
                 task_status.started(held)
                 await held.stop.wait()
+                # Free the engine's memory now (MLX keeps freed buffers in a cache).
+                await node.cluster.worker.call(node.engine.unload)
         finally:
             stopped.set()
 
@@ -295,6 +298,7 @@ class ModelSet:
         await held.stopped.wait()
         del held
         gc.collect()  # the engine's buffers go now, not at some later collection
+        _return_freed_memory()
         log.info("unloaded %s", model_id)
         self._pulse()
 
@@ -429,6 +433,16 @@ class _Usage:
     def finished(self) -> None:
         self.models.residency.finished(self.model_id, trio.current_time())
         self.models._pulse()
+
+
+def _return_freed_memory() -> None:
+    """Give the heap glibc's malloc keeps after frees back to the system, so an
+    unloaded model's memory shows as free (elsewhere, nothing to do)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _default_size(node: Node) -> int:

@@ -21,6 +21,9 @@ COMMIT = "c0ffee" + "0" * 34
 TINY_REPO = "test-org/tiny-GGUF"
 TINY_FILE = "tiny-Q8_0.gguf"
 TINY_ID = f"{TINY_REPO}/{TINY_FILE}"
+MID_REPO = "test-org/mid-GGUF"
+MID_FILE = "mid-Q8_0.gguf"
+MID_ID = f"{MID_REPO}/{MID_FILE}"
 HUGE_REPO = "test-org/huge-GGUF"
 HUGE_FILE = "huge-Q4_K_M.gguf"
 HUGE_ID = f"{HUGE_REPO}/{HUGE_FILE}"
@@ -57,6 +60,15 @@ def cache_tiny(cache_dir: Path, work: Path) -> Path:
     source = work / TINY_FILE
     gen.generate(replace(gen.SHAPES["tiny"], context=512), "q8_0", source)
     return add_to_cache(cache_dir, TINY_REPO, TINY_FILE, source)
+
+
+def cache_mid(cache_dir: Path, work: Path) -> Path:
+    """A bigger one (8 layers, hidden 1024, ~190 MB at Q8_0), whose unloading shows in RSS."""
+    gen = gen_gguf()
+    source = work / MID_FILE
+    shape = replace(gen.SHAPES["tiny"], layers=8, hidden=1024, ffn=4096, heads=8, kv_heads=4)
+    gen.generate(replace(shape, context=512), "q8_0", source)
+    return add_to_cache(cache_dir, MID_REPO, MID_FILE, source)
 
 
 def cache_huge(cache_dir: Path) -> Path:

@@ -24,10 +24,12 @@ import pytest
 from fixtures.hub_server import run_hub_server
 from on_demand_models import (
     HUGE_ID,
+    MID_ID,
     TINY_FILE,
     TINY_ID,
     TINY_REPO,
     cache_huge,
+    cache_mid,
     cache_tiny,
     gen_gguf,
 )
@@ -43,7 +45,9 @@ TIMEOUT = 300.0
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RingNode]:
     cache = tmp_path_factory.mktemp("hub-cache")
-    cache_tiny(cache, tmp_path_factory.mktemp("work"))
+    work = tmp_path_factory.mktemp("work")
+    cache_tiny(cache, work)
+    cache_mid(cache, work)
     cache_huge(cache)
     root = tmp_path_factory.mktemp("on-demand")
     extra = ("--memory-limit", "3G", "--keep-alive", "5m")
@@ -123,21 +127,33 @@ def test_two_models_alternate_by_name_and_keep_alive_zero_unloads(node: RingNode
     expires = datetime.fromisoformat(ps[TINY_ID]["expires_at"].replace("Z", "+00:00"))
     assert 250 < expires.timestamp() - time.time() <= 301  # the 5m keep-alive
 
-    before = rss(node)
     body = {"model": TINY_ID, "keep_alive": 0}
     unload = httpx.post(f"{node.url}/api/generate", json=body, timeout=TIMEOUT)
     assert unload.json()["done_reason"] == "unload"
     wait_unloaded(node, TINY_ID)
     health = httpx.get(f"{node.url}/health", timeout=10).json()
     assert health["loaded_models"] == [DEFAULT_MODEL_ID]
-    print(f"RSS {before / 2**20:.0f} MiB before unloading the tiny model, "
-          f"{rss(node) / 2**20:.0f} MiB after")  # fmt: skip
 
     # Loaded again on its next request; keep_alive 0 there unloads it once it is answered.
     response = chat(node, TINY_ID, keep_alive=0)
     assert response.status_code == 200, response.text
     assert loads_logged(node) == 2
     wait_unloaded(node, TINY_ID)
+
+
+def test_unloading_gives_the_memory_back(node: RingNode) -> None:
+    base = rss(node)
+    load = httpx.post(f"{node.url}/api/generate", json={"model": MID_ID}, timeout=TIMEOUT)
+    assert load.json()["done_reason"] == "load"
+    with_mid = rss(node)
+    unload = {"model": MID_ID, "keep_alive": 0}
+    httpx.post(f"{node.url}/api/generate", json=unload, timeout=TIMEOUT)
+    wait_unloaded(node, MID_ID)
+    after = rss(node)
+    print(f"RSS {base / 2**20:.0f} MiB, {with_mid / 2**20:.0f} MiB with {MID_ID} loaded, "
+          f"{after / 2**20:.0f} MiB once unloaded")  # fmt: skip
+    assert with_mid - base > 100 * 2**20
+    assert after - base < (with_mid - base) / 2
 
 
 def test_an_idle_model_is_unloaded_after_its_keep_alive(node: RingNode) -> None:
