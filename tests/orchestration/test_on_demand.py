@@ -241,3 +241,27 @@ def test_auto_pull_fetches_an_uncached_model_first(tmp_path: Path) -> None:
             assert (
                 missing.status_code == 404 and "cannot pull" in missing.json()["error"]["message"]
             )
+
+
+def test_the_least_recently_used_idle_model_makes_room(node: RingNode, tmp_path: Path) -> None:
+    """A node that holds its default model and one of the two others, not both:
+    loading the second unloads the first (idle) one."""
+    cards = {c["id"]: c for c in httpx.get(f"{node.url}/v1/models", timeout=60).json()["data"]}
+    default, tiny, mid = (cards[m]["needed_bytes"] for m in (DEFAULT_MODEL_ID, TINY_ID, MID_ID))
+    assert tiny < mid
+    # Room for the default and mid with half of tiny to spare: not for all three.
+    limit = int((default + mid + tiny // 2) / 0.8)
+    cache = tmp_path / "cache"
+    cache_tiny(cache, tmp_path)
+    cache_mid(cache, tmp_path)
+    (small,) = make_nodes(tmp_path / "homes", ["small"], [engine_under_test()],
+                          ("--memory-limit", str(limit)))  # fmt: skip
+    small.env = {"EXOQUIC_HF_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    with running([small]):
+        wait_serving([small], 1)
+        for model in (TINY_ID, MID_ID):
+            load = httpx.post(f"{small.url}/api/generate", json={"model": model}, timeout=TIMEOUT)
+            assert load.status_code == 200, load.text
+        assert set(loaded(small)) == {"smollm2:135m", MID_ID}
+        log = " ".join(small.log().split())
+        assert f"unloading {TINY_ID} (least recently used) to make room for {MID_ID}" in log
