@@ -114,10 +114,6 @@ class Cluster:
         """A node alone whose engine already holds the whole model: plan 0, active."""
         return cls(Plans.alone(member, model_id, num_layers).state, worker, _no_loading)
 
-    @property
-    def state(self) -> PlanState:
-        return self.plans.state
-
     def status(self) -> str:
         return self.plans.status()
 

@@ -90,12 +90,10 @@ class Node:
         self.config = config
         self.defaults = defaults  # for requests that name no sampling or max_tokens
         self.tokenizer = tokenizer
-        self.worker = worker
         self.max_context = max_context
         self.started_at = time.time()
         self.prompt_char_limit = max_context * tokenizer.longest_token_chars * PROMPT_CHARS_MARGIN
         self._prompt_threads = trio.CapacityLimiter(PROMPT_THREADS)
-        self._active: set[str] = set()
         if cluster is None:
             # A throwaway id: a node alone never shows it to anyone but itself.
             node_id = Identity.generate().node_id
@@ -109,11 +107,12 @@ class Node:
 
     @property
     def engine(self) -> Engine:
-        return self.worker.engine
+        return self.cluster.worker.engine
 
     @property
     def active_requests(self) -> int:
-        return len(self._active)
+        """Requests this node originates now (the ring's count)."""
+        return self.cluster.ring.live_requests
 
     def topology(self) -> dict[str, Any]:
         """What `GET /v1/topology` shows: the nodes, their layers, the plan, this node's stats."""
@@ -195,12 +194,8 @@ class Node:
         budget = self.max_context - len(request.prompt_tokens)
         if request.max_tokens is not None:
             budget = min(budget, request.max_tokens)
-        self._active.add(request.request_id)
-        try:
-            async for chunk in self._decode(request, budget):
-                yield chunk
-        finally:
-            self._active.discard(request.request_id)
+        async for chunk in self._decode(request, budget):
+            yield chunk
 
     async def _decode(
         self, request: GenerationRequest, budget: int

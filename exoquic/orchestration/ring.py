@@ -46,6 +46,7 @@ import secrets
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Protocol
@@ -184,7 +185,8 @@ class Ring:
         self.settings = settings or RingSettings()
         self.stats = RingStatistics()
         self._send_remote = send_remote
-        # As origin: the attempts in flight, by wire id.
+        # As origin: the requests this node holds, and their attempts in flight by wire id.
+        self._requests: set[str] = set()
         self._attempts: dict[str, _Attempt] = {}
         # As a shard of others' requests (and of this node's), by wire id: the origin
         # of each request whose cache this node holds, who opened it, and (on the
@@ -210,6 +212,24 @@ class Ring:
         if sampling.seed is None:  # fixed here so that replays draw the same tokens
             sampling = replace(sampling, seed=secrets.randbits(63))
         self.stats.requests += 1
+        self._requests.add(request_id)
+        try:
+            # aclosing: a caller that stops early releases the attempt's caches now.
+            async with aclosing(self._tries(request_id, prompt, sampling, budget)) as tries:
+                async for token in tries:
+                    yield token
+        finally:
+            self._requests.discard(request_id)
+
+    @property
+    def live_requests(self) -> int:
+        """Requests this node originates now (from their first step to their end)."""
+        return len(self._requests)
+
+    async def _tries(
+        self, request_id: str, prompt: list[int], sampling: SamplingParams, budget: int
+    ) -> AsyncGenerator[int, None]:
+        """`generate_tokens`' attempts: the first, then replays under newer plans."""
         tokens: list[int] = []
         newer_than = -1
         for attempt_number in range(self.settings.max_attempts):

@@ -173,13 +173,14 @@ async def generate(
 async def wait_plan(clusters: list[Cluster], size: int, timeout: float = 20) -> None:
     with trio.move_on_after(timeout):
         while True:
-            plans = [c.state.active_plan() for c in clusters]
+            plans = [c.plans.state.active_plan() for c in clusters]
             sizes = {len(p.node_ids) if p else 0 for p in plans}
             if sizes == {size} and len({p.version for p in plans if p is not None}) == 1:
                 return
             await trio.sleep(0.05)
-    views = [(c.state.me.name, c.status(), c.state.adopted_key, c.state.loaded_key,
-              sorted(m.name for m in c.state.peers.values())) for c in clusters]  # fmt: skip
+    states = [(c.plans.state, c.status()) for c in clusters]
+    views = [(s.me.name, status, s.adopted_key, s.loaded_key,
+              sorted(m.name for m in s.peers.values())) for s, status in states]  # fmt: skip
     raise AssertionError(f"no common {size}-node plan: {views}")
 
 
@@ -301,7 +302,7 @@ async def test_a_node_leaving_mid_request_is_replayed_with_the_same_output(
         tokens = await generate(a, prompt, 16, on_token=leave_after)
         assert tokens == reference[tuple(prompt)][:16]
         assert a.ring.stats.replays >= 1
-        plan = a.state.active_plan()
+        plan = a.plans.state.active_plan()
         assert plan is not None and len(plan.node_ids) == 2
 
 
@@ -318,8 +319,9 @@ async def test_a_node_joining_mid_request_is_taken_in_without_changing_the_outpu
             if count == 3:
                 c, _ = await nursery.start(serve, lab, "c", 1000)
                 joined.append(c)
-                with trio.fail_after(10):  # hold the request until the new plan is adopted
-                    while a.state.adopted is None or len(a.state.adopted.plan.node_ids) < 3:
+                state = a.plans.state  # hold the request until the new plan is adopted
+                with trio.fail_after(10):
+                    while state.adopted is None or len(state.adopted.plan.node_ids) < 3:
                         await trio.sleep(0.02)
 
         tokens = await generate(a, prompt, 16, on_token=join_after)
@@ -337,13 +339,13 @@ async def test_a_node_back_before_its_old_links_time_out_replaces_them(
     async with lab.node("a") as a, lab.node("c") as c, trio.open_nursery() as nursery:
         old_b, _ = await nursery.start(serve, lab, "b", 1000)
         await wait_plan([a, old_b, c], 3)
-        before = a.state.active_plan()
+        before = a.plans.state.active_plan()
         assert before is not None
         # b comes back (same key) while its old links still look alive, as when a
         # crashed node restarts within its peers' idle timeout
         new_b, _ = await nursery.start(serve, lab, "b", 1000, free_udp_port())
         await wait_plan([a, new_b, c], 3)
-        after = a.state.active_plan()
+        after = a.plans.state.active_plan()
         assert after is not None and after.version > before.version
         assert await generate(a, PROMPTS[0]) == reference[tuple(PROMPTS[0])][:12]
         assert await generate(new_b, PROMPTS[1]) == reference[tuple(PROMPTS[1])][:12]
@@ -408,7 +410,7 @@ async def test_a_peer_breaking_the_protocol_is_dropped_and_the_ring_goes_on(
             closed = await misbehave(lab, x, "a", device, then)
             assert closed.error_code == ErrorCode.INVALID_FIELD
         assert await generate(a, PROMPTS[2]) == reference[tuple(PROMPTS[2])][:12]
-        assert a.state.active_plan() is not None and len(a.state.peers) == 1
+        assert a.plans.state.active_plan() is not None and len(a.plans.state.peers) == 1
 
 
 async def misbehave(

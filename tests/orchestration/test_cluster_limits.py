@@ -130,7 +130,7 @@ async def test_a_peer_cannot_open_more_caches_than_its_share(tmp_path: Path) -> 
         await introduce(messages, x_hello(x), dialer=True)
         await trio.sleep(0.5)  # a takes x in (x gets no layers): the plan may move on
         await wait_plan([a], 1)
-        plan = a.state.active_plan()
+        plan = a.plans.state.active_plan()
         assert plan is not None
         tokens = np.asarray([1, 2, 3], np.int32)
         for i in range(5):
