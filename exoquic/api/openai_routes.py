@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -13,7 +13,9 @@ from quart import Blueprint, Response, current_app, request
 
 from exoquic.api.admission import Admission, Slot
 from exoquic.api.errors import APIError
+from exoquic.api.logprobs import TextLogprobs, TokenTexts, chat_logprobs
 from exoquic.api.schemas import CompletionParams, parse_chat_request, parse_text_request
+from exoquic.engines.logprobs import TokenLogprob
 from exoquic.models.errors import MessagesRejectedError
 from exoquic.models.generation_defaults import GenerationDefaults
 from exoquic.orchestration.generation import (
@@ -149,29 +151,50 @@ async def complete(
         # budget to the room the context has left).
         max_tokens=params.max_tokens or serving.defaults.max_tokens,
         stop=params.stop,
+        logprobs=params.logprobs,
     )
     shape = ResponseShape(serving.model_id, generation.request_id, chat, len(prompt))
+    scores = LogprobShape(serving.tokenizer, chat) if params.logprobs is not None else None
     # Admitted only once the request is known to be valid: a bad one gets its
     # 400, not a 429, and never takes a slot.
     slot = await admission().admit()
     if params.stream:
-        return stream_response(serving, generation, shape, params.include_usage, slot)
+        return stream_response(serving, generation, shape, params.include_usage, slot, scores)
     with slot:
-        text, completion_tokens, finish = await collect(serving, generation)
+        text, completion_tokens, finish, scored = await collect(serving, generation)
+    logprobs = scores.format(scored) if scores else None
     return Response(
-        json.dumps(shape.whole(text, finish, completion_tokens)),
+        json.dumps(shape.whole(text, finish, completion_tokens, logprobs)),
         content_type="application/json",
     )
 
 
-async def collect(serving: Node, generation: GenerationRequest) -> tuple[str, int, str | None]:
+async def collect(
+    serving: Node, generation: GenerationRequest
+) -> tuple[str, int, str | None, list[TokenLogprob]]:
     parts: list[str] = []
+    scored: list[TokenLogprob] = []
     tokens, finish = 0, None
     async with open_generation(serving, generation) as chunks:
         async for chunk in chunks:
             parts.append(chunk.text)
+            scored.extend(chunk.logprobs)
             tokens, finish = chunk.token_count, chunk.finish_reason
-    return "".join(parts), tokens, finish
+    return "".join(parts), tokens, finish, scored
+
+
+class LogprobShape:
+    """The `logprobs` object of a chat or text choice (see api/logprobs.py); a
+    stream's text offsets continue from chunk to chunk."""
+
+    def __init__(self, tokenizer: TokenTexts, chat: bool) -> None:
+        self.tokenizer = tokenizer
+        self.text = None if chat else TextLogprobs(tokenizer)
+
+    def format(self, scored: Sequence[TokenLogprob]) -> dict[str, Any]:
+        if self.text is None:
+            return chat_logprobs(self.tokenizer, scored)
+        return self.text.format(scored)
 
 
 def stream_response(
@@ -180,9 +203,10 @@ def stream_response(
     shape: ResponseShape,
     include_usage: bool,
     slot: Slot,
+    scores: LogprobShape | None = None,
 ) -> Response:
     """The SSE response; its body owns `slot` and frees it when the stream ends."""
-    events = stream_events(serving, generation, shape, include_usage, slot)
+    events = stream_events(serving, generation, shape, include_usage, slot, scores)
     slot.release_with(events)  # in case the server drops the body unread
     response = Response(events, content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
@@ -197,6 +221,7 @@ async def stream_events(
     shape: ResponseShape,
     include_usage: bool,
     slot: Slot,
+    scores: LogprobShape | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE body. A client that disconnects cancels this iterator (quart-trio
     cancels the request's task on `http.disconnect`), and `aclosing` then frees
@@ -209,8 +234,10 @@ async def stream_events(
             async with open_generation(serving, generation) as chunks:
                 async for chunk in chunks:
                     tokens = chunk.token_count
-                    if chunk.text:
-                        yield sse(shape.chunk({"content": chunk.text}, None, text=chunk.text))
+                    if chunk.text or (scores and chunk.logprobs):
+                        logprobs = scores.format(chunk.logprobs) if scores else None
+                        delta = {"content": chunk.text}
+                        yield sse(shape.chunk(delta, None, text=chunk.text, logprobs=logprobs))
                     if chunk.finish_reason:
                         yield sse(shape.chunk({}, chunk.finish_reason, text=""))
         except Exception as exc:
@@ -266,8 +293,14 @@ class ResponseShape:
             "total_tokens": self.prompt_tokens + completion_tokens,
         }
 
-    def whole(self, text: str, finish: str | None, completion_tokens: int) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+    def whole(
+        self,
+        text: str,
+        finish: str | None,
+        completion_tokens: int,
+        logprobs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": logprobs}
         if self.chat:
             choice["message"] = {"role": "assistant", "content": text}
         else:
@@ -278,8 +311,14 @@ class ResponseShape:
             "usage": self.usage(completion_tokens),
         }
 
-    def chunk(self, delta: dict[str, str], finish: str | None, text: str = "") -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+    def chunk(
+        self,
+        delta: dict[str, str],
+        finish: str | None,
+        text: str = "",
+        logprobs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": logprobs}
         if self.chat:
             choice["delta"] = delta
         else:

@@ -7,7 +7,12 @@ import copy
 from typing import Any
 
 from exoquic import __version__
-from exoquic.api.schemas import MAX_STOP_CHARS, MAX_STOPS
+from exoquic.api.schemas import (
+    MAX_CHAT_TOP_LOGPROBS,
+    MAX_STOP_CHARS,
+    MAX_STOPS,
+    MAX_TEXT_LOGPROBS,
+)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -49,7 +54,6 @@ COMMON_PROPERTIES: dict[str, Any] = {
     "n": {"const": 1, "description": "Only one choice per request."},
     "presence_penalty": {"const": 0},
     "frequency_penalty": {"const": 0},
-    "logprobs": {"const": False},
     "user": {"description": "Accepted and ignored."},
     "metadata": {"description": "Accepted and ignored."},
     "store": {"description": "Accepted and ignored."},
@@ -85,6 +89,17 @@ CHAT_REQUEST = {
         "messages": {"type": "array", "minItems": 1, "items": _ref("ChatMessage")},
         "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
         "response_format": {"const": {"type": "text"}},
+        "logprobs": {
+            "type": ["boolean", "null"],
+            "description": "Each generated token's log-probability (of the raw model "
+            "distribution, before temperature, top_k and top_p).",
+        },
+        "top_logprobs": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "maximum": MAX_CHAT_TOP_LOGPROBS,
+            "description": "How many most likely alternatives each token lists; needs logprobs.",
+        },
         **COMMON_PROPERTIES,
     },
 }
@@ -102,6 +117,12 @@ COMPLETION_REQUEST = {
         "echo": {"const": False},
         "suffix": {"type": "null"},
         "best_of": {"const": 1},
+        "logprobs": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "maximum": MAX_TEXT_LOGPROBS,
+            "description": "Each token's log-probability and this many most likely alternatives.",
+        },
         **COMMON_PROPERTIES,
     },
 }

@@ -6,7 +6,7 @@ cannot honour is refused rather than silently ignored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from exoquic.api.errors import invalid
@@ -21,15 +21,18 @@ MAX_STOP_CHARS = 256
 NEUTRAL_DEFAULTS: dict[str, Any] = {
     "presence_penalty": 0,
     "frequency_penalty": 0,
-    "logprobs": False,
     "n": 1,
 }
 IGNORED = {"user", "metadata", "store", "parallel_tool_calls", "service_tier"}
 # Keys the official SDKs echo back on assistant messages; accepted only while empty.
 EMPTY_MESSAGE_FIELDS = ("refusal", "tool_calls", "function_call", "audio", "annotations")
 MAX_PROMPT_ITEMS = 1_000_000
-CHAT_FIELDS = frozenset({"messages", "max_completion_tokens", "response_format"})
-TEXT_FIELDS = frozenset({"prompt", "echo", "suffix", "best_of"})
+CHAT_FIELDS = frozenset(
+    {"messages", "max_completion_tokens", "response_format", "logprobs", "top_logprobs"}
+)
+TEXT_FIELDS = frozenset({"prompt", "echo", "suffix", "best_of", "logprobs"})
+MAX_CHAT_TOP_LOGPROBS = 20  # OpenAI's limits
+MAX_TEXT_LOGPROBS = 5
 COMMON_FIELDS = frozenset(
     {
         "model",
@@ -57,6 +60,9 @@ class CompletionParams:
     stop: tuple[str, ...]
     stream: bool
     include_usage: bool
+    # Not None: report each generated token's log-probability and this many best
+    # alternatives (chat: top_logprobs when logprobs is true; text: logprobs).
+    logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,8 @@ def parse_chat_request(body: Any, context: int = MAX_PROMPT_ITEMS) -> ChatReques
     response_format = obj.get("response_format")
     if response_format is not None and response_format != {"type": "text"}:
         raise invalid('only \'response_format\': {"type": "text"} is supported', "response_format")
-    return ChatRequest(_messages(obj.get("messages"), context), _common(obj))
+    params = replace(_common(obj), logprobs=_chat_logprobs(obj))
+    return ChatRequest(_messages(obj.get("messages"), context), params)
 
 
 def parse_text_request(body: Any, context: int = MAX_PROMPT_ITEMS) -> TextRequest:
@@ -96,7 +103,23 @@ def parse_text_request(body: Any, context: int = MAX_PROMPT_ITEMS) -> TextReques
     for name, neutral in (("echo", False), ("suffix", None), ("best_of", 1)):
         if obj.get(name, neutral) not in (neutral, None):
             raise invalid(f"'{name}' is not supported", name)
-    return TextRequest(_prompt(obj.get("prompt"), context), _common(obj))
+    logprobs = obj.get("logprobs")
+    if logprobs is not None:
+        logprobs = _integer(obj, "logprobs", 0, 0, MAX_TEXT_LOGPROBS)
+    params = replace(_common(obj), logprobs=logprobs)
+    return TextRequest(_prompt(obj.get("prompt"), context), params)
+
+
+def _chat_logprobs(obj: dict[str, Any]) -> int | None:
+    """How many alternatives a chat request wants with each token's log-probability
+    (None: no log-probabilities); top_logprobs needs logprobs true, as on OpenAI."""
+    wanted = obj.get("logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise invalid("'logprobs' must be a boolean", "logprobs")
+    top = _integer(obj, "top_logprobs", 0, 0, MAX_CHAT_TOP_LOGPROBS)
+    if obj.get("top_logprobs") is not None and not wanted:
+        raise invalid("'top_logprobs' needs 'logprobs' to be true", "top_logprobs")
+    return top if wanted else None
 
 
 def _prompt(value: Any, context: int) -> str | tuple[int, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from exoquic.engines.logprobs import TokenLogprob
 from exoquic.engines.sampling import SamplingParams
 
 FinishReason = Literal["stop", "length"]
@@ -42,12 +43,21 @@ class GenerationRequest:
     sampling: SamplingParams
     max_tokens: int | None = None  # None: until the context is full
     stop: tuple[str, ...] = ()
+    # Not None: each generated token's log-probability and this many best alternatives.
+    logprobs: int | None = None
 
 
 @dataclass(frozen=True)
 class GenerationChunk:
-    """New text for the client. The last chunk carries a finish reason."""
+    """New text for the client. The last chunk carries a finish reason.
+
+    `logprobs` holds the log-probabilities of the tokens generated since the
+    previous chunk (when the request asked for them): the text of a token may
+    be held back (a UTF-8 character or a stop string not yet whole), so a
+    chunk may carry more or fewer tokens than its text shows. An end-of-turn
+    token is not reported, as OpenAI does not."""
 
     text: str
     token_count: int
     finish_reason: FinishReason | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()

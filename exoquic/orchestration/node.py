@@ -23,6 +23,7 @@ import trio
 
 from exoquic import defaults
 from exoquic.engines.base import Engine
+from exoquic.engines.logprobs import TokenLogprob
 from exoquic.identity.keys import Identity
 from exoquic.machine import probe_capabilities
 from exoquic.models.config import ModelConfig
@@ -203,29 +204,44 @@ class Node:
         text = self.tokenizer.stream_decoder()
         stops = StopMatcher(request.stop)
         end_tokens = self.tokenizer.eos_token_ids
-        tokens = self.cluster.ring.generate_tokens(
-            request.request_id, list(request.prompt_tokens), request.sampling, budget
+        results = self.cluster.ring.generate_results(
+            request.request_id,
+            list(request.prompt_tokens),
+            request.sampling,
+            budget,
+            request.logprobs,
         )
         produced = 0
-        async with aclosing(tokens):
-            async for token in tokens:
+        scored: list[TokenLogprob] = []  # since the last chunk
+        async with aclosing(results):
+            async for result in results:
+                token = result.token_id
                 produced += 1
                 if token in end_tokens:
                     yield GenerationChunk(
-                        stops.push(text.flush()) + stops.flush(), produced - 1, "stop"
+                        stops.push(text.flush()) + stops.flush(),
+                        produced - 1,
+                        "stop",
+                        tuple(scored),
                     )
                     return
+                if result.logprob is not None:
+                    scored.append(TokenLogprob(token, result.logprob, result.top_logprobs or ()))
                 piece = stops.push(text.push(token))
                 if stops.stopped:
-                    yield GenerationChunk(piece, produced, "stop")
+                    yield GenerationChunk(piece, produced, "stop", tuple(scored))
                     return
                 if produced == budget:
                     yield GenerationChunk(
-                        piece + stops.push(text.flush()) + stops.flush(), produced, "length"
+                        piece + stops.push(text.flush()) + stops.flush(),
+                        produced,
+                        "length",
+                        tuple(scored),
                     )
                     return
                 if piece:
-                    yield GenerationChunk(piece, produced)
+                    yield GenerationChunk(piece, produced, logprobs=tuple(scored))
+                    scored = []
 
 
 def new_request_id() -> str:

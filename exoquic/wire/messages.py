@@ -19,6 +19,7 @@ in docs/protocol.md.
 from __future__ import annotations
 
 import dataclasses
+import math
 import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ MAX_DEVICE_FIELDS = 64
 MAX_DEVICE_ITEMS = 1024
 MAX_SAMPLING_FIELDS = 64
 MAX_SAMPLING_ITEMS = 4096  # room for a logit bias (a JSON schema is one text item)
+MAX_TOP_LOGPROBS = 20  # alternatives per token (OpenAI's limit for chat's top_logprobs)
 U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1
 QUIC_ERROR_CODE_MAX = (1 << 62) - 1
@@ -151,6 +153,11 @@ def _build(cls: type[Message], body: dict[str, Any], max_tensor_elements: int) -
 
 
 # --- field checks (raise LocalProtocolError with INVALID_FIELD) -----------------
+
+
+def _is_logprob(value: object) -> bool:
+    """A log-probability: a float (not an int or bool) that is <= 0, -inf allowed."""
+    return isinstance(value, float) and not math.isnan(value) and value <= 0.0
 
 
 def check_uint(message: Message, name: str, maximum: int = U64) -> None:
@@ -352,12 +359,18 @@ class Forward(Message):
     prompt (step 0) and is None on later steps: the last shard keeps one
     sampler per request for the request's life.
 
+    `logprobs`, when not None, asks the last shard for the sampled token's
+    log-probability and that many best alternatives (0..MAX_TOP_LOGPROBS) in
+    its `TokenResult`; it travels with every step (the last shard keeps no
+    state for it).
+
     Version 3 replaced version 2's `temperature`, `top_p`, `top_k`, `seed`
     and (never used) `max_tokens` with `sampling`, and made `origin` required.
+    Version 4 added `logprobs`.
     """
 
     TYPE = "forward"
-    VERSION = 3
+    VERSION = 4
     MAX_SIZE = MAX_FRAME_SIZE  # a long prefill's hidden state
     request_id: str
     plan_version: int
@@ -366,6 +379,7 @@ class Forward(Message):
     origin: str
     step: int = 0
     sampling: dict[str, Any] | None = None
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
@@ -376,6 +390,8 @@ class Forward(Message):
         check_uint(self, "step", U32)
         if self.sampling is not None:
             check_map(self, "sampling", MAX_SAMPLING_FIELDS, MAX_SAMPLING_ITEMS)
+        if self.logprobs is not None:
+            check_uint(self, "logprobs", MAX_TOP_LOGPROBS)
 
     def _check_tensor(self) -> None:
         tensor = self.tensor
@@ -394,17 +410,49 @@ class Forward(Message):
 @dataclass(frozen=True)
 class TokenResult(Message):
     """The token the last shard sampled for a request, sent to its origin
-    (which alone decides when the request ends). Version 2 dropped version 1's
-    `finish_reason`, which no node ever set."""
+    (which alone decides when the request ends).
+
+    When the step's `Forward` asked for `logprobs`, `logprob` is the token's
+    log-probability under the model's raw distribution and `top_logprobs` the
+    best alternatives as (token id, log-probability) pairs, best first; else
+    both are None.
+
+    Version 2 dropped version 1's `finish_reason`, which no node ever set;
+    version 3 added `logprob` and `top_logprobs`."""
 
     TYPE = "token"
-    VERSION = 2
+    VERSION = 3
     request_id: str
     token_id: int
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] | None = None
 
     def __post_init__(self) -> None:
         check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
         check_uint(self, "token_id", U32)
+        if self.logprob is not None and not _is_logprob(self.logprob):
+            raise _invalid(self, "logprob", "a float <= 0 (or -inf)", self.logprob)
+        if self.top_logprobs is not None:
+            object.__setattr__(self, "top_logprobs", self._checked_top())
+
+    def _checked_top(self) -> tuple[tuple[int, float], ...]:
+        """The pairs as tuples (CBOR gives lists), or LocalProtocolError."""
+        pairs = self.top_logprobs
+        expected = f"at most {MAX_TOP_LOGPROBS} [token id, logprob] pairs"
+        if not isinstance(pairs, (list, tuple)) or len(pairs) > MAX_TOP_LOGPROBS:
+            raise _invalid(self, "top_logprobs", expected, pairs)
+        checked = []
+        for pair in pairs:
+            if not (
+                isinstance(pair, (list, tuple))
+                and len(pair) == 2
+                and _is_int(pair[0])
+                and 0 <= pair[0] <= U32
+                and _is_logprob(pair[1])
+            ):
+                raise _invalid(self, "top_logprobs", expected, pairs)
+            checked.append((int(pair[0]), float(pair[1])))
+        return tuple(checked)
 
 
 @register
