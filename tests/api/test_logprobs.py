@@ -58,8 +58,9 @@ async def test_chat_logprobs_match_the_model(
     content = choice["logprobs"]["content"]
     assert len(content) == body["usage"]["completion_tokens"]
     # The tokens' bytes make up the reply.
-    assert bytes(b for entry in content for b in entry["bytes"]).decode() == (
-        choice["message"]["content"]
+    assert (
+        bytes(b for entry in content for b in entry["bytes"]).decode()
+        == (choice["message"]["content"])
     )
     for entry in content:
         assert len(entry["top_logprobs"]) == 3
