@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing
 from typing import Any
 
@@ -79,7 +79,8 @@ async def completions() -> Response:
         prompt = list(text.prompt)
         if max(prompt) >= serving.tokenizer.vocab_size:
             raise APIError(400, "'prompt' holds a token id outside the vocabulary", param="prompt")
-    return await complete(serving, prompt, text.params, chat=False)
+    prompt_text = text.prompt if isinstance(text.prompt, str) else None
+    return await complete(serving, prompt, text.params, chat=False, prompt_text=prompt_text)
 
 
 async def tokenized(encoding: Awaitable[list[int]], param: str) -> list[int]:
@@ -140,7 +141,12 @@ def check_room(serving: Node, prompt: list[int], params: CompletionParams, chat:
 
 
 async def complete(
-    serving: Node, prompt: list[int], params: CompletionParams, *, chat: bool
+    serving: Node,
+    prompt: list[int],
+    params: CompletionParams,
+    *,
+    chat: bool,
+    prompt_text: str | None = None,
 ) -> Response:
     check_room(serving, prompt, params, chat)
     generation = GenerationRequest(
@@ -152,61 +158,71 @@ async def complete(
         max_tokens=params.max_tokens or serving.defaults.max_tokens,
         stop=params.stop,
         logprobs=params.logprobs,
+        score_prompt=params.echo and params.logprobs is not None,
     )
     shape = ResponseShape(serving.model_id, generation.request_id, chat, len(prompt))
-    scores = LogprobShape(serving.tokenizer, chat) if params.logprobs is not None else None
+    # The echoed prompt as the client sent it (token ids: their text).
+    echo = None
+    if params.echo:
+        echo = prompt_text if prompt_text is not None else serving.tokenizer.decode(prompt)
+    scores = None
+    if params.logprobs is not None:
+        scores = LogprobShape(serving.tokenizer, chat, prompt if params.echo else None)
     # Admitted only once the request is known to be valid: a bad one gets its
     # 400, not a 429, and never takes a slot.
     slot = await admission().admit()
     if params.stream:
-        return stream_response(serving, generation, shape, params.include_usage, slot, scores)
+        events = stream_events(serving, generation, shape, params.include_usage, slot, scores, echo)
+        return stream_response(events, slot)
     with slot:
         text, completion_tokens, finish, scored = await collect(serving, generation)
     logprobs = scores.format(scored) if scores else None
     return Response(
-        json.dumps(shape.whole(text, finish, completion_tokens, logprobs)),
+        json.dumps(shape.whole((echo or "") + text, finish, completion_tokens, logprobs)),
         content_type="application/json",
     )
 
 
 async def collect(
     serving: Node, generation: GenerationRequest
-) -> tuple[str, int, str | None, list[TokenLogprob]]:
+) -> tuple[str, int, str | None, GenerationChunk]:
+    """The reply's text, token count and finish reason, and one chunk holding
+    every log-probability."""
     parts: list[str] = []
     scored: list[TokenLogprob] = []
+    prompt: tuple[TokenLogprob, ...] = ()
     tokens, finish = 0, None
     async with open_generation(serving, generation) as chunks:
         async for chunk in chunks:
             parts.append(chunk.text)
             scored.extend(chunk.logprobs)
+            prompt = prompt or chunk.prompt_logprobs
             tokens, finish = chunk.token_count, chunk.finish_reason
-    return "".join(parts), tokens, finish, scored
+    text = "".join(parts)
+    return text, tokens, finish, GenerationChunk(text, tokens, None, tuple(scored), prompt)
 
 
 class LogprobShape:
     """The `logprobs` object of a chat or text choice (see api/logprobs.py); a
-    stream's text offsets continue from chunk to chunk."""
+    stream's text offsets continue from chunk to chunk. With `echo` (the prompt's
+    ids), the first object starts with the prompt's tokens."""
 
-    def __init__(self, tokenizer: TokenTexts, chat: bool) -> None:
+    def __init__(self, tokenizer: TokenTexts, chat: bool, echo: list[int] | None = None) -> None:
         self.tokenizer = tokenizer
         self.text = None if chat else TextLogprobs(tokenizer)
+        self.echo = echo
 
-    def format(self, scored: Sequence[TokenLogprob]) -> dict[str, Any]:
+    def format(self, chunk: GenerationChunk) -> dict[str, Any]:
         if self.text is None:
-            return chat_logprobs(self.tokenizer, scored)
-        return self.text.format(scored)
+            return chat_logprobs(self.tokenizer, chunk.logprobs)
+        if self.echo is None:
+            return self.text.format(chunk.logprobs)
+        first, self.echo = self.echo[0], None
+        return self.text.format([*chunk.prompt_logprobs, *chunk.logprobs], unscored=first)
 
 
-def stream_response(
-    serving: Node,
-    generation: GenerationRequest,
-    shape: ResponseShape,
-    include_usage: bool,
-    slot: Slot,
-    scores: LogprobShape | None = None,
-) -> Response:
+def stream_response(events: AsyncIterator[bytes], slot: Slot) -> Response:
     """The SSE response; its body owns `slot` and frees it when the stream ends."""
-    events = stream_events(serving, generation, shape, include_usage, slot, scores)
     slot.release_with(events)  # in case the server drops the body unread
     response = Response(events, content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
@@ -222,6 +238,7 @@ async def stream_events(
     include_usage: bool,
     slot: Slot,
     scores: LogprobShape | None = None,
+    echo: str | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE body. A client that disconnects cancels this iterator (quart-trio
     cancels the request's task on `http.disconnect`), and `aclosing` then frees
@@ -234,10 +251,13 @@ async def stream_events(
             async with open_generation(serving, generation) as chunks:
                 async for chunk in chunks:
                     tokens = chunk.token_count
-                    if chunk.text or (scores and chunk.logprobs):
-                        logprobs = scores.format(chunk.logprobs) if scores else None
-                        delta = {"content": chunk.text}
-                        yield sse(shape.chunk(delta, None, text=chunk.text, logprobs=logprobs))
+                    text = (echo or "") + chunk.text  # an echoed prompt goes out first
+                    if text or (scores and chunk.logprobs):
+                        echo = None
+                        logprobs = scores.format(chunk) if scores else None
+                        yield sse(
+                            shape.chunk({"content": text}, None, text=text, logprobs=logprobs)
+                        )
                     if chunk.finish_reason:
                         yield sse(shape.chunk({}, chunk.finish_reason, text=""))
         except Exception as exc:

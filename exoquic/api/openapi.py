@@ -114,7 +114,11 @@ COMPLETION_REQUEST = {
                 {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
             ]
         },
-        "echo": {"const": False},
+        "echo": {
+            "type": ["boolean", "null"],
+            "description": "The reply starts with the prompt; with logprobs, the prompt's "
+            "tokens come with their log-probabilities too (the first one's null).",
+        },
         "suffix": {"type": "null"},
         "best_of": {"const": 1},
         "logprobs": {

@@ -63,6 +63,7 @@ class CompletionParams:
     # Not None: report each generated token's log-probability and this many best
     # alternatives (chat: top_logprobs when logprobs is true; text: logprobs).
     logprobs: int | None = None
+    echo: bool = False  # text completions: the reply starts with the prompt
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,16 @@ def parse_text_request(body: Any, context: int = MAX_PROMPT_ITEMS) -> TextReques
     """
     obj = _object(body)
     _reject_unknown(obj, TEXT_FIELDS)
-    for name, neutral in (("echo", False), ("suffix", None), ("best_of", 1)):
+    for name, neutral in (("suffix", None), ("best_of", 1)):
         if obj.get(name, neutral) not in (neutral, None):
             raise invalid(f"'{name}' is not supported", name)
+    echo = obj.get("echo")
+    if echo is not None and not isinstance(echo, bool):
+        raise invalid("'echo' must be a boolean", "echo")
     logprobs = obj.get("logprobs")
     if logprobs is not None:
         logprobs = _integer(obj, "logprobs", 0, 0, MAX_TEXT_LOGPROBS)
-    params = replace(_common(obj), logprobs=logprobs)
+    params = replace(_common(obj), logprobs=logprobs, echo=bool(echo))
     return TextRequest(_prompt(obj.get("prompt"), context), params)
 
 

@@ -45,6 +45,19 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     # Not None: each generated token's log-probability and this many best alternatives.
     logprobs: int | None = None
+    # With logprobs: also each prompt token's (after the first), in the first chunk.
+    score_prompt: bool = False
+
+
+@dataclass(frozen=True)
+class SampledToken:
+    """A token the ring produced, with its log-probabilities when asked; the first
+    token of a request that scores its prompt carries the prompt's too (one per
+    prompt token after the first)."""
+
+    token_id: int
+    scored: TokenLogprob | None = None
+    prompt: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,3 +74,4 @@ class GenerationChunk:
     token_count: int
     finish_reason: FinishReason | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # the first chunk's, when scored

@@ -35,6 +35,7 @@ from exoquic.models.weights import ShardWeights
 from exoquic.orchestration.cluster import Cluster, ClusterSettings, open_cluster
 from exoquic.orchestration.generation import (
     ContextLengthError,
+    FinishReason,
     GenerationChunk,
     GenerationRequest,
     RequestError,
@@ -210,38 +211,32 @@ class Node:
             request.sampling,
             budget,
             request.logprobs,
+            request.score_prompt,
         )
         produced = 0
         scored: list[TokenLogprob] = []  # since the last chunk
+        prompt: tuple[TokenLogprob, ...] = ()  # until the first chunk takes them
         async with aclosing(results):
             async for result in results:
                 token = result.token_id
                 produced += 1
+                prompt = prompt or result.prompt
                 if token in end_tokens:
-                    yield GenerationChunk(
-                        stops.push(text.flush()) + stops.flush(),
-                        produced - 1,
-                        "stop",
-                        tuple(scored),
-                    )
+                    piece = stops.push(text.flush()) + stops.flush()
+                    yield GenerationChunk(piece, produced - 1, "stop", tuple(scored), prompt)
                     return
-                if result.logprob is not None:
-                    scored.append(TokenLogprob(token, result.logprob, result.top_logprobs or ()))
+                if result.scored is not None:
+                    scored.append(result.scored)
                 piece = stops.push(text.push(token))
-                if stops.stopped:
-                    yield GenerationChunk(piece, produced, "stop", tuple(scored))
-                    return
-                if produced == budget:
-                    yield GenerationChunk(
-                        piece + stops.push(text.flush()) + stops.flush(),
-                        produced,
-                        "length",
-                        tuple(scored),
-                    )
-                    return
-                if piece:
-                    yield GenerationChunk(piece, produced, logprobs=tuple(scored))
-                    scored = []
+                finish: FinishReason | None = "stop" if stops.stopped else None
+                if produced == budget and not finish:
+                    piece += stops.push(text.flush()) + stops.flush()
+                    finish = "length"
+                if piece or finish:
+                    yield GenerationChunk(piece, produced, finish, tuple(scored), prompt)
+                    if finish:
+                        return
+                    scored, prompt = [], ()
 
 
 def new_request_id() -> str:

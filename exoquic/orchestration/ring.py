@@ -54,9 +54,9 @@ from typing import Any, Protocol
 import numpy as np
 import trio
 
-from exoquic.engines.logprobs import token_logprob
+from exoquic.engines.logprobs import TokenLogprob, token_logprob
 from exoquic.engines.sampling import Sampler, SamplingParams
-from exoquic.orchestration.generation import UnavailableError
+from exoquic.orchestration.generation import SampledToken, UnavailableError
 from exoquic.orchestration.peers import PeerUnavailable
 from exoquic.orchestration.sampling_wire import (
     BadSamplingError,
@@ -145,10 +145,13 @@ class _Attempt:
     """One try of a request at its origin: its wire id, plan and result inbox, and
     how many alternatives its tokens' log-probabilities carry (None: none asked)."""
 
-    def __init__(self, wire_id: str, plan: Plan, logprobs: int | None = None) -> None:
+    def __init__(
+        self, wire_id: str, plan: Plan, logprobs: int | None = None, score: bool = False
+    ) -> None:
         self.wire_id = wire_id
         self.plan = plan
         self.logprobs = logprobs
+        self.score = score  # score the prompt's tokens (sent with its chunks)
         self.sent_at = 0.0  # when the step in flight was sent
         self.results_due = 0  # results of the step in flight (one per Forward sent)
         self.positions = 0  # positions the step in flight runs (its timeout grows with them)
@@ -224,16 +227,18 @@ class Ring:
         sampling: SamplingParams,
         budget: int,
         logprobs: int | None = None,
-    ) -> AsyncGenerator[TokenResult, None]:
-        """`generate_tokens`, each token as the last shard's `TokenResult`: with its
-        log-probability and `logprobs` best alternatives when `logprobs` is not None."""
+        score_prompt: bool = False,
+    ) -> AsyncGenerator[SampledToken, None]:
+        """`generate_tokens` with each token's log-probability and `logprobs` best
+        alternatives when `logprobs` is not None; with `score_prompt` too, the
+        first token carries the prompt tokens' (all but the first)."""
         if sampling.seed is None:  # fixed here so that replays draw the same tokens
             sampling = replace(sampling, seed=secrets.randbits(63))
         self.stats.requests += 1
         self._requests.add(request_id)
         try:
             # aclosing: a caller that stops early releases the attempt's caches now.
-            tries = self._tries(request_id, prompt, sampling, budget, logprobs)
+            tries = self._tries(request_id, prompt, sampling, budget, logprobs, score_prompt)
             async with aclosing(tries):
                 async for result in tries:
                     yield result
@@ -252,13 +257,16 @@ class Ring:
         sampling: SamplingParams,
         budget: int,
         logprobs: int | None,
-    ) -> AsyncGenerator[TokenResult, None]:
+        score_prompt: bool,
+    ) -> AsyncGenerator[SampledToken, None]:
         """`generate_tokens`' attempts: the first, then replays under newer plans."""
         tokens: list[int] = []
         newer_than = -1
         for attempt_number in range(self.settings.max_attempts):
             plan = await self.plans.wait_usable_plan(newer_than)
-            attempt = _Attempt(f"{request_id}.{attempt_number}", plan, logprobs)
+            # A replay after the first token went out need not score the prompt again.
+            score = score_prompt and logprobs is not None and not tokens
+            attempt = _Attempt(f"{request_id}.{attempt_number}", plan, logprobs, score)
             self._attempts[attempt.wire_id] = attempt
             try:
                 if len(tokens) < budget:
@@ -282,7 +290,7 @@ class Ring:
                             )
                         except _Retry as retry:
                             unsent = retry  # replay after the caller has this token
-                    yield results[-1]
+                    yield _sampled(results, prompt if attempt.score and len(tokens) == 1 else None)
                     if unsent is not None:
                         raise unsent
                 return
@@ -353,7 +361,10 @@ class Ring:
         attempt.positions += len(tokens)
         # The last shard makes the request's sampler from the prompt's steps (step 0).
         wire_sampling = sampling_to_wire(sampling) if step == 0 else None
+        score = attempt.score and step == 0
         for start in range(0, len(tokens), PREFILL_CHUNK):
+            # Each position's next prompt token (the last position's is the one sampled).
+            targets = tuple(int(t) for t in tokens[start + 1 : start + 1 + PREFILL_CHUNK])
             message = Forward(
                 attempt.wire_id,
                 plan.version,
@@ -363,6 +374,7 @@ class Ring:
                 step=step,
                 sampling=wire_sampling,
                 logprobs=attempt.logprobs,
+                score=targets if score and targets else None,
             )
             attempt.results_due += 1  # before sending: a local ring answers within the send
             try:
@@ -493,7 +505,8 @@ class Ring:
             return partial(self._send_quietly, message.origin, refusal)
         self._served[wire_id] = message.origin
         self.worker.limit_batches(pipeline_batch(len(self._served), len(plan.node_ids)))
-        job = self.worker.forward_nowait(wire_id, message.tensor)
+        scoring = shard.is_last and message.score is not None
+        job = self.worker.forward_nowait(wire_id, message.tensor, all_logits=scoring)
         onward = None if shard.is_last else plan.next_node(self.node_id)
         return partial(self._finish, message, job, onward, self._shard_epoch)
 
@@ -558,12 +571,23 @@ class Ring:
         self.stats.forwarded_positions += int(message.tensor.shape[0])
 
     def _token_result(self, message: Forward, logits: np.ndarray) -> TokenResult:
-        """The step's token, with its log-probabilities when the step asks for them."""
+        """The step's token, with its log-probabilities when the step asks for them
+        (and its prompt tokens', from every position's logits, when it scores them)."""
+        prompt = None
+        if message.score is not None and message.logprobs is not None:
+            rows, logits = logits, logits[-1]
+            prompt = tuple(
+                (item.logprob, item.top)
+                for item in (
+                    token_logprob(row, target, message.logprobs)
+                    for row, target in zip(rows, message.score, strict=False)
+                )
+            )
         token = self._sample(message, logits)
         if message.logprobs is None:
             return TokenResult(message.request_id, token)
         scored = token_logprob(logits, token, message.logprobs)
-        return TokenResult(message.request_id, token, scored.logprob, scored.top)
+        return TokenResult(message.request_id, token, scored.logprob, scored.top, prompt)
 
     def _sample(self, message: Forward, logits: np.ndarray) -> int:
         """The step's token, drawn by the request's sampler: made from the
@@ -605,6 +629,23 @@ class Ring:
 
     def statistics(self) -> dict[str, Any]:
         return self.stats.as_dict()
+
+
+def _sampled(results: list[TokenResult], prompt: list[int] | None) -> SampledToken:
+    """The step's token (the last result) as `generate_results` yields it; with
+    `prompt`, the prompt's scores from its chunks' results, in order."""
+    last = results[-1]
+    scored = None
+    if last.logprob is not None:
+        scored = TokenLogprob(last.token_id, last.logprob, last.top_logprobs or ())
+    if prompt is None:
+        return SampledToken(last.token_id, scored)
+    pairs = [pair for result in results for pair in result.prompt_logprobs or ()]
+    prompt_scores = tuple(
+        TokenLogprob(token, logprob, top)
+        for token, (logprob, top) in zip(prompt[1:], pairs, strict=False)
+    )
+    return SampledToken(last.token_id, scored, prompt_scores)
 
 
 class _NoSampler(Exception):

@@ -46,6 +46,10 @@ MAX_DEVICE_ITEMS = 1024
 MAX_SAMPLING_FIELDS = 64
 MAX_SAMPLING_ITEMS = 4096  # room for a logit bias (a JSON schema is one text item)
 MAX_TOP_LOGPROBS = 20  # alternatives per token (OpenAI's limit for chat's top_logprobs)
+# Prompt positions one Forward may score, and alternatives for each (OpenAI's limit for
+# text completions): 256 x 5 alternatives stay well inside cbor.MAX_ITEMS.
+MAX_SCORED_POSITIONS = 256
+MAX_SCORED_TOP = 5
 U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1
 QUIC_ERROR_CODE_MAX = (1 << 62) - 1
@@ -362,11 +366,14 @@ class Forward(Message):
     `logprobs`, when not None, asks the last shard for the sampled token's
     log-probability and that many best alternatives (0..MAX_TOP_LOGPROBS) in
     its `TokenResult`; it travels with every step (the last shard keeps no
-    state for it).
+    state for it). `score` (a prompt's chunks, with `logprobs`) lists the
+    prompt token that follows each of the tensor's first `len(score)`
+    positions: the last shard then runs its head on every position and
+    returns those tokens' log-probabilities in `TokenResult.prompt_logprobs`.
 
     Version 3 replaced version 2's `temperature`, `top_p`, `top_k`, `seed`
     and (never used) `max_tokens` with `sampling`, and made `origin` required.
-    Version 4 added `logprobs`.
+    Version 4 added `logprobs` and `score`.
     """
 
     TYPE = "forward"
@@ -380,6 +387,7 @@ class Forward(Message):
     step: int = 0
     sampling: dict[str, Any] | None = None
     logprobs: int | None = None
+    score: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
@@ -392,6 +400,24 @@ class Forward(Message):
             check_map(self, "sampling", MAX_SAMPLING_FIELDS, MAX_SAMPLING_ITEMS)
         if self.logprobs is not None:
             check_uint(self, "logprobs", MAX_TOP_LOGPROBS)
+        if self.score is not None:
+            self._check_score()
+
+    def _check_score(self) -> None:
+        score, rows = self.score, self.tensor.shape[0]
+        expected = (
+            f"at most {min(rows, MAX_SCORED_POSITIONS)} token ids, "
+            f"with logprobs 0..{MAX_SCORED_TOP}"
+        )
+        if (
+            not isinstance(score, (list, tuple))
+            or len(score) > min(rows, MAX_SCORED_POSITIONS)
+            or not all(_is_int(t) and 0 <= t <= U32 for t in score)
+            or self.logprobs is None
+            or self.logprobs > MAX_SCORED_TOP
+        ):
+            raise _invalid(self, "score", expected, score)
+        object.__setattr__(self, "score", tuple(int(t) for t in score))
 
     def _check_tensor(self) -> None:
         tensor = self.tensor
@@ -415,10 +441,11 @@ class TokenResult(Message):
     When the step's `Forward` asked for `logprobs`, `logprob` is the token's
     log-probability under the model's raw distribution and `top_logprobs` the
     best alternatives as (token id, log-probability) pairs, best first; else
-    both are None.
+    both are None. `prompt_logprobs`, for a `Forward` with `score`, holds
+    one (log-probability, alternatives) pair for each scored prompt token.
 
     Version 2 dropped version 1's `finish_reason`, which no node ever set;
-    version 3 added `logprob` and `top_logprobs`."""
+    version 3 added `logprob`, `top_logprobs` and `prompt_logprobs`."""
 
     TYPE = "token"
     VERSION = 3
@@ -426,6 +453,7 @@ class TokenResult(Message):
     token_id: int
     logprob: float | None = None
     top_logprobs: tuple[tuple[int, float], ...] | None = None
+    prompt_logprobs: tuple[tuple[float, tuple[tuple[int, float], ...]], ...] | None = None
 
     def __post_init__(self) -> None:
         check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
@@ -433,14 +461,29 @@ class TokenResult(Message):
         if self.logprob is not None and not _is_logprob(self.logprob):
             raise _invalid(self, "logprob", "a float <= 0 (or -inf)", self.logprob)
         if self.top_logprobs is not None:
-            object.__setattr__(self, "top_logprobs", self._checked_top())
+            top = self._checked_top(self.top_logprobs, "top_logprobs", MAX_TOP_LOGPROBS)
+            object.__setattr__(self, "top_logprobs", top)
+        if self.prompt_logprobs is not None:
+            object.__setattr__(self, "prompt_logprobs", self._checked_prompt())
 
-    def _checked_top(self) -> tuple[tuple[int, float], ...]:
+    def _checked_prompt(self) -> tuple[tuple[float, tuple[tuple[int, float], ...]], ...]:
+        scored = self.prompt_logprobs
+        expected = f"at most {MAX_SCORED_POSITIONS} [logprob, alternatives] pairs"
+        if not isinstance(scored, (list, tuple)) or len(scored) > MAX_SCORED_POSITIONS:
+            raise _invalid(self, "prompt_logprobs", expected, scored)
+        checked = []
+        for item in scored:
+            if not (isinstance(item, (list, tuple)) and len(item) == 2 and _is_logprob(item[0])):
+                raise _invalid(self, "prompt_logprobs", expected, scored)
+            top = self._checked_top(item[1], "prompt_logprobs", MAX_SCORED_TOP)
+            checked.append((float(item[0]), top))
+        return tuple(checked)
+
+    def _checked_top(self, pairs: object, name: str, most: int) -> tuple[tuple[int, float], ...]:
         """The pairs as tuples (CBOR gives lists), or LocalProtocolError."""
-        pairs = self.top_logprobs
-        expected = f"at most {MAX_TOP_LOGPROBS} [token id, logprob] pairs"
-        if not isinstance(pairs, (list, tuple)) or len(pairs) > MAX_TOP_LOGPROBS:
-            raise _invalid(self, "top_logprobs", expected, pairs)
+        expected = f"at most {most} [token id, logprob] pairs"
+        if not isinstance(pairs, (list, tuple)) or len(pairs) > most:
+            raise _invalid(self, name, expected, pairs)
         checked = []
         for pair in pairs:
             if not (
@@ -450,7 +493,7 @@ class TokenResult(Message):
                 and 0 <= pair[0] <= U32
                 and _is_logprob(pair[1])
             ):
-                raise _invalid(self, "top_logprobs", expected, pairs)
+                raise _invalid(self, name, expected, pairs)
             checked.append((int(pair[0]), float(pair[1])))
         return tuple(checked)
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from api_helpers import TINY_CONFIG, sse_payloads, tiny_weights
+from engines.reference import reference_forward
 
 from exoquic.engines.logprobs import log_softmax
 from exoquic.engines.mlx.engine import MLXEngine
@@ -116,3 +117,56 @@ async def test_text_logprobs_streamed_and_whole_agree(tiny_app_factory: Any) -> 
     streamed = [c["logprobs"] for c in chunks if c["logprobs"]]
     for key in ("token_logprobs", "text_offset"):
         assert [value for part in streamed for value in part[key]] == logprobs[key]
+
+
+@pytest.mark.parametrize(
+    "text",
+    # one prefill chunk; several (the ring sends 128 positions a Forward)
+    ["The capital of France is Paris", " ".join(f"w{i}" for i in range(60))],
+    ids=["short", "chunked"],
+)
+async def test_echo_scores_the_prompt_like_a_float64_forward_pass(
+    tiny_app_factory: Any, smollm2_tokenizer: Tokenizer, text: str
+) -> None:
+    # What lm-evaluation-harness's local-completions sends to score a continuation.
+    prompt = smollm2_tokenizer.encode(text)
+    request = {**TINY_REQUEST, "prompt": prompt, "max_tokens": 1, "echo": True, "logprobs": 1}
+    client = tiny_app_factory().test_client()
+    choice = (await post_json(client, TEXT, request))["choices"][0]
+    logprobs = choice["logprobs"]
+    assert len(logprobs["tokens"]) == len(prompt) + 1  # the prompt, then one new token
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    assert choice["text"].startswith(smollm2_tokenizer.decode(prompt))
+    assert "".join(logprobs["tokens"]) == choice["text"]
+    # Independent of the engines: numpy's float64 forward over the same weights.
+    logits = reference_forward(tiny_weights(TINY_CONFIG), np.asarray(prompt))
+    expected = [log_softmax(logits[i - 1])[prompt[i]] for i in range(1, len(prompt))]
+    got = logprobs["token_logprobs"][1 : len(prompt)]
+    # The MLX engine computes in float32: per token within 1e-4, the sum within 1e-3.
+    assert got == pytest.approx(expected, abs=1e-4)
+    assert math.fsum(got) == pytest.approx(math.fsum(expected), abs=1e-3)
+    for i, top in enumerate(logprobs["top_logprobs"][1:], start=1):
+        best = float(log_softmax(logits[i - 1]).max())
+        assert max(top.values()) == pytest.approx(best, abs=1e-4)
+
+
+async def test_echo_streams_the_prompt_first(
+    tiny_app_factory: Any, smollm2_tokenizer: Tokenizer
+) -> None:
+    request = {**TINY_REQUEST, "prompt": "Hello there", "echo": True, "logprobs": 0}
+    client = tiny_app_factory().test_client()
+    whole = (await post_json(client, TEXT, request))["choices"][0]
+    response = await client.post(TEXT, json={**request, "stream": True})
+    chunks = [c["choices"][0] for c in sse_payloads(await response.get_data())]
+    assert chunks[0]["text"].startswith("Hello there")
+    assert "".join(c["text"] for c in chunks) == whole["text"]
+    streamed = [v for c in chunks if c["logprobs"] for v in c["logprobs"]["token_logprobs"]]
+    assert streamed == whole["logprobs"]["token_logprobs"]
+    assert streamed[0] is None and len(streamed) > len(smollm2_tokenizer.encode("Hello there"))
+
+
+async def test_echo_without_logprobs_repeats_the_prompt(tiny_app_factory: Any) -> None:
+    client = tiny_app_factory().test_client()
+    body = await post_json(client, TEXT, {**TINY_REQUEST, "prompt": "Hi you", "echo": True})
+    assert body["choices"][0]["text"].startswith("Hi you")
+    assert body["choices"][0]["logprobs"] is None

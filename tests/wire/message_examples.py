@@ -60,6 +60,7 @@ EXAMPLES: dict[str, list[Message]] = {
         Forward("req-3", 1, 4, np.array([7], np.int32), NODE_ID, step=2**32 - 1),
         Forward("req-4", 1, 0, np.array([7], np.int32), NODE_ID, logprobs=0),
         Forward("req-4", 1, 1, np.array([7], np.int32), NODE_ID, step=1, logprobs=20),
+        Forward("req-5", 1, 0, np.array([7, 8, 9], np.int32), NODE_ID, logprobs=5, score=(8, 9)),
     ],
     "token": [
         TokenResult("req-1", 42),
@@ -67,6 +68,7 @@ EXAMPLES: dict[str, list[Message]] = {
         TokenResult("req-1", 2**32 - 1),
         TokenResult("req-1", 7, -0.25, ()),
         TokenResult("req-1", 7, -float("inf"), ((7, -0.25), (2**32 - 1, -1.5))),
+        TokenResult("req-5", 7, -0.5, (), ((-1.0, ((3, -0.5),)), (-2.0, ()))),
     ],
     "release": [Release("req-1")],
     "request_failed": [RequestFailed("req-1", "plan 3 is gone", True)],

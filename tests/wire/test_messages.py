@@ -98,8 +98,8 @@ PROGRESS = dict(model="org/model", phase="downloading", done_bytes=1, total_byte
 
 
 FORWARD = dict(request_id="r", plan_version=1, start_position=0, tensor=TOKENS,
-               origin=NODE_ID, step=0, sampling={}, logprobs=None)  # fmt: skip
-TOKEN = dict(request_id="r", token_id=1, logprob=None, top_logprobs=None)
+               origin=NODE_ID, step=0, sampling={}, logprobs=None, score=None)  # fmt: skip
+TOKEN = dict(request_id="r", token_id=1, logprob=None, top_logprobs=None, prompt_logprobs=None)
 FORWARD_V2 = dict(request_id="r", plan_version=1, start_position=0, tensor=TOKENS,
                   temperature=0.0, top_p=1.0, top_k=0, seed=None, max_tokens=1,
                   step=0, origin=None)  # fmt: skip
@@ -181,6 +181,12 @@ def test_forward_needs_its_origin() -> None:
          ErrorCode.INVALID_FIELD, "top_logprobs"),
         (raw_token(**{**TOKEN, "top_logprobs": {"1": -0.5}}),
          ErrorCode.INVALID_FIELD, "top_logprobs"),
+        (raw_token(**{**TOKEN, "prompt_logprobs": [[-0.5, [[1, -0.5]] * 6]]}),
+         ErrorCode.INVALID_FIELD, "prompt_logprobs"),
+        (raw_token(**{**TOKEN, "prompt_logprobs": [[0.5, []]]}),
+         ErrorCode.INVALID_FIELD, "prompt_logprobs"),
+        (raw_token(**{**TOKEN, "prompt_logprobs": [[-0.5, []]] * 257}),
+         ErrorCode.INVALID_FIELD, "prompt_logprobs"),
         # Unhashable values once reached a set-membership test (TypeError).
         (raw("model_progress", **{**PROGRESS, "phase": ["ready"]}),
          ErrorCode.INVALID_FIELD, "phase"),
@@ -213,6 +219,10 @@ def test_invalid_messages_are_the_peers_fault(data: bytes, code: ErrorCode, matc
         ({"origin": "exq-0000"}, "origin"),
         ({"logprobs": 21}, "logprobs"),
         ({"logprobs": True}, "logprobs"),
+        ({"logprobs": 1, "score": [1, 2]}, "score"),  # more than the tensor's one position
+        ({"logprobs": 1, "score": [-1]}, "score"),
+        ({"logprobs": 6, "score": [1]}, "score"),
+        ({"score": [1]}, "score"),  # score without logprobs
     ],
 )
 def test_invalid_forward_fields(changes: dict[str, Any], match: str) -> None:
