@@ -172,8 +172,7 @@ async def complete(
     # 400, not a 429, and never takes a slot.
     slot = await admission().admit()
     if params.stream:
-        events = stream_events(serving, generation, shape, params.include_usage, slot, scores, echo)
-        return stream_response(events, slot)
+        return stream_response(serving, generation, shape, params.include_usage, slot, scores, echo)
     with slot:
         text, completion_tokens, finish, scored = await collect(serving, generation)
     logprobs = scores.format(scored) if scores else None
@@ -221,8 +220,17 @@ class LogprobShape:
         return self.text.format([*chunk.prompt_logprobs, *chunk.logprobs], unscored=first)
 
 
-def stream_response(events: AsyncIterator[bytes], slot: Slot) -> Response:
+def stream_response(
+    serving: Node,
+    generation: GenerationRequest,
+    shape: ResponseShape,
+    include_usage: bool,
+    slot: Slot,
+    scores: LogprobShape | None = None,
+    echo: str | None = None,
+) -> Response:
     """The SSE response; its body owns `slot` and frees it when the stream ends."""
+    events = stream_events(serving, generation, shape, include_usage, slot, scores, echo)
     slot.release_with(events)  # in case the server drops the body unread
     response = Response(events, content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
