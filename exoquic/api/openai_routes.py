@@ -190,15 +190,15 @@ async def collect(
     parts: list[str] = []
     scored: list[TokenLogprob] = []
     prompt: tuple[TokenLogprob, ...] = ()
-    tokens, finish = 0, None
+    tokens, finish, end = 0, None, None
     async with open_generation(serving, generation) as chunks:
         async for chunk in chunks:
             parts.append(chunk.text)
             scored.extend(chunk.logprobs)
             prompt = prompt or chunk.prompt_logprobs
-            tokens, finish = chunk.token_count, chunk.finish_reason
+            tokens, finish, end = chunk.token_count, chunk.finish_reason, chunk.end
     text = "".join(parts)
-    return text, tokens, finish, GenerationChunk(text, tokens, None, tuple(scored), prompt)
+    return text, tokens, finish, GenerationChunk(text, tokens, None, tuple(scored), prompt, end)
 
 
 class LogprobShape:
@@ -214,10 +214,13 @@ class LogprobShape:
     def format(self, chunk: GenerationChunk) -> dict[str, Any]:
         if self.text is None:
             return chat_logprobs(self.tokenizer, chunk.logprobs)
+        # Text completions list an end token too: a harness that scores a prompt
+        # with max_tokens 1 drops the last entry as the generated one.
+        scored = [*chunk.logprobs, *([chunk.end] if chunk.end else [])]
         if self.echo is None:
-            return self.text.format(chunk.logprobs)
+            return self.text.format(scored)
         first, self.echo = self.echo[0], None
-        return self.text.format([*chunk.prompt_logprobs, *chunk.logprobs], unscored=first)
+        return self.text.format([*chunk.prompt_logprobs, *scored], unscored=first)
 
 
 def stream_response(
@@ -260,7 +263,7 @@ async def stream_events(
                 async for chunk in chunks:
                     tokens = chunk.token_count
                     text = (echo or "") + chunk.text  # an echoed prompt goes out first
-                    if text or (scores and chunk.logprobs):
+                    if text or (scores and (chunk.logprobs or chunk.end)):
                         echo = None
                         logprobs = scores.format(chunk) if scores else None
                         yield sse(

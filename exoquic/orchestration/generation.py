@@ -68,10 +68,12 @@ class GenerationChunk:
     previous chunk (when the request asked for them): the text of a token may
     be held back (a UTF-8 character or a stop string not yet whole), so a
     chunk may carry more or fewer tokens than its text shows. An end-of-turn
-    token is not reported, as OpenAI does not."""
+    token is not among them (its text is not in the reply) but in `end`, for
+    text completions, which list it as OpenAI's legacy completions do."""
 
     text: str
     token_count: int
     finish_reason: FinishReason | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
     prompt_logprobs: tuple[TokenLogprob, ...] = ()  # the first chunk's, when scored
+    end: TokenLogprob | None = None  # the end token that finished the reply, when scored

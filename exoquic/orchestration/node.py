@@ -223,7 +223,9 @@ class Node:
                 prompt = prompt or result.prompt
                 if token in end_tokens:
                     piece = stops.push(text.flush()) + stops.flush()
-                    yield GenerationChunk(piece, produced - 1, "stop", tuple(scored), prompt)
+                    yield GenerationChunk(
+                        piece, produced - 1, "stop", tuple(scored), prompt, result.scored
+                    )
                     return
                 if result.scored is not None:
                     scored.append(result.scored)

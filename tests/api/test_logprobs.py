@@ -13,10 +13,12 @@ import pytest
 from api_helpers import TINY_CONFIG, sse_payloads, tiny_weights
 from engines.reference import reference_forward
 
-from exoquic.engines.logprobs import log_softmax
+from exoquic.api.openai_routes import LogprobShape
+from exoquic.engines.logprobs import TokenLogprob, log_softmax
 from exoquic.engines.mlx.engine import MLXEngine
 from exoquic.models.registry import DEFAULT_MODEL_ID
 from exoquic.models.tokenizer import Tokenizer
+from exoquic.orchestration.generation import GenerationChunk
 
 CHAT = "/v1/chat/completions"
 TEXT = "/v1/completions"
@@ -170,3 +172,17 @@ async def test_echo_without_logprobs_repeats_the_prompt(tiny_app_factory: Any) -
     body = await post_json(client, TEXT, {**TINY_REQUEST, "prompt": "Hi you", "echo": True})
     assert body["choices"][0]["text"].startswith("Hi you")
     assert body["choices"][0]["logprobs"] is None
+
+
+def test_text_completions_list_the_end_token_chat_does_not(smollm2_tokenizer: Tokenizer) -> None:
+    # With max_tokens 1, lm-evaluation-harness drops the last entry as the generated
+    # token: an end token must be there, or it would drop a prompt token instead.
+    end_id = smollm2_tokenizer.eos_token_id
+    assert end_id is not None
+    prompt = smollm2_tokenizer.encode("Hi there")
+    scored = (TokenLogprob(prompt[1], -1.0, ((prompt[1], -1.0),)),)
+    chunk = GenerationChunk("", 0, "stop", (), scored, end=TokenLogprob(end_id, -0.5, ()))
+    text = LogprobShape(smollm2_tokenizer, chat=False, echo=prompt).format(chunk)
+    assert text["tokens"] == ["Hi", " there", smollm2_tokenizer.decode([end_id])]
+    assert text["token_logprobs"] == [None, -1.0, -0.5]
+    assert LogprobShape(smollm2_tokenizer, chat=True).format(chunk)["content"] == []
