@@ -34,9 +34,10 @@ from exoquic.wire.errors import ErrorCode, LocalProtocolError, RemoteProtocolErr
 from exoquic.wire.framing import MAX_FRAME_SIZE
 from exoquic.wire.tensors import MAX_TENSOR_ELEMENTS, decode_tensor, encode_tensor
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """The node protocol version nodes announce in `Hello` (over ALPN `exoquic/1`).
-2: typed `Hello` fields, one `sampling` map in `Forward`."""
+2: typed `Hello` fields, one `sampling` map in `Forward`. 3: log-probabilities
+(`Forward` 4, `TokenResult` 3)."""
 
 MAX_ID_LENGTH = 128
 MAX_REASON_LENGTH = 1024
