@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 from quart import Blueprint, Response, current_app, request
@@ -14,12 +15,14 @@ from quart import Blueprint, Response, current_app, request
 from exoquic.api.admission import Admission, Slot
 from exoquic.api.errors import APIError
 from exoquic.api.logprobs import TextLogprobs, TokenTexts, chat_logprobs
+from exoquic.api.metrics import ApiMetrics, GenerationMeter, metered
 from exoquic.api.schemas import CompletionParams, parse_chat_request, parse_text_request
+from exoquic.api.tool_calls import ToolCall, call_id
+from exoquic.api.tools import ReplyPiece, ToolCalling, reply_pieces
 from exoquic.engines.logprobs import TokenLogprob
 from exoquic.models.errors import MessagesRejectedError
 from exoquic.models.generation_defaults import GenerationDefaults
 from exoquic.orchestration.generation import (
-    GenerationChunk,
     GenerationRequest,
     RequestError,
     UnavailableError,
@@ -36,6 +39,15 @@ def node() -> Node:
 
 def admission() -> Admission:
     return current_app.config["EXOQUIC_ADMISSION"]
+
+
+def generation_meter(prompt_tokens: int) -> GenerationMeter | None:
+    """A meter for the current request's generation (None for an app without metrics)."""
+    metrics: ApiMetrics | None = current_app.config.get("EXOQUIC_METRICS")
+    if metrics is None:
+        return None
+    rule = request.url_rule.rule if request.url_rule is not None else request.path
+    return metrics.meter(rule, prompt_tokens)
 
 
 async def json_body() -> Any:
@@ -64,8 +76,10 @@ async def chat_completions() -> Response:
     body = with_model_defaults(await json_body(), node().defaults)
     chat = parse_chat_request(body, context=node().max_context)
     serving = serving_node(chat.params.model)
-    prompt = await tokenized(serving.encode_chat(list(chat.messages)), "messages")
-    return await complete(serving, prompt, chat.params, chat=True)
+    calling = ToolCalling.for_template(chat.tools, serving.tokenizer.chat_template)
+    messages, tools = calling.render(list(chat.messages))
+    prompt = await tokenized(serving.encode_chat(messages, tools, calling.prefix), "messages")
+    return await complete(serving, prompt, chat.params, chat=True, calling=calling)
 
 
 @blueprint.post("/v1/completions")
@@ -146,21 +160,12 @@ async def complete(
     params: CompletionParams,
     *,
     chat: bool,
+    calling: ToolCalling | None = None,
     prompt_text: str | None = None,
 ) -> Response:
-    check_room(serving, prompt, params, chat)
-    generation = GenerationRequest(
-        request_id=new_request_id(),
-        prompt_tokens=tuple(prompt),
-        sampling=params.sampling,
-        # Without max_tokens, the model's finite default (the node cuts any
-        # budget to the room the context has left).
-        max_tokens=params.max_tokens or serving.defaults.max_tokens,
-        stop=params.stop,
-        logprobs=params.logprobs,
-        score_prompt=params.echo and params.logprobs is not None,
-    )
+    generation = new_generation(serving, prompt, params, chat)
     shape = ResponseShape(serving.model_id, generation.request_id, chat, len(prompt))
+    meter = generation_meter(len(prompt))
     # The echoed prompt as the client sent it (token ids: their text).
     echo = None
     if params.echo:
@@ -172,33 +177,58 @@ async def complete(
     # 400, not a 429, and never takes a slot.
     slot = await admission().admit()
     if params.stream:
-        return stream_response(serving, generation, shape, params.include_usage, slot, scores, echo)
+        usage = params.include_usage
+        return stream_response(
+            serving, generation, shape, usage, slot, calling, meter, scores, echo
+        )
     with slot:
-        text, completion_tokens, finish, scored = await collect(serving, generation)
-    logprobs = scores.format(scored) if scores else None
+        reply = await collect(serving, generation, calling, meter)
+    logprobs = scores.format(reply) if scores else None
+    reply = replace(reply, text=(echo or "") + reply.text)
     return Response(
-        json.dumps(shape.whole((echo or "") + text, finish, completion_tokens, logprobs)),
+        json.dumps(shape.whole(reply, logprobs)),
         content_type="application/json",
     )
 
 
+def new_generation(
+    serving: Node, prompt: list[int], params: CompletionParams, chat: bool
+) -> GenerationRequest:
+    """The generation a valid request asks for (400 when it cannot fit)."""
+    check_room(serving, prompt, params, chat)
+    return GenerationRequest(
+        request_id=new_request_id(),
+        prompt_tokens=tuple(prompt),
+        sampling=params.sampling,
+        # Without max_tokens, the model's finite default (the node cuts any
+        # budget to the room the context has left).
+        max_tokens=params.max_tokens or serving.defaults.max_tokens,
+        stop=params.stop,
+        logprobs=params.logprobs,
+        score_prompt=params.echo and params.logprobs is not None,
+    )
+
+
 async def collect(
-    serving: Node, generation: GenerationRequest
-) -> tuple[str, int, str | None, GenerationChunk]:
-    """The reply's text, token count and finish reason, and one chunk holding
-    every log-probability."""
+    serving: Node,
+    generation: GenerationRequest,
+    calling: ToolCalling | None = None,
+    meter: GenerationMeter | None = None,
+) -> ReplyPiece:
+    """The whole reply as one piece: all its text, its calls, its finish reason
+    and every log-probability."""
     parts: list[str] = []
     scored: list[TokenLogprob] = []
     prompt: tuple[TokenLogprob, ...] = ()
-    tokens, finish, end = 0, None, None
-    async with open_generation(serving, generation) as chunks:
-        async for chunk in chunks:
-            parts.append(chunk.text)
-            scored.extend(chunk.logprobs)
-            prompt = prompt or chunk.prompt_logprobs
-            tokens, finish, end = chunk.token_count, chunk.finish_reason, chunk.end
+    last = ReplyPiece("", 0)
+    async with open_reply(serving, generation, calling, meter) as pieces:
+        async for piece in pieces:
+            parts.append(piece.text)
+            scored.extend(piece.logprobs)
+            prompt = prompt or piece.prompt_logprobs
+            last = piece
     text = "".join(parts)
-    return text, tokens, finish, GenerationChunk(text, tokens, None, tuple(scored), prompt, end)
+    return replace(last, text=text, logprobs=tuple(scored), prompt_logprobs=prompt)
 
 
 class LogprobShape:
@@ -211,16 +241,16 @@ class LogprobShape:
         self.text = None if chat else TextLogprobs(tokenizer)
         self.echo = echo
 
-    def format(self, chunk: GenerationChunk) -> dict[str, Any]:
+    def format(self, piece: ReplyPiece) -> dict[str, Any]:
         if self.text is None:
-            return chat_logprobs(self.tokenizer, chunk.logprobs)
+            return chat_logprobs(self.tokenizer, piece.logprobs)
         # Text completions list an end token too: a harness that scores a prompt
         # with max_tokens 1 drops the last entry as the generated one.
-        scored = [*chunk.logprobs, *([chunk.end] if chunk.end else [])]
+        scored = [*piece.logprobs, *([piece.end] if piece.end else [])]
         if self.echo is None:
             return self.text.format(scored)
         first, self.echo = self.echo[0], None
-        return self.text.format([*chunk.prompt_logprobs, *scored], unscored=first)
+        return self.text.format([*piece.prompt_logprobs, *scored], unscored=first)
 
 
 def stream_response(
@@ -229,11 +259,15 @@ def stream_response(
     shape: ResponseShape,
     include_usage: bool,
     slot: Slot,
+    calling: ToolCalling | None = None,
+    meter: GenerationMeter | None = None,
     scores: LogprobShape | None = None,
     echo: str | None = None,
 ) -> Response:
     """The SSE response; its body owns `slot` and frees it when the stream ends."""
-    events = stream_events(serving, generation, shape, include_usage, slot, scores, echo)
+    events = stream_events(
+        serving, generation, shape, include_usage, slot, calling, meter, scores, echo
+    )
     slot.release_with(events)  # in case the server drops the body unread
     response = Response(events, content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
@@ -248,6 +282,8 @@ async def stream_events(
     shape: ResponseShape,
     include_usage: bool,
     slot: Slot,
+    calling: ToolCalling | None = None,
+    meter: GenerationMeter | None = None,
     scores: LogprobShape | None = None,
     echo: str | None = None,
 ) -> AsyncIterator[bytes]:
@@ -259,18 +295,19 @@ async def stream_events(
             yield sse(shape.chunk({"role": "assistant", "content": ""}, None))
         tokens = 0
         try:
-            async with open_generation(serving, generation) as chunks:
-                async for chunk in chunks:
-                    tokens = chunk.token_count
-                    text = (echo or "") + chunk.text  # an echoed prompt goes out first
-                    if text or (scores and (chunk.logprobs or chunk.end)):
+            async with open_reply(serving, generation, calling, meter) as pieces:
+                async for piece in pieces:
+                    tokens = piece.token_count
+                    text = (echo or "") + piece.text  # an echoed prompt goes out first
+                    if text or (scores and (piece.logprobs or piece.end)):
                         echo = None
-                        logprobs = scores.format(chunk) if scores else None
-                        yield sse(
-                            shape.chunk({"content": text}, None, text=text, logprobs=logprobs)
-                        )
-                    if chunk.finish_reason:
-                        yield sse(shape.chunk({}, chunk.finish_reason, text=""))
+                        logprobs = scores.format(piece) if scores else None
+                        delta = {"content": text}
+                        yield sse(shape.chunk(delta, None, text=text, logprobs=logprobs))
+                    for index, call in enumerate(piece.calls):
+                        yield sse(shape.chunk({"tool_calls": [shape.tool_call(call, index)]}, None))
+                    if piece.finish_reason:
+                        yield sse(shape.chunk({}, piece.finish_reason, text=""))
         except Exception as exc:
             # The 200 status is already sent: report the failure the way OpenAI's
             # stream does, as an error event, and still end the stream cleanly.
@@ -285,13 +322,21 @@ async def stream_events(
         yield b"data: [DONE]\n\n"
 
 
-def open_generation(
-    serving: Node, generation: GenerationRequest
-) -> aclosing[AsyncGenerator[GenerationChunk, None]]:
-    """`serving.generate(...)` closed on exit, so its KV cache is freed however we leave."""
+def open_reply(
+    serving: Node,
+    generation: GenerationRequest,
+    calling: ToolCalling | None = None,
+    meter: GenerationMeter | None = None,
+) -> aclosing[AsyncGenerator[ReplyPiece, None]]:
+    """The reply's pieces: `serving.generate(...)`'s chunks, timed and counted by
+    `meter`, with tool calls taken out (`calling`; see `reply_pieces`). Closed
+    on exit, each layer closing the one it reads, so the KV cache is freed
+    however we leave."""
     chunks = serving.generate(generation)
     assert isinstance(chunks, AsyncGenerator)  # typed as an iterator, built as a generator
-    return aclosing(chunks)
+    pieces = reply_pieces(metered(chunks, meter), calling)
+    assert isinstance(pieces, AsyncGenerator)
+    return aclosing(pieces)
 
 
 def sse(payload: dict[str, Any]) -> bytes:
@@ -324,27 +369,39 @@ class ResponseShape:
             "total_tokens": self.prompt_tokens + completion_tokens,
         }
 
-    def whole(
-        self,
-        text: str,
-        finish: str | None,
-        completion_tokens: int,
-        logprobs: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    def whole(self, reply: ReplyPiece, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+        finish = reply.finish_reason
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": logprobs}
         if self.chat:
-            choice["message"] = {"role": "assistant", "content": text}
+            message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+            if reply.calls:
+                # OpenAI's shape: no content (null) when the reply is only calls.
+                message["content"] = reply.text or None
+                calls = [self.tool_call(c, i) for i, c in enumerate(reply.calls)]
+                message["tool_calls"] = [
+                    {k: v for k, v in c.items() if k != "index"} for c in calls
+                ]
+            choice["message"] = message
         else:
-            choice["text"] = text
+            choice["text"] = reply.text
         return {
             **self._envelope(stream=False),
             "choices": [choice],
-            "usage": self.usage(completion_tokens),
+            "usage": self.usage(reply.token_count),
+        }
+
+    def tool_call(self, call: ToolCall, index: int) -> dict[str, Any]:
+        """One call as OpenAI shows it (`index` matters only in stream deltas)."""
+        return {
+            "index": index,
+            "id": call_id(self.id.removeprefix("chatcmpl-"), index),
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments_json()},
         }
 
     def chunk(
         self,
-        delta: dict[str, str],
+        delta: dict[str, Any],
         finish: str | None,
         text: str = "",
         logprobs: dict[str, Any] | None = None,
