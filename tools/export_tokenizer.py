@@ -23,7 +23,15 @@ def export(model: str, out: Path) -> None:
     tokenizer = resolve_source(model).load_tokenizer()
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.backend.save(str(out / "tokenizer.json"))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast"}
+    config: dict[str, object] = {"tokenizer_class": "PreTrainedTokenizerFast"}
+    # lm-evaluation-harness starts each perplexity window with bos (else eos):
+    # without them it sends a null token id.
+    for name, token_id in (
+        ("bos_token", tokenizer.bos_token_id),
+        ("eos_token", tokenizer.eos_token_id),
+    ):
+        if token_id is not None:
+            config[name] = tokenizer.backend.id_to_token(token_id)
     (out / "tokenizer_config.json").write_text(json.dumps(config) + "\n")
 
 

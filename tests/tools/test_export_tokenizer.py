@@ -24,3 +24,6 @@ def test_exported_tokenizer_gives_exoquic_ids(
     ours = resolve_source(DEFAULT_MODEL_ID).load_tokenizer()
     for text in TEXTS:
         assert theirs(text, add_special_tokens=False)["input_ids"] == ours.encode(text), text
+    # lm-evaluation-harness's perplexity windows start with bos, else eos.
+    assert (theirs.bos_token_id, theirs.eos_token_id) == (ours.bos_token_id, ours.eos_token_id)
+    assert theirs.eos_token_id is not None
