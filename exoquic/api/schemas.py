@@ -106,7 +106,7 @@ def parse_chat_request(body: Any, context: int = MAX_PROMPT_ITEMS) -> ChatReques
     if response_format is not None and response_format != {"type": "text"}:
         raise invalid('only \'response_format\': {"type": "text"} is supported', "response_format")
     messages = _messages(obj.get("messages"), context)
-    params = replace(_common(obj), logprobs=_chat_logprobs(obj))
+    params = replace(_common(obj), logprobs=chat_logprobs_count(obj))
     return ChatRequest(messages, params, parse_tools(obj))
 
 
@@ -131,7 +131,7 @@ def parse_text_request(body: Any, context: int = MAX_PROMPT_ITEMS) -> TextReques
     return TextRequest(_prompt(obj.get("prompt"), context), params)
 
 
-def _chat_logprobs(obj: dict[str, Any]) -> int | None:
+def chat_logprobs_count(obj: dict[str, Any]) -> int | None:
     """How many alternatives a chat request wants with each token's log-probability
     (None: no log-probabilities); top_logprobs needs logprobs true, as on OpenAI."""
     wanted = obj.get("logprobs")
