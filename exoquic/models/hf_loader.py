@@ -28,7 +28,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 
@@ -57,6 +57,14 @@ HF_WEIGHTS: tuple[str, ...] = get_args(HFWeights)
 DEFAULT_HF_WEIGHTS: HFWeights = "auto"
 _HALF_KINDS: dict[str, QuantKind] = {"BF16": "bf16", "F16": "f16"}
 _QUANTIZED: dict[str, QuantKind] = {"q8_0": "q8_0", "q4_k": "q4_k", "q4_0": "q4_0", "q4_1": "q4_1"}
+
+
+def as_hf_weights(text: str) -> HFWeights:
+    """`text` as an `HFWeights` choice; ValueError naming the choices otherwise."""
+    for choice in HF_WEIGHTS:
+        if text == choice:
+            return cast(HFWeights, choice)
+    raise ValueError(f"weights must be one of {', '.join(HF_WEIGHTS)}, not {text!r}")
 
 
 def read_json(path: Path) -> Any:
