@@ -10,6 +10,7 @@ ends (finished, failed, cancelled).
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import time
@@ -28,6 +29,7 @@ from exoquic.machine import probe_capabilities
 from exoquic.models.config import ModelConfig
 from exoquic.models.generation_defaults import FALLBACK_DEFAULTS, GenerationDefaults
 from exoquic.models.shard import Shard
+from exoquic.models.sizes import BYTES_PER_WEIGHT, estimated_part_sizes
 from exoquic.models.source import ModelSource
 from exoquic.models.tokenizer import Tokenizer
 from exoquic.models.weights import ShardWeights
@@ -89,7 +91,8 @@ class Node:
         requirements: ModelRequirements | None = None,
     ) -> None:
         self.model_id = model_id
-        self.requirements = requirements  # the parts' sizes the plan counts, if known
+        # The parts' sizes the plan counts; a test's node without them gets an estimate.
+        self.requirements = requirements or estimated_requirements(model_id, config)
         self.config = config
         self.defaults = defaults  # for requests that name no sampling or max_tokens
         self.tokenizer = tokenizer
@@ -129,17 +132,25 @@ class Node:
 
         return canonical_model_id(model) == self.model_id
 
-    async def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+    async def encode_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        reply_prefix: str = "",
+    ) -> list[int]:
         """Render the model's chat template and tokenize it, off the event loop.
 
-        Raises ContextLengthError, before any work, when the messages are too
-        long for the context whatever they say; ChatTemplateError when the
-        template rejects them.
+        `tools` go to the template; `reply_prefix` is text the assistant's turn
+        starts with (the opening of a forced tool call). Raises
+        ContextLengthError, before any work, when the messages are too long for
+        the context whatever they say; ChatTemplateError when the template
+        rejects them.
         """
-        self._check_prompt_chars(sum(len(m["content"]) for m in messages))
+        self._check_prompt_chars(sum(map(_message_chars, messages)) + _json_chars(tools))
 
         def render_and_encode() -> list[int]:
-            return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages))
+            text = self.tokenizer.apply_chat_template(messages, tools=tools)
+            return self.tokenizer.encode(text + reply_prefix)
 
         return await self._off_loop(render_and_encode)
 
@@ -232,6 +243,15 @@ class Node:
                     yield GenerationChunk(piece, produced)
 
 
+def _message_chars(message: dict[str, Any]) -> int:
+    return len(message["content"]) + _json_chars(message.get("tool_calls"))
+
+
+def _json_chars(value: Any) -> int:
+    """Characters of `value` as JSON, 0 for nothing (tools and tool calls)."""
+    return len(json.dumps(value)) if value else 0
+
+
 def new_request_id() -> str:
     return uuid.uuid4().hex
 
@@ -240,13 +260,9 @@ def model_requirements(source: ModelSource, config: ModelConfig) -> ModelRequire
     """Memory the model's parts take once loaded: the registry's sizes for a bundled
     GGUF, else the source's own (a GGUF's tensor sizes; a safetensors checkpoint's
     matrices at the size they are quantized to on load)."""
-    from exoquic.models.registry import find_model
-
-    entry = find_model(source.model_id)
-    if entry is not None and entry.bundled_package:
-        return ModelRequirements(
-            entry.id, entry.num_layers, entry.bytes_per_layer, entry.embed_bytes, entry.embed_bytes
-        )
+    bundled = _bundled_requirements(source.model_id)
+    if bundled is not None:
+        return bundled
     sizes = source.part_sizes(config)
     return ModelRequirements(
         source.model_id,
@@ -254,6 +270,29 @@ def model_requirements(source: ModelSource, config: ModelConfig) -> ModelRequire
         sizes.bytes_per_layer,
         sizes.embed_bytes,
         sizes.head_bytes,
+    )
+
+
+def _bundled_requirements(model_id: str) -> ModelRequirements | None:
+    from exoquic.models.registry import find_model
+
+    entry = find_model(model_id)
+    if entry is None or not entry.bundled_package:
+        return None
+    return ModelRequirements(
+        entry.id, entry.num_layers, entry.bytes_per_layer, entry.embed_bytes, entry.embed_bytes
+    )
+
+
+def estimated_requirements(model_id: str, config: ModelConfig) -> ModelRequirements:
+    """Sizes from the config's shapes alone, every matrix as Q8_0 (or the
+    registry's, for the bundled model)."""
+    bundled = _bundled_requirements(model_id)
+    if bundled is not None:
+        return bundled
+    sizes = estimated_part_sizes(config, BYTES_PER_WEIGHT["q8_0"])
+    return ModelRequirements(
+        model_id, config.num_layers, sizes.bytes_per_layer, sizes.embed_bytes, sizes.head_bytes
     )
 
 
