@@ -14,11 +14,11 @@ from api_helpers import TINY_CONFIG, sse_payloads, tiny_weights
 from engines.reference import reference_forward
 
 from exoquic.api.openai_routes import LogprobShape
+from exoquic.api.tools import ReplyPiece
 from exoquic.engines.logprobs import TokenLogprob, log_softmax
 from exoquic.engines.mlx.engine import MLXEngine
 from exoquic.models.registry import DEFAULT_MODEL_ID
 from exoquic.models.tokenizer import Tokenizer
-from exoquic.orchestration.generation import GenerationChunk
 
 CHAT = "/v1/chat/completions"
 TEXT = "/v1/completions"
@@ -121,6 +121,26 @@ async def test_text_logprobs_streamed_and_whole_agree(tiny_app_factory: Any) -> 
         assert [value for part in streamed for value in part[key]] == logprobs[key]
 
 
+async def test_streamed_tool_call_replies_keep_every_logprob(tiny_app_factory: Any) -> None:
+    """A forced call holds the whole reply back (tool calls): its tokens'
+    log-probabilities still all come, once each, before the stream ends."""
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}  # fmt: skip
+    request = {**TINY_REQUEST, "messages": HELLO, "logprobs": True, "stream": True,
+               "max_tokens": 6, "tools": [tool], "tool_choice": "required",
+               "stream_options": {"include_usage": True}}  # fmt: skip
+    client = tiny_app_factory().test_client()
+    response = await client.post(CHAT, json=request)
+    chunks = sse_payloads(await response.get_data())
+    entries = [
+        entry
+        for c in chunks
+        if c["choices"] and c["choices"][0]["logprobs"]
+        for entry in c["choices"][0]["logprobs"]["content"]
+    ]
+    assert len(entries) == chunks[-1]["usage"]["completion_tokens"] > 0
+
+
 @pytest.mark.parametrize(
     "text",
     # one prefill chunk; several (the ring sends 128 positions a Forward)
@@ -181,7 +201,7 @@ def test_text_completions_list_the_end_token_chat_does_not(smollm2_tokenizer: To
     assert end_id is not None
     prompt = smollm2_tokenizer.encode("Hi there")
     scored = (TokenLogprob(prompt[1], -1.0, ((prompt[1], -1.0),)),)
-    chunk = GenerationChunk("", 0, "stop", (), scored, end=TokenLogprob(end_id, -0.5, ()))
+    chunk = ReplyPiece("", 0, "stop", (), (), scored, end=TokenLogprob(end_id, -0.5, ()))
     text = LogprobShape(smollm2_tokenizer, chat=False, echo=prompt).format(chunk)
     assert text["tokens"] == ["Hi", " there", smollm2_tokenizer.decode([end_id])]
     assert text["token_logprobs"] == [None, -1.0, -0.5]
