@@ -33,7 +33,9 @@ OPTION_FIELDS = {
 }
 # Fields that change nothing here (thinking is the model's); `keep_alive` is
 # taken out by the routes before these checks (see `take_keep_alive`).
-IGNORED_FIELDS = ("keep_alive", "think", "truncate", "shift", "logprobs", "top_logprobs")
+IGNORED_FIELDS = ("keep_alive", "think", "truncate", "shift")
+# Top-level fields with the same name and meaning in OpenAI's chat body.
+LOGPROB_FIELDS = ("logprobs", "top_logprobs")
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class GenerateBody:
 def chat_body(body: Any) -> tuple[dict[str, Any], bool]:
     """An `/api/chat` body as an OpenAI chat body, and whether to stream (400s)."""
     obj = _object(body)
-    _known(obj, {"model", "messages", "tools", "format", "options", "stream"})
+    _known(obj, {"model", "messages", "tools", "format", "options", "stream", *LOGPROB_FIELDS})
     messages = obj.get("messages")
     if not isinstance(messages, list):
         raise invalid("'messages' must be an array", "messages")
@@ -58,6 +60,7 @@ def chat_body(body: Any) -> tuple[dict[str, Any], bool]:
         "messages": [_message(m, i) for i, m in enumerate(messages)],
         **_options(obj.get("options")),
         **_format(obj.get("format")),
+        **_logprobs(obj),
     }
     if obj.get("tools"):
         mapped["tools"] = obj["tools"]
@@ -70,7 +73,7 @@ def generate_body(body: Any) -> GenerateBody:
     _known(
         obj,
         {"model", "prompt", "suffix", "system", "template", "context", "raw", "format", "images"}
-        | {"options", "stream"},
+        | {"options", "stream", *LOGPROB_FIELDS},
     )
     for name in ("suffix", "template", "context", "images"):
         if obj.get(name):
@@ -88,6 +91,7 @@ def generate_body(body: Any) -> GenerateBody:
         "messages": messages,
         **_options(obj.get("options")),
         **_format(obj.get("format")),
+        **_logprobs(obj),
     }
     return GenerateBody(mapped, raw, prompt, _stream(obj))
 
@@ -143,6 +147,11 @@ def _options(value: Any) -> dict[str, Any]:
     if predict is not None and not (isinstance(predict, int) and predict < 0):
         mapped["max_tokens"] = predict
     return mapped
+
+
+def _logprobs(obj: dict[str, Any]) -> dict[str, Any]:
+    """`logprobs` and `top_logprobs` (0-20) as given: the chat body checks them."""
+    return {name: obj[name] for name in LOGPROB_FIELDS if obj.get(name) is not None}
 
 
 def _format(value: Any) -> dict[str, Any]:

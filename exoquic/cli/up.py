@@ -174,7 +174,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"exoquic: {exc}", file=sys.stderr)
         return 2
-    settings = NodeSettings(model=args.model, engine=args.engine, max_context=args.max_context)
+    settings = NodeSettings(
+        model=args.model, engine=args.engine, max_context=args.max_context, weights=args.weights
+    )
     # (argparse runs --keep-alive's type on its string default too)
     models = ModelSetSettings(keep_alive=args.keep_alive, auto_pull=args.auto_pull)
     trio.run(serve_node, settings, args.api_host, args.api_port, security, cluster, limits, models)

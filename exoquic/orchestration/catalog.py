@@ -191,17 +191,14 @@ def _describe(entry: CatalogEntry) -> tuple[ModelFootprint, int]:
         arch = gf.metadata.get("general.architecture")
         context = int(gf.metadata.get(f"{arch}.context_length", 0)) or 2048
         return footprint_of_gguf(gf, entry.model_id), context
-    config = entry.source().load_config()
-    d, f = config.hidden_size, config.intermediate_size
-    # As `node.model_requirements` estimates a safetensors model: 4 bytes per weight.
-    attention = d * config.head_dim * (2 * config.num_heads + 2 * config.num_kv_heads)
-    per_layer = 4 * (attention + 3 * d * f + 2 * d)
-    embed = 4 * config.vocab_size * d
+    source = entry.source()
+    config = source.load_config()
+    sizes = source.part_sizes(config)  # matrices as they load (the default --weights)
     footprint = ModelFootprint(
         entry.model_id,
-        (per_layer,) * config.num_layers,
-        embed,
-        0 if config.tie_word_embeddings else embed,
+        (sizes.bytes_per_layer,) * config.num_layers,
+        sizes.embed_bytes,
+        sizes.head_bytes,
         2 * config.num_layers * config.num_kv_heads * config.head_dim * KV_BYTES_PER_VALUE,
     )
     return footprint, config.max_context

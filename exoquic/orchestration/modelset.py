@@ -29,9 +29,11 @@ from typing import Any
 
 import trio
 
+from exoquic.models.hf_loader import as_hf_weights
+from exoquic.models.source import ModelSource
 from exoquic.orchestration.catalog import Catalog, CatalogEntry
 from exoquic.orchestration.generation import UnavailableError
-from exoquic.orchestration.node import Node, NodeSettings, model_requirements, open_node
+from exoquic.orchestration.node import Node, NodeSettings, open_node
 from exoquic.orchestration.residency import (
     DEFAULT_KEEP_ALIVE_S,
     KEEP,
@@ -275,7 +277,7 @@ class ModelSet:
         """Load `entry` on this node alone and keep it until told to stop."""
         from exoquic.download.ensure import NodeModel
 
-        source = entry.source()
+        source = self._source(entry)
         settings = replace(self.node_settings, model=entry.model_id)
         started = time.perf_counter()
         stopped = trio.Event()
@@ -290,6 +292,10 @@ class ModelSet:
                 await node.cluster.worker.call(node.engine.unload)
         finally:
             stopped.set()
+
+    def _source(self, entry: CatalogEntry) -> ModelSource:
+        """The entry's files, its float matrices loaded as `--weights` says."""
+        return replace(entry.source(), weights=as_hf_weights(self.node_settings.weights))
 
     async def _unload(self, model_id: str) -> None:
         held = self._held.pop(model_id)
@@ -412,7 +418,7 @@ class ModelSet:
 
     def _loaded_servable(self, resident: Resident) -> Servable:
         node = self.node_of(resident.model_id)
-        weights = model_requirements(node.model_id, node.config).total_bytes
+        weights = node.requirements.total_bytes
         held = self._held.get(resident.model_id)
         if held is not None and self.catalog is not None:
             weights = self.catalog.footprint(held.entry).needed(0)
@@ -449,7 +455,7 @@ def _default_size(node: Node) -> int:
     """What the default model takes on this node: its shard's weights (all of
     them when alone) and their KV cache at full context."""
     config = node.config
-    requirements = model_requirements(node.model_id, config)
+    requirements = node.requirements
     shard = node.cluster.plans.shard
     first, last = (
         (0, config.num_layers - 1) if shard is None else (shard.start_layer, shard.end_layer)
