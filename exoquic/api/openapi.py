@@ -58,6 +58,12 @@ COMMON_PROPERTIES: dict[str, Any] = {
     "metadata": {"description": "Accepted and ignored."},
     "store": {"description": "Accepted and ignored."},
     "service_tier": {"description": "Accepted and ignored."},
+    "keep_alive": {
+        "type": ["string", "number", "null"],
+        "description": "As Ollama's: how long the model stays loaded after this request, "
+        'seconds or a duration ("5m", "1h30m"); 0 unloads it right after, negative keeps '
+        "it. Omitted: the model's keep-alive (exoquic up --keep-alive, 5m).",
+    },
 }
 TOOL = {
     "type": "object",
@@ -282,7 +288,9 @@ _DOCUMENT: dict[str, Any] = {
     "paths": {
         "/v1/chat/completions": _completion_route("Chat completion", "ChatCompletionRequest"),
         "/v1/completions": _completion_route("Text completion", "CompletionRequest"),
-        "/v1/models": _get_route("The models this node serves"),
+        "/v1/models": _get_route(
+            "The models this node serves: loaded ones, and cached ones it loads on demand"
+        ),
         "/v1/models/{model}": {
             **_get_route("One model"),
             "parameters": [

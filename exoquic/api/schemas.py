@@ -56,6 +56,7 @@ COMMON_FIELDS = frozenset(
         "seed",
         "stream",
         "stream_options",
+        "keep_alive",  # taken out by the routes (see openai_routes.take_keep_alive)
         *NEUTRAL_DEFAULTS,
         *IGNORED,
     }

@@ -94,8 +94,10 @@ def model_row(model: dict[str, Any], now: float) -> list[str]:
         for h in holders
         if h.get("layers")
     )
+    from exoquic.topology.fit import format_size
+
     size = model.get("size_needed") or model.get("size") or 0
-    return [name, where or "-", _size(int(size)), str(model.get("running", 0)),
+    return [name, where or "-", format_size(int(size)), str(model.get("running", 0)),
             expiry_text(model.get("expires_at"), now)]  # fmt: skip
 
 
@@ -117,10 +119,3 @@ def expiry_text(expires_at: object, now: float) -> str:
     if hours:
         return f"in {hours}h {minutes}m"
     return f"in {minutes}m {seconds}s" if minutes else f"in {seconds}s"
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
