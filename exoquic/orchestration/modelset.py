@@ -148,9 +148,8 @@ class ModelSet:
         node = self.loaded_node(name)
         if node is None and self.catalog is not None:
             entry = self.catalog.find(name)
-            held = self._held.get(entry.model_id) if entry is not None else None
-            if held is not None:
-                node = held.node
+            if entry is not None and entry.model_id in self.residency:
+                node = self.node_of(entry.model_id)  # another name of a loaded model
             elif entry is not None or self.settings.auto_pull:
                 return await self._wait_for_load(name, entry, keep_alive)
         if node is None:

@@ -192,6 +192,12 @@ def test_models_lists_cached_and_loaded_with_fit(node: RingNode) -> None:
     assert cards[HUGE_ID]["loaded"] is False and cards[HUGE_ID]["fits"] is False
     assert cards[HUGE_ID]["size_bytes"] > 4_500_000_000
     assert cards[TINY_ID]["fits"] is True and cards[TINY_ID]["size_bytes"] > 0
+    one = httpx.get(f"{node.url}/v1/models/{HUGE_ID}", timeout=60).json()
+    assert one["id"] == HUGE_ID and one["fits"] is False and one["loaded"] is False
+    missing = httpx.get(f"{node.url}/v1/models/nobody/nothing-GGUF", timeout=60)
+    assert missing.status_code == 404 and "exoquic pull" in missing.json()["error"]["message"]
+    tags = httpx.get(f"{node.url}/api/tags", timeout=60).json()["models"]
+    assert {"smollm2:135m", TINY_ID, HUGE_ID} <= {t["name"] for t in tags}
 
 
 def test_an_uncached_model_gets_a_404_naming_exoquic_pull(node: RingNode) -> None:
