@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 
+from exoquic.models.errors import ModelError
 from exoquic.models.hf_loader import as_hf_weights
 from exoquic.models.source import ModelSource
 from exoquic.orchestration.catalog import Catalog, CatalogEntry
@@ -213,7 +214,10 @@ class ModelSet:
                 await self._bring_in(load)
         except (UnavailableError, ModelNotFoundError) as exc:
             load.error = exc
-        except Exception as exc:  # a bad file must not take the node down
+        except ModelError as exc:  # a file that is not a usable model
+            log.error("cannot load %s: %s", key, exc)
+            load.error = UnavailableError(f"cannot load {key}: {exc}")
+        except Exception as exc:  # anything else must not take the node down either
             log.exception("cannot load %s", key)
             load.error = UnavailableError(f"cannot load {key}: {exc}")
         finally:

@@ -27,7 +27,10 @@ MID_ID = f"{MID_REPO}/{MID_FILE}"
 HUGE_REPO = "test-org/huge-GGUF"
 HUGE_FILE = "huge-Q4_K_M.gguf"
 HUGE_ID = f"{HUGE_REPO}/{HUGE_FILE}"
-HUGE_BYTES = 6_000_000_000  # more than the 8B Q4_K_M's tensors (4.9 GB) need
+HUGE_BYTES = 6_000_000_000
+BROKEN_ID = (
+    "test-org/broken-GGUF/broken-Q4_K_M.gguf"  # more than the 8B Q4_K_M's tensors (4.9 GB) need
+)
 
 
 def gen_gguf() -> ModuleType:
@@ -78,3 +81,11 @@ def cache_huge(cache_dir: Path) -> Path:
     gen.generate_header("llama-3.1-8b", "q4_k_m", blob)
     os.truncate(blob, HUGE_BYTES)
     return blob
+
+
+def cache_broken(cache_dir: Path, work: Path) -> Path:
+    """A file named like a GGUF that is not one (a download gone wrong)."""
+    source = work / "broken.gguf"
+    source.write_bytes(b"GGUF" + b"\xff" * 60)
+    repo, _, filename = BROKEN_ID.rpartition("/")
+    return add_to_cache(cache_dir, repo, filename, source)

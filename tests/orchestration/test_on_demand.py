@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,13 @@ import httpx
 import pytest
 from fixtures.hub_server import run_hub_server
 from on_demand_models import (
+    BROKEN_ID,
     HUGE_ID,
     MID_ID,
     TINY_FILE,
     TINY_ID,
     TINY_REPO,
+    cache_broken,
     cache_huge,
     cache_mid,
     cache_tiny,
@@ -49,6 +52,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RingNode]:
     cache_tiny(cache, work)
     cache_mid(cache, work)
     cache_huge(cache)
+    cache_broken(cache, work)
     root = tmp_path_factory.mktemp("on-demand")
     extra = ("--memory-limit", "3G", "--keep-alive", "5m")
     (solo,) = make_nodes(root, ["solo"], [engine_under_test()], extra)
@@ -198,6 +202,25 @@ def test_models_lists_cached_and_loaded_with_fit(node: RingNode) -> None:
     assert missing.status_code == 404 and "exoquic pull" in missing.json()["error"]["message"]
     tags = httpx.get(f"{node.url}/api/tags", timeout=60).json()["models"]
     assert {"smollm2:135m", TINY_ID, HUGE_ID} <= {t["name"] for t in tags}
+
+
+def test_concurrent_first_requests_share_one_load(node: RingNode) -> None:
+    wait_unloaded(node, TINY_ID, timeout=600)  # keep-alives of the tests before
+    before = loads_logged(node)
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda _: chat(node, TINY_ID, keep_alive=0), range(3)))
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert loads_logged(node) == before + 1
+    wait_unloaded(node, TINY_ID)
+
+
+def test_a_broken_file_in_the_cache_gets_a_503_and_the_node_goes_on(node: RingNode) -> None:
+    response = chat(node, BROKEN_ID)
+    assert response.status_code == 503
+    assert f"cannot load {BROKEN_ID}" in response.json()["error"]["message"]
+    card = httpx.get(f"{node.url}/v1/models/{BROKEN_ID}", timeout=60).json()
+    assert card["loaded"] is False and card["size_bytes"] is None
+    assert chat(node, DEFAULT_MODEL_ID).status_code == 200
 
 
 def test_an_uncached_model_gets_a_404_naming_exoquic_pull(node: RingNode) -> None:
