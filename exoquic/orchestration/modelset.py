@@ -188,10 +188,13 @@ class ModelSet:
             load = self._loads[key] = _Load(name, entry, keep_alive)
             self._nursery.start_soon(self._load, key, load)
         load.waiting += 1
-        with trio.move_on_after(self.settings.load_timeout):
-            await load.done.wait()
+        try:
+            with trio.move_on_after(self.settings.load_timeout):
+                await load.done.wait()
+        finally:
+            if not load.done.is_set():  # timed out, or the client went away
+                load.waiting -= 1
         if not load.done.is_set():
-            load.waiting -= 1
             raise UnavailableError(
                 f"{key} is still loading after {self.settings.load_timeout:.0f} s; try again "
                 "shortly (see GET /api/ps)"
@@ -265,8 +268,8 @@ class ModelSet:
     def _no_room(self, model_id: str, needed: int) -> str:
         from exoquic.topology.fit import format_size
 
-        busy = [r for r in self.residency.residents() if r.model_id != model_id]
-        held = ", ".join(f"{r.model_id} ({format_size(r.size)})" for r in busy)
+        others = [r for r in self.residency.residents() if r.model_id != model_id]
+        held = ", ".join(f"{r.model_id} ({format_size(r.size)})" for r in others)
         return (
             f"{model_id} needs {format_size(needed)}, and the models loaded now ({held}) "
             f"leave {format_size(self.residency.capacity - self.residency.used)} of "
@@ -275,7 +278,7 @@ class ModelSet:
         )
 
     async def _hold(
-        self, entry: CatalogEntry, *, task_status: Any = trio.TASK_STATUS_IGNORED
+        self, entry: CatalogEntry, *, task_status: trio.TaskStatus[_Held] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Load `entry` on this node alone and keep it until told to stop."""
         from exoquic.download.ensure import NodeModel
