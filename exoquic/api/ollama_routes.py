@@ -144,10 +144,11 @@ async def generate() -> Response:
         params, messages = request.params, list(request.messages)
     if not asked.prompt:
         # Ollama's way to load a model: an empty prompt (loaded now), and to
-        # unload one: an empty prompt with keep_alive 0 (unloaded right after).
+        # unload one: an empty prompt with keep_alive 0 (unloaded right after;
+        # the default model stays).
         model_set().unreserve(serving)
         shape = OllamaShape(params.model, False, 0)
-        reason = "unload" if keep_alive == 0 else "load"
+        reason = "unload" if keep_alive == 0 and serving is not node() else "load"
         return json_response({**shape.piece(""), "done": True, "done_reason": reason})
     if asked.raw:
         prompt = await tokenized(serving.encode_text(asked.prompt), "prompt")
