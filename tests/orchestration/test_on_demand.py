@@ -294,3 +294,25 @@ def test_the_least_recently_used_idle_model_makes_room(node: RingNode, tmp_path:
         assert set(loaded(small)) == {"smollm2:135m", MID_ID}
         log = " ".join(small.log().split())
         assert f"unloading {TINY_ID} (least recently used) to make room for {MID_ID}" in log
+
+
+def test_in_a_ring_the_default_is_spread_and_other_models_load_on_the_origin(
+    tmp_path: Path,
+) -> None:
+    cache = tmp_path / "cache"
+    cache_tiny(cache, tmp_path)
+    nodes = make_nodes(tmp_path / "homes", ["ring-a", "ring-b"], [engine_under_test()] * 2)
+    for ring_node in nodes:
+        ring_node.env = {"EXOQUIC_HF_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    a, b = nodes
+    with running(nodes):
+        wait_serving(nodes, 2)
+        holders = loaded(a)["smollm2:135m"]["nodes"]
+        assert {h["name"] for h in holders} == {"ring-a", "ring-b"}
+        layers = sorted(tuple(h["layers"]) for h in holders)
+        assert layers[0][0] == 0 and layers[-1][1] == 29 and layers[0][1] + 1 == layers[1][0]
+        response = chat(b, TINY_ID)
+        assert response.status_code == 200, response.text
+        assert [h["name"] for h in loaded(b)[TINY_ID]["nodes"]] == ["ring-b"]
+        assert TINY_ID not in loaded(a)
+        assert chat(a, "smollm2:135m").status_code == 200  # the ring serves on
