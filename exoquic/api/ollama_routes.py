@@ -261,7 +261,7 @@ async def tags() -> dict[str, Any]:
         name = ollama_name(s.model_id)
         entries.append(
             {"name": name, "model": name, "size": s.size_bytes or 0,
-             "digest": model_digest(s.model_id), "details": {"format": "gguf"},
+             "digest": model_digest(s.model_id), "details": {"format": s.format},
              "modified_at": timestamp(node().started_at)}
         )  # fmt: skip
     return {"models": entries}

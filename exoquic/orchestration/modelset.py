@@ -98,6 +98,7 @@ class Servable:
     needed_bytes: int | None  # weights plus the KV cache at full context
     fits: bool | None  # whether this node could hold it with nothing else loaded
     default: bool = False
+    format: str | None = None  # "gguf" or "safetensors" (Ollama's details.format)
 
 
 class ModelSet:
@@ -409,14 +410,15 @@ class ModelSet:
         for entry in self.catalog.entries() if self.catalog is not None else []:
             if entry.model_id in exclude:
                 continue
+            fmt = "gguf" if entry.kind == "gguf" else "safetensors"
             try:
                 fit = self.fit(entry)
             except Exception as exc:  # a broken file in the cache: listed, size unknown
                 log.debug("cannot size %s: %s", entry.model_id, exc)
-                out.append(Servable(entry.model_id, False, None, None, None))
+                out.append(Servable(entry.model_id, False, None, None, None, False, fmt))
                 continue
             weights = fit.needed - fit.kv_bytes
-            out.append(Servable(entry.model_id, False, weights, fit.needed, fit.fits))
+            out.append(Servable(entry.model_id, False, weights, fit.needed, fit.fits, False, fmt))
         return out
 
     def find_cached(self, name: str) -> CatalogEntry | None:
