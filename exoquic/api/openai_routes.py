@@ -129,23 +129,12 @@ def serving_node(model: str) -> Node:
 
 
 def check_room(serving: Node, prompt: list[int], params: CompletionParams, chat: bool) -> None:
-    """Refuse, as OpenAI does, a prompt plus `max_tokens` the context cannot hold."""
-    param = "messages" if chat else "prompt"
-    if not prompt:
-        raise APIError(400, "the prompt is empty", param=param)
+    """Refuse, as OpenAI does, a request the node cannot take (`Node.check_request`)."""
     try:
-        serving.check_fits(len(prompt))
+        serving.check_request(len(prompt), params.max_tokens)
     except RequestError as exc:
+        param = exc.param or ("messages" if chat else "prompt")
         raise APIError(400, str(exc), param=param, code=exc.code) from exc
-    if params.max_tokens is not None and len(prompt) + params.max_tokens > serving.max_context:
-        raise APIError(
-            400,
-            f"this node's context is {serving.max_context} tokens, but {len(prompt)} prompt "
-            f"tokens plus max_tokens {params.max_tokens} ask for "
-            f"{len(prompt) + params.max_tokens}; lower max_tokens or shorten the prompt",
-            param="max_tokens",
-            code="context_length_exceeded",
-        )
 
 
 async def complete(

@@ -1,9 +1,10 @@
 """The interface every inference engine implements.
 
 An engine runs one shard of a model. Its methods are blocking and are called
-from one dedicated thread (orchestration's `EngineWorker`), so engines need no
-locking of their own. Each request owns a KV cache, created on
-its first `forward` and freed by `release`.
+from one dedicated thread, the `EngineWorker`'s (orchestration/worker.py), which
+also chooses which steps run together; so engines need no locking of their own
+and keep any per-thread state they like. Each request owns a KV cache, created
+on its first `forward` and freed by `release`.
 """
 
 from __future__ import annotations
