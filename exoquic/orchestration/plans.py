@@ -29,7 +29,13 @@ from exoquic.orchestration.peers import Peers
 from exoquic.orchestration.planning import Member, PlanState
 from exoquic.orchestration.progress import Preparation, ProgressGate
 from exoquic.orchestration.worker import EngineWorker
-from exoquic.topology import InsufficientMemoryError, Plan, Proposal
+from exoquic.topology import (
+    Assignment,
+    InsufficientMemoryError,
+    ModelRequirements,
+    Plan,
+    Proposal,
+)
 from exoquic.wire.errors import ErrorCode, RemoteProtocolError
 from exoquic.wire.messages import Message, ModelProgress, PlanProposal, PlanReady
 
@@ -103,8 +109,6 @@ class Plans:
     @classmethod
     def alone(cls, member: Member, model_id: str, num_layers: int) -> Plans:
         """A node alone whose engine already holds the whole model: plan 0, active."""
-        from exoquic.topology import Assignment, ModelRequirements
-
         state = PlanState(member, ModelRequirements(model_id, num_layers, 1))
         plan = Plan(0, model_id, (Assignment(member.node_id, Shard.whole(model_id, num_layers)),))
         state.offer(plan, member.node_id)
