@@ -352,6 +352,12 @@ class Forward(Message):
     prompt (step 0) and is None on later steps: the last shard keeps one
     sampler per request for the request's life.
 
+    `reuse_from`, on a prompt's first `Forward` only, names an earlier request
+    whose kept caches (see `Release.keep`) hold this request's first
+    `reuse_length` positions: each node copies them into the request's cache
+    before running `tensor` (which then starts at `reuse_length`), or answers
+    `RequestFailed` with `prefix_miss` when it no longer holds them.
+
     Version 3 replaced version 2's `temperature`, `top_p`, `top_k`, `seed`
     and (never used) `max_tokens` with `sampling`, and made `origin` required.
     """
@@ -366,6 +372,8 @@ class Forward(Message):
     origin: str
     step: int = 0
     sampling: dict[str, Any] | None = None
+    reuse_from: str | None = None
+    reuse_length: int = 0
 
     def __post_init__(self) -> None:
         check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
@@ -376,6 +384,16 @@ class Forward(Message):
         check_uint(self, "step", U32)
         if self.sampling is not None:
             check_map(self, "sampling", MAX_SAMPLING_FIELDS, MAX_SAMPLING_ITEMS)
+        check_uint(self, "reuse_length", U32)
+        if self.reuse_from is not None:
+            check_text(self, "reuse_from", MAX_ID_LENGTH, printable=True)
+            if not 0 < self.reuse_length == self.start_position:
+                raise _invalid(
+                    self, "reuse_length", f"the start position {self.start_position}, > 0",
+                    self.reuse_length,
+                )  # fmt: skip
+        elif self.reuse_length:
+            raise _invalid(self, "reuse_length", "0 without reuse_from", self.reuse_length)
 
     def _check_tensor(self) -> None:
         tensor = self.tensor
@@ -410,13 +428,20 @@ class TokenResult(Message):
 @register
 @dataclass(frozen=True)
 class Release(Message):
-    """The request is over: free its KV cache (releasing an unknown id is fine)."""
+    """The request is over: free its KV cache (releasing an unknown id is fine).
+
+    `keep` > 0 asks the node to keep the cache instead, if its prefix cache has
+    room, for later requests to start from its first `keep` positions
+    (`Forward.reuse_from`); the node may evict it whenever it likes.
+    """
 
     TYPE = "release"
     request_id: str
+    keep: int = 0
 
     def __post_init__(self) -> None:
         check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
+        check_uint(self, "keep", U32)
 
 
 MAX_PLAN_NODES = 1024
@@ -430,19 +455,23 @@ class RequestFailed(Message):
 
     `retryable` is true when the request may succeed if replayed under a newer
     plan (the node moved to another plan, or its successor is gone); false
-    when replaying cannot help (the engine refused the input).
+    when replaying cannot help (the engine refused the input). `prefix_miss`:
+    the node no longer holds the cached prefix the request's first `Forward`
+    asked to start from (`reuse_from`); the origin sends the prompt in full.
     """
 
     TYPE = "request_failed"
     request_id: str
     reason: str
     retryable: bool
+    prefix_miss: bool = False
 
     def __post_init__(self) -> None:
         check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
         check_text(self, "reason", MAX_REASON_LENGTH, min_length=0)
-        if not isinstance(self.retryable, bool):
-            raise _invalid(self, "retryable", "true or false", self.retryable)
+        for name in ("retryable", "prefix_miss"):
+            if not isinstance(getattr(self, name), bool):
+                raise _invalid(self, name, "true or false", getattr(self, name))
 
 
 @register

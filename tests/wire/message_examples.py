@@ -58,14 +58,19 @@ EXAMPLES: dict[str, list[Message]] = {
         Forward("req-2", 0, 9, np.ones((1, 8), np.float16), NODE_ID),
         Forward("req-1", 1, 3, np.ones((2, 4), np.float16), NODE_ID, step=2),
         Forward("req-3", 1, 4, np.array([7], np.int32), NODE_ID, step=2**32 - 1),
+        Forward("req-4", 2, 128, np.array([7, 8], np.int32), NODE_ID, sampling={},
+                reuse_from="req-1.0", reuse_length=128),
     ],
     "token": [
         TokenResult("req-1", 42),
         TokenResult("req-1", 49151),
         TokenResult("req-1", 2**32 - 1),
     ],
-    "release": [Release("req-1")],
-    "request_failed": [RequestFailed("req-1", "plan 3 is gone", True)],
+    "release": [Release("req-1"), Release("req-1.0", keep=256)],
+    "request_failed": [
+        RequestFailed("req-1", "plan 3 is gone", True),
+        RequestFailed("req-4.0", "no cached prefix req-1.0", True, prefix_miss=True),
+    ],
     "plan_proposal": [
         PlanProposal(PLAN),
         PlanProposal({"version": 3, "assignments": [{"node_id": NODE_ID}]}),

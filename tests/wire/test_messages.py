@@ -98,7 +98,8 @@ PROGRESS = dict(model="org/model", phase="downloading", done_bytes=1, total_byte
 
 
 FORWARD = dict(request_id="r", plan_version=1, start_position=0, tensor=TOKENS,
-               origin=NODE_ID, step=0, sampling={})  # fmt: skip
+               origin=NODE_ID, step=0, sampling={}, reuse_from=None,
+               reuse_length=0)  # fmt: skip
 FORWARD_V2 = dict(request_id="r", plan_version=1, start_position=0, tensor=TOKENS,
                   temperature=0.0, top_p=1.0, top_k=0, seed=None, max_tokens=1,
                   step=0, origin=None)  # fmt: skip
@@ -157,9 +158,12 @@ def test_forward_needs_its_origin() -> None:
         (raw("ping", nonce="1"), ErrorCode.INVALID_FIELD, "ping.nonce"),
         (raw("error", code=2**62, reason=""), ErrorCode.INVALID_FIELD, "error.code"),
         (raw("error", code=1, reason="x" * 1025), ErrorCode.INVALID_FIELD, "error.reason"),
-        (raw("release", request_id=""), ErrorCode.INVALID_FIELD, "request_id"),
-        (raw("release", request_id="a\nb"), ErrorCode.INVALID_FIELD, "request_id"),
-        (raw("release", request_id="x" * 129), ErrorCode.INVALID_FIELD, "request_id"),
+        (raw("release", request_id="", keep=0), ErrorCode.INVALID_FIELD, "request_id"),
+        (raw("release", request_id="a\nb", keep=0), ErrorCode.INVALID_FIELD, "request_id"),
+        (raw("release", request_id="x" * 129, keep=0), ErrorCode.INVALID_FIELD, "request_id"),
+        (raw("release", request_id="r", keep=-1), ErrorCode.INVALID_FIELD, "keep"),
+        (raw("request_failed", request_id="r", reason="", retryable=True, prefix_miss=1),
+         ErrorCode.INVALID_FIELD, "prefix_miss"),
         (raw_token(request_id="r", token_id=2**32), ErrorCode.INVALID_FIELD, "token_id"),
         (raw_token(request_id="r", token_id=1, finish_reason=None),
          ErrorCode.INVALID_FIELD, "unknown field 'finish_reason'"),
@@ -193,6 +197,10 @@ def test_invalid_messages_are_the_peers_fault(data: bytes, code: ErrorCode, matc
         ({"tensor": [1, 2, 3]}, "tensor"),
         ({"step": -1}, "step"),
         ({"origin": "exq-0000"}, "origin"),
+        ({"reuse_length": 3}, "0 without reuse_from"),
+        ({"reuse_from": "a", "reuse_length": 0}, "reuse_length"),
+        ({"reuse_from": "a", "reuse_length": 3}, "reuse_length"),  # not its start position
+        ({"reuse_from": "", "start_position": 3, "reuse_length": 3}, "reuse_from"),
     ],
 )
 def test_invalid_forward_fields(changes: dict[str, Any], match: str) -> None:
