@@ -267,11 +267,12 @@ class Ring:
         """`generate_tokens`' attempts: the first, then replays under newer plans."""
         tokens: list[int] = []
         newer_than = -1
+        reuse = True  # start from a kept prefix (not again after a miss)
         for attempt_number in range(self.settings.max_attempts):
             plan = await self.plans.wait_usable_plan(newer_than)
             attempt = _Attempt(f"{request_id}.{attempt_number}", plan)
             self._attempts[attempt.wire_id] = attempt
-            hit = self._prefix_hit(plan, prompt) if not tokens else None
+            hit = self._prefix_hit(plan, prompt) if reuse and not tokens else None
             try:
                 if len(tokens) < budget:
                     await self._send_history(attempt, prompt, tokens, sampling, hit)
@@ -304,6 +305,7 @@ class Ring:
                 log.info("request %s: prefix %s was evicted; sending it all", request_id, hit.entry)
                 self.stats.prefix_misses += 1
                 self._prefixes.discard(hit.entry)
+                reuse = False
             except _Retry as retry:
                 log.warning(
                     "request %s: %s; replaying %d tokens under a newer plan",
