@@ -10,6 +10,7 @@ ends (finished, failed, cancelled).
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import time
@@ -125,17 +126,25 @@ class Node:
 
         return canonical_model_id(model) == self.model_id
 
-    async def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+    async def encode_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        reply_prefix: str = "",
+    ) -> list[int]:
         """Render the model's chat template and tokenize it, off the event loop.
 
-        Raises ContextLengthError, before any work, when the messages are too
-        long for the context whatever they say; ChatTemplateError when the
-        template rejects them.
+        `tools` go to the template; `reply_prefix` is text the assistant's turn
+        starts with (the opening of a forced tool call). Raises
+        ContextLengthError, before any work, when the messages are too long for
+        the context whatever they say; ChatTemplateError when the template
+        rejects them.
         """
-        self._check_prompt_chars(sum(len(m["content"]) for m in messages))
+        self._check_prompt_chars(sum(map(_message_chars, messages)) + _json_chars(tools))
 
         def render_and_encode() -> list[int]:
-            return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages))
+            text = self.tokenizer.apply_chat_template(messages, tools=tools)
+            return self.tokenizer.encode(text + reply_prefix)
 
         return await self._off_loop(render_and_encode)
 
@@ -226,6 +235,15 @@ class Node:
                     return
                 if piece:
                     yield GenerationChunk(piece, produced)
+
+
+def _message_chars(message: dict[str, Any]) -> int:
+    return len(message["content"]) + _json_chars(message.get("tool_calls"))
+
+
+def _json_chars(value: Any) -> int:
+    """Characters of `value` as JSON, 0 for nothing (tools and tool calls)."""
+    return len(json.dumps(value)) if value else 0
 
 
 def new_request_id() -> str:
