@@ -33,9 +33,10 @@ from exoquic.wire.errors import ErrorCode, LocalProtocolError, RemoteProtocolErr
 from exoquic.wire.framing import MAX_FRAME_SIZE
 from exoquic.wire.tensors import MAX_TENSOR_ELEMENTS, decode_tensor, encode_tensor
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """The node protocol version nodes announce in `Hello` (over ALPN `exoquic/1`).
-2: typed `Hello` fields, one `sampling` map in `Forward`."""
+2: typed `Hello` fields, one `sampling` map in `Forward`. 3: the prefix cache
+(`Forward` 4, `Release` 2, `RequestFailed` 2)."""
 
 MAX_ID_LENGTH = 128
 MAX_REASON_LENGTH = 1024
@@ -358,12 +359,13 @@ class Forward(Message):
     before running `tensor` (which then starts at `reuse_length`), or answers
     `RequestFailed` with `prefix_miss` when it no longer holds them.
 
-    Version 3 replaced version 2's `temperature`, `top_p`, `top_k`, `seed`
-    and (never used) `max_tokens` with `sampling`, and made `origin` required.
+    Version 4 added `reuse_from` and `reuse_length`. Version 3 replaced
+    version 2's `temperature`, `top_p`, `top_k`, `seed` and (never used)
+    `max_tokens` with `sampling`, and made `origin` required.
     """
 
     TYPE = "forward"
-    VERSION = 3
+    VERSION = 4
     MAX_SIZE = MAX_FRAME_SIZE  # a long prefill's hidden state
     request_id: str
     plan_version: int
@@ -433,9 +435,11 @@ class Release(Message):
     `keep` > 0 asks the node to keep the cache instead, if its prefix cache has
     room, for later requests to start from its first `keep` positions
     (`Forward.reuse_from`); the node may evict it whenever it likes.
+    Version 2 added `keep`.
     """
 
     TYPE = "release"
+    VERSION = 2
     request_id: str
     keep: int = 0
 
@@ -458,9 +462,11 @@ class RequestFailed(Message):
     when replaying cannot help (the engine refused the input). `prefix_miss`:
     the node no longer holds the cached prefix the request's first `Forward`
     asked to start from (`reuse_from`); the origin sends the prompt in full.
+    Version 2 added `prefix_miss`.
     """
 
     TYPE = "request_failed"
+    VERSION = 2
     request_id: str
     reason: str
     retryable: bool

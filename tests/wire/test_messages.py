@@ -77,7 +77,9 @@ def test_forward_as_bfloat16() -> None:
 
 
 def raw(type_name: str, **fields: Any) -> bytes:
-    return cbor2.dumps({"type": type_name, "v": 1, **fields})
+    """A message of `type_name` at the version this node speaks (1 for unknown types)."""
+    cls = MESSAGE_TYPES.get(type_name)
+    return cbor2.dumps({"type": type_name, "v": cls.VERSION if cls else 1, **fields})
 
 
 def raw_token(**fields: Any) -> bytes:
@@ -113,6 +115,24 @@ def test_raw_forward_is_valid() -> None:
 def test_older_forward_versions_are_refused(version: int) -> None:
     with pytest.raises(RemoteProtocolError, match=f"version {version}") as caught:
         decode_message(cbor2.dumps({"type": "forward", "v": version, **FORWARD_V2}))
+    assert caught.value.error_code == ErrorCode.UNSUPPORTED_VERSION
+
+
+@pytest.mark.parametrize(
+    ("type_name", "fields"),
+    [
+        ("forward", {k: v for k, v in FORWARD.items() if not k.startswith("reuse_")}),
+        ("release", {"request_id": "r"}),
+        ("request_failed", {"request_id": "r", "reason": "", "retryable": True}),
+    ],
+)
+def test_messages_without_prefix_cache_fields_are_refused(
+    type_name: str, fields: dict[str, Any]
+) -> None:
+    """A node from before the prefix cache sends the older versions: refused cleanly."""
+    old = MESSAGE_TYPES[type_name].VERSION - 1
+    with pytest.raises(RemoteProtocolError, match=f"version {old}") as caught:
+        decode_message(cbor2.dumps({"type": type_name, "v": old, **fields}))
     assert caught.value.error_code == ErrorCode.UNSUPPORTED_VERSION
 
 
@@ -254,7 +274,7 @@ class _Echo(Message):
 def test_adding_a_message_takes_a_dataclass_and_a_decorator() -> None:
     assert same(decode_message(encode_message(_Echo(4))), _Echo(4))
     with pytest.raises(RemoteProtocolError, match="version 1 is not supported"):
-        decode_message(raw("x-test-echo", value=4))
+        decode_message(cbor2.dumps({"type": "x-test-echo", "v": 1, "value": 4}))
 
 
 def test_registry_refuses_clashes_and_mutable_messages() -> None:
