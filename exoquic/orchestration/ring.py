@@ -261,6 +261,11 @@ class Ring:
         """Requests this node originates now (from their first step to their end)."""
         return len(self._requests)
 
+    @property
+    def kept_caches(self) -> int:
+        """Finished requests' caches this node keeps in its prefix cache."""
+        return self._kept.statistics().entries
+
     async def _tries(
         self, request_id: str, prompt: list[int], sampling: SamplingParams, budget: int
     ) -> AsyncGenerator[int, None]:
