@@ -44,7 +44,7 @@ def stream_chat(node: RingNode, messages: list[dict[str, str]]) -> dict[str, Any
     started = time.perf_counter()
     first: float | None = None
     text, usage = "", {}
-    with httpx.stream("POST", f"{node.url}/v1/chat/completions", json=body, timeout=600) as r:
+    with httpx.stream("POST", f"{node.url}/v1/chat/completions", json=body, timeout=3600) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
