@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "orchestr
 from ring_nodes import RingNode, make_nodes, running, wait_serving
 
 MODEL = "smollm2-135m-instruct"
-PIECE = "Note {i}.{r}: the stone in row {i} of the old wall is grey. "  # ~17 tokens
+PIECE = "Note {i}.{r}: the stone in row {i} of the old wall is grey. "  # ~21 tokens
 
 
 def history(tokens: int, repeat: int) -> str:
-    return "".join(PIECE.format(i=i, r=repeat) for i in range(tokens // 17))
+    return "".join(PIECE.format(i=i, r=repeat) for i in range(tokens // 21))
 
 
 def stream_chat(node: RingNode, messages: list[dict[str, str]]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from test_cluster import CONFIG, Lab, wait_plan, wait_until
 
 from exoquic.engines.sampling import SamplingParams
 from exoquic.orchestration.cluster import Cluster
+from exoquic.orchestration.generation import SampledToken
 from exoquic.orchestration.ring import RingSettings
 from exoquic.orchestration.worker import PREFILL_CHUNK
 
@@ -130,3 +131,35 @@ async def test_a_single_node_reuses_its_own_prefix(tmp_path: Path) -> None:
             node.worker.engine.positions_run - before
             == len(SECOND) - PREFILL_CHUNK + MAX_TOKENS - 1
         )
+
+
+async def results(
+    cluster: Cluster, request_id: str, prompt: list[int], *, score_prompt: bool
+) -> list[SampledToken]:
+    generator = cluster.ring.generate_results(
+        request_id, prompt, SAMPLINGS["greedy"], MAX_TOKENS, logprobs=2, score_prompt=score_prompt
+    )
+    async with aclosing(generator):
+        return [result async for result in generator]
+
+
+async def test_log_probabilities_with_a_kept_prefix(tmp_path: Path) -> None:
+    """A reused prefix gives the same tokens' log-probabilities as a cold run; a
+    request that scores its prompt runs every position (each needs its logits)."""
+    (tmp_path / "cold").mkdir()
+    (tmp_path / "warm").mkdir()
+    async with AsyncExitStack() as stack:
+        (cold,) = await ring_of(stack, Lab(tmp_path / "cold", ["n0"]), [OFF])
+        want = await results(cold, "cold", SECOND, score_prompt=True)
+    async with AsyncExitStack() as stack:
+        (node,) = await ring_of(stack, Lab(tmp_path / "warm", ["n0"]), [ON])
+        await answer(node, "first", FIRST, SAMPLINGS["greedy"])
+        before = node.worker.engine.positions_run
+        reused = await results(node, "second", SECOND, score_prompt=False)
+        assert node.worker.engine.positions_run - before < len(SECOND)
+        assert [r.scored for r in reused] == [r.scored for r in want]
+
+        before = node.worker.engine.positions_run
+        scored = await results(node, "scored", SECOND, score_prompt=True)
+        assert node.worker.engine.positions_run - before == len(SECOND) + MAX_TOKENS - 1
+        assert scored[0].prompt == want[0].prompt and len(scored[0].prompt) == len(SECOND) - 1
