@@ -117,6 +117,29 @@ async def test_a_new_plan_drops_every_kept_cache(tmp_path: Path) -> None:
         assert node.ring.statistics()["prefix_cache"]["entries"] == 0
 
 
+async def test_a_node_joining_makes_a_new_plan_that_drops_every_kept_cache(
+    tmp_path: Path,
+) -> None:
+    """A real re-plan: a second node joins; the first node's kept caches go, and
+    the next turn sends its whole prompt under the new plan."""
+    lab = Lab(tmp_path, ["n0", "n1"])
+    async with AsyncExitStack() as stack:
+        (node,) = await ring_of(stack, lab, [ON])
+        first_plan = node.plans.state.active_plan()
+        await answer(node, "first", FIRST, SAMPLINGS["greedy"])
+        assert node.ring.kept_caches == 1
+        joined = await stack.enter_async_context(lab.node("n1", memory_mib=100, ring=ON))
+        await wait_plan([node, joined], 2)
+        new_plan = node.plans.state.active_plan()
+        assert first_plan is not None and new_plan is not None
+        assert new_plan.version > first_plan.version
+        await wait_until(lambda: node.worker.engine.active_requests() == 0)
+        assert node.ring.kept_caches == 0
+        hits = node.ring.stats.prefix_hits
+        await answer(node, "second", SECOND, SAMPLINGS["greedy"])
+        assert node.ring.stats.prefix_hits == hits  # nothing of the old plan was offered
+
+
 async def test_a_single_node_reuses_its_own_prefix(tmp_path: Path) -> None:
     (tmp_path / "cold").mkdir()
     (tmp_path / "warm").mkdir()
