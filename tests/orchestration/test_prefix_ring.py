@@ -23,8 +23,8 @@ FIRST = [int(t) for t in RNG.integers(1, CONFIG.vocab_size, 150)]  # the first t
 SECOND = FIRST + [int(t) for t in RNG.integers(1, CONFIG.vocab_size, 58)]
 MAX_TOKENS = 10
 SAMPLINGS = {"greedy": SamplingParams(), "seeded": SamplingParams(temperature=0.9, seed=5)}
-ON = RingSettings(step_timeout=20.0)
-OFF = RingSettings(step_timeout=20.0, prefix_cache_bytes=0)
+ON = RingSettings(step_timeout=60.0)
+OFF = RingSettings(step_timeout=60.0, prefix_cache_bytes=0)
 
 
 async def answer(
@@ -94,7 +94,7 @@ async def test_an_evicted_prefix_is_sent_again_in_full(tmp_path: Path) -> None:
     (tmp_path / "warm").mkdir()
     want = await cold_answers(tmp_path, 2)
     lab = Lab(tmp_path / "warm", ["n0", "n1"])
-    tiny = RingSettings(step_timeout=20.0, prefix_cache_bytes=1000)
+    tiny = RingSettings(step_timeout=60.0, prefix_cache_bytes=1000)
     async with AsyncExitStack() as stack:
         ring = await ring_of(stack, lab, [ON, tiny])
         await answer(ring[0], "first", FIRST, SAMPLINGS["greedy"])
