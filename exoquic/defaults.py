@@ -38,3 +38,6 @@ QUEUE_TIMEOUT_S = 0.0
 
 KEEP_ALIVE = "5m"
 """How long a model loaded on demand stays after its last request (`--keep-alive`)."""
+# Memory a node keeps for finished prompts' KV caches, for later requests that
+# start the same way (`exoquic up --prefix-cache`): ~10k positions of a 1B model.
+PREFIX_CACHE_BYTES = 512 << 20
