@@ -205,7 +205,9 @@ def test_models_lists_cached_and_loaded_with_fit(node: RingNode) -> None:
 
 
 def test_concurrent_first_requests_share_one_load(node: RingNode) -> None:
-    wait_unloaded(node, TINY_ID, timeout=600)  # keep-alives of the tests before
+    unload = {"model": TINY_ID, "keep_alive": 0}  # loaded (10m) by the tests before, maybe
+    httpx.post(f"{node.url}/api/generate", json=unload, timeout=TIMEOUT)
+    wait_unloaded(node, TINY_ID)
     before = loads_logged(node)
     with ThreadPoolExecutor(3) as pool:
         answers = list(pool.map(lambda _: chat(node, TINY_ID, keep_alive=0), range(3)))
