@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import trio
 
 from exoquic.engines.base import Engine
+from exoquic.engines.constraints import ConstraintCompiler
 from exoquic.identity.keys import Identity
 from exoquic.models.config import ModelConfig
 from exoquic.models.generation_defaults import FALLBACK_DEFAULTS, GenerationDefaults
@@ -100,6 +101,8 @@ class Node:
             member = Member(node_id, platform.node() or "node", _probe(worker.engine.name))
             cluster = Cluster.local(worker, model_id, config.num_layers, member)
         self.cluster = cluster
+        # Whichever node samples a request follows its grammar with this node's tokenizer.
+        cluster.ring.constraints = ConstraintCompiler(tokenizer)
 
     @property
     def node_id(self) -> str:

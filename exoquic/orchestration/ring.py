@@ -44,7 +44,8 @@ from typing import Any, Protocol
 import numpy as np
 import trio
 
-from exoquic.engines.sampling import Sampler, SamplingParams
+from exoquic.engines.constraints import ConstraintCompiler
+from exoquic.engines.sampling import RequestSampler, Sampler, SamplingParams
 from exoquic.orchestration.generation import UnavailableError
 from exoquic.orchestration.worker import PREFILL_CHUNK, EngineWorker, Job
 from exoquic.topology import Plan
@@ -160,6 +161,9 @@ class Ring:
         self._opened_by: dict[str, str] = {}  # wire id -> the peer whose Forward made its cache
         self._caches_per_peer: Counter[str] = Counter()
         self._released: OrderedDict[str, None] = OrderedDict()  # the latest released wire ids
+        # Requests whose draws depend on their tokens so far, while this node samples them.
+        self._samplers: dict[str, RequestSampler] = {}
+        self.constraints: ConstraintCompiler | None = None  # the node sets it: needs the tokenizer
 
     # --- origin -------------------------------------------------------------
 
@@ -275,17 +279,19 @@ class Ring:
         tokens = np.asarray(inputs, dtype=np.int32)
         attempt.positions += len(tokens)
         for start in range(0, len(tokens), PREFILL_CHUNK):
+            chunk = tokens[start : start + PREFILL_CHUNK]
             message = Forward(
                 attempt.wire_id,
                 plan.version,
                 position + start,
-                tokens[start : start + PREFILL_CHUNK],
+                chunk,
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 top_k=sampling.top_k,
                 seed=sampling.seed,
                 step=step,
                 origin=self.router.node_id,
+                **_history_fields(sampling, chunk, step),
             )
             attempt.results_due += 1  # before sending: a local ring answers within the send
             try:
@@ -368,6 +374,7 @@ class Ring:
             self._deliver_outcome(message.request_id, _Failure(message.reason, message.retryable))
         elif isinstance(message, Release):
             self._served.pop(message.request_id, None)
+            self._samplers.pop(message.request_id, None)
             self._uncount(message.request_id)
             request_id = message.request_id
             self._released[request_id] = None
@@ -468,11 +475,33 @@ class Ring:
         shard = plan.shard_of(me)
         assert shard is not None
         if shard.is_last:
-            token = Sampler(_sampling(message)).sample(output, message.step)
-            return origin, TokenResult(message.request_id, token, None)
+            return origin, TokenResult(message.request_id, self._sample(message, output), None)
         # Hidden states are (T, hidden); a batched engine may hand back one row as (hidden,).
         hidden = np.atleast_2d(output)
         return plan.next_node(me), replace(message, tensor=hidden, origin=origin)
+
+    def _sample(self, message: Forward, output: np.ndarray) -> int:
+        """The step's token. Without penalties or a grammar the draw depends only on
+        (params, seed, step); with them, on the tokens so far too, which a
+        `RequestSampler` kept here from the request's first step learns from each
+        step's `tokens` (its ValueError or GrammarError fails the request)."""
+        params = _sampling(message)
+        if not message.tokens:  # sent exactly when the draw depends on them
+            return Sampler(params).sample(output, message.step)
+        sampler = self._samplers.get(message.request_id)
+        if sampler is None:
+            if message.step != 0:
+                raise ValueError(f"step {message.step} came before the request's first step")
+            sampler = self._samplers[message.request_id] = self._new_sampler(params)
+        sampler.observe(message.step, message.start_position, message.tokens)
+        return sampler.sample(output, message.step)
+
+    def _new_sampler(self, params: SamplingParams) -> RequestSampler:
+        if params.grammar is None:
+            return RequestSampler(params)
+        if self.constraints is None:
+            raise ValueError("this node cannot follow grammars (no tokenizer)")
+        return RequestSampler(params, self.constraints.constraint(params.grammar))
 
     async def send_quietly(self, node_id: str, message: Message) -> None:
         """Send, or drop it when the node is gone (its requests are gone too)."""
@@ -490,6 +519,7 @@ class Ring:
     def forget_served(self) -> None:
         """The shard was replaced, and every cache with it."""
         self._served.clear()
+        self._samplers.clear()
         self._opened_by.clear()
         self._caches_per_peer.clear()
 
@@ -508,4 +538,25 @@ def _sampling(message: Forward) -> SamplingParams:
         top_p=message.top_p,
         top_k=message.top_k,
         seed=message.seed,
+        min_p=message.min_p,
+        presence_penalty=message.presence_penalty,
+        frequency_penalty=message.frequency_penalty,
+        repetition_penalty=message.repetition_penalty,
+        logit_bias=message.logit_bias,
+        grammar=message.grammar,
     )
+
+
+def _history_fields(sampling: SamplingParams, chunk: np.ndarray, step: int) -> dict[str, Any]:
+    """The `Forward` fields of the sampling knobs beyond temperature, top_p and
+    top_k. The grammar goes with step 0 only (the sampling node keeps it for the
+    request), the input tokens only when the draw depends on them."""
+    return {
+        "min_p": sampling.min_p,
+        "presence_penalty": sampling.presence_penalty,
+        "frequency_penalty": sampling.frequency_penalty,
+        "repetition_penalty": sampling.repetition_penalty,
+        "logit_bias": sampling.logit_bias,
+        "grammar": sampling.grammar if step == 0 else None,
+        "tokens": tuple(int(t) for t in chunk) if sampling.uses_history else (),
+    }

@@ -334,6 +334,11 @@ class ErrorMessage(Message):
         check_text(self, "reason", MAX_REASON_LENGTH, min_length=0)
 
 
+MAX_LOGIT_BIAS = 1024
+MAX_GRAMMAR_LENGTH = 1 << 20
+MAX_REPETITION_PENALTY = 10.0
+
+
 @register
 @dataclass(frozen=True, eq=False)  # numpy arrays have no single truth value for ==
 class Forward(Message):
@@ -350,10 +355,17 @@ class Forward(Message):
     can sample any step), and `origin`, the node id of the node holding the
     request, to which the last shard sends its `TokenResult` (None: the node
     the message came from).
+
+    Version 3 adds the sampling knobs that make a draw depend on the tokens so
+    far (`min_p`, the penalties, `logit_bias` as (token id, bias) pairs, and
+    `grammar`, an llguidance grammar sent with step 0 only), and `tokens`, the
+    token ids of this message's positions, sent only when a penalty or a
+    grammar needs them, so that the last shard, which sees hidden states,
+    knows the prompt and each generated token as the origin fed it.
     """
 
     TYPE = "forward"
-    VERSION = 2
+    VERSION = 3
     MAX_SIZE = MAX_FRAME_SIZE  # a long prefill's hidden state
     request_id: str
     plan_version: int
@@ -366,6 +378,13 @@ class Forward(Message):
     max_tokens: int = 1
     step: int = 0
     origin: str | None = None
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    grammar: str | None = None
+    tokens: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
@@ -383,6 +402,33 @@ class Forward(Message):
         check_uint(self, "step", U32)
         if self.origin is not None:
             check_node_id(self, "origin")
+        self._check_sampling_history()
+
+    def _check_sampling_history(self) -> None:
+        check_real(self, "min_p", 0.0, 1.0)
+        check_real(self, "presence_penalty", -2.0, 2.0)
+        check_real(self, "frequency_penalty", -2.0, 2.0)
+        check_real(self, "repetition_penalty", 0.0, MAX_REPETITION_PENALTY, low_open=True)
+        bias = self.logit_bias
+        if not isinstance(bias, list | tuple) or len(bias) > MAX_LOGIT_BIAS or not all(
+            isinstance(pair, list | tuple) and len(pair) == 2 and _is_int(pair[0])
+            and 0 <= pair[0] <= U32 and isinstance(pair[1], int | float)
+            and not isinstance(pair[1], bool) and -100 <= pair[1] <= 100
+            for pair in bias
+        ):  # fmt: skip
+            expected = f"at most {MAX_LOGIT_BIAS} [token id, bias in -100..100] pairs"
+            raise _invalid(self, "logit_bias", expected, bias)
+        object.__setattr__(self, "logit_bias", tuple((int(t), float(b)) for t, b in bias))
+        if self.grammar is not None:
+            check_text(self, "grammar", MAX_GRAMMAR_LENGTH)
+        tokens = self.tokens
+        if (
+            not isinstance(tokens, list | tuple)
+            or len(tokens) > self.tensor.shape[0]
+            or not all(_is_int(t) and 0 <= t <= U32 for t in tokens)
+        ):
+            raise _invalid(self, "tokens", "token ids, at most one per tensor row", tokens)
+        object.__setattr__(self, "tokens", tuple(tokens))
 
     def _check_tensor(self) -> None:
         tensor = self.tensor

@@ -93,11 +93,48 @@ def ping_version(version: object) -> bytes:
 TOKENS = {"dtype": "int32", "shape": [1], "data": b"\x01\0\0\0"}
 FORWARD = dict(request_id="r", plan_version=1, start_position=0, tensor=TOKENS,
                temperature=0.0, top_p=1.0, top_k=0, seed=None, max_tokens=1,
-               step=0, origin=None)  # fmt: skip
+               step=0, origin=None, min_p=0.0, presence_penalty=0.0, frequency_penalty=0.0,
+               repetition_penalty=1.0, logit_bias=[], grammar=None, tokens=[])  # fmt: skip
 
 
 def test_raw_forward_is_valid() -> None:
     assert isinstance(decode_message(raw_forward(**FORWARD)), Forward)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"min_p": 1.5},
+        {"presence_penalty": -2.5},
+        {"frequency_penalty": 3},
+        {"repetition_penalty": 0.0},
+        {"logit_bias": [[1, 101]]},
+        {"logit_bias": [[-1, 1]]},
+        {"logit_bias": [[1, 2, 3]]},
+        {"logit_bias": [[1, True]]},
+        {"logit_bias": {"1": 2}},
+        {"grammar": ""},
+        {"tokens": [1, 2]},  # more ids than the tensor's one row
+        {"tokens": [-1]},
+    ],
+)
+def test_forward_sampling_history_fields_are_checked(fields: dict[str, Any]) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        decode_message(raw_forward(**{**FORWARD, **fields}))
+    assert caught.value.error_code == ErrorCode.INVALID_FIELD
+
+
+def test_forward_logit_bias_and_tokens_decode_as_tuples() -> None:
+    message = decode_message(raw_forward(**{**FORWARD, "logit_bias": [[3, -1]], "tokens": [4]}))
+    assert isinstance(message, Forward)
+    assert message.logit_bias == ((3, -1.0),) and message.tokens == (4,)
+
+
+def test_forward_version_2_is_refused() -> None:
+    old = {k: v for k, v in FORWARD.items() if k in list(FORWARD)[:11]}
+    with pytest.raises(RemoteProtocolError, match="version 2") as caught:
+        decode_message(cbor2.dumps({"type": "forward", "v": 2, **old}))
+    assert caught.value.error_code == ErrorCode.UNSUPPORTED_VERSION
 
 
 def test_forward_version_1_is_refused() -> None:
