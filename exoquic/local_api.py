@@ -18,14 +18,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from exoquic import paths
 from exoquic.identity.files import write_private_file
 
 log = logging.getLogger(__name__)
 
 API_FILE = "api.json"
-DEFAULT_API_HOST = "127.0.0.1"
-DEFAULT_API_PORT = 52415
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,6 @@ def find_local_api(path: Path | None = None) -> LocalApi | None:
         api = LocalApi(str(data["url"]), int(data["pid"]), bool(data["key_required"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    import psutil  # here: the CLI imports this module for its defaults
-
     return api if psutil.pid_exists(api.pid) else None
 
 

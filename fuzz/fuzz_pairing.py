@@ -19,7 +19,7 @@ import numpy  # noqa: F401  (imported first so that only exoquic gets instrument
 import spake2  # noqa: F401  (instrumented pure-Python ed25519 would crawl)
 
 with atheris.instrument_imports():
-    from exoquic.identity.pairing import PairingCode, PairingInitiator, PairingResponder
+    from exoquic.pairing.protocol import PairingCode, PairingInitiator, PairingResponder
     from exoquic.wire.errors import ProtocolError
     from exoquic.wire.messages import PairConfirm, PairFinish, PairResponse, encode_message
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from exoquic.discovery.announcement import encode_announcement
 from exoquic.identity.keys import Identity
-from exoquic.identity.pairing import PairingCode, PairingInitiator, PairingResponder
+from exoquic.pairing.protocol import PairingCode, PairingInitiator, PairingResponder
 from exoquic.wire import cbor
 from exoquic.wire.framing import encode_frame
 from exoquic.wire.messages import MESSAGE_TYPES, Forward, Message, encode_message

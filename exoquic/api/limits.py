@@ -1,7 +1,7 @@
 """The limits of admission control (see `exoquic.api.admission`).
 
-Apart from the rest of it so that the command line can show the defaults
-without importing trio, which is slow to load.
+Apart from the rest of it so that the command line can build them without
+importing trio, which is slow to load.
 """
 
 from __future__ import annotations
@@ -9,9 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-DEFAULT_MAX_REQUESTS = 64
-DEFAULT_MAX_QUEUED = 16
-DEFAULT_QUEUE_TIMEOUT_S = 0.0
+from exoquic import defaults
 
 
 @dataclass(frozen=True)
@@ -23,9 +21,9 @@ class AdmissionLimits:
     wait; 0 seconds (the default) refuses at once.
     """
 
-    max_requests: int = DEFAULT_MAX_REQUESTS
-    max_queued: int = DEFAULT_MAX_QUEUED
-    queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S
+    max_requests: int = defaults.MAX_REQUESTS
+    max_queued: int = defaults.MAX_QUEUED
+    queue_timeout_s: float = defaults.QUEUE_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.max_requests < 0:

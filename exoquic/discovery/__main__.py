@@ -21,6 +21,7 @@ from typing import Any
 
 import trio
 
+from exoquic import defaults
 from exoquic.discovery.multicast import MULTICAST_PORT, MulticastSettings
 from exoquic.discovery.peers import PeerEvent
 from exoquic.discovery.service import Discovery, open_discovery, parse_methods
@@ -31,8 +32,10 @@ from exoquic.identity.trust import TrustStore
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m exoquic.discovery", description=__doc__)
     parser.add_argument("--home", type=Path, help="node home (identity, trust.json, peers.json)")
-    parser.add_argument("--methods", default="multicast,manual", type=parse_methods)
-    parser.add_argument("--port", type=int, default=52417, help="QUIC port to announce")
+    parser.add_argument("--methods", default=defaults.DISCOVERY, type=parse_methods)
+    parser.add_argument(
+        "--port", type=int, default=defaults.NODE_PORT, help="QUIC port to announce"
+    )
     parser.add_argument("--name", default="exoquic")
     parser.add_argument("--pairing", action="store_true", help="report untrusted nodes too")
     parser.add_argument("--group-port", type=int, default=MULTICAST_PORT)

@@ -26,6 +26,7 @@ from typing import Any
 import psutil
 import trio
 
+from exoquic import defaults
 from exoquic.discovery.announcement import MAX_ANNOUNCEMENT_SIZE, encode_announcement
 from exoquic.discovery.peer_table import PeerTable, RateLimits, TrustChecker
 from exoquic.discovery.peers import PeerEvent, PeerEventKind
@@ -34,7 +35,7 @@ from exoquic.identity.keys import Identity
 log = logging.getLogger(__name__)
 
 MULTICAST_GROUP = "239.255.77.77"  # IPv4 organization-local scope (RFC 2365)
-MULTICAST_PORT = 52416
+MULTICAST_PORT = defaults.MULTICAST_PORT
 _RECEIVE_BUFFER = 2 * MAX_ANNOUNCEMENT_SIZE  # so that oversize datagrams show as such
 _last_start_time = 0
 

@@ -30,7 +30,6 @@ from exoquic.discovery.tailscale import Probe, run_tailscale_discovery
 from exoquic.identity.keys import Identity
 
 METHODS = ("multicast", "manual", "tailscale")
-DEFAULT_METHODS = ("multicast", "manual")
 PEERS_FILENAME = "peers.json"
 
 

@@ -1,8 +1,8 @@
 """The interface every inference engine implements.
 
 An engine runs one shard of a model. Its methods are blocking and are called
-from a single worker thread (orchestration wraps them in `trio.to_thread`), so
-engines need no locking of their own. Each request owns a KV cache, created on
+from one dedicated thread (orchestration's `EngineWorker`), so engines need no
+locking of their own. Each request owns a KV cache, created on
 its first `forward` and freed by `release`.
 """
 

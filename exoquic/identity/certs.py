@@ -18,8 +18,6 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
-ED25519_KEY_SIZE = 32
-
 # RFC 5280 4.1.2.5: 9999-12-31 23:59:59Z means "no well-defined expiration".
 # A fixed, wide window also keeps clock skew between devices irrelevant.
 _NOT_BEFORE = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)

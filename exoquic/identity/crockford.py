@@ -44,7 +44,3 @@ def decode(symbols: str) -> int:
             raise ValueError(f"{symbol!r} (symbol {position}) is not a base32 symbol")
         value = value * 32 + digit
     return value
-
-
-def is_check_symbol(symbol: str) -> bool:
-    return symbol in _VALUES

@@ -94,8 +94,6 @@ class TrustStore:
         peer = self._peers.get(_node_id(public_key))
         return peer is not None and peer.public_key in (None, public_key)
 
-    trusts_key = is_trusted
-
     def add(self, public_key: bytes, name: str, *, now: datetime | None = None) -> TrustedPeer:
         """Trust `public_key` under `name` (after pairing or an explicit `trust add`).
 

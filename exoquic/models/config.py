@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from exoquic.models import architectures
+
 # Hugging Face `rope_type` values that mean "no scaling".
 _NO_SCALING = frozenset({"default", "none"})
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
@@ -59,13 +61,16 @@ RopeScaling = LinearRopeScaling | Llama3RopeScaling | RopeFrequencyFactors
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The shape of a llama-family transformer.
+    """The shape of a decoder-only transformer of one of `architectures.ARCHITECTURES`.
 
     Attribute names follow the Hugging Face `config.json` keys where one exists,
     so `from_hf_dict` stays a thin mapping. `rope_scaling` is None for plain RoPE.
+    The fields after it are features some families turn on (set by the family's
+    `Architecture.hf_features` / `gguf_features`); the engines build each
+    layer from them, so a family is a set of features, not engine code.
     """
 
-    architecture: str  # "llama"
+    architecture: str  # a family name: "llama", ...
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -78,14 +83,18 @@ class ModelConfig:
     max_context: int
     tie_word_embeddings: bool
     rope_scaling: RopeScaling | None = None
+    attention_bias: bool = False  # q, k and v projections add a bias (qwen2)
+    qk_norm: bool = False  # per-head RMSNorm of q and k before RoPE (qwen3)
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Build from a Hugging Face `config.json` mapping.
 
-        Raises KeyError for a missing key, ValueError (UnsupportedRopeScalingError
-        for an unknown `rope_scaling` type) for an invalid value.
+        Raises KeyError for a missing key, ValueError for an invalid value
+        (UnsupportedRopeScalingError for an unknown `rope_scaling` type,
+        UnsupportedArchitectureError for an unknown `model_type` or feature).
         """
+        arch = architectures.for_hf_model_type(str(d.get("model_type", "llama")))
         num_heads = int(d["num_attention_heads"])
         hidden = int(d["hidden_size"])
         # transformers 5 writes rope_theta and the scaling together as `rope_parameters`.
@@ -93,8 +102,8 @@ class ModelConfig:
         if not isinstance(rope_parameters, Mapping):
             raise ValueError(f"rope_parameters must be an object, not {rope_parameters!r}")
         theta: Any = d.get("rope_theta") or rope_parameters.get("rope_theta") or 10000.0
-        return cls(
-            architecture="llama",
+        fields: dict[str, Any] = dict(
+            architecture=arch.name,
             vocab_size=int(d["vocab_size"]),
             hidden_size=hidden,
             intermediate_size=int(d["intermediate_size"]),
@@ -108,6 +117,7 @@ class ModelConfig:
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             rope_scaling=rope_scaling_from_hf(d.get("rope_scaling") or rope_parameters or None),
         )
+        return cls(**(fields | arch.hf_features(d)))
 
 
 def rope_scaling_from_hf(raw: Any) -> RopeScaling | None:

@@ -1,12 +1,14 @@
-"""Load a llama-family GGUF file as a `ModelConfig` and per-shard `ShardWeights`.
+"""Load a GGUF file as a `ModelConfig` and per-shard `ShardWeights`.
 
-Names are mapped to the Hugging Face llama names, and GGUF's interleaved RoPE
-row order of the Q/K projections is undone, so GGUF and safetensors weights
-are interchangeable for the engines. Matrices of the GGML block types in
-`exoquic.models.quant` (Q4_0 ... Q6_K, F16, BF16) stay in their file encoding
-(`QuantizedTensor`) as read-only views of the file's memory map, except the Q/K
-projections whose rows are reordered (copies); everything else (F32 norms,
-other types) is read as float32.
+The file's `general.architecture` picks the family (`models.architectures`).
+Names are mapped to the Hugging Face names, and for families whose Q/K rows
+llama.cpp's converter interleaved (llama, mistral) that RoPE row order is
+undone, so GGUF and safetensors weights are interchangeable for the engines.
+Matrices of the GGML block types in `exoquic.models.quant` (Q4_0 ... Q6_K,
+F16, BF16) stay in their file encoding (`QuantizedTensor`) as read-only views
+of the file's memory map, except permuted Q/K projections whose rows are
+reordered (copies); everything else (F32 norms, biases, other types) is read
+as float32.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
+from exoquic.models import architectures
+from exoquic.models.architectures import Architecture, UnsupportedArchitectureError
 from exoquic.models.config import ModelConfig, rope_scaling_from_gguf
 from exoquic.models.errors import ModelLoadError
 from exoquic.models.gguf_file import GGUFFile, release_pages
@@ -33,26 +37,17 @@ from exoquic.models.weights import (
     shard_tensor_names,
 )
 
-SUPPORTED_ARCHITECTURES = frozenset({"llama"})
-
-# Hugging Face per-layer suffix (after `model.layers.{i}.`) -> GGUF suffix (after `blk.{i}.`).
-LAYER_NAMES: dict[str, str] = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
+# Hugging Face per-layer suffix -> GGUF suffix of the llama family (others: their
+# `Architecture.gguf_layer_name`).
+LAYER_NAMES: dict[str, str] = dict(architectures.GGUF_LAYER_NAMES)
 EMBED, NORM, OUTPUT = "token_embd.weight", "output_norm.weight", "output.weight"
 ROPE_FREQS = "rope_freqs.weight"  # llama.cpp's per-frequency divisors (Llama 3 scaling)
+# Per-layer GGUF suffixes whose rows llama.cpp permuted, and the head count to undo it.
+_ROPE_ROWS = {"attn_q.weight": "q", "attn_q.bias": "q", "attn_k.weight": "k", "attn_k.bias": "k"}
 
 
-def gguf_tensor_name(hf_name: str, tied: bool) -> str:
-    """The GGUF name of the tensor a Hugging Face llama name refers to."""
+def gguf_tensor_name(hf_name: str, tied: bool, arch: Architecture | None = None) -> str:
+    """The GGUF name of the tensor a Hugging Face name refers to (arch None: llama)."""
     if hf_name == EMBED_NAME:
         return EMBED
     if hf_name == NORM_NAME:
@@ -60,7 +55,8 @@ def gguf_tensor_name(hf_name: str, tied: bool) -> str:
     if hf_name == HEAD_NAME:
         return EMBED if tied else OUTPUT
     _, _, index, suffix = hf_name.split(".", 3)  # model.layers.{i}.{suffix}
-    return f"blk.{index}.{LAYER_NAMES[suffix]}"
+    family = arch or architectures.by_name("llama")
+    return f"blk.{index}.{family.gguf_layer_name(suffix)}"
 
 
 def config_from_gguf(gf: GGUFFile) -> ModelConfig:
@@ -71,14 +67,18 @@ def config_from_gguf(gf: GGUFFile) -> ModelConfig:
         raise ModelLoadError(f"{gf.path}: invalid model metadata: {e}") from e
 
 
+def gguf_architecture(gf: GGUFFile) -> Architecture:
+    """The family of a parsed GGUF file (ModelLoadError if exoquic has none for it)."""
+    try:
+        return architectures.for_gguf_arch(str(gf.metadata.get("general.architecture")))
+    except UnsupportedArchitectureError as e:
+        raise ModelLoadError(f"{gf.path}: {e}") from e
+
+
 def _config_from_metadata(gf: GGUFFile) -> ModelConfig:
     md = gf.metadata
-    arch = md.get("general.architecture")
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ModelLoadError(
-            f"{gf.path}: unsupported architecture {arch!r} "
-            f"(supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))})"
-        )
+    family = gguf_architecture(gf)
+    arch = family.gguf_arch
 
     def get(key: str, default: Any = None) -> Any:
         value = md.get(f"{arch}.{key}", default)
@@ -94,7 +94,7 @@ def _config_from_metadata(gf: GGUFFile) -> ModelConfig:
     head_dim = int(get("attention.key_length", hidden // num_heads))
     rope_freqs = gf.read_tensor(ROPE_FREQS) if ROPE_FREQS in gf.tensors else None
     return ModelConfig(
-        architecture=str(arch),
+        architecture=family.name,
         vocab_size=int(vocab),
         hidden_size=hidden,
         intermediate_size=int(get("feed_forward_length")),
@@ -106,7 +106,8 @@ def _config_from_metadata(gf: GGUFFile) -> ModelConfig:
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
         max_context=int(get("context_length", 2048)),
         tie_word_embeddings=OUTPUT not in gf.tensors,
-        rope_scaling=rope_scaling_from_gguf(md, str(arch), head_dim, rope_freqs),
+        rope_scaling=rope_scaling_from_gguf(md, arch, head_dim, rope_freqs),
+        **family.gguf_features(md, gf.tensors.keys()),
     )
 
 
@@ -127,23 +128,25 @@ def load_gguf_shard(path: str | os.PathLike[str], shard: Shard) -> ShardWeights:
         raise ModelLoadError(
             f"{gf.path}: model has {config.num_layers} layers, shard expects {shard.num_layers}"
         )
+    family = architectures.by_name(config.architecture)
     by_gguf_name: dict[str, WeightArray] = {}
     tensors: dict[str, WeightArray] = {}
-    for hf_name in shard_tensor_names(shard):
-        gguf_name = gguf_tensor_name(hf_name, config.tie_word_embeddings)
+    for hf_name in shard_tensor_names(shard, config):
+        gguf_name = gguf_tensor_name(hf_name, config.tie_word_embeddings, family)
         # A tied head on a whole-model shard shares the embedding's array.
         if gguf_name not in by_gguf_name:
-            by_gguf_name[gguf_name] = _load_tensor(gf, gguf_name, config)
+            n_heads = _rope_heads(gguf_name, config) if family.gguf_rope_permuted else 0
+            by_gguf_name[gguf_name] = _load_tensor(gf, gguf_name, n_heads)
         tensors[hf_name] = by_gguf_name[gguf_name]
     return ShardWeights(config=config, shard=shard, tensors=tensors)
 
 
-def _load_tensor(gf: GGUFFile, name: str, config: ModelConfig) -> WeightArray:
+def _load_tensor(gf: GGUFFile, name: str, n_heads: int) -> WeightArray:
+    """One tensor; `n_heads` > 0: its rows are RoPE-permuted in that many heads."""
     info = gf.tensors.get(name)
     if info is None:
         raise ModelLoadError(f"{gf.path}: tensor {name} is missing")
     kind = quant_kind(info.ggml_type)
-    n_heads = _rope_heads(name, config)
     if kind is None or len(info.shape) != 2:
         data = _to_float32(gf.read_tensor(name), info.ggml_type)
         return unpermute_rope_rows(data, n_heads) if n_heads else data
@@ -159,10 +162,11 @@ def _load_tensor(gf: GGUFFile, name: str, config: ModelConfig) -> WeightArray:
 
 
 def _rope_heads(name: str, config: ModelConfig) -> int:
-    """Heads whose rows GGUF permuted for interleaved RoPE (0: not permuted)."""
-    if name.endswith(".attn_q.weight"):
+    """Heads whose rows a permuting converter interleaved for RoPE (0: none)."""
+    which = _ROPE_ROWS.get(name.split(".", 2)[-1]) if name.startswith("blk.") else None
+    if which == "q":
         return config.num_heads
-    if name.endswith(".attn_k.weight"):
+    if which == "k":
         return config.num_kv_heads
     return 0
 

@@ -1,4 +1,4 @@
-"""Load a Hugging Face llama checkpoint directory (config.json + safetensors).
+"""Load a Hugging Face checkpoint directory (config.json + safetensors) of a known family.
 
 Only the safetensors files that hold the shard's tensors are opened, and only
 the shard's tensors are read. What a matrix becomes is the caller's choice
@@ -16,17 +16,23 @@ the shard's tensors are read. What a matrix becomes is the caller's choice
 Vectors (norms) are always float32, and a matrix whose rows are not whole
 blocks of the chosen kind stays as "keep" would leave it. Quantized matrices
 are what the GGUF loader hands the engines, so both formats run the same way.
+
+An mlx-community checkpoint (config.json has `quantization`) is already
+quantized: its matrices stay as they are (`AffineTensor`, see
+`exoquic.models.affine`) whatever `weights` says.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
 
+from exoquic.models.affine import AffineTensor
 from exoquic.models.config import ModelConfig
 from exoquic.models.errors import ModelLoadError
 from exoquic.models.quant import VALUES_PER_BLOCK
@@ -45,7 +51,6 @@ from exoquic.models.weights import (
 
 CONFIG_FILE = "config.json"
 INDEX_FILE = "model.safetensors.index.json"
-SUPPORTED_MODEL_TYPES = frozenset({"llama"})
 
 HFWeights = Literal["auto", "q8_0", "q4_k", "q4_0", "q4_1", "keep", "f32"]
 HF_WEIGHTS: tuple[str, ...] = get_args(HFWeights)
@@ -70,9 +75,6 @@ def read_hf_config(directory: str | os.PathLike[str]) -> ModelConfig:
     d = read_json(path)
     if not isinstance(d, dict):
         raise ModelLoadError(f"{path}: expected a JSON object")
-    model_type = d.get("model_type", "llama")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelLoadError(f"{path}: unsupported model_type {model_type!r}")
     try:
         return ModelConfig.from_hf_dict(d)
     except KeyError as e:
@@ -98,20 +100,63 @@ def load_hf_shard(
             f"{root}: model has {config.num_layers} layers, shard expects {shard.num_layers}"
         )
     locations = tensor_locations(root)
+    quantization = read_quantization(root)
     files: dict[str, SafetensorsFile] = {}
+
+    def open_file(tensor: str) -> SafetensorsFile:
+        if tensor not in locations:
+            raise ModelLoadError(f"{root}: tensor {tensor} is in no safetensors file")
+        filename = locations[tensor]
+        if filename not in files:
+            files[filename] = SafetensorsFile.open(root / filename)
+        return files[filename]
+
     tensors: dict[str, WeightArray] = {}
-    for name in shard_tensor_names(shard):
+    for name in shard_tensor_names(shard, config):
         source = _source_name(name, config, locations)
         if source in tensors:  # tied head next to the embedding: share the array
             tensors[name] = tensors[source]
             continue
-        if source not in locations:
-            raise ModelLoadError(f"{root}: tensor {source} is in no safetensors file")
-        filename = locations[source]
-        if filename not in files:
-            files[filename] = SafetensorsFile.open(root / filename)
-        tensors[name] = _read(files[filename], source, weights)
+        module = source.removesuffix(".weight")
+        if f"{module}.scales" in locations:
+            tensors[name] = _read_affine(open_file, module, quantization)
+        else:
+            tensors[name] = _read(open_file(source), source, weights)
     return ShardWeights(config=config, shard=shard, tensors=tensors)
+
+
+def read_quantization(root: Path) -> dict[str, Any]:
+    """config.json's mlx-community `quantization` object ({} for an unquantized model)."""
+    path = root / CONFIG_FILE
+    d = read_json(path)
+    q = d.get("quantization") or d.get("quantization_config") or {}
+    if not isinstance(q, dict):
+        raise ModelLoadError(f"{path}: quantization must be an object, not {q!r}")
+    return q
+
+
+def _read_affine(
+    open_file: Callable[[str], SafetensorsFile], module: str, quantization: dict[str, Any]
+) -> AffineTensor:
+    """One mlx-community matrix: `module.weight` codes with its scales and biases."""
+    settings = quantization.get(module, quantization)
+    if not isinstance(settings, dict) or "bits" not in settings:
+        raise ModelLoadError(f"{module} has scales but config.json gives it no quantization bits")
+    mode = settings.get("mode", "affine")
+    if mode != "affine":
+        raise ModelLoadError(f"{module}: MLX quantization mode {mode!r} is not supported")
+    f = open_file(f"{module}.weight")
+    halves = [open_file(f"{module}.{part}") for part in ("scales", "biases")]
+    try:
+        return AffineTensor(
+            bits=int(settings["bits"]),
+            group_size=int(settings.get("group_size", 64)),
+            weight=f.read_raw(f"{module}.weight"),
+            scales=halves[0].read_float32(f"{module}.scales"),
+            biases=halves[1].read_float32(f"{module}.biases"),
+        )
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"{f.path}: {module}: {e}") from e
 
 
 def _source_name(name: str, config: ModelConfig, locations: dict[str, str]) -> str:

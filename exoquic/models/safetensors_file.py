@@ -33,6 +33,7 @@ _DTYPES: dict[str, np.dtype[Any]] = {
     "I16": np.dtype("<i2"),
     "I8": np.dtype("i1"),
     "U8": np.dtype("u1"),
+    "U32": np.dtype("<u4"),
     "BOOL": np.dtype("?"),
 }
 FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
@@ -81,6 +82,11 @@ class SafetensorsFile:
         entry = self.tensors[name]
         if entry.dtype not in FLOAT_DTYPES:
             raise ModelLoadError(f"{self.path}: tensor {name} has non-float dtype {entry.dtype}")
+        return _to_float32(self.read_raw(name), entry.dtype)
+
+    def read_raw(self, name: str) -> np.ndarray:
+        """The named tensor as stored (bfloat16 as its raw uint16 bits)."""
+        entry = self.tensors[name]
         buf = bytearray(entry.nbytes)
         try:
             with self.path.open("rb") as f:
@@ -90,8 +96,7 @@ class SafetensorsFile:
             raise ModelLoadError(f"{self.path}: cannot read tensor {name}: {e}") from e
         if got != entry.nbytes:
             raise ModelLoadError(f"{self.path}: truncated while reading tensor {name}")
-        raw = np.frombuffer(buf, dtype=_DTYPES[entry.dtype]).reshape(entry.shape)
-        return _to_float32(raw, entry.dtype)
+        return np.frombuffer(buf, dtype=_DTYPES[entry.dtype]).reshape(entry.shape)
 
 
 def _read_header(f: BinaryIO, size: int, path: Path) -> tuple[dict[str, Any], int]:

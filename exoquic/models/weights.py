@@ -1,8 +1,9 @@
 """In-memory weights of one shard, in Hugging Face naming and layout.
 
 Loaders (GGUF, safetensors) produce a `ShardWeights`; engines consume it. Keys
-are the Hugging Face llama names with *global* layer indices, for example
-`model.layers.12.self_attn.q_proj.weight`. Matrices are `(out_features,
+are the Hugging Face names with *global* layer indices, for example
+`model.layers.12.self_attn.q_proj.weight`; which tensors a layer has depends on
+the family's features (`layer_suffixes`). Matrices are `(out_features,
 in_features)` and Q/K rows are in the Hugging Face half-split RoPE order (GGUF's
 interleaved order is undone by the loader). Only the shard's own layers are
 present, plus `model.embed_tokens.weight` on the first shard and
@@ -17,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 
+from exoquic.models.affine import AffineTensor
 from exoquic.models.config import ModelConfig
 from exoquic.models.shard import Shard
 
@@ -46,12 +48,14 @@ class QuantizedTensor:
         return dequantize(self)
 
 
-WeightArray = np.ndarray | QuantizedTensor
+# Matrices: float arrays, GGML blocks, or MLX affine codes (mlx-community checkpoints).
+WeightArray = np.ndarray | QuantizedTensor | AffineTensor
 
 EMBED_NAME = "model.embed_tokens.weight"
 NORM_NAME = "model.norm.weight"
 HEAD_NAME = "lm_head.weight"
-# The tensors of layer i are `model.layers.{i}.{suffix}`.
+# The tensors of layer i are `model.layers.{i}.{suffix}`: these for every family,
+# plus those of the features the model's config turns on (`layer_suffixes`).
 LAYER_SUFFIXES: tuple[str, ...] = (
     "input_layernorm.weight",
     "self_attn.q_proj.weight",
@@ -65,10 +69,32 @@ LAYER_SUFFIXES: tuple[str, ...] = (
 )
 
 
-def shard_tensor_names(shard: Shard) -> list[str]:
-    """The Hugging Face names of every tensor a `ShardWeights` for `shard` holds."""
+ATTENTION_BIAS_SUFFIXES = (
+    "self_attn.q_proj.bias",
+    "self_attn.k_proj.bias",
+    "self_attn.v_proj.bias",
+)
+QK_NORM_SUFFIXES = ("self_attn.q_norm.weight", "self_attn.k_norm.weight")
+
+
+def layer_suffixes(config: ModelConfig | None = None) -> tuple[str, ...]:
+    """The per-layer tensor suffixes of a model (None: a plain llama's)."""
+    suffixes = LAYER_SUFFIXES
+    if config is not None and config.attention_bias:
+        suffixes += ATTENTION_BIAS_SUFFIXES
+    if config is not None and config.qk_norm:
+        suffixes += QK_NORM_SUFFIXES
+    return suffixes
+
+
+def shard_tensor_names(shard: Shard, config: ModelConfig | None = None) -> list[str]:
+    """The Hugging Face names of every tensor a `ShardWeights` for `shard` holds.
+
+    `config` decides the per-layer tensors (`layer_suffixes`); None means a plain llama.
+    """
     names = [EMBED_NAME] if shard.is_first else []
-    names += [f"model.layers.{i}.{s}" for i in shard.layers() for s in LAYER_SUFFIXES]
+    suffixes = layer_suffixes(config)
+    names += [f"model.layers.{i}.{s}" for i in shard.layers() for s in suffixes]
     if shard.is_last:
         names += [NORM_NAME, HEAD_NAME]
     return names
@@ -83,10 +109,14 @@ class ShardWeights:
     def dense(self, name: str) -> np.ndarray:
         """The named tensor as a float32 array, dequantizing if needed."""
         t = self.tensors[name]
-        if isinstance(t, QuantizedTensor):
+        if isinstance(t, QuantizedTensor | AffineTensor):
             return t.dequantize()
         return np.asarray(t, dtype=np.float32)
 
     def layer(self, index: int, suffix: str) -> WeightArray:
         """`layer(3, "mlp.up_proj.weight")` -> tensor `model.layers.3.mlp.up_proj.weight`."""
         return self.tensors[f"model.layers.{index}.{suffix}"]
+
+    def layer_dense(self, index: int, suffix: str) -> np.ndarray:
+        """A layer's tensor as float32 (norms, biases)."""
+        return self.dense(f"model.layers.{index}.{suffix}")

@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from exoquic import defaults
 from exoquic.discovery.peers import PeerEventKind
 from exoquic.discovery.tailscale import Probe
 from exoquic.errors import StartupError
@@ -32,7 +33,7 @@ from exoquic.transport import Endpoint, TransportConfig, open_endpoint
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NODE_PORT = 52417
+DEFAULT_NODE_PORT = defaults.NODE_PORT
 TRUST_POLL_INTERVAL = 0.5
 """How often a running node looks for changes to its trust store (seconds)."""
 
@@ -50,7 +51,7 @@ class ClusterSettings:
     peers_file: Path | None = None
     memory_limit: int | None = None
     """Offer at most this many bytes to the cluster (tests simulate small devices)."""
-    peer_timeout: float = 3.0
+    peer_timeout: float = defaults.PEER_TIMEOUT_S
     """Seconds of silence after which a peer is dead (the QUIC idle timeout)."""
     join_timeout: float = 5.0
     """At start, how long to wait for the known peers before the first plan."""

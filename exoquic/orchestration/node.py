@@ -21,9 +21,11 @@ from typing import Any, TypeVar
 
 import trio
 
+from exoquic import defaults
 from exoquic.engines.base import Engine
 from exoquic.engines.constraints import ConstraintCompiler
 from exoquic.identity.keys import Identity
+from exoquic.machine import probe_capabilities
 from exoquic.models.config import ModelConfig
 from exoquic.models.generation_defaults import FALLBACK_DEFAULTS, GenerationDefaults
 from exoquic.models.shard import Shard
@@ -42,7 +44,7 @@ from exoquic.orchestration.planning import Member, PlanState
 from exoquic.orchestration.stops import StopMatcher
 from exoquic.orchestration.topology_view import topology_report
 from exoquic.orchestration.worker import EngineWorker
-from exoquic.topology import DeviceCapabilities, ModelRequirements, probe_capabilities
+from exoquic.topology import DeviceCapabilities, ModelRequirements
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,7 +63,7 @@ PROMPT_THREADS = 2
 class NodeSettings:
     model: str
     engine: str = "auto"
-    max_context: int = 2048
+    max_context: int = defaults.MAX_CONTEXT
     max_batch: int = 16
     # Warm the engine up before serving; a one-shot answer skips it, since its one
     # request makes the steps it needs and nothing else (see Engine.warm_up).
@@ -223,12 +225,14 @@ def new_request_id() -> str:
 
 
 def model_requirements(model_id: str, config: ModelConfig) -> ModelRequirements:
-    """Memory the model's parts take: the registry's measured sizes, else an
-    estimate from the config at 4 bytes per weight (errs on the large side)."""
+    """Memory the model's parts take: the registry's sizes for a bundled GGUF,
+    else an estimate from the config at 4 bytes per weight (errs on the large
+    side; registry models from the hub load from safetensors as Q8_0 today,
+    not as the Q4_K_M GGUF the registry's sizes describe)."""
     from exoquic.models.registry import find_model
 
     entry = find_model(model_id)
-    if entry is not None:
+    if entry is not None and entry.bundled_package:
         return ModelRequirements(
             entry.id, entry.num_layers, entry.bytes_per_layer, entry.embed_bytes, entry.embed_bytes
         )

@@ -13,7 +13,7 @@ The device where the code is typed (the initiator):
 
 Each side binds the protocol to the key the peer showed in TLS
 (`connection.peer_public_key`), so a relay that re-terminates QUIC with its
-own key makes the key confirmation fail (see `exoquic.identity.pairing`).
+own key makes the key confirmation fail (see `exoquic.pairing.protocol`).
 Both sides add the peer to their trust store before reporting success; the
 responder only sends its last message once that worked, so a refused name
 (a known name with another key) leaves neither side trusting the other.
@@ -28,7 +28,8 @@ import trio
 
 from exoquic.identity.keys import Identity
 from exoquic.identity.node_id import node_id_from_public_key
-from exoquic.identity.pairing import (
+from exoquic.identity.trust import TrustedPeer, TrustStore, TrustStoreError
+from exoquic.pairing.protocol import (
     CODE_LIFETIME,
     PairingCode,
     PairingInitiator,
@@ -36,7 +37,6 @@ from exoquic.identity.pairing import (
     PairingResult,
     parse_pairing_code,
 )
-from exoquic.identity.trust import TrustedPeer, TrustStore, TrustStoreError
 from exoquic.transport import (
     Connection,
     ConnectionClosed,

@@ -1,6 +1,6 @@
 """Pure topology: device capabilities -> ring order -> layer ranges -> plans."""
 
-from exoquic.topology.capabilities import DeviceCapabilities, probe_capabilities
+from exoquic.topology.capabilities import DeviceCapabilities
 from exoquic.topology.partition import (
     DEFAULT_MEMORY_FRACTION,
     Assignment,
@@ -23,6 +23,5 @@ __all__ = [
     "Proposal",
     "partition",
     "plan_for",
-    "probe_capabilities",
     "winner",
 ]

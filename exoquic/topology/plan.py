@@ -167,7 +167,3 @@ class PlanAgreement:
             return False
         self.current = proposal
         return True
-
-    def next_version(self) -> int:
-        """The version a new proposal from this node should carry."""
-        return 0 if self.current is None else self.current.plan.version + 1

@@ -579,7 +579,7 @@ class ModelProgress(Message):
                            self.error)  # fmt: skip
 
 
-# --- pairing (ALPN exoquic-pair/1), see exoquic.identity.pairing -----------------
+# --- pairing (ALPN exoquic-pair/1), see exoquic.pairing.protocol -------------
 
 PUBLIC_KEY_SIZE = 32
 SPAKE2_MESSAGE_SIZE = 33  # a side byte and an ed25519 group element

@@ -30,7 +30,7 @@ from exoquic.api.admission import Admission, retry_after_s
 from exoquic.api.app import create_app
 from exoquic.api.limits import AdmissionLimits
 from exoquic.api.openai_routes import ResponseShape, stream_events, stream_response
-from exoquic.cli import build_parser
+from exoquic.cli.main import build_parser
 from exoquic.engines.mlx.engine import MLXEngine
 from exoquic.engines.sampling import SamplingParams
 from exoquic.models.registry import DEFAULT_MODEL_ID

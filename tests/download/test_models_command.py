@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from fixtures.hub_server import TINY_REPO, HubServer
 
-from exoquic.download.cli import add_models_command, format_bytes, parse_layers
+from exoquic.cli.models import format_bytes, parse_layers, register
 
 FILE2 = "model-00002-of-00003.safetensors"
 
 
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="exoquic")
-    add_models_command(parser.add_subparsers(required=True))
+    register(parser.add_subparsers(required=True))
     args = parser.parse_args(argv)
     result: int = args.handler(args)
     return result

@@ -65,7 +65,7 @@ def test_add_by_id_trusts_the_key_that_hashes_to_it(store: TrustStore) -> None:
     assert store.get(peer.node_id) is not None
     assert store.get(peer.node_id).public_key is None  # type: ignore[union-attr]
     assert store.is_trusted(peer.public_key)
-    assert store.trusts_key(peer.public_key)
+    assert store.is_trusted(peer.public_key)
     assert not store.is_trusted(impostor.public_key)
     pinned = store.pin_key(peer.public_key)
     assert pinned.public_key == peer.public_key

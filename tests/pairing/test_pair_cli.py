@@ -13,15 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from exoquic.cli import pair, trust
+from exoquic.cli.pair import parse_address
+from exoquic.cli.trust import key_fingerprint
 from exoquic.identity.keys import Identity, load_or_create_identity
-from exoquic.identity.pairing import PairingCode
 from exoquic.identity.trust import TrustStore
-from exoquic.pairing.cli import (
-    add_pair_command,
-    add_trust_command,
-    key_fingerprint,
-    parse_address,
-)
+from exoquic.pairing.protocol import PairingCode
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -148,8 +145,8 @@ def test_trust_add_list_remove(tmp_path: Path) -> None:
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="exoquic")
     commands = parser.add_subparsers(required=True)
-    add_pair_command(commands)
-    add_trust_command(commands)
+    pair.register(commands)
+    trust.register(commands)
     args = parser.parse_args(argv)
     result: int = args.handler(args)
     return result
@@ -205,13 +202,3 @@ def test_addresses_parse() -> None:
     for bad in ("192.0.2.5", ":80", "host:0", "host:99999", "host:port"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_address(bad)
-
-
-def test_cli_defaults_match_the_modules_they_mirror() -> None:
-    # cli.py keeps copies so that building the parser imports neither spake2 nor psutil.
-    from exoquic.discovery.multicast import MULTICAST_PORT
-    from exoquic.identity.pairing import CODE_LIFETIME
-    from exoquic.pairing import cli
-
-    assert cli.DEFAULT_LIFETIME == CODE_LIFETIME
-    assert cli.DEFAULT_MULTICAST_PORT == MULTICAST_PORT

@@ -14,9 +14,9 @@ from pairing_relay import keep, open_relay, own_key
 
 from exoquic.discovery.multicast import MulticastSettings
 from exoquic.identity.keys import Identity
-from exoquic.identity.pairing import PairingCode, PairingCodeError, PairingResult
 from exoquic.identity.trust import TrustStore
 from exoquic.pairing.lan import announce_pairing, find_pairing_device
+from exoquic.pairing.protocol import PairingCode, PairingCodeError, PairingResult
 from exoquic.pairing.service import PairingFailed, PairingOffer, open_pairing_offer, pair_with
 
 pytestmark = pytest.mark.timeout(30)

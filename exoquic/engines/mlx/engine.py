@@ -2,7 +2,8 @@
 
 GGML block-quantized matrices (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
 Q6_K) are repacked into MLX affine quantization with group size 32 (exactly,
-except Q6_K: see `ggml_pack`) and computed on with `mx.quantized_matmul`, so
+except Q6_K: see `ggml_pack`), mlx-community checkpoints' affine matrices are
+used as they are, and all are computed on with `mx.quantized_matmul`, so
 the weights stay in 4, 5 or 8 bits; float16 / bfloat16 matrices stay 16-bit;
 other tensors run in float32. Activations and the KV cache are float32, so hidden states match the
 other engines closely enough to mix them in one ring.
@@ -24,6 +25,7 @@ from exoquic.engines.base import Engine, EngineError, ForwardItem
 from exoquic.engines.mlx.cache import RequestCache
 from exoquic.engines.mlx.ggml_pack import GROUP_SIZE, is_mappable, to_affine
 from exoquic.engines.mlx.llama import ModelArgs, ShardModel, sanitize
+from exoquic.models.affine import AffineTensor
 from exoquic.models.shard import Shard
 from exoquic.models.weights import QuantizedTensor, ShardWeights, WeightArray
 
@@ -48,12 +50,13 @@ class MLXEngine(Engine):
         args = ModelArgs.from_config(weights.config, weights.shard)
         model = ShardModel(args)
         tensors = sanitize(weights.tensors, weights.shard, model.tied)
-        arrays, bits = _to_mlx(tensors)
+        arrays, formats = _to_mlx(tensors)
 
         def predicate(path: str, module: nn.Module) -> bool | dict[str, Any]:
-            if path not in bits:
+            if path not in formats:
                 return False
-            return {"group_size": GROUP_SIZE, "bits": bits[path]}
+            bits, group_size = formats[path]
+            return {"group_size": group_size, "bits": bits}
 
         nn.quantize(model, class_predicate=predicate)
         model.load_weights(list(arrays.items()), strict=True)
@@ -153,22 +156,30 @@ class MLXEngine(Engine):
 _HALF_TYPES = {"f16": mx.float16, "bf16": mx.bfloat16}
 
 
-def _to_mlx(tensors: dict[str, WeightArray]) -> tuple[dict[str, mx.array], dict[str, int]]:
-    """MLX arrays for every tensor, plus the bit width of each quantized module path.
+def _to_mlx(
+    tensors: dict[str, WeightArray],
+) -> tuple[dict[str, mx.array], dict[str, tuple[int, int]]]:
+    """MLX arrays for every tensor, plus (bits, group size) of each quantized module path.
 
     A mappable GGML matrix `x.weight` becomes `x.weight` (packed uint32),
-    `x.scales` and `x.biases`; anything else is float32.
+    `x.scales` and `x.biases`, and so does an mlx-community matrix, as it is;
+    anything else is float32.
     """
     arrays: dict[str, mx.array] = {}
-    bits: dict[str, int] = {}
+    formats: dict[str, tuple[int, int]] = {}
     for name, tensor in tensors.items():
-        if isinstance(tensor, QuantizedTensor) and is_mappable(tensor):
+        path = name.removesuffix(".weight")
+        if isinstance(tensor, AffineTensor):
+            arrays[name] = mx.array(tensor.weight)
+            arrays[f"{path}.scales"] = mx.array(tensor.scales)
+            arrays[f"{path}.biases"] = mx.array(tensor.biases)
+            formats[path] = (tensor.bits, tensor.group_size)
+        elif isinstance(tensor, QuantizedTensor) and is_mappable(tensor):
             packed = to_affine(tensor)
-            path = name.removesuffix(".weight")
             arrays[name] = mx.array(packed.weight)
             arrays[f"{path}.scales"] = mx.array(packed.scales)
             arrays[f"{path}.biases"] = mx.array(packed.biases)
-            bits[path] = packed.bits
+            formats[path] = (packed.bits, GROUP_SIZE)
         elif isinstance(tensor, QuantizedTensor) and tensor.kind in _HALF_TYPES:
             # The GGUF bytes as they are: a 2-byte float per value, half the memory of float32.
             halves = np.ascontiguousarray(tensor.blocks).view(np.uint16).reshape(tensor.shape)
@@ -177,4 +188,4 @@ def _to_mlx(tensors: dict[str, WeightArray]) -> tuple[dict[str, mx.array], dict[
             arrays[name] = mx.array(tensor.dequantize().astype(np.float32))
         else:
             arrays[name] = mx.array(np.asarray(tensor, dtype=np.float32))
-    return arrays, bits
+    return arrays, formats

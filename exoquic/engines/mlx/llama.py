@@ -1,6 +1,9 @@
-"""A llama shard in MLX, in the style of mlx-lm's `models/llama.py`.
+"""A shard of a llama-shaped decoder in MLX, in the style of mlx-lm's `models/llama.py`.
 
-Attribute names mirror the Hugging Face weight keys (`self_attn.q_proj`,
+Every family in `exoquic.models.architectures` is this decoder with some of
+the `ModelConfig` features turned on (`attention_bias`: qwen2; `qk_norm`:
+qwen3), so the pieces below are composed by feature rather than copied per
+family. Attribute names mirror the Hugging Face weight keys (`self_attn.q_proj`,
 `mlp.gate_proj`, `input_layernorm`...), so loading a `ShardWeights` is a
 renaming of global layer indices to local ones (see `sanitize`). Unlike
 mlx-lm's model, a shard holds only its own layers: the first shard embeds, the
@@ -37,6 +40,8 @@ class ModelArgs:
     rope_scaling: RopeScaling | None
     rms_norm_eps: float
     tie_word_embeddings: bool
+    attention_bias: bool
+    qk_norm: bool
     num_layers: int  # layers in this shard
     is_first: bool
     is_last: bool
@@ -54,6 +59,8 @@ class ModelArgs:
             rope_scaling=config.rope_scaling,
             rms_norm_eps=config.rms_norm_eps,
             tie_word_embeddings=config.tie_word_embeddings,
+            attention_bias=config.attention_bias,
+            qk_norm=config.qk_norm,
             num_layers=shard.layer_count,
             is_first=shard.is_first,
             is_last=shard.is_last,
@@ -82,10 +89,15 @@ class Attention(nn.Module):
         # leading underscore keeps it out of the module's parameters.
         inv_freq = inverse_frequencies(hd, args.rope_theta, args.rope_scaling)
         self._rope_periods = mx.array(1.0 / inv_freq, dtype=mx.float32)
-        self.q_proj = nn.Linear(d, self.n_heads * hd, bias=False)
-        self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=False)
-        self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=False)
+        bias = args.attention_bias
+        self.q_proj = nn.Linear(d, self.n_heads * hd, bias=bias)
+        self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=bias)
+        self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * hd, d, bias=False)
+        self.qk_norm = args.qk_norm
+        if args.qk_norm:  # qwen3: each head's q and k normalised before RoPE
+            self.q_norm = RMSNorm(hd, args.rms_norm_eps)
+            self.k_norm = RMSNorm(hd, args.rms_norm_eps)
 
     def _rope(self, x: mx.array, offset: int | mx.array) -> mx.array:
         # traditional=False: HF weights rotate the two halves of each head.
@@ -101,10 +113,11 @@ class Attention(nn.Module):
 
     def __call__(self, x: mx.array, caches: list[LayerCache]) -> mx.array:
         B, T, _ = x.shape
-        q = self.q_proj(x).reshape(B, T, self.n_heads, -1).transpose(0, 2, 1, 3)  # (B, H, T, hd)
-        k = (
-            self.k_proj(x).reshape(B, T, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        )  # (B, KV, T, hd)
+        q = self.q_proj(x).reshape(B, T, self.n_heads, -1)  # (B, T, H, hd)
+        k = self.k_proj(x).reshape(B, T, self.n_kv_heads, -1)  # (B, T, KV, hd)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3)  # (B, heads, T, hd)
         v = self.v_proj(x).reshape(B, T, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         offset: int | mx.array = caches[0].offset
         if B > 1:

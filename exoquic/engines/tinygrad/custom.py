@@ -15,7 +15,7 @@ from tinygrad.uop.ops import KernelInfo, Ops, UOp
 
 from exoquic.engines.tinygrad import cpu_kernels, ggml_kernels
 from exoquic.engines.tinygrad.device import DEVICE
-from exoquic.engines.tinygrad.matrices import BlockMatrix, Q4Matrix
+from exoquic.engines.tinygrad.matrices import BlockMatrix, OffsetMatrix, Q4Matrix
 
 BLOCK = cpu_kernels.BLOCK
 # Tests set this to run the plain C branches instead of the AVX2 ones.
@@ -71,13 +71,15 @@ def _quantize(
     return codes, sums
 
 
-QuantizedMatrix = Q4Matrix | BlockMatrix
+QuantizedMatrix = Q4Matrix | BlockMatrix | OffsetMatrix
 
 
 def quantized_matmul(
     codes: Tensor, sums: Tensor, w: QuantizedMatrix, residual: Tensor | None = None
 ) -> Tensor:
     """`x @ w.T (+ residual)` `(R, N)` for x given as `quantize_rows(x)`."""
+    if isinstance(w, OffsetMatrix):
+        return quantized_matmul(codes, sums, w.codes, residual) + _offsets(sums, w)
     fmt: cpu_kernels.Format | ggml_kernels.AnyFormat
     kind: str  # names the kernels
     if isinstance(w, BlockMatrix):
@@ -93,6 +95,17 @@ def quantized_matmul(
     if residual is not None:
         weights, names, kind = [*weights, residual.contiguous()], [*names, "RES"], f"{kind}_add"
     return _matmul(fmt, kind, codes, sums, weights, names)
+
+
+def _offsets(sums: Tensor, w: OffsetMatrix) -> Tensor:
+    """The offsets' share of `x @ w.T`: each group's offset times the activations' group sum.
+
+    `sums[:, 1]` holds `d * sum(q)` per block of 32, the quantized activations' block sums.
+    """
+    rows, blocks = int(sums.shape[0]), int(sums.shape[2])
+    groups = int(w.offset.shape[1])
+    group_sums = sums[:, 1, :].reshape(rows, groups, blocks // groups).sum(axis=2)
+    return group_sums @ w.offset.T
 
 
 def _matmul(

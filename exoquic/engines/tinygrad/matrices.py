@@ -23,6 +23,7 @@ from tinygrad import Tensor, dtypes
 
 from exoquic.engines.tinygrad.block_decode import block_dequantized
 from exoquic.engines.tinygrad.device import DEVICE
+from exoquic.models.affine import AffineTensor
 from exoquic.models.gguf_file import release_pages
 from exoquic.models.quant import BLOCK_BYTES, BLOCK_VALUES, VALUES_PER_BLOCK
 from exoquic.models.weights import QuantizedTensor, QuantKind, WeightArray
@@ -74,7 +75,35 @@ class DenseMatrix:
         return int(rows), int(cols)
 
 
-Matrix = Q4Matrix | BlockMatrix | DenseMatrix
+@dataclass(frozen=True)
+class OffsetMatrix:
+    """8-bit MLX affine weights `w = s * c + m` (code c in 0..255, one s and m per group).
+
+    Exactly `s * (c - 128) + (m + 128 s)`: the first term is GGML Q8_0 blocks (codes
+    `c - 128`, scale `s`), which the fast kernels multiply as they are; the second is
+    one offset per group, multiplied by the activations' group sums.
+
+    blocks: uint8 `(rows, cols / 32 * 34)`, Q8_0; offset: float32 `(rows, cols / group)`.
+    """
+
+    blocks: Tensor
+    offset: Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        rows, nbytes = self.blocks.shape
+        return int(rows), int(nbytes) // BLOCK_BYTES["q8_0"] * BLOCK_VALUES
+
+    @property
+    def group_size(self) -> int:
+        return self.shape[1] // int(self.offset.shape[1])
+
+    @property
+    def codes(self) -> BlockMatrix:
+        return BlockMatrix(self.blocks, "q8_0")
+
+
+Matrix = Q4Matrix | BlockMatrix | DenseMatrix | OffsetMatrix
 
 # Kinds computed on in their file layout (`BlockMatrix`, used from the file's map in
 # place); Q4_0/Q4_1 are repacked (`Q4Matrix`: float32 scales, a little faster).
@@ -153,6 +182,8 @@ _DTYPES = {"<f4": dtypes.float32, "|u1": dtypes.uint8}
 
 def to_matrix(w: WeightArray, host: HostArrays) -> Matrix:
     """One weight matrix as device tensors, quantized ones still quantized."""
+    if isinstance(w, AffineTensor):
+        return _affine_matrix(w, host)
     if not isinstance(w, QuantizedTensor):
         return DenseMatrix(host.tensor(np.asarray(w, dtype=np.float32)))
     if w.shape[1] % BLOCK_VALUES:
@@ -165,6 +196,29 @@ def to_matrix(w: WeightArray, host: HostArrays) -> Matrix:
         m = Q4Matrix(**{name: host.tensor(a) for name, a in split_blocks(w).items()})
     release_pages(w.blocks)  # copied: the file's pages are not needed any more
     return m
+
+
+def _affine_matrix(w: AffineTensor, host: HostArrays) -> Matrix:
+    """MLX affine weights, converted exactly to what the kernels compute on.
+
+    4 bits: `Q4Matrix` (its float32 scale and offset per 32 values hold any 16-bit
+    group's exactly). 8 bits: `OffsetMatrix`, whose Q8_0 scales are float16: a
+    bfloat16 scale below float16's normal range (2**-14) loses bits there.
+    """
+    rows, cols = w.shape
+    per_block = w.group_size // BLOCK_VALUES
+    codes = w.codes().reshape(rows, cols // BLOCK_VALUES, BLOCK_VALUES)
+    scale = np.repeat(w.scales, per_block, axis=1)
+    if w.bits == 4:
+        packed = codes[..., :16] | (codes[..., 16:] << 4)
+        return Q4Matrix(
+            host.tensor(packed), host.tensor(scale), host.tensor(np.repeat(w.biases, per_block, 1))
+        )
+    signed = (codes.astype(np.int16) - 128).astype(np.int8).view(np.uint8)
+    d = scale.astype(np.float16).view(np.uint8).reshape(rows, -1, 2)
+    blocks = np.concatenate([d, signed], axis=-1).reshape(rows, -1)
+    offset = (w.biases + 128 * w.scales).astype(np.float32)
+    return OffsetMatrix(host.tensor(blocks), host.tensor(offset))
 
 
 def matrix_tensors(m: Matrix) -> list[Tensor]:
@@ -191,6 +245,10 @@ def dequantized(w: Matrix) -> Tensor:
         return w.weight
     if isinstance(w, BlockMatrix):
         return block_dequantized(w.blocks, w.kind)
+    if isinstance(w, OffsetMatrix):
+        groups = int(w.offset.shape[1])
+        offsets = w.offset.unsqueeze(-1).expand(rows, groups, w.group_size).reshape(rows, cols)
+        return block_dequantized(w.blocks, "q8_0") + offsets
     low, high = w.packed.bitwise_and(15), w.packed.rshift(4)
     codes = low.cat(high, dim=-1).cast(dtypes.float32)  # (rows, blocks, 32)
     return (codes * w.scale.unsqueeze(-1) + w.offset.unsqueeze(-1)).reshape(rows, cols)
@@ -218,6 +276,8 @@ def fuse_rows(parts: list[WeightArray]) -> WeightArray | None:
     (gate and up in a GGUF's map, say) become one view; others are copied once
     (their file pages then dropped), so memory stays one copy either way.
     """
+    if any(isinstance(p, AffineTensor) for p in parts):
+        return _fuse_affine(parts)
     if all(isinstance(p, QuantizedTensor) for p in parts):
         quantized = [p for p in parts if isinstance(p, QuantizedTensor)]
         kind, cols = quantized[0].kind, quantized[0].shape[1]
@@ -233,6 +293,24 @@ def fuse_rows(parts: list[WeightArray]) -> WeightArray | None:
     if any(isinstance(p, QuantizedTensor) for p in parts):
         return None
     return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])
+
+
+def _fuse_affine(parts: list[WeightArray]) -> AffineTensor | None:
+    """MLX affine matrices of one format stacked along their rows (copied once)."""
+    affine = [p for p in parts if isinstance(p, AffineTensor)]
+    first = affine[0]
+    if len(affine) < len(parts) or any(
+        (a.bits, a.group_size, a.shape[1]) != (first.bits, first.group_size, first.shape[1])
+        for a in affine
+    ):
+        return None
+    return AffineTensor(
+        first.bits,
+        first.group_size,
+        np.concatenate([a.weight for a in affine]),
+        np.concatenate([a.scales for a in affine]),
+        np.concatenate([a.biases for a in affine]),
+    )
 
 
 def _adjacent(parts: list[QuantizedTensor]) -> np.ndarray | None:

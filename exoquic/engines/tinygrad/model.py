@@ -33,10 +33,12 @@ from exoquic.engines.tinygrad.matrices import (
     to_matrix,
     with_tensors,
 )
+from exoquic.models.affine import AffineTensor
 from exoquic.models.config import ModelConfig
 from exoquic.models.rope import inverse_frequencies
 from exoquic.models.shard import Shard
 from exoquic.models.weights import (
+    ATTENTION_BIAS_SUFFIXES,
     EMBED_NAME,
     HEAD_NAME,
     NORM_NAME,
@@ -84,31 +86,43 @@ class Projection:
 
 @dataclass(frozen=True)
 class LayerWeights:
+    """One layer's device tensors; the optional ones are the family's features."""
+
     attn_norm: Tensor
     qkv: Projection
     o: Projection
     mlp_norm: Tensor
     gate_up: Projection
     down: Projection
+    qkv_bias: Tensor | None = None  # ((H + 2 KV) hd,): q | k | v biases (qwen2)
+    q_norm: Tensor | None = None  # (hd,): per-head RMSNorm of q before RoPE (qwen3)
+    k_norm: Tensor | None = None  # (hd,): likewise for k
+
+    def _projections(self) -> tuple[Projection, ...]:
+        return (self.qkv, self.o, self.gate_up, self.down)
+
+    def _optional(self) -> list[Tensor]:
+        return [t for t in (self.qkv_bias, self.q_norm, self.k_norm) if t is not None]
 
     def tensors(self) -> list[Tensor]:
         """Every device tensor of the layer, in a fixed order (see `rebuild`)."""
         out = [self.attn_norm]
-        for p in (self.qkv, self.o, self.gate_up, self.down):
+        for p in self._projections():
             out += [t for m in p.matrices for t in matrix_tensors(m)]
-        return [*out, self.mlp_norm]
+        return [*out, self.mlp_norm, *self._optional()]
 
     def structure(self) -> tuple[object, ...]:
         """Equal for layers that one traced computation can serve (shapes, kinds, fusion)."""
         projections = tuple(
-            (p.sizes, tuple(matrix_key(m) for m in p.matrices))
-            for p in (self.qkv, self.o, self.gate_up, self.down)
+            (p.sizes, tuple(matrix_key(m) for m in p.matrices)) for p in self._projections()
         )
-        return projections, tuple((tuple(t.shape), t.dtype) for t in self.tensors())
+        present = tuple(t is not None for t in (self.qkv_bias, self.q_norm, self.k_norm))
+        return projections, present, tuple((tuple(t.shape), t.dtype) for t in self.tensors())
 
     def rebuild(self, tensors: list[Tensor]) -> LayerWeights:
         """A layer of the same structure made of `tensors` (ordered as `tensors()`)."""
-        rest = iter(tensors[1:-1])
+        rest = iter(tensors)
+        attn_norm = next(rest)
 
         def projection(p: Projection) -> Projection:
             mats = tuple(
@@ -116,8 +130,14 @@ class LayerWeights:
             )
             return Projection(mats, p.sizes)
 
-        qkv, o, gate_up, down = (projection(p) for p in (self.qkv, self.o, self.gate_up, self.down))
-        return LayerWeights(tensors[0], qkv, o, tensors[-1], gate_up, down)
+        qkv, o, gate_up, down = (projection(p) for p in self._projections())
+        mlp_norm = next(rest)
+
+        def optional(t: Tensor | None) -> Tensor | None:
+            return None if t is None else next(rest)
+
+        bias, q_norm, k_norm = (optional(t) for t in (self.qkv_bias, self.q_norm, self.k_norm))
+        return LayerWeights(attn_norm, qkv, o, mlp_norm, gate_up, down, bias, q_norm, k_norm)
 
 
 class ShardModel:
@@ -160,6 +180,8 @@ class ShardModel:
         """Float32 embeddings `(T, D)` of token ids (first shard only)."""
         table = self.embedding
         assert table is not None, "only the first shard embeds tokens"
+        if isinstance(table, AffineTensor):
+            return table.take_rows(tokens).dequantize()
         if isinstance(table, QuantizedTensor):
             rows = QuantizedTensor(table.kind, table.blocks[tokens], (len(tokens), table.shape[1]))
             return rows.dequantize()
@@ -192,7 +214,7 @@ class ShardModel:
         return self._normed(self.head_matrix, x, self.norm)
 
     def _block(self, x: Tensor, w: LayerWeights, attend: AttendFn) -> Tensor:
-        attn = attend(self._normed(w.qkv, x, w.attn_norm))
+        attn = attend(self._qkv(x, w))
         if self.fast and w.o.quantized:
             x = w.o.of_quantized(*quantize_rows(attn), residual=x)
         else:
@@ -202,6 +224,20 @@ class ShardModel:
             return w.down.of_quantized(*swiglu_quantize_rows(gate_up), residual=x)
         gate, up = gate_up.chunk(2, dim=-1)
         return x + w.down(gate.silu() * up, self.fast)
+
+    def _qkv(self, x: Tensor, w: LayerWeights) -> Tensor:
+        """The q | k | v projections `(rows, (H + 2 KV) hd)` with the family's extras."""
+        qkv = self._normed(w.qkv, x, w.attn_norm)
+        if w.qkv_bias is not None:
+            qkv = qkv + w.qkv_bias
+        if w.q_norm is None or w.k_norm is None:
+            return qkv
+        c = self.config
+        rows, hd = qkv.shape[0], c.head_dim
+        q, k, v = qkv.split([c.num_heads * hd, c.num_kv_heads * hd, c.num_kv_heads * hd], dim=-1)
+        q = _rms_norm(q.reshape(rows, c.num_heads, hd), w.q_norm, c.rms_norm_eps)
+        k = _rms_norm(k.reshape(rows, c.num_kv_heads, hd), w.k_norm, c.rms_norm_eps)
+        return q.reshape(rows, -1).cat(k.reshape(rows, -1), v, dim=-1)
 
     def _normed(self, p: Projection, x: Tensor, weight: Tensor) -> Tensor:
         """`p(rms_norm(x) * weight)`; in the fast path norm and quantization are one kernel."""
@@ -242,16 +278,20 @@ def _layer_weights(weights: ShardWeights, index: int, host: HostArrays) -> Layer
     def p(*suffixes: str) -> Projection:
         return Projection.of([weights.layer(index, s) for s in suffixes], host)
 
-    def norm(suffix: str) -> Tensor:
-        return host.tensor(weights.dense(f"model.layers.{index}.{suffix}"))
+    def vector(*suffixes: str) -> Tensor:
+        return host.tensor(np.concatenate([weights.layer_dense(index, s) for s in suffixes]))
 
+    config = weights.config
     return LayerWeights(
-        attn_norm=norm("input_layernorm.weight"),
+        attn_norm=vector("input_layernorm.weight"),
         qkv=p("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
         o=p("self_attn.o_proj.weight"),
-        mlp_norm=norm("post_attention_layernorm.weight"),
+        mlp_norm=vector("post_attention_layernorm.weight"),
         gate_up=p("mlp.gate_proj.weight", "mlp.up_proj.weight"),
         down=p("mlp.down_proj.weight"),
+        qkv_bias=vector(*ATTENTION_BIAS_SUFFIXES) if config.attention_bias else None,
+        q_norm=vector("self_attn.q_norm.weight") if config.qk_norm else None,
+        k_norm=vector("self_attn.k_norm.weight") if config.qk_norm else None,
     )
 
 

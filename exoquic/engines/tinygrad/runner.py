@@ -366,10 +366,6 @@ class KernelProgram:
         self._table = np.concatenate(self._tables)
         self._group_array = np.concatenate(self._groups)
 
-    @property
-    def kernel_count(self) -> int:
-        return len(self._group_array)
-
     def __call__(
         self, addresses: dict[Hashable, int], variables: dict[str, int], threads: int = 1
     ) -> None:
@@ -388,16 +384,3 @@ class KernelProgram:
                 table[cells[:, 0], cells[:, 1]] = value
         groups = self._group_array
         self._run(table.ctypes.data, groups.ctypes.data, len(groups), threads)
-
-    def time_each(self, threads: int = 1, repeats: int = 5) -> list[float]:
-        """Seconds per kernel, best of `repeats` (after a normal call set the arguments)."""
-        import time
-
-        groups = self._group_array
-        best = [float("inf")] * len(groups)
-        for _ in range(repeats):
-            for i in range(len(groups)):
-                start = time.perf_counter()
-                self._run(self._table.ctypes.data, groups[i:].ctypes.data, 1, threads)
-                best[i] = min(best[i], time.perf_counter() - start)
-        return best

@@ -35,6 +35,7 @@ from typing import TypeVar
 import spake2
 import spake2.ed25519_basic
 
+from exoquic import defaults
 from exoquic.identity import crockford
 from exoquic.identity.node_id import node_id_from_public_key
 from exoquic.wire import cbor
@@ -49,7 +50,7 @@ from exoquic.wire.messages import (
     encode_message,
 )
 
-CODE_LIFETIME = 120.0
+CODE_LIFETIME = defaults.PAIRING_CODE_LIFETIME_S
 """Seconds a shown code stays valid (and an initiator waits for a pairing)."""
 CODE_SYMBOLS = 7
 """Random base32 symbols in a code (35 bits), followed by one check symbol."""

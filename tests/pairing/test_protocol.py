@@ -7,7 +7,7 @@ import pytest
 
 from exoquic.identity import crockford
 from exoquic.identity.keys import Identity
-from exoquic.identity.pairing import (
+from exoquic.pairing.protocol import (
     CODE_LIFETIME,
     PairingCode,
     PairingCodeError,

@@ -1,4 +1,4 @@
-"""`exoquic pair [CODE]` and `exoquic trust list | add ID [--name NAME] | remove ID`.
+"""`exoquic pair [CODE]`: trust another device by a short code.
 
 `exoquic pair` runs its own QUIC endpoint on a free port for as long as the
 code is shown; a node running `exoquic up` on the same device keeps running
@@ -8,26 +8,24 @@ code is shown; a node running `exoquic up` on the same device keeps running
 from __future__ import annotations
 
 import argparse
-import hashlib
 import socket
-import sys
 from typing import TYPE_CHECKING
+
+from exoquic import defaults
+from exoquic.cli.console import print_error
+from exoquic.cli.options import Subcommands
 
 if TYPE_CHECKING:
     from exoquic.discovery.multicast import MulticastSettings
     from exoquic.identity.keys import Identity
-    from exoquic.identity.trust import TrustedPeer, TrustStore
+    from exoquic.identity.trust import TrustStore
 
 # Command bodies import what they use: registering the commands stays cheap.
 
-DEFAULT_LIFETIME = 120.0  # exoquic.identity.pairing.CODE_LIFETIME (not imported here: spake2)
-DEFAULT_WAIT = 10.0
-DEFAULT_MULTICAST_PORT = 52416  # exoquic.discovery.multicast.MULTICAST_PORT
 FALLBACK_NAME = "exoquic"
 
 
-def add_pair_command(commands: argparse._SubParsersAction) -> None:
-    """Register `exoquic pair [CODE]` on the CLI's subcommand parsers."""
+def register(commands: Subcommands) -> None:
     pair = commands.add_parser(
         "pair",
         help="trust another device: show a code here, or type the code shown there",
@@ -51,22 +49,23 @@ def add_pair_command(commands: argparse._SubParsersAction) -> None:
     pair.add_argument(
         "--lifetime",
         type=_positive,
-        default=DEFAULT_LIFETIME,
+        default=defaults.PAIRING_CODE_LIFETIME_S,
         metavar="SECONDS",
-        help=f"how long a shown code stays valid (default: {DEFAULT_LIFETIME:g})",
+        help=f"how long a shown code stays valid (default: {defaults.PAIRING_CODE_LIFETIME_S:g})",
     )
     pair.add_argument(
         "--wait",
         type=_positive,
-        default=DEFAULT_WAIT,
+        default=defaults.PAIRING_SEARCH_S,
         metavar="SECONDS",
-        help=f"how long to look for the other device on the LAN (default: {DEFAULT_WAIT:g})",
+        help="how long to look for the other device on the LAN "
+        f"(default: {defaults.PAIRING_SEARCH_S:g})",
     )
     pair.add_argument(
         "--multicast-port",
         type=int,
-        default=DEFAULT_MULTICAST_PORT,
-        help=f"UDP port of the discovery multicast group (default: {DEFAULT_MULTICAST_PORT})",
+        default=defaults.MULTICAST_PORT,
+        help=f"UDP port of the discovery multicast group (default: {defaults.MULTICAST_PORT})",
     )
     pair.add_argument(
         "--interfaces",
@@ -75,29 +74,6 @@ def add_pair_command(commands: argparse._SubParsersAction) -> None:
         help="network interfaces to announce and listen on (default: all that do multicast)",
     )
     pair.set_defaults(handler=cmd_pair)
-
-
-def add_trust_command(commands: argparse._SubParsersAction) -> None:
-    """Register `exoquic trust list | add | remove` on the CLI's subcommand parsers."""
-    trust = commands.add_parser("trust", help="list, add and remove trusted devices")
-    actions = trust.add_subparsers(title="actions", required=True, metavar="ACTION")
-
-    listing = actions.add_parser("list", help="the devices this one trusts")
-    listing.set_defaults(handler=cmd_trust_list)
-
-    add = actions.add_parser(
-        "add",
-        help="trust a device by node id (its key is pinned when it first connects)",
-        description="Trust a device by its node id, for setups where pairing cannot reach "
-        "it (manual peers, Tailscale). Prefer `exoquic pair`: it pins the key itself.",
-    )
-    add.add_argument("node_id", metavar="ID", help="the device's node id, e.g. exq-XGYA-...")
-    add.add_argument("--name", help="a name for the device (default: its node id)")
-    add.set_defaults(handler=cmd_trust_add)
-
-    remove = actions.add_parser("remove", aliases=["rm"], help="stop trusting a device")
-    remove.add_argument("node_id", metavar="ID", help="the device's node id")
-    remove.set_defaults(handler=cmd_trust_remove)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -128,13 +104,6 @@ def _positive(text: str) -> float:
     return value
 
 
-def _error(command: str, message: object) -> None:
-    print(f"exoquic {command}: {message}", file=sys.stderr, flush=True)
-
-
-# --- exoquic pair -----------------------------------------------------------
-
-
 def cmd_pair(args: argparse.Namespace) -> int:
     import logging
 
@@ -143,27 +112,29 @@ def cmd_pair(args: argparse.Namespace) -> int:
     from exoquic.discovery.multicast import MulticastSettings
     from exoquic.identity.keys import IdentityError, load_or_create_identity
     from exoquic.identity.node_id import is_valid_device_name
-    from exoquic.identity.pairing import PairingCodeError, parse_pairing_code
     from exoquic.identity.trust import TrustStore, TrustStoreError
     from exoquic.pairing.lan import ANNOUNCE_INTERVAL
+    from exoquic.pairing.protocol import PairingCodeError, parse_pairing_code
 
     name = args.name if args.name is not None else default_device_name()
     if not is_valid_device_name(name):
-        _error("pair", f"--name must be 1-64 printable characters, not {name!r}")
+        print_error("pair", f"--name must be 1-64 printable characters, not {name!r}")
         return 2
     if args.code is None and args.addr is not None:
-        _error("pair", "--addr is for the device that types the code: exoquic pair CODE --addr ...")
+        print_error(
+            "pair", "--addr is for the device that types the code: exoquic pair CODE --addr ..."
+        )
         return 2
     try:
         code = parse_pairing_code(args.code) if args.code is not None else None
     except PairingCodeError as exc:
-        _error("pair", f"{exc}. Check the code shown on the other device.")
+        print_error("pair", f"{exc}. Check the code shown on the other device.")
         return 2
     try:
         identity = load_or_create_identity()
         trust = TrustStore.open()
     except (IdentityError, TrustStoreError) as exc:
-        _error("pair", exc)
+        print_error("pair", exc)
         return 1
     if not getattr(args, "verbose", False):
         # Which interfaces multicast uses is noise next to the code; -v shows it.
@@ -211,10 +182,10 @@ async def _show_code(
                     peer, failure = None, exc
                 nursery.cancel_scope.cancel()
     except OSError as exc:
-        _error("pair", f"cannot listen on UDP port {args.port}: {exc.strerror or exc}")
+        print_error("pair", f"cannot listen on UDP port {args.port}: {exc.strerror or exc}")
         return 1
     if peer is None:
-        _error("pair", failure)
+        print_error("pair", failure)
         return 1
     _say_paired(peer.name, peer.node_id)
     return 0
@@ -241,7 +212,7 @@ async def _type_code(
             addresses = device.endpoints
         peer = await pair_with(identity, trust, code, addresses, name=name)
     except PairingFailed as exc:
-        _error("pair", exc)
+        print_error("pair", exc)
         return 1
     _say_paired(peer.name, peer.node_id)
     return 0
@@ -257,81 +228,3 @@ def _say_paired(name: str, node_id: str) -> None:
         "Both devices now trust each other. Check that this id is the one shown "
         f"as 'This device' on {name}; if not, run `exoquic trust remove {node_id}`."
     )
-
-
-# --- exoquic trust ----------------------------------------------------------
-
-
-def cmd_trust_list(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from exoquic.identity.trust import TrustStore, TrustStoreError
-    from exoquic.terminal import print_table, whole
-
-    try:
-        peers = TrustStore.open().list()
-    except TrustStoreError as exc:
-        _error("trust", exc)
-        return 1
-    console = Console()
-    if not peers:
-        console.print("No trusted devices yet: pair one with `exoquic pair`.")
-        return 0
-    table = whole(Table("node id", "name", "key fingerprint", "added"), "node id")
-    for peer in peers:
-        table.add_row(peer.node_id, peer.name, key_fingerprint(peer.public_key), _added(peer))
-    print_table(table, console)
-    return 0
-
-
-def key_fingerprint(public_key: bytes | None) -> str:
-    """SHA-256 of the pinned raw key, first 64 bits in groups (or why there is none)."""
-    if public_key is None:
-        return "pinned at first connection"
-    digest = hashlib.sha256(public_key).hexdigest()[:16]
-    return " ".join(digest[i : i + 4] for i in range(0, 16, 4))
-
-
-def _added(peer: TrustedPeer) -> str:
-    return peer.added_at.astimezone().strftime("%Y-%m-%d %H:%M")
-
-
-def cmd_trust_add(args: argparse.Namespace) -> int:
-    from exoquic.identity.node_id import NodeIdError, parse_node_id
-    from exoquic.identity.trust import TrustStore, TrustStoreError
-
-    try:
-        node_id = parse_node_id(args.node_id)
-        peer = TrustStore.open().add_by_id(node_id, args.name if args.name else node_id)
-    except NodeIdError as exc:
-        _error("trust", exc)
-        return 2
-    except TrustStoreError as exc:  # TrustConflictError names the holder and the fix
-        _error("trust", exc)
-        return 1
-    except ValueError as exc:  # a name that is not a device name
-        _error("trust", exc)
-        return 2
-    pinned = "its key is pinned" if peer.public_key else "its key is pinned when it first connects"
-    print(f"Trusting {peer.node_id} as {peer.name!r}; {pinned}.")
-    return 0
-
-
-def cmd_trust_remove(args: argparse.Namespace) -> int:
-    from exoquic.identity.node_id import NodeIdError
-    from exoquic.identity.trust import TrustStore, TrustStoreError
-
-    try:
-        peer = TrustStore.open().remove(args.node_id)
-    except NodeIdError as exc:
-        _error("trust", exc)
-        return 2
-    except KeyError:
-        _error("trust", f"{args.node_id} is not a trusted device (see `exoquic trust list`)")
-        return 1
-    except TrustStoreError as exc:
-        _error("trust", exc)
-        return 1
-    print(f"No longer trusting {peer.node_id} ({peer.name}).")
-    return 0

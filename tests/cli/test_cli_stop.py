@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.test_cli_startup import free_port
+from tests.cli.test_cli_startup import free_port
 
 EXOQUIC = str(Path(sys.executable).with_name("exoquic"))
 EXIT_LIMIT_S = 5.0

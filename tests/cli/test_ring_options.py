@@ -1,4 +1,5 @@
-"""The ring's CLI helpers: sizes, and the status table (pure)."""
+"""The ring's command-line parts: sizes, `exoquic up`'s cluster options, and the
+status table (pure)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import argparse
 
 import pytest
 
-from exoquic.cli import build_parser
-from exoquic.ring_cli import parse_size, print_topology
+from exoquic.cli.main import build_parser
+from exoquic.cli.options import parse_size
+from exoquic.cli.status import print_topology
 
 
 @pytest.mark.parametrize(
