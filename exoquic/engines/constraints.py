@@ -34,6 +34,11 @@ def _json_options(strict: bool) -> JsonCompileOptions:
     }
 
 
+# What a request's grammar may weigh (it travels in `Forward.grammar`, which
+# refuses more): far beyond any schema people write by hand or with pydantic.
+MAX_GRAMMAR_CHARS = 1 << 20
+
+
 class GrammarError(ValueError):
     """The response_format asks for something that cannot be compiled."""
 
@@ -62,6 +67,8 @@ def grammar_for(response_format: dict[str, Any]) -> str | None:
         )
     except ValueError as exc:
         raise GrammarError(f"the JSON schema cannot be used: {exc}") from exc
+    if len(grammar) > MAX_GRAMMAR_CHARS:
+        raise GrammarError(f"the JSON schema is too large (over {MAX_GRAMMAR_CHARS} characters)")
     error = llguidance.LLMatcher.validate_grammar(grammar)
     if error:
         raise GrammarError(f"the JSON schema cannot be used: {error}")

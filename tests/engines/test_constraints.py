@@ -41,6 +41,12 @@ def test_an_invalid_schema_is_refused() -> None:
         grammar_for(schema_format({"type": "strin"}))
 
 
+def test_a_huge_schema_is_refused() -> None:
+    properties = {f"p{i}_{'x' * 100}": {"type": "string"} for i in range(12_000)}
+    with pytest.raises(GrammarError, match="too large"):
+        grammar_for(schema_format({"type": "object", "properties": properties}))
+
+
 def test_strict_refuses_keywords_it_cannot_enforce_and_lax_ignores_them() -> None:
     schema = {"type": "string", "format": "no-such-format"}
     with pytest.raises(GrammarError, match="no-such-format"):
