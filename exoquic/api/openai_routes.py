@@ -181,6 +181,8 @@ async def complete(
         )
         for index in range(params.n)
     ]
+    if params.sampling.grammar is not None:
+        await serving.prepare_grammars()
     shape = ResponseShape(serving.model_id, generations[0].request_id, chat, len(prompt))
     # Admitted only once the request is known to be valid: a bad one gets its
     # 400, not a 429, and never takes a slot.

@@ -79,7 +79,9 @@ class ConstraintCompiler:
     """Compiles grammars against one model's tokenizer (at the sampling node).
 
     Preparing llguidance's view of a 49k-token vocabulary takes about half a
-    second: it happens once, at the first constrained request.
+    second: it happens once, at the first constrained request, in a thread at
+    its origin (`Node.prepare_grammars`); a sampling node that is not the
+    origin prepares it inline at its first such request.
     """
 
     def __init__(self, tokenizer: Tokenizer) -> None:
