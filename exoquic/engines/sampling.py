@@ -110,7 +110,10 @@ class Sampler:
         if self.params.logit_bias or self.params.penalizes or allowed is not None:
             logits = adjust_logits(logits, self.params, prompt, generated)
             if allowed is not None:
-                logits[~_fit(allowed, logits.size)] = -np.inf
+                allowed = _fit(allowed, logits.size)
+                if not allowed.any():
+                    raise ValueError("the grammar allows no token here")
+                logits[~allowed] = -np.inf
         if self.params.greedy:
             return int(np.argmax(logits))
         token_ids, probs = candidates(logits, self.params, masked=allowed is not None)

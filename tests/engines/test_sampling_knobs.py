@@ -70,6 +70,11 @@ def test_a_mask_limits_the_draw_to_allowed_tokens() -> None:
     assert {hot.sample(LOGITS, step, allowed=allowed) for step in range(50)} == {0, 3}
 
 
+def test_a_mask_that_allows_nothing_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no token"):
+        Sampler(SamplingParams()).sample(LOGITS, 0, allowed=np.zeros(5, dtype=bool))
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
