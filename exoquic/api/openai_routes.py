@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
-from contextlib import AsyncExitStack, aclosing
+from contextlib import aclosing, suppress
 from typing import Any
 
+import trio
 from quart import Blueprint, Response, current_app, request
 
 from exoquic.api.admission import Admission, Slot
@@ -217,22 +219,55 @@ async def collect(
 async def choice_chunks(
     serving: Node, generations: list[GenerationRequest]
 ) -> AsyncGenerator[tuple[int, GenerationChunk], None]:
-    """The chunks of every choice with its index, taken in turns. A choice's
-    ring starts its next step before handing out a token, so while one choice
-    is awaited the others' steps run too, in the engines' batches. Every
-    generation is closed on exit (its KV cache freed) however we leave."""
-    async with AsyncExitStack() as stack:
-        running = {
-            index: await stack.enter_async_context(open_generation(serving, generation))
-            for index, generation in enumerate(generations)
-        }
-        while running:
-            for index, chunks in list(running.items()):
-                chunk = await anext(chunks, None)
-                if chunk is None:
-                    del running[index]
-                else:
-                    yield index, chunk
+    """The chunks of every choice with its index, as they come. One choice runs
+    here; several run each in a task of its own, so that their steps reach the
+    engine worker together and ride its batches like concurrent requests.
+
+    Those tasks are system tasks rather than a nursery's: a nursery cannot stay
+    open across the yields of a generator (the SSE body is one). They never
+    raise: a choice's error comes through the channel and is raised here, and
+    leaving (done, error or disconnect) cancels them, which closes their
+    generations and so frees their KV caches."""
+    if len(generations) == 1:
+        async with open_generation(serving, generations[0]) as chunks:
+            async for chunk in chunks:
+                yield 0, chunk
+        return
+    send, receive = trio.open_memory_channel[tuple[int, GenerationChunk | Exception]](math.inf)
+    scopes = [trio.CancelScope() for _ in generations]
+    with send:
+        for index, (generation, scope) in enumerate(zip(generations, scopes, strict=True)):
+            trio.lowlevel.spawn_system_task(
+                _run_choice, serving, index, generation, send.clone(), scope
+            )
+    try:
+        with receive:
+            async for index, item in receive:
+                if isinstance(item, Exception):
+                    raise item
+                yield index, item
+    finally:
+        for scope in scopes:
+            scope.cancel()
+
+
+async def _run_choice(
+    serving: Node,
+    index: int,
+    generation: GenerationRequest,
+    send: trio.MemorySendChannel[tuple[int, GenerationChunk | Exception]],
+    scope: trio.CancelScope,
+) -> None:
+    """One choice's chunks into `send` (unbounded: a reply is at most max_tokens)."""
+    with send, scope:
+        try:
+            async with open_generation(serving, generation) as chunks:
+                async for chunk in chunks:
+                    send.send_nowait((index, chunk))
+        except Exception as exc:
+            # The reader may be gone already (it cancels us as it leaves).
+            with suppress(trio.BrokenResourceError):
+                send.send_nowait((index, exc))
 
 
 def stream_response(

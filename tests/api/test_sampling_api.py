@@ -7,9 +7,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import trio
 from api_helpers import sse_payloads
 
+from exoquic.api.openai_routes import choice_chunks
+from exoquic.engines.sampling import SamplingParams
 from exoquic.models.registry import DEFAULT_MODEL_ID
+from exoquic.orchestration.generation import GenerationRequest
 
 CHAT = "/v1/chat/completions"
 TEXT = "/v1/completions"
@@ -66,10 +70,13 @@ async def test_a_bias_outside_the_vocabulary_is_refused(tiny_app_factory: Any) -
 
 
 async def test_n_choices_are_seeded_seed_plus_index(tiny_app_factory: Any) -> None:
-    client = tiny_app_factory().test_client()
     request = {"prompt": "The", "max_tokens": 6, "temperature": 1.0}
+    app = tiny_app_factory()
+    client = app.test_client()
     body = await post(client, TEXT, n=3, seed=40, **request)
     assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    # the choices' decode steps rode in the engine's batches together
+    assert app.config["EXOQUIC_NODE"].worker.statistics().largest_batch > 1
     singles = [await post(client, TEXT, seed=40 + i, **request) for i in range(3)]
     assert texts(body) == [texts(single)[0] for single in singles]
     assert len(set(texts(body))) > 1
@@ -109,3 +116,24 @@ async def test_penalties_and_logit_bias_change_greedy_output(tiny_app_factory: A
     first_token = tiny_app_factory().config["EXOQUIC_NODE"].tokenizer.encode(plain)[0]
     banned = texts(await post(client, TEXT, **request, logit_bias={str(first_token): -100}))[0]
     assert banned != plain
+
+
+async def test_leaving_a_stream_of_choices_frees_every_cache(tiny_app_factory: Any) -> None:
+    """The choices run in tasks of their own: a reader that leaves must end them."""
+    app = tiny_app_factory()
+    node = app.config["EXOQUIC_NODE"]
+
+    prompt = tuple(node.tokenizer.encode("Hello"))
+    generations = [
+        GenerationRequest(f"leave-{i}", prompt, SamplingParams(temperature=1.0, seed=i), 50)
+        for i in range(3)
+    ]
+    # The engine is the session's: an earlier test's last release may never have run.
+    before = node.engine.active_requests()
+    chunks = choice_chunks(node, generations)
+    await anext(chunks)
+    assert node.active_requests == 3
+    await chunks.aclose()  # what a client disconnect comes down to
+    with trio.fail_after(10):  # the worker frees each cache after its step in flight
+        while node.engine.active_requests() > before or node.active_requests:
+            await trio.sleep(0.05)
