@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from typing import Any
 
+import trio
 from quart import Blueprint, Response, current_app, request
 
 from exoquic.api.admission import Admission, Slot
 from exoquic.api.errors import APIError
-from exoquic.api.schemas import CompletionParams, parse_chat_request, parse_text_request
+from exoquic.api.schemas import (
+    CompletionParams,
+    choice_sampling,
+    parse_chat_request,
+    parse_text_request,
+)
 from exoquic.models.errors import MessagesRejectedError
 from exoquic.models.generation_defaults import GenerationDefaults
 from exoquic.orchestration.generation import (
@@ -137,52 +144,130 @@ def check_room(serving: Node, prompt: list[int], params: CompletionParams, chat:
         raise APIError(400, str(exc), param=param, code=exc.code) from exc
 
 
+def check_logit_bias(serving: Node, params: CompletionParams) -> None:
+    vocabulary = serving.tokenizer.vocab_size
+    for token, _ in params.sampling.logit_bias:
+        if token >= vocabulary:
+            raise APIError(
+                400,
+                f"'logit_bias' names token {token}, outside the vocabulary of {vocabulary}",
+                param="logit_bias",
+            )
+
+
 async def complete(
     serving: Node, prompt: list[int], params: CompletionParams, *, chat: bool
 ) -> Response:
     check_room(serving, prompt, params, chat)
-    generation = GenerationRequest(
-        request_id=new_request_id(),
-        prompt_tokens=tuple(prompt),
-        sampling=params.sampling,
-        # Without max_tokens, the model's finite default (the node cuts any
-        # budget to the room the context has left).
-        max_tokens=params.max_tokens or serving.defaults.max_tokens,
-        stop=params.stop,
-    )
-    shape = ResponseShape(serving.model_id, generation.request_id, chat, len(prompt))
+    check_logit_bias(serving, params)
+    generations = [
+        GenerationRequest(
+            request_id=new_request_id(),
+            prompt_tokens=tuple(prompt),
+            sampling=choice_sampling(params.sampling, index),
+            # Without max_tokens, the model's finite default (the node cuts any
+            # budget to the room the context has left).
+            max_tokens=params.max_tokens or serving.defaults.max_tokens,
+            stop=params.stop,
+        )
+        for index in range(params.n)
+    ]
+    if params.sampling.grammar is not None:
+        await serving.prepare_grammars()
+    shape = ResponseShape(serving.model_id, generations[0].request_id, chat, len(prompt))
     # Admitted only once the request is known to be valid: a bad one gets its
     # 400, not a 429, and never takes a slot.
     slot = await admission().admit()
     if params.stream:
-        return stream_response(serving, generation, shape, params.include_usage, slot)
+        return stream_response(serving, generations, shape, params.include_usage, slot)
     with slot:
-        text, completion_tokens, finish = await collect(serving, generation)
-    return Response(
-        json.dumps(shape.whole(text, finish, completion_tokens)),
-        content_type="application/json",
-    )
+        choices = await collect(serving, generations)
+    body = shape.whole(*choices[0])
+    if len(choices) > 1:
+        body["choices"] = [
+            shape.whole(*c)["choices"][0] | {"index": i} for i, c in enumerate(choices)
+        ]
+        body["usage"] = shape.usage(sum(tokens for _, _, tokens in choices))
+    return Response(json.dumps(body), content_type="application/json")
 
 
-async def collect(serving: Node, generation: GenerationRequest) -> tuple[str, int, str | None]:
-    parts: list[str] = []
-    tokens, finish = 0, None
-    async with open_generation(serving, generation) as chunks:
-        async for chunk in chunks:
-            parts.append(chunk.text)
-            tokens, finish = chunk.token_count, chunk.finish_reason
-    return "".join(parts), tokens, finish
+async def collect(
+    serving: Node, generations: list[GenerationRequest]
+) -> list[tuple[str, str | None, int]]:
+    """Each choice's text, finish reason and token count."""
+    parts: list[list[str]] = [[] for _ in generations]
+    tokens = [0] * len(generations)
+    finish: list[str | None] = [None] * len(generations)
+    async with aclosing(choice_chunks(serving, generations)) as chunks:
+        async for index, chunk in chunks:
+            parts[index].append(chunk.text)
+            tokens[index], finish[index] = chunk.token_count, chunk.finish_reason
+    return [("".join(p), f, t) for p, f, t in zip(parts, finish, tokens, strict=True)]
+
+
+async def choice_chunks(
+    serving: Node, generations: list[GenerationRequest]
+) -> AsyncGenerator[tuple[int, GenerationChunk], None]:
+    """The chunks of every choice with its index, as they come. One choice runs
+    here; several run each in a task of its own, so that their steps reach the
+    engine worker together and ride its batches like concurrent requests.
+
+    Those tasks are system tasks rather than a nursery's: a nursery cannot stay
+    open across the yields of a generator (the SSE body is one). They never
+    raise: a choice's error comes through the channel and is raised here, and
+    leaving (done, error or disconnect) cancels them, which closes their
+    generations and so frees their KV caches."""
+    if len(generations) == 1:
+        async with open_generation(serving, generations[0]) as chunks:
+            async for chunk in chunks:
+                yield 0, chunk
+        return
+    send, receive = trio.open_memory_channel[tuple[int, GenerationChunk | Exception]](math.inf)
+    scopes = [trio.CancelScope() for _ in generations]
+    with send:
+        for index, (generation, scope) in enumerate(zip(generations, scopes, strict=True)):
+            trio.lowlevel.spawn_system_task(
+                _run_choice, serving, index, generation, send.clone(), scope
+            )
+    try:
+        with receive:
+            async for index, item in receive:
+                if isinstance(item, Exception):
+                    raise item
+                yield index, item
+    finally:
+        for scope in scopes:
+            scope.cancel()
+
+
+async def _run_choice(
+    serving: Node,
+    index: int,
+    generation: GenerationRequest,
+    send: trio.MemorySendChannel[tuple[int, GenerationChunk | Exception]],
+    scope: trio.CancelScope,
+) -> None:
+    """One choice's chunks into `send` (unbounded: a reply is at most max_tokens)."""
+    with send, scope:
+        try:
+            async with open_generation(serving, generation) as chunks:
+                async for chunk in chunks:
+                    send.send_nowait((index, chunk))
+        except Exception as exc:
+            # The reader may be gone already (it cancels us as it leaves).
+            with suppress(trio.BrokenResourceError):
+                send.send_nowait((index, exc))
 
 
 def stream_response(
     serving: Node,
-    generation: GenerationRequest,
+    generations: list[GenerationRequest],
     shape: ResponseShape,
     include_usage: bool,
     slot: Slot,
 ) -> Response:
     """The SSE response; its body owns `slot` and frees it when the stream ends."""
-    events = stream_events(serving, generation, shape, include_usage, slot)
+    events = stream_events(serving, generations, shape, include_usage, slot)
     slot.release_with(events)  # in case the server drops the body unread
     response = Response(events, content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
@@ -193,7 +278,7 @@ def stream_response(
 
 async def stream_events(
     serving: Node,
-    generation: GenerationRequest,
+    generations: list[GenerationRequest],
     shape: ResponseShape,
     include_usage: bool,
     slot: Slot,
@@ -203,27 +288,29 @@ async def stream_events(
     the request's KV cache at once; `slot` is freed however the stream ends."""
     with slot:
         if shape.chat:
-            yield sse(shape.chunk({"role": "assistant", "content": ""}, None))
-        tokens = 0
+            for index in range(len(generations)):
+                yield sse(shape.chunk({"role": "assistant", "content": ""}, None, index=index))
+        tokens = [0] * len(generations)
         try:
-            async with open_generation(serving, generation) as chunks:
-                async for chunk in chunks:
-                    tokens = chunk.token_count
+            async with aclosing(choice_chunks(serving, generations)) as chunks:
+                async for index, chunk in chunks:
+                    tokens[index] = chunk.token_count
                     if chunk.text:
-                        yield sse(shape.chunk({"content": chunk.text}, None, text=chunk.text))
+                        delta = {"content": chunk.text}
+                        yield sse(shape.chunk(delta, None, text=chunk.text, index=index))
                     if chunk.finish_reason:
-                        yield sse(shape.chunk({}, chunk.finish_reason, text=""))
+                        yield sse(shape.chunk({}, chunk.finish_reason, text="", index=index))
         except Exception as exc:
             # The 200 status is already sent: report the failure the way OpenAI's
             # stream does, as an error event, and still end the stream cleanly.
-            log.exception("generation %s failed mid-stream", generation.request_id)
+            log.exception("generation %s failed mid-stream", generations[0].request_id)
             code = exc.code if isinstance(exc, UnavailableError) else None
             yield sse(
                 APIError(500, f"generation failed: {exc}", type="server_error", code=code).body()
             )
         else:
             if include_usage:
-                yield sse(shape.usage_chunk(tokens))
+                yield sse(shape.usage_chunk(sum(tokens)))
         yield b"data: [DONE]\n\n"
 
 
@@ -278,8 +365,10 @@ class ResponseShape:
             "usage": self.usage(completion_tokens),
         }
 
-    def chunk(self, delta: dict[str, str], finish: str | None, text: str = "") -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+    def chunk(
+        self, delta: dict[str, str], finish: str | None, text: str = "", index: int = 0
+    ) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": index, "finish_reason": finish, "logprobs": None}
         if self.chat:
             choice["delta"] = delta
         else:

@@ -54,7 +54,8 @@ from typing import Any, Protocol
 import numpy as np
 import trio
 
-from exoquic.engines.sampling import Sampler, SamplingParams
+from exoquic.engines.constraints import ConstraintCompiler
+from exoquic.engines.sampling import RequestSampler, SamplingParams
 from exoquic.orchestration.generation import UnavailableError
 from exoquic.orchestration.peers import PeerUnavailable
 from exoquic.orchestration.sampling_wire import (
@@ -194,9 +195,10 @@ class Ring:
         self._served: dict[str, str] = {}
         self._opened_by: dict[str, str] = {}
         self._caches_per_peer: Counter[str] = Counter()
-        self._samplers: dict[str, Sampler] = {}
+        self._samplers: dict[str, RequestSampler] = {}
         self._released: OrderedDict[str, None] = OrderedDict()  # the latest released wire ids
         self._shard_epoch = 0  # counts shard replacements: a step may outlive its shard
+        self.constraints: ConstraintCompiler | None = None  # the node sets it: needs the tokenizer
 
     # --- origin -------------------------------------------------------------
 
@@ -330,14 +332,18 @@ class Ring:
         # The last shard makes the request's sampler from the prompt's steps (step 0).
         wire_sampling = sampling_to_wire(sampling) if step == 0 else None
         for start in range(0, len(tokens), PREFILL_CHUNK):
+            chunk = tokens[start : start + PREFILL_CHUNK]
             message = Forward(
                 attempt.wire_id,
                 plan.version,
                 position + start,
-                tokens[start : start + PREFILL_CHUNK],
+                chunk,
                 origin=self.node_id,
                 step=step,
                 sampling=wire_sampling,
+                # The last shard sees hidden states: it learns the tokens so far
+                # from these, sent only when the draws depend on them.
+                tokens=tuple(int(t) for t in chunk) if sampling.uses_history else (),
             )
             attempt.results_due += 1  # before sending: a local ring answers within the send
             try:
@@ -534,14 +540,26 @@ class Ring:
         """The step's token, drawn by the request's sampler: made from the
         parameters its prompt carried, kept until the request is released, so it
         sees every token it produced (a replay makes a new one, and the replayed
-        steps draw the generated tokens again)."""
+        steps draw the generated tokens again). Without penalties or a grammar
+        the draw depends only on (params, seed, step); with them, on the tokens
+        so far too, which the sampler learns from each step's `tokens` (its
+        ValueError or GrammarError fails the request)."""
         sampler = self._samplers.get(message.request_id)
         if sampler is None:
             if message.sampling is None:
                 raise _NoSampler(f"{self.node_id} has no sampler for {message.request_id}")
-            sampler = Sampler(sampling_from_wire(message.sampling))
+            sampler = self._new_sampler(sampling_from_wire(message.sampling))
             self._samplers[message.request_id] = sampler
+        if message.tokens:  # sent exactly when the draw depends on them
+            sampler.observe(message.step, message.start_position, message.tokens)
         return sampler.sample(logits, message.step)
+
+    def _new_sampler(self, params: SamplingParams) -> RequestSampler:
+        if params.grammar is None:
+            return RequestSampler(params)
+        if self.constraints is None:
+            raise ValueError("this node cannot follow grammars (no tokenizer)")
+        return RequestSampler(params, self.constraints.constraint(params.grammar))
 
     async def _send_quietly(self, node_id: str, message: Message) -> None:
         """Send, or drop it when the node is gone (its requests are gone too)."""

@@ -352,12 +352,18 @@ class Forward(Message):
     prompt (step 0) and is None on later steps: the last shard keeps one
     sampler per request for the request's life.
 
-    Version 3 replaced version 2's `temperature`, `top_p`, `top_k`, `seed`
-    and (never used) `max_tokens` with `sampling`, and made `origin` required.
+    `tokens` holds the token ids of this message's positions, sent only when
+    the request's draws depend on the tokens so far (a penalty or a grammar),
+    so that the last shard, which sees hidden states, knows the prompt and
+    each generated token as the origin fed it.
+
+    Version 4 added `tokens`. Version 3 replaced version 2's `temperature`,
+    `top_p`, `top_k`, `seed` and (never used) `max_tokens` with `sampling`,
+    and made `origin` required.
     """
 
     TYPE = "forward"
-    VERSION = 3
+    VERSION = 4
     MAX_SIZE = MAX_FRAME_SIZE  # a long prefill's hidden state
     request_id: str
     plan_version: int
@@ -366,6 +372,7 @@ class Forward(Message):
     origin: str
     step: int = 0
     sampling: dict[str, Any] | None = None
+    tokens: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
@@ -376,6 +383,17 @@ class Forward(Message):
         check_uint(self, "step", U32)
         if self.sampling is not None:
             check_map(self, "sampling", MAX_SAMPLING_FIELDS, MAX_SAMPLING_ITEMS)
+        self._check_tokens()
+
+    def _check_tokens(self) -> None:
+        tokens = self.tokens
+        if (
+            not isinstance(tokens, list | tuple)
+            or len(tokens) > self.tensor.shape[0]
+            or not all(_is_int(t) and 0 <= t <= U32 for t in tokens)
+        ):
+            raise _invalid(self, "tokens", "token ids, at most one per tensor row", tokens)
+        object.__setattr__(self, "tokens", tuple(tokens))
 
     def _check_tensor(self) -> None:
         tensor = self.tensor

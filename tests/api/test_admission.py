@@ -278,7 +278,7 @@ async def test_stream_body_frees_its_slot_when_closed_or_done(
     for read_all in (False, True):
         request, shape = tiny_request(smollm2_tokenizer)
         slot = await admission.admit()
-        events = stream_events(tiny_node, request, shape, False, slot)
+        events = stream_events(tiny_node, [request], shape, False, slot)
         assert isinstance(events, AsyncGenerator)
         if read_all:
             assert [event async for event in events][-1] == b"data: [DONE]\n\n"
@@ -299,7 +299,7 @@ async def test_unread_stream_body_frees_its_slot(
     the handler's return and the first byte) still gives its slot back."""
     admission = Admission(AdmissionLimits(max_requests=1))
     request, shape = tiny_request(smollm2_tokenizer)
-    response = stream_response(tiny_node, request, shape, False, await admission.admit())
+    response = stream_response(tiny_node, [request], shape, False, await admission.admit())
     assert admission.in_flight == 1
     del response
     gc.collect()

@@ -58,6 +58,13 @@ EXAMPLES: dict[str, list[Message]] = {
         Forward("req-2", 0, 9, np.ones((1, 8), np.float16), NODE_ID),
         Forward("req-1", 1, 3, np.ones((2, 4), np.float16), NODE_ID, step=2),
         Forward("req-3", 1, 4, np.array([7], np.int32), NODE_ID, step=2**32 - 1),
+        Forward("req-4", 1, 0, np.array([5, 6], np.int32), NODE_ID,
+                sampling={"temperature": 0.7, "min_p": 0.05, "presence_penalty": -0.5,
+                          "frequency_penalty": 1.0, "repetition_penalty": 1.1,
+                          "logit_bias": [[5, -100.0], [9, 2.5]],
+                          "grammar": '{"grammars": []}'},
+                tokens=(5, 6)),
+        Forward("req-4", 1, 2, np.ones((1, 8), np.float32), NODE_ID, step=1, tokens=(7,)),
     ],
     "token": [
         TokenResult("req-1", 42),

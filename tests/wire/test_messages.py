@@ -98,7 +98,7 @@ PROGRESS = dict(model="org/model", phase="downloading", done_bytes=1, total_byte
 
 
 FORWARD = dict(request_id="r", plan_version=1, start_position=0, tensor=TOKENS,
-               origin=NODE_ID, step=0, sampling={})  # fmt: skip
+               origin=NODE_ID, step=0, sampling={}, tokens=[])  # fmt: skip
 FORWARD_V2 = dict(request_id="r", plan_version=1, start_position=0, tensor=TOKENS,
                   temperature=0.0, top_p=1.0, top_k=0, seed=None, max_tokens=1,
                   step=0, origin=None)  # fmt: skip
@@ -113,6 +113,27 @@ def test_older_forward_versions_are_refused(version: int) -> None:
     with pytest.raises(RemoteProtocolError, match=f"version {version}") as caught:
         decode_message(cbor2.dumps({"type": "forward", "v": version, **FORWARD_V2}))
     assert caught.value.error_code == ErrorCode.UNSUPPORTED_VERSION
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"tokens": [1, 2]},  # more ids than the tensor's one row
+        {"tokens": [-1]},
+        {"tokens": [True]},
+        {"tokens": {"1": 2}},
+    ],
+)
+def test_forward_tokens_are_checked(fields: dict[str, Any]) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        decode_message(raw_forward(**{**FORWARD, **fields}))
+    assert caught.value.error_code == ErrorCode.INVALID_FIELD
+
+
+def test_forward_tokens_decode_as_a_tuple() -> None:
+    message = decode_message(raw_forward(**{**FORWARD, "tokens": [4]}))
+    assert isinstance(message, Forward)
+    assert message.tokens == (4,)
 
 
 @pytest.mark.parametrize(
