@@ -8,6 +8,7 @@ import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing, suppress
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -15,16 +16,18 @@ from quart import Blueprint, Response, current_app, request
 
 from exoquic.api.admission import Admission, Slot
 from exoquic.api.errors import APIError
+from exoquic.api.metrics import ApiMetrics, GenerationMeter, metered
 from exoquic.api.schemas import (
     CompletionParams,
     choice_sampling,
     parse_chat_request,
     parse_text_request,
 )
+from exoquic.api.tool_calls import ToolCall, call_id
+from exoquic.api.tools import ReplyPiece, ToolCalling, reply_pieces
 from exoquic.models.errors import MessagesRejectedError
 from exoquic.models.generation_defaults import GenerationDefaults
 from exoquic.orchestration.generation import (
-    GenerationChunk,
     GenerationRequest,
     RequestError,
     UnavailableError,
@@ -41,6 +44,15 @@ def node() -> Node:
 
 def admission() -> Admission:
     return current_app.config["EXOQUIC_ADMISSION"]
+
+
+def generation_meter(prompt_tokens: int) -> GenerationMeter | None:
+    """A meter for the current request's generation (None for an app without metrics)."""
+    metrics: ApiMetrics | None = current_app.config.get("EXOQUIC_METRICS")
+    if metrics is None:
+        return None
+    rule = request.url_rule.rule if request.url_rule is not None else request.path
+    return metrics.meter(rule, prompt_tokens)
 
 
 async def json_body() -> Any:
@@ -69,8 +81,10 @@ async def chat_completions() -> Response:
     body = with_model_defaults(await json_body(), node().defaults)
     chat = parse_chat_request(body, context=node().max_context)
     serving = serving_node(chat.params.model)
-    prompt = await tokenized(serving.encode_chat(list(chat.messages)), "messages")
-    return await complete(serving, prompt, chat.params, chat=True)
+    calling = ToolCalling.for_template(chat.tools, serving.tokenizer.chat_template)
+    messages, tools = calling.render(list(chat.messages))
+    prompt = await tokenized(serving.encode_chat(messages, tools, calling.prefix), "messages")
+    return await complete(serving, prompt, chat.params, chat=True, calling=calling)
 
 
 @blueprint.post("/v1/completions")
@@ -156,11 +170,42 @@ def check_logit_bias(serving: Node, params: CompletionParams) -> None:
 
 
 async def complete(
-    serving: Node, prompt: list[int], params: CompletionParams, *, chat: bool
+    serving: Node,
+    prompt: list[int],
+    params: CompletionParams,
+    *,
+    chat: bool,
+    calling: ToolCalling | None = None,
 ) -> Response:
+    generations = new_generations(serving, prompt, params, chat)
+    shape = ResponseShape(serving.model_id, generations[0].request_id, chat, len(prompt))
+    # One meter per choice; the prompt is counted once, with the first.
+    meters = [generation_meter(len(prompt) if i == 0 else 0) for i in range(len(generations))]
+    replies = Replies(serving, generations, calling, meters)
+    if params.sampling.grammar is not None:
+        await serving.prepare_grammars()
+    # Admitted only once the request is known to be valid: a bad one gets its
+    # 400, not a 429, and never takes a slot.
+    slot = await admission().admit()
+    if params.stream:
+        return stream_response(replies, shape, params.include_usage, slot)
+    with slot:
+        choices = await collect(replies)
+    body = shape.whole(choices[0])
+    if len(choices) > 1:
+        body["choices"] = [shape.whole(c, i)["choices"][0] for i, c in enumerate(choices)]
+        body["usage"] = shape.usage(sum(c.token_count for c in choices))
+    return Response(json.dumps(body), content_type="application/json")
+
+
+def new_generations(
+    serving: Node, prompt: list[int], params: CompletionParams, chat: bool
+) -> list[GenerationRequest]:
+    """The generations a valid request asks for, one per choice (400 when it
+    cannot fit)."""
     check_room(serving, prompt, params, chat)
     check_logit_bias(serving, params)
-    generations = [
+    return [
         GenerationRequest(
             request_id=new_request_id(),
             prompt_tokens=tuple(prompt),
@@ -172,43 +217,47 @@ async def complete(
         )
         for index in range(params.n)
     ]
-    if params.sampling.grammar is not None:
-        await serving.prepare_grammars()
-    shape = ResponseShape(serving.model_id, generations[0].request_id, chat, len(prompt))
-    # Admitted only once the request is known to be valid: a bad one gets its
-    # 400, not a 429, and never takes a slot.
-    slot = await admission().admit()
-    if params.stream:
-        return stream_response(serving, generations, shape, params.include_usage, slot)
-    with slot:
-        choices = await collect(serving, generations)
-    body = shape.whole(*choices[0])
-    if len(choices) > 1:
-        body["choices"] = [
-            shape.whole(*c)["choices"][0] | {"index": i} for i, c in enumerate(choices)
-        ]
-        body["usage"] = shape.usage(sum(tokens for _, _, tokens in choices))
-    return Response(json.dumps(body), content_type="application/json")
 
 
-async def collect(
-    serving: Node, generations: list[GenerationRequest]
-) -> list[tuple[str, str | None, int]]:
-    """Each choice's text, finish reason and token count."""
-    parts: list[list[str]] = [[] for _ in generations]
-    tokens = [0] * len(generations)
-    finish: list[str | None] = [None] * len(generations)
-    async with aclosing(choice_chunks(serving, generations)) as chunks:
-        async for index, chunk in chunks:
-            parts[index].append(chunk.text)
-            tokens[index], finish[index] = chunk.token_count, chunk.finish_reason
-    return [("".join(p), f, t) for p, f, t in zip(parts, finish, tokens, strict=True)]
+def new_generation(
+    serving: Node, prompt: list[int], params: CompletionParams, chat: bool
+) -> GenerationRequest:
+    """The one generation of a request that asks for one choice (Ollama's)."""
+    return new_generations(serving, prompt, params, chat)[0]
 
 
-async def choice_chunks(
-    serving: Node, generations: list[GenerationRequest]
-) -> AsyncGenerator[tuple[int, GenerationChunk], None]:
-    """The chunks of every choice with its index, as they come. One choice runs
+@dataclass(frozen=True)
+class Replies:
+    """A request's choices: their generations, how tool calls are found in
+    them, and one meter per choice."""
+
+    serving: Node
+    generations: list[GenerationRequest]
+    calling: ToolCalling | None
+    meters: list[GenerationMeter | None]
+
+    def open(self, index: int) -> aclosing[AsyncGenerator[ReplyPiece, None]]:
+        """Choice `index`'s reply (see `open_reply`)."""
+        generation = self.generations[index]
+        return open_reply(self.serving, generation, self.calling, self.meters[index])
+
+
+async def collect(replies: Replies) -> list[ReplyPiece]:
+    """Each choice whole, as one piece: its text, calls, finish reason, tokens."""
+    parts: list[list[str]] = [[] for _ in replies.generations]
+    last = [ReplyPiece("", 0) for _ in replies.generations]
+    async with aclosing(choice_pieces(replies)) as pieces:
+        async for index, piece in pieces:
+            parts[index].append(piece.text)
+            last[index] = piece
+    return [
+        ReplyPiece("".join(p), r.token_count, r.finish_reason, r.calls)
+        for p, r in zip(parts, last, strict=True)
+    ]
+
+
+async def choice_pieces(replies: Replies) -> AsyncGenerator[tuple[int, ReplyPiece], None]:
+    """The pieces of every choice with its index, as they come. One choice runs
     here; several run each in a task of its own, so that their steps reach the
     engine worker together and ride its batches like concurrent requests.
 
@@ -216,19 +265,17 @@ async def choice_chunks(
     open across the yields of a generator (the SSE body is one). They never
     raise: a choice's error comes through the channel and is raised here, and
     leaving (done, error or disconnect) cancels them, which closes their
-    generations and so frees their KV caches."""
-    if len(generations) == 1:
-        async with open_generation(serving, generations[0]) as chunks:
-            async for chunk in chunks:
-                yield 0, chunk
+    replies and so frees their KV caches."""
+    if len(replies.generations) == 1:
+        async with replies.open(0) as pieces:
+            async for piece in pieces:
+                yield 0, piece
         return
-    send, receive = trio.open_memory_channel[tuple[int, GenerationChunk | Exception]](math.inf)
-    scopes = [trio.CancelScope() for _ in generations]
+    send, receive = trio.open_memory_channel[tuple[int, ReplyPiece | Exception]](math.inf)
+    scopes = [trio.CancelScope() for _ in replies.generations]
     with send:
-        for index, (generation, scope) in enumerate(zip(generations, scopes, strict=True)):
-            trio.lowlevel.spawn_system_task(
-                _run_choice, serving, index, generation, send.clone(), scope
-            )
+        for index, scope in enumerate(scopes):
+            trio.lowlevel.spawn_system_task(_run_choice, replies, index, send.clone(), scope)
     try:
         with receive:
             async for index, item in receive:
@@ -241,18 +288,17 @@ async def choice_chunks(
 
 
 async def _run_choice(
-    serving: Node,
+    replies: Replies,
     index: int,
-    generation: GenerationRequest,
-    send: trio.MemorySendChannel[tuple[int, GenerationChunk | Exception]],
+    send: trio.MemorySendChannel[tuple[int, ReplyPiece | Exception]],
     scope: trio.CancelScope,
 ) -> None:
-    """One choice's chunks into `send` (unbounded: a reply is at most max_tokens)."""
+    """One choice's pieces into `send` (unbounded: a reply is at most max_tokens)."""
     with send, scope:
         try:
-            async with open_generation(serving, generation) as chunks:
-                async for chunk in chunks:
-                    send.send_nowait((index, chunk))
+            async with replies.open(index) as pieces:
+                async for piece in pieces:
+                    send.send_nowait((index, piece))
         except Exception as exc:
             # The reader may be gone already (it cancels us as it leaves).
             with suppress(trio.BrokenResourceError):
@@ -260,14 +306,10 @@ async def _run_choice(
 
 
 def stream_response(
-    serving: Node,
-    generations: list[GenerationRequest],
-    shape: ResponseShape,
-    include_usage: bool,
-    slot: Slot,
+    replies: Replies, shape: ResponseShape, include_usage: bool, slot: Slot
 ) -> Response:
     """The SSE response; its body owns `slot` and frees it when the stream ends."""
-    events = stream_events(serving, generations, shape, include_usage, slot)
+    events = stream_events(replies, shape, include_usage, slot)
     slot.release_with(events)  # in case the server drops the body unread
     response = Response(events, content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
@@ -277,33 +319,26 @@ def stream_response(
 
 
 async def stream_events(
-    serving: Node,
-    generations: list[GenerationRequest],
-    shape: ResponseShape,
-    include_usage: bool,
-    slot: Slot,
+    replies: Replies, shape: ResponseShape, include_usage: bool, slot: Slot
 ) -> AsyncIterator[bytes]:
     """The SSE body. A client that disconnects cancels this iterator (quart-trio
     cancels the request's task on `http.disconnect`), and `aclosing` then frees
     the request's KV cache at once; `slot` is freed however the stream ends."""
     with slot:
         if shape.chat:
-            for index in range(len(generations)):
+            for index in range(len(replies.generations)):
                 yield sse(shape.chunk({"role": "assistant", "content": ""}, None, index=index))
-        tokens = [0] * len(generations)
+        tokens = [0] * len(replies.generations)
         try:
-            async with aclosing(choice_chunks(serving, generations)) as chunks:
-                async for index, chunk in chunks:
-                    tokens[index] = chunk.token_count
-                    if chunk.text:
-                        delta = {"content": chunk.text}
-                        yield sse(shape.chunk(delta, None, text=chunk.text, index=index))
-                    if chunk.finish_reason:
-                        yield sse(shape.chunk({}, chunk.finish_reason, text="", index=index))
+            async with aclosing(choice_pieces(replies)) as pieces:
+                async for index, piece in pieces:
+                    tokens[index] = piece.token_count
+                    for event in shape.piece_chunks(piece, index):
+                        yield sse(event)
         except Exception as exc:
             # The 200 status is already sent: report the failure the way OpenAI's
             # stream does, as an error event, and still end the stream cleanly.
-            log.exception("generation %s failed mid-stream", generations[0].request_id)
+            log.exception("generation %s failed mid-stream", replies.generations[0].request_id)
             code = exc.code if isinstance(exc, UnavailableError) else None
             yield sse(
                 APIError(500, f"generation failed: {exc}", type="server_error", code=code).body()
@@ -314,13 +349,21 @@ async def stream_events(
         yield b"data: [DONE]\n\n"
 
 
-def open_generation(
-    serving: Node, generation: GenerationRequest
-) -> aclosing[AsyncGenerator[GenerationChunk, None]]:
-    """`serving.generate(...)` closed on exit, so its KV cache is freed however we leave."""
+def open_reply(
+    serving: Node,
+    generation: GenerationRequest,
+    calling: ToolCalling | None = None,
+    meter: GenerationMeter | None = None,
+) -> aclosing[AsyncGenerator[ReplyPiece, None]]:
+    """The reply's pieces: `serving.generate(...)`'s chunks, timed and counted by
+    `meter`, with tool calls taken out (`calling`; see `reply_pieces`). Closed
+    on exit, each layer closing the one it reads, so the KV cache is freed
+    however we leave."""
     chunks = serving.generate(generation)
     assert isinstance(chunks, AsyncGenerator)  # typed as an iterator, built as a generator
-    return aclosing(chunks)
+    pieces = reply_pieces(metered(chunks, meter), calling)
+    assert isinstance(pieces, AsyncGenerator)
+    return aclosing(pieces)
 
 
 def sse(payload: dict[str, Any]) -> bytes:
@@ -353,20 +396,54 @@ class ResponseShape:
             "total_tokens": self.prompt_tokens + completion_tokens,
         }
 
-    def whole(self, text: str, finish: str | None, completion_tokens: int) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+    def whole(self, reply: ReplyPiece, index: int = 0) -> dict[str, Any]:
+        """A whole reply whose one choice is choice `index` (see `complete` for n > 1)."""
+        finish = reply.finish_reason
+        choice: dict[str, Any] = {"index": index, "finish_reason": finish, "logprobs": None}
         if self.chat:
-            choice["message"] = {"role": "assistant", "content": text}
+            message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+            if reply.calls:
+                # OpenAI's shape: no content (null) when the reply is only calls.
+                message["content"] = reply.text or None
+                calls = [self.tool_call(c, i, index) for i, c in enumerate(reply.calls)]
+                message["tool_calls"] = [
+                    {k: v for k, v in c.items() if k != "index"} for c in calls
+                ]
+            choice["message"] = message
         else:
-            choice["text"] = text
+            choice["text"] = reply.text
         return {
             **self._envelope(stream=False),
             "choices": [choice],
-            "usage": self.usage(completion_tokens),
+            "usage": self.usage(reply.token_count),
         }
 
+    def tool_call(self, call: ToolCall, index: int, choice: int = 0) -> dict[str, Any]:
+        """Call `index` of choice `choice` as OpenAI shows it (`index` matters only
+        in stream deltas). Its id is unique within the response: the choices of
+        one request would otherwise give their first calls the same id."""
+        request_id = self.id.removeprefix("chatcmpl-")
+        return {
+            "index": index,
+            "id": call_id(f"{request_id}.{choice}" if choice else request_id, index),
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments_json()},
+        }
+
+    def piece_chunks(self, piece: ReplyPiece, index: int) -> list[dict[str, Any]]:
+        """The stream chunks of one choice's piece: its text, each call, its finish."""
+        chunks = []
+        if piece.text:
+            chunks.append(self.chunk({"content": piece.text}, None, text=piece.text, index=index))
+        for number, call in enumerate(piece.calls):
+            delta = {"tool_calls": [self.tool_call(call, number, index)]}
+            chunks.append(self.chunk(delta, None, index=index))
+        if piece.finish_reason:
+            chunks.append(self.chunk({}, piece.finish_reason, text="", index=index))
+        return chunks
+
     def chunk(
-        self, delta: dict[str, str], finish: str | None, text: str = "", index: int = 0
+        self, delta: dict[str, Any], finish: str | None, text: str = "", index: int = 0
     ) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": index, "finish_reason": finish, "logprobs": None}
         if self.chat:

@@ -10,10 +10,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from exoquic.api.errors import invalid
+from exoquic.api.tools import ToolRequest, assistant_tool_calls, parse_tools
 from exoquic.engines.constraints import GrammarError, grammar_for
 from exoquic.engines.sampling import MAX_REPETITION_PENALTY, SamplingParams
 
-ROLES = ("system", "user", "assistant", "developer")
+ROLES = ("system", "user", "assistant", "developer", "tool")
 MAX_STOPS = 4
 # Longer stop strings are refused: text that may begin one is held back from a
 # stream, and matching keeps a table as long as each one (see orchestration/stops.py).
@@ -25,11 +26,22 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {"logprobs": False}
 MAX_CHOICES = 8
 MAX_LOGIT_BIAS = 1024  # entries of `logit_bias` (OpenAI documents 300; tools send more)
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
-IGNORED = {"user", "metadata", "store", "parallel_tool_calls", "service_tier"}
+IGNORED = {"user", "metadata", "store", "service_tier"}
 # Keys the official SDKs echo back on assistant messages; accepted only while empty.
-EMPTY_MESSAGE_FIELDS = ("refusal", "tool_calls", "function_call", "audio", "annotations")
+EMPTY_MESSAGE_FIELDS = ("refusal", "function_call", "audio", "annotations")
+# Tool-calling fields each role may carry (see exoquic.api.tools).
+MESSAGE_TOOL_FIELDS = {"assistant": {"tool_calls"}, "tool": {"tool_call_id"}}
 MAX_PROMPT_ITEMS = 1_000_000
-CHAT_FIELDS = frozenset({"messages", "max_completion_tokens", "response_format"})
+CHAT_FIELDS = frozenset(
+    {
+        "messages",
+        "max_completion_tokens",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+    }
+)
 TEXT_FIELDS = frozenset({"prompt", "echo", "suffix", "best_of"})
 COMMON_FIELDS = frozenset(
     {
@@ -69,8 +81,12 @@ class CompletionParams:
 
 @dataclass(frozen=True)
 class ChatRequest:
-    messages: tuple[dict[str, str], ...]
+    """`messages` hold `role` and `content` (a string), and where given an
+    assistant's `tool_calls` (OpenAI's shape) or a tool result's `tool_call_id`."""
+
+    messages: tuple[dict[str, Any], ...]
     params: CompletionParams
+    tools: ToolRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -87,11 +103,17 @@ def parse_chat_request(body: Any, context: int = MAX_PROMPT_ITEMS) -> ChatReques
     """
     obj = _object(body)
     _reject_unknown(obj, CHAT_FIELDS)
-    common = _common(obj)
-    grammar = _response_format(obj.get("response_format"))
-    if grammar is not None:
-        common = replace(common, sampling=replace(common.sampling, grammar=grammar))
-    return ChatRequest(_messages(obj.get("messages"), context), common)
+    common = with_response_format(_common(obj), obj.get("response_format"))
+    messages = _messages(obj.get("messages"), context)
+    return ChatRequest(messages, common, parse_tools(obj))
+
+
+def with_response_format(params: CompletionParams, value: Any) -> CompletionParams:
+    """`params` following a chat request's `response_format` (a 400 when it is bad)."""
+    grammar = _response_format(value)
+    if grammar is None:
+        return params
+    return replace(params, sampling=replace(params.sampling, grammar=grammar))
 
 
 def parse_text_request(body: Any, context: int = MAX_PROMPT_ITEMS) -> TextRequest:
@@ -258,30 +280,46 @@ def _check_count(items: list[Any], context: int, what: str, param: str) -> None:
         )
 
 
-def _messages(value: Any, context: int) -> tuple[dict[str, str], ...]:
+def _messages(value: Any, context: int) -> tuple[dict[str, Any], ...]:
     if not isinstance(value, list) or not value:
         raise invalid("'messages' must be a non-empty array", "messages")
     _check_count(value, context, "messages", "messages")
     return tuple(_message(m, i, context) for i, m in enumerate(value))
 
 
-def _message(value: Any, index: int, context: int) -> dict[str, str]:
+def _message(value: Any, index: int, context: int) -> dict[str, Any]:
     param = f"messages[{index}]"
     if not isinstance(value, dict):
         raise invalid(f"{param} must be an object", param)
     role = value.get("role")
     if role not in ROLES:
         raise invalid(f"{param}.role must be one of {', '.join(ROLES)}", f"{param}.role")
+    allowed = {"role", "content", "name"} | MESSAGE_TOOL_FIELDS.get(role, set())
     for key, field_value in value.items():
-        if key in ("role", "content", "name") or (key in EMPTY_MESSAGE_FIELDS and not field_value):
+        if key in allowed or (key in EMPTY_MESSAGE_FIELDS and not field_value):
+            continue
+        if key == "tool_calls" and not field_value:
             continue
         raise invalid(f"{param}.{key} is not supported", f"{param}.{key}")
     if "name" in value and not isinstance(value["name"], str):
         raise invalid(f"{param}.name must be a string", f"{param}.name")
-    return {
-        "role": "system" if role == "developer" else role,
-        "content": _content(value.get("content"), f"{param}.content", context),
-    }
+    message: dict[str, Any] = {"role": "system" if role == "developer" else role}
+    calls = value.get("tool_calls")
+    if calls:
+        message["tool_calls"] = assistant_tool_calls(calls, f"{param}.tool_calls")
+    content = value.get("content")
+    # An assistant turn that only calls tools has no content.
+    message["content"] = (
+        "" if content is None and calls else _content(content, f"{param}.content", context)
+    )
+    if role == "tool":
+        call_id = value.get("tool_call_id")
+        if call_id is not None and not isinstance(call_id, str):
+            raise invalid(f"{param}.tool_call_id must be a string", f"{param}.tool_call_id")
+        message["tool_call_id"] = call_id or ""
+        if isinstance(value.get("name"), str):
+            message["name"] = value["name"]
+    return message
 
 
 def _content(value: Any, param: str, context: int) -> str:

@@ -128,7 +128,13 @@ async def test_text_stream_without_usage(tiny_app_factory: Any) -> None:
             "response_format",
             None,
         ),
-        (CHAT, {"model": MODEL, "messages": HELLO, "tools": []}, 400, "tools", None),
+        (
+            CHAT,
+            {"model": MODEL, "messages": HELLO, "tools": [{"type": "fn"}]},
+            400,
+            "tools[0]",
+            None,
+        ),
         (CHAT, {"model": MODEL, "messages": "hi"}, 400, "messages", None),
         (
             CHAT,

@@ -10,7 +10,7 @@ from typing import Any
 import trio
 from api_helpers import sse_payloads
 
-from exoquic.api.openai_routes import choice_chunks
+from exoquic.api.openai_routes import Replies, choice_pieces
 from exoquic.engines.sampling import SamplingParams
 from exoquic.models.registry import DEFAULT_MODEL_ID
 from exoquic.orchestration.generation import GenerationRequest
@@ -130,7 +130,7 @@ async def test_leaving_a_stream_of_choices_frees_every_cache(tiny_app_factory: A
     ]
     # The engine is the session's: an earlier test's last release may never have run.
     before = node.engine.active_requests()
-    chunks = choice_chunks(node, generations)
+    chunks = choice_pieces(Replies(node, generations, None, [None] * len(generations)))
     await anext(chunks)
     assert node.active_requests == 3
     await chunks.aclose()  # what a client disconnect comes down to

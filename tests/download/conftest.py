@@ -7,6 +7,7 @@ from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
+from fixtures.hub_gguf import GGUF_REPO, write_gguf_repo
 from fixtures.hub_server import TINY_REPO, HubServer, build_tiny_repo, run_hub_server
 
 
@@ -31,3 +32,18 @@ def hub(tiny_repo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubSer
 @pytest.fixture
 def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
+
+
+# -- a single-file GGUF repository ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def gguf_repo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_gguf_repo(tmp_path_factory.mktemp("gguf-repo"))
+
+
+@pytest.fixture
+def gguf_hub(hub: HubServer, gguf_repo_dir: Path) -> HubServer:
+    """The local hub, also serving the GGUF repository."""
+    hub.add_repo(GGUF_REPO, gguf_repo_dir)
+    return hub
