@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -16,6 +16,7 @@ from quart import Blueprint, Response, current_app, request
 
 from exoquic.api.admission import Admission, Slot
 from exoquic.api.errors import APIError
+from exoquic.api.logprobs import TextLogprobs, TokenTexts, chat_logprobs
 from exoquic.api.metrics import ApiMetrics, GenerationMeter, metered
 from exoquic.api.schemas import (
     CompletionParams,
@@ -25,6 +26,7 @@ from exoquic.api.schemas import (
 )
 from exoquic.api.tool_calls import ToolCall, call_id
 from exoquic.api.tools import ReplyPiece, ToolCalling, reply_pieces
+from exoquic.engines.logprobs import TokenLogprob
 from exoquic.models.errors import MessagesRejectedError
 from exoquic.models.generation_defaults import GenerationDefaults
 from exoquic.orchestration.generation import (
@@ -98,7 +100,8 @@ async def completions() -> Response:
         prompt = list(text.prompt)
         if max(prompt) >= serving.tokenizer.vocab_size:
             raise APIError(400, "'prompt' holds a token id outside the vocabulary", param="prompt")
-    return await complete(serving, prompt, text.params, chat=False)
+    prompt_text = text.prompt if isinstance(text.prompt, str) else None
+    return await complete(serving, prompt, text.params, chat=False, prompt_text=prompt_text)
 
 
 async def tokenized(encoding: Awaitable[list[int]], param: str) -> list[int]:
@@ -176,12 +179,24 @@ async def complete(
     *,
     chat: bool,
     calling: ToolCalling | None = None,
+    prompt_text: str | None = None,
 ) -> Response:
     generations = new_generations(serving, prompt, params, chat)
     shape = ResponseShape(serving.model_id, generations[0].request_id, chat, len(prompt))
     # One meter per choice; the prompt is counted once, with the first.
     meters = [generation_meter(len(prompt) if i == 0 else 0) for i in range(len(generations))]
-    replies = Replies(serving, generations, calling, meters)
+    # The echoed prompt as the client sent it (token ids: their text).
+    echo = None
+    if params.echo:
+        echo = prompt_text if prompt_text is not None else serving.tokenizer.decode(prompt)
+    # One per choice: a stream's text offsets run on within each choice.
+    scores = [
+        LogprobShape(serving.tokenizer, chat, prompt if params.echo else None)
+        if params.logprobs is not None
+        else None
+        for _ in generations
+    ]
+    replies = Replies(serving, generations, calling, meters, scores, echo)
     if params.sampling.grammar is not None:
         await serving.prepare_grammars()
     # Admitted only once the request is known to be valid: a bad one gets its
@@ -190,11 +205,14 @@ async def complete(
     if params.stream:
         return stream_response(replies, shape, params.include_usage, slot)
     with slot:
-        choices = await collect(replies)
-    body = shape.whole(choices[0])
+        choices = [replies.finished(i, c) for i, c in enumerate(await collect(replies))]
+    body = shape.whole(*choices[0])
     if len(choices) > 1:
-        body["choices"] = [shape.whole(c, i)["choices"][0] for i, c in enumerate(choices)]
-        body["usage"] = shape.usage(sum(c.token_count for c in choices))
+        body["choices"] = [
+            shape.whole(reply, logprobs, i)["choices"][0]
+            for i, (reply, logprobs) in enumerate(choices)
+        ]
+        body["usage"] = shape.usage(sum(reply.token_count for reply, _ in choices))
     return Response(json.dumps(body), content_type="application/json")
 
 
@@ -214,6 +232,8 @@ def new_generations(
             # budget to the room the context has left).
             max_tokens=params.max_tokens or serving.defaults.max_tokens,
             stop=params.stop,
+            logprobs=params.logprobs,
+            score_prompt=params.echo and params.logprobs is not None,
         )
         for index in range(params.n)
     ]
@@ -229,31 +249,74 @@ def new_generation(
 @dataclass(frozen=True)
 class Replies:
     """A request's choices: their generations, how tool calls are found in
-    them, and one meter per choice."""
+    them, one meter and one log-probability shape per choice, and the echoed
+    prompt."""
 
     serving: Node
     generations: list[GenerationRequest]
     calling: ToolCalling | None
     meters: list[GenerationMeter | None]
+    scores: list[LogprobShape | None] | None = None  # None: no log-probabilities
+    echo: str | None = None  # text each choice starts with (a text completion's prompt)
 
     def open(self, index: int) -> aclosing[AsyncGenerator[ReplyPiece, None]]:
         """Choice `index`'s reply (see `open_reply`)."""
         generation = self.generations[index]
         return open_reply(self.serving, generation, self.calling, self.meters[index])
 
+    def score(self, index: int) -> LogprobShape | None:
+        return self.scores[index] if self.scores else None
+
+    def finished(self, index: int, reply: ReplyPiece) -> tuple[ReplyPiece, dict[str, Any] | None]:
+        """Choice `index` whole as the response shows it: the echo before its
+        text, and its `logprobs` object."""
+        scores = self.score(index)
+        logprobs = scores.format(reply) if scores else None
+        return replace(reply, text=(self.echo or "") + reply.text), logprobs
+
 
 async def collect(replies: Replies) -> list[ReplyPiece]:
-    """Each choice whole, as one piece: its text, calls, finish reason, tokens."""
-    parts: list[list[str]] = [[] for _ in replies.generations]
-    last = [ReplyPiece("", 0) for _ in replies.generations]
+    """Each choice whole, as one piece: all its text, its calls, its finish
+    reason and every log-probability."""
+    count = len(replies.generations)
+    parts: list[list[str]] = [[] for _ in range(count)]
+    scored: list[list[TokenLogprob]] = [[] for _ in range(count)]
+    prompt: list[tuple[TokenLogprob, ...]] = [() for _ in range(count)]
+    last = [ReplyPiece("", 0) for _ in range(count)]
     async with aclosing(choice_pieces(replies)) as pieces:
         async for index, piece in pieces:
             parts[index].append(piece.text)
+            scored[index].extend(piece.logprobs)
+            prompt[index] = prompt[index] or piece.prompt_logprobs
             last[index] = piece
     return [
-        ReplyPiece("".join(p), r.token_count, r.finish_reason, r.calls)
-        for p, r in zip(parts, last, strict=True)
+        replace(
+            last[i], text="".join(parts[i]), logprobs=tuple(scored[i]), prompt_logprobs=prompt[i]
+        )
+        for i in range(count)
     ]
+
+
+class LogprobShape:
+    """The `logprobs` object of a chat or text choice (see api/logprobs.py); a
+    stream's text offsets continue from chunk to chunk. With `echo` (the prompt's
+    ids), the first object starts with the prompt's tokens."""
+
+    def __init__(self, tokenizer: TokenTexts, chat: bool, echo: list[int] | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.text = None if chat else TextLogprobs(tokenizer)
+        self.echo = echo
+
+    def format(self, piece: ReplyPiece) -> dict[str, Any]:
+        if self.text is None:
+            return chat_logprobs(self.tokenizer, piece.logprobs)
+        # Text completions list an end token too: a harness that scores a prompt
+        # with max_tokens 1 drops the last entry as the generated one.
+        scored = [*piece.logprobs, *([piece.end] if piece.end else [])]
+        if self.echo is None:
+            return self.text.format(scored)
+        first, self.echo = self.echo[0], None
+        return self.text.format([*piece.prompt_logprobs, *scored], unscored=first)
 
 
 async def choice_pieces(replies: Replies) -> AsyncGenerator[tuple[int, ReplyPiece], None]:
@@ -330,10 +393,17 @@ async def stream_events(
                 yield sse(shape.chunk({"role": "assistant", "content": ""}, None, index=index))
         tokens = [0] * len(replies.generations)
         try:
+            echoes = [replies.echo] * len(replies.generations)  # each choice's goes first
             async with aclosing(choice_pieces(replies)) as pieces:
                 async for index, piece in pieces:
                     tokens[index] = piece.token_count
-                    for event in shape.piece_chunks(piece, index):
+                    text = (echoes[index] or "") + piece.text
+                    scores = replies.score(index)
+                    logprobs = None
+                    if text or (scores and (piece.logprobs or piece.end)):
+                        echoes[index] = None
+                        logprobs = scores.format(piece) if scores else None
+                    for event in shape.piece_chunks(piece, index, text, logprobs):
                         yield sse(event)
         except Exception as exc:
             # The 200 status is already sent: report the failure the way OpenAI's
@@ -396,10 +466,12 @@ class ResponseShape:
             "total_tokens": self.prompt_tokens + completion_tokens,
         }
 
-    def whole(self, reply: ReplyPiece, index: int = 0) -> dict[str, Any]:
+    def whole(
+        self, reply: ReplyPiece, logprobs: dict[str, Any] | None = None, index: int = 0
+    ) -> dict[str, Any]:
         """A whole reply whose one choice is choice `index` (see `complete` for n > 1)."""
         finish = reply.finish_reason
-        choice: dict[str, Any] = {"index": index, "finish_reason": finish, "logprobs": None}
+        choice: dict[str, Any] = {"index": index, "finish_reason": finish, "logprobs": logprobs}
         if self.chat:
             message: dict[str, Any] = {"role": "assistant", "content": reply.text}
             if reply.calls:
@@ -430,22 +502,31 @@ class ResponseShape:
             "function": {"name": call.name, "arguments": call.arguments_json()},
         }
 
-    def piece_chunks(self, piece: ReplyPiece, index: int) -> list[dict[str, Any]]:
-        """The stream chunks of one choice's piece: its text, each call, its finish."""
+    def piece_chunks(
+        self, piece: ReplyPiece, index: int, text: str, logprobs: dict[str, Any] | None
+    ) -> list[dict[str, Any]]:
+        """The stream chunks of choice `index`'s piece: its `text` (the piece's,
+        or an echo before it) with its `logprobs`, each call, its finish."""
         chunks = []
-        if piece.text:
-            chunks.append(self.chunk({"content": piece.text}, None, text=piece.text, index=index))
+        if text or logprobs is not None:
+            content = {"content": text}
+            chunks.append(self.chunk(content, None, text=text, logprobs=logprobs, index=index))
         for number, call in enumerate(piece.calls):
-            delta = {"tool_calls": [self.tool_call(call, number, index)]}
-            chunks.append(self.chunk(delta, None, index=index))
+            calls = {"tool_calls": [self.tool_call(call, number, index)]}
+            chunks.append(self.chunk(calls, None, index=index))
         if piece.finish_reason:
             chunks.append(self.chunk({}, piece.finish_reason, text="", index=index))
         return chunks
 
     def chunk(
-        self, delta: dict[str, Any], finish: str | None, text: str = "", index: int = 0
+        self,
+        delta: dict[str, Any],
+        finish: str | None,
+        text: str = "",
+        logprobs: dict[str, Any] | None = None,
+        index: int = 0,
     ) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": index, "finish_reason": finish, "logprobs": None}
+        choice: dict[str, Any] = {"index": index, "finish_reason": finish, "logprobs": logprobs}
         if self.chat:
             choice["delta"] = delta
         else:

@@ -7,7 +7,14 @@ import copy
 from typing import Any
 
 from exoquic import __version__
-from exoquic.api.schemas import MAX_CHOICES, MAX_LOGIT_BIAS, MAX_STOP_CHARS, MAX_STOPS
+from exoquic.api.schemas import (
+    MAX_CHAT_TOP_LOGPROBS,
+    MAX_CHOICES,
+    MAX_LOGIT_BIAS,
+    MAX_STOP_CHARS,
+    MAX_STOPS,
+    MAX_TEXT_LOGPROBS,
+)
 from exoquic.engines.sampling import MAX_REPETITION_PENALTY
 
 
@@ -69,7 +76,6 @@ COMMON_PROPERTIES: dict[str, Any] = {
         "maxProperties": MAX_LOGIT_BIAS,
         "description": "Token id -> bias added to its logit.",
     },
-    "logprobs": {"const": False},
     "user": {"description": "Accepted and ignored."},
     "metadata": {"description": "Accepted and ignored."},
     "store": {"description": "Accepted and ignored."},
@@ -164,6 +170,17 @@ CHAT_REQUEST = {
         "messages": {"type": "array", "minItems": 1, "items": _ref("ChatMessage")},
         "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
         "response_format": RESPONSE_FORMAT,
+        "logprobs": {
+            "type": ["boolean", "null"],
+            "description": "Each generated token's log-probability (of the raw model "
+            "distribution, before temperature, top_k and top_p).",
+        },
+        "top_logprobs": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "maximum": MAX_CHAT_TOP_LOGPROBS,
+            "description": "How many most likely alternatives each token lists; needs logprobs.",
+        },
         "tools": {"type": "array", "items": TOOL, "maxItems": 128},
         "tool_choice": {
             "oneOf": [
@@ -197,9 +214,19 @@ COMPLETION_REQUEST = {
                 {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
             ]
         },
-        "echo": {"const": False},
+        "echo": {
+            "type": ["boolean", "null"],
+            "description": "The reply starts with the prompt; with logprobs, the prompt's "
+            "tokens come with their log-probabilities too (the first one's null).",
+        },
         "suffix": {"type": "null"},
         "best_of": {"const": 1},
+        "logprobs": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "maximum": MAX_TEXT_LOGPROBS,
+            "description": "Each token's log-probability and this many most likely alternatives.",
+        },
         **COMMON_PROPERTIES,
     },
 }

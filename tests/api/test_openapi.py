@@ -71,7 +71,6 @@ OPTIONAL = {
     "repetition_penalty": st.none() | st.floats(0, 10, exclude_min=True),
     "logit_bias": st.none()
     | st.dictionaries(st.integers(0, 10**9).map(str), st.floats(-100, 100), max_size=3),
-    "logprobs": st.just(False),
     "user": st.text(max_size=5),
 }
 
@@ -90,11 +89,17 @@ OPTIONAL = {
                     {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}},
                 ]
             ),
+            "logprobs": st.none() | st.booleans(),
         },
     ),
     st.none() | st.booleans(),
+    st.none() | st.integers(0, 20),
 )
-def test_schema_valid_chat_requests_parse(body: dict[str, Any], include_usage: bool | None) -> None:
+def test_schema_valid_chat_requests_parse(
+    body: dict[str, Any], include_usage: bool | None, top_logprobs: int | None
+) -> None:
+    if top_logprobs is not None:  # as the schema's description says, it needs logprobs
+        body = {**body, "logprobs": True, "top_logprobs": top_logprobs}
     if include_usage is not None:
         body = {**body, "stream": True, "stream_options": {"include_usage": include_usage}}
     request = parse_chat_request(body)
@@ -107,7 +112,12 @@ def test_schema_valid_chat_requests_parse(body: dict[str, Any], include_usage: b
             "model": st.text(min_size=1, max_size=10),
             "prompt": st.text() | st.lists(st.integers(0, 49151), min_size=1, max_size=8),
         },
-        optional={**OPTIONAL, "echo": st.just(False), "best_of": st.just(1)},
+        optional={
+            **OPTIONAL,
+            "echo": st.just(False),
+            "best_of": st.just(1),
+            "logprobs": st.none() | st.integers(0, 5),
+        },
     )
 )
 def test_schema_valid_text_requests_parse(body: dict[str, Any]) -> None:
