@@ -137,3 +137,19 @@ async def test_leaving_a_stream_of_choices_frees_every_cache(tiny_app_factory: A
     with trio.fail_after(10):  # the worker frees each cache after its step in flight
         while node.engine.active_requests() > before or node.active_requests:
             await trio.sleep(0.05)
+
+
+async def test_each_of_n_choices_has_its_own_echo_and_logprobs(tiny_app_factory: Any) -> None:
+    client = tiny_app_factory().test_client()
+    request = {"prompt": "The", "max_tokens": 4, "temperature": 1.0, "logprobs": 1, "echo": True}
+    body = await post(client, TEXT, n=2, seed=7, **request)
+    singles = [await post(client, TEXT, seed=7 + i, **request) for i in range(2)]
+    for choice, single in zip(body["choices"], singles, strict=True):
+        assert choice["text"].startswith("The") and choice["text"] == single["choices"][0]["text"]
+        assert choice["logprobs"] == single["choices"][0]["logprobs"]  # offsets start afresh
+        assert choice["logprobs"]["tokens"][0] == "The"
+    chat = await post(client, CHAT, messages=HELLO, max_tokens=3, temperature=1.0, seed=7, n=2,
+                      logprobs=True, top_logprobs=1)  # fmt: skip
+    for choice in chat["choices"]:
+        content = choice["logprobs"]["content"]
+        assert "".join(entry["token"] for entry in content) == choice["message"]["content"]
