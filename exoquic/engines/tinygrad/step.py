@@ -129,8 +129,7 @@ class LayerStack:
     ) -> np.ndarray:
         """Run every layer: `caches[b][layer]` (at `addresses[b][layer]`) for request b."""
         self._x_view[...] = x
-        if not self._traced:
-            self._trace(caches, positions)
+        self.trace(caches, positions)
         if self._program is None:
             return self._run_jits(caches, positions)
         keys: dict[Hashable, int] = {
@@ -150,15 +149,16 @@ class LayerStack:
             self._jits[structure] = _capturing_jit(run)
         return self._jits[structure]
 
-    def _trace(self, caches: list[list[Tensor]], positions: list[UOp]) -> None:
+    def trace(self, caches: list[list[Tensor]], positions: list[UOp]) -> None:
         """Capture one layer of each structure through its JIT, then flatten them into
-        the step's program.
+        the step's program (once; later calls do nothing).
 
-        Only the capturing runs go through tinygrad (one thread); the call then runs
-        every layer in the program (threaded). A captured layer writes its cache rows,
-        which the program writes again, with the same values where its input was the
-        previous layer's output (and the right ones in any case).
+        Only the capturing runs go through tinygrad (one thread), on whatever the
+        input buffer holds; a call then runs every layer in the program (threaded). A
+        captured layer writes its cache rows, which that call writes again, right.
         """
+        if self._traced:
+            return
         with TINYGRAD_LOCK:
             x = self._x
             captures: dict[object, list[Tensor]] = {}
