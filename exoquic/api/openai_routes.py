@@ -14,6 +14,7 @@ from quart import Blueprint, Response, current_app, request
 from exoquic.api.admission import Admission, Slot
 from exoquic.api.errors import APIError
 from exoquic.api.schemas import CompletionParams, parse_chat_request, parse_text_request
+from exoquic.models.errors import MessagesRejectedError
 from exoquic.models.generation_defaults import GenerationDefaults
 from exoquic.orchestration.generation import (
     GenerationChunk,
@@ -80,11 +81,16 @@ async def completions() -> Response:
 
 
 async def tokenized(encoding: Awaitable[list[int]], param: str) -> list[int]:
-    """The prompt's token ids; a prompt far too long for the context is a 400."""
+    """The prompt's token ids; a prompt far too long for the context, or messages
+    the model's chat template refuses (a system message Gemma has no place for),
+    are a 400."""
     try:
         return await encoding
     except RequestError as exc:
         raise APIError(400, str(exc), param=param, code=exc.code) from exc
+    except MessagesRejectedError as exc:
+        message = f"the model's chat template refused these messages: {exc}"
+        raise APIError(400, message, param=param, code="invalid_messages") from exc
 
 
 @blueprint.get("/v1/models")

@@ -62,23 +62,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from exoquic.download.cache import cached_models, default_cache_dir
+    from exoquic.models.listing import REGISTRY_COLUMNS, WHOLE_COLUMNS, registry_row
     from exoquic.models.registry import list_models
     from exoquic.terminal import print_table, whole
 
     cached = {m.repo_id: m for m in cached_models(default_cache_dir())}
-    table = whole(
-        Table("model", "name", "layers", "hub repository", "cached"), "model", "hub repository"
-    )
+    table = whole(Table(*REGISTRY_COLUMNS, "cached"), *WHOLE_COLUMNS, "cached")
     for entry in list_models():
-        table.add_row(
-            entry.id,
-            entry.display_name,
-            str(entry.num_layers),
-            entry.hf_repo,
-            _cached_text(cached.pop(entry.hf_repo, None), bundled=entry.bundled_package),
-        )
+        cached_text = _cached_text(cached.pop(entry.hf_repo, None), bundled=entry.bundled_package)
+        table.add_row(*registry_row(entry, format_bytes), cached_text)
+    blank = [""] * (len(REGISTRY_COLUMNS) - 2)
     for repo_id, model in sorted(cached.items()):
-        table.add_row(repo_id, "", "", repo_id, _cached_text(model, bundled=None))
+        table.add_row(repo_id, *blank, repo_id, _cached_text(model, bundled=None))
     console = Console()
     print_table(table, console)
     console.print(f"cache: {default_cache_dir()}", soft_wrap=True)

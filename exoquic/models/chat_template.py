@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from exoquic.models.errors import ChatTemplateError
+from exoquic.models.errors import ChatTemplateError, MessagesRejectedError
 
 # Used when a model ships no template: ChatML, which many instruct models use.
 CHATML_TEMPLATE = (
@@ -28,7 +28,9 @@ CHATML_TEMPLATE = (
 
 
 def _raise_exception(message: str) -> NoReturn:
-    raise ChatTemplateError(message)
+    # The template refuses the messages (a system message it has no place for,
+    # roles out of order): the client's error, a 400 (a ChatTemplateError too).
+    raise MessagesRejectedError(message)
 
 
 def _tojson(

@@ -24,3 +24,12 @@ class UnknownModelError(ModelError, KeyError):
 
 class ChatTemplateError(ModelError, ValueError):
     """A chat template is invalid, or rejected the messages (its `raise_exception`)."""
+
+
+class MessagesRejectedError(ChatTemplateError):
+    """The chat template refused the conversation through its `raise_exception`
+    (e.g. Gemma's "System role not supported", or roles that do not alternate).
+
+    The client must change the messages: the API answers 400, quoting the
+    template's own message.
+    """

@@ -1,8 +1,10 @@
 """Text <-> token ids, chat templates and streaming decode for a model.
 
-A `Tokenizer` is built from a GGUF file (its BPE vocabulary, merges, special
-tokens and chat template) or from a Hugging Face directory (`tokenizer.json`,
-`tokenizer_config.json`). Both give identical ids for the same model.
+A `Tokenizer` is built from a GGUF file (its byte-level BPE or SentencePiece
+vocabulary, rebuilt by gguf_tokenizer.py, special tokens, end tokens and chat
+template) or from a Hugging Face directory (`tokenizer.json`,
+`tokenizer_config.json`, `generation_config.json`). Both give identical ids
+for the same model.
 """
 
 from __future__ import annotations
@@ -13,22 +15,34 @@ from pathlib import Path
 from typing import Any
 
 import tokenizers
-from tokenizers import AddedToken, decoders, models, pre_tokenizers
 
 from exoquic.models.chat_template import CHATML_TEMPLATE, render_chat
 from exoquic.models.errors import ModelLoadError
 from exoquic.models.gguf_file import GGUFFile
+from exoquic.models.gguf_tokenizer import backend_from_gguf, has_dummy_prefix
 from exoquic.models.hf_loader import read_json
 
-# Tokens that end a turn in common chat formats; they stop generation when the
-# model has them as special tokens, whatever its declared eos.
-END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>")
-# GGUF token_type value of control (special) tokens.
-GGUF_CONTROL_TOKEN = 3
-# GGUF `tokenizer.ggml.pre` values whose pre-tokenizer we reproduce. "smollm"
-# splits digits one by one before the GPT-2 byte-level split.
-_DIGIT_SPLIT_PRE = frozenset({"smollm"})
-_PLAIN_PRE = frozenset({"gpt2", "default"})
+# Tokens that end a turn in the chat formats of the registry's families
+# (ChatML/Qwen, Llama 3's end of text, turn and message, Gemma, Phi-3,
+# SentencePiece's eos): they stop generation when the model has them as added
+# tokens, whatever its declared eos (Llama 3.1's generation_config.json lists
+# three; its GGUF declares eos and eot as <|eot_id|>).
+END_TOKENS = (
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<end_of_turn>",
+    "<|end|>",
+    "</s>",
+)
+# GGUF keys naming end tokens: end of sequence, end of turn, end of message.
+GGUF_END_KEYS = (
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.eot_token_id",
+    "tokenizer.ggml.eom_token_id",
+)
 
 
 class Tokenizer:
@@ -43,25 +57,43 @@ class Tokenizer:
         chat_template: str | None,
         bos_token_id: int | None,
         eos_token_ids: frozenset[int],
+        *,
+        eos_token_id: int | None = None,
+        add_bos_token: bool = False,
+        dummy_prefix: bool = False,
     ) -> None:
         self.backend = backend
         self.chat_template = chat_template
         self.bos_token_id = bos_token_id
+        # Every id that ends generation: eos, end of turn, end of message.
         self.eos_token_ids = eos_token_ids
+        # The declared eos (the template's `eos_token`); the smallest end id if none.
+        self.eos_token_id = (
+            eos_token_id if eos_token_id is not None else min(eos_token_ids, default=None)
+        )
+        # Whether the model's own tokenizer starts a raw prompt with BOS
+        # (`tokenizer.ggml.add_bos_token`); chat templates write their own.
+        self.add_bos_token = add_bos_token
+        # SentencePiece puts a space before the text even when it starts with
+        # one; the backend's Metaspace only when it does not (see gguf_tokenizer).
+        self._dummy_prefix = dummy_prefix
 
     @classmethod
     def from_gguf(cls, path: str | os.PathLike[str]) -> Tokenizer:
         """Build from the tokenizer stored in a GGUF file's metadata."""
         gf = GGUFFile.open(path)
         md = gf.metadata
-        backend = _backend_from_gguf(gf)
+        backend = backend_from_gguf(str(gf.path), md)
         bos = md.get("tokenizer.ggml.bos_token_id")
-        eos = md.get("tokenizer.ggml.eos_token_id")
+        ends = [int(md[k]) for k in GGUF_END_KEYS if md.get(k) is not None]
         return cls(
             backend,
             md.get("tokenizer.chat_template"),
             bos_token_id=None if bos is None else int(bos),
-            eos_token_ids=_end_tokens(backend, [] if eos is None else [int(eos)]),
+            eos_token_ids=_end_tokens(backend, ends),
+            eos_token_id=ends[0] if ends else None,
+            add_bos_token=bool(md.get("tokenizer.ggml.add_bos_token", False)),
+            dummy_prefix=has_dummy_prefix(md),
         )
 
     @classmethod
@@ -80,7 +112,14 @@ class Tokenizer:
         bos = _token_id(backend, tc.get("bos_token"))
         eos = [i for i in [_token_id(backend, tc.get("eos_token"))] if i is not None]
         eos += _generation_eos(root)
-        return cls(backend, _hf_chat_template(root, tc), bos, _end_tokens(backend, eos))
+        return cls(
+            backend,
+            _hf_chat_template(root, tc),
+            bos,
+            _end_tokens(backend, eos),
+            eos_token_id=eos[0] if eos else None,
+            add_bos_token=tc.get("add_bos_token") is True,
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -108,6 +147,8 @@ class Tokenizer:
         does not), so a long text tokenized in a worker thread leaves the
         event loop running.
         """
+        if self._dummy_prefix and text.startswith(" "):
+            text = " " + text
         encoding = self.backend.encode_batch_fast([text], add_special_tokens=False)[0]
         return list(encoding.ids)
 
@@ -127,7 +168,7 @@ class Tokenizer:
 
         Raises ChatTemplateError when the template rejects the messages.
         """
-        eos = min(self.eos_token_ids) if self.eos_token_ids else None
+        eos = self.eos_token_id
         return render_chat(
             self.chat_template or CHATML_TEMPLATE,
             messages,
@@ -179,35 +220,10 @@ class StreamDecoder:
         return self._tokenizer.decode(ids, skip_special_tokens=self._skip) if ids else ""
 
 
-def _backend_from_gguf(gf: GGUFFile) -> tokenizers.Tokenizer:
-    """A `tokenizers` BPE tokenizer equal to llama.cpp's for gpt2-style GGUF vocabularies."""
-    md = gf.metadata
-    kind, pre = md.get("tokenizer.ggml.model"), md.get("tokenizer.ggml.pre", "default")
-    if kind != "gpt2" or pre not in _DIGIT_SPLIT_PRE | _PLAIN_PRE:
-        raise ModelLoadError(
-            f"{gf.path}: unsupported GGUF tokenizer {kind!r} with pre-tokenizer {pre!r} "
-            "(supported: gpt2 BPE with smollm/gpt2/default pre-tokenizers)"
-        )
-    tokens: list[str] = md["tokenizer.ggml.tokens"]
-    merges = [tuple(m.split(" ", 1)) for m in md.get("tokenizer.ggml.merges", [])]
-    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
-    backend = tokenizers.Tokenizer(bpe)
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if pre in _DIGIT_SPLIT_PRE:
-        digits = pre_tokenizers.Digits(individual_digits=True)
-        backend.pre_tokenizer = pre_tokenizers.Sequence([digits, byte_level])
-    else:
-        backend.pre_tokenizer = byte_level
-    backend.decoder = decoders.ByteLevel()
-    types = md.get("tokenizer.ggml.token_type", [])
-    special = [tokens[i] for i, t in enumerate(types) if t == GGUF_CONTROL_TOKEN]
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
-    return backend
-
-
 def _end_tokens(backend: tokenizers.Tokenizer, eos: list[int]) -> frozenset[int]:
-    special = {t.content for t in backend.get_added_tokens_decoder().values() if t.special}
-    extra = [backend.token_to_id(t) for t in END_TOKENS if t in special]
+    # Added tokens only: a plain vocabulary entry spelled "</s>" is just text.
+    added = {t.content for t in backend.get_added_tokens_decoder().values()}
+    extra = [backend.token_to_id(t) for t in END_TOKENS if t in added]
     return frozenset(eos) | {int(i) for i in extra if i is not None}
 
 

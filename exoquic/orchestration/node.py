@@ -222,12 +222,14 @@ def new_request_id() -> str:
 
 
 def model_requirements(model_id: str, config: ModelConfig) -> ModelRequirements:
-    """Memory the model's parts take: the registry's measured sizes, else an
-    estimate from the config at 4 bytes per weight (errs on the large side)."""
+    """Memory the model's parts take: the registry's sizes for a bundled GGUF,
+    else an estimate from the config at 4 bytes per weight (errs on the large
+    side; registry models from the hub load from safetensors as Q8_0 today,
+    not as the Q4_K_M GGUF the registry's sizes describe)."""
     from exoquic.models.registry import find_model
 
     entry = find_model(model_id)
-    if entry is not None:
+    if entry is not None and entry.bundled_package:
         return ModelRequirements(
             entry.id, entry.num_layers, entry.bytes_per_layer, entry.embed_bytes, entry.embed_bytes
         )

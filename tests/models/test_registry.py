@@ -13,6 +13,7 @@ from exoquic.models.registry import (
     DEFAULT_MODEL_ID,
     bundled_gguf_path,
     canonical_model_id,
+    find_model,
     get_model,
     list_models,
     packaged_gguf,
@@ -116,7 +117,7 @@ LLAMA_3_2_SHAPES = {
 
 
 @pytest.mark.parametrize("model_id", LLAMA_3_2_SHAPES)
-def test_llama_3_2_sizes_follow_from_their_config(model_id: str) -> None:
+def test_llama_3_2_params_follow_from_their_config(model_id: str) -> None:
     hidden, layers, heads, head_dim = LLAMA_3_2_SHAPES[model_id]
     c = ModelConfig.from_hf_dict(
         {
@@ -136,5 +137,93 @@ def test_llama_3_2_sizes_follow_from_their_config(model_id: str) -> None:
     assert entry.params_per_layer == attention + 3 * d * c.intermediate_size + 2 * d
     assert entry.embed_params == c.vocab_size * d
     assert (entry.num_layers, entry.tie_word_embeddings) == (c.num_layers, True)
-    assert entry.bytes_per_layer == 4 * entry.params_per_layer  # held as float32
+    assert entry.float32_bytes_per_layer == 4 * entry.params_per_layer
     assert entry.gated and get_model(entry.hf_repo) is entry
+
+
+# Sizes of the published Q4_K_M files (bytes, as the hub lists them, rounded to
+# 10 MB); ours leave out the header (tokenizer and metadata, a few MB).
+PUBLISHED_GGUF_SIZES = {
+    "llama-3.2-1b-instruct": 808e6,
+    "llama-3.2-3b-instruct": 2.02e9,
+    "llama-3.1-8b-instruct": 4.92e9,
+    "qwen2.5-7b-instruct": 4.68e9,
+    "mistral-7b-instruct-v0.3": 4.37e9,
+    "phi-3.5-mini-instruct": 2.39e9,
+    "gemma-2-2b-it": 1.71e9,
+}
+
+
+@pytest.mark.parametrize("model_id", PUBLISHED_GGUF_SIZES)
+def test_sizes_match_the_published_files(model_id: str) -> None:
+    entry = get_model(model_id)
+    assert entry.total_bytes == pytest.approx(PUBLISHED_GGUF_SIZES[model_id], rel=0.02)
+
+
+REQUIRED = [
+    "llama-3.2-1b-instruct", "llama-3.2-3b-instruct", "llama-3.1-8b-instruct",
+    "qwen2.5-0.5b-instruct", "qwen2.5-1.5b-instruct", "qwen2.5-7b-instruct",
+    "qwen3-0.6b", "qwen3-4b", "qwen3-8b", "mistral-7b-instruct-v0.3",
+    "phi-3.5-mini-instruct", "gemma-2-2b-it", "smollm2-135m-instruct",
+]  # fmt: skip
+
+
+def test_every_entry_has_both_sources() -> None:
+    assert set(REQUIRED) <= {e.id for e in list_models()}
+    for entry in list_models():
+        assert entry.gguf_repo and entry.gguf_repo.count("/") == 1, entry.id
+        assert entry.gguf_file and entry.gguf_file.lower().endswith("q4_k_m.gguf"), entry.id
+        assert entry.hf_repo.count("/") == 1, entry.id
+        assert entry.ollama, entry.id
+        assert len(entry.layer_bytes) in (0, entry.num_layers)
+        assert max(entry.layer_bytes, default=entry.bytes_per_layer) == entry.bytes_per_layer
+
+
+def test_every_name_means_one_model() -> None:
+    owners: dict[str, str] = {}
+    for entry in list_models():
+        for name in entry.names():
+            assert owners.setdefault(name.casefold(), entry.id) == entry.id, name
+
+
+@pytest.mark.parametrize(
+    ("name", "model_id"),
+    [
+        ("llama3.2:1b", "llama-3.2-1b-instruct"),
+        ("llama3.2", "llama-3.2-3b-instruct"),
+        ("llama3.2:1b-instruct-q4_K_M", "llama-3.2-1b-instruct"),
+        ("llama3.1:8b", "llama-3.1-8b-instruct"),
+        ("qwen2.5:7b", "qwen2.5-7b-instruct"),
+        ("qwen2.5:0.5b-instruct", "qwen2.5-0.5b-instruct"),
+        ("qwen3:8b", "qwen3-8b"),
+        ("qwen3:0.6b-q4_k_m", "qwen3-0.6b"),
+        ("qwen3", "qwen3-8b"),
+        ("smollm2:135m", "smollm2-135m-instruct"),
+        ("mistral:7b", "mistral-7b-instruct-v0.3"),
+        ("mistral", "mistral-7b-instruct-v0.3"),
+        ("phi3.5", "phi-3.5-mini-instruct"),
+        ("phi3.5:latest", "phi-3.5-mini-instruct"),
+        ("gemma2:2b", "gemma-2-2b-it"),
+        ("gemma2:2b-instruct-q4_k_m", "gemma-2-2b-it"),
+        ("Qwen/Qwen2.5-7B-Instruct", "qwen2.5-7b-instruct"),
+        (" QWEN3-4B ", "qwen3-4b"),
+    ],
+)
+def test_find_model_by_ollama_name_and_alias(name: str, model_id: str) -> None:
+    entry = find_model(name)
+    assert entry is not None and entry.id == model_id
+
+
+@pytest.mark.parametrize("name", ["llama3.2:70b", "qwen2.5:7b-instruct-fp16", "gemma2", ""])
+def test_find_model_refuses_other_builds(name: str) -> None:
+    assert find_model(name) is None
+
+
+def test_ollama_names_resolve_like_ids(smollm2_gguf_path: Path) -> None:
+    source = resolve_source("smollm2:135m")
+    assert (source.model_id, source.kind, source.path) == (
+        DEFAULT_MODEL_ID,
+        "gguf",
+        smollm2_gguf_path,
+    )
+    assert canonical_model_id("qwen2.5:7b") == "qwen2.5-7b-instruct"

@@ -10,15 +10,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fixtures.tiny_hf import FAMILIES, write_tiny_model
+from fixtures.tiny_hf import FAMILIES, random_weights, write_tiny_model
+from safetensors.numpy import save_file
 
 from exoquic.models import architectures
 from exoquic.models.architectures import UnsupportedArchitectureError
 from exoquic.models.config import ModelConfig
 from exoquic.models.errors import ModelLoadError
 from exoquic.models.gguf_file import GGUFFile
-from exoquic.models.gguf_loader import gguf_tensor_name, read_gguf_config
-from exoquic.models.hf_loader import read_hf_config
+from exoquic.models.gguf_loader import gguf_tensor_name, load_gguf_shard, read_gguf_config
+from exoquic.models.hf_loader import load_hf_shard, read_hf_config
 from exoquic.models.rope import inverse_frequencies
 from exoquic.models.shard import Shard
 from exoquic.models.weights import shard_tensor_names
@@ -111,3 +112,20 @@ def test_gguf_names_are_llama_cpp_s(family: str, tmp_path: Path) -> None:
         for n in shard_tensor_names(Shard.whole("m", config.num_layers), config)
     }
     assert wanted == in_file
+
+
+def test_permuted_llama_q_k_biases_come_back_in_hugging_face_order(tmp_path: Path) -> None:
+    """A llama with attention biases: llama.cpp permutes q/k biases with their weights."""
+    config = FAMILIES["llama-tied"] | {"attention_bias": True}
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps(config))
+    save_file(random_weights(config, seed=0), str(hf / "model.safetensors"))
+    hf_to_gguf.convert(hf, tmp_path / "model.gguf")
+    assert read_gguf_config(tmp_path / "model.gguf").attention_bias
+    shard = Shard.whole("m", config["num_hidden_layers"])
+    from_gguf, from_hf = load_gguf_shard(tmp_path / "model.gguf", shard), load_hf_shard(hf, shard)
+    assert "model.layers.0.self_attn.k_proj.bias" in from_hf.tensors
+    assert from_gguf.tensors.keys() == from_hf.tensors.keys()
+    for name in from_hf.tensors:
+        np.testing.assert_array_equal(from_gguf.dense(name), from_hf.dense(name), err_msg=name)
