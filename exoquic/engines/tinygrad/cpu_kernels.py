@@ -275,7 +275,8 @@ def gemm_source(fmt: Format) -> Template:
     multiplied into register tiles of `8 * GEMM_VECTORS` rows by `GEMM_COLS` columns: per
     k, each weight is broadcast against vectors of 8 rows' activations (an outer
     product), so every value loaded feeds several FMAs and nothing is summed across
-    lanes. Each output is one sequential float32 sum over k, whatever its tile."""
+    lanes. Each output sums its products in the same order (spans of `GEMM_SPAN`),
+    whatever its tile, so a row's result does not depend on the chunk around it."""
     return Template(
         f"""
 float *out = $OUT; const float *xt = $XT;
