@@ -4,13 +4,19 @@
 
 Written for tests and experiments with tiny models: it reads config.json and the
 safetensors weights, and writes what llama.cpp's `convert_hf_to_gguf.py` writes
-for the families exoquic runs (llama, mistral, qwen2, qwen3): the hyper-parameters
-as `{arch}.*` metadata, tensor names from the `gguf` package's own name map,
-the Q/K rows of llama / mistral permuted for llama.cpp's interleaved RoPE
-(NEOX-style families are left as they are), and Llama 3 RoPE scaling as a
-`rope_freqs.weight` tensor. It deliberately shares no code with exoquic's
-loaders (only its safetensors reader), so a naming or layout mistake on either
-side shows up as different logits. No tokenizer is written: the vocabulary size
+for the families exoquic runs (llama, mistral, qwen2, qwen3, phi3, gemma2): the
+hyper-parameters as `{arch}.*` metadata, tensor names from the `gguf` package's
+own name map, the Q/K rows of llama / mistral permuted for llama.cpp's
+interleaved RoPE (NEOX-style families are left as they are), Llama 3 RoPE
+scaling as a `rope_freqs.weight` tensor, Phi-3's longrope as
+`rope_factors_short/long` tensors with the original context and attention
+factor, and Gemma 2's soft-caps and window, with its norm weights stored as
+(1 + w) as llama.cpp stores them. Gemma 2's query_pre_attn_scalar has no GGUF
+key (llama.cpp infers it from the model size); it is written as
+`gemma2.attention.query_pre_attn_scalar`, which llama.cpp ignores. It
+deliberately shares no code with exoquic's loaders (only its safetensors
+reader), so a naming or layout mistake on either side shows up as different
+logits. No tokenizer is written: the vocabulary size
 is in `{arch}.vocab_size`.
 """
 
@@ -36,6 +42,8 @@ FAMILIES: dict[str, tuple[str, gguf.MODEL_ARCH, bool]] = {
     "mistral": ("llama", gguf.MODEL_ARCH.LLAMA, True),
     "qwen2": ("qwen2", gguf.MODEL_ARCH.QWEN2, False),
     "qwen3": ("qwen3", gguf.MODEL_ARCH.QWEN3, False),
+    "phi3": ("phi3", gguf.MODEL_ARCH.PHI3, False),
+    "gemma2": ("gemma2", gguf.MODEL_ARCH.GEMMA2, False),
 }
 MATRIX_TYPES = {
     "f32": GGMLQuantizationType.F32,
@@ -97,14 +105,21 @@ def convert(model_dir: Path, out: Path, matrix_type: str = "f32") -> None:
             data = llama_permute(data, heads)
         elif permuted and ".k_proj." in hf_name:
             data = llama_permute(data, kv_heads)
+        elif model_type == "gemma2" and hf_name.endswith("norm.weight"):
+            data = data + 1  # llama.cpp's Gemma converters store the (1 + w) RMSNorm multiplies by
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise SystemExit(f"no GGUF name for tensor {hf_name}")
         _add(writer, name, data, matrix_type)
     scaling = config.get("rope_scaling") or {}
-    if scaling.get("rope_type", scaling.get("type")) == "llama3":
+    rope_type = scaling.get("rope_type", scaling.get("type"))
+    if rope_type == "llama3":
         theta = float(config.get("rope_theta", 10000.0))
         writer.add_tensor("rope_freqs.weight", llama3_rope_factors(head_dim, theta, scaling))
+    elif rope_type in ("longrope", "su"):
+        _write_longrope(writer, config, scaling)
+    if model_type == "gemma2":
+        _write_gemma2_metadata(writer, config)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -129,6 +144,25 @@ def _write_metadata(w: GGUFWriter, config: dict[str, Any], head_dim: int) -> Non
     if scaling.get("rope_type", scaling.get("type")) == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(float(scaling["factor"]))
+
+
+def _write_longrope(w: GGUFWriter, config: dict[str, Any], scaling: dict[str, Any]) -> None:
+    """Phi-3's longrope as llama.cpp's `Phi3MiniModel` writes it."""
+    context = int(config["max_position_embeddings"])
+    original = int(config.get("original_max_position_embeddings", context))
+    stretch = context / original
+    attn_factor = math.sqrt(1 + math.log(stretch) / math.log(original)) if stretch > 1 else 1.0
+    w.add_rope_scaling_orig_ctx_len(original)
+    w.add_rope_scaling_attn_factors(float(scaling.get("attention_factor") or attn_factor))
+    for kind in ("long", "short"):
+        w.add_tensor(f"rope_factors_{kind}.weight", np.array(scaling[f"{kind}_factor"], np.float32))
+
+
+def _write_gemma2_metadata(w: GGUFWriter, config: dict[str, Any]) -> None:
+    w.add_attn_logit_softcapping(float(config["attn_logit_softcapping"]))
+    w.add_final_logit_softcapping(float(config["final_logit_softcapping"]))
+    w.add_sliding_window(int(config["sliding_window"]))
+    w.add_float32("gemma2.attention.query_pre_attn_scalar", float(config["query_pre_attn_scalar"]))
 
 
 def _add(w: GGUFWriter, name: str, data: np.ndarray, matrix_type: str) -> None:

@@ -9,10 +9,12 @@ from typing import Any
 import numpy as np
 
 from exoquic.models import architectures
+from exoquic.models.longrope import LongRopeScaling, longrope_from_hf
 
 # Hugging Face `rope_type` values that mean "no scaling".
 _NO_SCALING = frozenset({"default", "none"})
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
+_LONGROPE = frozenset({"longrope", "su"})  # "su" is longrope's earlier name (Phi-3 mini)
 
 
 class UnsupportedRopeScalingError(ValueError):
@@ -56,7 +58,7 @@ class RopeFrequencyFactors:
     factors: tuple[float, ...]
 
 
-RopeScaling = LinearRopeScaling | Llama3RopeScaling | RopeFrequencyFactors
+RopeScaling = LinearRopeScaling | Llama3RopeScaling | RopeFrequencyFactors | LongRopeScaling
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,37 @@ class ModelConfig:
     rope_scaling: RopeScaling | None = None
     attention_bias: bool = False  # q, k and v projections add a bias (qwen2)
     qk_norm: bool = False  # per-head RMSNorm of q and k before RoPE (qwen3)
+    # q, k, v as one `self_attn.qkv_proj` and gate, up as one `mlp.gate_up_proj` (phi3)
+    fused_projections: bool = False
+    # gemma2 from here on
+    norm_weight_offset: float = 0.0  # every RMSNorm multiplies by (offset + weight)
+    embedding_multiplier: float = 1.0  # token embeddings are scaled by this
+    hidden_act: str = "silu"  # the gated MLP's activation: "silu" or "gelu_tanh"
+    # norms on the attention and MLP outputs too (`post_attention_layernorm` then
+    # normalises the attention output; `pre_feedforward_layernorm` the MLP input)
+    sandwich_norms: bool = False
+    query_pre_attn_scalar: float | None = None  # scores scale 1/sqrt(this), not 1/sqrt(head_dim)
+    attn_logit_softcapping: float | None = None  # scores -> cap * tanh(scores / cap)
+    final_logit_softcapping: float | None = None  # logits -> cap * tanh(logits / cap)
+    sliding_window: int | None = None  # what the layers in `sliding_layers` attend over
+    sliding_layers: tuple[int, ...] = ()  # global indices of the sliding-window layers
+
+    def __post_init__(self) -> None:
+        scaling = self.rope_scaling
+        if isinstance(scaling, LongRopeScaling) and len(scaling.short_factor) != self.head_dim // 2:
+            raise ValueError(
+                f"longrope needs head_dim / 2 = {self.head_dim // 2} factors, "
+                f"not {len(scaling.short_factor)}"
+            )
+
+    @property
+    def attention_scale(self) -> float:
+        """What q.k is multiplied by before the softmax (RoPE attention factors apart)."""
+        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+    def window_of(self, layer: int) -> int | None:
+        """The positions layer `layer` (global index) attends over; None: all."""
+        return self.sliding_window if layer in self.sliding_layers else None
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -115,17 +148,19 @@ class ModelConfig:
             rms_norm_eps=float(d.get("rms_norm_eps", 1e-5)),
             max_context=int(d.get("max_position_embeddings", 2048)),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            rope_scaling=rope_scaling_from_hf(d.get("rope_scaling") or rope_parameters or None),
+            rope_scaling=rope_scaling_from_hf(d.get("rope_scaling") or rope_parameters or None, d),
         )
         return cls(**(fields | arch.hf_features(d)))
 
 
-def rope_scaling_from_hf(raw: Any) -> RopeScaling | None:
+def rope_scaling_from_hf(raw: Any, config: Mapping[str, Any] | None = None) -> RopeScaling | None:
     """The scaling a Hugging Face `rope_scaling` entry describes (None: plain RoPE).
 
-    Older configs name the type `type`, newer ones `rope_type`. Raises
-    UnsupportedRopeScalingError naming any type other than default/linear/llama3
-    (yarn, dynamic, longrope...), KeyError when a llama3 parameter is missing.
+    Older configs name the type `type`, newer ones `rope_type`. `config` is the
+    whole config.json (longrope reads its context lengths there). Raises
+    UnsupportedRopeScalingError naming any type other than
+    default/linear/llama3/longrope (yarn, dynamic...), KeyError when a
+    parameter is missing.
     """
     if raw is None:
         return None
@@ -138,6 +173,8 @@ def rope_scaling_from_hf(raw: Any) -> RopeScaling | None:
         return LinearRopeScaling(_positive(raw["factor"], "rope_scaling factor"))
     if rope_type == "llama3":
         return _llama3_scaling(raw)
+    if rope_type in _LONGROPE:
+        return longrope_from_hf(raw, config or {})
     raise UnsupportedRopeScalingError(_unsupported(rope_type))
 
 

@@ -22,9 +22,10 @@ from gguf.quants import dequantize as gguf_dequantize
 
 from exoquic.models import architectures
 from exoquic.models.architectures import Architecture, UnsupportedArchitectureError
-from exoquic.models.config import ModelConfig, rope_scaling_from_gguf
+from exoquic.models.config import ModelConfig, RopeScaling, rope_scaling_from_gguf
 from exoquic.models.errors import ModelLoadError
 from exoquic.models.gguf_file import GGUFFile, release_pages
+from exoquic.models.longrope import longrope_from_gguf
 from exoquic.models.quant import quant_kind
 from exoquic.models.shard import Shard
 from exoquic.models.weights import (
@@ -42,6 +43,8 @@ from exoquic.models.weights import (
 LAYER_NAMES: dict[str, str] = dict(architectures.GGUF_LAYER_NAMES)
 EMBED, NORM, OUTPUT = "token_embd.weight", "output_norm.weight", "output.weight"
 ROPE_FREQS = "rope_freqs.weight"  # llama.cpp's per-frequency divisors (Llama 3 scaling)
+# Phi-3's longrope divisors, within and beyond the original context.
+ROPE_FACTORS_SHORT, ROPE_FACTORS_LONG = "rope_factors_short.weight", "rope_factors_long.weight"
 # Per-layer GGUF suffixes whose rows llama.cpp permuted, and the head count to undo it.
 _ROPE_ROWS = {"attn_q.weight": "q", "attn_q.bias": "q", "attn_k.weight": "k", "attn_k.bias": "k"}
 
@@ -92,8 +95,7 @@ def _config_from_metadata(gf: GGUFFile) -> ModelConfig:
     if not vocab:
         raise ModelLoadError(f"{gf.path}: cannot tell the vocabulary size")
     head_dim = int(get("attention.key_length", hidden // num_heads))
-    rope_freqs = gf.read_tensor(ROPE_FREQS) if ROPE_FREQS in gf.tensors else None
-    return ModelConfig(
+    fields: dict[str, Any] = dict(
         architecture=family.name,
         vocab_size=int(vocab),
         hidden_size=hidden,
@@ -106,9 +108,21 @@ def _config_from_metadata(gf: GGUFFile) -> ModelConfig:
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
         max_context=int(get("context_length", 2048)),
         tie_word_embeddings=OUTPUT not in gf.tensors,
-        rope_scaling=rope_scaling_from_gguf(md, arch, head_dim, rope_freqs),
-        **family.gguf_features(md, gf.tensors.keys()),
+        rope_scaling=_rope_scaling(gf, arch, head_dim),
     )
+    return ModelConfig(**(fields | family.gguf_features(md, gf.tensors.keys())))
+
+
+def _rope_scaling(gf: GGUFFile, arch: str, head_dim: int) -> RopeScaling | None:
+    """Longrope from its two factor tensors (phi3), else the llama-style forms."""
+    if ROPE_FACTORS_LONG in gf.tensors or ROPE_FACTORS_SHORT in gf.tensors:
+        for name in (ROPE_FACTORS_SHORT, ROPE_FACTORS_LONG):
+            if name not in gf.tensors:
+                raise ModelLoadError(f"{gf.path}: longrope factors without tensor {name}")
+        short, long = gf.read_tensor(ROPE_FACTORS_SHORT), gf.read_tensor(ROPE_FACTORS_LONG)
+        return longrope_from_gguf(gf.metadata, arch, short, long)
+    rope_freqs = gf.read_tensor(ROPE_FREQS) if ROPE_FREQS in gf.tensors else None
+    return rope_scaling_from_gguf(gf.metadata, arch, head_dim, rope_freqs)
 
 
 def read_gguf_config(path: str | os.PathLike[str]) -> ModelConfig:
@@ -137,6 +151,11 @@ def load_gguf_shard(path: str | os.PathLike[str], shard: Shard) -> ShardWeights:
         if gguf_name not in by_gguf_name:
             n_heads = _rope_heads(gguf_name, config) if family.gguf_rope_permuted else 0
             by_gguf_name[gguf_name] = _load_tensor(gf, gguf_name, n_heads)
+            if config.norm_weight_offset and gguf_name.endswith("norm.weight"):
+                # llama.cpp's converter stored (offset + w) (gemma2: 1 + w); HF layout is w.
+                by_gguf_name[gguf_name] = _as_float32(by_gguf_name[gguf_name]) - (
+                    config.norm_weight_offset
+                )
         tensors[hf_name] = by_gguf_name[gguf_name]
     return ShardWeights(config=config, shard=shard, tensors=tensors)
 
@@ -198,3 +217,7 @@ def permute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     half = w.shape[0] // n_heads // 2
     permuted = w.reshape(n_heads, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
     return np.ascontiguousarray(permuted)
+
+
+def _as_float32(t: WeightArray) -> np.ndarray:
+    return t.dequantize() if isinstance(t, QuantizedTensor) else np.asarray(t, np.float32)

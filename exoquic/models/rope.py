@@ -11,19 +11,22 @@ import numpy as np
 from exoquic.models.config import (
     LinearRopeScaling,
     Llama3RopeScaling,
+    LongRopeScaling,
     RopeFrequencyFactors,
     RopeScaling,
 )
 
 
 def inverse_frequencies(
-    head_dim: int, theta: float, scaling: RopeScaling | None = None
+    head_dim: int, theta: float, scaling: RopeScaling | None = None, context: int | None = None
 ) -> np.ndarray:
     """The `head_dim / 2` rotary inverse frequencies, float64.
 
     Position p rotates dimension pair i (i and i + head_dim/2 in the Hugging
     Face half-split layout) by `p * inverse_frequencies(...)[i]` radians.
-    Without scaling this is `theta ** (-2i / head_dim)`.
+    Without scaling this is `theta ** (-2i / head_dim)`. `context` is the
+    number of positions the engine serves; longrope scaling needs it to pick
+    its factor set (see `exoquic.models.longrope`).
     """
     if head_dim <= 0 or head_dim % 2:
         raise ValueError(f"head_dim must be positive and even, got {head_dim}")
@@ -32,12 +35,21 @@ def inverse_frequencies(
         return inv_freq
     if isinstance(scaling, LinearRopeScaling):
         return inv_freq / scaling.factor
+    if isinstance(scaling, LongRopeScaling):
+        if context is None:
+            raise ValueError("longrope scaling picks its factors by the context served")
+        scaling = RopeFrequencyFactors(scaling.factors_for(context))
     if isinstance(scaling, RopeFrequencyFactors):
         factors = np.asarray(scaling.factors, dtype=np.float64)
         if factors.shape != inv_freq.shape:
             raise ValueError(f"{factors.size} frequency factors for head_dim {head_dim}")
         return inv_freq / factors
     return _llama3(inv_freq, scaling)
+
+
+def attention_factor(scaling: RopeScaling | None) -> float:
+    """What RoPE multiplies cos and sin by, so q and k both (longrope's factor; else 1)."""
+    return scaling.attention_factor if isinstance(scaling, LongRopeScaling) else 1.0
 
 
 def _llama3(inv_freq: np.ndarray, s: Llama3RopeScaling) -> np.ndarray:

@@ -75,11 +75,26 @@ ATTENTION_BIAS_SUFFIXES = (
     "self_attn.v_proj.bias",
 )
 QK_NORM_SUFFIXES = ("self_attn.q_norm.weight", "self_attn.k_norm.weight")
+# phi3: q, k, v stacked in one matrix (rows q | k | v), gate and up in another (gate | up).
+FUSED_LAYER_SUFFIXES: tuple[str, ...] = (
+    "input_layernorm.weight",
+    "self_attn.qkv_proj.weight",
+    "self_attn.o_proj.weight",
+    "post_attention_layernorm.weight",
+    "mlp.gate_up_proj.weight",
+    "mlp.down_proj.weight",
+)
+# gemma2: norms of the MLP's input (pre_) and of the MLP's output (post_); its
+# `post_attention_layernorm` normalises the attention output.
+SANDWICH_NORM_SUFFIXES = ("pre_feedforward_layernorm.weight", "post_feedforward_layernorm.weight")
 
 
 def layer_suffixes(config: ModelConfig | None = None) -> tuple[str, ...]:
     """The per-layer tensor suffixes of a model (None: a plain llama's)."""
-    suffixes = LAYER_SUFFIXES
+    fused = config is not None and config.fused_projections
+    suffixes = FUSED_LAYER_SUFFIXES if fused else LAYER_SUFFIXES
+    if config is not None and config.sandwich_norms:
+        suffixes += SANDWICH_NORM_SUFFIXES
     if config is not None and config.attention_bias:
         suffixes += ATTENTION_BIAS_SUFFIXES
     if config is not None and config.qk_norm:

@@ -1,7 +1,8 @@
 """The new families' features in batched decode steps: requests at different positions.
 
-A decode batch runs its rows through the projections together (biases and q/k
-norms included) and each row at its own position. Every request's logits must
+A decode batch runs its rows through the projections together (biases, q/k
+norms, fused projections included) and each row at its own position (its own
+sliding window and soft-capped scores for gemma2). Every request's logits must
 be what it gets alone, on both engines (float32 weights: to rounding, 1e-5 of
 the largest logit).
 """
@@ -29,7 +30,8 @@ def make_engine(kind: str) -> MLXEngine | TinygradEngine:
 
 
 @pytest.mark.parametrize("engine_kind", ["mlx", "tinygrad"])
-@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+# gemma2: its window (5) cuts at the decode positions 5 and 7, each row at its own.
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "phi3", "gemma2"])
 def test_batched_decode_equals_each_request_alone(
     tmp_path: Path, family: str, engine_kind: str
 ) -> None:

@@ -35,6 +35,7 @@ from exoquic.models.gguf_loader import load_gguf_shard
 from exoquic.models.hf_loader import load_hf_shard
 from exoquic.models.shard import Shard
 from exoquic.models.weights import ShardWeights, WeightArray, shard_tensor_names
+from exoquic.wire.tensors import decode_tensor, encode_tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import hf_to_gguf
@@ -43,9 +44,10 @@ TOKENS = np.array([1, 17, 250, 3, 88, 42, 0, 61, 9, 299, 70, 2], dtype=np.int64)
 PREFILL = 9  # the rest is decoded one token at a time
 LAYERS = 3
 SPLITS = {"whole": [(0, 2)], "split": [(0, 0), (1, 2)]}
-ENGINES: dict[str, Callable[[], MLXEngine | TinygradEngine]] = {
-    "mlx": lambda: MLXEngine(max_context=64),
-    "tinygrad": lambda: TinygradEngine(max_context=64),
+CONTEXT = 64  # what the engines serve (past phi3's original context of 32: long factors)
+ENGINES: dict[str, Callable[[int], MLXEngine | TinygradEngine]] = {
+    "mlx": lambda context: MLXEngine(max_context=context),
+    "tinygrad": lambda context: TinygradEngine(max_context=context),
 }
 
 Loader = Callable[[Shard], ShardWeights]
@@ -67,11 +69,13 @@ def reference(model_dir: Path) -> np.ndarray:
     return mlx_lm_logits(model_dir, TOKENS)[PREFILL - 1 :]
 
 
-def run(engine: str, loader: Loader, split: str, layers: int = LAYERS) -> np.ndarray:
+def run(
+    engine: str, loader: Loader, split: str, layers: int = LAYERS, context: int = CONTEXT
+) -> np.ndarray:
     """exoquic's logits at the sampled positions, the layers split as `SPLITS[split]`."""
     engines = []
     for start, end in SPLITS[split]:
-        e = ENGINES[engine]()
+        e = ENGINES[engine](context)
         e.load(loader(Shard("tiny", start, min(end, layers - 1), layers)))
         engines.append(e)
     steps = [TOKENS[:PREFILL], *(TOKENS[i : i + 1] for i in range(PREFILL, len(TOKENS)))]
@@ -186,3 +190,49 @@ def test_every_block_kind_runs_under_the_new_features() -> None:
     got = run("tinygrad", lambda _: quantized, "whole", config.num_layers)
     want = run("mlx", lambda _: dense, "whole", config.num_layers)
     assert_close(got, want, 1e-3)
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_phi3_within_its_original_context_rotates_with_the_short_factors(
+    tmp_path: Path, engine: str
+) -> None:
+    """An engine serving at most original_max_position_embeddings (32) positions uses the
+    short factors, which Hugging Face uses for every sequence that short; mlx-lm always
+    takes the long ones, so it is handed the short ones in their place."""
+    model_dir = write_tiny_model("phi3", tmp_path / "phi3")
+    original = FAMILIES["phi3"]["original_max_position_embeddings"]
+    want = mlx_lm_logits(model_dir, TOKENS, rope_factors="short")[PREFILL - 1 :]
+    got = run(engine, lambda shard: load_hf_shard(model_dir, shard), "split", context=original)
+    assert_close(got, want, 1e-4)
+    long = mlx_lm_logits(model_dir, TOKENS)[PREFILL - 1 :]
+    assert np.abs(want - long).max() > 1e-2 * np.abs(want).max()  # the sets differ
+
+
+@pytest.mark.parametrize("family_name", ["phi3", "gemma2"])
+def test_tinygrad_generated_kernels_run_the_new_features(tmp_path: Path, family_name: str) -> None:
+    """tinygrad's own kernels (fast=False: no C attention) implement the soft-caps, the
+    sliding window, the norm offset and longrope's attention factor too."""
+    model_dir = write_tiny_model(family_name, tmp_path / family_name)
+    want = mlx_lm_logits(model_dir, TOKENS)[PREFILL - 1 :]
+    engine = TinygradEngine(max_context=CONTEXT, fast=False)
+    engine.load(load_hf_shard(model_dir, Shard("tiny", 0, LAYERS - 1, LAYERS)))
+    steps = [TOKENS[:PREFILL], *(TOKENS[i : i + 1] for i in range(PREFILL, len(TOKENS)))]
+    got = np.stack([engine.forward("r", step) for step in steps])
+    assert_close(got, want, 1e-4)
+
+
+@pytest.mark.parametrize("family_name", ["phi3", "gemma2"])
+def test_a_ring_of_mlx_then_tinygrad_matches_mlx_lm(tmp_path: Path, family_name: str) -> None:
+    """MLX runs layer 0 and hands its hidden states through the wire's tensor encoding
+    to tinygrad for layers 1-2, as two nodes of a mixed ring do."""
+    model_dir = write_tiny_model(family_name, tmp_path / family_name)
+    want = mlx_lm_logits(model_dir, TOKENS)[PREFILL - 1 :]
+    first, rest = ENGINES["mlx"](CONTEXT), ENGINES["tinygrad"](CONTEXT)
+    first.load(load_hf_shard(model_dir, Shard("tiny", 0, 0, LAYERS)))
+    rest.load(load_hf_shard(model_dir, Shard("tiny", 1, LAYERS - 1, LAYERS)))
+    steps = [TOKENS[:PREFILL], *(TOKENS[i : i + 1] for i in range(PREFILL, len(TOKENS)))]
+    got = []
+    for step in steps:
+        hidden = decode_tensor(encode_tensor(first.forward("r", step)))
+        got.append(rest.forward("r", hidden))
+    assert_close(np.stack(got), want, 1e-4)

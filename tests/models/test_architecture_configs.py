@@ -33,6 +33,8 @@ FEATURES = {  # family fixture -> (architecture, attention_bias, qk_norm)
     "mistral": ("llama", False, False),
     "qwen2": ("qwen2", True, False),
     "qwen3": ("qwen3", False, True),
+    "phi3": ("phi3", False, False),
+    "gemma2": ("gemma2", False, False),
 }
 
 
@@ -53,13 +55,19 @@ def test_gguf_copy_has_the_config_of_the_safetensors_copy(family: str, tmp_path:
     hf_to_gguf.convert(model_dir, tmp_path / "model.gguf")
     from_gguf, from_hf = read_gguf_config(tmp_path / "model.gguf"), read_hf_config(model_dir)
     assert from_gguf == replace(from_hf, rope_scaling=from_gguf.rope_scaling)
-    # Llama 3 scaling arrives as parameters from config.json, as rope_freqs from GGUF.
-    assert (from_gguf.rope_scaling is not None) == (family == "llama3")
-    np.testing.assert_allclose(
-        inverse_frequencies(from_gguf.head_dim, from_gguf.rope_theta, from_gguf.rope_scaling),
-        inverse_frequencies(from_hf.head_dim, from_hf.rope_theta, from_hf.rope_scaling),
-        rtol=1e-6,
-    )
+    # Llama 3 scaling arrives as parameters from config.json, as rope_freqs from GGUF;
+    # phi3's longrope factors as float32 tensors.
+    assert (from_gguf.rope_scaling is not None) == (family in ("llama3", "phi3"))
+    for context in (16, 64):  # phi3's original context is 32: both factor sets
+        gguf_rope, hf_rope = (
+            inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling, context)
+            for c in (from_gguf, from_hf)
+        )
+        np.testing.assert_allclose(
+            gguf_rope,
+            hf_rope,
+            rtol=1e-6,
+        )
 
 
 def test_sliding_window_caps_the_context() -> None:
@@ -86,7 +94,8 @@ def test_unsupported_families_and_features_are_refused(
 
 
 def test_unknown_gguf_architecture_is_refused() -> None:
-    with pytest.raises(UnsupportedArchitectureError, match=r"'gpt2'.*llama, qwen2, qwen3"):
+    known = r"gemma2, llama, phi3, qwen2, qwen3"
+    with pytest.raises(UnsupportedArchitectureError, match=rf"'gpt2'.*{known}"):
         architectures.for_gguf_arch("gpt2")
 
 
@@ -99,7 +108,7 @@ def test_each_feature_adds_its_layer_tensors() -> None:
     assert qwen3 - llama == {f"model.layers.1.self_attn.{p}_norm.weight" for p in "qk"}
 
 
-@pytest.mark.parametrize("family", ["llama-tied", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["llama-tied", "qwen2", "qwen3", "phi3", "gemma2"])
 def test_gguf_names_are_llama_cpp_s(family: str, tmp_path: Path) -> None:
     """Every tensor the loader asks for is in a file named by the `gguf` package's own map."""
     model_dir = write_tiny_model(family, tmp_path / "hf")
@@ -111,7 +120,8 @@ def test_gguf_names_are_llama_cpp_s(family: str, tmp_path: Path) -> None:
         gguf_tensor_name(n, config.tie_word_embeddings, arch)
         for n in shard_tensor_names(Shard.whole("m", config.num_layers), config)
     }
-    assert wanted == in_file
+    # Scaling tensors (phi3's rope factors) are read into the config, not the weights.
+    assert wanted == in_file - {"rope_factors_long.weight", "rope_factors_short.weight"}
 
 
 def test_permuted_llama_q_k_biases_come_back_in_hugging_face_order(tmp_path: Path) -> None:

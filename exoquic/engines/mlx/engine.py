@@ -47,7 +47,7 @@ class MLXEngine(Engine):
 
     def load(self, weights: ShardWeights) -> None:
         self.unload()
-        args = ModelArgs.from_config(weights.config, weights.shard)
+        args = ModelArgs.from_config(weights.config, weights.shard, self.max_context)
         model = ShardModel(args)
         tensors = sanitize(weights.tensors, weights.shard, model.tied)
         arrays, formats = _to_mlx(tensors)

@@ -110,11 +110,13 @@ _RMS_NORM = """const float *x = $X + (long)r * $K; const float *w = $W;
   float inv = 1.0f / __builtin_sqrtf(HSUM8(ss) / $K + $EPS);
   for (int j = 0; j < $K; j++) vals[j] = x[j] * inv * w[j];"""
 
-# SwiGLU: x (R, 2K) = gate | up -> vals = silu(gate) * up
-_SWIGLU = """const float *x = $X + (long)r * 2 * $K;
+# Gated MLP: x (R, 2K) = gate | up -> vals = gate * sigmoid($SIGMOID_ARG) * up. With the
+# argument g that is SwiGLU (silu(g) = g sigmoid(g)); GeGLU's tanh approximation is
+# the same form, since 0.5 (1 + tanh(a)) = sigmoid(2a).
+_GATED = """const float *x = $X + (long)r * 2 * $K;
   for (int j = 0; j < $K; j += 8) {
     f32x8 g = *(const f32x8 *)(x + j), u = *(const f32x8 *)(x + $K + j);
-    f32x8 xv = -g;
+    f32x8 xv = -($SIGMOID_ARG);
     xv = xv > 80.0f ? 80.0f : xv;
 $EXP8
     *(f32x8 *)(vals + j) = g / (1.0f + ev) * u;
@@ -124,11 +126,17 @@ QUANTIZE = Template(Template(_QUANTIZE).safe_substitute(PROLOGUE=_COPY, PROLOGUE
 NORM_QUANTIZE = Template(
     Template(_QUANTIZE).safe_substitute(PROLOGUE=_RMS_NORM, PROLOGUE_NAME="RMS norm with weight W")
 )
-SWIGLU_QUANTIZE = Template(
-    Template(_QUANTIZE).safe_substitute(
-        PROLOGUE=_SWIGLU.replace("$EXP8", _EXP8), PROLOGUE_NAME="silu(gate) * up of X (R, 2K)"
-    )
-)
+# gelu_tanh(g) = g sigmoid(2 sqrt(2 / pi) (g + 0.044715 g^3)) (Gemma's "gelu_pytorch_tanh")
+_GELU_TANH_ARG = "1.5957691216057308f * (g + 0.044715f * g * g * g)"
+
+
+def _gated_quantize(sigmoid_arg: str, name: str) -> Template:
+    prologue = _GATED.replace("$EXP8", _EXP8).replace("$SIGMOID_ARG", sigmoid_arg)
+    return Template(Template(_QUANTIZE).safe_substitute(PROLOGUE=prologue, PROLOGUE_NAME=name))
+
+
+SWIGLU_QUANTIZE = _gated_quantize("g", "silu(gate) * up of X (R, 2K)")
+GEGLU_QUANTIZE = _gated_quantize(_GELU_TANH_ARG, "gelu_tanh(gate) * up of X (R, 2K)")
 
 
 # Rows are processed in groups of up to 4 that share each unpacked weight block.
@@ -455,15 +463,16 @@ for (int t = 0; t < $T; t++) {
 """
 )
 
-ATTEND = Template(
-    """
+_ATTEND = """
 /* Causal attention: query row t (position start + t) of head h reads cache rows 0..start+t
    of kv head g = h / G (G = H / KV query heads share it). q (T, H, hd) already rotated and
    scaled; out (T, H * hd). Each (t, g) pair handles its G heads together, so every key and
    value row is read from memory once per group (the cache is as big as the weights at long
    contexts). Keys are stored in blocks of 8 positions, dimension-major (see ROPE_STORE).
    Threads split the (t, g) pairs. Every query's arithmetic (key order, sums) depends
-   only on its position, never on T or the thread split. */
+   only on its position, never on T or the thread split.
+   WINDOW > 0: the query reads only its last WINDOW positions (sliding-window layers);
+   SOFTCAP > 0: scores become SOFTCAP * tanh(score / SOFTCAP) (Gemma 2). */
 #define G ($H / $KV)
 #define PV_BLOCK 64
 _Static_assert($C % 8 == 0, "the cache holds whole blocks of 8 positions");
@@ -476,12 +485,14 @@ for (int pair = p0; pair < p1; pair++) {
   const int t = pair / $KV, g = pair % $KV;
   const float *K = cache + (long)g * $C * $HD, *V = cache + (long)($KV + g) * $C * $HD;
   const int S = (int)start + t + 1;
+  /* keys lo..S-1 are read; lo8 rounds down to a key block, its lanes below lo are dropped */
+  const int lo = $WINDOW > 0 && S > $WINDOW ? S - $WINDOW : 0, lo8 = lo & ~7;
   float mx[G];
   /* scores, 8 keys at a time from a dimension-major key block: no horizontal sums. The
      last block may run past S; those lanes are dropped below. */
   f32x8 mxv[G];
   for (int hh = 0; hh < G; hh++) { mx[hh] = -3.0e38f; mxv[hh] = -3.0e38f; }
-  for (int j = 0; j < S; j += 8) {
+  for (int j = lo8; j < S; j += 8) {
     const float *kb = K + (long)j * $HD;
     for (int hh = 0; hh < G; hh++) {
       const float *q = qin + ((long)t * $H + g * G + hh) * $HD;
@@ -493,9 +504,11 @@ for (int pair = p0; pair < p1; pair++) {
         a3 += q[i + 3] * *(const f32x8 *)(kb + 8 * (i + 3));
       }
       f32x8 sv = (a0 + a1) + (a2 + a3);
+$SOFTCAP_CODE
       *(f32x8 *)(scores[hh] + j) = sv;
-      if (j + 8 <= S) mxv[hh] = sv > mxv[hh] ? sv : mxv[hh];
-      else for (int l = 0; l < S - j; l++) mx[hh] = sv[l] > mx[hh] ? sv[l] : mx[hh];
+      if (j + 8 <= S && j >= lo) mxv[hh] = sv > mxv[hh] ? sv : mxv[hh];
+      else for (int l = lo > j ? lo - j : 0; l < 8 && j + l < S; l++)
+        mx[hh] = sv[l] > mx[hh] ? sv[l] : mx[hh];
     }
   }
   for (int hh = 0; hh < G; hh++)
@@ -504,9 +517,10 @@ for (int pair = p0; pair < p1; pair++) {
   float inv[G];
   for (int hh = 0; hh < G; hh++) {
     float *sc = scores[hh];
+    for (int jj = lo8; jj < lo; jj++) sc[jj] = -3.0e38f;
     for (int jj = S; jj < ((S + 7) & ~7); jj++) sc[jj] = -3.0e38f;
     f32x8 total = 0.0f;
-    for (int jj = 0; jj < S; jj += 8) {
+    for (int jj = lo8; jj < S; jj += 8) {
       f32x8 xv = *(f32x8 *)(sc + jj) - mx[hh];
 $EXP8
       *(f32x8 *)(sc + jj) = ev;
@@ -518,7 +532,7 @@ $EXP8
      reads them (each head still sums its keys in order 0..S-1) */
   f32x8 o[G][$HD / 8];
   for (int hh = 0; hh < G; hh++) for (int i = 0; i < $HD / 8; i++) o[hh][i] = 0.0f;
-  for (int jb = 0; jb < S; jb += PV_BLOCK) {
+  for (int jb = lo; jb < S; jb += PV_BLOCK) {
     const int je = S - jb < PV_BLOCK ? S : jb + PV_BLOCK;
     for (int hh = 0; hh < G; hh++) {
       f32x8 acc[$HD / 8];
@@ -539,4 +553,20 @@ $EXP8
 #undef G
 #undef PV_BLOCK
 """.replace("$EXP8", _EXP8)
-)
+
+# SOFTCAP * tanh(sv / SOFTCAP) on 8 lanes, with tanh|y| = (1 - e) / (1 + e), e = exp(-2|y|).
+_SOFTCAP = """      {
+        f32x8 y = sv * (1.0f / $SOFTCAP), ay = y < 0.0f ? -y : y;
+        f32x8 xv = -2.0f * ay;
+$EXP8
+        f32x8 th = (1.0f - ev) / (1.0f + ev);
+        sv = (y < 0.0f ? -th : th) * $SOFTCAP;
+      }""".replace("$EXP8", _EXP8)
+
+
+def attend_source(softcap: float | None) -> Template:
+    """The attention kernel, with soft-capped scores when `softcap` is set ($SOFTCAP)."""
+    return Template(_ATTEND.replace("$SOFTCAP_CODE", _SOFTCAP if softcap else ""))
+
+
+ATTEND = attend_source(None)

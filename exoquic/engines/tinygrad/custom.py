@@ -8,6 +8,7 @@ only its body is C written by hand instead of generated.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from string import Template
 
 from tinygrad import Tensor, dtypes
@@ -47,9 +48,17 @@ def norm_quantize_rows(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, T
 
 def swiglu_quantize_rows(gate_up: Tensor) -> tuple[Tensor, Tensor]:
     """`quantize_rows(silu(gate) * up)` in one kernel, for gate_up `(R, 2F)` = gate | up."""
-    return _quantize(
-        "swiglu_quantize", cpu_kernels.SWIGLU_QUANTIZE, gate_up, [], int(gate_up.shape[1]) // 2
-    )
+    return gated_quantize_rows(gate_up, "silu")
+
+
+GATED_KERNELS = {"silu": cpu_kernels.SWIGLU_QUANTIZE, "gelu_tanh": cpu_kernels.GEGLU_QUANTIZE}
+
+
+def gated_quantize_rows(gate_up: Tensor, activation: str) -> tuple[Tensor, Tensor]:
+    """`quantize_rows(act(gate) * up)` in one kernel; act is "silu" or "gelu_tanh"."""
+    cols = int(gate_up.shape[1]) // 2
+    name = "swiglu_quantize" if activation == "silu" else f"{activation}_gated_quantize"
+    return _quantize(name, GATED_KERNELS[activation], gate_up, [], cols)
 
 
 def _quantize(
@@ -237,21 +246,52 @@ def _kernel(
     return build
 
 
+@dataclass(frozen=True)
+class AttentionScores:
+    """How attention scores are formed: `q.k * scale`, soft-capped, over a window.
+
+    softcap (Gemma 2): scores become `softcap * tanh(score / softcap)`; window: a
+    query reads only its last `window` positions (itself included). None: off.
+    """
+
+    scale: float
+    softcap: float | None = None
+    window: int | None = None
+
+    def name_suffix(self) -> str:
+        """What sets this kernel apart from the plain one (kernel names must be unique)."""
+        cap = f"_cap{_tag(self.softcap)}" if self.softcap else ""
+        return cap + (f"_win{self.window}" if self.window else "")
+
+
+def _tag(value: float) -> str:
+    """A float as a C identifier fragment."""
+    return repr(value).replace(".", "_").replace("-", "m").replace("+", "")
+
+
 def attention(
-    qkv: Tensor, rope: Tensor, cache: Tensor, start: UOp, heads: int, kv_heads: int
+    qkv: Tensor,
+    rope: Tensor,
+    cache: Tensor,
+    start: UOp,
+    heads: int,
+    kv_heads: int,
+    scores: AttentionScores | None = None,
 ) -> Tensor:
     """Causal attention of T new rows of one request, writing their keys/values into `cache`.
 
     qkv: `(T, (heads + 2 kv_heads) hd)` projections; rope: `(T, hd)` cos | sin of the rows'
     positions; cache: `(2, kv_heads, C, hd)`, updated in place at rows `start..start+T-1`;
-    start: the bound position variable of row 0. Returns `(T, heads * hd)`.
+    start: the bound position variable of row 0; scores: scale, soft-cap and window
+    (default: 1 / sqrt(hd), neither). Returns `(T, heads * hd)`.
     """
     rows = int(qkv.shape[0])
     _, _, capacity, head_dim = (int(n) for n in cache.shape)
     var = start.unbind()[0]
+    s = scores or AttentionScores(head_dim**-0.5)
     constants: dict[str, int | str] = {
         "T": rows, "H": heads, "KV": kv_heads, "HD": head_dim, "C": capacity,
-        "SCALE": f"{1.0 / head_dim**0.5!r}f",
+        "SCALE": f"{s.scale!r}f", "SOFTCAP": f"{s.softcap or 0.0!r}f", "WINDOW": s.window or 0,
     }  # fmt: skip
     q = Tensor.empty(rows, heads, head_dim, dtype=dtypes.float32, device=DEVICE)
     store = cpu_kernels.source(cpu_kernels.ROPE_STORE, **constants)
@@ -260,20 +300,20 @@ def attention(
         rope.contiguous(),
         cache,
         fxn=_kernel(
-            f"rope_store_{rows}_{heads}_{kv_heads}_{head_dim}_{capacity}",
+            f"rope_store_{rows}_{heads}_{kv_heads}_{head_dim}_{capacity}_{_tag(s.scale)}",
             store,
             ["QOUT", "QKV", "ROPE", "CACHE"],
             variables={"START": var},
         ),
     )
     count = min(threads(), rows * kv_heads)
-    attend = cpu_kernels.source(cpu_kernels.ATTEND, **constants, THREADS=count)
+    attend = cpu_kernels.source(cpu_kernels.attend_source(s.softcap), **constants, THREADS=count)
     out = Tensor.empty(rows, heads * head_dim, dtype=dtypes.float32, device=DEVICE)
     return out.custom_kernel(
         q,
         cache,
         fxn=_kernel(
-            f"attend_{rows}_{heads}_{kv_heads}_{head_dim}_{capacity}",
+            f"attend_{rows}_{heads}_{kv_heads}_{head_dim}_{capacity}{s.name_suffix()}",
             attend,
             ["OUT", "Q", "CACHE"],
             threads=count,

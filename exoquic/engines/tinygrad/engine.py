@@ -82,7 +82,7 @@ class TinygradEngine(Engine):
         # attention kernel stores keys in blocks of 8 positions.
         capacity = -(-(self.max_context + PREFILL_BUCKETS[0] - 1) // 8) * 8
         with TINYGRAD_LOCK:
-            self._model = ShardModel(weights, capacity, self.fast)
+            self._model = ShardModel(weights, capacity, self.fast, self.max_context)
 
     def unload(self) -> None:
         self._model = None

@@ -5,7 +5,7 @@ Adding a family: see docs/architectures.md.
 
 from __future__ import annotations
 
-from exoquic.models.architectures import llama, qwen2, qwen3
+from exoquic.models.architectures import gemma2, llama, phi3, qwen2, qwen3
 from exoquic.models.architectures.base import (
     GGUF_LAYER_NAMES,
     Architecture,
@@ -22,7 +22,9 @@ __all__ = [
     "for_hf_model_type",
 ]
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (llama.ARCH, qwen2.ARCH, qwen3.ARCH)}
+ARCHITECTURES: dict[str, Architecture] = {
+    a.name: a for a in (llama.ARCH, qwen2.ARCH, qwen3.ARCH, phi3.ARCH, gemma2.ARCH)
+}
 
 
 def by_name(name: str) -> Architecture:
