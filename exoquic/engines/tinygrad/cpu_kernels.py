@@ -23,9 +23,9 @@ Below `GEMM_ROWS` rows (decode, batched decode) every output row is computed
 by the same sequence of operations whatever the number of rows, so batching
 changes nothing. From `GEMM_ROWS` rows on (prefill chunks) the same int16
 activations are dequantized to float32 and multiplied in a register-tiled
-float32 GEMM (`gemm_source`: weight broadcast against 8-row activation vectors,
-~75% of the FMA units' peak here, ~2x the per-row kernels); it agrees with the
-dot products up to float32 rounding.
+float32 GEMM (`gemm_source`: weights broadcast against 8-row activation vectors,
+65-89 GFLOP/s of one core here); it agrees with the dot products up to float32
+rounding.
 
 Kernel sources are `string.Template`s over the shape constants; `$OUT`,
 `$X`... name the buffer arguments and `$TID`, `$THREADS` the thread split
