@@ -19,7 +19,7 @@ from exoquic.api.limits import AdmissionLimits
 from exoquic.api.security import API_KEY_ENV, ApiSecurity, token_path
 from exoquic.errors import StartupError
 from exoquic.local_api import advertised, browser_urls
-from exoquic.orchestration.network import ClusterSettings
+from exoquic.orchestration.cluster import ClusterSettings
 from exoquic.orchestration.node import NodeSettings, open_node
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from exoquic.wire.messages import MESSAGE_TYPES, Forward, Message, encode_messag
 CORPUS = Path(__file__).parent / "corpus"
 # The example messages are shared with the round-trip tests (tests/ is no package).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from wire.message_examples import EXAMPLES  # noqa: E402
+from wire.message_examples import EXAMPLES, NODE_ID  # noqa: E402
 
 
 class MissingExampleError(Exception):
@@ -61,7 +61,7 @@ def message_seeds(examples: dict[str, list[Message]] = EXAMPLES) -> list[bytes]:
                 raise MissingExampleError(f"EXAMPLES[{type_name!r}] holds a {message!r}")
             seeds.append(encode_message(message))
     hidden = np.ones((1, 4), np.float32)
-    seeds.append(encode_message(Forward("r", 1, 0, hidden), bfloat16=True))
+    seeds.append(encode_message(Forward("r", 1, 0, hidden, NODE_ID), bfloat16=True))
     return seeds
 
 

@@ -310,10 +310,33 @@ def generate(
     Tensors are made and written one at a time, so memory stays small.
     """
     shape = SHAPES[shape_name] if isinstance(shape_name, str) else shape_name
-    _, file_type = MIXES[mix]
     rng = np.random.default_rng(seed)
+    w, plan = _write_header(shape, str(shape_name), mix, out, tokenizer)
+    # Tensors are made and written one by one: an 8B model never sits in memory.
+    for name, dims, qtype in plan:
+        if qtype is None:
+            w.write_tensor_data(dense_tensor(name, dims[0], shape, rng))
+        else:
+            w.write_tensor_data(random_blocks(qtype, dims[0], dims[1], rng))
+    w.close()
+
+
+def generate_header(
+    shape_name: str | ModelShape, mix: str, out: Path, tokenizer: Path | None = None
+) -> None:
+    """Write only the header (metadata and tensor table) of what `generate` writes:
+    enough to compute byte ranges of an 8B file without writing its 4.9 GB."""
+    shape = SHAPES[shape_name] if isinstance(shape_name, str) else shape_name
+    w, _ = _write_header(shape, str(shape_name), mix, out, tokenizer)
+    w.close()
+
+
+def _write_header(
+    shape: ModelShape, label: str, mix: str, out: Path, tokenizer: Path | None
+) -> tuple[GGUFWriter, list[tuple[str, tuple[int, ...], T | None]]]:
+    _, file_type = MIXES[mix]
     w = GGUFWriter(out, shape.arch)
-    write_metadata(w, shape, file_type, f"random {shape_name} {mix}")
+    write_metadata(w, shape, file_type, f"random {label} {mix}")
     copy_tokenizer(w, tokenizer or bundled_tokenizer_source(), shape.vocab)
     plan = [
         (name, dims, _planned_type(shape, mix, name, dims)) for name, dims in tensor_shapes(shape)
@@ -328,13 +351,7 @@ def generate(
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    # Tensors are made and written one by one: an 8B model never sits in memory.
-    for name, dims, qtype in plan:
-        if qtype is None:
-            w.write_tensor_data(dense_tensor(name, dims[0], shape, rng))
-        else:
-            w.write_tensor_data(random_blocks(qtype, dims[0], dims[1], rng))
-    w.close()
+    return w, plan
 
 
 def _planned_type(shape: ModelShape, mix: str, name: str, dims: tuple[int, ...]) -> T | None:

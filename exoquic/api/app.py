@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Response, request, send_from_directory
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
@@ -15,6 +17,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 from exoquic.api.admission import Admission
 from exoquic.api.errors import APIError
 from exoquic.api.limits import AdmissionLimits
+from exoquic.api.metrics import ApiMetrics
+from exoquic.api.ollama_routes import blueprint as ollama_blueprint
 from exoquic.api.openai_routes import blueprint as openai_blueprint
 from exoquic.api.openapi import openapi_document
 from exoquic.api.security import ApiSecurity
@@ -39,12 +43,16 @@ def create_app(
     admission = Admission(limits)
     app.config["EXOQUIC_NODE"] = node
     app.config["EXOQUIC_ADMISSION"] = admission
+    metrics = ApiMetrics(node, admission)
+    app.config["EXOQUIC_METRICS"] = metrics
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["RESPONSE_TIMEOUT"] = None  # streams last as long as generation does
     app.register_blueprint(openai_blueprint)
+    app.register_blueprint(ollama_blueprint)
     policy = security or ApiSecurity()
     _add_checks(app, policy)
     _add_info_routes(app, node, admission, policy)
+    _add_metrics(app, metrics)
     _add_error_handlers(app)
     return app
 
@@ -75,6 +83,19 @@ def _add_checks(app: QuartTrio, policy: ApiSecurity) -> None:
             response.headers["Content-Security-Policy"] = (
                 "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
             )
+        return response
+
+
+def _add_metrics(app: QuartTrio, metrics: ApiMetrics) -> None:
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
+
+    @app.after_request
+    async def count(response: Response) -> Response:
+        # The route's pattern, not the path: unknown paths must not grow the label set.
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
         return response
 
 
@@ -193,7 +214,10 @@ def http_refusal(error: HTTPException) -> APIError:
 
 
 def error_response(error: APIError) -> Response:
-    response = Response(error.json(), status=error.status, content_type="application/json")
+    # Ollama's clients read a plain {"error": message} from its routes.
+    ollama = request.path.startswith("/api/")
+    body = json.dumps({"error": error.message}) if ollama else error.json()
+    response = Response(body, status=error.status, content_type="application/json")
     response.headers.update(error.headers)
     if error.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="exoquic"'

@@ -13,11 +13,13 @@ from quart import Blueprint, Response, current_app, request
 
 from exoquic.api.admission import Admission, Slot
 from exoquic.api.errors import APIError
+from exoquic.api.metrics import ApiMetrics, GenerationMeter, metered
 from exoquic.api.schemas import CompletionParams, parse_chat_request, parse_text_request
+from exoquic.api.tool_calls import ToolCall, call_id
+from exoquic.api.tools import ReplyPiece, ToolCalling, reply_pieces
 from exoquic.models.errors import MessagesRejectedError
 from exoquic.models.generation_defaults import GenerationDefaults
 from exoquic.orchestration.generation import (
-    GenerationChunk,
     GenerationRequest,
     RequestError,
     UnavailableError,
@@ -34,6 +36,15 @@ def node() -> Node:
 
 def admission() -> Admission:
     return current_app.config["EXOQUIC_ADMISSION"]
+
+
+def generation_meter(prompt_tokens: int) -> GenerationMeter | None:
+    """A meter for the current request's generation (None for an app without metrics)."""
+    metrics: ApiMetrics | None = current_app.config.get("EXOQUIC_METRICS")
+    if metrics is None:
+        return None
+    rule = request.url_rule.rule if request.url_rule is not None else request.path
+    return metrics.meter(rule, prompt_tokens)
 
 
 async def json_body() -> Any:
@@ -62,8 +73,10 @@ async def chat_completions() -> Response:
     body = with_model_defaults(await json_body(), node().defaults)
     chat = parse_chat_request(body, context=node().max_context)
     serving = serving_node(chat.params.model)
-    prompt = await tokenized(serving.encode_chat(list(chat.messages)), "messages")
-    return await complete(serving, prompt, chat.params, chat=True)
+    calling = ToolCalling.for_template(chat.tools, serving.tokenizer.chat_template)
+    messages, tools = calling.render(list(chat.messages))
+    prompt = await tokenized(serving.encode_chat(messages, tools, calling.prefix), "messages")
+    return await complete(serving, prompt, chat.params, chat=True, calling=calling)
 
 
 @blueprint.post("/v1/completions")
@@ -129,30 +142,45 @@ def serving_node(model: str) -> Node:
 
 
 def check_room(serving: Node, prompt: list[int], params: CompletionParams, chat: bool) -> None:
-    """Refuse, as OpenAI does, a prompt plus `max_tokens` the context cannot hold."""
-    param = "messages" if chat else "prompt"
-    if not prompt:
-        raise APIError(400, "the prompt is empty", param=param)
+    """Refuse, as OpenAI does, a request the node cannot take (`Node.check_request`)."""
     try:
-        serving.check_fits(len(prompt))
+        serving.check_request(len(prompt), params.max_tokens)
     except RequestError as exc:
+        param = exc.param or ("messages" if chat else "prompt")
         raise APIError(400, str(exc), param=param, code=exc.code) from exc
-    if params.max_tokens is not None and len(prompt) + params.max_tokens > serving.max_context:
-        raise APIError(
-            400,
-            f"this node's context is {serving.max_context} tokens, but {len(prompt)} prompt "
-            f"tokens plus max_tokens {params.max_tokens} ask for "
-            f"{len(prompt) + params.max_tokens}; lower max_tokens or shorten the prompt",
-            param="max_tokens",
-            code="context_length_exceeded",
-        )
 
 
 async def complete(
-    serving: Node, prompt: list[int], params: CompletionParams, *, chat: bool
+    serving: Node,
+    prompt: list[int],
+    params: CompletionParams,
+    *,
+    chat: bool,
+    calling: ToolCalling | None = None,
 ) -> Response:
+    generation = new_generation(serving, prompt, params, chat)
+    shape = ResponseShape(serving.model_id, generation.request_id, chat, len(prompt))
+    meter = generation_meter(len(prompt))
+    # Admitted only once the request is known to be valid: a bad one gets its
+    # 400, not a 429, and never takes a slot.
+    slot = await admission().admit()
+    if params.stream:
+        usage = params.include_usage
+        return stream_response(serving, generation, shape, usage, slot, calling, meter)
+    with slot:
+        reply = await collect(serving, generation, calling, meter)
+    return Response(
+        json.dumps(shape.whole(reply)),
+        content_type="application/json",
+    )
+
+
+def new_generation(
+    serving: Node, prompt: list[int], params: CompletionParams, chat: bool
+) -> GenerationRequest:
+    """The generation a valid request asks for (400 when it cannot fit)."""
     check_room(serving, prompt, params, chat)
-    generation = GenerationRequest(
+    return GenerationRequest(
         request_id=new_request_id(),
         prompt_tokens=tuple(prompt),
         sampling=params.sampling,
@@ -161,28 +189,22 @@ async def complete(
         max_tokens=params.max_tokens or serving.defaults.max_tokens,
         stop=params.stop,
     )
-    shape = ResponseShape(serving.model_id, generation.request_id, chat, len(prompt))
-    # Admitted only once the request is known to be valid: a bad one gets its
-    # 400, not a 429, and never takes a slot.
-    slot = await admission().admit()
-    if params.stream:
-        return stream_response(serving, generation, shape, params.include_usage, slot)
-    with slot:
-        text, completion_tokens, finish = await collect(serving, generation)
-    return Response(
-        json.dumps(shape.whole(text, finish, completion_tokens)),
-        content_type="application/json",
-    )
 
 
-async def collect(serving: Node, generation: GenerationRequest) -> tuple[str, int, str | None]:
+async def collect(
+    serving: Node,
+    generation: GenerationRequest,
+    calling: ToolCalling | None = None,
+    meter: GenerationMeter | None = None,
+) -> ReplyPiece:
+    """The whole reply as one piece: all its text, its calls, its finish reason."""
     parts: list[str] = []
-    tokens, finish = 0, None
-    async with open_generation(serving, generation) as chunks:
-        async for chunk in chunks:
-            parts.append(chunk.text)
-            tokens, finish = chunk.token_count, chunk.finish_reason
-    return "".join(parts), tokens, finish
+    last = ReplyPiece("", 0)
+    async with open_reply(serving, generation, calling, meter) as pieces:
+        async for piece in pieces:
+            parts.append(piece.text)
+            last = piece
+    return ReplyPiece("".join(parts), last.token_count, last.finish_reason, last.calls)
 
 
 def stream_response(
@@ -191,9 +213,11 @@ def stream_response(
     shape: ResponseShape,
     include_usage: bool,
     slot: Slot,
+    calling: ToolCalling | None = None,
+    meter: GenerationMeter | None = None,
 ) -> Response:
     """The SSE response; its body owns `slot` and frees it when the stream ends."""
-    events = stream_events(serving, generation, shape, include_usage, slot)
+    events = stream_events(serving, generation, shape, include_usage, slot, calling, meter)
     slot.release_with(events)  # in case the server drops the body unread
     response = Response(events, content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
@@ -208,6 +232,8 @@ async def stream_events(
     shape: ResponseShape,
     include_usage: bool,
     slot: Slot,
+    calling: ToolCalling | None = None,
+    meter: GenerationMeter | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE body. A client that disconnects cancels this iterator (quart-trio
     cancels the request's task on `http.disconnect`), and `aclosing` then frees
@@ -217,13 +243,15 @@ async def stream_events(
             yield sse(shape.chunk({"role": "assistant", "content": ""}, None))
         tokens = 0
         try:
-            async with open_generation(serving, generation) as chunks:
-                async for chunk in chunks:
-                    tokens = chunk.token_count
-                    if chunk.text:
-                        yield sse(shape.chunk({"content": chunk.text}, None, text=chunk.text))
-                    if chunk.finish_reason:
-                        yield sse(shape.chunk({}, chunk.finish_reason, text=""))
+            async with open_reply(serving, generation, calling, meter) as pieces:
+                async for piece in pieces:
+                    tokens = piece.token_count
+                    if piece.text:
+                        yield sse(shape.chunk({"content": piece.text}, None, text=piece.text))
+                    for index, call in enumerate(piece.calls):
+                        yield sse(shape.chunk({"tool_calls": [shape.tool_call(call, index)]}, None))
+                    if piece.finish_reason:
+                        yield sse(shape.chunk({}, piece.finish_reason, text=""))
         except Exception as exc:
             # The 200 status is already sent: report the failure the way OpenAI's
             # stream does, as an error event, and still end the stream cleanly.
@@ -238,13 +266,21 @@ async def stream_events(
         yield b"data: [DONE]\n\n"
 
 
-def open_generation(
-    serving: Node, generation: GenerationRequest
-) -> aclosing[AsyncGenerator[GenerationChunk, None]]:
-    """`serving.generate(...)` closed on exit, so its KV cache is freed however we leave."""
+def open_reply(
+    serving: Node,
+    generation: GenerationRequest,
+    calling: ToolCalling | None = None,
+    meter: GenerationMeter | None = None,
+) -> aclosing[AsyncGenerator[ReplyPiece, None]]:
+    """The reply's pieces: `serving.generate(...)`'s chunks, timed and counted by
+    `meter`, with tool calls taken out (`calling`; see `reply_pieces`). Closed
+    on exit, each layer closing the one it reads, so the KV cache is freed
+    however we leave."""
     chunks = serving.generate(generation)
     assert isinstance(chunks, AsyncGenerator)  # typed as an iterator, built as a generator
-    return aclosing(chunks)
+    pieces = reply_pieces(metered(chunks, meter), calling)
+    assert isinstance(pieces, AsyncGenerator)
+    return aclosing(pieces)
 
 
 def sse(payload: dict[str, Any]) -> bytes:
@@ -277,19 +313,37 @@ class ResponseShape:
             "total_tokens": self.prompt_tokens + completion_tokens,
         }
 
-    def whole(self, text: str, finish: str | None, completion_tokens: int) -> dict[str, Any]:
+    def whole(self, reply: ReplyPiece) -> dict[str, Any]:
+        finish = reply.finish_reason
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
         if self.chat:
-            choice["message"] = {"role": "assistant", "content": text}
+            message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+            if reply.calls:
+                # OpenAI's shape: no content (null) when the reply is only calls.
+                message["content"] = reply.text or None
+                calls = [self.tool_call(c, i) for i, c in enumerate(reply.calls)]
+                message["tool_calls"] = [
+                    {k: v for k, v in c.items() if k != "index"} for c in calls
+                ]
+            choice["message"] = message
         else:
-            choice["text"] = text
+            choice["text"] = reply.text
         return {
             **self._envelope(stream=False),
             "choices": [choice],
-            "usage": self.usage(completion_tokens),
+            "usage": self.usage(reply.token_count),
         }
 
-    def chunk(self, delta: dict[str, str], finish: str | None, text: str = "") -> dict[str, Any]:
+    def tool_call(self, call: ToolCall, index: int) -> dict[str, Any]:
+        """One call as OpenAI shows it (`index` matters only in stream deltas)."""
+        return {
+            "index": index,
+            "id": call_id(self.id.removeprefix("chatcmpl-"), index),
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments_json()},
+        }
+
+    def chunk(self, delta: dict[str, Any], finish: str | None, text: str = "") -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
         if self.chat:
             choice["delta"] = delta

@@ -53,14 +53,45 @@ COMMON_PROPERTIES: dict[str, Any] = {
     "user": {"description": "Accepted and ignored."},
     "metadata": {"description": "Accepted and ignored."},
     "store": {"description": "Accepted and ignored."},
-    "parallel_tool_calls": {"description": "Accepted and ignored."},
     "service_tier": {"description": "Accepted and ignored."},
+}
+TOOL = {
+    "type": "object",
+    "required": ["type", "function"],
+    "properties": {
+        "type": {"const": "function"},
+        "function": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+                "description": {"type": "string"},
+                "parameters": {"type": "object", "description": "A JSON schema"},
+            },
+        },
+    },
+}
+TOOL_CALL = {
+    "type": "object",
+    "required": ["function"],
+    "properties": {
+        "id": {"type": "string"},
+        "type": {"const": "function"},
+        "function": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
+        },
+    },
 }
 MESSAGE = {
     "type": "object",
-    "required": ["role", "content"],
+    "required": ["role"],
+    "description": "content may be null only on an assistant message with tool_calls.",
     "properties": {
-        "role": {"enum": ["system", "developer", "user", "assistant"]},
+        "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+        "tool_calls": {"type": "array", "items": TOOL_CALL, "description": "assistant only"},
+        "tool_call_id": {"type": "string", "description": "tool only"},
         "content": {
             "oneOf": [
                 {"type": "string"},
@@ -85,6 +116,25 @@ CHAT_REQUEST = {
         "messages": {"type": "array", "minItems": 1, "items": _ref("ChatMessage")},
         "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
         "response_format": {"const": {"type": "text"}},
+        "tools": {"type": "array", "items": TOOL, "maxItems": 128},
+        "tool_choice": {
+            "oneOf": [
+                {"enum": ["auto", "none", "required"]},
+                {
+                    "type": "object",
+                    "required": ["type", "function"],
+                    "properties": {
+                        "type": {"const": "function"},
+                        "function": {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {"name": {"type": "string"}},
+                        },
+                    },
+                },
+            ]
+        },
+        "parallel_tool_calls": {"type": ["boolean", "null"], "default": True},
         **COMMON_PROPERTIES,
     },
 }
@@ -173,6 +223,19 @@ def _get_route(summary: str, public: bool = False) -> dict[str, Any]:
     return {"get": route}
 
 
+def _ollama_route(summary: str) -> dict[str, Any]:
+    ndjson = {"application/json": {"schema": {"type": "object"}}, "application/x-ndjson": {}}
+    return {
+        "post": {
+            "summary": summary,
+            "requestBody": {"required": True, "content": {"application/json": {}}},
+            "responses": {
+                "200": {"description": "A reply, or an NDJSON stream", "content": ndjson}
+            },
+        }
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     """The API description (a fresh copy per call: callers may change it)."""
     return copy.deepcopy(_DOCUMENT)
@@ -208,5 +271,13 @@ _DOCUMENT: dict[str, Any] = {
             public=True,
         ),
         "/openapi.json": _get_route("This document", public=True),
+        "/metrics": _get_route("Prometheus text format (see docs/api.md, Metrics)"),
+        # Ollama's API (see docs/api.md); its bodies are Ollama's, documented there.
+        "/api/chat": _ollama_route("Ollama chat"),
+        "/api/generate": _ollama_route("Ollama generate"),
+        "/api/show": _ollama_route("Ollama model details"),
+        "/api/tags": _get_route("Ollama: the models this node serves"),
+        "/api/ps": _get_route("Ollama: the running models"),
+        "/api/version": _get_route("Ollama: the API version these routes follow"),
     },
 }

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from exoquic.api.errors import invalid
+from exoquic.api.tools import ToolRequest, assistant_tool_calls, parse_tools
 from exoquic.engines.sampling import SamplingParams
 
-ROLES = ("system", "user", "assistant", "developer")
+ROLES = ("system", "user", "assistant", "developer", "tool")
 MAX_STOPS = 4
 # Longer stop strings are refused: text that may begin one is held back from a
 # stream, and matching keeps a table as long as each one (see orchestration/stops.py).
@@ -24,11 +25,22 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "logprobs": False,
     "n": 1,
 }
-IGNORED = {"user", "metadata", "store", "parallel_tool_calls", "service_tier"}
+IGNORED = {"user", "metadata", "store", "service_tier"}
 # Keys the official SDKs echo back on assistant messages; accepted only while empty.
-EMPTY_MESSAGE_FIELDS = ("refusal", "tool_calls", "function_call", "audio", "annotations")
+EMPTY_MESSAGE_FIELDS = ("refusal", "function_call", "audio", "annotations")
+# Tool-calling fields each role may carry (see exoquic.api.tools).
+MESSAGE_TOOL_FIELDS = {"assistant": {"tool_calls"}, "tool": {"tool_call_id"}}
 MAX_PROMPT_ITEMS = 1_000_000
-CHAT_FIELDS = frozenset({"messages", "max_completion_tokens", "response_format"})
+CHAT_FIELDS = frozenset(
+    {
+        "messages",
+        "max_completion_tokens",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+    }
+)
 TEXT_FIELDS = frozenset({"prompt", "echo", "suffix", "best_of"})
 COMMON_FIELDS = frozenset(
     {
@@ -61,8 +73,12 @@ class CompletionParams:
 
 @dataclass(frozen=True)
 class ChatRequest:
-    messages: tuple[dict[str, str], ...]
+    """`messages` hold `role` and `content` (a string), and where given an
+    assistant's `tool_calls` (OpenAI's shape) or a tool result's `tool_call_id`."""
+
+    messages: tuple[dict[str, Any], ...]
     params: CompletionParams
+    tools: ToolRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +98,8 @@ def parse_chat_request(body: Any, context: int = MAX_PROMPT_ITEMS) -> ChatReques
     response_format = obj.get("response_format")
     if response_format is not None and response_format != {"type": "text"}:
         raise invalid('only \'response_format\': {"type": "text"} is supported', "response_format")
-    return ChatRequest(_messages(obj.get("messages"), context), _common(obj))
+    messages = _messages(obj.get("messages"), context)
+    return ChatRequest(messages, _common(obj), parse_tools(obj))
 
 
 def parse_text_request(body: Any, context: int = MAX_PROMPT_ITEMS) -> TextRequest:
@@ -169,30 +186,46 @@ def _check_count(items: list[Any], context: int, what: str, param: str) -> None:
         )
 
 
-def _messages(value: Any, context: int) -> tuple[dict[str, str], ...]:
+def _messages(value: Any, context: int) -> tuple[dict[str, Any], ...]:
     if not isinstance(value, list) or not value:
         raise invalid("'messages' must be a non-empty array", "messages")
     _check_count(value, context, "messages", "messages")
     return tuple(_message(m, i, context) for i, m in enumerate(value))
 
 
-def _message(value: Any, index: int, context: int) -> dict[str, str]:
+def _message(value: Any, index: int, context: int) -> dict[str, Any]:
     param = f"messages[{index}]"
     if not isinstance(value, dict):
         raise invalid(f"{param} must be an object", param)
     role = value.get("role")
     if role not in ROLES:
         raise invalid(f"{param}.role must be one of {', '.join(ROLES)}", f"{param}.role")
+    allowed = {"role", "content", "name"} | MESSAGE_TOOL_FIELDS.get(role, set())
     for key, field_value in value.items():
-        if key in ("role", "content", "name") or (key in EMPTY_MESSAGE_FIELDS and not field_value):
+        if key in allowed or (key in EMPTY_MESSAGE_FIELDS and not field_value):
+            continue
+        if key == "tool_calls" and not field_value:
             continue
         raise invalid(f"{param}.{key} is not supported", f"{param}.{key}")
     if "name" in value and not isinstance(value["name"], str):
         raise invalid(f"{param}.name must be a string", f"{param}.name")
-    return {
-        "role": "system" if role == "developer" else role,
-        "content": _content(value.get("content"), f"{param}.content", context),
-    }
+    message: dict[str, Any] = {"role": "system" if role == "developer" else role}
+    calls = value.get("tool_calls")
+    if calls:
+        message["tool_calls"] = assistant_tool_calls(calls, f"{param}.tool_calls")
+    content = value.get("content")
+    # An assistant turn that only calls tools has no content.
+    message["content"] = (
+        "" if content is None and calls else _content(content, f"{param}.content", context)
+    )
+    if role == "tool":
+        call_id = value.get("tool_call_id")
+        if call_id is not None and not isinstance(call_id, str):
+            raise invalid(f"{param}.tool_call_id must be a string", f"{param}.tool_call_id")
+        message["tool_call_id"] = call_id or ""
+        if isinstance(value.get("name"), str):
+            message["name"] = value["name"]
+    return message
 
 
 def _content(value: Any, param: str, context: int) -> str:

@@ -22,6 +22,7 @@ COMMANDS = (
     "up",
     "run",
     "models",
+    "pull",
     "keys",
     "pair",
     "trust",

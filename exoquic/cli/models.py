@@ -12,6 +12,7 @@ from exoquic.cli.options import Subcommands
 
 if TYPE_CHECKING:
     from exoquic.download.cache import CachedModel
+    from exoquic.models.registry import ModelEntry
 
 # Command bodies import what they use: registering the commands stays cheap.
 
@@ -69,21 +70,27 @@ def cmd_list(args: argparse.Namespace) -> int:
     cached = {m.repo_id: m for m in cached_models(default_cache_dir())}
     table = whole(Table(*REGISTRY_COLUMNS, "cached"), *WHOLE_COLUMNS, "cached")
     for entry in list_models():
-        cached_text = _cached_text(cached.pop(entry.hf_repo, None), bundled=entry.bundled_package)
-        table.add_row(*registry_row(entry, format_bytes), cached_text)
+        # What `exoquic pull` fetched (the GGUF) and the safetensors, whichever is cached.
+        in_cache = [cached.pop(r) for r in _repos_of(entry) if r in cached]
+        table.add_row(
+            *registry_row(entry, format_bytes), _cached_text(in_cache, entry.bundled_package)
+        )
     blank = [""] * (len(REGISTRY_COLUMNS) - 2)
     for repo_id, model in sorted(cached.items()):
-        table.add_row(repo_id, *blank, repo_id, _cached_text(model, bundled=None))
+        table.add_row(repo_id, *blank, repo_id, _cached_text([model], bundled=None))
     console = Console()
     print_table(table, console)
     console.print(f"cache: {default_cache_dir()}", soft_wrap=True)
     return 0
 
 
-def _cached_text(model: CachedModel | None, bundled: str | None) -> str:
+def _repos_of(entry: ModelEntry) -> list[str]:
+    return [r for r in (entry.gguf_repo, entry.hf_repo) if r]
+
+
+def _cached_text(models: list[CachedModel], bundled: str | None) -> str:
     parts = [f"bundled GGUF ({bundled})"] if bundled else []
-    if model is not None:
-        parts.append(f"{format_bytes(model.size_on_disk)} in {model.files} files")
+    parts += [m.summary() for m in models]
     return ", ".join(parts) or "-"
 
 
@@ -118,13 +125,16 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     from exoquic.download.cache import RepoCache, default_cache_dir
+    from exoquic.models.registry import find_model
 
-    repo_id = hub_repo_for(args.model)
-    if RepoCache(default_cache_dir(), repo_id).remove():
+    entry = find_model(args.model)
+    repos = _repos_of(entry) if entry is not None else [args.model]
+    removed = [r for r in repos if RepoCache(default_cache_dir(), r).remove()]
+    for repo_id in removed:
         print(f"removed {repo_id}")
-        return 0
-    print(f"{repo_id} is not cached", file=sys.stderr)
-    return 1
+    if not removed:
+        print(f"{' or '.join(repos)} is not cached", file=sys.stderr)
+    return 0 if removed else 1
 
 
 def format_bytes(n: int) -> str:

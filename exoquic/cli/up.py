@@ -13,7 +13,7 @@ from exoquic.cli.options import Subcommands, add_model_options, parse_size
 from exoquic.errors import StartupError
 
 if TYPE_CHECKING:
-    from exoquic.orchestration.network import ClusterSettings
+    from exoquic.orchestration.cluster import ClusterSettings
 
 
 def register(commands: Subcommands) -> None:
@@ -156,7 +156,7 @@ def cluster_settings(args: argparse.Namespace) -> ClusterSettings:
     from exoquic.identity.keys import IdentityError, load_or_create_identity
     from exoquic.identity.node_id import is_valid_device_name
     from exoquic.identity.trust import TrustStore, TrustStoreError
-    from exoquic.orchestration.network import ClusterSettings
+    from exoquic.orchestration.cluster import ClusterSettings
 
     methods = tuple(parse_methods(args.discovery))
     name = args.name or platform.node().split(".")[0] or "node"

@@ -1,4 +1,5 @@
-"""Models from the Hugging Face hub: fetch only a shard's files, resumably and verified.
+"""Models from the Hugging Face hub: fetch only a shard's files (or, for a single-file
+GGUF, only its byte ranges), resumably and verified.
 
 The names below load on first use, so that `exoquic --help` and commands that
 never download do not pay for importing huggingface_hub and its HTTP stack.
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
         IntegrityError,
         ModelNotCachedError,
     )
+    from exoquic.download.gguf import cached_gguf, download_gguf
     from exoquic.download.hub import (
         cached_shard,
         download_model,
@@ -32,6 +34,8 @@ _HOMES = {
     "DownloadError": "errors",
     "IntegrityError": "errors",
     "ModelNotCachedError": "errors",
+    "cached_gguf": "gguf",
+    "download_gguf": "gguf",
     "cached_shard": "hub",
     "download_model": "hub",
     "download_shard": "hub",
@@ -47,9 +51,11 @@ __all__ = [
     "IntegrityError",
     "ModelNotCachedError",
     "ProgressCallback",
+    "cached_gguf",
     "cached_models",
     "cached_shard",
     "default_cache_dir",
+    "download_gguf",
     "download_model",
     "download_shard",
     "download_shard_async",

@@ -19,13 +19,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from huggingface_hub import scan_cache_dir
 from huggingface_hub.file_download import repo_folder_name
 
 from exoquic import paths
+from exoquic.topology.fit import format_size
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
@@ -108,28 +109,79 @@ class RepoCache:
 
 
 @dataclass(frozen=True)
+class CachedShard:
+    """A GGUF of some layers of a hub GGUF (see `exoquic.download.gguf`)."""
+
+    file: str  # the full GGUF it was cut from
+    start_layer: int
+    end_layer: int
+    num_layers: int
+    size_on_disk: int
+
+    @property
+    def layers_text(self) -> str:
+        return f"layers {self.start_layer}-{self.end_layer} of {self.num_layers}"
+
+
+@dataclass(frozen=True)
 class CachedModel:
     repo_id: str
-    size_on_disk: int
-    files: int
+    size_on_disk: int  # whole files and shards together
+    files: int  # whole files (shards not counted)
     revisions: tuple[str, ...]  # commit hashes
+    shards: tuple[CachedShard, ...] = ()
+
+    def summary(self) -> str:
+        """`1.2 GB in 3 files; model.gguf layers 0-9 of 32` (for listings)."""
+        parts = [format_size(self.size_on_disk)]
+        if self.files:
+            parts[0] += f" in {self.files} file{'s' if self.files != 1 else ''}"
+        parts += [f"{s.file} {s.layers_text}" for s in self.shards]
+        return "; ".join(parts)
+
+
+_SHARD_FILE = re.compile(r"^(?P<stem>.+)\.layers-(?P<s>\d+)-(?P<e>\d+)-of-(?P<n>\d+)\.gguf$")
 
 
 def cached_models(cache_dir: Path) -> list[CachedModel]:
-    """Every model repository in the cache, with its size on disk."""
+    """Every model repository in the cache, with its size on disk and its GGUF shards."""
     if not cache_dir.exists():
         return []
+    # A repository holding only shards has no snapshot: the scan skips it (with a warning).
     info = scan_cache_dir(cache_dir)
-    return sorted(
-        (
-            CachedModel(
-                repo_id=repo.repo_id,
-                size_on_disk=repo.size_on_disk,
-                files=repo.nb_files,
-                revisions=tuple(sorted(r.commit_hash for r in repo.revisions)),
-            )
-            for repo in info.repos
-            if repo.repo_type == "model"
-        ),
-        key=lambda m: m.repo_id,
-    )
+    models = {
+        repo.repo_id: CachedModel(
+            repo_id=repo.repo_id,
+            size_on_disk=repo.size_on_disk,
+            files=repo.nb_files,
+            revisions=tuple(sorted(r.commit_hash for r in repo.revisions)),
+        )
+        for repo in info.repos
+        if repo.repo_type == "model"
+    }
+    for folder in sorted(cache_dir.glob("models--*")):
+        shards = _shards_in(folder / "shards")
+        if not shards:
+            continue
+        repo_id = folder.name.removeprefix("models--").replace("--", "/")
+        known = models.get(repo_id, CachedModel(repo_id, 0, 0, ()))
+        models[repo_id] = replace(
+            known,
+            size_on_disk=known.size_on_disk + sum(s.size_on_disk for s in shards),
+            shards=tuple(shards),
+        )
+    return sorted(models.values(), key=lambda m: m.repo_id)
+
+
+def _shards_in(folder: Path) -> list[CachedShard]:
+    shards = []
+    for path in sorted(folder.rglob("*.gguf")):
+        match = _SHARD_FILE.match(path.name)
+        if match is None:
+            continue
+        # shards/<commit>/<folders of the file in the repo>/<stem>.layers-...
+        inner = path.parent.relative_to(folder).parts[1:]
+        file = "/".join((*inner, match["stem"] + ".gguf"))
+        layers = int(match["s"]), int(match["e"]), int(match["n"])
+        shards.append(CachedShard(file, *layers, path.stat().st_size))
+    return shards

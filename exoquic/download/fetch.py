@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ MAX_STALLED_ATTEMPTS = 5  # consecutive attempts that brought no new byte
 RETRY_DELAY_S = 0.5
 HASH_BLOCK = 1 << 20
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-\d+/(\d+)$")
 
 Report = Callable[[int], None]
 """`report(bytes_on_disk)` after every chunk; raising from it stops the download."""
@@ -86,35 +88,78 @@ def digest_of(path: Path, is_lfs: bool) -> str:
     return h.hexdigest()
 
 
-def _transfer(
-    url: str, partial: Path, remote: RemoteFile, headers: dict[str, str], report: Report
+def fetch_range(
+    url: str,
+    part: Path,
+    remote: RemoteFile,
+    start: int,
+    end: int,
+    headers: dict[str, str],
+    report: Report,
 ) -> None:
-    """Grow `partial` to the file's size, retrying transient failures with Range requests."""
+    """Make `part` hold bytes `start..end` (end exclusive) of `remote`, continuing
+    what an earlier attempt left in it. Nothing is verified against the hub's
+    hash here (it covers the whole file); the server's Content-Range must name
+    the asked-for offset and the listed file size."""
+    if not 0 <= start <= end <= remote.size:
+        raise ValueError(f"bytes {start}..{end} are not within {remote.name} ({remote.size})")
+    _transfer(url, part, remote, headers, report, start=start, end=end)
+
+
+def _transfer(
+    url: str,
+    partial: Path,
+    remote: RemoteFile,
+    headers: dict[str, str],
+    report: Report,
+    start: int = 0,
+    end: int | None = None,
+) -> None:
+    """Grow `partial` to the range's size, retrying transient failures with Range requests."""
+    size = (remote.size if end is None else end) - start
     stalled = 0
-    while (have := _size(partial)) < remote.size:
+    while (have := _size(partial)) < size:
         try:
-            _get(url, partial, have, remote.size, headers, report)
+            _get(url, partial, _Span(remote, start, have, size), headers, report)
         except (httpx2.TransportError, _RetryableStatus) as e:
             stalled = 0 if _size(partial) > have else stalled + 1
             if stalled >= MAX_STALLED_ATTEMPTS:
                 raise DownloadError(f"{remote.name}: download failed {stalled} times: {e}") from e
-            log.info("%s: %s; resuming at byte %d", remote.name, e, _size(partial))
+            log.info("%s: %s; resuming at byte %d", remote.name, e, start + _size(partial))
             time.sleep(RETRY_DELAY_S * stalled)
-    # Writes stop at the size, so the file is never longer than the hub said.
+    # Writes stop at the size, so the file is never longer than asked for.
 
 
 class _RetryableStatus(Exception):
     pass
 
 
-def _get(
-    url: str, partial: Path, have: int, size: int, headers: dict[str, str], report: Report
-) -> None:
-    """One GET from byte `have` on, appended to `partial`, never past byte `size`
-    (a server that sends more, by mistake or to fill the disk, is cut off)."""
+@dataclass(frozen=True)
+class _Span:
+    """What one GET asks for: bytes `start + have .. start + size` of `remote`."""
+
+    remote: RemoteFile
+    start: int
+    have: int
+    size: int
+
+    @property
+    def whole_file(self) -> bool:
+        return self.start == 0 and self.size == self.remote.size
+
+    def range_header(self) -> str | None:
+        first = self.start + self.have
+        if self.whole_file:
+            return f"bytes={first}-" if first else None
+        return f"bytes={first}-{self.start + self.size - 1}"
+
+
+def _get(url: str, partial: Path, span: _Span, headers: dict[str, str], report: Report) -> None:
+    """One GET of the span's missing bytes, appended to `partial`, never past the
+    span's size (a server that sends more, by mistake or to fill the disk, is cut off)."""
     request_headers = dict(headers)
-    if have:
-        request_headers["Range"] = f"bytes={have}-"
+    if (wanted := span.range_header()) is not None:
+        request_headers["Range"] = wanted
     with get_session().stream(
         "GET", url, headers=request_headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT
     ) as response:
@@ -127,14 +172,33 @@ def _get(
             hf_raise_for_status(response)
         except HfHubHTTPError as e:
             raise DownloadError(f"{url}: {e}") from e
-        # A server that ignores Range answers 200 with the whole file.
-        mode = "ab" if response.status_code == 206 else "wb"
+        mode = _write_mode(response.status_code, response.headers.get("Content-Range"), span)
         with partial.open(mode) as f:
             for chunk in response.iter_bytes():
-                f.write(chunk[: size - f.tell()])
+                f.write(chunk[: span.size - f.tell()])
                 report(f.tell())
-                if f.tell() >= size:
+                if f.tell() >= span.size:
                     break  # closing the response drops whatever else it carries
+
+
+def _write_mode(status: int, content_range: str | None, span: _Span) -> str:
+    """Append for a 206 that starts where asked; start over for a 200 (a server
+    that ignores Range sends the whole file), which only works from byte 0."""
+    first = span.start + span.have
+    if status == 206:
+        match = _CONTENT_RANGE.match(content_range or "")
+        if not match or int(match.group(1)) != first or int(match.group(2)) != span.remote.size:
+            raise DownloadError(
+                f"{span.remote.name}: asked for bytes from {first} of a {span.remote.size}-byte "
+                f"file, the server sent {content_range!r}"
+            )
+        return "ab"
+    if span.start:
+        raise DownloadError(
+            f"{span.remote.name}: the server ignores Range requests, so a slice of the file "
+            "cannot be fetched"
+        )
+    return "wb"
 
 
 def _size(path: Path) -> int:

@@ -61,20 +61,26 @@ def compile_template(source: str) -> jinja2.Template:
 
 def render_chat(
     source: str,
-    messages: list[dict[str, str]],
+    messages: list[dict[str, Any]],
     add_generation_prompt: bool = True,
+    tools: list[dict[str, Any]] | None = None,
     **special_tokens: str | None,
 ) -> str:
     """Render `messages` with the template `source`.
 
     `special_tokens` (bos_token, eos_token, ...) are passed to the template as
-    variables, as transformers does. Raises ChatTemplateError when the template
-    rejects the messages or fails.
+    variables, as transformers does; so is `tools` (OpenAI's tool objects),
+    left undefined when None, as templates test `tools is defined`. Raises
+    ChatTemplateError when the template rejects the messages or fails.
     """
     template = compile_template(source)
+    extra = {} if tools is None else {"tools": tools}
     try:
         return template.render(
-            messages=messages, add_generation_prompt=add_generation_prompt, **special_tokens
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            **extra,
+            **special_tokens,
         )
     except ChatTemplateError:
         raise

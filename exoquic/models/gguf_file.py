@@ -19,6 +19,7 @@ section aligned to `general.alignment` (default 32).
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
 import struct
@@ -31,6 +32,15 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from exoquic.models.errors import ModelLoadError
+
+
+class GGUFHeaderIncomplete(ModelLoadError):
+    """The bytes given to `parse_gguf_header` end before the header does."""
+
+    def __init__(self, name: str, needed: int) -> None:
+        self.needed = needed  # the header is at least this many bytes long
+        super().__init__(f"{name}: the GGUF header needs more than the first {needed - 1} bytes")
+
 
 _MAGIC = b"GGUF"
 _DEFAULT_ALIGNMENT = 32
@@ -98,6 +108,8 @@ class _Cursor:
                 f"at offset {self.pos}, file is {self._size} bytes"
             )
         data = self._f.read(n)
+        if len(data) < n:  # a prefix of the file (parse_gguf_header) ran out
+            raise GGUFHeaderIncomplete(str(self._path), self.pos + n)
         self.pos += n
         return data
 
@@ -151,6 +163,12 @@ class GGUFFile:
     version: int
     metadata: dict[str, Any]
     tensors: dict[str, TensorInfo]
+    metadata_end: int = 0  # offset where the tensor infos start (the metadata is 24..here)
+    data_start: int = 0  # offset of the aligned data section
+
+    @property
+    def alignment(self) -> int:
+        return int(self.metadata.get("general.alignment", _DEFAULT_ALIGNMENT))
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> GGUFFile:
@@ -244,6 +262,7 @@ def _parse(cur: _Cursor, path: Path, size: int) -> GGUFFile:
     for i in range(n_kv):
         key = cur.string(f"metadata key #{i}")
         metadata[key] = cur.value(cur.unpack("<I", key), key)
+    metadata_end = cur.pos
     raw_infos = [_read_tensor_info(cur, path, i) for i in range(n_tensors)]
     alignment = int(metadata.get("general.alignment", _DEFAULT_ALIGNMENT))
     if alignment <= 0 or alignment & (alignment - 1):
@@ -258,7 +277,18 @@ def _parse(cur: _Cursor, path: Path, size: int) -> GGUFFile:
                 f"{info.offset + info.nbytes}, file is {size} bytes"
             )
         tensors[name] = info
-    return GGUFFile(path, size, version, metadata, tensors)
+    return GGUFFile(path, size, version, metadata, tensors, metadata_end, data_start)
+
+
+def parse_gguf_header(prefix: bytes, size: int, name: str) -> GGUFFile:
+    """Parse a GGUF header from the first bytes of a `size`-byte file named `name`.
+
+    For files not (yet) on disk, read with HTTP range requests. Raises
+    GGUFHeaderIncomplete (with the length known to be needed so far) when
+    `prefix` ends inside the header, ModelLoadError when it is not a valid GGUF
+    header for a file of `size` bytes.
+    """
+    return _parse(_Cursor(io.BytesIO(prefix), size, Path(name)), Path(name), size)
 
 
 def _read_tensor_info(

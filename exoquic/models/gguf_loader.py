@@ -25,6 +25,7 @@ from exoquic.models.architectures import Architecture, UnsupportedArchitectureEr
 from exoquic.models.config import ModelConfig, RopeScaling, rope_scaling_from_gguf
 from exoquic.models.errors import ModelLoadError
 from exoquic.models.gguf_file import GGUFFile, release_pages
+from exoquic.models.gguf_shard import shard_info, source_tensor_names
 from exoquic.models.longrope import longrope_from_gguf
 from exoquic.models.quant import quant_kind
 from exoquic.models.shard import Shard
@@ -95,6 +96,8 @@ def _config_from_metadata(gf: GGUFFile) -> ModelConfig:
     if not vocab:
         raise ModelLoadError(f"{gf.path}: cannot tell the vocabulary size")
     head_dim = int(get("attention.key_length", hidden // num_heads))
+    # The whole file's tensors, also for a shard cut from it (which lacks most).
+    names = source_tensor_names(gf.metadata, gf.tensors.keys())
     fields: dict[str, Any] = dict(
         architecture=family.name,
         vocab_size=int(vocab),
@@ -107,10 +110,10 @@ def _config_from_metadata(gf: GGUFFile) -> ModelConfig:
         rope_theta=float(get("rope.freq_base", 10000.0)),
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
         max_context=int(get("context_length", 2048)),
-        tie_word_embeddings=OUTPUT not in gf.tensors,
+        tie_word_embeddings=OUTPUT not in names,
         rope_scaling=_rope_scaling(gf, arch, head_dim),
     )
-    return ModelConfig(**(fields | family.gguf_features(md, gf.tensors.keys())))
+    return ModelConfig(**(fields | family.gguf_features(md, names)))
 
 
 def _rope_scaling(gf: GGUFFile, arch: str, head_dim: int) -> RopeScaling | None:
@@ -141,6 +144,12 @@ def load_gguf_shard(path: str | os.PathLike[str], shard: Shard) -> ShardWeights:
     if shard.num_layers != config.num_layers:
         raise ModelLoadError(
             f"{gf.path}: model has {config.num_layers} layers, shard expects {shard.num_layers}"
+        )
+    held = shard_info(gf.metadata, str(gf.path))
+    if held is not None and not held.holds(shard.start_layer, shard.end_layer):
+        raise ModelLoadError(
+            f"{gf.path}: holds layers {held.start_layer}..{held.end_layer} only, "
+            f"not {shard.start_layer}..{shard.end_layer}"
         )
     family = architectures.by_name(config.architecture)
     by_gguf_name: dict[str, WeightArray] = {}

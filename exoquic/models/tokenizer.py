@@ -162,7 +162,10 @@ class Tokenizer:
         return None if found is None else int(found)
 
     def apply_chat_template(
-        self, messages: list[dict[str, str]], add_generation_prompt: bool = True
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> str:
         """The prompt text for a conversation (ChatML when the model ships no template).
 
@@ -173,6 +176,7 @@ class Tokenizer:
             self.chat_template or CHATML_TEMPLATE,
             messages,
             add_generation_prompt,
+            tools,
             bos_token=self.bos_token or "",
             eos_token="" if eos is None else self.backend.id_to_token(eos),
         )

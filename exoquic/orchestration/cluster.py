@@ -1,74 +1,87 @@
-"""The cluster around one node: links to peers, plan agreement, message routing.
+"""A node's cluster: its parts, and `open_cluster`, which starts them on the network.
 
-A `Cluster` keeps one link per trusted peer it found (it dials them; they
-dial it), feeds membership, proposals and readiness to its `PlanState`, loads
-this node's shard whenever the adopted plan changes it, and routes ring
-messages between links and the node's `Ring`. The sequence, and why, is in
-docs/ring.md. `Cluster.local` is the same object for a node alone, with
-no network at all: a ring of one.
+A `Cluster` is four parts, each the one owner of its state:
+
+- `Peers` (peers.py): links, dialling and accepting, `Hello`, instances. It
+  publishes membership events and messages on one channel and offers `send`.
+- `Plans` and `PlanLoop` (plans.py): membership -> proposals -> readiness ->
+  loading; the record of which plan is adopted and which shard this node holds.
+- `Ring` (ring.py): the request flow, as origin and as a shard of others'.
+- the `EngineWorker` (worker.py), which runs the engine on its own thread.
+
+Data flows one way: `open_cluster`'s router reads `Peers.events` and hands
+each event to the plan loop or the ring; the plan loop tells the ring what
+plan changes mean for requests; the ring reads plans and sends through
+`Peers`. Nothing calls back up. `Cluster.alone` is the same object for a
+node alone, with no network at all: a ring of one.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
-import time
-from collections.abc import Callable
-from contextlib import suppress
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import trio
 
-from exoquic.discovery.peers import PeerEventKind, PeerInfo
-from exoquic.download.progress import reporting_to
+from exoquic import defaults
+from exoquic.discovery.peers import PeerEventKind
+from exoquic.discovery.tailscale import Probe
+from exoquic.errors import StartupError
+from exoquic.identity.keys import Identity
+from exoquic.identity.node_id import node_id_from_public_key
 from exoquic.identity.trust import TrustStore, TrustStoreError
-from exoquic.models.shard import Shard
-from exoquic.models.weights import ShardWeights
-from exoquic.orchestration.generation import UnavailableError
-from exoquic.orchestration.links import Link, LinkError, LinkGate, LinkStatistics, introduce
-from exoquic.orchestration.planning import Member, PlanKey, PlanState
-from exoquic.orchestration.progress import Preparation, ProgressGate
-from exoquic.orchestration.ring import PeerUnavailable, Ring, RingSettings
-from exoquic.orchestration.worker import EngineWorker, Job
-from exoquic.topology import (
-    Assignment,
-    DeviceCapabilities,
-    InsufficientMemoryError,
-    ModelRequirements,
-    Plan,
-)
-from exoquic.transport import (
-    ConnectionClosed,
-    Endpoint,
-    MessageStream,
-    QuicStream,
-)
-from exoquic.wire.errors import ErrorCode, RemoteProtocolError
-from exoquic.wire.messages import (
-    PROTOCOL_VERSION,
-    Forward,
-    Hello,
-    Message,
-    ModelProgress,
-    PlanProposal,
-    PlanReady,
-    Release,
-    RequestFailed,
-    TokenResult,
-)
+from exoquic.orchestration.peers import PeerJoined, PeerLeft, Peers, Received
+from exoquic.orchestration.planning import Member, PlanState
+from exoquic.orchestration.plans import PlanLoop, Plans, ShardLoader
+from exoquic.orchestration.ring import Ring, RingSettings
+from exoquic.orchestration.worker import EngineWorker
+from exoquic.topology import DEFAULT_MEMORY_FRACTION
+from exoquic.transport import Endpoint, TransportConfig, open_endpoint
+from exoquic.wire.errors import RemoteProtocolError
+from exoquic.wire.messages import Forward, ModelProgress, Release, RequestFailed, TokenResult
 
 log = logging.getLogger(__name__)
 
-DIAL_INTERVAL = 1.0
-CONNECT_TIMEOUT = 5.0
-LOAD_RETRY_DELAY = 10.0
-"""After a failed load (say, the hub unreachable), try again this much later
-unless a new plan or a membership change comes first."""
+DEFAULT_NODE_PORT = defaults.NODE_PORT
+TRUST_POLL_INTERVAL = 0.5
+"""How often a running node looks for changes to its trust store (seconds)."""
 
-ShardLoader = Callable[[Shard], ShardWeights]
+_RING_MESSAGES = (Forward, TokenResult, RequestFailed, Release)
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """How a node finds and talks to its peers (`exoquic up` options)."""
+
+    identity: Identity
+    trust: TrustStore
+    name: str
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_NODE_PORT
+    discovery: tuple[str, ...] = ("multicast", "manual")
+    peers_file: Path | None = None
+    memory_limit: int | None = None
+    """Offer at most this many bytes to the cluster (tests simulate small devices)."""
+    peer_timeout: float = defaults.PEER_TIMEOUT_S
+    """Seconds of silence after which a peer is dead (the QUIC idle timeout)."""
+    join_timeout: float = 5.0
+    """At start, how long to wait for the known peers before the first plan."""
+    settle_time: float = 0.3
+    """Membership must stay unchanged this long before a plan is proposed."""
+    plan_timeout: float = 60.0
+    """How long a request waits for an agreed, loaded plan."""
+    memory_fraction: float = DEFAULT_MEMORY_FRACTION
+    ring_settings: RingSettings = field(default_factory=RingSettings)
 
 
 class Cluster:
-    """Membership, plan agreement and message routing for one node (a `Router`)."""
+    """This node's parts (see the module docstring); `open_cluster` runs them."""
 
     def __init__(
         self,
@@ -76,517 +89,42 @@ class Cluster:
         worker: EngineWorker,
         load_shard: ShardLoader,
         *,
-        model_id: str,
         plan_timeout: float = 60.0,
         settle_time: float = 0.3,
         join_timeout: float = 5.0,
-        ring: RingSettings | None = None,
+        ring_settings: RingSettings | None = None,
     ) -> None:
-        self.state = state
         self.node_id = state.me.node_id
         self.worker = worker
-        self.model_id = model_id
-        self.ring = Ring(self, worker, ring)
-        self.plan_timeout = plan_timeout
-        self.settle_time = settle_time
-        self.join_timeout = join_timeout
-        self.link_stats = LinkStatistics()
-        self.endpoint: Endpoint | None = None
-        self.known: dict[str, PeerInfo] = {}
-        self._load_shard = load_shard
-        self._shard: Shard | None = None
-        self._links: dict[str, list[Link]] = {}
-        self._link_gate = LinkGate()  # one link per connection
-        self._dialing: set[str] = set()
-        self._changed = trio.Event()
-        self._new_peers = trio.Event()  # wakes the dialer
-        self._membership_changed = trio.Event()
-        self._nursery: trio.Nursery | None = None
-        # When this process started: a peer that sees a newer instance of a node
-        # knows the old one is gone, even before its connections time out.
-        self.instance = time.time_ns()
-        self._instances: dict[str, int] = {}
-        # This node's model preparation, and the latest one each linked peer reported.
-        self.preparation = Preparation(model_id)
-        self.peer_progress: dict[str, ModelProgress] = {}
-        self._preparation_changed = trio.Event()
-
-    @classmethod
-    def local(cls, worker: EngineWorker, model_id: str, num_layers: int, member: Member) -> Cluster:
-        """A node alone whose engine already holds the whole model: plan 0, active."""
-        shard = Shard.whole(model_id, num_layers)
-        requirements = ModelRequirements(model_id, num_layers, 1)
-        state = PlanState(member, requirements)
-        cluster = cls(state, worker, _no_loading, model_id=model_id)
-        plan = Plan(0, model_id, (Assignment(member.node_id, shard),))
-        state.offer(plan, member.node_id)
-        state.mark_loaded((0, member.node_id))
-        cluster._shard = shard
-        return cluster
-
-    # --- the Router interface used by the ring ------------------------------
-
-    async def send(self, node_id: str, message: Message) -> None:
-        if node_id == self.node_id:
-            await self.ring.deliver_local(message)
-            return
-        link = self._link(node_id)
-        if link is None:
-            raise PeerUnavailable(f"no link to {self._name(node_id)}")
-        try:
-            await link.send(message)
-        except LinkError as exc:
-            raise PeerUnavailable(str(exc)) from exc
-
-    def serving_plan(self, version: int) -> Plan | None:
-        plan = self.state.loaded_plan()
-        return plan if plan is not None and plan.version == version else None
-
-    async def wait_usable_plan(self, newer_than: int) -> Plan:
-        with trio.move_on_after(self.plan_timeout):
-            while True:
-                changed = self._changed
-                if self.state.unavailable is not None:
-                    raise UnavailableError(self.state.unavailable)
-                plan = self.state.active_plan()
-                if plan is not None and plan.version > newer_than:
-                    return plan
-                await changed.wait()
-        raise UnavailableError(
-            f"the cluster agreed on no plan within {self.plan_timeout:.0f} s "
-            f"({self.status()}); see GET /v1/topology"
+        self.plans = Plans(state, plan_timeout)
+        self.peers = Peers(state.me, state.model.model_id, lambda: _seen_version(state))
+        self.ring = Ring(self.node_id, self.plans, self.peers.send, worker, ring_settings)
+        self.plan_loop = PlanLoop(
+            self.plans,
+            self.peers,
+            self.ring,
+            worker,
+            load_shard,
+            settle_time=settle_time,
+            join_timeout=join_timeout,
         )
 
-    # --- status ---------------------------------------------------------------
-
-    @property
-    def shard(self) -> Shard | None:
-        return self._shard
+    @classmethod
+    def alone(cls, worker: EngineWorker, model_id: str, num_layers: int, member: Member) -> Cluster:
+        """A node alone whose engine already holds the whole model: plan 0, active."""
+        return cls(Plans.alone(member, model_id, num_layers).state, worker, _no_loading)
 
     def status(self) -> str:
-        if self.state.unavailable is not None:
-            return "unavailable"
-        if self.state.active_plan() is not None:
-            return "serving"
-        if self.state.adopted is not None and self.state.loaded_key != self.state.adopted_key:
-            return "loading"
-        return "forming"
-
-    def live_peers(self) -> list[str]:
-        return [node_id for node_id in self._links if self._link(node_id) is not None]
-
-    def peer_address(self, node_id: str) -> str | None:
-        link = self._link(node_id)
-        if link is None:
-            return None
-        host, port = link.connection.remote_address[:2]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-    # --- links --------------------------------------------------------------
-
-    def _link(self, node_id: str) -> Link | None:
-        return next((link for link in self._links.get(node_id, []) if link.alive), None)
-
-    def _name(self, node_id: str) -> str:
-        member = self.state.peers.get(node_id)
-        return f"{member.name} ({node_id})" if member else node_id
-
-    def hello(self) -> Hello:
-        me = self.state.me
-        capabilities = {
-            "device": me.capabilities.to_dict(),
-            "model": self.model_id,
-            "plan_version": self.state.highest_version,
-            "instance": self.instance,
-        }
-        return Hello(PROTOCOL_VERSION, me.node_id, me.name, capabilities)
-
-    async def handle_stream(self, stream: QuicStream) -> None:
-        """The endpoint's stream handler: a peer dialled us and opened its link stream."""
-        if not self._link_gate.admit(stream):
-            return
-        messages = MessageStream(stream)
-        try:
-            hello = await introduce(messages, self.hello(), dialer=False)
-        except trio.TooSlowError:
-            stream.connection.close(ErrorCode.PROTOCOL_ERROR, "no hello in time")
-            return
-        await self._run_link(Link(messages, hello, self.link_stats))
-
-    async def _dial(self, peer: PeerInfo, key: bytes | None, trust: TrustStore) -> None:
-        """Link to `peer`. Without `key` (a peer trusted by node id alone) any key
-        that hashes to its id is accepted, and pinned in the trust store."""
-        assert self.endpoint is not None
-        self._dialing.add(peer.node_id)
-        try:
-            for address in peer.addresses:
-                link = await self._connect((address, peer.port), peer.node_id, key)
-                if link is None:
-                    continue
-                if key is None and not _pin(trust, link.connection.peer_public_key):
-                    link.close("no longer trusted")
-                    return
-                await self._run_link(link)
-                return
-        finally:
-            self._dialing.discard(peer.node_id)
-
-    async def _connect(
-        self, address: tuple[str, int], node_id: str, key: bytes | None
-    ) -> Link | None:
-        assert self.endpoint is not None
-        connection = None
-        try:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                if key is None:
-                    connection = await self.endpoint.connect_node_id(address, node_id)
-                else:
-                    connection = await self.endpoint.connect(address, key)
-                messages = await MessageStream.open(connection)
-                hello = await introduce(messages, self.hello(), dialer=True)
-            return Link(messages, hello, self.link_stats)
-        except (ConnectionClosed, OSError, RemoteProtocolError, trio.TooSlowError) as exc:
-            log.debug("cannot link to %s:%d: %s", *address, exc)
-            if connection is not None:
-                connection.close()
-            return None
-
-    async def _run_link(self, link: Link) -> None:
-        """Register the link, serve what arrives on it, and unregister it at the end."""
-        member = self._member_from(link)
-        if member is None or not self._current_instance(link):
-            return
-        links = self._links.setdefault(member.node_id, [])
-        links.append(link)
-        if len(links) == 1:
-            self._peer_up(member, link.hello)
-        try:
-            await self._send_ready(link)
-            await self._send_progress(link)
-            while (message := await link.receive()) is not None:
-                self._dispatch(link, message)
-        except RemoteProtocolError as exc:  # the peer broke the protocol: drop it, say why
-            log.warning("dropping %s: %s", self._name(link.node_id), exc)
-            link.connection.close(exc.error_code, str(exc)[:200])
-        finally:
-            link.close()
-            self._forget_link(link)
-
-    def _current_instance(self, link: Link) -> bool:
-        """Whether the link is to the newest instance of its node seen so far. A
-        newer instance means the node restarted: links to the old one are dead
-        (even if their connections have not timed out yet), and so is its state."""
-        seen = link.hello.capabilities.get("instance")
-        instance = seen if isinstance(seen, int) else 0
-        known = self._instances.get(link.node_id)
-        if known is not None and instance < known:
-            link.close("an older instance of this node")
-            return False
-        self._instances[link.node_id] = instance
-        if known is not None and instance > known and link.node_id in self._links:
-            log.warning("%s restarted", self._name(link.node_id))
-            for old in self._links.pop(link.node_id):
-                old.close("replaced by a newer instance")
-            self._peer_down(link.node_id)
-        return True
-
-    def _forget_link(self, link: Link) -> None:
-        links = self._links.get(link.node_id, [])
-        if link in links:  # (links of a restarted node were dropped already)
-            links.remove(link)
-            if not links:
-                del self._links[link.node_id]
-                self._peer_down(link.node_id)
-
-    def _member_from(self, link: Link) -> Member | None:
-        """The peer described by its Hello, or None (link closed) if it cannot join."""
-        caps = link.hello.capabilities
-        try:
-            device = DeviceCapabilities.from_dict(caps.get("device"))
-        except ValueError as exc:
-            link.connection.close(ErrorCode.INVALID_FIELD, f"bad capabilities: {exc}"[:200])
-            log.warning("%s sent bad capabilities: %s", link.node_id, exc)
-            return None
-        if caps.get("model") != self.model_id:
-            log.warning(
-                "%s serves %r, not %r: not linking",
-                link.hello.name,
-                caps.get("model"),
-                self.model_id,
-            )
-            link.close("serves another model")
-            return None
-        return Member(link.node_id, link.hello.name, device)
-
-    def _peer_up(self, member: Member, hello: Hello) -> None:
-        seen = hello.capabilities.get("plan_version")
-        self.state.peer_up(member, seen if isinstance(seen, int) else -1)
-        log.info("%s joined", self._name(member.node_id))
-        self._membership_changed.set()
-        self._pulse()
-
-    def _peer_down(self, node_id: str) -> None:
-        name = self._name(node_id)
-        self.state.peer_down(node_id)
-        self.peer_progress.pop(node_id, None)
-        log.warning("%s is gone", name)
-        self.ring.interrupt(lambda plan: node_id in plan.node_ids, f"{name} left the ring")
-        self.ring.release_from(node_id)
-        self._membership_changed.set()
-        self._pulse()
-
-    def _pulse(self) -> None:
-        """Wake everything waiting for a change of membership or plan."""
-        self._changed.set()
-        self._changed = trio.Event()
-
-    # --- incoming messages --------------------------------------------------
-
-    def _dispatch(self, link: Link, message: Message) -> None:
-        if isinstance(message, Forward):
-            self._on_forward(link, message)
-        elif isinstance(message, TokenResult | RequestFailed | Release):
-            self.ring.receive(message)
-        elif isinstance(message, PlanProposal):
-            self._on_proposal(link, message)
-        elif isinstance(message, PlanReady):
-            self.state.on_ready(link.node_id, (message.version, message.proposer))
-            self._pulse()
-        elif isinstance(message, ModelProgress):
-            self.peer_progress[link.node_id] = message
-        else:
-            raise RemoteProtocolError(
-                f"unexpected {type(message).__name__} on a ring link", ErrorCode.UNEXPECTED_MESSAGE
-            )
-
-    def _on_forward(self, link: Link, message: Forward) -> None:
-        assert self._nursery is not None
-        accepted = self.ring.accept_forward(message, link.node_id)
-        if isinstance(accepted, Job):
-            self._nursery.start_soon(self.ring.finish_forward, message, accepted)
-        elif accepted is not None:  # a refusal, for the request's origin
-            origin = message.origin or link.node_id
-            self._nursery.start_soon(self.ring.send_quietly, origin, accepted)
-
-    def _on_proposal(self, link: Link, message: PlanProposal) -> None:
-        try:
-            plan = Plan.from_dict(message.plan)
-        except ValueError as exc:
-            raise RemoteProtocolError(f"bad plan: {exc}", ErrorCode.INVALID_FIELD) from exc
-        if plan.model_id != self.model_id:
-            raise RemoteProtocolError(f"plan for {plan.model_id!r}", ErrorCode.INVALID_FIELD)
-        self._adopt(plan, link.node_id)
-
-    def _adopt(self, plan: Plan, proposer: str) -> None:
-        if self.state.offer(plan, proposer):
-            log.info(
-                "adopted plan %d from %s: %s", plan.version, self._name(proposer), _ranges(plan)
-            )
-            self.ring.interrupt(lambda p: p.version < plan.version, "the plan changed")
-            self._pulse()
-
-    # --- the plan loop ------------------------------------------------------
-
-    async def run_plan_loop(self) -> None:
-        """Propose, load and announce plans as membership changes (runs forever)."""
-        assert self._nursery is not None
-        self._nursery.start_soon(self._report_progress)  # lives as long as the plan loop
-        await self._wait_for_known_peers()
-        self._membership_changed.set()
-        while True:
-            changed = self._changed
-            if self._membership_changed.is_set():
-                await self._settle()
-                self._membership_changed = trio.Event()
-                self._check_capacity()
-            if self.state.proposal_due():
-                self._propose()
-            adopted = self.state.adopted
-            if adopted is not None and self.state.loaded_key != self.state.adopted_key:
-                await self._load(adopted.plan, (adopted.plan.version, adopted.proposer))
-                continue
-            await changed.wait()
-
-    async def _wait_for_known_peers(self) -> None:
-        """At start: give the peers discovery already knows a chance to link first,
-        so the first plan spans them instead of being replaced at once."""
-        with trio.move_on_after(self.join_timeout):
-            await trio.sleep(0.2)  # discovery reports what it knows at start
-            while any(self._link(node_id) is None for node_id in self.known):
-                changed = self._changed
-                await changed.wait()
-
-    async def _settle(self) -> None:
-        """Wait until membership stayed unchanged for `settle_time`."""
-        while True:
-            self._membership_changed = trio.Event()
-            with trio.move_on_after(self.settle_time):
-                await self._membership_changed.wait()
-                continue
-            return
-
-    def _check_capacity(self) -> None:
-        reason = self.state.check_capacity()
-        if reason is not None:
-            log.error("the ring cannot serve: %s", reason)
-            self.ring.fail_all(reason)
-            self._pulse()
-
-    def _propose(self) -> None:
-        try:
-            plan = self.state.propose()
-        except InsufficientMemoryError as exc:
-            self.ring.fail_all(str(exc))
-            self._pulse()
-            return
-        assert self._nursery is not None
-        for node_id in self.live_peers():
-            self._nursery.start_soon(self._send_quietly, node_id, PlanProposal(plan.to_dict()))
-        self._adopt(plan, self.node_id)
-
-    async def _load(self, plan: Plan, key: PlanKey) -> None:
-        """Hold this node's shard of `plan` (reloading only if it changed), then say so."""
-        shard = plan.shard_of(self.node_id)
-        if shard != self._shard:
-            if shard is None:
-                log.info("plan %d leaves this node out: unloading", plan.version)
-                await self.worker.call(self.worker.engine.unload)
-            else:
-                log.info("loading layers %d-%d", shard.start_layer, shard.end_layer)
-                try:
-                    weights = await self._fetch_weights(shard)
-                    await self.worker.load(weights)
-                except Exception as exc:  # a failed download must not take the node down
-                    await self._load_failed(shard, key, exc)
-                    return
-                del weights
-            self.ring.forget_served()
-            self._shard = shard
-        self.preparation.ready()
-        self._wake_progress_reporter()
-        self.state.mark_loaded(key)
-        log.info("ready for plan %d", plan.version)
-        for node_id in self.live_peers():
-            await self._send_quietly(node_id, PlanReady(*key))
-        self._pulse()
-
-    # --- preparation progress -------------------------------------------------
-
-    async def _fetch_weights(self, shard: Shard) -> ShardWeights:
-        """Run the shard loader (download, then read) with its progress reported."""
-        download = self.preparation.start(trio.current_time())
-        self._wake_progress_reporter()
-        with reporting_to(download):
-            weights = await trio.to_thread.run_sync(self._load_shard, shard)
-        self.preparation.loading()
-        self._wake_progress_reporter()
-        return weights
-
-    async def _load_failed(self, shard: Shard, key: PlanKey, exc: Exception) -> None:
-        """Report the failure, then pause before the plan loop tries again."""
-        log.error("cannot load layers %d-%d: %s", shard.start_layer, shard.end_layer, exc)
-        log.debug("load failure", exc_info=exc)
-        self.preparation.fail(str(exc) or type(exc).__name__)
-        self._wake_progress_reporter()
-        with trio.move_on_after(LOAD_RETRY_DELAY):
-            while self.state.adopted_key == key and not self._membership_changed.is_set():
-                changed = self._changed
-                await changed.wait()
-
-    def _wake_progress_reporter(self) -> None:
-        self._preparation_changed.set()
-        self._preparation_changed = trio.Event()
+        return self.plans.status()
 
     def preparation_states(self) -> dict[str, ModelProgress]:
-        """The latest preparation state of this node and of each linked peer."""
-        states = dict(self.peer_progress)
-        mine = self.preparation.current(trio.current_time())
-        if mine is not None:
-            states[self.node_id] = mine
-        return states
-
-    async def _report_progress(self) -> None:
-        """Send this node's preparation state to every linked peer whenever it
-        changes, at most twice a second (runs forever). One send after another
-        keeps the messages in order on every link."""
-        gate = ProgressGate()
-        while True:
-            changed = self._preparation_changed
-            now = trio.current_time()
-            state = self.preparation.current(now)
-            message = gate.poll(state, now)
-            if message is not None:
-                for node_id in self.live_peers():
-                    await self._send_quietly(node_id, message)
-            with trio.move_on_at(gate.next_poll(state, now)):
-                await changed.wait()
-
-    async def _send_progress(self, link: Link) -> None:
-        state = self.preparation.current(trio.current_time())
-        if state is not None:
-            with suppress(LinkError):
-                await link.send(state)
-
-    async def _send_ready(self, link: Link) -> None:
-        key = self.state.loaded_key
-        if key is not None:
-            with suppress(LinkError):
-                await link.send(PlanReady(*key))
-
-    async def _send_quietly(self, node_id: str, message: Message) -> None:
-        try:
-            await self.send(node_id, message)
-        except PeerUnavailable as exc:
-            log.debug("could not send %s: %s", type(message).__name__, exc)
-
-    # --- finding peers ------------------------------------------------------
-
-    async def run_dialer(self, trust: TrustStore) -> None:
-        """Keep a link to every known, trusted peer: dial those without one, every
-        second and as soon as discovery reports a peer. (Not on every membership
-        change: two instances of one node would otherwise redial in a tight loop.)"""
-        assert self._nursery is not None
-        while True:
-            for peer in list(self.known.values()):
-                if peer.node_id == self.node_id or peer.node_id in self._dialing:
-                    continue
-                if self._link(peer.node_id) is not None:
-                    continue
-                entry = trust.get(peer.node_id)
-                if entry is None:
-                    continue  # trust was removed; discovery will forget it too
-                # A key pinned in the trust store wins over an announced one; with
-                # neither (trusted by id, found in peers.json) we dial by node id.
-                key = entry.public_key or peer.public_key
-                self._nursery.start_soon(self._dial, peer, key, trust)
-            with trio.move_on_after(DIAL_INTERVAL):  # or sooner, for a newly found peer
-                await self._new_peers.wait()
-            self._new_peers = trio.Event()
-
-    def trust_changed(self, trust: TrustStore) -> None:
-        """The trust store changed under a running node: forget the peers it no
-        longer trusts (the endpoint closes their connections); the dialer reaches
-        newly trusted ones as discovery reports them."""
-        for node_id in [n for n in self.known if trust.get(n) is None]:
-            log.info("%s is no longer trusted", self._name(node_id))
-            del self.known[node_id]
-        self._pulse()
-
-    def peer_event(self, kind: PeerEventKind, peer: PeerInfo) -> None:
-        if kind in (PeerEventKind.APPEARED, PeerEventKind.UPDATED):
-            self.known[peer.node_id] = peer
-            self._new_peers.set()
-        elif kind is PeerEventKind.EXPIRED:
-            self.known.pop(peer.node_id, None)
-        self._pulse()
-
-    # --- reporting ----------------------------------------------------------
+        return self.plan_loop.preparation_states()
 
     def statistics(self) -> dict[str, Any]:
         worker = self.worker.statistics()
         return {
             "ring": self.ring.statistics(),
-            "links": self.link_stats.as_dict(),
+            "links": self.peers.link_stats.as_dict(),
             "worker": {
                 "batches": worker.batches,
                 "forwarded_items": worker.forwarded_items,
@@ -597,22 +135,169 @@ class Cluster:
             },
         }
 
+    async def route(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hand each of the peers' events to the part that owns what it changes
+        (runs forever). Forward steps are queued on the engine here, in the
+        order they arrived; their follow-up (run, pass on) gets a task each."""
+        async with trio.open_nursery() as steps:
+            task_status.started()
+            async for event in self.peers.events:
+                if isinstance(event, Received):
+                    self._receive(event, steps)
+                elif isinstance(event, PeerJoined):
+                    self.plan_loop.peer_joined(event.member, event.plan_version)
+                elif isinstance(event, PeerLeft):
+                    self.plan_loop.peer_left(event.node_id)
+                    self.ring.peer_left(event.node_id, f"{event.name} left the ring")
 
-def _no_loading(shard: Shard) -> ShardWeights:
-    raise RuntimeError("a local node's engine was loaded by its creator")
+    def _receive(self, event: Received, steps: trio.Nursery) -> None:
+        if isinstance(event.message, _RING_MESSAGES):
+            follow_up = self.ring.receive(event.sender, event.message)
+            if follow_up is not None:
+                steps.start_soon(follow_up)
+            return
+        try:
+            self.plan_loop.receive(event.sender, event.message)
+        except RemoteProtocolError as exc:  # a bad plan, an unexpected message
+            self.peers.refuse(event.link, exc)
 
 
-def _pin(trust: TrustStore, key: bytes) -> bool:
-    """Record the key a peer trusted by id proved; False if it is no longer trusted."""
-    try:
-        trust.pin_key(key)
-    except TrustStoreError as exc:
-        log.warning("not linking: %s", exc)
-        return False
-    return True
+@asynccontextmanager
+async def open_cluster(
+    settings: ClusterSettings,
+    state: PlanState,
+    worker: EngineWorker,
+    load_shard: ShardLoader,
+) -> AsyncIterator[Cluster]:
+    """Serve the node protocol on a QUIC port, find peers and agree on plans
+    until the block exits. The engine is loaded once the first plan is agreed."""
+    from exoquic.discovery.service import open_discovery
 
-
-def _ranges(plan: Plan) -> str:
-    return ", ".join(
-        f"{a.node_id} {a.shard.start_layer}-{a.shard.end_layer}" for a in plan.assignments
+    cluster = Cluster(
+        state,
+        worker,
+        load_shard,
+        plan_timeout=settings.plan_timeout,
+        settle_time=settings.settle_time,
+        join_timeout=settings.join_timeout,
+        ring_settings=settings.ring_settings,
     )
+    peers, trust = cluster.peers, settings.trust
+    transport = TransportConfig(
+        idle_timeout=settings.peer_timeout, keepalive_interval=settings.peer_timeout / 4
+    )
+    endpoint_cm = open_endpoint(
+        settings.identity,
+        verify_peer=_verifier(trust),
+        stream_handler=peers.handle_stream,
+        host=settings.host,
+        port=_node_port(settings.host, settings.port),
+        config=transport,
+    )
+    async with endpoint_cm as endpoint, trio.open_nursery() as nursery:
+        port = endpoint.local_address[1]
+        log.info("node %s (%s) listening on UDP port %d", cluster.node_id, settings.name, port)
+        await nursery.start(cluster.route)
+        await nursery.start(cluster.plan_loop.run)
+        async with open_discovery(
+            list(settings.discovery),
+            identity=settings.identity,
+            trust=trust,
+            port=port,
+            name=settings.name,
+            capabilities=state.me.capabilities.to_dict(),
+            peers_file=settings.peers_file,
+            probe=_prober(endpoint),
+        ) as discovery:
+            for peer in discovery.peers().values():
+                peers.peer_event(PeerEventKind.APPEARED, peer)
+            nursery.start_soon(_follow_discovery, peers, discovery.events)
+            await nursery.start(peers.run, endpoint, trust)
+            nursery.start_soon(_watch_trust, trust, endpoint, peers)
+            yield cluster
+            nursery.cancel_scope.cancel()
+
+
+async def _follow_discovery(peers: Peers, events: trio.MemoryReceiveChannel[Any]) -> None:
+    async for event in events:
+        peers.peer_event(event.kind, event.peer)
+
+
+async def _watch_trust(trust: TrustStore, endpoint: Endpoint, peers: Peers) -> None:
+    """Apply `exoquic pair`, `trust add` and `trust remove` to the running node
+    within `TRUST_POLL_INTERVAL`: revoked peers lose their connections and
+    leave the cluster; newly trusted ones may connect and be dialled."""
+    broken = False
+    while True:
+        await trio.sleep(TRUST_POLL_INTERVAL)
+        try:
+            changed = trust.reload_if_changed()
+        except TrustStoreError as exc:
+            if not broken:  # say it once, keep the trust we had
+                log.error("%s (keeping the trust store as it was)", exc)
+            broken = True
+            continue
+        broken = False
+        if changed:
+            closed = endpoint.recheck_trust()
+            log.info("trust store changed%s", f": closed {closed} link(s)" if closed else "")
+            peers.trust_changed(trust)
+
+
+def _seen_version(state: PlanState) -> int | None:
+    """The newest plan version this node has seen, for its `Hello`."""
+    return None if state.highest_version < 0 else state.highest_version
+
+
+def _no_loading(shard: Any) -> Any:
+    raise RuntimeError("a node alone has its engine loaded by its creator")
+
+
+def _prober(endpoint: Endpoint) -> Probe:
+    async def probe(host: str, port: int) -> bytes | None:
+        return await endpoint.probe((host, port))
+
+    return probe
+
+
+def _node_port(host: str, port: int) -> int:
+    """`port`, or 0 (any free port) when the default port is taken by another
+    node on this host. An explicitly chosen port is never replaced: if it is
+    taken, that is a StartupError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if port != DEFAULT_NODE_PORT or exc.errno != errno.EADDRINUSE:
+                raise StartupError(
+                    f"cannot listen for peers on UDP {host}:{port}: {exc.strerror or exc} "
+                    "(choose another --node-port or --node-host)"
+                ) from exc
+            log.warning("UDP port %d is taken (%s); using a free port", port, exc)
+            return 0
+    return port
+
+
+def _verifier(trust: TrustStore) -> Callable[[bytes], bool]:
+    def verify(key: bytes) -> bool:
+        # Pairing may have added the key since the file was read: look again.
+        if not trust.is_trusted(key):
+            trust.reload_if_changed()
+        if not trust.is_trusted(key):
+            return False
+        _pin_if_new(trust, key)
+        return True
+
+    return verify
+
+
+def _pin_if_new(trust: TrustStore, key: bytes) -> None:
+    """A peer trusted by node id alone just proved this key: pin it, so a
+    different key with a colliding id can never be accepted later."""
+    entry = trust.get(node_id_from_public_key(key))
+    if entry is not None and entry.public_key is None:
+        try:
+            trust.pin_key(key)
+        except TrustStoreError as exc:
+            log.warning("cannot pin the key of %s: %s", entry.node_id, exc)

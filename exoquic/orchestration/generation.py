@@ -11,9 +11,16 @@ FinishReason = Literal["stop", "length"]
 
 
 class RequestError(Exception):
-    """A request the node cannot serve as asked; the API maps it to a 4xx."""
+    """A request the node cannot serve as asked; the API maps it to a 4xx.
 
-    code = "invalid_request"
+    `param` names the request field at fault (None: the prompt); `code` is
+    the machine-readable error code, if the kind of refusal has one."""
+
+    code: str | None = None
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ContextLengthError(RequestError):

@@ -10,6 +10,7 @@ ends (finished, failed, cancelled).
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import time
@@ -31,14 +32,14 @@ from exoquic.models.shard import Shard
 from exoquic.models.source import ModelSource
 from exoquic.models.tokenizer import Tokenizer
 from exoquic.models.weights import ShardWeights
-from exoquic.orchestration.cluster import Cluster
+from exoquic.orchestration.cluster import Cluster, ClusterSettings, open_cluster
 from exoquic.orchestration.generation import (
     ContextLengthError,
     GenerationChunk,
     GenerationRequest,
+    RequestError,
     UnavailableError,
 )
-from exoquic.orchestration.network import ClusterSettings, open_cluster
 from exoquic.orchestration.planning import Member, PlanState
 from exoquic.orchestration.stops import StopMatcher
 from exoquic.orchestration.topology_view import topology_report
@@ -90,17 +91,15 @@ class Node:
         self.config = config
         self.defaults = defaults  # for requests that name no sampling or max_tokens
         self.tokenizer = tokenizer
-        self.worker = worker
         self.max_context = max_context
         self.started_at = time.time()
         self.prompt_char_limit = max_context * tokenizer.longest_token_chars * PROMPT_CHARS_MARGIN
         self._prompt_threads = trio.CapacityLimiter(PROMPT_THREADS)
-        self._active: set[str] = set()
         if cluster is None:
             # A throwaway id: a node alone never shows it to anyone but itself.
             node_id = Identity.generate().node_id
             member = Member(node_id, platform.node() or "node", _probe(worker.engine.name))
-            cluster = Cluster.local(worker, model_id, config.num_layers, member)
+            cluster = Cluster.alone(worker, model_id, config.num_layers, member)
         self.cluster = cluster
 
     @property
@@ -109,11 +108,12 @@ class Node:
 
     @property
     def engine(self) -> Engine:
-        return self.worker.engine
+        return self.cluster.worker.engine
 
     @property
     def active_requests(self) -> int:
-        return len(self._active)
+        """Requests this node originates now (the ring's count)."""
+        return self.cluster.ring.live_requests
 
     def topology(self) -> dict[str, Any]:
         """What `GET /v1/topology` shows: the nodes, their layers, the plan, this node's stats."""
@@ -126,17 +126,25 @@ class Node:
 
         return canonical_model_id(model) == self.model_id
 
-    async def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+    async def encode_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        reply_prefix: str = "",
+    ) -> list[int]:
         """Render the model's chat template and tokenize it, off the event loop.
 
-        Raises ContextLengthError, before any work, when the messages are too
-        long for the context whatever they say; ChatTemplateError when the
-        template rejects them.
+        `tools` go to the template; `reply_prefix` is text the assistant's turn
+        starts with (the opening of a forced tool call). Raises
+        ContextLengthError, before any work, when the messages are too long for
+        the context whatever they say; ChatTemplateError when the template
+        rejects them.
         """
-        self._check_prompt_chars(sum(len(m["content"]) for m in messages))
+        self._check_prompt_chars(sum(map(_message_chars, messages)) + _json_chars(tools))
 
         def render_and_encode() -> list[int]:
-            return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages))
+            text = self.tokenizer.apply_chat_template(messages, tools=tools)
+            return self.tokenizer.encode(text + reply_prefix)
 
         return await self._off_loop(render_and_encode)
 
@@ -157,34 +165,46 @@ class Node:
         prompt would stall every stream and the ring's keep-alives for seconds."""
         return await trio.to_thread.run_sync(work, limiter=self._prompt_threads)
 
-    def check_fits(self, prompt_tokens: int) -> None:
-        """Refuse a request the node cannot take now: a prompt that leaves no room
-        in the context (ContextLengthError), or a cluster that cannot hold the
-        model (UnavailableError)."""
+    def check_request(self, prompt_tokens: int, max_tokens: int | None = None) -> None:
+        """Refuse a request the node cannot take now (the one place requests are
+        checked; the API calls it before admitting one, `generate` again):
+
+        - RequestError: an empty prompt;
+        - ContextLengthError: a prompt that leaves no room in the context;
+        - UnavailableError: a cluster that cannot hold the model;
+        - ContextLengthError: with `max_tokens` (as a client asked for it), a
+          reply that cannot fit. A default max_tokens is cut to the room left.
+        """
+        if prompt_tokens == 0:
+            raise RequestError("the prompt is empty")
         if prompt_tokens >= self.max_context:
             raise ContextLengthError(
                 f"the prompt is {prompt_tokens} tokens; this node's context is "
                 f"{self.max_context} tokens and must leave room for at least one reply token"
             )
-        reason = self.cluster.state.unavailable
+        reason = self.cluster.plans.state.unavailable
         if reason is not None:
             raise UnavailableError(reason)
+        if max_tokens is not None and prompt_tokens + max_tokens > self.max_context:
+            raise ContextLengthError(
+                f"this node's context is {self.max_context} tokens, but {prompt_tokens} prompt "
+                f"tokens plus max_tokens {max_tokens} ask for {prompt_tokens + max_tokens}; "
+                "lower max_tokens or shorten the prompt",
+                param="max_tokens",
+            )
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream the reply to one request (use under `contextlib.aclosing`).
 
         Raises UnavailableError when the ring cannot serve it.
         """
-        self.check_fits(len(request.prompt_tokens))
+        self.check_request(len(request.prompt_tokens))
+        # A max_tokens the client did not ask for (the model's default) is cut to the room left.
         budget = self.max_context - len(request.prompt_tokens)
         if request.max_tokens is not None:
             budget = min(budget, request.max_tokens)
-        self._active.add(request.request_id)
-        try:
-            async for chunk in self._decode(request, budget):
-                yield chunk
-        finally:
-            self._active.discard(request.request_id)
+        async for chunk in self._decode(request, budget):
+            yield chunk
 
     async def _decode(
         self, request: GenerationRequest, budget: int
@@ -215,6 +235,15 @@ class Node:
                     return
                 if piece:
                     yield GenerationChunk(piece, produced)
+
+
+def _message_chars(message: dict[str, Any]) -> int:
+    return len(message["content"]) + _json_chars(message.get("tool_calls"))
+
+
+def _json_chars(value: Any) -> int:
+    """Characters of `value` as JSON, 0 for nothing (tools and tool calls)."""
+    return len(json.dumps(value)) if value else 0
 
 
 def new_request_id() -> str:
@@ -254,12 +283,12 @@ def _probe(engine: str, memory_limit: int | None = None) -> DeviceCapabilities:
 
 @asynccontextmanager
 async def open_node(
-    settings: NodeSettings, cluster: ClusterSettings | None = None
+    settings: NodeSettings, cluster_settings: ClusterSettings | None = None
 ) -> AsyncIterator[Node]:
     """Start the engine worker and yield the node.
 
-    Without `cluster`: load the whole model and serve alone (no network).
-    With it: join the ring; this node's layers are loaded once the ring has
+    Without `cluster_settings`: load the whole model and serve alone (no
+    network). With them: join the ring; this node's layers are loaded once the ring has
     agreed on a plan (see `open_cluster`).
     """
     from exoquic.download.ensure import prepare_model
@@ -277,7 +306,7 @@ async def open_node(
     worker = EngineWorker(engine, max_batch=settings.max_batch)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
-        if cluster is None:
+        if cluster_settings is None:
             with _stopping_on_exit(worker):
                 await _load_whole(
                     source.model_id, model.load_shard, config, worker, settings.warm_up
@@ -286,18 +315,14 @@ async def open_node(
                     source.model_id, config, tokenizer, worker, max_context, defaults=defaults
                 )
         else:
-            me = Member(
-                cluster.identity.node_id, cluster.name, _probe(engine_name, cluster.memory_limit)
-            )
-            state = PlanState(
-                me, model_requirements(source.model_id, config), cluster.memory_fraction
-            )
-            async with open_cluster(
-                cluster, state, worker, model.load_shard, source.model_id
-            ) as ring:
+            node_id, name = cluster_settings.identity.node_id, cluster_settings.name
+            me = Member(node_id, name, _probe(engine_name, cluster_settings.memory_limit))
+            requirements = model_requirements(source.model_id, config)
+            state = PlanState(me, requirements, cluster_settings.memory_fraction)
+            async with open_cluster(cluster_settings, state, worker, model.load_shard) as cluster:
                 with _stopping_on_exit(worker):
                     yield Node(
-                        source.model_id, config, tokenizer, worker, max_context, ring, defaults
+                        source.model_id, config, tokenizer, worker, max_context, cluster, defaults
                     )
         nursery.cancel_scope.cancel()
 

@@ -3,7 +3,7 @@
 `PlanState` holds what a node knows: which peers are live (connected and
 introduced by `Hello`), the plan it adopted, which nodes declared themselves
 ready for which plan, and whether the live nodes can hold the model at all.
-The runtime (`cluster.py`) feeds it events and acts on its answers:
+The plan loop (`plans.py`) feeds it events and acts on its answers:
 
 - `proposal_due()`: this node is the coordinator (smallest live node id) and
   its adopted plan is not its own proposal for the current members: propose.
@@ -11,7 +11,8 @@ The runtime (`cluster.py`) feeds it events and acts on its answers:
   adopted one. Versions are never reused on a node, so `(version)` names one
   plan everywhere it was adopted; a coordinator whose proposal lost a tie
   simply proposes again with a higher version.
-- `mark_loaded()` / `on_ready()`: readiness per `(version, proposer)`.
+- `mark_loaded()` / `on_ready()`: readiness per `(version, proposer)`;
+  `held_shard`: the one record of which layers this node holds.
 - `active_plan()`: the adopted plan once every node in it is live and ready.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from exoquic.models.shard import Shard
 from exoquic.topology import (
     DEFAULT_MEMORY_FRACTION,
     DeviceCapabilities,
@@ -61,7 +63,7 @@ class PlanState:
         self.agreement = PlanAgreement()
         self.highest_version = -1
         self._ready: dict[str, PlanKey] = {}
-        self._loaded: PlanKey | None = None
+        self._loaded: Proposal | None = None  # the plan whose shard this node holds
         self._basis: frozenset[str] | None = None  # members of our last proposal
         self.unavailable: str | None = None
 
@@ -157,18 +159,25 @@ class PlanState:
     @property
     def loaded_key(self) -> PlanKey | None:
         """The plan whose shard this node holds and serves."""
-        return self._loaded
+        loaded = self._loaded
+        return None if loaded is None else (loaded.plan.version, loaded.proposer)
+
+    @property
+    def held_shard(self) -> Shard | None:
+        """The layers this node holds now (None: none, or none loaded yet)."""
+        loaded = self._loaded
+        return None if loaded is None else loaded.plan.shard_of(self.me.node_id)
 
     def loaded_plan(self) -> Plan | None:
         """The adopted plan if this node has loaded its shard of it."""
         adopted = self.adopted
-        if adopted is None or self._loaded != self.adopted_key:
+        if adopted is None or self.loaded_key != self.adopted_key:
             return None
         return adopted.plan
 
-    def mark_loaded(self, key: PlanKey) -> None:
-        """This node now holds its shard of plan `key` (or nothing, if not in it)."""
-        self._loaded = key
+    def mark_loaded(self, proposal: Proposal) -> None:
+        """This node now holds its shard of `proposal` (or nothing, if not in it)."""
+        self._loaded = proposal
 
     def on_ready(self, node_id: str, key: PlanKey) -> None:
         self.highest_version = max(self.highest_version, key[0])

@@ -3,10 +3,16 @@
 The *origin* is the node holding the request. For each step it sends
 `Forward(tokens)` to the plan's first node; every node runs its shard through
 its `EngineWorker` (so concurrent requests' decode steps batch) and passes
-the hidden state to its successor; the last node samples with the request's
-parameters and the step index (the sampler is stateless, so any node can take
-any step) and sends `TokenResult` back to the origin. Messages to this node
-itself never touch the network: a ring of one is a plain local loop.
+the hidden state to its successor; the last node samples and sends
+`TokenResult` back to the origin. The last node keeps one sampler per request
+(made from the sampling parameters the prompt's steps carry, dropped when the
+request is released); its draw for step n depends on (seed, n). Messages to
+this node itself take the same path as a peer's (`receive`) without touching
+the network: a ring of one is a plain local loop.
+
+The ring owns the request flow only: it reads plans (`PlanView`), sends
+through `Peers` (`SendRemote`), and is told of peers leaving and plan changes
+(`peer_left`, `interrupt`, `fail_all`, `forget_served`); it calls into neither.
 
 Each try of a request (an *attempt*) runs under one plan version with its own
 wire request id `<request id>.<attempt>`, so KV caches of different tries never
@@ -15,7 +21,9 @@ request from its token history under the next plan: the prompt as it was sent
 the first time, then each token generated so far as the decode step it was, so
 that every node computes each position exactly as before (see `_send_history`).
 Greedy output is then bit for bit what it would have been, and so is seeded
-output, as the draw for step n depends only on (seed, n).
+output. The replay's last node makes a new sampler, which draws the generated
+tokens again on the replayed steps and so has seen all of them when the
+request goes on.
 
 A long prompt leaves the origin in chunks of `PREFILL_CHUNK` positions, one
 `Forward` each, all at once: the second node works on the first chunk while
@@ -37,8 +45,10 @@ import math
 import secrets
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -46,9 +56,22 @@ import trio
 
 from exoquic.engines.sampling import Sampler, SamplingParams
 from exoquic.orchestration.generation import UnavailableError
+from exoquic.orchestration.peers import PeerUnavailable
+from exoquic.orchestration.sampling_wire import (
+    BadSamplingError,
+    sampling_from_wire,
+    sampling_to_wire,
+)
 from exoquic.orchestration.worker import PREFILL_CHUNK, EngineWorker, Job
 from exoquic.topology import Plan
-from exoquic.wire.messages import Forward, Message, Release, RequestFailed, TokenResult
+from exoquic.wire.messages import (
+    MAX_REASON_LENGTH,
+    Forward,
+    Message,
+    Release,
+    RequestFailed,
+    TokenResult,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +79,12 @@ RELEASE_TIMEOUT = 2.0
 RELEASED_MEMORY = 4096  # released request ids remembered, to drop their late steps
 
 
-class PeerUnavailable(Exception):
-    """A message could not be handed to a node (no live link to it)."""
-
-
 class StepFailedError(Exception):
     """A node's engine refused a step of the request; replaying would not help."""
 
 
-class Router(Protocol):
-    """What the ring needs from the cluster: delivery and the plan."""
-
-    node_id: str
-
-    async def send(self, node_id: str, message: Message) -> None:
-        """Deliver to `node_id` (this node: handled inline); raises PeerUnavailable."""
+class PlanView(Protocol):
+    """What the ring reads of this node's plans (`plans.Plans`)."""
 
     def serving_plan(self, version: int) -> Plan | None:
         """The plan `version` if this node holds its shard of it now, else None."""
@@ -78,6 +92,15 @@ class Router(Protocol):
     async def wait_usable_plan(self, newer_than: int) -> Plan:
         """An active plan newer than `newer_than`; raises UnavailableError on timeout
         or when the live nodes cannot hold the model."""
+
+
+SendRemote = Callable[[str, Message], Awaitable[None]]
+"""Hands a message to a peer (`Peers.send`); raises PeerUnavailable."""
+
+FollowUp = Callable[[], Awaitable[None]]
+"""What is left to do for a message once it was accepted: run the step and pass
+its output on, or send a refusal. A message from a peer gets it run in a task
+of its own; one from this node, inline in the sender's task."""
 
 
 @dataclass(frozen=True)
@@ -149,17 +172,31 @@ class Ring:
     """The request flow of one node, as origin and as a shard in others' requests."""
 
     def __init__(
-        self, router: Router, worker: EngineWorker, settings: RingSettings | None = None
+        self,
+        node_id: str,
+        plans: PlanView,
+        send_remote: SendRemote,
+        worker: EngineWorker,
+        settings: RingSettings | None = None,
     ) -> None:
-        self.router = router
+        self.node_id = node_id
+        self.plans = plans
         self.worker = worker
         self.settings = settings or RingSettings()
         self.stats = RingStatistics()
+        self._send_remote = send_remote
+        # As origin: the requests this node holds, and their attempts in flight by wire id.
+        self._requests: set[str] = set()
         self._attempts: dict[str, _Attempt] = {}
-        self._served: dict[str, str] = {}  # wire id -> origin, for requests we hold caches of
-        self._opened_by: dict[str, str] = {}  # wire id -> the peer whose Forward made its cache
+        # As a shard of others' requests (and of this node's), by wire id: the origin
+        # of each request whose cache this node holds, who opened it, and (on the
+        # last shard) its sampler, kept for the request's life.
+        self._served: dict[str, str] = {}
+        self._opened_by: dict[str, str] = {}
         self._caches_per_peer: Counter[str] = Counter()
+        self._samplers: dict[str, Sampler] = {}
         self._released: OrderedDict[str, None] = OrderedDict()  # the latest released wire ids
+        self._shard_epoch = 0  # counts shard replacements: a step may outlive its shard
 
     # --- origin -------------------------------------------------------------
 
@@ -172,15 +209,31 @@ class Ring:
         not enough memory, too many failed tries), StepFailedError when an
         engine refused it.
         """
-        if not prompt:
-            raise ValueError("the prompt is empty")
         if sampling.seed is None:  # fixed here so that replays draw the same tokens
             sampling = replace(sampling, seed=secrets.randbits(63))
         self.stats.requests += 1
+        self._requests.add(request_id)
+        try:
+            # aclosing: a caller that stops early releases the attempt's caches now.
+            async with aclosing(self._tries(request_id, prompt, sampling, budget)) as tries:
+                async for token in tries:
+                    yield token
+        finally:
+            self._requests.discard(request_id)
+
+    @property
+    def live_requests(self) -> int:
+        """Requests this node originates now (from their first step to their end)."""
+        return len(self._requests)
+
+    async def _tries(
+        self, request_id: str, prompt: list[int], sampling: SamplingParams, budget: int
+    ) -> AsyncGenerator[int, None]:
+        """`generate_tokens`' attempts: the first, then replays under newer plans."""
         tokens: list[int] = []
         newer_than = -1
         for attempt_number in range(self.settings.max_attempts):
-            plan = await self.router.wait_usable_plan(newer_than)
+            plan = await self.plans.wait_usable_plan(newer_than)
             attempt = _Attempt(f"{request_id}.{attempt_number}", plan)
             self._attempts[attempt.wire_id] = attempt
             try:
@@ -274,22 +327,21 @@ class Ring:
         plan = attempt.plan
         tokens = np.asarray(inputs, dtype=np.int32)
         attempt.positions += len(tokens)
+        # The last shard makes the request's sampler from the prompt's steps (step 0).
+        wire_sampling = sampling_to_wire(sampling) if step == 0 else None
         for start in range(0, len(tokens), PREFILL_CHUNK):
             message = Forward(
                 attempt.wire_id,
                 plan.version,
                 position + start,
                 tokens[start : start + PREFILL_CHUNK],
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                top_k=sampling.top_k,
-                seed=sampling.seed,
+                origin=self.node_id,
                 step=step,
-                origin=self.router.node_id,
+                sampling=wire_sampling,
             )
             attempt.results_due += 1  # before sending: a local ring answers within the send
             try:
-                await self.router.send(plan.first_node, message)
+                await self.send(plan.first_node, message)
             except PeerUnavailable as exc:
                 raise _Retry(_Failure(str(exc), True)) from exc
 
@@ -336,7 +388,7 @@ class Ring:
         """Tell every node of the attempt's plan to free its cache (best effort)."""
         with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_TIMEOUT):
             for node_id in attempt.plan.node_ids:
-                await self.send_quietly(node_id, Release(attempt.wire_id))
+                await self._send_quietly(node_id, Release(attempt.wire_id))
 
     def interrupt(self, affected: Callable[[Plan], bool], reason: str) -> None:
         """Make every attempt whose plan is `affected` replay under a newer plan."""
@@ -349,163 +401,181 @@ class Ring:
         for attempt in list(self._attempts.values()):
             attempt.put(_Failure(reason, retryable=False))
 
-    # --- messages -----------------------------------------------------------
+    # --- messages: the one path for a peer's and this node's own -------------
 
-    async def deliver_local(self, message: Message) -> None:
-        """Handle a message this node sent itself (inline, in the sender's task)."""
+    async def send(self, node_id: str, message: Message) -> None:
+        """Deliver to `node_id`; to this node itself without touching the network
+        (a ring of one is a plain local loop). Raises PeerUnavailable."""
+        if node_id != self.node_id:
+            await self._send_remote(node_id, message)
+            return
+        follow_up = self.receive(self.node_id, message)
+        if follow_up is not None:
+            await follow_up()
+
+    def receive(self, sender: str, message: Message) -> FollowUp | None:
+        """Handle a ring message from `sender` (a peer or this node); what is left
+        to do for it, if anything (see `FollowUp`). A forward step is queued on
+        the engine here, so steps run in the order they arrive."""
         if isinstance(message, Forward):
-            accepted = self.accept_forward(message, self.router.node_id)
-            if isinstance(accepted, Job):
-                await self.finish_forward(message, accepted)
-        else:
-            self.receive(message)
-
-    def receive(self, message: Message) -> None:
-        """Handle a token, failure or release (from a peer or from this node)."""
+            return self._accept(message, sender)
         if isinstance(message, TokenResult):
             self._deliver_outcome(message.request_id, message.token_id)
         elif isinstance(message, RequestFailed):
             self._deliver_outcome(message.request_id, _Failure(message.reason, message.retryable))
         elif isinstance(message, Release):
-            self._served.pop(message.request_id, None)
-            self._uncount(message.request_id)
-            request_id = message.request_id
-            self._released[request_id] = None
-            while len(self._released) > RELEASED_MEMORY:
-                self._released.popitem(last=False)
-            self.worker.call_nowait(lambda: self.worker.engine.release(request_id))
+            self._release_cache(message.request_id)
+        return None
 
     def _deliver_outcome(self, wire_id: str, outcome: int | _Failure) -> None:
         attempt = self._attempts.get(wire_id)
         if attempt is not None:  # else a late answer to an abandoned attempt
             attempt.put(outcome)
 
+    def _release_cache(self, wire_id: str) -> None:
+        self._served.pop(wire_id, None)
+        self._samplers.pop(wire_id, None)
+        self._uncount(wire_id)
+        self._released[wire_id] = None
+        while len(self._released) > RELEASED_MEMORY:
+            self._released.popitem(last=False)
+        self.worker.call_nowait(lambda: self.worker.engine.release(wire_id))
+
     # --- serving a shard ----------------------------------------------------
 
-    def accept_forward(self, message: Forward, sender: str) -> Job | RequestFailed | None:
-        """Queue a forward step on the engine now (in arrival order). Instead, the
-        refusal to send its origin when this node does not serve that plan, or None
-        when the request was released already (see `is_released`)."""
-        if self.is_released(message.request_id):
+    def _accept(self, message: Forward, sender: str) -> FollowUp | None:
+        """Queue a forward step on the engine now; instead, refuse it when this node
+        does not serve its plan, or drop it when the request was released already."""
+        wire_id = message.request_id
+        if wire_id in self._released:
+            # Its origin may release it while a step is still on its way here (a
+            # step it started before the caller stopped): that step must not
+            # make a cache that nobody would free.
             return None
-        plan = self.router.serving_plan(message.plan_version)
-        if plan is None or plan.shard_of(self.router.node_id) is None:
-            return self._refusal(message)
-        if message.request_id not in self._served and not self._count_new_cache(message, sender):
-            return RequestFailed(
-                message.request_id,
+        plan = self.plans.serving_plan(message.plan_version)
+        shard = plan.shard_of(self.node_id) if plan is not None else None
+        if plan is None or shard is None:
+            return partial(self._send_quietly, message.origin, self._refusal(message))
+        if wire_id not in self._served and not self._count_new_cache(wire_id, sender):
+            refusal = RequestFailed(
+                wire_id,
                 f"{sender} holds {self.settings.max_caches_per_peer} requests open on "
-                f"{self.router.node_id}, the most one peer may",
+                f"{self.node_id}, the most one peer may",
                 retryable=False,  # the same ring would refuse the replay too
             )
-        self._served[message.request_id] = message.origin or sender
+            return partial(self._send_quietly, message.origin, refusal)
+        self._served[wire_id] = message.origin
         self.worker.limit_batches(pipeline_batch(len(self._served), len(plan.node_ids)))
-        return self.worker.forward_nowait(message.request_id, message.tensor)
+        job = self.worker.forward_nowait(wire_id, message.tensor)
+        onward = None if shard.is_last else plan.next_node(self.node_id)
+        return partial(self._finish, message, job, onward, self._shard_epoch)
 
-    def _count_new_cache(self, message: Forward, sender: str) -> bool:
+    def _count_new_cache(self, wire_id: str, sender: str) -> bool:
         """Count the cache a peer's Forward is about to open; False when the peer
         holds its limit already. This node's own requests are bounded by the API."""
-        if sender == self.router.node_id:
+        if sender == self.node_id:
             return True
         if self._caches_per_peer[sender] >= self.settings.max_caches_per_peer:
             return False
         self._caches_per_peer[sender] += 1
-        self._opened_by[message.request_id] = sender
+        self._opened_by[wire_id] = sender
         return True
 
-    def _uncount(self, request_id: str) -> None:
-        sender = self._opened_by.pop(request_id, None)
+    def _uncount(self, wire_id: str) -> None:
+        sender = self._opened_by.pop(wire_id, None)
         if sender is not None:
             self._caches_per_peer[sender] -= 1
             if not self._caches_per_peer[sender]:
                 del self._caches_per_peer[sender]
 
-    def is_released(self, request_id: str) -> bool:
-        """True for a request released lately. Its origin may release it while a
-        step is still on its way here (a step it started before the caller
-        stopped); that step must not make a cache that nobody would free."""
-        return request_id in self._released
-
     def _refusal(self, message: Forward) -> RequestFailed:
         return RequestFailed(
             message.request_id,
-            f"{self.router.node_id} does not serve plan {message.plan_version} now",
+            f"{self.node_id} does not serve plan {message.plan_version} now",
             retryable=True,
         )
 
-    async def finish_forward(self, message: Forward, job: Job) -> None:
-        """Wait for the step's output and pass it on: hidden state to the next
-        node, or the sampled token to the origin. Never raises: whatever goes
-        wrong ends this request (at its origin), not the node."""
-        origin = message.origin or self.router.node_id
+    async def _finish(self, message: Forward, job: Job, onward: str | None, epoch: int) -> None:
+        """Wait for the step's output and pass it on: the hidden state to `onward`,
+        or (on the last shard) the sampled token to the origin. Never raises:
+        whatever goes wrong ends this request (at its origin), not the node."""
         try:
             output = await job.wait()
-            onward = self._pass_on(message, output, job.seconds)
-            if onward is not None:
-                node_id, reply = onward
-                await self.router.send(node_id, reply)
-        except PeerUnavailable as exc:  # our successor is gone: a newer plan will skip it
-            await self.send_quietly(origin, RequestFailed(message.request_id, str(exc), True))
+            self._count_step(message, job.seconds)
+            if epoch != self._shard_epoch:  # the shard was replaced while this step ran
+                reply: Message = self._refusal(message)
+            elif onward is None:
+                reply = TokenResult(message.request_id, self._sample(message, output))
+            else:
+                # Hidden states are (T, hidden); a batched engine may hand back (hidden,).
+                await self.send(onward, replace(message, tensor=np.atleast_2d(output)))
+                return
+            await self.send(message.origin, reply)
+        except (PeerUnavailable, _NoSampler) as exc:
+            # Our successor is gone (a newer plan skips it), or the sampler with it
+            # (a replay makes a new one): worth another try.
+            await self._fail(message, str(exc), retryable=True)
+        except BadSamplingError as exc:  # the origin asked for what this node cannot do
+            await self._fail(message, str(exc), retryable=False)
         except Exception as exc:  # the engine refused the input: replaying cannot help
             log.exception("step of %s failed", message.request_id)
-            failure = RequestFailed(
-                message.request_id, f"{type(exc).__name__}: {exc}"[:1000], False
-            )
-            await self.send_quietly(origin, failure)
+            await self._fail(message, f"{type(exc).__name__}: {exc}", retryable=False)
 
-    def _pass_on(
-        self, message: Forward, output: np.ndarray, seconds: float
-    ) -> tuple[str, Message] | None:
-        """Where the step's result goes next, and as what."""
+    async def _fail(self, message: Forward, reason: str, *, retryable: bool) -> None:
+        failure = RequestFailed(message.request_id, reason[:MAX_REASON_LENGTH], retryable)
+        await self._send_quietly(message.origin, failure)
+
+    def _count_step(self, message: Forward, seconds: float) -> None:
         self.stats.forwards += 1
         self.stats.compute_seconds += seconds
         self.stats.forwarded_positions += int(message.tensor.shape[0])
-        origin = message.origin or self.router.node_id
-        plan = self.router.serving_plan(message.plan_version)
-        if plan is None:  # the shard was replaced while this step ran
-            return origin, self._refusal(message)
-        me = self.router.node_id
-        shard = plan.shard_of(me)
-        assert shard is not None
-        if shard.is_last:
-            token = Sampler(_sampling(message)).sample(output, message.step)
-            return origin, TokenResult(message.request_id, token, None)
-        # Hidden states are (T, hidden); a batched engine may hand back one row as (hidden,).
-        hidden = np.atleast_2d(output)
-        return plan.next_node(me), replace(message, tensor=hidden, origin=origin)
 
-    async def send_quietly(self, node_id: str, message: Message) -> None:
+    def _sample(self, message: Forward, logits: np.ndarray) -> int:
+        """The step's token, drawn by the request's sampler: made from the
+        parameters its prompt carried, kept until the request is released, so it
+        sees every token it produced (a replay makes a new one, and the replayed
+        steps draw the generated tokens again)."""
+        sampler = self._samplers.get(message.request_id)
+        if sampler is None:
+            if message.sampling is None:
+                raise _NoSampler(f"{self.node_id} has no sampler for {message.request_id}")
+            sampler = Sampler(sampling_from_wire(message.sampling))
+            self._samplers[message.request_id] = sampler
+        return sampler.sample(logits, message.step)
+
+    async def _send_quietly(self, node_id: str, message: Message) -> None:
         """Send, or drop it when the node is gone (its requests are gone too)."""
         try:
-            await self.router.send(node_id, message)
+            await self.send(node_id, message)
         except PeerUnavailable:
             log.debug("dropping %s for %s: unreachable", type(message).__name__, node_id)
 
-    def release_from(self, origin: str) -> None:
-        """Free the caches of requests whose origin died (nobody will release them)."""
-        for wire_id, owner in list(self._served.items()):
-            if owner == origin:
-                self.receive(Release(wire_id))
+    # --- what membership and plan changes do ----------------------------------
+
+    def peer_left(self, node_id: str, reason: str) -> None:
+        """Replay this node's requests that ran through the peer, and free the
+        caches of requests it originated (nobody will release them now)."""
+        self.interrupt(lambda plan: node_id in plan.node_ids, reason)
+        for wire_id, origin in list(self._served.items()):
+            if origin == node_id:
+                self._release_cache(wire_id)
 
     def forget_served(self) -> None:
         """The shard was replaced, and every cache with it."""
+        self._shard_epoch += 1
         self._served.clear()
         self._opened_by.clear()
         self._caches_per_peer.clear()
+        self._samplers.clear()
 
     def statistics(self) -> dict[str, Any]:
         return self.stats.as_dict()
 
 
+class _NoSampler(Exception):
+    """The last shard got a later step of a request whose sampler it does not hold."""
+
+
 def pipeline_batch(requests: int, nodes: int) -> int:
     """Decode steps per batch that split `requests` into one group per ring node."""
     return max(1, math.ceil(requests / max(1, nodes)))
-
-
-def _sampling(message: Forward) -> SamplingParams:
-    return SamplingParams(
-        temperature=message.temperature,
-        top_p=message.top_p,
-        top_k=message.top_k,
-        seed=message.seed,
-    )

@@ -23,7 +23,7 @@ def topology_report(
     With `weights`, each planned node's `memory.model` is its shard's weight
     bytes as the planner counts them.
     """
-    state = cluster.state
+    state = cluster.plans.state
     adopted = state.adopted
     plan = adopted.plan if adopted is not None else None
     members = {m.node_id: m for m in state.members()}
@@ -60,7 +60,7 @@ def _node(
         "name": member.name if member else None,
         "self": me,
         "live": member is not None,
-        "address": None if me else cluster.peer_address(node_id),
+        "address": None if me else cluster.peers.peer_address(node_id),
         "engine": member.capabilities.engine if member else None,
         "chip": member.capabilities.chip if member else None,
         "memory": _memory(member, shard, weights),

@@ -29,12 +29,16 @@ class InsufficientMemoryError(Exception):
         self.needed = model.total_bytes
         self.budgets = budgets  # node id -> bytes it may use for weights
         per_node = ", ".join(f"{n}: {_size(b)}" for n, b in budgets.items()) or "no nodes"
+        # At least this much more: layers are whole, so each node may also waste part of one.
+        self.shortfall = max(0, self.needed - sum(budgets.values()))
+        more = f"needs {_size(self.shortfall)} more" if self.shortfall else "needs more room"
         super().__init__(
             f"not enough memory for {model.model_id}: it needs {_size(self.needed)} "
             f"({model.num_layers} layers of {_size(model.bytes_per_layer)}, embedding "
             f"{_size(model.embed_bytes)}, head {_size(model.head_bytes)}) but the nodes "
             f"offer {_size(sum(budgets.values()))} in all, {memory_fraction:.0%} of their "
-            f"usable memory ({per_node}); a layer cannot be split across nodes"
+            f"usable memory ({per_node}); a layer cannot be split across nodes. "
+            f"The ring {more}: add a device or use a smaller model"
         )
 
 

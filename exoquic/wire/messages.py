@@ -19,7 +19,6 @@ in docs/protocol.md.
 from __future__ import annotations
 
 import dataclasses
-import math
 import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,17 +33,20 @@ from exoquic.wire.errors import ErrorCode, LocalProtocolError, RemoteProtocolErr
 from exoquic.wire.framing import MAX_FRAME_SIZE
 from exoquic.wire.tensors import MAX_TENSOR_ELEMENTS, decode_tensor, encode_tensor
 
-PROTOCOL_VERSION = 1
-"""The node protocol version nodes announce in `Hello` (ALPN `exoquic/1`)."""
+PROTOCOL_VERSION = 2
+"""The node protocol version nodes announce in `Hello` (over ALPN `exoquic/1`).
+2: typed `Hello` fields, one `sampling` map in `Forward`."""
 
 MAX_ID_LENGTH = 128
 MAX_REASON_LENGTH = 1024
-MAX_CAPABILITIES = 64
-MAX_CAPABILITY_ITEMS = 1024
+MAX_MODEL_ID_LENGTH = 256
+MAX_DEVICE_FIELDS = 64
+MAX_DEVICE_ITEMS = 1024
+MAX_SAMPLING_FIELDS = 64
+MAX_SAMPLING_ITEMS = 4096  # room for a logit bias (a JSON schema is one text item)
 U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1
 QUIC_ERROR_CODE_MAX = (1 << 62) - 1
-FINISH_REASONS = frozenset({"stop", "length"})
 
 _RESERVED_KEYS = ("type", "v")
 
@@ -177,34 +179,13 @@ def check_bytes(message: Message, name: str, size: int) -> None:
         raise _invalid(message, name, f"{size} bytes", value)
 
 
-def check_real(
-    message: Message, name: str, low: float, high: float, *, low_open: bool = False
-) -> None:
-    """A finite number in [low, high] (or (low, high]); stored as float."""
+def check_choice(message: Message, name: str, choices: frozenset[str]) -> None:
+    """One of the text values `choices`."""
     value = getattr(message, name)
-    # isfinite only on floats: on an int past float range it raises OverflowError.
-    if not (_is_int(value) or (isinstance(value, float) and math.isfinite(value))):
-        raise _invalid(message, name, "a finite number", value)
-    # Python compares ints and floats exactly, so the range check comes before
-    # float(), which would overflow on a huge int.
-    if value < low or value > high or (low_open and value == low):
-        bracket = "(" if low_open else "["
-        raise _invalid(message, name, f"a number in {bracket}{low}, {high}]", value)
-    object.__setattr__(message, name, float(value))  # ints are fine on the wire
-
-
-def check_choice(
-    message: Message, name: str, choices: frozenset[str], *, optional: bool = False
-) -> None:
-    """One of the text values `choices` (or None when `optional`)."""
-    value = getattr(message, name)
-    if optional and value is None:
-        return
     # Test the type first: a list or map from the peer is unhashable, and a
     # set-membership test on it raises TypeError.
     if not isinstance(value, str) or value not in choices:
-        expected = f"one of {sorted(choices)}" + (" or null" if optional else "")
-        raise _invalid(message, name, expected, value)
+        raise _invalid(message, name, f"one of {sorted(choices)}", value)
 
 
 def check_items(message: Message, name: str, max_items: int) -> None:
@@ -212,6 +193,16 @@ def check_items(message: Message, name: str, max_items: int) -> None:
     value = getattr(message, name)
     if cbor.count_items(value, max_items) > max_items:
         raise _invalid(message, name, f"at most {max_items} CBOR items", value)
+
+
+def check_map(message: Message, name: str, max_fields: int, max_items: int) -> None:
+    """A map of at most `max_fields` short text keys and `max_items` CBOR items."""
+    value = getattr(message, name)
+    if not isinstance(value, dict) or len(value) > max_fields:
+        raise _invalid(message, name, f"a map of at most {max_fields} fields", value)
+    if not all(isinstance(key, str) and 0 < len(key) <= 64 for key in value):
+        raise _invalid(message, name, "a map with short text keys", value)
+    check_items(message, name, max_items)
 
 
 def check_name(message: Message, name: str) -> None:
@@ -269,28 +260,37 @@ def _invalid(message: Message, name: str, expected: str, value: Any) -> LocalPro
 class Hello(Message):
     """First message on a connection, each way: who I am and what I can do.
 
-    `node_id` must be the id of the key the peer presented in TLS (the
-    transport checks this); `capabilities` is free-form text-keyed data for
-    topology (memory, engine, models...).
+    `node_id` must be the id of the key the peer presented in TLS (the link
+    checks this). `instance` tells restarts apart (a larger value is a newer
+    process of the same node); `model` is the model id the node serves (peers
+    of another model do not link); `plan_version` is the newest plan version
+    it has seen (None: none yet), so that a coordinator never reuses one;
+    `device` describes its memory, chip and engine (a map, read by
+    `topology.DeviceCapabilities.from_dict`; only its size is checked here).
+
+    Version 2 replaced version 1's free-form `capabilities` map with these fields.
     """
 
     TYPE = "hello"
+    VERSION = 2
     MAX_SIZE = 64 << 10
     protocol_version: int
     node_id: str
     name: str
-    capabilities: dict[str, Any]
+    instance: int
+    model: str
+    plan_version: int | None
+    device: dict[str, Any]
 
     def __post_init__(self) -> None:
         check_uint(self, "protocol_version", U32)
         check_node_id(self, "node_id")
         check_name(self, "name")
-        caps = self.capabilities
-        if not isinstance(caps, dict) or len(caps) > MAX_CAPABILITIES:
-            raise _invalid(self, "capabilities", f"a map of at most {MAX_CAPABILITIES}", caps)
-        if not all(isinstance(key, str) and 0 < len(key) <= 64 for key in caps):
-            raise _invalid(self, "capabilities", "a map with short text keys", caps)
-        check_items(self, "capabilities", MAX_CAPABILITY_ITEMS)
+        check_uint(self, "instance")
+        check_text(self, "model", MAX_MODEL_ID_LENGTH, printable=True)
+        if self.plan_version is not None:
+            check_uint(self, "plan_version")
+        check_map(self, "device", MAX_DEVICE_FIELDS, MAX_DEVICE_ITEMS)
 
 
 @register
@@ -342,47 +342,40 @@ class Forward(Message):
     `tensor` is int32 token ids `(T,)` for the first shard, else the float
     hidden state `(T, hidden)` from the previous shard; it covers positions
     `start_position .. start_position + T - 1` of the request. `plan_version`
-    names the partition the sender used; the sampling fields travel along so
-    that the last shard samples with the request's own parameters.
+    names the partition the sender used. `origin` is the node holding the
+    request, to which the last shard sends its `TokenResult`. `step` is the
+    index of the token this pass produces (0 for the first generated token).
 
-    Version 2 adds `step`, the index of the token this pass produces (0 for
-    the first generated token; the sampler's draw depends on it, so any node
-    can sample any step), and `origin`, the node id of the node holding the
-    request, to which the last shard sends its `TokenResult` (None: the node
-    the message came from).
+    `sampling` carries the request's sampling parameters (a map of
+    `engines.sampling.SamplingParams` fields by name, validated by the last
+    shard; new optional parameters need no new message). It travels with the
+    prompt (step 0) and is None on later steps: the last shard keeps one
+    sampler per request for the request's life.
+
+    Version 3 replaced version 2's `temperature`, `top_p`, `top_k`, `seed`
+    and (never used) `max_tokens` with `sampling`, and made `origin` required.
     """
 
     TYPE = "forward"
-    VERSION = 2
+    VERSION = 3
     MAX_SIZE = MAX_FRAME_SIZE  # a long prefill's hidden state
     request_id: str
     plan_version: int
     start_position: int
     tensor: np.ndarray = field(metadata=TENSOR)
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    max_tokens: int = 1
+    origin: str
     step: int = 0
-    origin: str | None = None
+    sampling: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
         check_uint(self, "plan_version")
         check_uint(self, "start_position", U32)
         self._check_tensor()
-        check_real(self, "temperature", 0.0, 2.0)
-        check_real(self, "top_p", 0.0, 1.0, low_open=True)
-        check_uint(self, "top_k", U32)
-        if self.seed is not None:
-            check_uint(self, "seed")
-        check_uint(self, "max_tokens", U32)
-        if self.max_tokens == 0:
-            raise _invalid(self, "max_tokens", "at least 1", 0)
+        check_node_id(self, "origin")
         check_uint(self, "step", U32)
-        if self.origin is not None:
-            check_node_id(self, "origin")
+        if self.sampling is not None:
+            check_map(self, "sampling", MAX_SAMPLING_FIELDS, MAX_SAMPLING_ITEMS)
 
     def _check_tensor(self) -> None:
         tensor = self.tensor
@@ -400,18 +393,18 @@ class Forward(Message):
 @register
 @dataclass(frozen=True)
 class TokenResult(Message):
-    """The token the last shard sampled for a request; `finish_reason` is
-    "stop" or "length" on its final token, else None."""
+    """The token the last shard sampled for a request, sent to its origin
+    (which alone decides when the request ends). Version 2 dropped version 1's
+    `finish_reason`, which no node ever set."""
 
     TYPE = "token"
+    VERSION = 2
     request_id: str
     token_id: int
-    finish_reason: str | None
 
     def __post_init__(self) -> None:
         check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
         check_uint(self, "token_id", U32)
-        check_choice(self, "finish_reason", FINISH_REASONS, optional=True)
 
 
 @register
@@ -492,7 +485,6 @@ class PlanReady(Message):
         check_node_id(self, "proposer")
 
 
-MAX_MODEL_ID_LENGTH = 256
 PREPARATION_PHASES = frozenset({"downloading", "loading", "ready", "failed"})
 
 

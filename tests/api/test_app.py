@@ -107,7 +107,13 @@ async def test_text_stream_without_usage(tiny_app_factory: Any) -> None:
         (CHAT, {"model": "gpt-4o", "messages": HELLO}, 404, "model", "model_not_found"),
         (CHAT, {"model": MODEL, "messages": HELLO, "temperature": "0"}, 400, "temperature", None),
         (CHAT, {"model": MODEL, "messages": HELLO, "n": 3}, 400, "n", None),
-        (CHAT, {"model": MODEL, "messages": HELLO, "tools": []}, 400, "tools", None),
+        (
+            CHAT,
+            {"model": MODEL, "messages": HELLO, "tools": [{"type": "fn"}]},
+            400,
+            "tools[0]",
+            None,
+        ),
         (CHAT, {"model": MODEL, "messages": "hi"}, 400, "messages", None),
         (
             CHAT,

@@ -119,7 +119,10 @@ def test_models(client: OpenAI) -> None:
         {"n": 2},
         {"max_tokens": 0},
         {"stop": ["a", "b", "c", "d", "e"]},
-        {"tools": [{"type": "function", "function": {"name": "f"}}]},
+        {  # a forced call to a function the request does not offer
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": {"type": "function", "function": {"name": "g"}},
+        },
         {"max_tokens": 4096},  # prompt + 4096 exceed the 2048-token context
     ],
 )

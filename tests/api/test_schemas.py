@@ -119,7 +119,8 @@ def test_fewer_messages_and_parts_than_the_context_are_accepted() -> None:
         ({"n": 2}, "n"),
         ({"stream": "yes"}, "stream"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
-        ({"tools": []}, "tools"),
+        ({"tools": "get_weather"}, "tools"),
+        ({"tool_choice": "required"}, "tool_choice"),
     ],
 )
 def test_bad_fields_name_the_parameter(overrides: dict[str, Any], param: str) -> None:
@@ -162,8 +163,11 @@ def test_sdk_echo_fields_only_while_empty() -> None:
     echoed = {"role": "assistant", "content": "x", "refusal": None, "tool_calls": [], "name": "a"}
     assert chat(messages=[echoed]).messages[0] == {"role": "assistant", "content": "x"}
     with pytest.raises(APIError) as info:
+        chat(messages=[{**echoed, "refusal": "no"}])
+    assert info.value.param == "messages[0].refusal"
+    with pytest.raises(APIError) as info:  # a call must name its function
         chat(messages=[{**echoed, "tool_calls": [{"id": "1"}]}])
-    assert info.value.param == "messages[0].tool_calls"
+    assert info.value.param == "messages[0].tool_calls[0]"
     with pytest.raises(APIError):
         chat(messages=[{"role": "user", "content": "x", "name": 3}])
 

@@ -4,73 +4,18 @@
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
-import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from api.api_helpers import RunningNode, start_node, stop_node
+from fixtures.terminal import Terminal
 
 EXOQUIC = str(Path(sys.executable).with_name("exoquic"))
-WIDTH = 60
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
-
-
-class Terminal:
-    """One tmux server and window; `run` types a command into it and waits for it."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.socket = f"exoquic-test-{uuid.uuid4().hex[:8]}"
-        self.workdir = workdir
-        self._tmux("new-session", "-d", "-x", str(WIDTH), "-y", "50", "-s", "t", "bash --norc")
-        self._tmux("set-option", "-t", "t", "history-limit", "5000")
-
-    def _tmux(self, *args: str) -> str:
-        result = subprocess.run(
-            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True
-        )
-        return result.stdout
-
-    def run(self, command: str, env: dict[str, str], timeout: float = 500) -> int:
-        """Run `command` in the pane with `env` added; its exit status."""
-        return self.wait(self.start(command, env), timeout)
-
-    def start(self, command: str, env: dict[str, str]) -> Path:
-        """Type `command` into the pane; the file its exit status will be written to."""
-        done = self.workdir / f"rc-{uuid.uuid4().hex[:8]}"
-        assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-        line = f"clear; env {assignments} {command}; echo $? > {done}"
-        self._tmux("send-keys", "-t", "t", line, "Enter")
-        return done
-
-    def wait(self, done: Path, timeout: float = 500) -> int:
-        deadline = time.monotonic() + timeout
-        while not done.exists() or not done.read_text().strip():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no exit status in {timeout}s:\n{self.screen()}")
-            time.sleep(0.2)
-        return int(done.read_text())
-
-    def wait_for_text(self, text: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.screen():
-                return True
-            time.sleep(0.1)
-        return False
-
-    def screen(self) -> str:
-        """The pane's text, scroll-back included, with wrapped lines joined as shown."""
-        return self._tmux("capture-pane", "-p", "-J", "-t", "t", "-S", "-5000")
-
-    def close(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], check=False)
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ from fixtures.hub_server import HubServer, build_tiny_repo
 from exoquic.api.app import create_app
 from exoquic.identity.keys import Identity
 from exoquic.identity.trust import TrustStore
-from exoquic.orchestration import cluster as cluster_module
-from exoquic.orchestration.network import ClusterSettings
+from exoquic.orchestration import plans as plans_module
+from exoquic.orchestration.cluster import ClusterSettings
 from exoquic.orchestration.node import NodeSettings, open_node
 
 REPO = "exoquic-test/tiny-chat"
@@ -108,7 +108,7 @@ async def test_a_downloading_node_shows_its_progress_then_serves(
 async def test_a_failed_download_shows_its_error_and_is_retried(
     hub: HubServer, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cluster_module, "LOAD_RETRY_DELAY", 1.0)
+    monkeypatch.setattr(plans_module, "LOAD_RETRY_DELAY", 1.0)
     hub.fail(HELD, 404)  # not a transient error: the download gives up at once
     async with topology_of_a_hub_node(home) as topology:
         body = await poll(

@@ -26,10 +26,10 @@ from exoquic.identity.trust import TrustStore
 from exoquic.models.config import ModelConfig
 from exoquic.models.shard import Shard
 from exoquic.models.weights import EMBED_NAME, HEAD_NAME, ShardWeights, shard_tensor_names
-from exoquic.orchestration.cluster import Cluster, ShardLoader
+from exoquic.orchestration.cluster import Cluster, ClusterSettings, open_cluster
 from exoquic.orchestration.generation import UnavailableError
-from exoquic.orchestration.network import ClusterSettings, open_cluster
 from exoquic.orchestration.planning import Member, PlanState
+from exoquic.orchestration.plans import ShardLoader
 from exoquic.orchestration.ring import RingSettings, StepFailedError
 from exoquic.orchestration.worker import EngineWorker
 from exoquic.topology import DeviceCapabilities, ModelRequirements
@@ -134,7 +134,7 @@ class Lab:
             join_timeout=3.0,
             settle_time=0.05,
             plan_timeout=20.0,
-            ring=ring or RingSettings(step_timeout=20.0),
+            ring_settings=ring or RingSettings(step_timeout=20.0),
         )
         engine = self.engine()
         caps = DeviceCapabilities(memory_mib * MIB, memory_mib * MIB, "test", engine.name)
@@ -143,9 +143,14 @@ class Lab:
         async with trio.open_nursery() as nursery:
             await nursery.start(worker.run)
             loader = loader or self.loader
-            async with open_cluster(settings, state, worker, loader, MODEL_ID) as cluster:
+            async with open_cluster(settings, state, worker, loader) as cluster:
                 yield cluster
             nursery.cancel_scope.cancel()
+
+
+def hello(me: Identity, device: dict[str, Any]) -> Hello:
+    """The Hello of peer "x" (`me`) of the test model, describing `device`."""
+    return Hello(PROTOCOL_VERSION, me.node_id, "x", 1, MODEL_ID, None, device)
 
 
 async def generate(
@@ -168,14 +173,22 @@ async def generate(
 async def wait_plan(clusters: list[Cluster], size: int, timeout: float = 20) -> None:
     with trio.move_on_after(timeout):
         while True:
-            plans = [c.state.active_plan() for c in clusters]
+            plans = [c.plans.state.active_plan() for c in clusters]
             sizes = {len(p.node_ids) if p else 0 for p in plans}
             if sizes == {size} and len({p.version for p in plans if p is not None}) == 1:
                 return
             await trio.sleep(0.05)
-    views = [(c.state.me.name, c.status(), c.state.adopted_key, c.state.loaded_key,
-              sorted(m.name for m in c.state.peers.values())) for c in clusters]  # fmt: skip
+    states = [(c.plans.state, c.status()) for c in clusters]
+    views = [(s.me.name, status, s.adopted_key, s.loaded_key,
+              sorted(m.name for m in s.peers.values())) for s, status in states]  # fmt: skip
     raise AssertionError(f"no common {size}-node plan: {views}")
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5) -> None:
+    """Poll until `condition()` holds (real QUIC between in-process nodes: real time)."""
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
@@ -204,8 +217,7 @@ async def test_a_ring_of_three_answers_like_one_engine(
         for origin, prompt in zip(clusters + clusters, PROMPTS, strict=False):
             assert await generate(origin, prompt) == reference[tuple(prompt)][:12]
         # every request released its caches on every node
-        await trio.sleep(0.2)
-        assert all(c.worker.engine.active_requests() == 0 for c in clusters)
+        await wait_until(lambda: all(c.worker.engine.active_requests() == 0 for c in clusters))
 
 
 async def test_a_long_prompt_pipelined_in_chunks_answers_like_one_engine(tmp_path: Path) -> None:
@@ -270,9 +282,7 @@ async def test_requests_stopped_early_leave_no_cache_behind(
                     if len(first) == 1 + i % 3:
                         break
             assert first == reference[tuple(prompt)][: len(first)]
-        with trio.fail_after(5):
-            while any(c.worker.engine.active_requests() for c in clusters):
-                await trio.sleep(0.05)
+        await wait_until(lambda: not any(c.worker.engine.active_requests() for c in clusters))
 
 
 async def test_a_node_leaving_mid_request_is_replayed_with_the_same_output(
@@ -287,12 +297,12 @@ async def test_a_node_leaving_mid_request_is_replayed_with_the_same_output(
         async def leave_after(count: int) -> None:
             if count == 4:
                 stop_c.cancel()  # c closes its connections on the way out
-                await trio.sleep(0.3)
+                await wait_until(lambda: c.node_id not in a.peers.live_peers())
 
         tokens = await generate(a, prompt, 16, on_token=leave_after)
         assert tokens == reference[tuple(prompt)][:16]
         assert a.ring.stats.replays >= 1
-        plan = a.state.active_plan()
+        plan = a.plans.state.active_plan()
         assert plan is not None and len(plan.node_ids) == 2
 
 
@@ -309,8 +319,9 @@ async def test_a_node_joining_mid_request_is_taken_in_without_changing_the_outpu
             if count == 3:
                 c, _ = await nursery.start(serve, lab, "c", 1000)
                 joined.append(c)
-                with trio.fail_after(10):  # hold the request until the new plan is adopted
-                    while a.state.adopted is None or len(a.state.adopted.plan.node_ids) < 3:
+                state = a.plans.state  # hold the request until the new plan is adopted
+                with trio.fail_after(10):
+                    while state.adopted is None or len(state.adopted.plan.node_ids) < 3:
                         await trio.sleep(0.02)
 
         tokens = await generate(a, prompt, 16, on_token=join_after)
@@ -328,13 +339,13 @@ async def test_a_node_back_before_its_old_links_time_out_replaces_them(
     async with lab.node("a") as a, lab.node("c") as c, trio.open_nursery() as nursery:
         old_b, _ = await nursery.start(serve, lab, "b", 1000)
         await wait_plan([a, old_b, c], 3)
-        before = a.state.active_plan()
+        before = a.plans.state.active_plan()
         assert before is not None
         # b comes back (same key) while its old links still look alive, as when a
         # crashed node restarts within its peers' idle timeout
         new_b, _ = await nursery.start(serve, lab, "b", 1000, free_udp_port())
         await wait_plan([a, new_b, c], 3)
-        after = a.state.active_plan()
+        after = a.plans.state.active_plan()
         assert after is not None and after.version > before.version
         assert await generate(a, PROMPTS[0]) == reference[tuple(PROMPTS[0])][:12]
         assert await generate(new_b, PROMPTS[1]) == reference[tuple(PROMPTS[1])][:12]
@@ -350,7 +361,7 @@ async def test_survivors_that_cannot_hold_the_model_fail_requests_clearly(tmp_pa
         async def leave_after(count: int) -> None:
             if count == 2:
                 stop_b.cancel()
-                await trio.sleep(0.3)
+                await wait_until(lambda: b.node_id not in a.peers.live_peers())
 
         with trio.fail_after(15), pytest.raises(UnavailableError, match="not enough memory"):
             await generate(a, PROMPTS[0], 16, on_token=leave_after)
@@ -391,27 +402,27 @@ async def test_a_peer_breaking_the_protocol_is_dropped_and_the_ring_goes_on(
 ) -> None:
     lab = Lab(tmp_path, ["a", "b", "x"])  # x: a trusted peer that misbehaves
     x = lab.identities["x"]
-    good_caps = {"device": DeviceCapabilities(MIB, MIB, "x", "mlx").to_dict(), "model": MODEL_ID}
+    good_device = DeviceCapabilities(MIB, MIB, "x", "mlx").to_dict()
     bad_plan = PlanProposal({"version": 9, "assignments": [{"node_id": x.node_id}]})
     async with lab.node("a") as a, lab.node("b") as b:
         await wait_plan([a, b], 2)
-        for capabilities, then in (({"device": {"total_memory": 1}}, None), (good_caps, bad_plan)):
-            closed = await misbehave(lab, x, "a", capabilities, then)
+        for device, then in (({"total_memory": 1}, None), (good_device, bad_plan)):
+            closed = await misbehave(lab, x, "a", device, then)
             assert closed.error_code == ErrorCode.INVALID_FIELD
         assert await generate(a, PROMPTS[2]) == reference[tuple(PROMPTS[2])][:12]
-        assert a.state.active_plan() is not None and len(a.state.peers) == 1
+        assert a.plans.state.active_plan() is not None and len(a.plans.state.peers) == 1
 
 
 async def misbehave(
-    lab: Lab, me: Identity, to: str, capabilities: dict[str, Any], then: Message | None
+    lab: Lab, me: Identity, to: str, device: dict[str, Any], then: Message | None
 ) -> ConnectionClosed:
-    """Link to node `to` as `me` with `capabilities`, send `then`; how the link closed."""
+    """Link to node `to` as `me` with `device`, send `then`; how the link closed."""
     trust = TrustStore.open(lab.homes["x"])
     async with open_endpoint(me, verify_peer=trust.is_trusted, host="127.0.0.1") as endpoint:
         peer_key = lab.identities[to].public_key
         connection = await endpoint.connect(("127.0.0.1", lab.ports[to]), peer_key)
         messages = await MessageStream.open(connection)
-        await messages.send_message(Hello(PROTOCOL_VERSION, me.node_id, "x", capabilities))
+        await messages.send_message(hello(me, device))
         if then is not None:
             await messages.receive_message()  # their hello
             await messages.send_message(then)

@@ -7,13 +7,12 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import cbor2
 import numpy as np
 import pytest
 import trio
-from test_cluster import MIB, MODEL_ID, PROMPTS, Lab, generate, reference, wait_plan
+from test_cluster import MIB, PROMPTS, Lab, generate, hello, reference, wait_plan
 
 from exoquic.identity.keys import Identity
 from exoquic.identity.trust import TrustStore
@@ -30,7 +29,6 @@ from exoquic.transport import (
 from exoquic.wire.errors import ErrorCode as WireErrorCode
 from exoquic.wire.framing import frame_header
 from exoquic.wire.messages import (
-    PROTOCOL_VERSION,
     Forward,
     Hello,
     Release,
@@ -43,11 +41,11 @@ __all__ = ["reference"]  # the fixture, shared with test_cluster.py
 pytestmark = pytest.mark.timeout(120)
 
 # A peer too small to be given layers: it links and joins, but plans leave it out.
-SMALL_CAPS = {"device": DeviceCapabilities(MIB, MIB, "x", "mlx").to_dict(), "model": MODEL_ID}
+SMALL_DEVICE = DeviceCapabilities(MIB, MIB, "x", "mlx").to_dict()
 
 
-def x_hello(x: Identity, capabilities: dict[str, Any] | None = None) -> Hello:
-    return Hello(PROTOCOL_VERSION, x.node_id, "x", capabilities or SMALL_CAPS)
+def x_hello(x: Identity) -> Hello:
+    return hello(x, SMALL_DEVICE)
 
 
 @asynccontextmanager
@@ -105,7 +103,7 @@ async def test_one_link_per_connection_and_one_connection_per_key(tmp_path: Path
         with trio.fail_after(5), pytest.raises(StreamReset) as caught:
             await second.receive_message()
         assert caught.value.error_code == ErrorCode.STREAM_REFUSED
-        assert first.closed is None and a.live_peers() == [x.node_id]
+        assert first.closed is None and a.peers.live_peers() == [x.node_id]
         # A second connection from the same key takes the first one's place.
         async with connected_as(lab, "x", "a") as again:
             with trio.fail_after(5):
@@ -113,12 +111,13 @@ async def test_one_link_per_connection_and_one_connection_per_key(tmp_path: Path
             assert closed.by_peer and closed.error_code == ErrorCode.REPLACED
             await introduce(await MessageStream.open(again), x_hello(x), dialer=True)
             with trio.fail_after(5):
-                while a.peer_address(x.node_id) is None:
+                while a.peers.peer_address(x.node_id) is None:
                     await trio.sleep(0.02)
-            assert a.endpoint is not None
+            endpoint = a.peers.endpoint
+            assert endpoint is not None
             # (a also dials x's listed port, where nobody answers: not counted)
-            incoming = [c for c in a.endpoint.connections if not c.is_client]
-            assert incoming == [a.endpoint.find_connection(x.public_key)]
+            incoming = [c for c in endpoint.connections if not c.is_client]
+            assert incoming == [endpoint.find_connection(x.public_key)]
 
 
 async def test_a_peer_cannot_open_more_caches_than_its_share(tmp_path: Path) -> None:
@@ -131,11 +130,11 @@ async def test_a_peer_cannot_open_more_caches_than_its_share(tmp_path: Path) -> 
         await introduce(messages, x_hello(x), dialer=True)
         await trio.sleep(0.5)  # a takes x in (x gets no layers): the plan may move on
         await wait_plan([a], 1)
-        plan = a.state.active_plan()
+        plan = a.plans.state.active_plan()
         assert plan is not None
         tokens = np.asarray([1, 2, 3], np.int32)
         for i in range(5):
-            forward = Forward(f"x{i}", plan.version, 0, tokens, origin=x.node_id)
+            forward = Forward(f"x{i}", plan.version, 0, tokens, x.node_id, sampling={})
             await messages.send_message(forward)
         refused: list[RequestFailed] = []
         answered: list[str] = []  # a holds the whole model: it samples and answers x
@@ -153,7 +152,7 @@ async def test_a_peer_cannot_open_more_caches_than_its_share(tmp_path: Path) -> 
         assert a.worker.engine.active_requests() == 3
         # Releasing one frees its place for the next.
         await messages.send_message(Release("x0"))
-        await messages.send_message(Forward("x5", plan.version, 0, tokens, origin=x.node_id))
+        await messages.send_message(Forward("x5", plan.version, 0, tokens, x.node_id, sampling={}))
         with trio.fail_after(10):
             while not isinstance(message := await messages.receive_message(), TokenResult):
                 assert not isinstance(message, RequestFailed), message

@@ -6,7 +6,12 @@ import pytest
 
 from exoquic.identity.keys import Identity
 from exoquic.orchestration.planning import Member, PlanState
-from exoquic.topology import DeviceCapabilities, InsufficientMemoryError, ModelRequirements
+from exoquic.topology import (
+    DeviceCapabilities,
+    InsufficientMemoryError,
+    ModelRequirements,
+    Proposal,
+)
 
 MIB = 1 << 20
 MODEL = ModelRequirements("m", num_layers=12, bytes_per_layer=10 * MIB, embed_bytes=20 * MIB,
@@ -40,8 +45,8 @@ class Cluster:
     def load_all(self) -> None:
         for node_id, state in self.states.items():
             key = state.adopted_key
-            assert key is not None
-            state.mark_loaded(key)
+            assert key is not None and state.adopted is not None
+            state.mark_loaded(state.adopted)
             for other_id, other in self.states.items():
                 if other_id != node_id:
                     other.on_ready(node_id, key)
@@ -74,8 +79,8 @@ def test_a_plan_is_not_active_until_every_member_is_ready() -> None:
     cluster.run_proposals()
     first, second = cluster.states.values()
     key = first.adopted_key
-    assert key is not None
-    first.mark_loaded(key)
+    assert key is not None and first.adopted is not None
+    first.mark_loaded(first.adopted)
     assert first.active_plan() is None
     first.on_ready(second.me.node_id, (key[0], "exq-somebody-else"))  # another plan's readiness
     assert first.active_plan() is None
@@ -158,7 +163,7 @@ def test_a_coordinator_whose_proposal_lost_a_tie_proposes_again() -> None:
     coordinator, other = PlanState(a, MODEL, 1.0), PlanState(b, MODEL, 1.0)
     rival = other.propose()  # b, alone for a moment, proposed version 0 and adopted it
     other.offer(rival, b.node_id)
-    other.mark_loaded((rival.version, b.node_id))
+    other.mark_loaded(Proposal(rival, b.node_id))
     coordinator.peer_up(b)
     other.peer_up(a)
     mine = coordinator.propose()  # a did not know: also version 0

@@ -20,8 +20,9 @@ from test_cluster import CONFIG, MODEL_ID, Lab, load_shard, wait_plan
 from exoquic.download.progress import current_reporter
 from exoquic.models.shard import Shard
 from exoquic.models.weights import ShardWeights
-from exoquic.orchestration import cluster as cluster_module
-from exoquic.orchestration.cluster import Cluster, ShardLoader
+from exoquic.orchestration import plans as plans_module
+from exoquic.orchestration.cluster import Cluster
+from exoquic.orchestration.plans import ShardLoader
 from exoquic.orchestration.topology_view import topology_report
 
 WEIGHTS = "model-00001-of-00002.safetensors"
@@ -90,8 +91,9 @@ async def test_a_download_in_progress_shows_on_every_peer_until_ready(tmp_path: 
                 )
                 assert b.preparation_states()[b.node_id].phase == "ready"
             # c is gone: its last state goes with its link
-            await wait_until(lambda: c.node_id not in a.peer_progress, "a to forget c")
-            assert set(a.peer_progress) == {b.node_id}
+            progress = a.plan_loop.peer_progress
+            await wait_until(lambda: c.node_id not in progress, "a to forget c")
+            assert set(progress) == {b.node_id}
     finally:
         release.set()
 
@@ -99,7 +101,7 @@ async def test_a_download_in_progress_shows_on_every_peer_until_ready(tmp_path: 
 async def test_a_failed_load_shows_its_error_then_is_retried(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cluster_module, "LOAD_RETRY_DELAY", 1.0)
+    monkeypatch.setattr(plans_module, "LOAD_RETRY_DELAY", 1.0)
     lab = Lab(tmp_path, ["a", "b"])
     attempts = []
 

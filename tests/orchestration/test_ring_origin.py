@@ -10,14 +10,17 @@ import pytest
 import trio
 
 from exoquic.engines.sampling import SamplingParams
+from exoquic.identity.keys import Identity
 from exoquic.models.shard import Shard
-from exoquic.orchestration.ring import PeerUnavailable, Ring
+from exoquic.orchestration.peers import PeerUnavailable
+from exoquic.orchestration.ring import Ring
 from exoquic.orchestration.worker import PREFILL_CHUNK, EngineWorker
 from exoquic.topology import Plan
 from exoquic.topology.partition import Assignment
 from exoquic.wire.messages import Forward, Message, Release, TokenResult
 
-NODE = "exq-XGYA-KPPC-6SEY-M6EB-T"
+NODE = "exq-XGYA-KPPC-6SEY-M6EB-T"  # the plan's one node
+ORIGIN = Identity.generate().node_id  # the node holding the request
 
 
 def plan(version: int) -> Plan:
@@ -27,9 +30,7 @@ def plan(version: int) -> Plan:
 class StandInRing:
     """Answers every forward step with token 100 + its step index (a whole prompt
     chunk with 500 + its start position); the forward steps numbered in `unreachable` fail
-    to send, as if the first node had just died."""
-
-    node_id = NODE
+    to send, as if the first node had just died. It is the origin's plans and peers."""
 
     def __init__(self, unreachable: set[int]) -> None:
         self.ring: Ring | None = None
@@ -51,7 +52,7 @@ class StandInRing:
         token = 100 + message.step
         if len(message.tensor) == PREFILL_CHUNK:  # a prompt's chunk, maybe not its last
             token = 500 + message.start_position
-        self.ring.receive(TokenResult(message.request_id, token, None))
+        self.ring.receive(NODE, TokenResult(message.request_id, token))
 
     def serving_plan(self, version: int) -> Plan | None:
         return plan(version)
@@ -67,7 +68,7 @@ async def run(
     prompt: list[int] | None = None,
 ) -> list[int]:
     # As origin only, the ring never touches its engine: an unstarted worker shell.
-    ring = Ring(stand_in, EngineWorker.__new__(EngineWorker))
+    ring = Ring(ORIGIN, stand_in, stand_in.send, EngineWorker.__new__(EngineWorker))
     stand_in.ring = ring
     tokens: list[int] = []
     prompt = [1, 2, 3] if prompt is None else prompt
@@ -122,7 +123,7 @@ async def test_a_replay_that_samples_other_tokens_is_counted(
             message = replace(message, step=message.step + 7)  # another token than before
         await original_send(node_id, message)
 
-    stand_in.send = send  # type: ignore[method-assign]
+    stand_in.send = send  # type: ignore[method-assign]  # (before the ring takes it)
     ring_tokens = await run(stand_in, budget=4)
     assert ring_tokens[:2] == [100, 101]
     assert stand_in.ring is not None and stand_in.ring.stats.replay_mismatches == 1
@@ -149,10 +150,3 @@ async def test_a_long_prompt_leaves_in_chunks_and_the_last_chunk_gives_the_token
     assert [t for f in chunks for t in f.tensor.tolist()] == prompt
     assert {f.step for f in chunks} == {0}
     assert stand_in.forwards[3].start_position == len(prompt)
-
-
-async def test_an_empty_prompt_is_refused_before_anything_is_sent() -> None:
-    stand_in = StandInRing(unreachable=set())
-    with pytest.raises(ValueError, match="empty"):
-        await run(stand_in, budget=2, prompt=[])
-    assert stand_in.forwards == []

@@ -77,7 +77,7 @@ async def test_concurrent_steps_are_batched_and_results_routed() -> None:
         async with trio.open_nursery() as requests:
             for i in range(4):
                 requests.start_soon(request, f"r{i}", 100 * i)
-            await trio.sleep(0.05)
+            await trio.testing.wait_all_tasks_blocked()  # every request queued its step
             engine.gate.set()
         nursery.cancel_scope.cancel()
     assert results == {f"r{i}": [100 * i + 1, 100 * i + 2, 100 * i + 3] for i in range(4)}
@@ -101,7 +101,9 @@ async def open_gate_later(engine: RecordingEngine) -> None:
     engine.gate.set()
 
 
-async def test_cancelled_caller_does_not_break_the_engine_state() -> None:
+async def test_cancelled_caller_does_not_break_the_engine_state(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     engine = RecordingEngine()
     worker = EngineWorker(engine)
     async with trio.open_nursery() as nursery:
@@ -118,14 +120,16 @@ async def test_cancelled_caller_does_not_break_the_engine_state() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_a_step_cancelled_while_queued_is_skipped() -> None:
+async def test_a_step_cancelled_while_queued_is_skipped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     engine = RecordingEngine()
     worker = EngineWorker(engine)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
         engine.gate.clear()
         nursery.start_soon(worker.forward, "busy", np.array([0]))
-        await trio.sleep(0.05)  # "busy" now occupies the engine thread
+        await trio.testing.wait_all_tasks_blocked()  # "busy" now occupies the engine thread
         with trio.move_on_after(0.05):
             await worker.forward("gone", np.array([0]))
         engine.gate.set()
@@ -192,7 +196,7 @@ async def test_decode_steps_take_turns_with_the_chunks_of_a_long_prefill() -> No
         engine.calls.clear()
         engine.gate.clear()
         long = worker.forward_nowait("long", hidden(6))
-        await trio.sleep(0.05)  # its first chunk holds the engine now
+        await trio.testing.wait_all_tasks_blocked()  # its first chunk holds the engine now
         steps = [worker.forward_nowait(name, hidden(1)) for name in ("a", "b")]
         engine.gate.set()
         assert (await long.wait()).tolist() == [[float(i)] for i in range(6)]
@@ -215,14 +219,18 @@ async def test_a_prefill_keeps_progressing_while_decode_steps_keep_coming() -> N
 
         nursery.start_soon(decode_forever, "a")
         nursery.start_soon(decode_forever, "b")
-        await trio.sleep(0.05)
+        await trio.testing.wait_all_tasks_blocked()  # both decode in the engine thread
+        # (real time: the engine thread runs all along, an autojumping clock would
+        # reach this deadline whenever the event loop waits for it)
         with trio.fail_after(5):
             output = await worker.forward("long", hidden(5))
         nursery.cancel_scope.cancel()
     assert output.tolist() == [[float(i)] for i in range(5)]
 
 
-async def test_a_cancelled_chunked_prefill_stops_between_chunks() -> None:
+async def test_a_cancelled_chunked_prefill_stops_between_chunks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     engine = PositionEngine()
     worker = EngineWorker(engine, prefill_chunk=2)
     async with trio.open_nursery() as nursery:

@@ -119,6 +119,8 @@ def test_fails_only_when_total_memory_is_short(case: Case) -> None:
         slack = len(nodes) * (model.bytes_per_layer + model.embed_bytes + model.head_bytes)
         assert total < model.total_bytes + slack
         assert e.needed == model.total_bytes and sum(e.budgets.values()) == total
+        assert e.shortfall == max(0, model.total_bytes - total)
+        assert str(e).endswith(": add a device or use a smaller model")
     else:
         assert total >= model.total_bytes
 

@@ -174,14 +174,14 @@ def model_progress(draw: st.DrawFn) -> ModelProgress:
 node_id = keys.map(node_id_from_public_key)
 
 MESSAGE_STRATEGIES: dict[str, st.SearchStrategy[Message]] = {
-    "hello": st.builds(Hello, u32, node_id, name, st.dictionaries(name, plain, max_size=4)),
+    "hello": st.builds(Hello, u32, node_id, name, u64, request_id, st.none() | u64,
+                       st.dictionaries(name, plain, max_size=4)),
     "ping": st.builds(Ping, u64),
     "pong": st.builds(Pong, u64),
     "error": st.builds(ErrorMessage, st.integers(0, 2**62 - 1), st.text(max_size=50)),
-    "forward": st.builds(Forward, request_id, u64, u32, tensor, st.floats(0, 2),
-                         st.floats(0.01, 1), u32, st.none() | u64, st.integers(1, 2**32 - 1),
-                         u32, st.none() | node_id),
-    "token": st.builds(TokenResult, request_id, u32, st.sampled_from([None, "stop", "length"])),
+    "forward": st.builds(Forward, request_id, u64, u32, tensor, node_id, u32,
+                         st.none() | st.dictionaries(name, plain, max_size=4)),
+    "token": st.builds(TokenResult, request_id, u32),
     "release": st.builds(Release, request_id),
     "request_failed": st.builds(RequestFailed, request_id, st.text(max_size=50), st.booleans()),
     "plan_proposal": st.builds(PlanProposal, st.fixed_dictionaries(

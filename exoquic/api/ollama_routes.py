@@ -1,0 +1,295 @@
+"""Ollama's API: `/api/chat`, `/api/generate`, `/api/tags`, `/api/show`, `/api/ps`,
+`/api/version`, so Ollama clients (and Open WebUI's Ollama connection) work unchanged.
+
+Requests are validated by the OpenAI code paths (see `ollama_schemas`) and
+generated the same way; replies stream as NDJSON, one object per line, the
+last with `done: true`, the finish reason and Ollama's counters and durations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from quart import Blueprint, Response
+
+from exoquic.api.admission import Slot
+from exoquic.api.errors import APIError
+from exoquic.api.metrics import GenerationMeter
+from exoquic.api.ollama_schemas import (
+    OLLAMA_VERSION,
+    Timings,
+    chat_body,
+    generate_body,
+    model_digest,
+    model_name,
+    parameter_size,
+    timestamp,
+    tool_calls,
+)
+from exoquic.api.openai_routes import (
+    admission,
+    generation_meter,
+    json_body,
+    new_generation,
+    node,
+    open_reply,
+    serving_node,
+    tokenized,
+    with_model_defaults,
+)
+from exoquic.api.schemas import CompletionParams, parse_chat_request, parse_text_request
+from exoquic.api.tool_calls import ToolCall
+from exoquic.api.tools import ReplyPiece, ToolCalling
+from exoquic.models.registry import find_model
+from exoquic.orchestration.generation import GenerationRequest
+from exoquic.orchestration.node import Node, model_requirements
+
+log = logging.getLogger(__name__)
+blueprint = Blueprint("ollama", __name__)
+# Ollama keeps a model loaded for a while; ours stays for the node's life.
+NEVER_EXPIRES = "2318-01-01T00:00:00Z"
+
+
+class OllamaShape:
+    """Builds `/api/chat` (`message`) or `/api/generate` (`response`) objects."""
+
+    def __init__(self, model: str, chat: bool, prompt_tokens: int) -> None:
+        self.model = model
+        self.chat = chat
+        self.prompt_tokens = prompt_tokens
+        self.started = time.perf_counter()
+        self.first_token: float | None = None
+
+    def piece(self, text: str, calls: tuple[ToolCall, ...] = ()) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": self.model, "created_at": timestamp(time.time())}
+        if self.chat:
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if calls:
+                message["tool_calls"] = tool_calls(calls)
+            out["message"] = message
+        else:
+            out["response"] = text
+        return {**out, "done": False}
+
+    def done(self, text: str, last: ReplyPiece, calls: tuple[ToolCall, ...] = ()) -> dict[str, Any]:
+        # Ollama reports a call's turn as stopped, not as "tool_calls".
+        reason = "length" if last.finish_reason == "length" else "stop"
+        timings = Timings(
+            self.started, self.first_token, time.perf_counter(), self.prompt_tokens,
+            last.token_count,
+        )  # fmt: skip
+        outcome = {"done": True, "done_reason": reason, **timings.as_dict()}
+        return {**self.piece(text, calls), **outcome}
+
+
+@blueprint.post("/api/chat")
+async def chat() -> Response:
+    body, stream = chat_body(await json_body())
+    request = parse_chat_request(with_model_defaults(body, node().defaults), node().max_context)
+    serving = serving_node(request.params.model)
+    calling = ToolCalling.for_template(request.tools, serving.tokenizer.chat_template)
+    messages, tools = calling.render(list(request.messages))
+    prompt = await tokenized(serving.encode_chat(messages, tools, calling.prefix), "messages")
+    # As Ollama, replies name the model the way the request did.
+    shape = OllamaShape(request.params.model, True, len(prompt))
+    return await reply(serving, prompt, request.params, shape, stream, calling)
+
+
+@blueprint.post("/api/generate")
+async def generate() -> Response:
+    asked = generate_body(await json_body())
+    body = with_model_defaults(asked.chat_body, node().defaults)
+    messages: list[dict[str, Any]] = []
+    if asked.raw:
+        text_body = {k: v for k, v in body.items() if k != "messages"}
+        params = parse_text_request({**text_body, "prompt": asked.prompt}).params
+    else:
+        request = parse_chat_request(body, node().max_context)
+        params, messages = request.params, list(request.messages)
+    serving = serving_node(params.model)
+    if not asked.prompt:
+        # Ollama's way to load a model: an empty prompt. Ours is loaded already.
+        shape = OllamaShape(params.model, False, 0)
+        return json_response({**shape.piece(""), "done": True, "done_reason": "load"})
+    if asked.raw:
+        prompt = await tokenized(serving.encode_text(asked.prompt), "prompt")
+    else:
+        prompt = await tokenized(serving.encode_chat(messages), "prompt")
+    shape = OllamaShape(params.model, False, len(prompt))
+    return await reply(serving, prompt, params, shape, asked.stream, None)
+
+
+async def reply(
+    serving: Node,
+    prompt: list[int],
+    params: CompletionParams,
+    shape: OllamaShape,
+    stream: bool,
+    calling: ToolCalling | None,
+) -> Response:
+    generation = new_generation(serving, prompt, params, shape.chat)
+    meter = generation_meter(len(prompt))
+    slot = await admission().admit()
+    if stream:
+        lines = ndjson_lines(serving, generation, shape, calling, slot, meter)
+        slot.release_with(lines)  # in case the server drops the body unread
+        response = Response(lines, content_type="application/x-ndjson")
+        response.timeout = None
+        return response
+    with slot:
+        parts: list[str] = []
+        last = ReplyPiece("", 0)
+        async for piece in pieces(serving, generation, shape, calling, meter):
+            parts.append(piece.text)
+            last = piece
+    return json_response(shape.done("".join(parts), last, last.calls))
+
+
+async def pieces(
+    serving: Node,
+    generation: GenerationRequest,
+    shape: OllamaShape,
+    calling: ToolCalling | None,
+    meter: GenerationMeter | None,
+) -> AsyncIterator[ReplyPiece]:
+    """The reply's pieces, noting when the first one came (prompt evaluation's end)."""
+    async with open_reply(serving, generation, calling, meter) as replies:
+        async for piece in replies:
+            if shape.first_token is None:
+                shape.first_token = time.perf_counter()
+            yield piece
+
+
+async def ndjson_lines(
+    serving: Node,
+    generation: GenerationRequest,
+    shape: OllamaShape,
+    calling: ToolCalling | None,
+    slot: Slot,
+    meter: GenerationMeter | None,
+) -> AsyncIterator[bytes]:
+    """The streamed body: a line per piece, then the `done` line (or an
+    `{"error": ...}` line if generation fails once the 200 is sent)."""
+    with slot:
+        try:
+            async for piece in pieces(serving, generation, shape, calling, meter):
+                if piece.text:
+                    yield ndjson(shape.piece(piece.text))
+                if piece.calls:  # as Ollama: the calls on a line of their own
+                    yield ndjson(shape.piece("", piece.calls))
+                if piece.finish_reason is not None:
+                    # As Ollama: the last line has no text, only the outcome and counters.
+                    yield ndjson(shape.done("", piece))
+        except Exception as exc:
+            log.exception("generation %s failed mid-stream", generation.request_id)
+            yield ndjson({"error": f"generation failed: {exc}"})
+
+
+def ndjson(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
+
+
+def json_response(obj: dict[str, Any]) -> Response:
+    return Response(json.dumps(obj, ensure_ascii=False), content_type="application/json")
+
+
+# --- models ------------------------------------------------------------------
+
+
+@blueprint.get("/api/version")
+async def version() -> dict[str, Any]:
+    return {"version": OLLAMA_VERSION}
+
+
+@blueprint.get("/api/tags")
+async def tags() -> dict[str, Any]:
+    serving = node()
+    return {"models": [{**model_entry(serving), "modified_at": timestamp(serving.started_at)}]}
+
+
+@blueprint.get("/api/ps")
+async def running() -> dict[str, Any]:
+    serving = node()
+    entry = model_entry(serving)
+    return {
+        "models": [
+            {
+                **entry,
+                "expires_at": NEVER_EXPIRES,
+                "size_vram": 0,  # the ring's engines share memory with the host
+                "context_length": serving.max_context,
+            }
+        ]
+    }
+
+
+@blueprint.post("/api/show")
+async def show() -> dict[str, Any]:
+    body = await json_body()
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    serving = serving_node(model_name(body))
+    config = serving.config
+    arch = config.architecture
+    defaults = serving.defaults
+    return {
+        "modelfile": f"# exoquic serves {serving.model_id}; it has no Modelfile\n",
+        "parameters": f"temperature {defaults.temperature}\ntop_p {defaults.top_p}\n"
+        f"top_k {defaults.top_k}\nnum_predict {defaults.max_tokens}",
+        "template": serving.tokenizer.chat_template or "",
+        "details": details(serving),
+        "model_info": {
+            "general.architecture": arch,
+            "general.parameter_count": parameter_count(serving),
+            f"{arch}.context_length": serving.max_context,
+            f"{arch}.embedding_length": config.hidden_size,
+            f"{arch}.block_count": config.num_layers,
+            f"{arch}.attention.head_count": config.num_heads,
+            f"{arch}.attention.head_count_kv": config.num_kv_heads,
+        },
+        "capabilities": ["completion", "tools"],
+        "modified_at": timestamp(serving.started_at),
+    }
+
+
+def model_entry(serving: Node) -> dict[str, Any]:
+    """The fields `/api/tags` and `/api/ps` share."""
+    return {
+        "name": ollama_name(serving.model_id),
+        "model": ollama_name(serving.model_id),
+        "size": model_requirements(serving.model_id, serving.config).total_bytes,
+        "digest": model_digest(serving.model_id),
+        "details": details(serving),
+    }
+
+
+def ollama_name(model_id: str) -> str:
+    """The model's usual Ollama name (`smollm2:135m`) where the registry knows
+    one, else its id; requests may use either."""
+    entry = find_model(model_id)
+    return entry.ollama[0] if entry is not None and entry.ollama else model_id
+
+
+def details(serving: Node) -> dict[str, Any]:
+    arch = serving.config.architecture
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": arch,
+        "families": [arch],
+        "parameter_size": parameter_size(parameter_count(serving)),
+        "quantization_level": "",
+    }
+
+
+def parameter_count(serving: Node) -> int:
+    """Weights in the model, from its shape."""
+    c = serving.config
+    attention = c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
+    layer = attention + 3 * c.hidden_size * c.intermediate_size + 2 * c.hidden_size
+    embeddings = c.vocab_size * c.hidden_size * (1 if c.tie_word_embeddings else 2)
+    return c.num_layers * layer + embeddings + c.hidden_size

@@ -1,0 +1,56 @@
+"""Ollama's routes in process (the real app on the tiny random model): NDJSON
+framing, counters and Ollama's error shape."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from exoquic.api.security import ApiSecurity
+from exoquic.models.registry import DEFAULT_MODEL_ID
+
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+async def test_chat_stream_is_ndjson_ending_in_one_done_line(tiny_app_factory: Any) -> None:
+    client = tiny_app_factory().test_client()
+    body = {"model": DEFAULT_MODEL_ID, "messages": HELLO, "options": {"num_predict": 4}}
+    response = await client.post("/api/chat", json=body)
+    assert response.status_code == 200
+    assert response.content_type == "application/x-ndjson"
+    raw = (await response.get_data()).decode()
+    assert raw.endswith("\n")
+    lines = [json.loads(line) for line in raw.splitlines()]
+    assert [line["done"] for line in lines] == [False] * (len(lines) - 1) + [True]
+    last = lines[-1]
+    assert last["message"] == {"role": "assistant", "content": ""}
+    assert last["done_reason"] in ("stop", "length") and 0 < last["eval_count"] <= 4
+    assert last["prompt_eval_count"] > 0 and last["total_duration"] >= last["eval_duration"]
+    assert all(line["model"] == DEFAULT_MODEL_ID for line in lines)
+
+
+async def test_generate_whole_reply(tiny_app_factory: Any) -> None:
+    client = tiny_app_factory().test_client()
+    body = {"model": DEFAULT_MODEL_ID, "prompt": "The", "raw": True, "stream": False,
+            "options": {"num_predict": 3, "temperature": 0}}  # fmt: skip
+    first = await (await client.post("/api/generate", json=body)).get_json()
+    again = await (await client.post("/api/generate", json=body)).get_json()
+    assert first["done"] and first["response"] == again["response"]
+    assert first["prompt_eval_count"] == 1  # "The" is one token, no template
+    assert first["eval_count"] <= 3
+
+
+async def test_errors_are_ollama_shaped(tiny_app_factory: Any) -> None:
+    client = tiny_app_factory().test_client()
+    bad = await client.post("/api/chat", json={"model": DEFAULT_MODEL_ID, "messages": "Hi"})
+    assert bad.status_code == 400 and set(await bad.get_json()) == {"error"}
+    missing = await client.post("/api/chat", json={"model": "nope", "messages": HELLO})
+    assert missing.status_code == 404 and "nope" in (await missing.get_json())["error"]
+    unknown = await client.get("/api/pull")
+    assert unknown.status_code == 404 and isinstance((await unknown.get_json())["error"], str)
+    keyed = tiny_app_factory(ApiSecurity(api_key="k")).test_client()
+    refused = await keyed.get("/api/tags")
+    assert refused.status_code == 401 and "API key" in (await refused.get_json())["error"]
+    # The OpenAI routes keep OpenAI's shape.
+    openai = await keyed.get("/v1/models")
+    assert set((await openai.get_json())["error"]) == {"message", "type", "param", "code"}
