@@ -28,8 +28,11 @@ from exoquic.models.shard import Shard
 from exoquic.models.weights import ShardWeights
 
 # Prefill runs in chunks of one of these lengths (the last chunk padded), so
-# only a handful of graph shapes are ever compiled.
-PREFILL_BUCKETS = (32, 128, 512)
+# only a handful of graph shapes are ever compiled. No longer chunks: 512 rows ran
+# at half the rate per token of four 128-row chunks (1B Q4_K_M, one thread: 17-20
+# against 36-44 tok/s, the same results), as a GEMM's activations then outgrow
+# the CPU caches, and each weight panel streams them all from memory.
+PREFILL_BUCKETS = (32, 128)
 # Released requests' caches kept for new requests: allocating one (zeroed memory and
 # a tinygrad tensor per layer) costs ~50 ms on two cores, paid by every new request.
 SPARE_CACHES = 8
@@ -294,7 +297,7 @@ def _new_request(model: ShardModel) -> _Request:
 def _pick_bucket(remaining: int, room: int) -> int:
     """The prefill length for the next chunk, among the buckets that fit the cache's
     `room`: the smallest holding the `remaining` positions, unless padding would take
-    over a quarter of it (a 256-position rest would run as 512); then the largest
+    over a quarter of it (a 40-position rest runs as 32 + 32, not as 128); then the largest
     below the rest. Rows compute the same whatever the chunking, so this only saves work."""
     fitting = [b for b in PREFILL_BUCKETS if b <= room]
     holding = next((b for b in fitting if b >= remaining), None)
