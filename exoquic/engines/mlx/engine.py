@@ -84,7 +84,7 @@ class MLXEngine(Engine):
         batch = [
             i
             for i, x in enumerate(prepared)
-            if x.shape[1] == 1 and counts[items[i].request_id] == 1
+            if x.shape[1] == 1 and counts[items[i].request_id] == 1 and not items[i].all_logits
         ]
         results: list[np.ndarray | None] = [None] * len(items)
         if len(batch) > 1:
@@ -95,7 +95,7 @@ class MLXEngine(Engine):
                 results[i] = out
         for i, item in enumerate(items):
             if results[i] is None:
-                results[i] = self._run(model, [item.request_id], [prepared[i]])[0]
+                results[i] = self._run(model, [item.request_id], [prepared[i]], item.all_logits)[0]
         return [r for r in results if r is not None]
 
     def cache_length(self, request_id: str) -> int:
@@ -107,6 +107,17 @@ class MLXEngine(Engine):
 
     def active_requests(self) -> int:
         return len(self._caches)
+
+    def copy_prefix(self, source: str, target: str, length: int) -> None:
+        self._require_model()
+        self._check_copy(source, target, length)
+        self._caches[target] = self._caches[source].copy_prefix(length)
+
+    def cache_bytes_per_position(self) -> int:
+        if self._model is None:
+            return 0
+        args = self._model.args
+        return args.num_layers * 2 * args.num_kv_heads * args.head_dim * 4  # float32 keys, values
 
     def cache_bytes(self) -> int:
         """Bytes held by every request's KV cache."""
@@ -135,12 +146,17 @@ class MLXEngine(Engine):
         return mx.array(x.astype(np.float32)[None])
 
     def _run(
-        self, model: ShardModel, request_ids: list[str], inputs: list[mx.array]
+        self,
+        model: ShardModel,
+        request_ids: list[str],
+        inputs: list[mx.array],
+        all_logits: bool = False,
     ) -> list[np.ndarray]:
         """One forward pass over rows of equal length T (T is 1 whenever there are several rows)."""
         caches = [self._cache_for(model, rid).layers for rid in request_ids]
         x = inputs[0] if len(inputs) == 1 else mx.concatenate(inputs, axis=0)
-        out = model(x, caches)
+        self.positions_run += sum(int(row.shape[1]) for row in inputs)
+        out = model(x, caches, all_positions=all_logits)
         mx.eval(out)
         # np.array copies: the result must not alias MLX memory freed later.
         result = np.array(out, dtype=np.float32)

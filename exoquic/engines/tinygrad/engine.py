@@ -9,9 +9,10 @@ on first use (a few seconds on two cores; `warm_up` does it ahead).
 
 from __future__ import annotations
 
+import ctypes
 from collections import Counter
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from tinygrad import Tensor, UOp
@@ -50,6 +51,7 @@ class _Request:
     memory: HostArrays  # behind the caches
     caches: list[Tensor]  # per layer
     addresses: list[int]  # of the caches' memory, passed to replayed steps
+    arrays: list[np.ndarray]  # the same memory seen from numpy, `(2, KV, C, hd)` per layer
     length: int = 0
 
 
@@ -109,7 +111,9 @@ class TinygradEngine(Engine):
         self._check_room(items, [h.shape[0] for h in hidden])
         counts = Counter(item.request_id for item in items)
         batch = [
-            i for i, h in enumerate(hidden) if h.shape[0] == 1 and counts[items[i].request_id] == 1
+            i
+            for i, h in enumerate(hidden)
+            if h.shape[0] == 1 and counts[items[i].request_id] == 1 and not items[i].all_logits
         ]
         results: dict[int, np.ndarray] = {}
         if batch:
@@ -119,7 +123,7 @@ class TinygradEngine(Engine):
             results.update(zip(batch, outs, strict=True))
         for i, item in enumerate(items):
             if i not in results:
-                results[i] = self._prefill(model, item.request_id, hidden[i])
+                results[i] = self._prefill(model, item.request_id, hidden[i], item.all_logits)
         return [results[i] for i in range(len(items))]
 
     def warm_up(self, prompt_lengths: tuple[int, ...] = PREFILL_BUCKETS[:2]) -> None:
@@ -155,6 +159,21 @@ class TinygradEngine(Engine):
 
     def active_requests(self) -> int:
         return len(self._requests)
+
+    def copy_prefix(self, source: str, target: str, length: int) -> None:
+        model = self._require_model()
+        self._check_copy(source, target, length)
+        copied = self._requests[source]
+        request = self._request(model, target)
+        for into, of in zip(request.arrays, copied.arrays, strict=True):
+            into[:, :, :length] = of[:, :, :length]
+        request.length = length
+
+    def cache_bytes_per_position(self) -> int:
+        if self._model is None:
+            return 0
+        c = self._model.config
+        return len(self._model.layers) * 2 * c.num_kv_heads * c.head_dim * 4  # float32
 
     def cache_bytes(self) -> int:
         """Bytes held by every request's KV cache."""
@@ -200,8 +219,11 @@ class TinygradEngine(Engine):
             self._requests[request_id] = request
         return request
 
-    def _prefill(self, model: ShardModel, request_id: str, hidden: np.ndarray) -> np.ndarray:
+    def _prefill(
+        self, model: ShardModel, request_id: str, hidden: np.ndarray, all_logits: bool = False
+    ) -> np.ndarray:
         request = self._request(model, request_id)
+        self.positions_run += len(hidden)
         outputs = []
         done = 0
         while done < len(hidden):
@@ -215,7 +237,21 @@ class TinygradEngine(Engine):
             request.length += n
             done += n
         out = np.concatenate(outputs)
-        return self._head(model, out[-1:])[0] if model.shard.is_last else out
+        if not model.shard.is_last:
+            return out
+        return self._all_logits(model, out) if all_logits else self._head(model, out[-1:])[0]
+
+    def _all_logits(self, model: ShardModel, hidden: np.ndarray) -> np.ndarray:
+        """The logits of every row `(T, vocab)`, the head run on blocks of a traced
+        decode batch size (the last one padded), not traced anew for each T."""
+        block = DECODE_BATCHES[-1]
+        blocks = []
+        for start in range(0, len(hidden), block):
+            rows = hidden[start : start + block]
+            padded = np.zeros((block, hidden.shape[1]), np.float32)
+            padded[: len(rows)] = rows
+            blocks.append(self._head(model, padded)[: len(rows)])
+        return np.concatenate(blocks)
 
     def _decode(
         self, model: ShardModel, request_ids: list[str], hidden: list[np.ndarray]
@@ -231,6 +267,7 @@ class TinygradEngine(Engine):
         self, model: ShardModel, request_ids: list[str], hidden: list[np.ndarray]
     ) -> list[np.ndarray]:
         requests = [self._request(model, rid) for rid in request_ids]
+        self.positions_run += len(requests)
         # Pad to a batch size that is traced anyway: each padded row belongs to a
         # scratch request that always sits at position 0 (its cache takes the
         # garbage). One per row: a traced step refuses the same buffer twice.
@@ -291,7 +328,15 @@ def _new_request(model: ShardModel) -> _Request:
     with TINYGRAD_LOCK:
         caches = model.new_cache(memory)
         addresses = [buffer_address(c) for c in caches]
-    return _Request(memory, caches, addresses)
+    arrays = [_float_array(address, c.shape) for address, c in zip(addresses, caches, strict=True)]
+    return _Request(memory, caches, addresses, arrays)
+
+
+def _float_array(address: int, shape: tuple[Any, ...]) -> np.ndarray:
+    """The float32 memory at `address` as a numpy array (no copy): a cache's memory,
+    which `copy_prefix` fills directly (the CPU device's buffers are host memory)."""
+    pointer = ctypes.cast(address, ctypes.POINTER(ctypes.c_float))
+    return np.ctypeslib.as_array(pointer, shape=tuple(int(n) for n in shape))
 
 
 def _pick_bucket(remaining: int, room: int) -> int:
