@@ -26,9 +26,9 @@ pytestmark = pytest.mark.slow
 
 REPO, FILE = "exoquic-test/SmolLM2-135M-Instruct-GGUF", "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL = f"{REPO}/{FILE}"
-# A model outside the registry is planned at 4 bytes a weight (621 MiB here, the
-# orchestration's estimate from the config): at 80% of 500M, two nodes hold it, one does not.
-SMALL_NODE = ("--memory-limit", "500M")
+# A hub GGUF outside the registry is planned from its header at Q8_0 sizes (about
+# 150 MB here, the estimate from the config): at 80% of 130M, two nodes hold it, one does not.
+SMALL_NODE = ("--memory-limit", "130M")
 PROMPT, TOKENS = "The capital of France is", 12
 
 
