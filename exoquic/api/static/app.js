@@ -10,6 +10,7 @@ const STORE = { chats: "exoquic.conversations", current: "exoquic.current", key:
 // length keeps a rambling model from filling the whole context.
 const FALLBACK_DEFAULTS = { temperature: 0, maxTokens: 1024 };
 const TOPOLOGY_POLL_MS = 2000;
+const NARROW = matchMedia("(max-width: 720px)"); // the phone layout of style.css
 const UNDO_MS = 10000;
 
 const state = {
@@ -395,7 +396,7 @@ function fillPicker(rows) {
     const group = document.createElement("optgroup");
     group.label = label;
     for (const row of rows.filter((r) => pickerGroup(r) === key)) {
-      const option = new Option(optionLabel(row), row.id);
+      const option = new Option(optionLabel(row, NARROW.matches), row.id);
       option.dataset.group = key;
       if (row.fit) option.title = row.fit;
       group.append(option);
@@ -682,6 +683,7 @@ function bindEvents() {
   $("toggle-sidebar").addEventListener("click", () => setDrawer(!document.body.classList.contains("sidebar-open")));
   $("scrim").addEventListener("click", () => setDrawer(false));
   $("model").addEventListener("change", () => { applyModelDefaults(); showModelStatus(); });
+  NARROW.addEventListener("change", () => fillPicker(pickerRows(state.catalog, state.models)));
   $("pull").addEventListener("click", () => { const row = selectedRow(); if (row) pull(row); });
   $("toggle-panel").addEventListener("click", () => document.body.classList.toggle("panel-open"));
   $("close-panel").addEventListener("click", () => document.body.classList.remove("panel-open"));

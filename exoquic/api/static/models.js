@@ -30,9 +30,11 @@ function pickerGroup(row) {
   return row.cached ? "cached" : "remote";
 }
 
-// "smollm2:360m · 258 MiB · fits": what the option shows.
-function optionLabel(row) {
-  return [row.name || row.id, formatBytes(row.size), fitText(row)].filter(Boolean).join(" · ");
+// "smollm2:360m · 258 MiB · fits": what the option shows; `compact` (a phone's
+// narrow header) leaves out the size so that the name is never cut.
+function optionLabel(row, compact = false) {
+  const size = compact || typeof row.size !== "number" ? "" : formatBytes(row.size);
+  return [row.name || row.id, size, fitText(row)].filter(Boolean).join(" · ");
 }
 
 // The catalog's rows, plus models the node serves that it does not list (a
