@@ -48,7 +48,7 @@ from exoquic.api.tools import ReplyPiece, ToolCalling
 from exoquic.download.errors import DownloadError
 from exoquic.models.registry import find_model
 from exoquic.orchestration.generation import GenerationRequest
-from exoquic.orchestration.node import Node, model_requirements
+from exoquic.orchestration.node import Node
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("ollama", __name__)
@@ -263,7 +263,7 @@ def model_entry(serving: Node) -> dict[str, Any]:
     return {
         "name": ollama_name(serving.model_id),
         "model": ollama_name(serving.model_id),
-        "size": model_requirements(serving.model_id, serving.config).total_bytes,
+        "size": serving.requirements.total_bytes,
         "digest": model_digest(serving.model_id),
         "details": details(serving),
     }

@@ -15,7 +15,7 @@ _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """`--model`, `--engine`, `--max-context` (`exoquic up` and `exoquic run`)."""
+    """`--model`, `--engine`, `--weights`, `--max-context` (`exoquic up` and `exoquic run`)."""
     from exoquic.models.registry import DEFAULT_MODEL_ID
 
     parser.add_argument(
@@ -28,6 +28,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         default="auto",
         choices=("auto", "tinygrad", "mlx"),
         help="inference engine (auto: MLX on Apple silicon, tinygrad elsewhere)",
+    )
+    parser.add_argument(
+        "--weights",
+        default="auto",
+        choices=("auto", "q8_0", "q4_k", "q4_0", "q4_1", "keep", "f32"),
+        help="what a safetensors model's 16-bit matrices become in memory (auto: Q8_0, about "
+        "a byte a parameter; q4_k: about 4.5 bits; keep: 16-bit; f32). GGUF and "
+        "mlx-community weights are used as they are",
     )
     parser.add_argument(
         "--max-context",

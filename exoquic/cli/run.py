@@ -56,7 +56,11 @@ def _run(args: argparse.Namespace, status: Spinner | None) -> int:
     os.environ.setdefault("PARALLEL", "0")
     # One request: warming up steps it will not use only delays its answer.
     settings = NodeSettings(
-        model=args.model, engine=args.engine, max_context=args.max_context, warm_up=False
+        model=args.model,
+        engine=args.engine,
+        max_context=args.max_context,
+        weights=args.weights,
+        warm_up=False,
     )
     messages = [{"role": "system", "content": args.system}] if args.system else []
     messages.append({"role": "user", "content": args.prompt})

@@ -144,7 +144,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"exoquic: {exc}", file=sys.stderr)
         return 2
-    settings = NodeSettings(model=args.model, engine=args.engine, max_context=args.max_context)
+    settings = NodeSettings(
+        model=args.model, engine=args.engine, max_context=args.max_context, weights=args.weights
+    )
     trio.run(serve_node, settings, args.api_host, args.api_port, security, cluster, limits)
     return 0
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import trio
 
 from exoquic.download.progress import ProgressCallback, current_reporter
+from exoquic.models.hf_loader import DEFAULT_HF_WEIGHTS, as_hf_weights
 from exoquic.models.registry import find_model
 from exoquic.models.shard import Shard
 from exoquic.models.source import ModelSource, resolve_source
@@ -53,7 +54,9 @@ def hub_gguf_for(model: str) -> tuple[str, str] | None:
     return "/".join(parts[:2]), "/".join(parts[2:])
 
 
-async def prepare_model(model: str, progress: ProgressCallback | None = None) -> NodeModel:
+async def prepare_model(
+    model: str, progress: ProgressCallback | None = None, weights: str = DEFAULT_HF_WEIGHTS
+) -> NodeModel:
     """Resolve `model`; for a hub model, fetch its config and tokenizer now.
 
     `load_shard` reports its download to `progress` (e.g. a `DownloadProgress`),
@@ -65,14 +68,14 @@ async def prepare_model(model: str, progress: ProgressCallback | None = None) ->
         return await _prepare_gguf(entry.id if entry else model, *gguf, progress)
     repo = hub_repo_for(model)
     if repo is None:
-        source = resolve_source(model)
+        source = resolve_source(model, as_hf_weights(weights))
         return NodeModel(source, source.load_shard)
     # Imported here: huggingface_hub takes ~1 s to import, which a local model never needs.
     from exoquic.download.hub import download_metadata, download_shard
 
     snapshot = await trio.to_thread.run_sync(download_metadata, repo)
     entry = find_model(model)
-    hub_source = ModelSource(entry.id if entry else repo, "hf", snapshot)
+    hub_source = ModelSource(entry.id if entry else repo, "hf", snapshot, as_hf_weights(weights))
 
     def load_shard(shard: Shard) -> ShardWeights:
         reporter = progress if progress is not None else current_reporter()

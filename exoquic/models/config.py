@@ -128,6 +128,7 @@ class ModelConfig:
         UnsupportedArchitectureError for an unknown `model_type` or feature).
         """
         arch = architectures.for_hf_model_type(str(d.get("model_type", "llama")))
+        architectures.refuse_experts(d.get("num_local_experts") or d.get("num_experts"))
         num_heads = int(d["num_attention_heads"])
         hidden = int(d["hidden_size"])
         # transformers 5 writes rope_theta and the scaling together as `rope_parameters`.

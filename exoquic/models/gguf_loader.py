@@ -90,6 +90,10 @@ def _config_from_metadata(gf: GGUFFile) -> ModelConfig:
             raise ModelLoadError(f"{gf.path}: metadata {arch}.{key} is missing")
         return value
 
+    try:
+        architectures.refuse_experts(md.get(f"{arch}.expert_count"))
+    except UnsupportedArchitectureError as e:
+        raise ModelLoadError(f"{gf.path}: {e}") from e
     hidden = int(get("embedding_length"))
     num_heads = int(get("attention.head_count"))
     vocab = md.get(f"{arch}.vocab_size") or len(md.get("tokenizer.ggml.tokens", ()))

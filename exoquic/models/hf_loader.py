@@ -28,7 +28,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 
@@ -56,7 +56,19 @@ HFWeights = Literal["auto", "q8_0", "q4_k", "q4_0", "q4_1", "keep", "f32"]
 HF_WEIGHTS: tuple[str, ...] = get_args(HFWeights)
 DEFAULT_HF_WEIGHTS: HFWeights = "auto"
 _HALF_KINDS: dict[str, QuantKind] = {"BF16": "bf16", "F16": "f16"}
+# Rows that are not whole 256-value super-blocks take a 32-value format instead,
+# as llama.cpp's quantizer does (it picks Q5_0, which we cannot encode; Q4_1 is
+# the nearest we can).
+_NARROW_ROW_FALLBACK: dict[QuantKind, QuantKind] = {"q4_k": "q4_1"}
 _QUANTIZED: dict[str, QuantKind] = {"q8_0": "q8_0", "q4_k": "q4_k", "q4_0": "q4_0", "q4_1": "q4_1"}
+
+
+def as_hf_weights(text: str) -> HFWeights:
+    """`text` as an `HFWeights` choice; ValueError naming the choices otherwise."""
+    for choice in HF_WEIGHTS:
+        if text == choice:
+            return cast(HFWeights, choice)
+    raise ValueError(f"weights must be one of {', '.join(HF_WEIGHTS)}, not {text!r}")
 
 
 def read_json(path: Path) -> Any:
@@ -174,6 +186,8 @@ def _read(f: SafetensorsFile, name: str, weights: HFWeights) -> WeightArray:
     if dense.ndim != 2 or weights == "f32":
         return dense
     kind = _target_kind(entry.dtype, weights)
+    if kind is not None and dense.shape[1] % VALUES_PER_BLOCK[kind] != 0:
+        kind = _NARROW_ROW_FALLBACK.get(kind)
     if kind is not None and dense.shape[1] % VALUES_PER_BLOCK[kind] == 0:
         return quantize(dense, kind)
     if entry.dtype in _HALF_KINDS and weights != "f32":

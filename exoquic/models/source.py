@@ -9,7 +9,7 @@ Hugging Face directory that resolves like any other.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -20,10 +20,25 @@ from exoquic.models.generation_defaults import (
     GenerationDefaults,
     read_generation_config,
 )
+from exoquic.models.gguf_file import GGUFFile
 from exoquic.models.gguf_loader import load_gguf_shard, read_gguf_config
-from exoquic.models.hf_loader import CONFIG_FILE, load_hf_shard, read_hf_config
+from exoquic.models.hf_loader import (
+    CONFIG_FILE,
+    DEFAULT_HF_WEIGHTS,
+    HFWeights,
+    load_hf_shard,
+    read_hf_config,
+    read_json,
+)
 from exoquic.models.registry import MODELS, bundled_gguf_path, find_model
 from exoquic.models.shard import Shard
+from exoquic.models.sizes import (
+    BYTES_PER_WEIGHT,
+    PartSizes,
+    estimated_part_sizes,
+    gguf_part_sizes,
+    hf_bytes_per_weight,
+)
 from exoquic.models.tokenizer import Tokenizer
 from exoquic.models.weights import ShardWeights
 
@@ -37,6 +52,9 @@ class ModelSource:
     model_id: str
     kind: SourceKind
     path: Path
+    # What a Hugging Face checkpoint's float matrices become (see hf_loader); GGUF
+    # blocks are always used as they are.
+    weights: HFWeights = DEFAULT_HF_WEIGHTS
 
     def load_config(self) -> ModelConfig:
         if self.kind == "gguf":
@@ -47,7 +65,20 @@ class ModelSource:
         """Read only `shard`'s weights (blocking: call it from a worker thread)."""
         if self.kind == "gguf":
             return load_gguf_shard(self.path, shard)
-        return load_hf_shard(self.path, shard)
+        return load_hf_shard(self.path, shard, self.weights)
+
+    def part_sizes(self, config: ModelConfig) -> PartSizes:
+        """Bytes each part of the model takes once loaded (what plans are made with)."""
+        if self.kind == "hf":
+            config_json = read_json(self.path / CONFIG_FILE)
+            return estimated_part_sizes(config, hf_bytes_per_weight(config_json, self.weights))
+        sizes = gguf_part_sizes(GGUFFile.open(self.path), config.num_layers)
+        if sizes is not None:
+            return sizes
+        entry = find_model(self.model_id)  # a shard's GGUF: the registry knows the whole
+        if entry is not None:
+            return PartSizes(entry.bytes_per_layer, entry.embed_bytes, entry.head_bytes)
+        return estimated_part_sizes(config, BYTES_PER_WEIGHT["q8_0"])
 
     def load_generation_defaults(self) -> GenerationDefaults:
         """The registry's defaults for a known model, else a Hugging Face
@@ -65,8 +96,11 @@ class ModelSource:
         return Tokenizer.from_hf_dir(self.path)
 
 
-def resolve_source(model_id_or_path: str | os.PathLike[str]) -> ModelSource:
-    """A registry id or alias (bundled weights), a `.gguf` file, or a Hugging Face directory.
+def resolve_source(
+    model_id_or_path: str | os.PathLike[str], weights: HFWeights = DEFAULT_HF_WEIGHTS
+) -> ModelSource:
+    """A registry id or alias (bundled weights), a `.gguf` file, or a Hugging Face directory
+    (whose float matrices load as `weights` says).
 
     Registry names win over same-named paths in the working directory. Raises
     UnknownModelError when the name is neither, ModelLoadError when a path is
@@ -80,7 +114,7 @@ def resolve_source(model_id_or_path: str | os.PathLike[str]) -> ModelSource:
     if path.is_file():
         return ModelSource(path.stem, "gguf", path)
     if path.is_dir():
-        return _directory_source(path)
+        return replace(_directory_source(path), weights=weights)
     known = ", ".join(e.id for e in MODELS)
     raise UnknownModelError(
         f"unknown model {str(model_id_or_path)!r}: not a known model id ({known}), "

@@ -29,6 +29,7 @@ from exoquic.machine import probe_capabilities
 from exoquic.models.config import ModelConfig
 from exoquic.models.generation_defaults import FALLBACK_DEFAULTS, GenerationDefaults
 from exoquic.models.shard import Shard
+from exoquic.models.sizes import BYTES_PER_WEIGHT, estimated_part_sizes
 from exoquic.models.source import ModelSource
 from exoquic.models.tokenizer import Tokenizer
 from exoquic.models.weights import ShardWeights
@@ -64,6 +65,7 @@ class NodeSettings:
     model: str
     engine: str = "auto"
     max_context: int = defaults.MAX_CONTEXT
+    weights: str = "auto"  # what safetensors matrices become (models.hf_loader.HF_WEIGHTS)
     max_batch: int = 16
     # Warm the engine up before serving; a one-shot answer skips it, since its one
     # request makes the steps it needs and nothing else (see Engine.warm_up).
@@ -86,8 +88,11 @@ class Node:
         max_context: int,
         cluster: Cluster | None = None,
         defaults: GenerationDefaults = FALLBACK_DEFAULTS,
+        requirements: ModelRequirements | None = None,
     ) -> None:
         self.model_id = model_id
+        # The parts' sizes the plan counts; a test's node without them gets an estimate.
+        self.requirements = requirements or estimated_requirements(model_id, config)
         self.config = config
         self.defaults = defaults  # for requests that name no sampling or max_tokens
         self.tokenizer = tokenizer
@@ -117,8 +122,9 @@ class Node:
 
     def topology(self) -> dict[str, Any]:
         """What `GET /v1/topology` shows: the nodes, their layers, the plan, this node's stats."""
-        weights = model_requirements(self.model_id, self.config)
-        return topology_report(self.cluster, self.model_id, self.config.num_layers, weights)
+        return topology_report(
+            self.cluster, self.model_id, self.config.num_layers, self.requirements
+        )
 
     def serves(self, model: str) -> bool:
         """Whether `model` (an id or alias from a request) names the loaded model."""
@@ -250,23 +256,44 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def model_requirements(model_id: str, config: ModelConfig) -> ModelRequirements:
-    """Memory the model's parts take: the registry's sizes for a bundled GGUF,
-    else an estimate from the config at 4 bytes per weight (errs on the large
-    side; registry models from the hub load from safetensors as Q8_0 today,
-    not as the Q4_K_M GGUF the registry's sizes describe)."""
+def model_requirements(source: ModelSource, config: ModelConfig) -> ModelRequirements:
+    """Memory the model's parts take once loaded: the registry's sizes for a bundled
+    GGUF, else the source's own (a GGUF's tensor sizes; a safetensors checkpoint's
+    matrices at the size they are quantized to on load)."""
+    bundled = _bundled_requirements(source.model_id)
+    if bundled is not None:
+        return bundled
+    sizes = source.part_sizes(config)
+    return ModelRequirements(
+        source.model_id,
+        config.num_layers,
+        sizes.bytes_per_layer,
+        sizes.embed_bytes,
+        sizes.head_bytes,
+    )
+
+
+def _bundled_requirements(model_id: str) -> ModelRequirements | None:
     from exoquic.models.registry import find_model
 
     entry = find_model(model_id)
-    if entry is not None and entry.bundled_package:
-        return ModelRequirements(
-            entry.id, entry.num_layers, entry.bytes_per_layer, entry.embed_bytes, entry.embed_bytes
-        )
-    d, f = config.hidden_size, config.intermediate_size
-    attention = d * config.head_dim * (2 * config.num_heads + 2 * config.num_kv_heads)
-    per_layer = 4 * (attention + 3 * d * f + 2 * d)
-    embed = 4 * config.vocab_size * d
-    return ModelRequirements(model_id, config.num_layers, per_layer, embed, embed + 4 * d)
+    if entry is None or not entry.bundled_package:
+        return None
+    return ModelRequirements(
+        entry.id, entry.num_layers, entry.bytes_per_layer, entry.embed_bytes, entry.embed_bytes
+    )
+
+
+def estimated_requirements(model_id: str, config: ModelConfig) -> ModelRequirements:
+    """Sizes from the config's shapes alone, every matrix as Q8_0 (or the
+    registry's, for the bundled model)."""
+    bundled = _bundled_requirements(model_id)
+    if bundled is not None:
+        return bundled
+    sizes = estimated_part_sizes(config, BYTES_PER_WEIGHT["q8_0"])
+    return ModelRequirements(
+        model_id, config.num_layers, sizes.bytes_per_layer, sizes.embed_bytes, sizes.head_bytes
+    )
 
 
 def _probe(engine: str, memory_limit: int | None = None) -> DeviceCapabilities:
@@ -295,7 +322,7 @@ async def open_node(
     from exoquic.engines.registry import create_engine
     from exoquic.engines.selection import pick_engine
 
-    model = await prepare_model(settings.model)
+    model = await prepare_model(settings.model, weights=settings.weights)
     source: ModelSource = model.source
     config = source.load_config()
     tokenizer = source.load_tokenizer()
@@ -312,17 +339,30 @@ async def open_node(
                     source.model_id, model.load_shard, config, worker, settings.warm_up
                 )
                 yield Node(
-                    source.model_id, config, tokenizer, worker, max_context, defaults=defaults
+                    source.model_id,
+                    config,
+                    tokenizer,
+                    worker,
+                    max_context,
+                    defaults=defaults,
+                    requirements=model_requirements(source, config),
                 )
         else:
             node_id, name = cluster_settings.identity.node_id, cluster_settings.name
             me = Member(node_id, name, _probe(engine_name, cluster_settings.memory_limit))
-            requirements = model_requirements(source.model_id, config)
+            requirements = model_requirements(source, config)
             state = PlanState(me, requirements, cluster_settings.memory_fraction)
             async with open_cluster(cluster_settings, state, worker, model.load_shard) as cluster:
                 with _stopping_on_exit(worker):
                     yield Node(
-                        source.model_id, config, tokenizer, worker, max_context, cluster, defaults
+                        source.model_id,
+                        config,
+                        tokenizer,
+                        worker,
+                        max_context,
+                        cluster,
+                        defaults,
+                        requirements,
                     )
         nursery.cancel_scope.cancel()
 

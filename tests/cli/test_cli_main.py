@@ -65,3 +65,13 @@ def test_help_lists_every_command_and_the_shared_defaults() -> None:
     up = exoquic("up", "--help")
     for value in (defaults.API_PORT, defaults.NODE_PORT, defaults.MAX_CONTEXT):
         assert f"(default: {value})" in up.stdout
+
+
+@pytest.mark.parametrize("command", ["up", "run"])
+def test_weights_choices_are_the_loaders(command: str) -> None:
+    from exoquic.models.hf_loader import HF_WEIGHTS
+
+    text = exoquic(command, "--help").stdout
+    listed = re.search(r"--weights \{([^}]*)\}", text)
+    assert listed is not None, text
+    assert tuple(listed.group(1).split(",")) == HF_WEIGHTS

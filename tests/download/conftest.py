@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
+from fixtures.hub_gguf import GGUF_REPO, write_gguf_repo
 from fixtures.hub_server import TINY_REPO, HubServer, build_tiny_repo, run_hub_server
 
 
@@ -36,25 +36,10 @@ def cache_dir(tmp_path: Path) -> Path:
 
 # -- a single-file GGUF repository ------------------------------------------------------
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
-GGUF_REPO = "exoquic-test/small-llama-GGUF"
-GGUF_FILE = "small-llama-Q4_K_M.gguf"
-GGUF_LAYERS = 6
-
 
 @pytest.fixture(scope="session")
 def gguf_repo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 6-layer llama GGUF (Q4_K_M mix, untied head, SmolLM2's tokenizer; ~21 MB)
-    written by tools/gen_gguf.py, as the only weights of a repository."""
-    if str(TOOLS) not in sys.path:
-        sys.path.insert(0, str(TOOLS))
-    from gen_gguf import ModelShape, generate
-
-    shape = ModelShape("llama", GGUF_LAYERS, 256, 1024, 4, 2, 49152, 10000.0, 1e-5, 2048, False)
-    out = tmp_path_factory.mktemp("gguf-repo")
-    generate(shape, "q4_k_m", out / GGUF_FILE)
-    (out / "README.md").write_text("# small test GGUF\n")
-    return out
+    return write_gguf_repo(tmp_path_factory.mktemp("gguf-repo"))
 
 
 @pytest.fixture

@@ -39,3 +39,33 @@ async def test_hub_model_fetches_small_files_first_and_its_shard_on_load(
     weights = model.load_shard(shard)
     assert "model.layers.1.mlp.up_proj.weight" in weights.tensors
     assert progress.snapshot()["complete"]
+
+
+@pytest.mark.parametrize(
+    ("weights", "expected_kinds"),
+    [
+        ("auto", {"float32"}),  # this copy is stored as float32: auto keeps it
+        ("q8_0", {"q8_0"}),
+        # 576-value rows are not whole Q4_K super-blocks: those take Q4_1.
+        ("q4_k", {"q4_k", "q4_1"}),
+    ],
+)
+async def test_a_local_directory_loads_as_the_weights_choice_says(
+    hf_model_dir: Path, weights: str, expected_kinds: set[str]
+) -> None:
+    model = await prepare_model(str(hf_model_dir), weights=weights)
+    assert model.source.weights == weights
+    config = model.source.load_config()
+    loaded = model.load_shard(Shard(model.source.model_id, 0, 0, config.num_layers))
+    matrices = [
+        t
+        for n, t in loaded.tensors.items()
+        if n.startswith("model.layers.0.") and n.endswith("proj.weight")
+    ]
+    kinds = {getattr(t, "kind", str(getattr(t, "dtype", ""))) for t in matrices}
+    assert kinds == expected_kinds
+
+
+async def test_an_unknown_weights_choice_is_refused(hf_model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="q8_0"):
+        await prepare_model(str(hf_model_dir), weights="q3_k")

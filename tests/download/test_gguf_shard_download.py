@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import GGUF_FILE, GGUF_LAYERS, GGUF_REPO
+from fixtures.hub_gguf import GGUF_FILE, GGUF_LAYERS, GGUF_REPO
 from fixtures.hub_server import HubServer
 
 from exoquic.download import gguf as gguf_download

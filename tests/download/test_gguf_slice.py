@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import GGUF_FILE, GGUF_LAYERS, TOOLS
+from fixtures.hub_gguf import GGUF_FILE, GGUF_LAYERS, TOOLS
 from gguf import GGUFWriter
 
 from exoquic.download.errors import DownloadError

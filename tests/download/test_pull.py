@@ -13,7 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import GGUF_FILE, GGUF_REPO
+from fixtures.hub_gguf import GGUF_FILE, GGUF_REPO
 from fixtures.hub_server import TINY_REPO, HubServer
 from fixtures.terminal import Terminal
 

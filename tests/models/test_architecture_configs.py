@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
 import pytest
 from fixtures.tiny_hf import FAMILIES, random_weights, write_tiny_model
@@ -83,6 +84,8 @@ def test_sliding_window_caps_the_context() -> None:
     [
         ({"model_type": "gpt2"}, "unsupported model_type 'gpt2'"),
         ({"mlp_bias": True}, "mlp_bias"),
+        ({"model_type": "mixtral", "num_local_experts": 8}, "unsupported model_type 'mixtral'"),
+        ({"num_local_experts": 8}, "mixture-of-experts models \\(8 experts\\)"),
     ],
 )
 def test_unsupported_families_and_features_are_refused(
@@ -91,6 +94,20 @@ def test_unsupported_families_and_features_are_refused(
     (tmp_path / "config.json").write_text(json.dumps(FAMILIES["llama-tied"] | change))
     with pytest.raises(ModelLoadError, match=words):
         read_hf_config(tmp_path)
+
+
+def test_a_mixture_of_experts_gguf_filed_as_llama_is_refused(tmp_path: Path) -> None:
+    # llama.cpp files Mixtral as `llama` with an expert count: not a dense llama.
+    path = tmp_path / "mixtral.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_expert_count(8)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelLoadError, match="mixture-of-experts models \\(8 experts\\)"):
+        read_gguf_config(path)
 
 
 def test_unknown_gguf_architecture_is_refused() -> None:

@@ -5,6 +5,8 @@ Adding a family: see docs/architectures.md.
 
 from __future__ import annotations
 
+from typing import Any
+
 from exoquic.models.architectures import gemma2, llama, phi3, qwen2, qwen3
 from exoquic.models.architectures.base import (
     GGUF_LAYER_NAMES,
@@ -56,3 +58,12 @@ def for_gguf_arch(gguf_arch: str) -> Architecture:
     raise UnsupportedArchitectureError(
         f"unsupported architecture {gguf_arch!r} (supported: {', '.join(known)})"
     )
+
+
+def refuse_experts(expert_count: Any) -> None:
+    """Mixture-of-experts checkpoints (Mixtral, which GGUF files as `llama`, or a
+    dense family's config with experts) are refused rather than run as dense."""
+    if expert_count and int(expert_count) > 0:
+        raise UnsupportedArchitectureError(
+            f"mixture-of-experts models ({expert_count} experts) are not supported yet"
+        )
