@@ -16,7 +16,7 @@ from fixtures.hub_server import HubServer, run_hub_server
 
 from exoquic.api.security import ApiSecurity
 from exoquic.download.gguf import cached_gguf
-from exoquic.models.registry import get_model
+from exoquic.models.registry import DEFAULT_MODEL_ID, get_model
 
 MODEL = get_model("smollm2:360m")
 REPO, FILE = str(MODEL.gguf_repo), str(MODEL.gguf_file)
@@ -128,3 +128,27 @@ async def test_a_bundled_model_needs_no_download(tiny_app_factory: Any, hub: Hub
     assert lines[-1] == {"status": "success"}
     assert "ships with exoquic" in lines[-2]["status"]
     assert hub.requests() == []
+
+
+async def test_serving_goes_on_while_a_pull_runs(tiny_app_factory: Any, hub: HubServer) -> None:
+    hub.rate = SIZE / 3  # a three-second download
+    client = tiny_app_factory().test_client()
+    done = trio.Event()
+
+    async def pull() -> None:
+        await client.post("/api/pull", json={"model": "smollm2:360m", "stream": False})
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pull)
+        await trio.sleep(0.5)
+        started = trio.current_time()
+        catalog = await (await client.get("/v1/exoquic/models")).get_json()
+        body = {"model": DEFAULT_MODEL_ID, "prompt": "Hi", "max_tokens": 2}
+        completion = await client.post("/v1/completions", json=body)
+        elapsed = trio.current_time() - started
+        assert not done.is_set(), "the pull ended before the requests were made"
+        assert completion.status_code == 200 and elapsed < 1.5
+        row = next(r for r in catalog["data"] if r["id"] == MODEL.id)
+        assert row["pulling"] is True and row["cached"] is False
+    assert done.is_set()
