@@ -4,7 +4,8 @@ each with its size, whether it is on disk, and whether it fits the cluster (pure
 The fit is `topology.fit`'s check, the one `exoquic pull` prints, against the
 memory the cluster's live devices offer the plan (their `usable_memory`, as
 each reported it on joining), at the node's context length: whether the
-cluster can hold the model at all, not whether it fits beside those loaded. The route (`catalog_routes`) gathers those facts; this module
+cluster can hold the model at all, not whether it fits beside those loaded.
+The route (`catalog_routes`) gathers those facts; this module
 only turns them into JSON-ready rows, so tests need neither a cache nor a ring.
 """
 

@@ -11,15 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from quart import Blueprint, Response
 
 from exoquic.api.admission import Slot
 from exoquic.api.errors import APIError
+from exoquic.api.logprobs import TokenTexts, chat_logprobs
 from exoquic.api.metrics import GenerationMeter
 from exoquic.api.ollama_schemas import (
+    LOGPROB_FIELDS,
     OLLAMA_VERSION,
     Timings,
     chat_body,
@@ -42,10 +45,16 @@ from exoquic.api.openai_routes import (
     with_model_defaults,
 )
 from exoquic.api.pulls import current_pulls, error_status, progress_lines, wait_for
-from exoquic.api.schemas import CompletionParams, parse_chat_request, parse_text_request
+from exoquic.api.schemas import (
+    CompletionParams,
+    chat_logprobs_count,
+    parse_chat_request,
+    parse_text_request,
+)
 from exoquic.api.tool_calls import ToolCall
 from exoquic.api.tools import ReplyPiece, ToolCalling
 from exoquic.download.errors import DownloadError
+from exoquic.engines.logprobs import TokenLogprob
 from exoquic.models.registry import find_model
 from exoquic.orchestration.generation import GenerationRequest
 from exoquic.orchestration.node import Node
@@ -59,15 +68,23 @@ NEVER_EXPIRES = "2318-01-01T00:00:00Z"
 class OllamaShape:
     """Builds `/api/chat` (`message`) or `/api/generate` (`response`) objects."""
 
-    def __init__(self, model: str, chat: bool, prompt_tokens: int) -> None:
+    def __init__(
+        self, model: str, chat: bool, prompt_tokens: int, tokenizer: TokenTexts | None = None
+    ) -> None:
         self.model = model
         self.chat = chat
         self.prompt_tokens = prompt_tokens
+        self.tokenizer = tokenizer  # set when the request asked for logprobs
         self.started = time.perf_counter()
         self.first_token: float | None = None
 
-    def piece(self, text: str, calls: tuple[ToolCall, ...] = ()) -> dict[str, Any]:
+    def piece(
+        self, text: str, calls: tuple[ToolCall, ...] = (), scored: Sequence[TokenLogprob] = ()
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {"model": self.model, "created_at": timestamp(time.time())}
+        if self.tokenizer is not None and scored:
+            # Ollama's entries are OpenAI's chat ones: token, logprob, bytes, top_logprobs.
+            out["logprobs"] = chat_logprobs(self.tokenizer, scored)["content"]
         if self.chat:
             message: dict[str, Any] = {"role": "assistant", "content": text}
             if calls:
@@ -77,7 +94,13 @@ class OllamaShape:
             out["response"] = text
         return {**out, "done": False}
 
-    def done(self, text: str, last: ReplyPiece, calls: tuple[ToolCall, ...] = ()) -> dict[str, Any]:
+    def done(
+        self,
+        text: str,
+        last: ReplyPiece,
+        calls: tuple[ToolCall, ...] = (),
+        scored: Sequence[TokenLogprob] = (),
+    ) -> dict[str, Any]:
         # Ollama reports a call's turn as stopped, not as "tool_calls".
         reason = "length" if last.finish_reason == "length" else "stop"
         timings = Timings(
@@ -85,7 +108,7 @@ class OllamaShape:
             last.token_count,
         )  # fmt: skip
         outcome = {"done": True, "done_reason": reason, **timings.as_dict()}
-        return {**self.piece(text, calls), **outcome}
+        return {**self.piece(text, calls, scored), **outcome}
 
 
 @blueprint.post("/api/chat")
@@ -97,7 +120,7 @@ async def chat() -> Response:
     messages, tools = calling.render(list(request.messages))
     prompt = await tokenized(serving.encode_chat(messages, tools, calling.prefix), "messages")
     # As Ollama, replies name the model the way the request did.
-    shape = OllamaShape(request.params.model, True, len(prompt))
+    shape = OllamaShape(request.params.model, True, len(prompt), scorer(serving, request.params))
     return await reply(serving, prompt, request.params, shape, stream, calling)
 
 
@@ -108,7 +131,9 @@ async def generate() -> Response:
     messages: list[dict[str, Any]] = []
     if asked.raw:
         text_body = {k: v for k, v in body.items() if k != "messages"}
+        text_body = {k: v for k, v in text_body.items() if k not in LOGPROB_FIELDS}
         params = parse_text_request({**text_body, "prompt": asked.prompt}).params
+        params = replace(params, logprobs=chat_logprobs_count(body))
     else:
         request = parse_chat_request(body, node().max_context)
         params, messages = request.params, list(request.messages)
@@ -121,7 +146,7 @@ async def generate() -> Response:
         prompt = await tokenized(serving.encode_text(asked.prompt), "prompt")
     else:
         prompt = await tokenized(serving.encode_chat(messages), "prompt")
-    shape = OllamaShape(params.model, False, len(prompt))
+    shape = OllamaShape(params.model, False, len(prompt), scorer(serving, params))
     return await reply(serving, prompt, params, shape, asked.stream, None)
 
 
@@ -144,11 +169,18 @@ async def reply(
         return response
     with slot:
         parts: list[str] = []
+        scored: list[TokenLogprob] = []
         last = ReplyPiece("", 0)
         async for piece in pieces(serving, generation, shape, calling, meter):
             parts.append(piece.text)
+            scored.extend(piece.logprobs)
             last = piece
-    return json_response(shape.done("".join(parts), last, last.calls))
+    return json_response(shape.done("".join(parts), last, last.calls, scored))
+
+
+def scorer(serving: Node, params: CompletionParams) -> TokenTexts | None:
+    """The tokenizer that names scored tokens, when the request asked for logprobs."""
+    return serving.tokenizer if params.logprobs is not None else None
 
 
 async def pieces(
@@ -179,8 +211,8 @@ async def ndjson_lines(
     with slot:
         try:
             async for piece in pieces(serving, generation, shape, calling, meter):
-                if piece.text:
-                    yield ndjson(shape.piece(piece.text))
+                if piece.text or piece.logprobs:
+                    yield ndjson(shape.piece(piece.text, (), piece.logprobs))
                 if piece.calls:  # as Ollama: the calls on a line of their own
                     yield ndjson(shape.piece("", piece.calls))
                 if piece.finish_reason is not None:

@@ -32,7 +32,9 @@ OPTION_FIELDS = {
     "repeat_penalty": "repetition_penalty",
 }
 # Fields that change nothing here: the model is always loaded, thinking is the model's.
-IGNORED_FIELDS = ("keep_alive", "think", "truncate", "shift", "logprobs", "top_logprobs")
+IGNORED_FIELDS = ("keep_alive", "think", "truncate", "shift")
+# Top-level fields with the same name and meaning in OpenAI's chat body.
+LOGPROB_FIELDS = ("logprobs", "top_logprobs")
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class GenerateBody:
 def chat_body(body: Any) -> tuple[dict[str, Any], bool]:
     """An `/api/chat` body as an OpenAI chat body, and whether to stream (400s)."""
     obj = _object(body)
-    _known(obj, {"model", "messages", "tools", "format", "options", "stream"})
+    _known(obj, {"model", "messages", "tools", "format", "options", "stream", *LOGPROB_FIELDS})
     messages = obj.get("messages")
     if not isinstance(messages, list):
         raise invalid("'messages' must be an array", "messages")
@@ -57,6 +59,7 @@ def chat_body(body: Any) -> tuple[dict[str, Any], bool]:
         "messages": [_message(m, i) for i, m in enumerate(messages)],
         **_options(obj.get("options")),
         **_format(obj.get("format")),
+        **_logprobs(obj),
     }
     if obj.get("tools"):
         mapped["tools"] = obj["tools"]
@@ -69,7 +72,7 @@ def generate_body(body: Any) -> GenerateBody:
     _known(
         obj,
         {"model", "prompt", "suffix", "system", "template", "context", "raw", "format", "images"}
-        | {"options", "stream"},
+        | {"options", "stream", *LOGPROB_FIELDS},
     )
     for name in ("suffix", "template", "context", "images"):
         if obj.get(name):
@@ -87,6 +90,7 @@ def generate_body(body: Any) -> GenerateBody:
         "messages": messages,
         **_options(obj.get("options")),
         **_format(obj.get("format")),
+        **_logprobs(obj),
     }
     return GenerateBody(mapped, raw, prompt, _stream(obj))
 
@@ -142,6 +146,11 @@ def _options(value: Any) -> dict[str, Any]:
     if predict is not None and not (isinstance(predict, int) and predict < 0):
         mapped["max_tokens"] = predict
     return mapped
+
+
+def _logprobs(obj: dict[str, Any]) -> dict[str, Any]:
+    """`logprobs` and `top_logprobs` (0-20) as given: the chat body checks them."""
+    return {name: obj[name] for name in LOGPROB_FIELDS if obj.get(name) is not None}
 
 
 def _format(value: Any) -> dict[str, Any]:

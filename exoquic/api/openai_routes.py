@@ -7,16 +7,19 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 from quart import Blueprint, Response, current_app, request
 
 from exoquic.api.admission import Admission, Slot
 from exoquic.api.errors import APIError
+from exoquic.api.logprobs import TextLogprobs, TokenTexts, chat_logprobs
 from exoquic.api.metrics import ApiMetrics, GenerationMeter, metered
 from exoquic.api.schemas import CompletionParams, parse_chat_request, parse_text_request
 from exoquic.api.tool_calls import ToolCall, call_id
 from exoquic.api.tools import ReplyPiece, ToolCalling, reply_pieces
+from exoquic.engines.logprobs import TokenLogprob
 from exoquic.models.errors import MessagesRejectedError
 from exoquic.models.generation_defaults import GenerationDefaults
 from exoquic.orchestration.generation import (
@@ -90,7 +93,8 @@ async def completions() -> Response:
         prompt = list(text.prompt)
         if max(prompt) >= serving.tokenizer.vocab_size:
             raise APIError(400, "'prompt' holds a token id outside the vocabulary", param="prompt")
-    return await complete(serving, prompt, text.params, chat=False)
+    prompt_text = text.prompt if isinstance(text.prompt, str) else None
+    return await complete(serving, prompt, text.params, chat=False, prompt_text=prompt_text)
 
 
 async def tokenized(encoding: Awaitable[list[int]], param: str) -> list[int]:
@@ -157,20 +161,32 @@ async def complete(
     *,
     chat: bool,
     calling: ToolCalling | None = None,
+    prompt_text: str | None = None,
 ) -> Response:
     generation = new_generation(serving, prompt, params, chat)
     shape = ResponseShape(serving.model_id, generation.request_id, chat, len(prompt))
     meter = generation_meter(len(prompt))
+    # The echoed prompt as the client sent it (token ids: their text).
+    echo = None
+    if params.echo:
+        echo = prompt_text if prompt_text is not None else serving.tokenizer.decode(prompt)
+    scores = None
+    if params.logprobs is not None:
+        scores = LogprobShape(serving.tokenizer, chat, prompt if params.echo else None)
     # Admitted only once the request is known to be valid: a bad one gets its
     # 400, not a 429, and never takes a slot.
     slot = await admission().admit()
     if params.stream:
         usage = params.include_usage
-        return stream_response(serving, generation, shape, usage, slot, calling, meter)
+        return stream_response(
+            serving, generation, shape, usage, slot, calling, meter, scores, echo
+        )
     with slot:
         reply = await collect(serving, generation, calling, meter)
+    logprobs = scores.format(reply) if scores else None
+    reply = replace(reply, text=(echo or "") + reply.text)
     return Response(
-        json.dumps(shape.whole(reply)),
+        json.dumps(shape.whole(reply, logprobs)),
         content_type="application/json",
     )
 
@@ -188,6 +204,8 @@ def new_generation(
         # budget to the room the context has left).
         max_tokens=params.max_tokens or serving.defaults.max_tokens,
         stop=params.stop,
+        logprobs=params.logprobs,
+        score_prompt=params.echo and params.logprobs is not None,
     )
 
 
@@ -197,14 +215,42 @@ async def collect(
     calling: ToolCalling | None = None,
     meter: GenerationMeter | None = None,
 ) -> ReplyPiece:
-    """The whole reply as one piece: all its text, its calls, its finish reason."""
+    """The whole reply as one piece: all its text, its calls, its finish reason
+    and every log-probability."""
     parts: list[str] = []
+    scored: list[TokenLogprob] = []
+    prompt: tuple[TokenLogprob, ...] = ()
     last = ReplyPiece("", 0)
     async with open_reply(serving, generation, calling, meter) as pieces:
         async for piece in pieces:
             parts.append(piece.text)
+            scored.extend(piece.logprobs)
+            prompt = prompt or piece.prompt_logprobs
             last = piece
-    return ReplyPiece("".join(parts), last.token_count, last.finish_reason, last.calls)
+    text = "".join(parts)
+    return replace(last, text=text, logprobs=tuple(scored), prompt_logprobs=prompt)
+
+
+class LogprobShape:
+    """The `logprobs` object of a chat or text choice (see api/logprobs.py); a
+    stream's text offsets continue from chunk to chunk. With `echo` (the prompt's
+    ids), the first object starts with the prompt's tokens."""
+
+    def __init__(self, tokenizer: TokenTexts, chat: bool, echo: list[int] | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.text = None if chat else TextLogprobs(tokenizer)
+        self.echo = echo
+
+    def format(self, piece: ReplyPiece) -> dict[str, Any]:
+        if self.text is None:
+            return chat_logprobs(self.tokenizer, piece.logprobs)
+        # Text completions list an end token too: a harness that scores a prompt
+        # with max_tokens 1 drops the last entry as the generated one.
+        scored = [*piece.logprobs, *([piece.end] if piece.end else [])]
+        if self.echo is None:
+            return self.text.format(scored)
+        first, self.echo = self.echo[0], None
+        return self.text.format([*piece.prompt_logprobs, *scored], unscored=first)
 
 
 def stream_response(
@@ -215,9 +261,13 @@ def stream_response(
     slot: Slot,
     calling: ToolCalling | None = None,
     meter: GenerationMeter | None = None,
+    scores: LogprobShape | None = None,
+    echo: str | None = None,
 ) -> Response:
     """The SSE response; its body owns `slot` and frees it when the stream ends."""
-    events = stream_events(serving, generation, shape, include_usage, slot, calling, meter)
+    events = stream_events(
+        serving, generation, shape, include_usage, slot, calling, meter, scores, echo
+    )
     slot.release_with(events)  # in case the server drops the body unread
     response = Response(events, content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
@@ -234,6 +284,8 @@ async def stream_events(
     slot: Slot,
     calling: ToolCalling | None = None,
     meter: GenerationMeter | None = None,
+    scores: LogprobShape | None = None,
+    echo: str | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE body. A client that disconnects cancels this iterator (quart-trio
     cancels the request's task on `http.disconnect`), and `aclosing` then frees
@@ -246,8 +298,12 @@ async def stream_events(
             async with open_reply(serving, generation, calling, meter) as pieces:
                 async for piece in pieces:
                     tokens = piece.token_count
-                    if piece.text:
-                        yield sse(shape.chunk({"content": piece.text}, None, text=piece.text))
+                    text = (echo or "") + piece.text  # an echoed prompt goes out first
+                    if text or (scores and (piece.logprobs or piece.end)):
+                        echo = None
+                        logprobs = scores.format(piece) if scores else None
+                        delta = {"content": text}
+                        yield sse(shape.chunk(delta, None, text=text, logprobs=logprobs))
                     for index, call in enumerate(piece.calls):
                         yield sse(shape.chunk({"tool_calls": [shape.tool_call(call, index)]}, None))
                     if piece.finish_reason:
@@ -313,9 +369,9 @@ class ResponseShape:
             "total_tokens": self.prompt_tokens + completion_tokens,
         }
 
-    def whole(self, reply: ReplyPiece) -> dict[str, Any]:
+    def whole(self, reply: ReplyPiece, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
         finish = reply.finish_reason
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": logprobs}
         if self.chat:
             message: dict[str, Any] = {"role": "assistant", "content": reply.text}
             if reply.calls:
@@ -343,8 +399,14 @@ class ResponseShape:
             "function": {"name": call.name, "arguments": call.arguments_json()},
         }
 
-    def chunk(self, delta: dict[str, Any], finish: str | None, text: str = "") -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+    def chunk(
+        self,
+        delta: dict[str, Any],
+        finish: str | None,
+        text: str = "",
+        logprobs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": logprobs}
         if self.chat:
             choice["delta"] = delta
         else:

@@ -7,7 +7,12 @@ import copy
 from typing import Any
 
 from exoquic import __version__
-from exoquic.api.schemas import MAX_STOP_CHARS, MAX_STOPS
+from exoquic.api.schemas import (
+    MAX_CHAT_TOP_LOGPROBS,
+    MAX_STOP_CHARS,
+    MAX_STOPS,
+    MAX_TEXT_LOGPROBS,
+)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -49,7 +54,6 @@ COMMON_PROPERTIES: dict[str, Any] = {
     "n": {"const": 1, "description": "Only one choice per request."},
     "presence_penalty": {"const": 0},
     "frequency_penalty": {"const": 0},
-    "logprobs": {"const": False},
     "user": {"description": "Accepted and ignored."},
     "metadata": {"description": "Accepted and ignored."},
     "store": {"description": "Accepted and ignored."},
@@ -116,6 +120,17 @@ CHAT_REQUEST = {
         "messages": {"type": "array", "minItems": 1, "items": _ref("ChatMessage")},
         "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
         "response_format": {"const": {"type": "text"}},
+        "logprobs": {
+            "type": ["boolean", "null"],
+            "description": "Each generated token's log-probability (of the raw model "
+            "distribution, before temperature, top_k and top_p).",
+        },
+        "top_logprobs": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "maximum": MAX_CHAT_TOP_LOGPROBS,
+            "description": "How many most likely alternatives each token lists; needs logprobs.",
+        },
         "tools": {"type": "array", "items": TOOL, "maxItems": 128},
         "tool_choice": {
             "oneOf": [
@@ -149,9 +164,19 @@ COMPLETION_REQUEST = {
                 {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
             ]
         },
-        "echo": {"const": False},
+        "echo": {
+            "type": ["boolean", "null"],
+            "description": "The reply starts with the prompt; with logprobs, the prompt's "
+            "tokens come with their log-probabilities too (the first one's null).",
+        },
         "suffix": {"type": "null"},
         "best_of": {"const": 1},
+        "logprobs": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "maximum": MAX_TEXT_LOGPROBS,
+            "description": "Each token's log-probability and this many most likely alternatives.",
+        },
         **COMMON_PROPERTIES,
     },
 }

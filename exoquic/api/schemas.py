@@ -6,7 +6,7 @@ cannot honour is refused rather than silently ignored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from exoquic.api.errors import invalid
@@ -22,7 +22,6 @@ MAX_STOP_CHARS = 256
 NEUTRAL_DEFAULTS: dict[str, Any] = {
     "presence_penalty": 0,
     "frequency_penalty": 0,
-    "logprobs": False,
     "n": 1,
 }
 IGNORED = {"user", "metadata", "store", "service_tier"}
@@ -39,9 +38,13 @@ CHAT_FIELDS = frozenset(
         "tools",
         "tool_choice",
         "parallel_tool_calls",
+        "logprobs",
+        "top_logprobs",
     }
 )
-TEXT_FIELDS = frozenset({"prompt", "echo", "suffix", "best_of"})
+TEXT_FIELDS = frozenset({"prompt", "echo", "suffix", "best_of", "logprobs"})
+MAX_CHAT_TOP_LOGPROBS = 20  # OpenAI's limits
+MAX_TEXT_LOGPROBS = 5
 COMMON_FIELDS = frozenset(
     {
         "model",
@@ -69,6 +72,10 @@ class CompletionParams:
     stop: tuple[str, ...]
     stream: bool
     include_usage: bool
+    # Not None: report each generated token's log-probability and this many best
+    # alternatives (chat: top_logprobs when logprobs is true; text: logprobs).
+    logprobs: int | None = None
+    echo: bool = False  # text completions: the reply starts with the prompt
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,8 @@ def parse_chat_request(body: Any, context: int = MAX_PROMPT_ITEMS) -> ChatReques
     if response_format is not None and response_format != {"type": "text"}:
         raise invalid('only \'response_format\': {"type": "text"} is supported', "response_format")
     messages = _messages(obj.get("messages"), context)
-    return ChatRequest(messages, _common(obj), parse_tools(obj))
+    params = replace(_common(obj), logprobs=chat_logprobs_count(obj))
+    return ChatRequest(messages, params, parse_tools(obj))
 
 
 def parse_text_request(body: Any, context: int = MAX_PROMPT_ITEMS) -> TextRequest:
@@ -110,10 +118,29 @@ def parse_text_request(body: Any, context: int = MAX_PROMPT_ITEMS) -> TextReques
     """
     obj = _object(body)
     _reject_unknown(obj, TEXT_FIELDS)
-    for name, neutral in (("echo", False), ("suffix", None), ("best_of", 1)):
+    for name, neutral in (("suffix", None), ("best_of", 1)):
         if obj.get(name, neutral) not in (neutral, None):
             raise invalid(f"'{name}' is not supported", name)
-    return TextRequest(_prompt(obj.get("prompt"), context), _common(obj))
+    echo = obj.get("echo")
+    if echo is not None and not isinstance(echo, bool):
+        raise invalid("'echo' must be a boolean", "echo")
+    logprobs = obj.get("logprobs")
+    if logprobs is not None:
+        logprobs = _integer(obj, "logprobs", 0, 0, MAX_TEXT_LOGPROBS)
+    params = replace(_common(obj), logprobs=logprobs, echo=bool(echo))
+    return TextRequest(_prompt(obj.get("prompt"), context), params)
+
+
+def chat_logprobs_count(obj: dict[str, Any]) -> int | None:
+    """How many alternatives a chat request wants with each token's log-probability
+    (None: no log-probabilities); top_logprobs needs logprobs true, as on OpenAI."""
+    wanted = obj.get("logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise invalid("'logprobs' must be a boolean", "logprobs")
+    top = _integer(obj, "top_logprobs", 0, 0, MAX_CHAT_TOP_LOGPROBS)
+    if obj.get("top_logprobs") is not None and not wanted:
+        raise invalid("'top_logprobs' needs 'logprobs' to be true", "top_logprobs")
+    return top if wanted else None
 
 
 def _prompt(value: Any, context: int) -> str | tuple[int, ...]:

@@ -32,6 +32,7 @@ from exoquic.api.tool_calls import (
     template_takes_tools,
     tool_format,
 )
+from exoquic.engines.logprobs import TokenLogprob
 from exoquic.models.chat_template import render_chat
 from exoquic.models.errors import ChatTemplateError
 from exoquic.orchestration.generation import GenerationChunk
@@ -329,12 +330,17 @@ class ToolCalling:
 
 @dataclass(frozen=True)
 class ReplyPiece:
-    """Text to show, and on the last piece the calls and the finish reason."""
+    """Text to show, and on the last piece the calls and the finish reason;
+    log-probabilities as in `GenerationChunk` (those of held-back text come
+    with a later piece)."""
 
     text: str
     token_count: int
     finish_reason: str | None = None
     calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
+    end: TokenLogprob | None = None
 
 
 async def reply_pieces(
@@ -347,7 +353,14 @@ async def reply_pieces(
     async with aclosing(chunks):
         if calling is None or not calling.active:
             async for chunk in chunks:
-                yield ReplyPiece(chunk.text, chunk.token_count, chunk.finish_reason)
+                yield ReplyPiece(
+                    chunk.text,
+                    chunk.token_count,
+                    chunk.finish_reason,
+                    logprobs=chunk.logprobs,
+                    prompt_logprobs=chunk.prompt_logprobs,
+                    end=chunk.end,
+                )
         else:
             async with aclosing(_with_calls(chunks, calling)) as pieces:
                 async for piece in pieces:
@@ -360,14 +373,18 @@ async def _with_calls(
     assert calling.request is not None
     stream = ToolCallStream(calling.fmt, calling.request.names, calling.prefix)
     forced = calling.request.forced is not None
+    scored: tuple[TokenLogprob, ...] = ()  # held until a piece goes out
     async for chunk in chunks:
         text = stream.push(chunk.text)
+        scored += chunk.logprobs
         if chunk.finish_reason is None and not (forced and stream.call_complete()):
             if text:
-                yield ReplyPiece(text, chunk.token_count)
+                yield ReplyPiece(text, chunk.token_count, logprobs=scored)
+                scored = ()
             continue
         rest = stream.finish()
         calls = rest.calls if calling.request.parallel else rest.calls[:1]
         finish = "tool_calls" if calls else (chunk.finish_reason or "stop")
-        yield ReplyPiece(text + (rest.content or ""), chunk.token_count, finish, calls)
+        text += rest.content or ""
+        yield ReplyPiece(text, chunk.token_count, finish, calls, scored, end=chunk.end)
         return

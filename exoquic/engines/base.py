@@ -29,10 +29,16 @@ class ContextOverflowError(EngineError):
 
 @dataclass(frozen=True)
 class ForwardItem:
-    """One request's input to a forward step (see `Engine.forward`)."""
+    """One request's input to a forward step (see `Engine.forward`).
+
+    `all_logits` asks the last shard for the logits of every position, `(T,
+    vocab)`, not only the last one's (scoring a prompt: `echo` with logprobs);
+    such an item runs alone, never in a decode batch. Other shards ignore it.
+    """
 
     request_id: str
     inputs: np.ndarray
+    all_logits: bool = False
 
 
 class Engine(ABC):
@@ -59,7 +65,8 @@ class Engine(ABC):
         from the request's cache length, which grows by T.
 
         Returns float32 hidden states `(T, hidden_size)`, or on the last shard
-        the float32 logits `(vocab_size,)` of the final position.
+        the float32 logits `(vocab_size,)` of the final position (of every
+        position, `(T, vocab_size)`, for a `ForwardItem` with `all_logits`).
         Raises ContextOverflowError when the cache would exceed `max_context`.
         """
 

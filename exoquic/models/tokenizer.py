@@ -10,7 +10,7 @@ for the same model.
 from __future__ import annotations
 
 import os
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +156,26 @@ class Tokenizer:
         """The text of `ids` (special tokens included unless skipped)."""
         return str(self.backend.decode(ids, skip_special_tokens=skip_special_tokens))
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for, alone (it may hold part of a UTF-8
+        character): byte-level BPE pieces mapped back through GPT-2's byte
+        alphabet, SentencePiece's `<0xNN>` pieces as that byte and its `▁` as a
+        space. An id outside the vocabulary gives b""."""
+        piece = self.backend.id_to_token(token_id)
+        if piece is None:
+            return b""
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            try:
+                return bytes([int(piece[3:5], 16)])
+            except ValueError:
+                pass  # a piece that only looks like a byte
+        byte_of = _gpt2_bytes()
+        if isinstance(self.backend.decoder, tokenizers.decoders.ByteLevel) and all(
+            char in byte_of for char in piece
+        ):
+            return bytes(byte_of[char] for char in piece)
+        return piece.replace("\u2581", " ").encode()
+
     def token_id(self, token: str) -> int | None:
         """The id of a vocabulary entry (e.g. `"<|im_end|>"`), or None."""
         found = self.backend.token_to_id(token)
@@ -222,6 +242,16 @@ class StreamDecoder:
 
     def _decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=self._skip) if ids else ""
+
+
+@cache
+def _gpt2_bytes() -> dict[str, int]:
+    """GPT-2's byte-level alphabet backwards: the character standing for each
+    byte (printable bytes stand for themselves, the others for chars from 256 on)."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    shifted = [b for b in range(256) if b not in printable]
+    chars = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(shifted)}
+    return {char: byte for byte, char in chars.items()}
 
 
 def _end_tokens(backend: tokenizers.Tokenizer, eos: list[int]) -> frozenset[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from exoquic.engines.logprobs import TokenLogprob
 from exoquic.engines.sampling import SamplingParams
 
 FinishReason = Literal["stop", "length"]
@@ -42,12 +43,37 @@ class GenerationRequest:
     sampling: SamplingParams
     max_tokens: int | None = None  # None: until the context is full
     stop: tuple[str, ...] = ()
+    # Not None: each generated token's log-probability and this many best alternatives.
+    logprobs: int | None = None
+    # With logprobs: also each prompt token's (after the first), in the first chunk.
+    score_prompt: bool = False
+
+
+@dataclass(frozen=True)
+class SampledToken:
+    """A token the ring produced, with its log-probabilities when asked; the first
+    token of a request that scores its prompt carries the prompt's too (one per
+    prompt token after the first)."""
+
+    token_id: int
+    scored: TokenLogprob | None = None
+    prompt: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
 class GenerationChunk:
-    """New text for the client. The last chunk carries a finish reason."""
+    """New text for the client. The last chunk carries a finish reason.
+
+    `logprobs` holds the log-probabilities of the tokens generated since the
+    previous chunk (when the request asked for them): the text of a token may
+    be held back (a UTF-8 character or a stop string not yet whole), so a
+    chunk may carry more or fewer tokens than its text shows. An end-of-turn
+    token is not among them (its text is not in the reply) but in `end`, for
+    text completions, which list it as OpenAI's legacy completions do."""
 
     text: str
     token_count: int
     finish_reason: FinishReason | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # the first chunk's, when scored
+    end: TokenLogprob | None = None  # the end token that finished the reply, when scored

@@ -24,6 +24,7 @@ import trio
 
 from exoquic import defaults
 from exoquic.engines.base import Engine
+from exoquic.engines.logprobs import TokenLogprob
 from exoquic.identity.keys import Identity
 from exoquic.machine import probe_capabilities
 from exoquic.models.config import ModelConfig
@@ -36,6 +37,7 @@ from exoquic.models.weights import ShardWeights
 from exoquic.orchestration.cluster import Cluster, ClusterSettings, open_cluster
 from exoquic.orchestration.generation import (
     ContextLengthError,
+    FinishReason,
     GenerationChunk,
     GenerationRequest,
     RequestError,
@@ -218,29 +220,40 @@ class Node:
         text = self.tokenizer.stream_decoder()
         stops = StopMatcher(request.stop)
         end_tokens = self.tokenizer.eos_token_ids
-        tokens = self.cluster.ring.generate_tokens(
-            request.request_id, list(request.prompt_tokens), request.sampling, budget
+        results = self.cluster.ring.generate_results(
+            request.request_id,
+            list(request.prompt_tokens),
+            request.sampling,
+            budget,
+            request.logprobs,
+            request.score_prompt,
         )
         produced = 0
-        async with aclosing(tokens):
-            async for token in tokens:
+        scored: list[TokenLogprob] = []  # since the last chunk
+        prompt: tuple[TokenLogprob, ...] = ()  # until the first chunk takes them
+        async with aclosing(results):
+            async for result in results:
+                token = result.token_id
                 produced += 1
+                prompt = prompt or result.prompt
                 if token in end_tokens:
+                    piece = stops.push(text.flush()) + stops.flush()
                     yield GenerationChunk(
-                        stops.push(text.flush()) + stops.flush(), produced - 1, "stop"
+                        piece, produced - 1, "stop", tuple(scored), prompt, result.scored
                     )
                     return
+                if result.scored is not None:
+                    scored.append(result.scored)
                 piece = stops.push(text.push(token))
-                if stops.stopped:
-                    yield GenerationChunk(piece, produced, "stop")
-                    return
-                if produced == budget:
-                    yield GenerationChunk(
-                        piece + stops.push(text.flush()) + stops.flush(), produced, "length"
-                    )
-                    return
-                if piece:
-                    yield GenerationChunk(piece, produced)
+                finish: FinishReason | None = "stop" if stops.stopped else None
+                if produced == budget and not finish:
+                    piece += stops.push(text.flush()) + stops.flush()
+                    finish = "length"
+                if piece or finish:
+                    yield GenerationChunk(piece, produced, finish, tuple(scored), prompt)
+                    if finish:
+                        return
+                    scored, prompt = [], ()
 
 
 def _message_chars(message: dict[str, Any]) -> int:

@@ -54,8 +54,9 @@ from typing import Any, Protocol
 import numpy as np
 import trio
 
+from exoquic.engines.logprobs import TokenLogprob, token_logprob
 from exoquic.engines.sampling import Sampler, SamplingParams
-from exoquic.orchestration.generation import UnavailableError
+from exoquic.orchestration.generation import SampledToken, UnavailableError
 from exoquic.orchestration.peers import PeerUnavailable
 from exoquic.orchestration.sampling_wire import (
     BadSamplingError,
@@ -141,24 +142,29 @@ class _Failure:
 
 
 class _Attempt:
-    """One try of a request at its origin: its wire id, plan and result inbox."""
+    """One try of a request at its origin: its wire id, plan and result inbox, and
+    how many alternatives its tokens' log-probabilities carry (None: none asked)."""
 
-    def __init__(self, wire_id: str, plan: Plan) -> None:
+    def __init__(
+        self, wire_id: str, plan: Plan, logprobs: int | None = None, score: bool = False
+    ) -> None:
         self.wire_id = wire_id
         self.plan = plan
+        self.logprobs = logprobs
+        self.score = score  # score the prompt's tokens (sent with its chunks)
         self.sent_at = 0.0  # when the step in flight was sent
         self.results_due = 0  # results of the step in flight (one per Forward sent)
         self.positions = 0  # positions the step in flight runs (its timeout grows with them)
-        self._send, self._receive = trio.open_memory_channel[int | _Failure](math.inf)
+        self._send, self._receive = trio.open_memory_channel[TokenResult | _Failure](math.inf)
 
-    def put(self, outcome: int | _Failure) -> None:
+    def put(self, outcome: TokenResult | _Failure) -> None:
         # Bounded by what is due: only stray duplicates could go beyond it.
         if self._send.statistics().current_buffer_used >= self.results_due + 4:
             log.warning("dropping an unexpected result for %s", self.wire_id)
             return
         self._send.send_nowait(outcome)
 
-    async def get(self) -> int | _Failure:
+    async def get(self) -> TokenResult | _Failure:
         return await self._receive.receive()
 
 
@@ -209,15 +215,33 @@ class Ring:
         not enough memory, too many failed tries), StepFailedError when an
         engine refused it.
         """
+        results = self.generate_results(request_id, prompt, sampling, budget)
+        async with aclosing(results):
+            async for result in results:
+                yield result.token_id
+
+    async def generate_results(
+        self,
+        request_id: str,
+        prompt: list[int],
+        sampling: SamplingParams,
+        budget: int,
+        logprobs: int | None = None,
+        score_prompt: bool = False,
+    ) -> AsyncGenerator[SampledToken, None]:
+        """`generate_tokens` with each token's log-probability and `logprobs` best
+        alternatives when `logprobs` is not None; with `score_prompt` too, the
+        first token carries the prompt tokens' (all but the first)."""
         if sampling.seed is None:  # fixed here so that replays draw the same tokens
             sampling = replace(sampling, seed=secrets.randbits(63))
         self.stats.requests += 1
         self._requests.add(request_id)
         try:
             # aclosing: a caller that stops early releases the attempt's caches now.
-            async with aclosing(self._tries(request_id, prompt, sampling, budget)) as tries:
-                async for token in tries:
-                    yield token
+            tries = self._tries(request_id, prompt, sampling, budget, logprobs, score_prompt)
+            async with aclosing(tries):
+                async for result in tries:
+                    yield result
         finally:
             self._requests.discard(request_id)
 
@@ -227,14 +251,22 @@ class Ring:
         return len(self._requests)
 
     async def _tries(
-        self, request_id: str, prompt: list[int], sampling: SamplingParams, budget: int
-    ) -> AsyncGenerator[int, None]:
+        self,
+        request_id: str,
+        prompt: list[int],
+        sampling: SamplingParams,
+        budget: int,
+        logprobs: int | None,
+        score_prompt: bool,
+    ) -> AsyncGenerator[SampledToken, None]:
         """`generate_tokens`' attempts: the first, then replays under newer plans."""
         tokens: list[int] = []
         newer_than = -1
         for attempt_number in range(self.settings.max_attempts):
             plan = await self.plans.wait_usable_plan(newer_than)
-            attempt = _Attempt(f"{request_id}.{attempt_number}", plan)
+            # A replay after the first token went out need not score the prompt again.
+            score = score_prompt and logprobs is not None and not tokens
+            attempt = _Attempt(f"{request_id}.{attempt_number}", plan, logprobs, score)
             self._attempts[attempt.wire_id] = attempt
             try:
                 if len(tokens) < budget:
@@ -245,7 +277,7 @@ class Ring:
                     if replayed:
                         self._check_replay(request_id, replayed, results)
                         replayed = []
-                    tokens.append(results[-1])
+                    tokens.append(results[-1].token_id)
                     # The next step starts before this token goes out, so the engines
                     # work while the caller streams it; if the caller stops here, the
                     # release below frees what that step computed.
@@ -258,7 +290,7 @@ class Ring:
                             )
                         except _Retry as retry:
                             unsent = retry  # replay after the caller has this token
-                    yield tokens[-1]
+                    yield _sampled(results, prompt if attempt.score and len(tokens) == 1 else None)
                     if unsent is not None:
                         raise unsent
                 return
@@ -329,7 +361,10 @@ class Ring:
         attempt.positions += len(tokens)
         # The last shard makes the request's sampler from the prompt's steps (step 0).
         wire_sampling = sampling_to_wire(sampling) if step == 0 else None
+        score = attempt.score and step == 0
         for start in range(0, len(tokens), PREFILL_CHUNK):
+            # Each position's next prompt token (the last position's is the one sampled).
+            targets = tuple(int(t) for t in tokens[start + 1 : start + 1 + PREFILL_CHUNK])
             message = Forward(
                 attempt.wire_id,
                 plan.version,
@@ -338,6 +373,8 @@ class Ring:
                 origin=self.node_id,
                 step=step,
                 sampling=wire_sampling,
+                logprobs=attempt.logprobs,
+                score=targets if score and targets else None,
             )
             attempt.results_due += 1  # before sending: a local ring answers within the send
             try:
@@ -345,12 +382,12 @@ class Ring:
             except PeerUnavailable as exc:
                 raise _Retry(_Failure(str(exc), True)) from exc
 
-    async def _step_results(self, attempt: _Attempt) -> list[int]:
+    async def _step_results(self, attempt: _Attempt) -> list[TokenResult]:
         """The tokens of the step in flight, one per `Forward` in sending order (the
         last is the step's token), or _Retry / StepFailedError / UnavailableError."""
         per_token = self.settings.step_timeout_per_token
         timeout = self.settings.step_timeout + per_token * attempt.positions
-        results: list[int] = []
+        results: list[TokenResult] = []
         with trio.move_on_after(timeout):
             while True:
                 outcome = await attempt.get()
@@ -368,11 +405,13 @@ class Ring:
         self.stats.failed_requests += 1
         raise UnavailableError(f"no answer from the ring within {timeout:.0f} s")
 
-    def _check_replay(self, request_id: str, replayed: list[int], results: list[int]) -> None:
+    def _check_replay(
+        self, request_id: str, replayed: list[int], results: list[TokenResult]
+    ) -> None:
         """Warn when a replay sampled other tokens than the first try: the ring now
         computes differently (another engine under the new plan, say), so the rest
         of the answer may differ from what the first try would have said."""
-        again = results[-len(replayed) - 1 : -1]
+        again = [result.token_id for result in results[-len(replayed) - 1 : -1]]
         if again != replayed:
             first = next(i for i, (a, b) in enumerate(zip(again, replayed, strict=True)) if a != b)
             self.stats.replay_mismatches += 1
@@ -420,14 +459,14 @@ class Ring:
         if isinstance(message, Forward):
             return self._accept(message, sender)
         if isinstance(message, TokenResult):
-            self._deliver_outcome(message.request_id, message.token_id)
+            self._deliver_outcome(message.request_id, message)
         elif isinstance(message, RequestFailed):
             self._deliver_outcome(message.request_id, _Failure(message.reason, message.retryable))
         elif isinstance(message, Release):
             self._release_cache(message.request_id)
         return None
 
-    def _deliver_outcome(self, wire_id: str, outcome: int | _Failure) -> None:
+    def _deliver_outcome(self, wire_id: str, outcome: TokenResult | _Failure) -> None:
         attempt = self._attempts.get(wire_id)
         if attempt is not None:  # else a late answer to an abandoned attempt
             attempt.put(outcome)
@@ -466,7 +505,8 @@ class Ring:
             return partial(self._send_quietly, message.origin, refusal)
         self._served[wire_id] = message.origin
         self.worker.limit_batches(pipeline_batch(len(self._served), len(plan.node_ids)))
-        job = self.worker.forward_nowait(wire_id, message.tensor)
+        scoring = shard.is_last and message.score is not None
+        job = self.worker.forward_nowait(wire_id, message.tensor, all_logits=scoring)
         onward = None if shard.is_last else plan.next_node(self.node_id)
         return partial(self._finish, message, job, onward, self._shard_epoch)
 
@@ -505,7 +545,7 @@ class Ring:
             if epoch != self._shard_epoch:  # the shard was replaced while this step ran
                 reply: Message = self._refusal(message)
             elif onward is None:
-                reply = TokenResult(message.request_id, self._sample(message, output))
+                reply = self._token_result(message, output)
             else:
                 # Hidden states are (T, hidden); a batched engine may hand back (hidden,).
                 await self.send(onward, replace(message, tensor=np.atleast_2d(output)))
@@ -529,6 +569,25 @@ class Ring:
         self.stats.forwards += 1
         self.stats.compute_seconds += seconds
         self.stats.forwarded_positions += int(message.tensor.shape[0])
+
+    def _token_result(self, message: Forward, logits: np.ndarray) -> TokenResult:
+        """The step's token, with its log-probabilities when the step asks for them
+        (and its prompt tokens', from every position's logits, when it scores them)."""
+        prompt = None
+        if message.score is not None and message.logprobs is not None:
+            rows, logits = logits, logits[-1]
+            prompt = tuple(
+                (item.logprob, item.top)
+                for item in (
+                    token_logprob(row, target, message.logprobs)
+                    for row, target in zip(rows, message.score, strict=False)
+                )
+            )
+        token = self._sample(message, logits)
+        if message.logprobs is None:
+            return TokenResult(message.request_id, token)
+        scored = token_logprob(logits, token, message.logprobs)
+        return TokenResult(message.request_id, token, scored.logprob, scored.top, prompt)
 
     def _sample(self, message: Forward, logits: np.ndarray) -> int:
         """The step's token, drawn by the request's sampler: made from the
@@ -570,6 +629,23 @@ class Ring:
 
     def statistics(self) -> dict[str, Any]:
         return self.stats.as_dict()
+
+
+def _sampled(results: list[TokenResult], prompt: list[int] | None) -> SampledToken:
+    """The step's token (the last result) as `generate_results` yields it; with
+    `prompt`, the prompt's scores from its chunks' results, in order."""
+    last = results[-1]
+    scored = None
+    if last.logprob is not None:
+        scored = TokenLogprob(last.token_id, last.logprob, last.top_logprobs or ())
+    if prompt is None:
+        return SampledToken(last.token_id, scored)
+    pairs = [pair for result in results for pair in result.prompt_logprobs or ()]
+    prompt_scores = tuple(
+        TokenLogprob(token, logprob, top)
+        for token, (logprob, top) in zip(prompt[1:], pairs, strict=False)
+    )
+    return SampledToken(last.token_id, scored, prompt_scores)
 
 
 class _NoSampler(Exception):

@@ -30,7 +30,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -229,9 +229,10 @@ class EngineWorker:
         """Run any other engine method (load, release...) in the worker thread, in order."""
         return await self.call_nowait(fn).wait()
 
-    def forward_nowait(self, request_id: str, inputs: np.ndarray) -> Job:
-        """Queue one forward step now (jobs run in the order they are queued)."""
-        return self._queue(Job(run=None, item=ForwardItem(request_id, inputs)))
+    def forward_nowait(self, request_id: str, inputs: np.ndarray, all_logits: bool = False) -> Job:
+        """Queue one forward step now (jobs run in the order they are queued);
+        `all_logits`: see `ForwardItem`."""
+        return self._queue(Job(run=None, item=ForwardItem(request_id, inputs, all_logits)))
 
     def call_nowait(self, fn: Callable[[], Any]) -> Job:
         """Queue an engine call now, after everything already queued."""
@@ -288,7 +289,7 @@ class EngineWorker:
             job.done.set()
             return True
         end = min(job.progress + self.prefill_chunk, len(inputs))
-        chunk = ForwardItem(job.item.request_id, inputs[job.progress : end])
+        chunk = replace(job.item, inputs=inputs[job.progress : end])
         started = time.perf_counter()
         try:
             output = await self._in_engine_thread(lambda: self._forward_batch([chunk])[0])
@@ -303,7 +304,8 @@ class EngineWorker:
         job.progress = end
         if end < len(inputs):
             return False
-        # Hidden states (T, D) come in pieces; logits (last shard) are the last position's.
+        # Hidden states (T, D) and all_logits' (T, vocab) come in pieces; other
+        # logits (last shard) are the last position's.
         job.result = np.concatenate(job.outputs) if output.ndim == 2 else output
         job.outputs = []
         job.done.set()
@@ -315,7 +317,7 @@ class EngineWorker:
         self._stats.forwarded_items += len(items)
         self._stats.largest_batch = max(self._stats.largest_batch, len(items))
         try:
-            if len(items) == 1:
+            if len(items) == 1 and not items[0].all_logits:
                 return [self.engine.forward(items[0].request_id, items[0].inputs)]
             return self.engine.forward_batch(items)
         finally:

@@ -19,6 +19,7 @@ in docs/protocol.md.
 from __future__ import annotations
 
 import dataclasses
+import math
 import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,9 +34,10 @@ from exoquic.wire.errors import ErrorCode, LocalProtocolError, RemoteProtocolErr
 from exoquic.wire.framing import MAX_FRAME_SIZE
 from exoquic.wire.tensors import MAX_TENSOR_ELEMENTS, decode_tensor, encode_tensor
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """The node protocol version nodes announce in `Hello` (over ALPN `exoquic/1`).
-2: typed `Hello` fields, one `sampling` map in `Forward`."""
+2: typed `Hello` fields, one `sampling` map in `Forward`. 3: log-probabilities
+(`Forward` 4, `TokenResult` 3)."""
 
 MAX_ID_LENGTH = 128
 MAX_REASON_LENGTH = 1024
@@ -44,6 +46,11 @@ MAX_DEVICE_FIELDS = 64
 MAX_DEVICE_ITEMS = 1024
 MAX_SAMPLING_FIELDS = 64
 MAX_SAMPLING_ITEMS = 4096  # room for a logit bias (a JSON schema is one text item)
+MAX_TOP_LOGPROBS = 20  # alternatives per token (OpenAI's limit for chat's top_logprobs)
+# Prompt positions one Forward may score, and alternatives for each (OpenAI's limit for
+# text completions): 256 x 5 alternatives stay well inside cbor.MAX_ITEMS.
+MAX_SCORED_POSITIONS = 256
+MAX_SCORED_TOP = 5
 U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1
 QUIC_ERROR_CODE_MAX = (1 << 62) - 1
@@ -151,6 +158,11 @@ def _build(cls: type[Message], body: dict[str, Any], max_tensor_elements: int) -
 
 
 # --- field checks (raise LocalProtocolError with INVALID_FIELD) -----------------
+
+
+def _is_logprob(value: object) -> bool:
+    """A log-probability: a float (not an int or bool) that is <= 0, -inf allowed."""
+    return isinstance(value, float) and not math.isnan(value) and value <= 0.0
 
 
 def check_uint(message: Message, name: str, maximum: int = U64) -> None:
@@ -352,12 +364,21 @@ class Forward(Message):
     prompt (step 0) and is None on later steps: the last shard keeps one
     sampler per request for the request's life.
 
+    `logprobs`, when not None, asks the last shard for the sampled token's
+    log-probability and that many best alternatives (0..MAX_TOP_LOGPROBS) in
+    its `TokenResult`; it travels with every step (the last shard keeps no
+    state for it). `score` (a prompt's chunks, with `logprobs`) lists the
+    prompt token that follows each of the tensor's first `len(score)`
+    positions: the last shard then runs its head on every position and
+    returns those tokens' log-probabilities in `TokenResult.prompt_logprobs`.
+
     Version 3 replaced version 2's `temperature`, `top_p`, `top_k`, `seed`
     and (never used) `max_tokens` with `sampling`, and made `origin` required.
+    Version 4 added `logprobs` and `score`.
     """
 
     TYPE = "forward"
-    VERSION = 3
+    VERSION = 4
     MAX_SIZE = MAX_FRAME_SIZE  # a long prefill's hidden state
     request_id: str
     plan_version: int
@@ -366,6 +387,8 @@ class Forward(Message):
     origin: str
     step: int = 0
     sampling: dict[str, Any] | None = None
+    logprobs: int | None = None
+    score: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
@@ -376,6 +399,26 @@ class Forward(Message):
         check_uint(self, "step", U32)
         if self.sampling is not None:
             check_map(self, "sampling", MAX_SAMPLING_FIELDS, MAX_SAMPLING_ITEMS)
+        if self.logprobs is not None:
+            check_uint(self, "logprobs", MAX_TOP_LOGPROBS)
+        if self.score is not None:
+            self._check_score()
+
+    def _check_score(self) -> None:
+        score, rows = self.score, self.tensor.shape[0]
+        expected = (
+            f"at most {min(rows, MAX_SCORED_POSITIONS)} token ids, "
+            f"with logprobs 0..{MAX_SCORED_TOP}"
+        )
+        if (
+            not isinstance(score, (list, tuple))
+            or len(score) > min(rows, MAX_SCORED_POSITIONS)
+            or not all(_is_int(t) and 0 <= t <= U32 for t in score)
+            or self.logprobs is None
+            or self.logprobs > MAX_SCORED_TOP
+        ):
+            raise _invalid(self, "score", expected, score)
+        object.__setattr__(self, "score", tuple(int(t) for t in score))
 
     def _check_tensor(self) -> None:
         tensor = self.tensor
@@ -394,17 +437,66 @@ class Forward(Message):
 @dataclass(frozen=True)
 class TokenResult(Message):
     """The token the last shard sampled for a request, sent to its origin
-    (which alone decides when the request ends). Version 2 dropped version 1's
-    `finish_reason`, which no node ever set."""
+    (which alone decides when the request ends).
+
+    When the step's `Forward` asked for `logprobs`, `logprob` is the token's
+    log-probability under the model's raw distribution and `top_logprobs` the
+    best alternatives as (token id, log-probability) pairs, best first; else
+    both are None. `prompt_logprobs`, for a `Forward` with `score`, holds
+    one (log-probability, alternatives) pair for each scored prompt token.
+
+    Version 2 dropped version 1's `finish_reason`, which no node ever set;
+    version 3 added `logprob`, `top_logprobs` and `prompt_logprobs`."""
 
     TYPE = "token"
-    VERSION = 2
+    VERSION = 3
     request_id: str
     token_id: int
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] | None = None
+    prompt_logprobs: tuple[tuple[float, tuple[tuple[int, float], ...]], ...] | None = None
 
     def __post_init__(self) -> None:
         check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
         check_uint(self, "token_id", U32)
+        if self.logprob is not None and not _is_logprob(self.logprob):
+            raise _invalid(self, "logprob", "a float <= 0 (or -inf)", self.logprob)
+        if self.top_logprobs is not None:
+            top = self._checked_top(self.top_logprobs, "top_logprobs", MAX_TOP_LOGPROBS)
+            object.__setattr__(self, "top_logprobs", top)
+        if self.prompt_logprobs is not None:
+            object.__setattr__(self, "prompt_logprobs", self._checked_prompt())
+
+    def _checked_prompt(self) -> tuple[tuple[float, tuple[tuple[int, float], ...]], ...]:
+        scored = self.prompt_logprobs
+        expected = f"at most {MAX_SCORED_POSITIONS} [logprob, alternatives] pairs"
+        if not isinstance(scored, (list, tuple)) or len(scored) > MAX_SCORED_POSITIONS:
+            raise _invalid(self, "prompt_logprobs", expected, scored)
+        checked = []
+        for item in scored:
+            if not (isinstance(item, (list, tuple)) and len(item) == 2 and _is_logprob(item[0])):
+                raise _invalid(self, "prompt_logprobs", expected, scored)
+            top = self._checked_top(item[1], "prompt_logprobs", MAX_SCORED_TOP)
+            checked.append((float(item[0]), top))
+        return tuple(checked)
+
+    def _checked_top(self, pairs: object, name: str, most: int) -> tuple[tuple[int, float], ...]:
+        """The pairs as tuples (CBOR gives lists), or LocalProtocolError."""
+        expected = f"at most {most} [token id, logprob] pairs"
+        if not isinstance(pairs, (list, tuple)) or len(pairs) > most:
+            raise _invalid(self, name, expected, pairs)
+        checked = []
+        for pair in pairs:
+            if not (
+                isinstance(pair, (list, tuple))
+                and len(pair) == 2
+                and _is_int(pair[0])
+                and 0 <= pair[0] <= U32
+                and _is_logprob(pair[1])
+            ):
+                raise _invalid(self, name, expected, pairs)
+            checked.append((int(pair[0]), float(pair[1])))
+        return tuple(checked)
 
 
 @register

@@ -128,7 +128,9 @@ async def test_text_stream_without_usage(tiny_app_factory: Any) -> None:
         (TEXT, {"model": MODEL, "prompt": " x" * 300}, 400, "prompt", "context_length_exceeded"),
         (TEXT, {"model": MODEL, "prompt": ""}, 400, "prompt", None),
         (TEXT, {"model": MODEL, "prompt": [49152]}, 400, "prompt", None),
-        (TEXT, {"model": MODEL, "prompt": "x", "echo": True}, 400, "echo", None),
+        (TEXT, {"model": MODEL, "prompt": "x", "echo": 1}, 400, "echo", None),
+        (TEXT, {"model": MODEL, "prompt": "x", "logprobs": 6}, 400, "logprobs", None),
+        (CHAT, {"model": MODEL, "messages": HELLO, "top_logprobs": 2}, 400, "top_logprobs", None),
     ],
 )
 async def test_refusals_are_openai_errors(

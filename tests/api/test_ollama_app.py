@@ -54,3 +54,34 @@ async def test_errors_are_ollama_shaped(tiny_app_factory: Any) -> None:
     # The OpenAI routes keep OpenAI's shape.
     openai = await keyed.get("/v1/models")
     assert set((await openai.get_json())["error"]) == {"message", "type", "param", "code"}
+
+
+async def test_logprobs_in_ollamas_shape(tiny_app_factory: Any) -> None:
+    """Top-level `logprobs`/`top_logprobs` (Ollama 0.12.11+): each line carries
+    its tokens' entries, whole replies all of them; raw generate too; a bad
+    value is an Ollama-shaped 400."""
+    client = tiny_app_factory().test_client()
+    chat = {"model": DEFAULT_MODEL_ID, "messages": HELLO, "logprobs": True, "top_logprobs": 2,
+            "options": {"num_predict": 4, "temperature": 0}}  # fmt: skip
+    raw = (await (await client.post("/api/chat", json=chat)).get_data()).decode()
+    lines = [json.loads(line) for line in raw.splitlines()]
+    entries = [e for line in lines for e in line.get("logprobs", [])]
+    assert len(entries) == lines[-1]["eval_count"]
+    text = "".join(line["message"]["content"] for line in lines)
+    assert bytes(b for e in entries for b in e["bytes"]).decode() == text
+    for entry in entries:
+        best = entry["top_logprobs"][0]
+        assert len(entry["top_logprobs"]) == 2 and entry["logprob"] <= 0
+        assert (best["token"], best["logprob"]) == (entry["token"], entry["logprob"])
+    whole = await (await client.post("/api/chat", json={**chat, "stream": False})).get_json()
+    assert whole["logprobs"] == entries
+    generate = {"model": DEFAULT_MODEL_ID, "prompt": "The", "raw": True, "stream": False,
+                "logprobs": True, "options": {"num_predict": 3, "temperature": 0}}  # fmt: skip
+    reply = await (await client.post("/api/generate", json=generate)).get_json()
+    assert len(reply["logprobs"]) == reply["eval_count"]
+    assert all(e["top_logprobs"] == [] for e in reply["logprobs"])
+    unscored = {**chat, "logprobs": False, "top_logprobs": None, "stream": False}
+    plain = await (await client.post("/api/chat", json=unscored)).get_json()
+    assert "logprobs" not in plain
+    bad = await client.post("/api/chat", json={**chat, "top_logprobs": 21})
+    assert bad.status_code == 400 and "top_logprobs" in (await bad.get_json())["error"]

@@ -49,6 +49,28 @@ def test_chat_stream_matches_whole_and_counts_tokens(client: ollama.Client) -> N
     assert last.prompt_eval_count == whole.prompt_eval_count
 
 
+def test_logprobs_read_by_the_client(client: ollama.Client) -> None:
+    options = {**GREEDY, "num_predict": 4}
+    reply = client.chat(
+        model=DEFAULT_MODEL_ID, messages=CAPITAL, options=options, logprobs=True, top_logprobs=3
+    )
+    logprobs = reply.logprobs or []
+    assert len(logprobs) == reply.eval_count
+    assert "".join(entry.token for entry in logprobs) == reply.message.content
+    for entry in logprobs:  # greedy: the chosen token is the best alternative
+        tops = entry.top_logprobs or []
+        assert len(tops) == 3 and tops[0].logprob == entry.logprob <= 0
+    streamed = list(
+        client.generate(
+            model=DEFAULT_MODEL_ID, prompt="1, 2, 3,", raw=True, options=options,
+            logprobs=True, stream=True,
+        )
+    )  # fmt: skip
+    entries = [entry for part in streamed for entry in part.logprobs or []]
+    assert len(entries) == streamed[-1].eval_count == 4
+    assert "".join(e.token for e in entries) == "".join(p.response or "" for p in streamed)
+
+
 def test_generate_raw_stop_and_seed(client: ollama.Client) -> None:
     reply = client.generate(
         model=DEFAULT_MODEL_ID,

@@ -157,3 +157,36 @@ def test_wrong_or_missing_key_is_authentication_error(api_node: RunningNode) -> 
     missing = httpx.get(f"{api_node.url}/v1/models")
     assert missing.status_code == 401
     assert missing.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_chat_logprobs_read_by_the_sdk(client: OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=CAPITAL,  # type: ignore[arg-type]
+        temperature=0,
+        max_tokens=8,  # type: ignore[arg-type]
+        logprobs=True,
+        top_logprobs=2,
+    )
+    choice = reply.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content
+    content = choice.logprobs.content
+    assert bytes(b for entry in content for b in entry.bytes or []).decode() == (
+        choice.message.content
+    )
+    for entry in content:  # greedy: each token is its position's best
+        assert len(entry.top_logprobs) == 2
+        assert entry.top_logprobs[0].logprob == entry.logprob <= 0
+        assert entry.top_logprobs[0].token == entry.token
+
+
+def test_text_echo_logprobs_stream_with_the_sdk(client: OpenAI) -> None:
+    prompt = "The capital of France is"
+    stream = client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=3, temperature=0, echo=True, logprobs=1, stream=True
+    )
+    chunks = [c.choices[0] for c in stream if c.choices]
+    assert chunks[0].text.startswith(prompt)
+    scored = [c.logprobs for c in chunks if c.logprobs]
+    values = [v for lp in scored for v in lp.token_logprobs or []]
+    assert values[0] is None and all(v is not None and v <= 0 for v in values[1:])

@@ -67,7 +67,6 @@ OPTIONAL = {
     "n": st.just(1),
     "presence_penalty": st.just(0),
     "frequency_penalty": st.just(0),
-    "logprobs": st.just(False),
     "user": st.text(max_size=5),
 }
 
@@ -79,11 +78,17 @@ OPTIONAL = {
             **OPTIONAL,
             "max_completion_tokens": st.none() | st.integers(1, 10_000),
             "response_format": st.just({"type": "text"}),
+            "logprobs": st.none() | st.booleans(),
         },
     ),
     st.none() | st.booleans(),
+    st.none() | st.integers(0, 20),
 )
-def test_schema_valid_chat_requests_parse(body: dict[str, Any], include_usage: bool | None) -> None:
+def test_schema_valid_chat_requests_parse(
+    body: dict[str, Any], include_usage: bool | None, top_logprobs: int | None
+) -> None:
+    if top_logprobs is not None:  # as the schema's description says, it needs logprobs
+        body = {**body, "logprobs": True, "top_logprobs": top_logprobs}
     if include_usage is not None:
         body = {**body, "stream": True, "stream_options": {"include_usage": include_usage}}
     request = parse_chat_request(body)
@@ -96,7 +101,12 @@ def test_schema_valid_chat_requests_parse(body: dict[str, Any], include_usage: b
             "model": st.text(min_size=1, max_size=10),
             "prompt": st.text() | st.lists(st.integers(0, 49151), min_size=1, max_size=8),
         },
-        optional={**OPTIONAL, "echo": st.just(False), "best_of": st.just(1)},
+        optional={
+            **OPTIONAL,
+            "echo": st.just(False),
+            "best_of": st.just(1),
+            "logprobs": st.none() | st.integers(0, 5),
+        },
     )
 )
 def test_schema_valid_text_requests_parse(body: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from api_helpers import RunningNode
 
 from exoquic.api.app import MAX_BODY_BYTES
 from exoquic.models.registry import DEFAULT_MODEL_ID, get_model
+from exoquic.models.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -124,3 +125,29 @@ def test_topology_gives_each_planned_node_its_model_bytes(api_node: RunningNode)
     expected = entry.num_layers * entry.bytes_per_layer + entry.embed_bytes + entry.head_bytes
     assert node["memory"]["model"] == expected
     assert 0 < node["memory"]["model"] < node["memory"]["total"]
+
+
+def test_lm_eval_style_scoring(api_node: RunningNode, smollm2_tokenizer: Tokenizer) -> None:
+    """lm-evaluation-harness's local-completions loglikelihood request and reading
+    (its openai_completions.py): one batch of token ids, echo, logprobs 1, max_tokens
+    1; the continuation's log-likelihood is token_logprobs[ctxlen:-1]."""
+    context = smollm2_tokenizer.encode("The capital of France is")
+
+    def score(continuation: str) -> tuple[float, bool]:
+        tokens = context + smollm2_tokenizer.encode(continuation)
+        payload = {"model": DEFAULT_MODEL_ID, "prompt": [tokens], "temperature": 0,
+                   "max_tokens": 1, "logprobs": 1, "seed": 1234, "echo": True}  # fmt: skip
+        response = httpx.post(
+            f"{api_node.url}/v1/completions", json=payload, headers=api_node.headers(), timeout=120
+        )
+        response.raise_for_status()
+        logprobs = response.json()["choices"][0]["logprobs"]
+        assert len(logprobs["token_logprobs"]) == len(tokens) + 1
+        values = logprobs["token_logprobs"][len(context) : -1]
+        tops = logprobs["top_logprobs"][len(context) : -1]
+        greedy = all(value == max(top.values()) for value, top in zip(values, tops, strict=True))
+        return sum(values), greedy
+
+    paris, paris_greedy = score(" Paris")
+    london, london_greedy = score(" London")
+    assert paris > london and paris_greedy and not london_greedy

@@ -191,3 +191,48 @@ def test_nan_and_infinity_are_refused() -> None:
             chat(temperature=value)
         with pytest.raises(APIError):
             chat(top_p=value)
+
+
+def text(**overrides: Any) -> Any:
+    return parse_text_request({"model": "m", "prompt": "hi", **overrides})
+
+
+def test_logprobs_are_off_unless_asked() -> None:
+    assert chat().params.logprobs is None
+    assert chat(logprobs=False).params.logprobs is None
+    assert text().params.logprobs is None
+
+
+def test_chat_logprobs_and_top_logprobs() -> None:
+    assert chat(logprobs=True).params.logprobs == 0
+    assert chat(logprobs=True, top_logprobs=20).params.logprobs == 20
+
+
+def test_text_logprobs_count_alternatives() -> None:
+    assert text(logprobs=0).params.logprobs == 0
+    assert text(logprobs=5).params.logprobs == 5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "param"),
+    [
+        ({"logprobs": 1}, "logprobs"),
+        ({"logprobs": "yes"}, "logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": -1}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 2.0}, "top_logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": False, "top_logprobs": 2}, "top_logprobs"),
+    ],
+)
+def test_bad_chat_logprobs_are_refused(overrides: dict[str, Any], param: str) -> None:
+    with pytest.raises(APIError) as info:
+        chat(**overrides)
+    assert (info.value.status, info.value.param) == (400, param)
+
+
+@pytest.mark.parametrize("value", [6, -1, True, 1.5, "1"])
+def test_bad_text_logprobs_are_refused(value: Any) -> None:
+    with pytest.raises(APIError) as info:
+        text(logprobs=value)
+    assert (info.value.status, info.value.param) == (400, "logprobs")

@@ -13,6 +13,7 @@ from exoquic.api.errors import APIError
 from exoquic.api.schemas import parse_chat_request
 from exoquic.api.tool_calls import ToolCall, ToolFormat, call_id
 from exoquic.api.tools import ToolCalling, forced_prefix, parse_tools, reply_pieces
+from exoquic.engines.logprobs import TokenLogprob
 from exoquic.models.chat_template import render_chat
 from exoquic.orchestration.generation import GenerationChunk
 
@@ -157,6 +158,21 @@ async def test_reply_pieces_hold_back_calls_and_finish_with_tool_calls() -> None
     assert "".join(p.text for p in got) == "Checking "
     assert got[-1].finish_reason == "tool_calls"
     assert got[-1].calls == (ToolCall("get_weather", {}),)
+
+
+async def test_reply_pieces_keep_every_log_probability_in_order() -> None:
+    """Log-probabilities of held-back text (a possible call) come with a later
+    piece: none is lost or repeated, with or without tools."""
+    texts = ["Checking", " <tool", '_call>{"name": "get_weather", ', '"arguments": {}}', ""]
+
+    async def scored_chunks() -> AsyncGenerator[GenerationChunk, None]:
+        for i, text in enumerate(texts):
+            finish = "stop" if i == len(texts) - 1 else None
+            yield GenerationChunk(text, i + 1, finish, logprobs=(TokenLogprob(i, -0.5 * i),))
+
+    for calling in (None, ToolCalling.for_template(parse_tools({"tools": [WEATHER]}), CHATML)):
+        got = [p async for p in reply_pieces(scored_chunks(), calling)]
+        assert [lp.token_id for p in got for lp in p.logprobs] == list(range(len(texts)))
 
 
 async def test_forced_call_ends_the_reply_once_whole() -> None:

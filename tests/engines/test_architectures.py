@@ -28,6 +28,7 @@ import pytest
 from fixtures.tiny_hf import FAMILIES, mlx_lm_logits, write_tiny_model
 from models.ggml_blocks import ALL_KINDS, random_blocks
 
+from exoquic.engines.base import ForwardItem
 from exoquic.engines.mlx.engine import MLXEngine
 from exoquic.engines.tinygrad.engine import TinygradEngine
 from exoquic.models.config import ModelConfig
@@ -236,3 +237,17 @@ def test_a_ring_of_mlx_then_tinygrad_matches_mlx_lm(tmp_path: Path, family_name:
         hidden = decode_tensor(encode_tensor(first.forward("r", step)))
         got.append(rest.forward("r", hidden))
     assert_close(np.stack(got), want, 1e-4)
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_all_logits_score_every_prompt_position_like_mlx_lm(model_dir: Path, engine: str) -> None:
+    """Scoring a prompt (`echo` with logprobs) takes every position's logits, each
+    family's head included (gemma2's soft-capping), split at a layer boundary."""
+    x: np.ndarray = TOKENS[:PREFILL].astype(np.int32)
+    for start, end in SPLITS["split"]:
+        e = ENGINES[engine](CONTEXT)
+        e.load(load_hf_shard(model_dir, Shard("tiny", start, end, LAYERS)))
+        x = e.forward_batch([ForwardItem("r", x, all_logits=True)])[0]
+    want = mlx_lm_logits(model_dir, TOKENS[:PREFILL])
+    assert x.shape == want.shape
+    assert_close(x, want, 1e-4)

@@ -256,3 +256,34 @@ def test_forward_from_other_threads(
         thread.start()
         thread.join()
     engine_factory.assert_close(results[-1], expected)
+
+
+@pytest.mark.parametrize("bounds", [[(0, 3)], [(0, 1), (2, 3)]], ids=["whole", "split"])
+def test_all_logits_scores_every_prompt_position(
+    engine_factory: EngineFactory, tiny_weights: WeightsFor, bounds: list[tuple[int, int]]
+) -> None:
+    engines = [engine_factory.engine_for(tiny_weights, s, e) for s, e in bounds]
+    x: np.ndarray = PROMPT
+    for engine in engines:
+        x = engine.forward_batch([ForwardItem("r", x, all_logits=True)])[0]
+    assert x.shape == (len(PROMPT), TINY.vocab_size) and x.dtype == np.float32
+    expected = reference_forward(tiny_weights(WHOLE), PROMPT)
+    engine_factory.assert_matches_reference(x, expected, tiny_weights)
+    # The cache is the same as a plain prefill's: the next step agrees with one.
+    plain = engine_factory.whole(tiny_weights)
+    plain.forward("r", PROMPT)
+    step = np.array([7], np.int32)
+    engine_factory.assert_close(run_chain(engines, "r", step), plain.forward("r", step))
+
+
+def test_all_logits_of_a_one_token_prompt_beside_a_decode_batch(
+    engine_factory: EngineFactory, tiny_weights: WeightsFor
+) -> None:
+    engine = engine_factory.whole(tiny_weights)
+    engine.forward("other", PROMPT)
+    outs = engine.forward_batch(
+        [ForwardItem("r", PROMPT[:1], all_logits=True), ForwardItem("other", PROMPT[:1])]
+    )
+    assert outs[0].shape == (1, TINY.vocab_size) and outs[1].shape == (TINY.vocab_size,)
+    expected = reference_forward(tiny_weights(WHOLE), PROMPT[:1])
+    engine_factory.assert_matches_reference(outs[0], expected, tiny_weights)

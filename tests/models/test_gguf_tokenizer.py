@@ -333,3 +333,30 @@ def test_every_end_of_turn_token_ends_generation(tmp_path: Path) -> None:
     expected = {ids[t] for t in [*specials[1:], *END_OF_TURN]}
     assert tokenizer.eos_token_ids == expected
     assert tokenizer.eos_token_id == ids["<|custom_eos|>"]  # the template's eos_token
+
+
+# --- token_bytes: what one token stands for (the API's logprobs report it)
+
+
+def test_byte_level_bpe_token_bytes_make_up_the_text(
+    bpe_pair: tuple[str, tokenizers.Tokenizer, Tokenizer],
+) -> None:
+    pre, _, ours = bpe_pair
+    for text in TEXTS:
+        ids = ours.encode(text)
+        # the decoded text (qwen2 normalizes to NFC first: not always `text` itself)
+        assert b"".join(ours.token_bytes(i) for i in ids) == ours.decode(ids).encode(), (pre, text)
+    assert ours.token_bytes(ours.vocab_size + 10) == b""
+
+
+def test_sentencepiece_token_bytes_make_up_the_text(
+    spm_pair: tuple[spm.SentencePieceProcessor, Tokenizer],
+) -> None:
+    sp, ours = spm_pair
+    for text in [t for t in TEXTS if t]:
+        ids = ours.encode(text)
+        joined = b"".join(ours.token_bytes(i) for i in ids).decode()
+        # SentencePiece writes a space before the text (the dummy prefix), as `▁`.
+        assert joined in (ours.decode(ids), " " + ours.decode(ids)), text
+    snowman = ours.encode("☃")  # byte pieces: one byte each
+    assert [ours.token_bytes(i) for i in snowman if sp.is_byte(i)] == [b"\xe2", b"\x98", b"\x83"]

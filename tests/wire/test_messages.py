@@ -98,17 +98,23 @@ PROGRESS = dict(model="org/model", phase="downloading", done_bytes=1, total_byte
 
 
 FORWARD = dict(request_id="r", plan_version=1, start_position=0, tensor=TOKENS,
-               origin=NODE_ID, step=0, sampling={})  # fmt: skip
+               origin=NODE_ID, step=0, sampling={}, logprobs=None, score=None)  # fmt: skip
+TOKEN = dict(request_id="r", token_id=1, logprob=None, top_logprobs=None, prompt_logprobs=None)
 FORWARD_V2 = dict(request_id="r", plan_version=1, start_position=0, tensor=TOKENS,
                   temperature=0.0, top_p=1.0, top_k=0, seed=None, max_tokens=1,
                   step=0, origin=None)  # fmt: skip
+
+
+def test_token_logprobs_arrive_as_tuples() -> None:
+    message = decode_message(raw_token(**{**TOKEN, "logprob": -0.5, "top_logprobs": [[3, -0.1]]}))
+    assert message == TokenResult("r", 1, -0.5, ((3, -0.1),))
 
 
 def test_raw_forward_is_valid() -> None:
     assert isinstance(decode_message(raw_forward(**FORWARD)), Forward)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_older_forward_versions_are_refused(version: int) -> None:
     with pytest.raises(RemoteProtocolError, match=f"version {version}") as caught:
         decode_message(cbor2.dumps({"type": "forward", "v": version, **FORWARD_V2}))
@@ -160,9 +166,27 @@ def test_forward_needs_its_origin() -> None:
         (raw("release", request_id=""), ErrorCode.INVALID_FIELD, "request_id"),
         (raw("release", request_id="a\nb"), ErrorCode.INVALID_FIELD, "request_id"),
         (raw("release", request_id="x" * 129), ErrorCode.INVALID_FIELD, "request_id"),
-        (raw_token(request_id="r", token_id=2**32), ErrorCode.INVALID_FIELD, "token_id"),
-        (raw_token(request_id="r", token_id=1, finish_reason=None),
+        (raw_token(**{**TOKEN, "token_id": 2**32}), ErrorCode.INVALID_FIELD, "token_id"),
+        (raw_token(**TOKEN, finish_reason=None),
          ErrorCode.INVALID_FIELD, "unknown field 'finish_reason'"),
+        (raw_token(request_id="r", token_id=1), ErrorCode.INVALID_FIELD, "missing field 'logprob'"),
+        (raw_token(**{**TOKEN, "logprob": 0.5}), ErrorCode.INVALID_FIELD, "logprob"),
+        (raw_token(**{**TOKEN, "logprob": -1}), ErrorCode.INVALID_FIELD, "logprob"),
+        (raw_token(**{**TOKEN, "logprob": float("nan")}), ErrorCode.INVALID_FIELD, "logprob"),
+        (raw_token(**{**TOKEN, "top_logprobs": [[1, -0.5]] * 21}),
+         ErrorCode.INVALID_FIELD, "top_logprobs"),
+        (raw_token(**{**TOKEN, "top_logprobs": [[1, -0.5, 2]]}),
+         ErrorCode.INVALID_FIELD, "top_logprobs"),
+        (raw_token(**{**TOKEN, "top_logprobs": [[-1, -0.5]]}),
+         ErrorCode.INVALID_FIELD, "top_logprobs"),
+        (raw_token(**{**TOKEN, "top_logprobs": {"1": -0.5}}),
+         ErrorCode.INVALID_FIELD, "top_logprobs"),
+        (raw_token(**{**TOKEN, "prompt_logprobs": [[-0.5, [[1, -0.5]] * 6]]}),
+         ErrorCode.INVALID_FIELD, "prompt_logprobs"),
+        (raw_token(**{**TOKEN, "prompt_logprobs": [[0.5, []]]}),
+         ErrorCode.INVALID_FIELD, "prompt_logprobs"),
+        (raw_token(**{**TOKEN, "prompt_logprobs": [[-0.5, []]] * 257}),
+         ErrorCode.INVALID_FIELD, "prompt_logprobs"),
         # Unhashable values once reached a set-membership test (TypeError).
         (raw("model_progress", **{**PROGRESS, "phase": ["ready"]}),
          ErrorCode.INVALID_FIELD, "phase"),
@@ -193,6 +217,12 @@ def test_invalid_messages_are_the_peers_fault(data: bytes, code: ErrorCode, matc
         ({"tensor": [1, 2, 3]}, "tensor"),
         ({"step": -1}, "step"),
         ({"origin": "exq-0000"}, "origin"),
+        ({"logprobs": 21}, "logprobs"),
+        ({"logprobs": True}, "logprobs"),
+        ({"logprobs": 1, "score": [1, 2]}, "score"),  # more than the tensor's one position
+        ({"logprobs": 1, "score": [-1]}, "score"),
+        ({"logprobs": 6, "score": [1]}, "score"),
+        ({"score": [1]}, "score"),  # score without logprobs
     ],
 )
 def test_invalid_forward_fields(changes: dict[str, Any], match: str) -> None:

@@ -84,7 +84,7 @@ class MLXEngine(Engine):
         batch = [
             i
             for i, x in enumerate(prepared)
-            if x.shape[1] == 1 and counts[items[i].request_id] == 1
+            if x.shape[1] == 1 and counts[items[i].request_id] == 1 and not items[i].all_logits
         ]
         results: list[np.ndarray | None] = [None] * len(items)
         if len(batch) > 1:
@@ -95,7 +95,7 @@ class MLXEngine(Engine):
                 results[i] = out
         for i, item in enumerate(items):
             if results[i] is None:
-                results[i] = self._run(model, [item.request_id], [prepared[i]])[0]
+                results[i] = self._run(model, [item.request_id], [prepared[i]], item.all_logits)[0]
         return [r for r in results if r is not None]
 
     def cache_length(self, request_id: str) -> int:
@@ -135,12 +135,16 @@ class MLXEngine(Engine):
         return mx.array(x.astype(np.float32)[None])
 
     def _run(
-        self, model: ShardModel, request_ids: list[str], inputs: list[mx.array]
+        self,
+        model: ShardModel,
+        request_ids: list[str],
+        inputs: list[mx.array],
+        all_logits: bool = False,
     ) -> list[np.ndarray]:
         """One forward pass over rows of equal length T (T is 1 whenever there are several rows)."""
         caches = [self._cache_for(model, rid).layers for rid in request_ids]
         x = inputs[0] if len(inputs) == 1 else mx.concatenate(inputs, axis=0)
-        out = model(x, caches)
+        out = model(x, caches, all_positions=all_logits)
         mx.eval(out)
         # np.array copies: the result must not alias MLX memory freed later.
         result = np.array(out, dtype=np.float32)

@@ -265,7 +265,7 @@ class ShardModel(nn.Module):
     `__call__` takes token ids `(B, T)` on the first shard, else hidden states
     `(B, T, D)`, and one list of per-layer caches per batch row. It returns
     hidden states `(B, T, D)`, or on the last shard the logits `(B, vocab)` of
-    each row's final position.
+    each row's final position (with `all_positions`, `(B, T, vocab)`).
     """
 
     def __init__(self, args: ModelArgs) -> None:
@@ -276,13 +276,16 @@ class ShardModel(nn.Module):
         if args.is_last and not self.tied:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
-    def __call__(self, inputs: mx.array, caches: list[list[LayerCache]]) -> mx.array:
+    def __call__(
+        self, inputs: mx.array, caches: list[list[LayerCache]], all_positions: bool = False
+    ) -> mx.array:
         h = self._embed(inputs) if self.args.is_first else inputs
         for i, layer in enumerate(self.model.layers):
             h = layer(h, [row[i] for row in caches])
         if not self.args.is_last:
             return h
-        h = self.model.norm(h[:, -1, :])  # (B, D): only the final position is sampled
+        # (B, D): only the final position is sampled, unless a prompt is scored (B, T, D)
+        h = self.model.norm(h if all_positions else h[:, -1, :])
         logits = self.model.embed_tokens.as_linear(h) if self.tied else self.lm_head(h)
         cap = self.args.final_logit_softcapping
         return logits if cap is None else mx.tanh(logits / cap) * cap

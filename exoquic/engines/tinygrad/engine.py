@@ -106,7 +106,9 @@ class TinygradEngine(Engine):
         self._check_room(items, [h.shape[0] for h in hidden])
         counts = Counter(item.request_id for item in items)
         batch = [
-            i for i, h in enumerate(hidden) if h.shape[0] == 1 and counts[items[i].request_id] == 1
+            i
+            for i, h in enumerate(hidden)
+            if h.shape[0] == 1 and counts[items[i].request_id] == 1 and not items[i].all_logits
         ]
         results: dict[int, np.ndarray] = {}
         if batch:
@@ -116,7 +118,7 @@ class TinygradEngine(Engine):
             results.update(zip(batch, outs, strict=True))
         for i, item in enumerate(items):
             if i not in results:
-                results[i] = self._prefill(model, item.request_id, hidden[i])
+                results[i] = self._prefill(model, item.request_id, hidden[i], item.all_logits)
         return [results[i] for i in range(len(items))]
 
     def warm_up(self, prompt_lengths: tuple[int, ...] = PREFILL_BUCKETS[:2]) -> None:
@@ -198,7 +200,9 @@ class TinygradEngine(Engine):
             self._requests[request_id] = request
         return request
 
-    def _prefill(self, model: ShardModel, request_id: str, hidden: np.ndarray) -> np.ndarray:
+    def _prefill(
+        self, model: ShardModel, request_id: str, hidden: np.ndarray, all_logits: bool = False
+    ) -> np.ndarray:
         request = self._request(model, request_id)
         outputs = []
         done = 0
@@ -213,7 +217,21 @@ class TinygradEngine(Engine):
             request.length += n
             done += n
         out = np.concatenate(outputs)
-        return self._head(model, out[-1:])[0] if model.shard.is_last else out
+        if not model.shard.is_last:
+            return out
+        return self._all_logits(model, out) if all_logits else self._head(model, out[-1:])[0]
+
+    def _all_logits(self, model: ShardModel, hidden: np.ndarray) -> np.ndarray:
+        """The logits of every row `(T, vocab)`, the head run on blocks of a traced
+        decode batch size (the last one padded), not traced anew for each T."""
+        block = DECODE_BATCHES[-1]
+        blocks = []
+        for start in range(0, len(hidden), block):
+            rows = hidden[start : start + block]
+            padded = np.zeros((block, hidden.shape[1]), np.float32)
+            padded[: len(rows)] = rows
+            blocks.append(self._head(model, padded)[: len(rows)])
+        return np.concatenate(blocks)
 
     def _decode(
         self, model: ShardModel, request_ids: list[str], hidden: list[np.ndarray]
