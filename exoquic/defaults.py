@@ -35,3 +35,7 @@ MAX_QUEUED = 16
 """Requests that may wait for a slot at once (`--max-queued`)."""
 QUEUE_TIMEOUT_S = 0.0
 """How long a request beyond MAX_REQUESTS waits for a slot (0: refused at once)."""
+
+# Memory a node keeps for finished prompts' KV caches, for later requests that
+# start the same way (`exoquic up --prefix-cache`): ~10k positions of a 1B model.
+PREFIX_CACHE_BYTES = 512 << 20

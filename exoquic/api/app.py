@@ -164,6 +164,7 @@ def _add_info_routes(app: QuartTrio, node: Node, admission: Admission, policy: A
 
 def health_report(node: Node, admission: Admission) -> dict[str, Any]:
     """Liveness plus the counters a load test watches for leaks."""
+    kept = node.kept_caches
     return {
         "status": "ok",
         "model": node.model_id,
@@ -171,7 +172,10 @@ def health_report(node: Node, admission: Admission) -> dict[str, Any]:
         "active_requests": node.active_requests,
         # Engines keep one cache per request in a dict; reading its size from
         # the event loop while the worker thread runs is safe and never blocks.
-        "kv_caches": node.engine.active_requests(),
+        # Caches kept for later turns are counted apart, so an idle node's
+        # `kv_caches` is still 0 (an eviction's cache shows until it is freed).
+        "kv_caches": max(0, node.engine.active_requests() - kept),
+        "prefix_caches": kept,
         "admission": admission.statistics(),
         "rss_bytes": psutil.Process().memory_info().rss,
         "uptime_s": round(time.time() - node.started_at, 1),

@@ -3,8 +3,9 @@
 Two kinds of series: what the API itself observes (requests by endpoint and
 status, prompt and completion tokens, time to first token, time between
 tokens), kept in this app's own registry; and the node's existing state (plan
-version, peers, KV caches, admission queue, ring step and link counters), read
-at scrape time by `NodeCollector` from the objects that own it, never copied.
+version, peers, KV caches, the prefix cache, admission queue, ring step and
+link counters), read at scrape time by `NodeCollector` from the objects that
+own it, never copied.
 The route follows the API's auth rules: it needs the key when one is set.
 """
 
@@ -183,8 +184,12 @@ class NodeCollector(Collector):
             ("requests", "Requests this node originated into the ring"),
             ("replays", "Requests replayed after a node failed"),
             ("failed_requests", "Requests the ring failed"),
+            ("prefix_hits", "Requests this node originated that started from a kept prefix"),
+            ("prefix_misses", "Of those, requests a node had evicted the prefix of"),
+            ("reused_positions", "Prompt positions such requests did not send"),
         ):
             yield CounterMetricFamily(f"exoquic_ring_{name}", help_text, value=ring[name])
+        yield from _prefix_cache(ring["prefix_cache"])
         for name, help_text in (
             ("messages_sent", "Messages sent to peers"),
             ("messages_received", "Messages received from peers"),
@@ -193,6 +198,22 @@ class NodeCollector(Collector):
             ("send_seconds", "Time spent waiting for links to take messages"),
         ):
             yield CounterMetricFamily(f"exoquic_link_{name}", help_text, value=links[name])
+
+
+def _prefix_cache(kept: dict[str, int]) -> Iterator[Metric]:
+    """This node's store of finished requests' caches (orchestration/prefix.py)."""
+    yield _gauge("exoquic_prefix_cache_bytes", "Bytes of KV caches kept for later requests",
+                 kept["bytes"])  # fmt: skip
+    yield _gauge("exoquic_prefix_cache_budget_bytes", "The prefix cache's budget (--prefix-cache)",
+                 kept["budget"])  # fmt: skip
+    yield _gauge("exoquic_prefix_cache_entries", "Requests whose caches are kept", kept["entries"])
+    for name, help_text in (
+        ("hits", "Requests that copied a kept prefix on this node"),
+        ("misses", "Requests whose kept prefix this node no longer held"),
+        ("evicted", "Kept caches evicted to stay within the budget"),
+        ("reused_positions", "Positions copied from kept caches instead of computed"),
+    ):
+        yield CounterMetricFamily(f"exoquic_prefix_cache_{name}", help_text, value=kept[name])
 
 
 def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:

@@ -119,6 +119,15 @@ def add_cluster_options(up: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=f"silence after which a peer counts as gone (default: {defaults.PEER_TIMEOUT_S:g})",
     )
+    group.add_argument(
+        "--prefix-cache",
+        type=parse_size,
+        default=defaults.PREFIX_CACHE_BYTES,
+        metavar="SIZE",
+        help="memory for the KV caches of finished prompts, reused by later requests that "
+        "start the same way, e.g. a chat's next turn (0: off; default: "
+        f"{defaults.PREFIX_CACHE_BYTES >> 20}M)",
+    )
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -159,6 +168,7 @@ def cluster_settings(args: argparse.Namespace) -> ClusterSettings:
     from exoquic.identity.node_id import is_valid_device_name
     from exoquic.identity.trust import TrustStore, TrustStoreError
     from exoquic.orchestration.cluster import ClusterSettings
+    from exoquic.orchestration.ring import RingSettings
 
     methods = tuple(parse_methods(args.discovery))
     name = args.name or platform.node().split(".")[0] or "node"
@@ -183,6 +193,7 @@ def cluster_settings(args: argparse.Namespace) -> ClusterSettings:
         peers_file=args.peers,
         memory_limit=args.memory_limit,
         peer_timeout=args.peer_timeout,
+        ring_settings=RingSettings(prefix_cache_bytes=args.prefix_cache),
     )
 
 

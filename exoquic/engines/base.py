@@ -46,6 +46,9 @@ class Engine(ABC):
 
     def __init__(self, max_context: int = 2048) -> None:
         self.max_context = max_context
+        self.positions_run = 0
+        """Positions every `forward` so far ran through the shard's layers (a prefix
+        cache hit shows as fewer): engines add each step's positions."""
 
     @property
     @abstractmethod
@@ -85,6 +88,27 @@ class Engine(ABC):
     @abstractmethod
     def active_requests(self) -> int:
         """How many requests hold a KV cache now."""
+
+    def copy_prefix(self, source: str, target: str, length: int) -> None:
+        """Start request `target` with a copy of the first `length` positions of
+        `source`'s KV cache (a prefix cache hit: `target` then forwards only the
+        positions after them). The copy is `target`'s own: neither request ever
+        writes into the other's cache. Raises EngineError when `source` holds
+        fewer positions or `target` has a cache already."""
+        raise EngineError(f"the {self.name} engine cannot copy KV caches")
+
+    def cache_bytes_per_position(self) -> int:
+        """Bytes one position of a request's KV cache takes on this shard (0 before
+        `load`): what a prefix cache counts against its budget."""
+        return 0
+
+    def _check_copy(self, source: str, target: str, length: int) -> None:
+        """Raise EngineError unless `copy_prefix(source, target, length)` may run."""
+        held = self.cache_length(source)
+        if length < 1 or held < length:
+            raise EngineError(f"request {source!r} holds {held} positions, not {length}")
+        if self.cache_length(target):
+            raise EngineError(f"request {target!r} has a KV cache already")
 
     def _check_room(self, items: list[ForwardItem], new_positions: list[int]) -> None:
         """Raise ContextOverflowError if a request would grow past `max_context`.

@@ -132,6 +132,8 @@ class Cluster:
                 "batch_limit": self.worker.batch_limit,  # decode steps per batch now
                 "compute_seconds": worker.compute_seconds,
                 "engine_seconds": worker.engine_seconds,
+                # Positions the engine ran through its layers (a prefix cache hit runs fewer).
+                "positions_run": self.worker.engine.positions_run,
             },
         }
 

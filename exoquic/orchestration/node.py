@@ -122,6 +122,11 @@ class Node:
         """Requests this node originates now (the ring's count)."""
         return self.cluster.ring.live_requests
 
+    @property
+    def kept_caches(self) -> int:
+        """Finished requests' KV caches kept for later turns (the prefix cache)."""
+        return self.cluster.ring.kept_caches
+
     def topology(self) -> dict[str, Any]:
         """What `GET /v1/topology` shows: the nodes, their layers, the plan, this node's stats."""
         return topology_report(

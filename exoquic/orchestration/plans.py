@@ -128,6 +128,9 @@ class RequestControl(Protocol):
     def forget_served(self) -> None:
         """The shard was replaced, and every cache with it."""
 
+    def drop_prefixes(self) -> None:
+        """A new plan was adopted: the kept prefix caches of the old one go."""
+
 
 class PlanLoop:
     """Membership -> proposals -> readiness -> loading (see the module docstring)."""
@@ -206,6 +209,7 @@ class PlanLoop:
             name = self.peers.name(proposer)
             log.info("adopted plan %d from %s: %s", plan.version, name, _ranges(plan))
             self.requests.interrupt(lambda p: p.version < plan.version, "the plan changed")
+            self.requests.drop_prefixes()
             self.plans.pulse()
 
     # --- the loop -------------------------------------------------------------

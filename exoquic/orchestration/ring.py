@@ -31,6 +31,14 @@ the first node works on the next, so a prompt's prefill is pipelined around
 the ring instead of waiting for each node to finish all of it. Every chunk's
 step comes back as a token; the origin keeps the last chunk's.
 
+A request's prompt may start from the kept caches of an earlier request's
+prompt (the prefix cache, see prefix.py): the origin looks the prompt up in
+its `PrefixIndex` and sends only the rest, its first `Forward` naming the
+entry to copy; when a request ends, its `Release` asks the nodes to keep its
+caches, which each node's `PrefixStore` holds within its byte budget. A node
+that evicted the entry answers with a miss, and the origin sends the whole
+prompt in a new attempt under the same plan.
+
 Concurrent requests form a pipeline too: each node caps its decode batches at
 its live requests divided by the ring's length (`pipeline_batch`), so the
 requests split into one group per node and every node works on one group
@@ -47,17 +55,19 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
 import trio
 
+from exoquic import defaults
 from exoquic.engines.logprobs import TokenLogprob, token_logprob
 from exoquic.engines.sampling import Sampler, SamplingParams
 from exoquic.orchestration.generation import SampledToken, UnavailableError
 from exoquic.orchestration.peers import PeerUnavailable
+from exoquic.orchestration.prefix import PrefixHit, PrefixIndex, PrefixStore, reusable_length
 from exoquic.orchestration.sampling_wire import (
     BadSamplingError,
     sampling_from_wire,
@@ -117,6 +127,10 @@ class RingSettings:
     (each costs memory for up to the whole context). A relaying node sends
     the steps of every origin's requests, so this is four nodes' worth of
     the API's default 64 concurrent requests."""
+    prefix_cache_bytes: int = defaults.PREFIX_CACHE_BYTES
+    """Bytes of finished requests' KV caches this node keeps for later requests
+    that share their prompt's beginning (0: no prefix cache; this node then
+    neither keeps caches nor asks others to)."""
 
 
 @dataclass
@@ -130,6 +144,9 @@ class RingStatistics:
     forwards: int = 0  # forward steps this node ran
     compute_seconds: float = 0.0  # engine time of those steps (a batch's time each)
     forwarded_positions: int = 0
+    prefix_hits: int = 0  # requests this node originated that started from a kept prefix
+    prefix_misses: int = 0  # ...that a node no longer held, so the prompt went again in full
+    reused_positions: int = 0  # prompt positions those hits did not send
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -139,6 +156,16 @@ class RingStatistics:
 class _Failure:
     reason: str
     retryable: bool
+    prefix_miss: bool = False
+
+
+@dataclass
+class _Served:
+    """A request whose cache this node holds: its origin, plan and positions."""
+
+    origin: str
+    plan_version: int
+    positions: int = 0
 
 
 class _Attempt:
@@ -155,6 +182,7 @@ class _Attempt:
         self.sent_at = 0.0  # when the step in flight was sent
         self.results_due = 0  # results of the step in flight (one per Forward sent)
         self.positions = 0  # positions the step in flight runs (its timeout grows with them)
+        self.prefilled = False  # the prompt's step came back: every node holds its positions
         self._send, self._receive = trio.open_memory_channel[TokenResult | _Failure](math.inf)
 
     def put(self, outcome: TokenResult | _Failure) -> None:
@@ -166,6 +194,10 @@ class _Attempt:
 
     async def get(self) -> TokenResult | _Failure:
         return await self._receive.receive()
+
+
+class _PrefixMiss(Exception):
+    """A node no longer holds the kept prefix the attempt started from."""
 
 
 class _Retry(Exception):
@@ -197,12 +229,15 @@ class Ring:
         # As a shard of others' requests (and of this node's), by wire id: the origin
         # of each request whose cache this node holds, who opened it, and (on the
         # last shard) its sampler, kept for the request's life.
-        self._served: dict[str, str] = {}
+        self._served: dict[str, _Served] = {}
         self._opened_by: dict[str, str] = {}
         self._caches_per_peer: Counter[str] = Counter()
         self._samplers: dict[str, Sampler] = {}
         self._released: OrderedDict[str, None] = OrderedDict()  # the latest released wire ids
         self._shard_epoch = 0  # counts shard replacements: a step may outlive its shard
+        # The prefix cache: as origin, the prompts the ring keeps; as a shard, the caches.
+        self._prefixes = PrefixIndex(align=PREFILL_CHUNK)
+        self._kept = PrefixStore(self.settings.prefix_cache_bytes)
 
     # --- origin -------------------------------------------------------------
 
@@ -250,6 +285,11 @@ class Ring:
         """Requests this node originates now (from their first step to their end)."""
         return len(self._requests)
 
+    @property
+    def kept_caches(self) -> int:
+        """Finished requests' caches this node keeps in its prefix cache."""
+        return self._kept.statistics().entries
+
     async def _tries(
         self,
         request_id: str,
@@ -262,18 +302,22 @@ class Ring:
         """`generate_tokens`' attempts: the first, then replays under newer plans."""
         tokens: list[int] = []
         newer_than = -1
+        reuse = True  # start from a kept prefix (not again after a miss)
         for attempt_number in range(self.settings.max_attempts):
             plan = await self.plans.wait_usable_plan(newer_than)
             # A replay after the first token went out need not score the prompt again.
             score = score_prompt and logprobs is not None and not tokens
             attempt = _Attempt(f"{request_id}.{attempt_number}", plan, logprobs, score)
             self._attempts[attempt.wire_id] = attempt
+            # Scoring the prompt needs its every position run: no kept prefix then.
+            hit = self._prefix_hit(plan, prompt) if reuse and not tokens and not score else None
             try:
                 if len(tokens) < budget:
-                    await self._send_history(attempt, prompt, tokens, sampling)
+                    await self._send_history(attempt, prompt, tokens, sampling, hit)
                 replayed = list(tokens)  # what this try's first step must sample again
                 while len(tokens) < budget:
                     results = await self._step_results(attempt)
+                    attempt.prefilled = True
                     if replayed:
                         self._check_replay(request_id, replayed, results)
                         replayed = []
@@ -294,6 +338,12 @@ class Ring:
                     if unsent is not None:
                         raise unsent
                 return
+            except _PrefixMiss:
+                assert hit is not None
+                log.info("request %s: prefix %s was evicted; sending it all", request_id, hit.entry)
+                self.stats.prefix_misses += 1
+                self._prefixes.discard(hit.entry)
+                reuse = False
             except _Retry as retry:
                 log.warning(
                     "request %s: %s; replaying %d tokens under a newer plan",
@@ -305,12 +355,27 @@ class Ring:
                 newer_than = plan.version
             finally:
                 del self._attempts[attempt.wire_id]
-                await self._release(attempt)
+                await self._release(attempt, prompt)
         self.stats.failed_requests += 1
         raise UnavailableError(f"request failed after {self.settings.max_attempts} tries")
 
+    def _prefix_hit(self, plan: Plan, prompt: list[int]) -> PrefixHit | None:
+        """The kept prefix the prompt may start from, if prefix caching is on."""
+        if not self.settings.prefix_cache_bytes:
+            return None
+        hit = self._prefixes.lookup(plan.version, prompt)
+        if hit is not None:
+            self.stats.prefix_hits += 1
+            self.stats.reused_positions += hit.length
+        return hit
+
     async def _send_history(
-        self, attempt: _Attempt, prompt: list[int], tokens: list[int], sampling: SamplingParams
+        self,
+        attempt: _Attempt,
+        prompt: list[int],
+        tokens: list[int],
+        sampling: SamplingParams,
+        hit: PrefixHit | None = None,
     ) -> None:
         """Start a try: send the prompt and, on a replay, the tokens generated so far.
 
@@ -323,9 +388,13 @@ class Ring:
         and a near-tie later could flip a token that the first try would have drawn.
         Step by step, the replay samples the tokens already generated again
         (`_check_replay`) and continues exactly where the first try stopped.
+
+        The prompt may start from a kept prefix (`hit`): its positions are those a
+        cold run computes, and the rest goes in the chunks a cold run's would.
         """
         self._begin_step(attempt)
-        await self._send_chunks(attempt, prompt, 0, 0, sampling)
+        start = hit.length if hit is not None else 0
+        await self._send_chunks(attempt, prompt[start:], start, 0, sampling, hit)
         for i, token in enumerate(tokens):
             await self._send_chunks(attempt, [token], len(prompt) + i, i + 1, sampling)
 
@@ -353,9 +422,11 @@ class Ring:
         position: int,
         step: int,
         sampling: SamplingParams,
+        hit: PrefixHit | None = None,
     ) -> None:
         """Send tokens to the plan's first node, a long prompt in chunks (see the
-        module docstring): one result is due for each `Forward`."""
+        module docstring): one result is due for each `Forward`. The first names
+        the kept prefix `hit` the request starts from, if any."""
         plan = attempt.plan
         tokens = np.asarray(inputs, dtype=np.int32)
         attempt.positions += len(tokens)
@@ -375,6 +446,8 @@ class Ring:
                 sampling=wire_sampling,
                 logprobs=attempt.logprobs,
                 score=targets if score and targets else None,
+                reuse_from=hit.entry if hit is not None and start == 0 else None,
+                reuse_length=hit.length if hit is not None and start == 0 else 0,
             )
             attempt.results_due += 1  # before sending: a local ring answers within the send
             try:
@@ -392,6 +465,8 @@ class Ring:
             while True:
                 outcome = await attempt.get()
                 if isinstance(outcome, _Failure):
+                    if outcome.prefix_miss:
+                        raise _PrefixMiss(outcome.reason)
                     if outcome.retryable:
                         raise _Retry(outcome)
                     self.stats.failed_requests += 1
@@ -423,11 +498,17 @@ class Ring:
                 replayed[first],
             )
 
-    async def _release(self, attempt: _Attempt) -> None:
-        """Tell every node of the attempt's plan to free its cache (best effort)."""
+    async def _release(self, attempt: _Attempt, prompt: list[int]) -> None:
+        """Tell every node of the attempt's plan to free its cache (best effort), or
+        to keep the prompt's whole chunks for later requests (the prefix cache)."""
+        keep = 0
+        if attempt.prefilled and self.settings.prefix_cache_bytes:
+            keep = reusable_length(len(prompt), PREFILL_CHUNK)
+        if keep:
+            self._prefixes.add(attempt.wire_id, attempt.plan.version, prompt[:keep])
         with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_TIMEOUT):
             for node_id in attempt.plan.node_ids:
-                await self._send_quietly(node_id, Release(attempt.wire_id))
+                await self._send_quietly(node_id, Release(attempt.wire_id, keep))
 
     def interrupt(self, affected: Callable[[Plan], bool], reason: str) -> None:
         """Make every attempt whose plan is `affected` replay under a newer plan."""
@@ -461,9 +542,10 @@ class Ring:
         if isinstance(message, TokenResult):
             self._deliver_outcome(message.request_id, message)
         elif isinstance(message, RequestFailed):
-            self._deliver_outcome(message.request_id, _Failure(message.reason, message.retryable))
+            failure = _Failure(message.reason, message.retryable, message.prefix_miss)
+            self._deliver_outcome(message.request_id, failure)
         elif isinstance(message, Release):
-            self._release_cache(message.request_id)
+            self._release_cache(message.request_id, message.keep)
         return None
 
     def _deliver_outcome(self, wire_id: str, outcome: TokenResult | _Failure) -> None:
@@ -471,14 +553,27 @@ class Ring:
         if attempt is not None:  # else a late answer to an abandoned attempt
             attempt.put(outcome)
 
-    def _release_cache(self, wire_id: str) -> None:
-        self._served.pop(wire_id, None)
+    def _release_cache(self, wire_id: str, keep: int = 0) -> None:
+        """Free the request's cache, or keep it in the prefix cache (`keep` > 0:
+        its first `keep` positions may be reused) while the budget allows."""
+        served = self._served.pop(wire_id, None)
         self._samplers.pop(wire_id, None)
         self._uncount(wire_id)
         self._released[wire_id] = None
         while len(self._released) > RELEASED_MEMORY:
             self._released.popitem(last=False)
-        self.worker.call_nowait(lambda: self.worker.engine.release(wire_id))
+        freed = [wire_id]
+        if served is not None and keep:
+            # A pure read of the loaded shard's shape (no engine call in flight changes it).
+            nbytes = served.positions * self.worker.engine.cache_bytes_per_position()
+            positions = min(keep, served.positions)
+            freed = self._kept.keep(wire_id, served.plan_version, positions, nbytes)
+        self._free_caches(freed)
+
+    def _free_caches(self, wire_ids: list[str]) -> None:
+        engine = self.worker.engine
+        for wire_id in wire_ids:
+            self.worker.call_nowait(partial(engine.release, wire_id))
 
     # --- serving a shard ----------------------------------------------------
 
@@ -503,12 +598,40 @@ class Ring:
                 retryable=False,  # the same ring would refuse the replay too
             )
             return partial(self._send_quietly, message.origin, refusal)
-        self._served[wire_id] = message.origin
+        copy: Job | None = None
+        if message.reuse_from is not None and wire_id not in self._served:
+            copy = self._copy_prefix(message)
+            if copy is None:
+                self._uncount(wire_id)
+                self._released[wire_id] = None  # drop its later chunks: it starts over
+                return partial(self._send_quietly, message.origin, self._prefix_miss(message))
+        served = self._served.setdefault(
+            wire_id, _Served(message.origin, message.plan_version, message.reuse_length)
+        )
+        served.positions += int(message.tensor.shape[0])
         self.worker.limit_batches(pipeline_batch(len(self._served), len(plan.node_ids)))
         scoring = shard.is_last and message.score is not None
         job = self.worker.forward_nowait(wire_id, message.tensor, all_logits=scoring)
         onward = None if shard.is_last else plan.next_node(self.node_id)
-        return partial(self._finish, message, job, onward, self._shard_epoch)
+        return partial(self._finish, message, job, onward, self._shard_epoch, copy)
+
+    def _copy_prefix(self, message: Forward) -> Job | None:
+        """Queue copying the kept prefix the request starts from into its cache
+        (before its first step, which is queued next); None when not kept."""
+        entry, length = message.reuse_from, message.reuse_length
+        assert entry is not None
+        if not self._kept.take(entry, message.plan_version, length):
+            return None
+        copy = partial(self.worker.engine.copy_prefix, entry, message.request_id, length)
+        return self.worker.call_nowait(copy)
+
+    def _prefix_miss(self, message: Forward) -> RequestFailed:
+        return RequestFailed(
+            message.request_id,
+            f"{self.node_id} no longer keeps the prefix of {message.reuse_from}",
+            retryable=True,
+            prefix_miss=True,
+        )
 
     def _count_new_cache(self, wire_id: str, sender: str) -> bool:
         """Count the cache a peer's Forward is about to open; False when the peer
@@ -535,11 +658,16 @@ class Ring:
             retryable=True,
         )
 
-    async def _finish(self, message: Forward, job: Job, onward: str | None, epoch: int) -> None:
+    async def _finish(
+        self, message: Forward, job: Job, onward: str | None, epoch: int, copy: Job | None = None
+    ) -> None:
         """Wait for the step's output and pass it on: the hidden state to `onward`,
         or (on the last shard) the sampled token to the origin. Never raises:
-        whatever goes wrong ends this request (at its origin), not the node."""
+        whatever goes wrong ends this request (at its origin), not the node.
+        `copy`: the prefix copy the step builds on (its failure fails the step)."""
         try:
+            if copy is not None:
+                await copy.wait()
             output = await job.wait()
             self._count_step(message, job.seconds)
             if epoch != self._shard_epoch:  # the shard was replaced while this step ran
@@ -615,20 +743,25 @@ class Ring:
         """Replay this node's requests that ran through the peer, and free the
         caches of requests it originated (nobody will release them now)."""
         self.interrupt(lambda plan: node_id in plan.node_ids, reason)
-        for wire_id, origin in list(self._served.items()):
-            if origin == node_id:
+        for wire_id, served in list(self._served.items()):
+            if served.origin == node_id:
                 self._release_cache(wire_id)
+
+    def drop_prefixes(self) -> None:
+        """A new plan: free every kept cache (they belong to the old one)."""
+        self._free_caches(self._kept.drop_all())
 
     def forget_served(self) -> None:
         """The shard was replaced, and every cache with it."""
         self._shard_epoch += 1
+        self._kept.drop_all()
         self._served.clear()
         self._opened_by.clear()
         self._caches_per_peer.clear()
         self._samplers.clear()
 
     def statistics(self) -> dict[str, Any]:
-        return self.stats.as_dict()
+        return {**self.stats.as_dict(), "prefix_cache": asdict(self._kept.statistics())}
 
 
 def _sampled(results: list[TokenResult], prompt: list[int] | None) -> SampledToken:

@@ -34,10 +34,11 @@ from exoquic.wire.errors import ErrorCode, LocalProtocolError, RemoteProtocolErr
 from exoquic.wire.framing import MAX_FRAME_SIZE
 from exoquic.wire.tensors import MAX_TENSOR_ELEMENTS, decode_tensor, encode_tensor
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """The node protocol version nodes announce in `Hello` (over ALPN `exoquic/1`).
 2: typed `Hello` fields, one `sampling` map in `Forward`. 3: log-probabilities
-(`Forward` 4, `TokenResult` 3)."""
+(`Forward` 4, `TokenResult` 3). 4: the prefix cache (`Forward` 5, `Release` 2,
+`RequestFailed` 2)."""
 
 MAX_ID_LENGTH = 128
 MAX_REASON_LENGTH = 1024
@@ -372,13 +373,20 @@ class Forward(Message):
     positions: the last shard then runs its head on every position and
     returns those tokens' log-probabilities in `TokenResult.prompt_logprobs`.
 
+    `reuse_from`, on a prompt's first `Forward` only, names an earlier request
+    whose kept caches (see `Release.keep`) hold this request's first
+    `reuse_length` positions: each node copies them into the request's cache
+    before running `tensor` (which then starts at `reuse_length`), or answers
+    `RequestFailed` with `prefix_miss` when it no longer holds them.
+
     Version 3 replaced version 2's `temperature`, `top_p`, `top_k`, `seed`
     and (never used) `max_tokens` with `sampling`, and made `origin` required.
-    Version 4 added `logprobs` and `score`.
+    Version 4 added `logprobs` and `score`; version 5 `reuse_from` and
+    `reuse_length`.
     """
 
     TYPE = "forward"
-    VERSION = 4
+    VERSION = 5
     MAX_SIZE = MAX_FRAME_SIZE  # a long prefill's hidden state
     request_id: str
     plan_version: int
@@ -389,6 +397,8 @@ class Forward(Message):
     sampling: dict[str, Any] | None = None
     logprobs: int | None = None
     score: tuple[int, ...] | None = None
+    reuse_from: str | None = None
+    reuse_length: int = 0
 
     def __post_init__(self) -> None:
         check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
@@ -403,6 +413,19 @@ class Forward(Message):
             check_uint(self, "logprobs", MAX_TOP_LOGPROBS)
         if self.score is not None:
             self._check_score()
+        self._check_reuse()
+
+    def _check_reuse(self) -> None:
+        check_uint(self, "reuse_length", U32)
+        if self.reuse_from is not None:
+            check_text(self, "reuse_from", MAX_ID_LENGTH, printable=True)
+            if not 0 < self.reuse_length == self.start_position:
+                raise _invalid(
+                    self, "reuse_length", f"the start position {self.start_position}, > 0",
+                    self.reuse_length,
+                )  # fmt: skip
+        elif self.reuse_length:
+            raise _invalid(self, "reuse_length", "0 without reuse_from", self.reuse_length)
 
     def _check_score(self) -> None:
         score, rows = self.score, self.tensor.shape[0]
@@ -502,13 +525,22 @@ class TokenResult(Message):
 @register
 @dataclass(frozen=True)
 class Release(Message):
-    """The request is over: free its KV cache (releasing an unknown id is fine)."""
+    """The request is over: free its KV cache (releasing an unknown id is fine).
+
+    `keep` > 0 asks the node to keep the cache instead, if its prefix cache has
+    room, for later requests to start from its first `keep` positions
+    (`Forward.reuse_from`); the node may evict it whenever it likes.
+    Version 2 added `keep`.
+    """
 
     TYPE = "release"
+    VERSION = 2
     request_id: str
+    keep: int = 0
 
     def __post_init__(self) -> None:
         check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
+        check_uint(self, "keep", U32)
 
 
 MAX_PLAN_NODES = 1024
@@ -522,19 +554,25 @@ class RequestFailed(Message):
 
     `retryable` is true when the request may succeed if replayed under a newer
     plan (the node moved to another plan, or its successor is gone); false
-    when replaying cannot help (the engine refused the input).
+    when replaying cannot help (the engine refused the input). `prefix_miss`:
+    the node no longer holds the cached prefix the request's first `Forward`
+    asked to start from (`reuse_from`); the origin sends the prompt in full.
+    Version 2 added `prefix_miss`.
     """
 
     TYPE = "request_failed"
+    VERSION = 2
     request_id: str
     reason: str
     retryable: bool
+    prefix_miss: bool = False
 
     def __post_init__(self) -> None:
         check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
         check_text(self, "reason", MAX_REASON_LENGTH, min_length=0)
-        if not isinstance(self.retryable, bool):
-            raise _invalid(self, "retryable", "true or false", self.retryable)
+        for name in ("retryable", "prefix_miss"):
+            if not isinstance(getattr(self, name), bool):
+                raise _invalid(self, name, "true or false", getattr(self, name))
 
 
 @register

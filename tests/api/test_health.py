@@ -18,7 +18,8 @@ from exoquic.api.security import LOOPBACK_NAMES, ApiSecurity
 from exoquic.orchestration.node import Node
 
 KEY = "exq-health-test-key"
-DETAILS = {"model", "engine", "active_requests", "kv_caches", "admission", "rss_bytes"}
+DETAILS = {"model", "engine", "active_requests", "kv_caches", "prefix_caches", "admission",
+           "rss_bytes"}  # fmt: skip
 
 
 @asynccontextmanager

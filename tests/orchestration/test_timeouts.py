@@ -126,6 +126,9 @@ class StandInRequests:
     def forget_served(self) -> None:
         self.events.append((trio.current_time(), "forget served"))
 
+    def drop_prefixes(self) -> None:
+        """Kept prefix caches are the ring's business, not these tests'."""
+
 
 class LoadingWorker:
     """Takes shards without an engine; records when."""

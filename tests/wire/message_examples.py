@@ -61,6 +61,8 @@ EXAMPLES: dict[str, list[Message]] = {
         Forward("req-4", 1, 0, np.array([7], np.int32), NODE_ID, logprobs=0),
         Forward("req-4", 1, 1, np.array([7], np.int32), NODE_ID, step=1, logprobs=20),
         Forward("req-5", 1, 0, np.array([7, 8, 9], np.int32), NODE_ID, logprobs=5, score=(8, 9)),
+        Forward("req-4", 2, 128, np.array([7, 8], np.int32), NODE_ID, sampling={},
+                reuse_from="req-1.0", reuse_length=128),
     ],
     "token": [
         TokenResult("req-1", 42),
@@ -70,8 +72,11 @@ EXAMPLES: dict[str, list[Message]] = {
         TokenResult("req-1", 7, -float("inf"), ((7, -0.25), (2**32 - 1, -1.5))),
         TokenResult("req-5", 7, -0.5, (), ((-1.0, ((3, -0.5),)), (-2.0, ()))),
     ],
-    "release": [Release("req-1")],
-    "request_failed": [RequestFailed("req-1", "plan 3 is gone", True)],
+    "release": [Release("req-1"), Release("req-1.0", keep=256)],
+    "request_failed": [
+        RequestFailed("req-1", "plan 3 is gone", True),
+        RequestFailed("req-4.0", "no cached prefix req-1.0", True, prefix_miss=True),
+    ],
     "plan_proposal": [
         PlanProposal(PLAN),
         PlanProposal({"version": 3, "assignments": [{"node_id": NODE_ID}]}),

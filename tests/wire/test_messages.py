@@ -77,7 +77,9 @@ def test_forward_as_bfloat16() -> None:
 
 
 def raw(type_name: str, **fields: Any) -> bytes:
-    return cbor2.dumps({"type": type_name, "v": 1, **fields})
+    """A message of `type_name` at the version this node speaks (1 for unknown types)."""
+    cls = MESSAGE_TYPES.get(type_name)
+    return cbor2.dumps({"type": type_name, "v": cls.VERSION if cls else 1, **fields})
 
 
 def raw_token(**fields: Any) -> bytes:
@@ -98,7 +100,8 @@ PROGRESS = dict(model="org/model", phase="downloading", done_bytes=1, total_byte
 
 
 FORWARD = dict(request_id="r", plan_version=1, start_position=0, tensor=TOKENS,
-               origin=NODE_ID, step=0, sampling={}, logprobs=None, score=None)  # fmt: skip
+               origin=NODE_ID, step=0, sampling={}, logprobs=None, score=None,
+               reuse_from=None, reuse_length=0)  # fmt: skip
 TOKEN = dict(request_id="r", token_id=1, logprob=None, top_logprobs=None, prompt_logprobs=None)
 FORWARD_V2 = dict(request_id="r", plan_version=1, start_position=0, tensor=TOKENS,
                   temperature=0.0, top_p=1.0, top_k=0, seed=None, max_tokens=1,
@@ -118,6 +121,24 @@ def test_raw_forward_is_valid() -> None:
 def test_older_forward_versions_are_refused(version: int) -> None:
     with pytest.raises(RemoteProtocolError, match=f"version {version}") as caught:
         decode_message(cbor2.dumps({"type": "forward", "v": version, **FORWARD_V2}))
+    assert caught.value.error_code == ErrorCode.UNSUPPORTED_VERSION
+
+
+@pytest.mark.parametrize(
+    ("type_name", "fields"),
+    [
+        ("forward", {k: v for k, v in FORWARD.items() if not k.startswith("reuse_")}),
+        ("release", {"request_id": "r"}),
+        ("request_failed", {"request_id": "r", "reason": "", "retryable": True}),
+    ],
+)
+def test_messages_without_prefix_cache_fields_are_refused(
+    type_name: str, fields: dict[str, Any]
+) -> None:
+    """A node from before the prefix cache sends the older versions: refused cleanly."""
+    old = MESSAGE_TYPES[type_name].VERSION - 1
+    with pytest.raises(RemoteProtocolError, match=f"version {old}") as caught:
+        decode_message(cbor2.dumps({"type": type_name, "v": old, **fields}))
     assert caught.value.error_code == ErrorCode.UNSUPPORTED_VERSION
 
 
@@ -163,9 +184,12 @@ def test_forward_needs_its_origin() -> None:
         (raw("ping", nonce="1"), ErrorCode.INVALID_FIELD, "ping.nonce"),
         (raw("error", code=2**62, reason=""), ErrorCode.INVALID_FIELD, "error.code"),
         (raw("error", code=1, reason="x" * 1025), ErrorCode.INVALID_FIELD, "error.reason"),
-        (raw("release", request_id=""), ErrorCode.INVALID_FIELD, "request_id"),
-        (raw("release", request_id="a\nb"), ErrorCode.INVALID_FIELD, "request_id"),
-        (raw("release", request_id="x" * 129), ErrorCode.INVALID_FIELD, "request_id"),
+        (raw("release", request_id="", keep=0), ErrorCode.INVALID_FIELD, "request_id"),
+        (raw("release", request_id="a\nb", keep=0), ErrorCode.INVALID_FIELD, "request_id"),
+        (raw("release", request_id="x" * 129, keep=0), ErrorCode.INVALID_FIELD, "request_id"),
+        (raw("release", request_id="r", keep=-1), ErrorCode.INVALID_FIELD, "keep"),
+        (raw("request_failed", request_id="r", reason="", retryable=True, prefix_miss=1),
+         ErrorCode.INVALID_FIELD, "prefix_miss"),
         (raw_token(**{**TOKEN, "token_id": 2**32}), ErrorCode.INVALID_FIELD, "token_id"),
         (raw_token(**TOKEN, finish_reason=None),
          ErrorCode.INVALID_FIELD, "unknown field 'finish_reason'"),
@@ -217,6 +241,10 @@ def test_invalid_messages_are_the_peers_fault(data: bytes, code: ErrorCode, matc
         ({"tensor": [1, 2, 3]}, "tensor"),
         ({"step": -1}, "step"),
         ({"origin": "exq-0000"}, "origin"),
+        ({"reuse_length": 3}, "0 without reuse_from"),
+        ({"reuse_from": "a", "reuse_length": 0}, "reuse_length"),
+        ({"reuse_from": "a", "reuse_length": 3}, "reuse_length"),  # not its start position
+        ({"reuse_from": "", "start_position": 3, "reuse_length": 3}, "reuse_from"),
         ({"logprobs": 21}, "logprobs"),
         ({"logprobs": True}, "logprobs"),
         ({"logprobs": 1, "score": [1, 2]}, "score"),  # more than the tensor's one position
@@ -276,7 +304,7 @@ class _Echo(Message):
 def test_adding_a_message_takes_a_dataclass_and_a_decorator() -> None:
     assert same(decode_message(encode_message(_Echo(4))), _Echo(4))
     with pytest.raises(RemoteProtocolError, match="version 1 is not supported"):
-        decode_message(raw("x-test-echo", value=4))
+        decode_message(cbor2.dumps({"type": "x-test-echo", "v": 1, "value": 4}))
 
 
 def test_registry_refuses_clashes_and_mutable_messages() -> None:

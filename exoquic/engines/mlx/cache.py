@@ -41,6 +41,15 @@ class LayerCache:
             new_v[..., : self.offset, :] = self.values[..., : self.offset, :]
         self.keys, self.values = new_k, new_v
 
+    def copy_prefix(self, length: int) -> LayerCache:
+        """A new cache holding a copy of this one's first `length` positions."""
+        copy = LayerCache()
+        if self.keys is not None and self.values is not None:
+            copy.update_and_fetch(self.keys[..., :length, :], self.values[..., :length, :])
+            # Evaluated now: the copy must not keep a lazy reference to this cache.
+            mx.eval(copy.keys, copy.values)
+        return copy
+
     @property
     def nbytes(self) -> int:
         if self.keys is None or self.values is None:
@@ -61,3 +70,9 @@ class RequestCache:
     @property
     def nbytes(self) -> int:
         return sum(layer.nbytes for layer in self.layers)
+
+    def copy_prefix(self, length: int) -> RequestCache:
+        """A new request's cache starting with a copy of this one's first `length` positions."""
+        copy = RequestCache(0)
+        copy.layers = [layer.copy_prefix(length) for layer in self.layers]
+        return copy

@@ -108,6 +108,17 @@ class MLXEngine(Engine):
     def active_requests(self) -> int:
         return len(self._caches)
 
+    def copy_prefix(self, source: str, target: str, length: int) -> None:
+        self._require_model()
+        self._check_copy(source, target, length)
+        self._caches[target] = self._caches[source].copy_prefix(length)
+
+    def cache_bytes_per_position(self) -> int:
+        if self._model is None:
+            return 0
+        args = self._model.args
+        return args.num_layers * 2 * args.num_kv_heads * args.head_dim * 4  # float32 keys, values
+
     def cache_bytes(self) -> int:
         """Bytes held by every request's KV cache."""
         return sum(cache.nbytes for cache in self._caches.values())
@@ -144,6 +155,7 @@ class MLXEngine(Engine):
         """One forward pass over rows of equal length T (T is 1 whenever there are several rows)."""
         caches = [self._cache_for(model, rid).layers for rid in request_ids]
         x = inputs[0] if len(inputs) == 1 else mx.concatenate(inputs, axis=0)
+        self.positions_run += sum(int(row.shape[1]) for row in inputs)
         out = model(x, caches, all_positions=all_logits)
         mx.eval(out)
         # np.array copies: the result must not alias MLX memory freed later.

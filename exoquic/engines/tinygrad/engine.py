@@ -9,9 +9,10 @@ on first use (a few seconds on two cores; `warm_up` does it ahead).
 
 from __future__ import annotations
 
+import ctypes
 from collections import Counter
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from tinygrad import Tensor, UOp
@@ -47,6 +48,7 @@ class _Request:
     memory: HostArrays  # behind the caches
     caches: list[Tensor]  # per layer
     addresses: list[int]  # of the caches' memory, passed to replayed steps
+    arrays: list[np.ndarray]  # the same memory seen from numpy, `(2, KV, C, hd)` per layer
     length: int = 0
 
 
@@ -156,6 +158,21 @@ class TinygradEngine(Engine):
     def active_requests(self) -> int:
         return len(self._requests)
 
+    def copy_prefix(self, source: str, target: str, length: int) -> None:
+        model = self._require_model()
+        self._check_copy(source, target, length)
+        copied = self._requests[source]
+        request = self._request(model, target)
+        for into, of in zip(request.arrays, copied.arrays, strict=True):
+            into[:, :, :length] = of[:, :, :length]
+        request.length = length
+
+    def cache_bytes_per_position(self) -> int:
+        if self._model is None:
+            return 0
+        c = self._model.config
+        return len(self._model.layers) * 2 * c.num_kv_heads * c.head_dim * 4  # float32
+
     def cache_bytes(self) -> int:
         """Bytes held by every request's KV cache."""
         return sum(r.memory.nbytes for r in self._requests.values())
@@ -204,6 +221,7 @@ class TinygradEngine(Engine):
         self, model: ShardModel, request_id: str, hidden: np.ndarray, all_logits: bool = False
     ) -> np.ndarray:
         request = self._request(model, request_id)
+        self.positions_run += len(hidden)
         outputs = []
         done = 0
         while done < len(hidden):
@@ -247,6 +265,7 @@ class TinygradEngine(Engine):
         self, model: ShardModel, request_ids: list[str], hidden: list[np.ndarray]
     ) -> list[np.ndarray]:
         requests = [self._request(model, rid) for rid in request_ids]
+        self.positions_run += len(requests)
         # Pad to a batch size that is traced anyway: each padded row belongs to a
         # scratch request that always sits at position 0 (its cache takes the
         # garbage). One per row: a traced step refuses the same buffer twice.
@@ -298,7 +317,15 @@ def _new_request(model: ShardModel) -> _Request:
     with TINYGRAD_LOCK:
         caches = model.new_cache(memory)
         addresses = [buffer_address(c) for c in caches]
-    return _Request(memory, caches, addresses)
+    arrays = [_float_array(address, c.shape) for address, c in zip(addresses, caches, strict=True)]
+    return _Request(memory, caches, addresses, arrays)
+
+
+def _float_array(address: int, shape: tuple[Any, ...]) -> np.ndarray:
+    """The float32 memory at `address` as a numpy array (no copy): a cache's memory,
+    which `copy_prefix` fills directly (the CPU device's buffers are host memory)."""
+    pointer = ctypes.cast(address, ctypes.POINTER(ctypes.c_float))
+    return np.ctypeslib.as_array(pointer, shape=tuple(int(n) for n in shape))
 
 
 def _pick_bucket(remaining: int, room: int) -> int:
