@@ -50,6 +50,7 @@ from exoquic.api.schemas import (
     chat_logprobs_count,
     parse_chat_request,
     parse_text_request,
+    with_response_format,
 )
 from exoquic.api.tool_calls import ToolCall
 from exoquic.api.tools import ReplyPiece, ToolCalling
@@ -130,10 +131,12 @@ async def generate() -> Response:
     body = with_model_defaults(asked.chat_body, node().defaults)
     messages: list[dict[str, Any]] = []
     if asked.raw:
-        text_body = {k: v for k, v in body.items() if k != "messages"}
-        text_body = {k: v for k, v in text_body.items() if k not in LOGPROB_FIELDS}
+        # A raw prompt is a text completion (no `response_format`); `format` still applies.
+        dropped = {"messages", "response_format", *LOGPROB_FIELDS}
+        text_body = {k: v for k, v in body.items() if k not in dropped}
         params = parse_text_request({**text_body, "prompt": asked.prompt}).params
         params = replace(params, logprobs=chat_logprobs_count(body))
+        params = with_response_format(params, body.get("response_format"))
     else:
         request = parse_chat_request(body, node().max_context)
         params, messages = request.params, list(request.messages)
@@ -159,6 +162,8 @@ async def reply(
     calling: ToolCalling | None,
 ) -> Response:
     generation = new_generation(serving, prompt, params, shape.chat)
+    if params.sampling.grammar is not None:  # `format`
+        await serving.prepare_grammars()
     meter = generation_meter(len(prompt))
     slot = await admission().admit()
     if stream:

@@ -9,10 +9,13 @@ from typing import Any
 from exoquic import __version__
 from exoquic.api.schemas import (
     MAX_CHAT_TOP_LOGPROBS,
+    MAX_CHOICES,
+    MAX_LOGIT_BIAS,
     MAX_STOP_CHARS,
     MAX_STOPS,
     MAX_TEXT_LOGPROBS,
 )
+from exoquic.engines.sampling import MAX_REPETITION_PENALTY
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -51,9 +54,28 @@ COMMON_PROPERTIES: dict[str, Any] = {
         "additionalProperties": False,
         "description": "Only with stream: true.",
     },
-    "n": {"const": 1, "description": "Only one choice per request."},
-    "presence_penalty": {"const": 0},
-    "frequency_penalty": {"const": 0},
+    "n": {
+        "type": ["integer", "null"],
+        "minimum": 1,
+        "maximum": MAX_CHOICES,
+        "description": "Choices to generate; choice i is seeded seed + i.",
+    },
+    "min_p": {**NULLABLE_NUMBER, "minimum": 0, "maximum": 1},
+    "presence_penalty": {**NULLABLE_NUMBER, "minimum": -2, "maximum": 2},
+    "frequency_penalty": {**NULLABLE_NUMBER, "minimum": -2, "maximum": 2},
+    "repetition_penalty": {
+        **NULLABLE_NUMBER,
+        "exclusiveMinimum": 0,
+        "maximum": MAX_REPETITION_PENALTY,
+        "description": "Hugging Face semantics, on the prompt's and the output's tokens.",
+    },
+    "logit_bias": {
+        "type": ["object", "null"],
+        "propertyNames": {"pattern": "^[0-9]{1,10}$"},
+        "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+        "maxProperties": MAX_LOGIT_BIAS,
+        "description": "Token id -> bias added to its logit.",
+    },
     "user": {"description": "Accepted and ignored."},
     "metadata": {"description": "Accepted and ignored."},
     "store": {"description": "Accepted and ignored."},
@@ -112,6 +134,34 @@ MESSAGE = {
         "name": {"type": "string"},
     },
 }
+RESPONSE_FORMAT = {
+    "oneOf": [
+        {"type": "null"},
+        {
+            "type": "object",
+            "required": ["type"],
+            "properties": {"type": {"enum": ["text", "json_object"]}},
+        },
+        {
+            "type": "object",
+            "required": ["type", "json_schema"],
+            "properties": {
+                "type": {"const": "json_schema"},
+                "json_schema": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1, "maxLength": 64},
+                        "schema": {"type": "object"},
+                        "strict": {"type": ["boolean", "null"]},
+                        "description": {"type": "string"},
+                    },
+                },
+            },
+        },
+    ],
+    "description": "Output enforced by constrained decoding (llguidance).",
+}
 CHAT_REQUEST = {
     "type": "object",
     "required": ["model", "messages"],
@@ -119,7 +169,7 @@ CHAT_REQUEST = {
     "properties": {
         "messages": {"type": "array", "minItems": 1, "items": _ref("ChatMessage")},
         "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
-        "response_format": {"const": {"type": "text"}},
+        "response_format": RESPONSE_FORMAT,
         "logprobs": {
             "type": ["boolean", "null"],
             "description": "Each generated token's log-probability (of the raw model "

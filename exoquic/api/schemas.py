@@ -11,7 +11,8 @@ from typing import Any
 
 from exoquic.api.errors import invalid
 from exoquic.api.tools import ToolRequest, assistant_tool_calls, parse_tools
-from exoquic.engines.sampling import SamplingParams
+from exoquic.engines.constraints import GrammarError, grammar_for
+from exoquic.engines.sampling import MAX_REPETITION_PENALTY, SamplingParams
 
 ROLES = ("system", "user", "assistant", "developer", "tool")
 MAX_STOPS = 4
@@ -19,11 +20,12 @@ MAX_STOPS = 4
 # stream, and matching keeps a table as long as each one (see orchestration/stops.py).
 MAX_STOP_CHARS = 256
 # Parameters clients commonly send with their default values; anything else is refused.
-NEUTRAL_DEFAULTS: dict[str, Any] = {
-    "presence_penalty": 0,
-    "frequency_penalty": 0,
-    "n": 1,
-}
+NEUTRAL_DEFAULTS: dict[str, Any] = {}  # none today: n, penalties and logprobs are honoured
+# Choices one request may ask for (`n`): each is a generation of its own, and
+# the request takes one admission slot for all of them.
+MAX_CHOICES = 8
+MAX_LOGIT_BIAS = 1024  # entries of `logit_bias` (OpenAI documents 300; tools send more)
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 IGNORED = {"user", "metadata", "store", "service_tier"}
 # Keys the official SDKs echo back on assistant messages; accepted only while empty.
 EMPTY_MESSAGE_FIELDS = ("refusal", "function_call", "audio", "annotations")
@@ -56,6 +58,12 @@ COMMON_FIELDS = frozenset(
         "seed",
         "stream",
         "stream_options",
+        "n",
+        "min_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "repetition_penalty",
+        "logit_bias",
         *NEUTRAL_DEFAULTS,
         *IGNORED,
     }
@@ -72,6 +80,7 @@ class CompletionParams:
     stop: tuple[str, ...]
     stream: bool
     include_usage: bool
+    n: int = 1  # choices, each seeded seed + i (see `choice_sampling`)
     # Not None: report each generated token's log-probability and this many best
     # alternatives (chat: top_logprobs when logprobs is true; text: logprobs).
     logprobs: int | None = None
@@ -102,12 +111,18 @@ def parse_chat_request(body: Any, context: int = MAX_PROMPT_ITEMS) -> ChatReques
     """
     obj = _object(body)
     _reject_unknown(obj, CHAT_FIELDS)
-    response_format = obj.get("response_format")
-    if response_format is not None and response_format != {"type": "text"}:
-        raise invalid('only \'response_format\': {"type": "text"} is supported', "response_format")
+    common = replace(_common(obj), logprobs=chat_logprobs_count(obj))
+    common = with_response_format(common, obj.get("response_format"))
     messages = _messages(obj.get("messages"), context)
-    params = replace(_common(obj), logprobs=chat_logprobs_count(obj))
-    return ChatRequest(messages, params, parse_tools(obj))
+    return ChatRequest(messages, common, parse_tools(obj))
+
+
+def with_response_format(params: CompletionParams, value: Any) -> CompletionParams:
+    """`params` following a chat request's `response_format` (a 400 when it is bad)."""
+    grammar = _response_format(value)
+    if grammar is None:
+        return params
+    return replace(params, sampling=replace(params.sampling, grammar=grammar))
 
 
 def parse_text_request(body: Any, context: int = MAX_PROMPT_ITEMS) -> TextRequest:
@@ -194,12 +209,92 @@ def _common(obj: dict[str, Any]) -> CompletionParams:
         raise invalid("'stream' must be a boolean", "stream")
     return CompletionParams(
         model=model,
-        sampling=SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed),
+        sampling=SamplingParams(
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            min_p=_number(obj, "min_p", 0.0, 0.0, 1.0),
+            presence_penalty=_number(obj, "presence_penalty", 0.0, -2.0, 2.0),
+            frequency_penalty=_number(obj, "frequency_penalty", 0.0, -2.0, 2.0),
+            repetition_penalty=_repetition_penalty(obj),
+            logit_bias=_logit_bias(obj.get("logit_bias")),
+        ),
+        n=_integer(obj, "n", 1, 1, MAX_CHOICES),
         max_tokens=_max_tokens(obj),
         stop=_stops(obj.get("stop")),
         stream=bool(stream),
         include_usage=_include_usage(obj.get("stream_options"), bool(stream)),
     )
+
+
+def _repetition_penalty(obj: dict[str, Any]) -> float:
+    value = _number(obj, "repetition_penalty", 1.0, 0.0, MAX_REPETITION_PENALTY)
+    if value == 0.0:
+        raise invalid("'repetition_penalty' must be greater than 0", "repetition_penalty")
+    return value
+
+
+def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
+    """OpenAI's map of token ids (as JSON object keys) to biases in -100..100.
+    Whether the ids are in the vocabulary is the route's check (`check_logit_bias`)."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or len(value) > MAX_LOGIT_BIAS:
+        raise invalid(
+            f"'logit_bias' must be an object of at most {MAX_LOGIT_BIAS} token ids", "logit_bias"
+        )
+    pairs = []
+    for key, bias in value.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 10):
+            raise invalid(f"'logit_bias' keys must be token ids, not {key[:20]!r}", "logit_bias")
+        if isinstance(bias, bool) or not isinstance(bias, int | float) or not -100 <= bias <= 100:
+            raise invalid(
+                f"'logit_bias' values must be numbers between -100 and 100 (token {key})",
+                "logit_bias",
+            )
+        pairs.append((int(key), float(bias)))
+    return tuple(sorted(pairs))
+
+
+def _response_format(value: Any) -> str | None:
+    """The grammar of `response_format` (None: plain text); a 400 when it is
+    malformed or its schema cannot be compiled."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("type") not in RESPONSE_FORMATS:
+        raise invalid(
+            "'response_format' must be an object whose 'type' is one of "
+            + ", ".join(RESPONSE_FORMATS),
+            "response_format",
+        )
+    if value["type"] == "json_schema":
+        _check_json_schema_spec(value.get("json_schema"))
+    try:
+        return grammar_for(value)
+    except GrammarError as exc:
+        raise invalid(str(exc), "response_format") from exc
+
+
+def _check_json_schema_spec(spec: Any) -> None:
+    param = "response_format.json_schema"
+    if not isinstance(spec, dict):
+        raise invalid(f"'{param}' must be an object with a 'name' and a 'schema'", param)
+    name = spec.get("name")
+    if not isinstance(name, str) or not 0 < len(name) <= 64:
+        raise invalid(f"'{param}.name' must be a string of 1 to 64 characters", f"{param}.name")
+    if not isinstance(spec.get("schema", {}), dict):
+        raise invalid(f"'{param}.schema' must be a JSON Schema object", f"{param}.schema")
+    if not isinstance(spec.get("strict", False), bool | None):
+        raise invalid(f"'{param}.strict' must be a boolean", f"{param}.strict")
+
+
+def choice_sampling(sampling: SamplingParams, index: int) -> SamplingParams:
+    """The sampling of choice `index` of a request with n > 1: its own seed,
+    seed + index, so that each choice is reproducible on its own."""
+    if sampling.seed is None:
+        return sampling
+    return replace(sampling, seed=(sampling.seed + index) % 2**63)
 
 
 def _check_count(items: list[Any], context: int, what: str, param: str) -> None:

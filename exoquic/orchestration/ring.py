@@ -63,8 +63,9 @@ import numpy as np
 import trio
 
 from exoquic import defaults
+from exoquic.engines.constraints import ConstraintCompiler
 from exoquic.engines.logprobs import TokenLogprob, token_logprob
-from exoquic.engines.sampling import Sampler, SamplingParams
+from exoquic.engines.sampling import RequestSampler, SamplingParams
 from exoquic.orchestration.generation import SampledToken, UnavailableError
 from exoquic.orchestration.peers import PeerUnavailable
 from exoquic.orchestration.prefix import PrefixHit, PrefixIndex, PrefixStore, reusable_length
@@ -232,9 +233,10 @@ class Ring:
         self._served: dict[str, _Served] = {}
         self._opened_by: dict[str, str] = {}
         self._caches_per_peer: Counter[str] = Counter()
-        self._samplers: dict[str, Sampler] = {}
+        self._samplers: dict[str, RequestSampler] = {}
         self._released: OrderedDict[str, None] = OrderedDict()  # the latest released wire ids
         self._shard_epoch = 0  # counts shard replacements: a step may outlive its shard
+        self.constraints: ConstraintCompiler | None = None  # the node sets it: needs the tokenizer
         # The prefix cache: as origin, the prompts the ring keeps; as a shard, the caches.
         self._prefixes = PrefixIndex(align=PREFILL_CHUNK)
         self._kept = PrefixStore(self.settings.prefix_cache_bytes)
@@ -309,8 +311,10 @@ class Ring:
             score = score_prompt and logprobs is not None and not tokens
             attempt = _Attempt(f"{request_id}.{attempt_number}", plan, logprobs, score)
             self._attempts[attempt.wire_id] = attempt
-            # Scoring the prompt needs its every position run: no kept prefix then.
-            hit = self._prefix_hit(plan, prompt) if reuse and not tokens and not score else None
+            # Scoring the prompt needs its every position run, and the repetition
+            # penalty every prompt token at the last shard: no kept prefix then.
+            whole = score or sampling.repetition_penalty != 1.0
+            hit = self._prefix_hit(plan, prompt) if reuse and not tokens and not whole else None
             try:
                 if len(tokens) < budget:
                     await self._send_history(attempt, prompt, tokens, sampling, hit)
@@ -434,13 +438,14 @@ class Ring:
         wire_sampling = sampling_to_wire(sampling) if step == 0 else None
         score = attempt.score and step == 0
         for start in range(0, len(tokens), PREFILL_CHUNK):
+            chunk = tokens[start : start + PREFILL_CHUNK]
             # Each position's next prompt token (the last position's is the one sampled).
             targets = tuple(int(t) for t in tokens[start + 1 : start + 1 + PREFILL_CHUNK])
             message = Forward(
                 attempt.wire_id,
                 plan.version,
                 position + start,
-                tokens[start : start + PREFILL_CHUNK],
+                chunk,
                 origin=self.node_id,
                 step=step,
                 sampling=wire_sampling,
@@ -448,6 +453,9 @@ class Ring:
                 score=targets if score and targets else None,
                 reuse_from=hit.entry if hit is not None and start == 0 else None,
                 reuse_length=hit.length if hit is not None and start == 0 else 0,
+                # The last shard sees hidden states: it learns the tokens so far
+                # from these, sent only when the draws depend on them.
+                tokens=tuple(int(t) for t in chunk) if sampling.uses_history else (),
             )
             attempt.results_due += 1  # before sending: a local ring answers within the send
             try:
@@ -721,14 +729,26 @@ class Ring:
         """The step's token, drawn by the request's sampler: made from the
         parameters its prompt carried, kept until the request is released, so it
         sees every token it produced (a replay makes a new one, and the replayed
-        steps draw the generated tokens again)."""
+        steps draw the generated tokens again). Without penalties or a grammar
+        the draw depends only on (params, seed, step); with them, on the tokens
+        so far too, which the sampler learns from each step's `tokens` (its
+        ValueError or GrammarError fails the request)."""
         sampler = self._samplers.get(message.request_id)
         if sampler is None:
             if message.sampling is None:
                 raise _NoSampler(f"{self.node_id} has no sampler for {message.request_id}")
-            sampler = Sampler(sampling_from_wire(message.sampling))
+            sampler = self._new_sampler(sampling_from_wire(message.sampling))
             self._samplers[message.request_id] = sampler
+        if message.tokens:  # sent exactly when the draw depends on them
+            sampler.observe(message.step, message.start_position, message.tokens)
         return sampler.sample(logits, message.step)
+
+    def _new_sampler(self, params: SamplingParams) -> RequestSampler:
+        if params.grammar is None:
+            return RequestSampler(params)
+        if self.constraints is None:
+            raise ValueError("this node cannot follow grammars (no tokenizer)")
+        return RequestSampler(params, self.constraints.constraint(params.grammar))
 
     async def _send_quietly(self, node_id: str, message: Message) -> None:
         """Send, or drop it when the node is gone (its requests are gone too)."""

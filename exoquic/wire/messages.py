@@ -34,11 +34,11 @@ from exoquic.wire.errors import ErrorCode, LocalProtocolError, RemoteProtocolErr
 from exoquic.wire.framing import MAX_FRAME_SIZE
 from exoquic.wire.tensors import MAX_TENSOR_ELEMENTS, decode_tensor, encode_tensor
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 """The node protocol version nodes announce in `Hello` (over ALPN `exoquic/1`).
 2: typed `Hello` fields, one `sampling` map in `Forward`. 3: log-probabilities
 (`Forward` 4, `TokenResult` 3). 4: the prefix cache (`Forward` 5, `Release` 2,
-`RequestFailed` 2)."""
+`RequestFailed` 2). 5: the tokens so far for penalties and grammars (`Forward` 6)."""
 
 MAX_ID_LENGTH = 128
 MAX_REASON_LENGTH = 1024
@@ -379,14 +379,19 @@ class Forward(Message):
     before running `tensor` (which then starts at `reuse_length`), or answers
     `RequestFailed` with `prefix_miss` when it no longer holds them.
 
+    `tokens` holds the token ids of this message's positions, sent only when
+    the request's draws depend on the tokens so far (a penalty or a grammar),
+    so that the last shard, which sees hidden states, knows the prompt and
+    each generated token as the origin fed it.
+
     Version 3 replaced version 2's `temperature`, `top_p`, `top_k`, `seed`
     and (never used) `max_tokens` with `sampling`, and made `origin` required.
     Version 4 added `logprobs` and `score`; version 5 `reuse_from` and
-    `reuse_length`.
+    `reuse_length`; version 6 `tokens`.
     """
 
     TYPE = "forward"
-    VERSION = 5
+    VERSION = 6
     MAX_SIZE = MAX_FRAME_SIZE  # a long prefill's hidden state
     request_id: str
     plan_version: int
@@ -399,6 +404,7 @@ class Forward(Message):
     score: tuple[int, ...] | None = None
     reuse_from: str | None = None
     reuse_length: int = 0
+    tokens: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
@@ -413,6 +419,7 @@ class Forward(Message):
             check_uint(self, "logprobs", MAX_TOP_LOGPROBS)
         if self.score is not None:
             self._check_score()
+        self._check_tokens()
         self._check_reuse()
 
     def _check_reuse(self) -> None:
@@ -442,6 +449,16 @@ class Forward(Message):
         ):
             raise _invalid(self, "score", expected, score)
         object.__setattr__(self, "score", tuple(int(t) for t in score))
+
+    def _check_tokens(self) -> None:
+        tokens = self.tokens
+        if (
+            not isinstance(tokens, list | tuple)
+            or len(tokens) > self.tensor.shape[0]
+            or not all(_is_int(t) and 0 <= t <= U32 for t in tokens)
+        ):
+            raise _invalid(self, "tokens", "token ids, at most one per tensor row", tokens)
+        object.__setattr__(self, "tokens", tuple(tokens))
 
     def _check_tensor(self) -> None:
         tensor = self.tensor

@@ -29,7 +29,7 @@ from hypercorn.trio import serve
 from exoquic.api.admission import Admission, retry_after_s
 from exoquic.api.app import create_app
 from exoquic.api.limits import AdmissionLimits
-from exoquic.api.openai_routes import ResponseShape, stream_events, stream_response
+from exoquic.api.openai_routes import Replies, ResponseShape, stream_events, stream_response
 from exoquic.cli.main import build_parser
 from exoquic.engines.mlx.engine import MLXEngine
 from exoquic.engines.sampling import SamplingParams
@@ -278,7 +278,7 @@ async def test_stream_body_frees_its_slot_when_closed_or_done(
     for read_all in (False, True):
         request, shape = tiny_request(smollm2_tokenizer)
         slot = await admission.admit()
-        events = stream_events(tiny_node, request, shape, False, slot)
+        events = stream_events(Replies(tiny_node, [request], None, [None]), shape, False, slot)
         assert isinstance(events, AsyncGenerator)
         if read_all:
             assert [event async for event in events][-1] == b"data: [DONE]\n\n"
@@ -299,7 +299,8 @@ async def test_unread_stream_body_frees_its_slot(
     the handler's return and the first byte) still gives its slot back."""
     admission = Admission(AdmissionLimits(max_requests=1))
     request, shape = tiny_request(smollm2_tokenizer)
-    response = stream_response(tiny_node, request, shape, False, await admission.admit())
+    replies = Replies(tiny_node, [request], None, [None])
+    response = stream_response(replies, shape, False, await admission.admit())
     assert admission.in_flight == 1
     del response
     gc.collect()

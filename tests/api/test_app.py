@@ -106,7 +106,28 @@ async def test_text_stream_without_usage(tiny_app_factory: Any) -> None:
     [
         (CHAT, {"model": "gpt-4o", "messages": HELLO}, 404, "model", "model_not_found"),
         (CHAT, {"model": MODEL, "messages": HELLO, "temperature": "0"}, 400, "temperature", None),
-        (CHAT, {"model": MODEL, "messages": HELLO, "n": 3}, 400, "n", None),
+        (CHAT, {"model": MODEL, "messages": HELLO, "n": 9}, 400, "n", None),
+        (
+            CHAT,
+            {"model": MODEL, "messages": HELLO, "logit_bias": {"49152": 1}},
+            400,
+            "logit_bias",
+            None,
+        ),
+        (
+            CHAT,
+            {
+                "model": MODEL,
+                "messages": HELLO,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "strin"}},
+                },
+            },
+            400,
+            "response_format",
+            None,
+        ),
         (
             CHAT,
             {"model": MODEL, "messages": HELLO, "tools": [{"type": "fn"}]},

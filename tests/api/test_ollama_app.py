@@ -40,6 +40,23 @@ async def test_generate_whole_reply(tiny_app_factory: Any) -> None:
     assert first["eval_count"] <= 3
 
 
+async def test_format_schema_gives_valid_json_from_a_random_model(tiny_app_factory: Any) -> None:
+    client = tiny_app_factory().test_client()
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}  # fmt: skip
+    options = {"num_predict": 20, "temperature": 1.0, "seed": 3, "repeat_penalty": 1.2}
+    body = {"model": DEFAULT_MODEL_ID, "messages": HELLO, "format": schema, "stream": False,
+            "options": options}  # fmt: skip
+    reply = await (await client.post("/api/chat", json=body)).get_json()
+    assert reply["done_reason"] == "stop"
+    assert isinstance(json.loads(reply["message"]["content"])["ok"], bool)
+    raw = {"model": DEFAULT_MODEL_ID, "prompt": "The", "raw": True, "format": schema,
+           "stream": False, "options": options}  # fmt: skip
+    reply = await (await client.post("/api/generate", json=raw)).get_json()
+    assert reply["done_reason"] == "stop"
+    assert isinstance(json.loads(reply["response"])["ok"], bool)
+
+
 async def test_errors_are_ollama_shaped(tiny_app_factory: Any) -> None:
     client = tiny_app_factory().test_client()
     bad = await client.post("/api/chat", json={"model": DEFAULT_MODEL_ID, "messages": "Hi"})

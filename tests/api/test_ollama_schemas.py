@@ -26,6 +26,23 @@ def test_options_map_onto_openai_fields() -> None:
     assert "max_tokens" not in forever
 
 
+def test_penalties_min_p_and_format_reach_the_sampler() -> None:
+    options = {"repeat_penalty": 1.3, "presence_penalty": 0.5, "frequency_penalty": -0.5,
+               "min_p": 0.05}  # fmt: skip
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    for format_ in ("json", schema):
+        body, _ = chat_body({"model": "m", "messages": HELLO, "options": options,
+                             "format": format_})  # fmt: skip
+        sampling = parse_chat_request(body).params.sampling
+        assert (sampling.repetition_penalty, sampling.presence_penalty) == (1.3, 0.5)
+        assert (sampling.frequency_penalty, sampling.min_p) == (-0.5, 0.05)
+        assert sampling.grammar is not None
+    body, _ = chat_body({"model": "m", "messages": HELLO, "options": {"repeat_penalty": 0}})
+    with pytest.raises(APIError) as refused:  # Ollama's "off" would be 1; 0 is out of range
+        parse_chat_request(body)
+    assert refused.value.param == "repetition_penalty"
+
+
 def test_tool_messages_and_format() -> None:
     messages = [
         {"role": "assistant", "content": "", "tool_calls": [

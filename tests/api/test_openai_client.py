@@ -116,7 +116,10 @@ def test_models(client: OpenAI) -> None:
     [
         {"temperature": 3},
         {"top_p": 0},
-        {"n": 2},
+        {"n": 9},
+        {"presence_penalty": 2.5},
+        {"logit_bias": {"99999999": 1}},
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": []}}},
         {"max_tokens": 0},
         {"stop": ["a", "b", "c", "d", "e"]},
         {  # a forced call to a function the request does not offer

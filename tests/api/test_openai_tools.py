@@ -130,3 +130,24 @@ def test_tool_choice_none_answers_in_text(client: OpenAI) -> None:
     assert reply.choices[0].message.tool_calls is None
     assert reply.choices[0].finish_reason == "length"
     assert reply.choices[0].message.content
+
+
+def test_every_choice_of_n_gets_its_call(client: OpenAI) -> None:
+    """n > 1 with tools: each choice's reply is read for calls on its own."""
+    reply = client.chat.completions.create(
+        model=DEFAULT_MODEL_ID,
+        messages=QUESTION,
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        temperature=0,
+        max_tokens=40,
+        n=2,
+    )
+    assert [c.index for c in reply.choices] == [0, 1]
+    for choice in reply.choices:
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        [call] = choice.message.tool_calls or []
+        assert call.function.name == "get_weather"  # type: ignore[union-attr]
+        assert json.loads(call.function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+    ids = [(c.message.tool_calls or [])[0].id for c in reply.choices]
+    assert ids[0] != ids[1]

@@ -64,9 +64,13 @@ OPTIONAL = {
     | st.text(min_size=1, max_size=4)
     | st.lists(st.text(min_size=1, max_size=4), max_size=4),
     "seed": st.none() | st.integers(0, 2**63 - 1),
-    "n": st.just(1),
-    "presence_penalty": st.just(0),
-    "frequency_penalty": st.just(0),
+    "n": st.none() | st.integers(1, 8),
+    "min_p": st.none() | st.floats(0, 1),
+    "presence_penalty": st.none() | st.floats(-2, 2),
+    "frequency_penalty": st.none() | st.floats(-2, 2),
+    "repetition_penalty": st.none() | st.floats(0, 10, exclude_min=True),
+    "logit_bias": st.none()
+    | st.dictionaries(st.integers(0, 10**9).map(str), st.floats(-100, 100), max_size=3),
     "user": st.text(max_size=5),
 }
 
@@ -77,7 +81,14 @@ OPTIONAL = {
         optional={
             **OPTIONAL,
             "max_completion_tokens": st.none() | st.integers(1, 10_000),
-            "response_format": st.just({"type": "text"}),
+            "response_format": st.sampled_from(
+                [
+                    {"type": "text"},
+                    {"type": "json_object"},
+                    None,
+                    {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}},
+                ]
+            ),
             "logprobs": st.none() | st.booleans(),
         },
     ),

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exoquic.api.errors import APIError
-from exoquic.api.schemas import parse_chat_request, parse_text_request
+from exoquic.api.schemas import choice_sampling, parse_chat_request, parse_text_request
 
 BASE: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -116,7 +116,38 @@ def test_fewer_messages_and_parts_than_the_context_are_accepted() -> None:
         ({"stop": "x" * 257}, "stop"),
         ({"stop": ["a", "y" * 257]}, "stop"),
         ({"seed": -1}, "seed"),
-        ({"n": 2}, "n"),
+        ({"n": 0}, "n"),
+        ({"n": 9}, "n"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"presence_penalty": -2.5}, "presence_penalty"),
+        ({"frequency_penalty": "1"}, "frequency_penalty"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"repetition_penalty": 11}, "repetition_penalty"),
+        ({"logit_bias": {"1": 101}}, "logit_bias"),
+        ({"logit_bias": {"-1": 1}}, "logit_bias"),
+        ({"logit_bias": {"a": 1}}, "logit_bias"),
+        ({"logit_bias": {"1": True}}, "logit_bias"),
+        ({"logit_bias": [1]}, "logit_bias"),
+        ({"logit_bias": {str(i): 1 for i in range(1025)}}, "logit_bias"),
+        ({"response_format": {"type": "xml"}}, "response_format"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
+            "response_format.json_schema.name",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": 1}}},
+            "response_format.json_schema.schema",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "strin"}},
+                }
+            },
+            "response_format",
+        ),
         ({"stream": "yes"}, "stream"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"tools": "get_weather"}, "tools"),
@@ -178,11 +209,39 @@ def test_developer_role_is_a_system_message() -> None:
     )
 
 
-def test_response_format_text_only() -> None:
-    assert chat(response_format={"type": "text"})
-    with pytest.raises(APIError) as info:
-        chat(response_format={"type": "json_object"})
-    assert info.value.param == "response_format"
+def test_response_format_becomes_a_grammar() -> None:
+    assert chat(response_format={"type": "text"}).params.sampling.grammar is None
+    assert chat(response_format={"type": "json_object"}).params.sampling.grammar
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    spec = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema, "strict": True}}
+    grammar = chat(response_format=spec).params.sampling.grammar
+    assert grammar is not None and '"a"' in grammar
+
+
+def test_sampling_knobs_reach_the_sampling_params() -> None:
+    params = chat(
+        min_p=0.1,
+        presence_penalty=0.5,
+        frequency_penalty=-0.5,
+        repetition_penalty=1.2,
+        logit_bias={"7": -100, "3": 2.5},
+        n=3,
+    ).params
+    sampling = params.sampling
+    assert (sampling.min_p, sampling.presence_penalty, sampling.frequency_penalty) == (
+        0.1,
+        0.5,
+        -0.5,
+    )
+    assert sampling.repetition_penalty == 1.2
+    assert sampling.logit_bias == ((3, 2.5), (7, -100.0))
+    assert params.n == 3
+
+
+def test_choices_get_consecutive_seeds() -> None:
+    sampling = chat(seed=2**63 - 1).params.sampling
+    assert [choice_sampling(sampling, i).seed for i in range(3)] == [2**63 - 1, 0, 1]
+    assert choice_sampling(chat().params.sampling, 2).seed is None
 
 
 def test_nan_and_infinity_are_refused() -> None:

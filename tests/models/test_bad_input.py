@@ -75,6 +75,20 @@ def test_absurd_array_length(tmp_path: Path) -> None:
         GGUFFile.open(bogus)
 
 
+def test_string_array_that_is_not_utf8(tmp_path: Path) -> None:
+    header = b"GGUF" + struct.pack("<IQQ", 3, 0, 1)
+    key = b"tokenizer.ggml.tokens"
+    words = [b"ok", b"\xff\xfe", b"fine"]
+    kv = struct.pack("<Q", len(key)) + key + struct.pack("<IIQ", 9, 8, len(words))
+    kv += b"".join(struct.pack("<Q", len(w)) + w for w in words)
+    bogus = tmp_path / "bad-utf8.gguf"
+    bogus.write_bytes(header + kv)
+    with pytest.raises(ModelLoadError, match="tokens is not valid UTF-8"):
+        GGUFFile.open(bogus)
+    bogus.write_bytes(header + kv.replace(b"\xff\xfe", b"ab"))
+    assert GGUFFile.open(bogus).metadata["tokenizer.ggml.tokens"] == ["ok", "ab", "fine"]
+
+
 def test_random_header_corruption_only_raises_model_load_error(
     smollm2_gguf_path: Path, tmp_path: Path
 ) -> None:

@@ -158,10 +158,11 @@ async def generate(
     prompt: list[int],
     max_tokens: int = 12,
     on_token: Callable[[int], object] | None = None,
+    sampling: SamplingParams = GREEDY,
 ) -> list[int]:
     tokens = []
     request_id = f"req-{len(prompt)}-{prompt[0]}-{trio.current_time():.6f}"
-    generator = cluster.ring.generate_tokens(request_id, prompt, GREEDY, max_tokens)
+    generator = cluster.ring.generate_tokens(request_id, prompt, sampling, max_tokens)
     async with aclosing(generator):
         async for token in generator:
             tokens.append(token)

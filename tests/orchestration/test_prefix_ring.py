@@ -186,3 +186,30 @@ async def test_log_probabilities_with_a_kept_prefix(tmp_path: Path) -> None:
         scored = await results(node, "scored", SECOND, score_prompt=True)
         assert node.worker.engine.positions_run - before == len(SECOND) + MAX_TOKENS - 1
         assert scored[0].prompt == want[0].prompt and len(scored[0].prompt) == len(SECOND) - 1
+
+
+async def test_penalties_with_a_kept_prefix(tmp_path: Path) -> None:
+    """The presence and frequency penalties look at the generated tokens only, so
+    their request starts from the kept prefix; the repetition penalty looks at
+    every prompt token, which the last shard learns only from the positions it
+    runs, so its request runs the whole prompt. Both answer like a cold run."""
+    penalised = {
+        "presence": SamplingParams(temperature=0.9, seed=5, presence_penalty=1.5,
+                                   frequency_penalty=0.5),
+        "repetition": SamplingParams(temperature=0.9, seed=5, repetition_penalty=1.5),
+    }  # fmt: skip
+    (tmp_path / "cold").mkdir()
+    (tmp_path / "warm").mkdir()
+    async with AsyncExitStack() as stack:
+        (cold,) = await ring_of(stack, Lab(tmp_path / "cold", ["n0"]), [OFF])
+        want = {n: await answer(cold, f"cold-{n}", SECOND, s) for n, s in penalised.items()}
+    async with AsyncExitStack() as stack:
+        (node,) = await ring_of(stack, Lab(tmp_path / "warm", ["n0"]), [ON])
+        await answer(node, "first", FIRST, SAMPLINGS["greedy"])
+        ran = {}
+        for name, sampling in penalised.items():
+            before = node.worker.engine.positions_run
+            assert await answer(node, f"second-{name}", SECOND, sampling) == want[name], name
+            ran[name] = node.worker.engine.positions_run - before
+    assert ran["presence"] < len(SECOND) + MAX_TOKENS - 1
+    assert ran["repetition"] == len(SECOND) + MAX_TOKENS - 1

@@ -91,9 +91,9 @@ async def test_a_later_step_without_a_sampler_is_refused_for_a_replay() -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
         await deliver(ring, step(1))  # (its prompt never came here)
-        await deliver(ring, step(0, {"min_p": 0.1}, request="r.2"))
+        await deliver(ring, step(0, {"mirostat_tau": 5.0}, request="r.2"))
         nursery.cancel_scope.cancel()
     [(_, lost), (_, unknown)] = outbox.sent
     assert isinstance(lost, RequestFailed) and lost.retryable and "no sampler" in lost.reason
     assert isinstance(unknown, RequestFailed) and not unknown.retryable
-    assert "unknown sampling parameters ['min_p']" in unknown.reason
+    assert "unknown sampling parameters ['mirostat_tau']" in unknown.reason

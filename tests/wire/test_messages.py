@@ -101,7 +101,7 @@ PROGRESS = dict(model="org/model", phase="downloading", done_bytes=1, total_byte
 
 FORWARD = dict(request_id="r", plan_version=1, start_position=0, tensor=TOKENS,
                origin=NODE_ID, step=0, sampling={}, logprobs=None, score=None,
-               reuse_from=None, reuse_length=0)  # fmt: skip
+               reuse_from=None, reuse_length=0, tokens=[])  # fmt: skip
 TOKEN = dict(request_id="r", token_id=1, logprob=None, top_logprobs=None, prompt_logprobs=None)
 FORWARD_V2 = dict(request_id="r", plan_version=1, start_position=0, tensor=TOKENS,
                   temperature=0.0, top_p=1.0, top_k=0, seed=None, max_tokens=1,
@@ -122,6 +122,27 @@ def test_older_forward_versions_are_refused(version: int) -> None:
     with pytest.raises(RemoteProtocolError, match=f"version {version}") as caught:
         decode_message(cbor2.dumps({"type": "forward", "v": version, **FORWARD_V2}))
     assert caught.value.error_code == ErrorCode.UNSUPPORTED_VERSION
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"tokens": [1, 2]},  # more ids than the tensor's one row
+        {"tokens": [-1]},
+        {"tokens": [True]},
+        {"tokens": {"1": 2}},
+    ],
+)
+def test_forward_tokens_are_checked(fields: dict[str, Any]) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        decode_message(raw_forward(**{**FORWARD, **fields}))
+    assert caught.value.error_code == ErrorCode.INVALID_FIELD
+
+
+def test_forward_tokens_decode_as_a_tuple() -> None:
+    message = decode_message(raw_forward(**{**FORWARD, "tokens": [4]}))
+    assert isinstance(message, Forward)
+    assert message.tokens == (4,)
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,9 @@ How a step runs (module by module):
   tinygrad-generated kernels only, with float32 activations (slow reference).
 - `step`: traces one layer per distinct layer structure with `TinyJit` (the
   weights are JIT inputs) and replays it for every layer; prefill runs in
-  buckets of 32/128/512 rows so few shapes are ever compiled.
+  buckets of 32/128 rows so few shapes are ever compiled.
+- `program_cache`: kernels lowered to C are kept in tinygrad's disk cache, so
+  a restarted node neither lowers nor compiles them again.
 - `runner`: flattens traced kernels into one table run by a small C dispatcher
   (tinygrad's own replay costs ~100 us per kernel in Python), optionally on
   several threads.

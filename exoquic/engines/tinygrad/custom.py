@@ -126,7 +126,8 @@ def _matmul(
     weight_names: list[str],
 ) -> Tensor:
     """Per-row integer dot products for a few rows; a float32 GEMM on the same
-    (dequantized) activations for many, where it is ~1.6x faster (and for F16/BF16)."""
+    (dequantized) activations for many, where it is several times faster (and for
+    F16/BF16 weights, which have no integer codes, at any number of rows)."""
     rows, cols = (int(k) for k in codes.shape)
     n = int(weights[0].shape[0])
     count = threads()
@@ -144,12 +145,41 @@ def _matmul(
         name = f"{kind}_{rows}_{n}_{cols}" + ("_portable" if PORTABLE_C else "")
         fxn = _kernel(name, code, ["OUT", "XQ", "XS", *weight_names], count)
         return out.custom_kernel(codes, sums, *weights, fxn=fxn)[0]
+    if rows < cpu_kernels.GEMM_ROWS:
+        assert isinstance(fmt, ggml_kernels.FloatFormat)
+        return _small_gemm(fmt, kind, codes, sums, weights, weight_names, constants, count)
+    padded = cpu_kernels.gemm_padded_rows(rows)
+    constants["RP"] = padded
+    xt = Tensor.empty(cols, padded, dtype=dtypes.float32, device=DEVICE)
+    code = cpu_kernels.source(cpu_kernels.DEQUANTIZE_ROWS_T, **constants)
+    name = f"dequantize_rows_t_{rows}_{cols}"
+    xt = xt.custom_kernel(codes, sums, fxn=_kernel(name, code, ["XT", "XQ", "XS"]))[0]
+    code = cpu_kernels.source(_gemm_source(fmt), **constants, THREADS=count)
+    fxn = _kernel(f"{kind}_gemm_{rows}_{n}_{cols}", code, ["OUT", "XT", *weight_names], count)
+    return out.custom_kernel(xt, *weights, fxn=fxn)[0]
+
+
+def _small_gemm(
+    fmt: ggml_kernels.FloatFormat,
+    kind: str,
+    codes: Tensor,
+    sums: Tensor,
+    weights: list[Tensor],
+    weight_names: list[str],
+    constants: dict[str, int | str],
+    count: int,
+) -> Tensor:
+    """A few rows times 16-bit float weights (decode): the GEMM without row padding."""
+    rows, cols = (int(k) for k in codes.shape)
+    n = int(weights[0].shape[0])
     x = Tensor.empty(rows, cols, dtype=dtypes.float32, device=DEVICE)
     code = cpu_kernels.source(cpu_kernels.DEQUANTIZE_ROWS, **constants)
-    name = f"dequantize_rows_{rows}_{cols}"
-    x = x.custom_kernel(codes, sums, fxn=_kernel(name, code, ["X", "XQ", "XS"]))[0]
-    code = cpu_kernels.source(_gemm_source(fmt), **constants, THREADS=count)
-    fxn = _kernel(f"{kind}_gemm_{rows}_{n}_{cols}", code, ["OUT", "XF", *weight_names], count)
+    x = x.custom_kernel(
+        codes, sums, fxn=_kernel(f"dequantize_rows_{rows}_{cols}", code, ["X", "XQ", "XS"])
+    )[0]
+    code = cpu_kernels.source(ggml_kernels.small_gemm_source(fmt), **constants, THREADS=count)
+    fxn = _kernel(f"{kind}_small_gemm_{rows}_{n}_{cols}", code, ["OUT", "XF", *weight_names], count)
+    out = Tensor.empty(rows, n, dtype=dtypes.float32, device=DEVICE)
     return out.custom_kernel(x, *weights, fxn=fxn)[0]
 
 

@@ -15,6 +15,8 @@ import numpy as np
 import tinygrad.helpers
 from tinygrad import Device, Tensor
 
+from exoquic.engines.tinygrad import program_cache
+
 DEVICE = "CPU"
 
 # tinygrad's graph building, scheduling and JIT capture use process-wide state that
@@ -64,6 +66,7 @@ def _default_to_our_device() -> None:
 
 
 _default_to_our_device()
+program_cache.install()
 
 
 def renderer_name() -> str:

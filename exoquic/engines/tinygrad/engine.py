@@ -29,8 +29,11 @@ from exoquic.models.shard import Shard
 from exoquic.models.weights import ShardWeights
 
 # Prefill runs in chunks of one of these lengths (the last chunk padded), so
-# only a handful of graph shapes are ever compiled.
-PREFILL_BUCKETS = (32, 128, 512)
+# only a handful of graph shapes are ever compiled. No longer chunks: 512 rows ran
+# at half the rate per token of four 128-row chunks (1B Q4_K_M, one thread: 17-20
+# against 36-44 tok/s, the same results), as a GEMM's activations then outgrow
+# the CPU caches, and each weight panel streams them all from memory.
+PREFILL_BUCKETS = (32, 128)
 # Released requests' caches kept for new requests: allocating one (zeroed memory and
 # a tinygrad tensor per layer) costs ~50 ms on two cores, paid by every new request.
 SPARE_CACHES = 8
@@ -124,25 +127,24 @@ class TinygradEngine(Engine):
         return [results[i] for i in range(len(items))]
 
     def warm_up(self, prompt_lengths: tuple[int, ...] = PREFILL_BUCKETS[:2]) -> None:
-        """Trace and compile the steps a request will need (one prefill per length, a
-        decode step and the head), so the first real request does not wait for them.
+        """Trace and compile the steps a request will need (the prefill chunk for each
+        prompt length, a decode step and the head), so the first real request does not
+        wait for them.
 
-        Steps are otherwise made on first use. On two cores this takes ~5 s after the
-        process's first load, ~2 s after later ones (kernels are compiled by then).
+        Steps are otherwise made on first use. Tracing runs one layer of each kind
+        through tinygrad; the rest of the model is not run.
         """
         model = self._require_model()
+        request_id = f"warm-up-{id(self)}"
+        request = self._request(model, request_id)
         for length in prompt_lengths:
-            n = min(length, self.max_context - 1)
-            if model.shard.is_first:
-                inputs: np.ndarray = np.zeros(n, np.int32)
-                step: np.ndarray = np.zeros(1, np.int32)
-            else:
-                inputs = np.zeros((n, model.config.hidden_size), np.float32)
-                step = np.zeros((1, model.config.hidden_size), np.float32)
-            request_id = f"warm-up-{id(self)}"
-            self.forward(request_id, inputs)
-            self.forward(request_id, step)
-            self.release(request_id)
+            bucket = _pick_bucket(min(length, self.max_context - 1), model.capacity)
+            start = _prefill_start(model, bucket, 0)
+            self._stack("prefill", bucket, 1).trace([request.caches], [start])
+        self._stack("decode", 1, 1).trace([request.caches], _decode_positions(model, [request]))
+        if model.shard.is_last:
+            self._head(model, np.zeros((1, model.config.hidden_size), np.float32))
+        self.release(request_id)
         # Compiling is done: a serving node keeps no compiler processes.
         stop_compile_pool()
 
@@ -229,7 +231,7 @@ class TinygradEngine(Engine):
             n = min(bucket, len(hidden) - done)
             chunk = np.zeros((bucket, hidden.shape[1]), np.float32)
             chunk[:n] = hidden[done : done + n]
-            start = UOp.variable("start", 0, model.capacity - bucket).bind(request.length)
+            start = _prefill_start(model, bucket, request.length)
             stack = self._stack("prefill", bucket, 1)
             outputs.append(stack(chunk, [request.caches], [start], [request.addresses])[:n])
             request.length += n
@@ -273,10 +275,7 @@ class TinygradEngine(Engine):
         padding = size - len(requests)
         batch = requests + self._scratch(model, padding)
         rows = [*hidden, np.zeros((padding, model.config.hidden_size), np.float32)]
-        positions = [
-            UOp.variable(f"pos{b}", 0, model.capacity - 1).bind(r.length)
-            for b, r in enumerate(batch)
-        ]
+        positions = _decode_positions(model, batch)
         stack = self._stack("decode", size, size)
         out = stack(
             np.concatenate(rows),
@@ -311,6 +310,18 @@ class TinygradEngine(Engine):
         return self._steps[key]
 
 
+def _prefill_start(model: ShardModel, bucket: int, length: int) -> UOp:
+    """The bound position of a prefill chunk's first row (a variable of its traced step)."""
+    return UOp.variable("start", 0, model.capacity - bucket).bind(length)
+
+
+def _decode_positions(model: ShardModel, batch: list[_Request]) -> list[UOp]:
+    """The bound positions of a decode step's rows, one request each."""
+    return [
+        UOp.variable(f"pos{b}", 0, model.capacity - 1).bind(r.length) for b, r in enumerate(batch)
+    ]
+
+
 def _new_request(model: ShardModel) -> _Request:
     """A request with fresh (zeroed) KV caches for every layer of `model`."""
     memory = HostArrays()
@@ -331,7 +342,7 @@ def _float_array(address: int, shape: tuple[Any, ...]) -> np.ndarray:
 def _pick_bucket(remaining: int, room: int) -> int:
     """The prefill length for the next chunk, among the buckets that fit the cache's
     `room`: the smallest holding the `remaining` positions, unless padding would take
-    over a quarter of it (a 256-position rest would run as 512); then the largest
+    over a quarter of it (a 40-position rest runs as 32 + 32, not as 128); then the largest
     below the rest. Rows compute the same whatever the chunking, so this only saves work."""
     fitting = [b for b in PREFILL_BUCKETS if b <= room]
     holding = next((b for b in fitting if b >= remaining), None)

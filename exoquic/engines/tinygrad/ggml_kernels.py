@@ -366,6 +366,11 @@ def gemm_source(fmt: AnyFormat) -> Template:
     return Template(_F16 + cpu_kernels.gemm_source(gemm_format(fmt)).template)
 
 
+def small_gemm_source(fmt: FloatFormat) -> Template:
+    """`cpu_kernels.small_gemm_source` (decode) for 16-bit float weights."""
+    return Template(_F16 + cpu_kernels.small_gemm_source(gemm_format(fmt)).template)
+
+
 def matmul_source(fmt: BlockFormat, rows: int) -> Template:
     """`$OUT (R, N) = x (R, K) @ W.T` for `rows` int16 activation rows, W in `fmt` blocks.
 

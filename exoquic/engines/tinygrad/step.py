@@ -129,6 +129,7 @@ class LayerStack:
     ) -> np.ndarray:
         """Run every layer: `caches[b][layer]` (at `addresses[b][layer]`) for request b."""
         self._x_view[...] = x
+        self.trace(caches, positions)
         if self._program is None:
             return self._run_jits(caches, positions)
         keys: dict[Hashable, int] = {
@@ -148,28 +149,40 @@ class LayerStack:
             self._jits[structure] = _capturing_jit(run)
         return self._jits[structure]
 
-    def _run_jits(self, caches: list[list[Tensor]], positions: list[UOp]) -> np.ndarray:
-        """Run the layers through their JITs; the first time, capture them and flatten."""
-        with TINYGRAD_LOCK:
-            return self._run_jits_locked(caches, positions)
+    def trace(self, caches: list[list[Tensor]], positions: list[UOp]) -> None:
+        """Capture one layer of each structure through its JIT, then flatten them into
+        the step's program (once; later calls do nothing).
 
-    def _run_jits_locked(self, caches: list[list[Tensor]], positions: list[UOp]) -> np.ndarray:
-        x = self._x
-        captures: dict[object, list[Tensor]] = {}
-        for i, w in enumerate(self._model.layers):
-            structure = w.structure()
-            inputs = w.tensors() + [c[i] for c in caches]
-            jit = self._jit(structure, w)
-            captures.setdefault(structure, [x, *inputs])
-            x = jit(x, inputs, *positions)
-        result = x.numpy()
-        if not self._traced:
+        Only the capturing runs go through tinygrad (one thread), on whatever the
+        input buffer holds; a call then runs every layer in the program (threaded). A
+        captured layer writes its cache rows, which that call writes again, right.
+        """
+        if self._traced:
+            return
+        with TINYGRAD_LOCK:
+            x = self._x
+            captures: dict[object, list[Tensor]] = {}
+            for i, w in enumerate(self._model.layers):
+                structure = w.structure()
+                if structure in captures:
+                    continue
+                inputs = w.tensors() + [c[i] for c in caches]
+                captures[structure] = [x, *inputs]
+                x = self._jit(structure, w)(x, inputs, *positions)
             self._traced = True
             try:
                 self._program = self._flatten(captures)
             except UnsupportedGraph as e:
                 log.warning("tinygrad layers stay on TinyJit replay (slower): %s", e)
-        return result
+
+    def _run_jits(self, caches: list[list[Tensor]], positions: list[UOp]) -> np.ndarray:
+        """Every layer through its (captured) JIT: where flattening was not possible."""
+        with TINYGRAD_LOCK:
+            x = self._x
+            for i, w in enumerate(self._model.layers):
+                inputs = w.tensors() + [c[i] for c in caches]
+                x = self._jit(w.structure(), w)(x, inputs, *positions)
+            return x.numpy()
 
     def _flatten(self, captures: dict[object, list[Tensor]]) -> KernelProgram:
         templates = {}

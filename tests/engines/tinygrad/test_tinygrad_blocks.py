@@ -10,7 +10,7 @@ from models.ggml_blocks import random_blocks
 from tinygrad import Tensor
 
 from exoquic.engines.tinygrad import custom
-from exoquic.engines.tinygrad.cpu_kernels import GEMM_ROWS
+from exoquic.engines.tinygrad.cpu_kernels import GEMM_COLS, GEMM_ROWS, GEMM_VECTORS
 from exoquic.engines.tinygrad.custom import dequantize_blocks, quantize_rows, quantized_matmul
 from exoquic.engines.tinygrad.device import DEVICE
 from exoquic.engines.tinygrad.matrices import (
@@ -30,6 +30,7 @@ KINDS = sorted(BLOCK_KINDS)
 # int16 activations (|q| <= 32767 per block of 32) against float64: products agree to
 # this fraction of the largest output.
 PRODUCT_TOLERANCE = 2e-4
+GEMM_TILE_ROWS = 8 * GEMM_VECTORS
 
 
 def block_matrix(
@@ -120,3 +121,23 @@ def test_16_bit_rows_shorter_than_activation_blocks_are_widened() -> None:
     x = np.random.default_rng(12).standard_normal((2, 48)).astype(np.float32)
     got = matmul(Tensor(x, device=DEVICE), w, fast=True).numpy()
     np.testing.assert_allclose(got, x @ reference(t).T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["q4_k", "q6_k", "q8_0", "f16"])
+def test_gemm_tiles_edges_and_residual(kind: QuantKind) -> None:
+    # Prefill chunks: rows padded to whole register tiles (33 = one tile and a row),
+    # columns that leave a part panel in each thread's slice (46), a residual added
+    # in the store; against float64, and each row equal to the same row multiplied
+    # in a smaller chunk (every output is one sum over k, whatever its tile).
+    rows, cols = GEMM_TILE_ROWS + 1, GEMM_COLS * 7 + 4
+    w, t = block_matrix(kind, cols, 512, seed=13)
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((rows, 512)).astype(np.float32)
+    res = rng.standard_normal((rows, cols)).astype(np.float32)
+    expected = x.astype(np.float64) @ reference(t).T.astype(np.float64) + res
+    codes, sums = quantize_rows(Tensor(x, device=DEVICE))
+    got = quantized_matmul(codes, sums, w, Tensor(res, device=DEVICE)).numpy()
+    atol = PRODUCT_TOLERANCE * np.abs(expected).max()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=atol)
+    fewer = rows - GEMM_TILE_ROWS + GEMM_ROWS  # a chunk with rows at other tile places
+    np.testing.assert_array_equal(product(x[-fewer:], w), product(x, w)[-fewer:])

@@ -127,7 +127,8 @@ def test_large_decode_batches_are_split_and_padded(tiny_weights: WeightsFor, cou
 
 
 @pytest.mark.parametrize(
-    ("remaining", "bucket"), [(1, 32), (33, 32), (100, 128), (256, 128), (300, 128), (511, 512)]
+    ("remaining", "bucket"),
+    [(1, 32), (33, 32), (40, 32), (100, 128), (256, 128), (300, 128), (511, 128)],
 )
 def test_prefill_chunks_are_sized_to_waste_little_padding(remaining: int, bucket: int) -> None:
     assert _pick_bucket(remaining, room=4096) == bucket
