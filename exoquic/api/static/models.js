@@ -37,12 +37,15 @@ function optionLabel(row, compact = false) {
   return [row.name || row.id, size, fitText(row)].filter(Boolean).join(" · ");
 }
 
-// The catalog's rows, plus models the node serves that it does not list (a
-// node without the catalog endpoint, or a model loaded under another name).
+// The catalog's rows, plus models /v1/models lists that it does not (a node
+// without the catalog endpoint, or a model under another name). A /v1/models
+// entry is loaded unless it says `loaded: false` (a cached model loaded on demand).
 function pickerRows(catalog, served) {
   const rows = [...catalog];
   for (const m of served) {
-    if (!rows.some((r) => r.id === m.id)) rows.unshift({ id: m.id, name: m.id, loaded: true, cached: true });
+    if (rows.some((r) => r.id === m.id)) continue;
+    const fits = typeof m.fits === "boolean" ? m.fits : null;
+    rows.push({ id: m.id, name: m.id, loaded: m.loaded !== false, cached: true, size: m.size_bytes, fits });
   }
   return rows;
 }
