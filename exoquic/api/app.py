@@ -15,12 +15,14 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from exoquic.api.admission import Admission
+from exoquic.api.catalog_routes import blueprint as catalog_blueprint
 from exoquic.api.errors import APIError
 from exoquic.api.limits import AdmissionLimits
 from exoquic.api.metrics import ApiMetrics
 from exoquic.api.ollama_routes import blueprint as ollama_blueprint
 from exoquic.api.openai_routes import blueprint as openai_blueprint
 from exoquic.api.openapi import openapi_document
+from exoquic.api.pulls import Pulls
 from exoquic.api.security import ApiSecurity
 from exoquic.orchestration.generation import UnavailableError
 from exoquic.orchestration.modelset import ModelSet
@@ -56,6 +58,10 @@ def create_app(
     app.config["RESPONSE_TIMEOUT"] = None  # streams last as long as generation does
     app.register_blueprint(openai_blueprint)
     app.register_blueprint(ollama_blueprint)
+    app.register_blueprint(catalog_blueprint)
+    pulls = Pulls()  # `POST /api/pull`'s downloads, stopped when the server stops
+    app.config["EXOQUIC_PULLS"] = pulls
+    app.after_serving(pulls.cancel_all)
     policy = security or ApiSecurity()
     _add_checks(app, policy)
     _add_info_routes(app, node, admission, policy)

@@ -1,5 +1,5 @@
 """Ollama's API: `/api/chat`, `/api/generate`, `/api/tags`, `/api/show`, `/api/ps`,
-`/api/version`, so Ollama clients (and Open WebUI's Ollama connection) work unchanged.
+`/api/version`, `/api/pull`, so Ollama clients (and Open WebUI's Ollama connection) work unchanged.
 
 Requests are validated by the OpenAI code paths (see `ollama_schemas`) and
 generated the same way; replies stream as NDJSON, one object per line, the
@@ -48,6 +48,7 @@ from exoquic.api.openai_routes import (
     tokenized,
     with_model_defaults,
 )
+from exoquic.api.pulls import current_pulls, error_status, progress_lines, wait_for
 from exoquic.api.schemas import (
     CompletionParams,
     chat_logprobs_count,
@@ -57,6 +58,7 @@ from exoquic.api.schemas import (
 )
 from exoquic.api.tool_calls import ToolCall
 from exoquic.api.tools import ReplyPiece, ToolCalling
+from exoquic.download.errors import DownloadError
 from exoquic.engines.logprobs import TokenLogprob
 from exoquic.models.registry import find_model
 from exoquic.orchestration.generation import GenerationRequest
@@ -365,3 +367,32 @@ def parameter_count(serving: Node) -> int:
     layer = attention + 3 * c.hidden_size * c.intermediate_size + 2 * c.hidden_size
     embeddings = c.vocab_size * c.hidden_size * (1 if c.tie_word_embeddings else 2)
     return c.num_layers * layer + embeddings + c.hidden_size
+
+
+# --- pulls ---------------------------------------------------------------------
+
+
+@blueprint.post("/api/pull")
+async def pull() -> Response:
+    """Download a model as `exoquic pull NAME` does, streaming Ollama's progress
+    lines (see `exoquic.api.pulls`); one download per model at a time."""
+    body = await json_body()
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    name = model_name(body)
+    stream = body.get("stream", True)
+    if not isinstance(stream, bool):
+        raise APIError(400, "'stream' must be a boolean", param="stream")
+    try:
+        job = current_pulls().start(name)
+    except DownloadError as e:  # a name `exoquic pull` would not take either
+        raise APIError(400, str(e), param="model", code="model_not_found") from e
+    if stream:
+        lines = (ndjson(line) async for line in progress_lines(job))
+        response = Response(lines, content_type="application/x-ndjson")
+        response.timeout = None  # a large model takes a while
+        return response
+    await wait_for(job)
+    if job.error is not None:
+        raise APIError(error_status(job.error), str(job.error), type="server_error")
+    return json_response({"status": "success"})

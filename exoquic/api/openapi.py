@@ -348,6 +348,9 @@ _DOCUMENT: dict[str, Any] = {
             ],
         },
         "/v1/topology": _get_route("The cluster: nodes, layers, downloads"),
+        "/v1/exoquic/models": _get_route(
+            "Registry and cached models with sizes, cache state and whether each fits"
+        ),
         "/health": _get_route(
             "Liveness; with the API key (or when none is set) also the model, "
             "live requests and KV caches, memory",
@@ -359,6 +362,7 @@ _DOCUMENT: dict[str, Any] = {
         "/api/chat": _ollama_route("Ollama chat"),
         "/api/generate": _ollama_route("Ollama generate"),
         "/api/show": _ollama_route("Ollama model details"),
+        "/api/pull": _ollama_route("Ollama pull: download a model, streaming progress"),
         "/api/tags": _get_route("Ollama: the models this node serves"),
         "/api/ps": _get_route("Ollama: the running models"),
         "/api/version": _get_route("Ollama: the API version these routes follow"),

@@ -64,6 +64,9 @@ class ModelEntry:
     # Each layer's bytes where they differ (Q4_K_M gives some layers Q6_K
     # tensors); empty when every layer is `bytes_per_layer`.
     layer_bytes: tuple[int, ...] = ()
+    # Attention's KV shape, for the KV cache a context takes (0: unknown).
+    kv_heads: int = 0
+    head_dim: int = 0
 
     @property
     def head_bytes(self) -> int:
@@ -136,6 +139,8 @@ SMOLLM2_135M_INSTRUCT = ModelEntry(
     gguf_repo="bartowski/SmolLM2-135M-Instruct-GGUF",
     gguf_file="SmolLM2-135M-Instruct-Q4_K_M.gguf",
     ollama=ollama_names("smollm2:135m"),
+    kv_heads=3,
+    head_dim=64,
 )
 
 
@@ -172,6 +177,8 @@ def hub_entry(
         gguf_file=gguf[1],
         head_only_bytes=0 if dims.tied else q4_k_m_head_bytes(dims),
         ollama=ollama,
+        kv_heads=dims.kv_heads,
+        head_dim=dims.head_dim,
     )
 
 

@@ -27,7 +27,7 @@ from engines.tiny_model import TINY, random_tensors
 
 from exoquic.engines.mlx.engine import MLXEngine
 from exoquic.models.config import ModelConfig
-from exoquic.models.registry import DEFAULT_MODEL_ID
+from exoquic.models.registry import DEFAULT_MODEL_ID, get_model
 from exoquic.models.shard import Shard
 from exoquic.models.tokenizer import Tokenizer
 from exoquic.models.weights import ShardWeights
@@ -36,6 +36,10 @@ from exoquic.orchestration.worker import EngineWorker
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_KEY = "exq-test-key-for-the-api-suite"
+# A registry model the session's local hub serves, for pulls from the UI: its GGUF
+# is random bytes (a pull fetches and verifies a file; loading it is not asked).
+PULLABLE = get_model("smollm2:360m")
+PULLABLE_BYTES = 8 * 1024 * 1024
 STARTUP_TIMEOUT_S = 500.0  # a cold start may compile kernels on two busy cores
 
 
@@ -82,10 +86,13 @@ def engine_under_test() -> str:
     return os.environ.get("EXOQUIC_TEST_ENGINE", "auto")
 
 
-def start_node(home: Path, *args: str, api_key: str | None = None) -> RunningNode:
-    """Start `exoquic up` and wait until /health answers (or the process dies)."""
+def start_node(
+    home: Path, *args: str, api_key: str | None = None, env: dict[str, str] | None = None
+) -> RunningNode:
+    """Start `exoquic up` and wait until /health answers (or the process dies);
+    `env` adds to the environment it runs in."""
     port = free_port()
-    env = {**os.environ, "EXOQUIC_HOME": str(home)}
+    env = {**os.environ, **(env or {}), "EXOQUIC_HOME": str(home)}
     env.pop("EXOQUIC_API_KEY", None)
     if api_key:
         env["EXOQUIC_API_KEY"] = api_key

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from api_helpers import (
+    PULLABLE,
+    PULLABLE_BYTES,
     TEST_KEY,
     TINY_CONFIG,
     RunningNode,
@@ -16,6 +19,7 @@ from api_helpers import (
     stop_node,
     tiny_weights,
 )
+from fixtures.hub_server import HubServer, run_hub_server
 from quart_trio import QuartTrio
 
 from exoquic.api.app import create_app
@@ -27,10 +31,24 @@ from exoquic.orchestration.node import Node
 
 
 @pytest.fixture(scope="session")
-def api_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
-    """One real node for the whole session: `exoquic up --engine $EXOQUIC_TEST_ENGINE`."""
+def session_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
+    """A local hub (the download tests' server) serving `PULLABLE`'s GGUF repository."""
+    repo = tmp_path_factory.mktemp("pullable-repo")
+    (repo / str(PULLABLE.gguf_file)).write_bytes(os.urandom(PULLABLE_BYTES))
+    with run_hub_server() as server:
+        server.add_repo(str(PULLABLE.gguf_repo), repo)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def api_node(
+    tmp_path_factory: pytest.TempPathFactory, session_hub: HubServer
+) -> Iterator[RunningNode]:
+    """One real node for the whole session: `exoquic up --engine $EXOQUIC_TEST_ENGINE`,
+    downloading from the local hub."""
     home = tmp_path_factory.mktemp("exoquic-home")
-    node = start_node(home, "--engine", engine_under_test(), api_key=TEST_KEY)
+    hub_env = {"HF_ENDPOINT": session_hub.endpoint, "HF_HUB_OFFLINE": "0"}
+    node = start_node(home, "--engine", engine_under_test(), api_key=TEST_KEY, env=hub_env)
     try:
         check_generates(node)
     except BaseException:

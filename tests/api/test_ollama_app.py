@@ -63,7 +63,7 @@ async def test_errors_are_ollama_shaped(tiny_app_factory: Any) -> None:
     assert bad.status_code == 400 and set(await bad.get_json()) == {"error"}
     missing = await client.post("/api/chat", json={"model": "nope", "messages": HELLO})
     assert missing.status_code == 404 and "nope" in (await missing.get_json())["error"]
-    unknown = await client.get("/api/pull")
+    unknown = await client.post("/api/push")  # an Ollama route this node does not have
     assert unknown.status_code == 404 and isinstance((await unknown.get_json())["error"], str)
     keyed = tiny_app_factory(ApiSecurity(api_key="k")).test_client()
     refused = await keyed.get("/api/tags")

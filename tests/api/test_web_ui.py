@@ -12,9 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from api_helpers import REPO, RunningNode
+from api_helpers import PULLABLE, PULLABLE_BYTES, REPO, RunningNode
+from fixtures.hub_server import HubServer
 from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
+
+from exoquic.api.catalog import ClusterMemory, catalog_rows
+from exoquic.models.registry import DEFAULT_MODEL_ID, list_models
 
 pytestmark = pytest.mark.slow
 
@@ -71,12 +76,17 @@ def test_chat_streams_a_greedy_answer_and_shows_the_cluster(
     page: Page, api_node: RunningNode
 ) -> None:
     expect(page.locator("#connection")).to_have_text("connected")
-    expect(page.locator("#model option")).to_have_count(1)
+    expect(page.locator("#model")).to_have_value(DEFAULT_MODEL_ID)
     nodes = page.locator("#nodes li")
     expect(nodes).to_have_count(1)
     expect(nodes.first).to_contain_text("this node")
     expect(nodes.first).to_contain_text("Layers 0\u201329 of 30")
     expect(page.locator("#cluster-status")).to_have_text("serving")
+    loaded = page.locator("#loaded-models .loaded-model")
+    expect(loaded).to_have_count(1)
+    expect(loaded).to_contain_text("smollm2:135m")
+    expect(loaded).to_contain_text("stays loaded")
+    expect(loaded.locator(".layer-ranges li")).to_have_text([re.compile(r": layers 0\u201329$")])
     # A new user's first question, at the UI's defaults (greedy), gets a sensible answer.
     expect(page.locator("#temperature-value")).to_have_text("0.00 (default)")
 
@@ -122,7 +132,7 @@ def test_key_prompt_when_the_node_needs_one(browser: Browser, api_node: RunningN
     page.click("#banner button")
     page.fill("#key-input", api_node.api_key or "")
     page.click("#key-save")
-    expect(page.locator("#model option")).to_have_count(1)
+    expect(page.locator("#model")).to_have_value(DEFAULT_MODEL_ID)
     expect(page.locator("#connection")).to_have_text("connected")
     expect(page.locator("#banner")).to_be_hidden()
     context.close()
@@ -170,6 +180,19 @@ RING = {
 }
 
 
+# /api/ps as Ollama's clients read it; a node holding several models may name
+# each one's nodes and layers (the first model leaves that to /v1/topology).
+RUNNING = {
+    "models": [
+        {"name": "smollm2:135m", "model": "smollm2:135m", "size": 101 * 10**6,
+         "expires_at": "2318-01-01T00:00:00Z"},
+        {"name": "qwen2.5:7b", "model": "qwen2.5:7b", "size": 4_683_073_536,
+         "expires_at": "2026-12-07T12:34:00Z",
+         "nodes": [{"id": "n1", "name": "studio", "layers": [0, 27]}]},
+    ]
+}  # fmt: skip
+
+
 def test_cluster_view_renders_a_ring_and_download_progress(
     browser: Browser, api_node: RunningNode
 ) -> None:
@@ -179,6 +202,7 @@ def test_cluster_view_renders_a_ring_and_download_progress(
     context.add_init_script(f"localStorage.setItem('exoquic.apiKey', {api_node.api_key!r})")
     page = context.new_page()
     page.route("**/v1/topology", lambda route: route.fulfill(json=RING))
+    page.route("**/api/ps", lambda route: route.fulfill(json=RUNNING))
     page.goto(api_node.url)
     nodes = page.locator("#nodes li")
     expect(nodes).to_have_count(3)
@@ -193,8 +217,93 @@ def test_cluster_view_renders_a_ring_and_download_progress(
     width = download.locator(".fill").evaluate("e => e.style.width")
     assert width.startswith("33.3")
     expect(page.locator("#empty")).to_be_visible()
+    # The loaded models: the ring's from the topology, another's from its own `nodes`.
+    loaded = page.locator("#loaded-models .loaded-model")
+    expect(loaded).to_have_count(2)
+    expect(loaded.nth(0)).to_contain_text("smollm2:135m")
+    ranges = ["studio: layers 0\u201315", "laptop: layers 16\u201323", "desktop: layers 24\u201329"]
+    expect(loaded.nth(0).locator(".layer-ranges li")).to_have_text(ranges)
+    expect(loaded.nth(1)).to_contain_text(re.compile(r"qwen2\.5:7b · 4\.\d GiB · until \d\d:\d\d"))
+    expect(loaded.nth(1).locator(".layer-ranges li")).to_have_text(["studio: layers 0\u201327"])
     screenshot(page, "ui-cluster-dark.png")
     context.close()
+
+
+# --- the model picker and pulls
+
+
+def catalog(node: RunningNode) -> dict[str, dict[str, Any]]:
+    response = httpx.get(f"{node.url}/v1/exoquic/models", headers=node.headers(), timeout=30)
+    response.raise_for_status()
+    return {row["id"]: row for row in response.json()["data"]}
+
+
+def test_picker_lists_the_models_with_their_sizes_and_fit(
+    page: Page, api_node: RunningNode
+) -> None:
+    rows = catalog(api_node)
+    assert set(rows) >= {e.id for e in list_models()}
+    picker = page.locator("#model")
+    expect(picker).to_have_value(DEFAULT_MODEL_ID)
+    expect(page.locator('#model option[data-group="loaded"]')).to_have_text(
+        [re.compile(r"^smollm2:135m · \d+ MiB · fits$")]
+    )
+    expect(page.locator("#model option")).to_have_count(len(rows))
+    expect(page.locator("#model-status")).to_have_text("loaded · fits")
+    expect(page.locator("#pull")).to_be_hidden()
+    for row in rows.values():  # each option shows the node's size and fit for it
+        option = page.locator(f'#model option[value="{row["id"]}"]')
+        label = option.text_content() or ""
+        assert label.startswith(f"{row['name']} · ") and re.search(r" \d+(\.\d)? [MG]iB", label)
+        assert label.endswith({True: " · fits", False: " · too big", None: "iB"}[row["fits"]])
+        assert option.get_attribute("title") == row["fit"]
+    screenshot(page, "ui-picker.png")
+    # On a small cluster (the rows the node would give with 2 GB to offer) the
+    # big models say so, and how much they miss by.
+    small = ClusterMemory([2 * 10**9], 0.8, 4096)
+    rows_here = catalog_rows(list_models(), [], set(), {DEFAULT_MODEL_ID}, small)
+    page.route("**/v1/exoquic/models", lambda route: route.fulfill(json={"data": rows_here}))
+    page.reload()
+    too_big = next(row for row in rows_here if row["fits"] is False)
+    option = page.locator(f'#model option[value="{too_big["id"]}"]')
+    expect(option).to_have_text(re.compile(r" · too big$"))
+    page.locator("#model").select_option(too_big["id"])
+    status = page.locator("#model-status")
+    expect(status).to_have_text("not downloaded · too big")
+    expect(status).to_have_attribute("title", re.compile(r"does not fit: needs [\d.]+ GB more"))
+    expect(page.locator("#pull")).to_be_visible()
+    screenshot(page, "ui-picker-too-big.png")
+
+
+def test_pull_shows_progress_then_the_chat_uses_the_pulled_model(
+    page: Page, api_node: RunningNode, session_hub: HubServer
+) -> None:
+    session_hub.rate = PULLABLE_BYTES / 3  # three seconds of progress to watch
+    try:
+        page.locator("#model").select_option(PULLABLE.id)
+        expect(page.locator("#model-status")).to_contain_text("not downloaded")
+        page.click("#pull")
+        item = page.locator("#pulls .pull-item")
+        expect(page.locator("#pull")).to_be_hidden()
+        progress = r"Pulling smollm2:360m: \d+ [KM]iB / 8 MiB \(\d+%\) · \d+ [KM]iB/s · ETA \d+ s"
+        expect(item).to_contain_text(re.compile(progress))
+        screenshot(page, "ui-pulling.png")
+        expect(item).to_have_text("Pulled smollm2:360m", timeout=60_000)
+    finally:
+        session_hub.rate = None
+    assert catalog(api_node)[PULLABLE.id]["cached"] is True
+    option = page.locator(f'#model option[value="{PULLABLE.id}"]')
+    expect(option).to_have_attribute("data-group", "cached")
+    expect(page.locator("#model")).to_have_value(PULLABLE.id)  # still the chosen one
+    expect(page.locator("#model-status")).to_contain_text("downloaded")
+    expect(page.locator("#pull")).to_be_hidden()
+    # The chat asks for the chosen model (its reply is the test's: this node serves
+    # the bundled model, and the pulled file is random bytes).
+    chat = StubChat("from the other model")
+    page.route("**/v1/chat/completions", chat)
+    send(page, "Hello")
+    expect(page.locator(".message.assistant .content")).to_have_text(["from the other model"])
+    assert [r["model"] for r in chat.requests] == [PULLABLE.id]
 
 
 # --- rendering of replies, message actions, small screens (the model's reply
@@ -258,7 +367,7 @@ def stubbed_page(
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.route("**/v1/chat/completions", chat)
     page.goto(node.url)
-    expect(page.locator("#model option")).to_have_count(1)
+    expect(page.locator("#model")).to_have_value(DEFAULT_MODEL_ID)
     return context, page, errors
 
 
@@ -401,12 +510,12 @@ def test_phone_has_a_conversation_drawer_and_an_uncut_model_name(
         const style = getComputedStyle(select);
         const ctx = document.createElement('canvas').getContext('2d');
         ctx.font = `${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
-        const text = ctx.measureText(select.value).width;
+        const text = ctx.measureText(select.selectedOptions[0].text).width;
         const padding = parseFloat(style.paddingLeft) + parseFloat(style.paddingRight);
         return select.clientWidth - padding - 16 >= text;  // 16 px: the arrow
         }"""
     )
-    assert fits, "the model picker cuts the model's id"
+    assert fits, "the model picker cuts the model's name"
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     screenshot(page, "ui-phone-chat.png")
     context.close()

@@ -10,6 +10,7 @@ const STORE = { chats: "exoquic.conversations", current: "exoquic.current", key:
 // length keeps a rambling model from filling the whole context.
 const FALLBACK_DEFAULTS = { temperature: 0, maxTokens: 1024 };
 const TOPOLOGY_POLL_MS = 2000;
+const NARROW = matchMedia("(max-width: 720px)"); // the phone layout of style.css
 const UNDO_MS = 10000;
 
 const state = {
@@ -18,7 +19,9 @@ const state = {
   // null means "the model's default"; only what the user changes is stored.
   settings: { temperature: null, maxTokens: null, system: "", ...readSettings() },
   defaults: { ...FALLBACK_DEFAULTS },
-  models: [],
+  models: [], // what /v1/models says the cluster serves (with sampling defaults)
+  catalog: [], // /v1/exoquic/models: every model the picker offers
+  pulls: new Map(), // model name -> PullTracker of a pull this page follows
   running: null, // AbortController of the generation in progress
 };
 
@@ -364,14 +367,104 @@ async function loadModels() {
   try {
     const { data } = await (await api("/v1/models")).json();
     state.models = data;
-    const previous = $("model").value;
-    $("model").replaceChildren(...data.map((m) => new Option(m.id, m.id)));
-    if (data.some((m) => m.id === previous)) $("model").value = previous;
+    state.catalog = await loadCatalog();
+    fillPicker(pickerRows(state.catalog, data));
     applyModelDefaults();
     hideBanner();
+    for (const row of state.catalog) if (row.pulling && !state.pulls.has(row.name)) pull(row);
   } catch (err) {
     if (err.status !== 401) showBanner(`Could not list models: ${err.message}`);
   }
+}
+
+// Registry and cached models with sizes and fit; a node without the endpoint
+// still offers what it serves.
+async function loadCatalog() {
+  try {
+    return (await (await api("/v1/exoquic/models")).json()).data || [];
+  } catch (err) {
+    if (err.status === 401) throw err;
+    return [];
+  }
+}
+
+// The picker: loaded models first, then downloaded ones, then those to pull.
+function fillPicker(rows) {
+  const select = $("model");
+  const previous = select.value;
+  const groups = PICKER_GROUPS.map(([key, label]) => {
+    const group = document.createElement("optgroup");
+    group.label = label;
+    for (const row of rows.filter((r) => pickerGroup(r) === key)) {
+      const option = new Option(optionLabel(row, NARROW.matches), row.id);
+      option.dataset.group = key;
+      if (row.fit) option.title = row.fit;
+      group.append(option);
+    }
+    return group;
+  }).filter((g) => g.children.length);
+  select.replaceChildren(...groups);
+  const keep = rows.some((r) => r.id === previous) ? previous : rows.find((r) => r.loaded)?.id;
+  if (keep) select.value = keep;
+  showModelStatus();
+}
+
+function selectedRow() {
+  return state.catalog.find((r) => r.id === $("model").value) || null;
+}
+
+// Beside the picker: the selected model's state and fit, and a Pull button
+// for one that is not downloaded yet.
+function showModelStatus() {
+  const row = selectedRow();
+  const status = $("model-status");
+  status.hidden = !row;
+  if (row) {
+    const where = row.loaded ? "loaded" : row.cached ? "downloaded" : "not downloaded";
+    status.textContent = [where, fitText(row)].filter(Boolean).join(" · ");
+    status.dataset.fit = row.fits === false ? "no" : row.fits === true ? "yes" : "";
+    status.title = row.fit || "";
+  }
+  $("pull").hidden = !row || row.cached || state.pulls.has(row.name);
+}
+
+// Pulls a model (POST /api/pull) showing bytes, rate and ETA as they come.
+async function pull(row) {
+  const tracker = new PullTracker();
+  state.pulls.set(row.name, tracker);
+  showModelStatus();
+  for (const old of $("pulls").children) if (old.dataset.model === row.name) old.remove();
+  const box = el("div", "pull-item");
+  box.dataset.model = row.name;
+  const line = el("div", "kv", `Pulling ${row.name}…`);
+  const fill = bar(0, "download");
+  box.append(line, fill);
+  if (row.fits === false && row.fit) box.append(el("div", "kv warn", row.fit));
+  $("pulls").append(box);
+  const show = () => {
+    line.textContent = `Pulling ${row.name}: ${tracker.text()}`;
+    fill.firstChild.style.width = `${tracker.total ? (tracker.completed / tracker.total) * 100 : 0}%`;
+  };
+  let failure = null;
+  try {
+    const response = await api("/api/pull", { method: "POST", body: JSON.stringify({ model: row.name }) });
+    await readLines(response.body, (obj) => {
+      if (obj.error) failure = obj.error;
+      tracker.update(obj, performance.now());
+      show();
+    });
+    if (!failure && tracker.status !== "success") failure = "the pull stopped before it finished";
+  } catch (err) {
+    failure = err.message;
+  }
+  state.pulls.delete(row.name);
+  box.classList.toggle("failed", Boolean(failure));
+  line.textContent = failure ? `Could not pull ${row.name}: ${failure}` : `Pulled ${row.name}`;
+  if (!failure) {
+    fill.firstChild.style.width = "100%";
+    setTimeout(() => box.remove(), UNDO_MS); // a failure stays until the next try
+  }
+  await loadModels();
 }
 
 // A node may name the model's recommended sampling in its /v1/models entry
@@ -384,13 +477,6 @@ function applyModelDefaults() {
     maxTokens: Number.isInteger(given.max_tokens) ? given.max_tokens : FALLBACK_DEFAULTS.maxTokens,
   };
   showSettings();
-}
-
-function formatBytes(n) {
-  if (typeof n !== "number") return "?";
-  if (n >= 2 ** 30) return `${(n / 2 ** 30).toFixed(1)} GiB`;
-  if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(0)} MiB`;
-  return `${(n / 1024).toFixed(0)} KiB`;
 }
 
 function bar(fraction, className) {
@@ -440,11 +526,37 @@ function renderDownloads(downloads) {
 
 async function refreshCluster() {
   try {
-    renderTopology(await (await api("/v1/topology")).json());
+    const topology = await (await api("/v1/topology")).json();
+    renderTopology(topology);
+    renderLoaded(loadedModels(await runningModels(), topology, state.catalog));
     setConnection("online", "connected");
   } catch (err) {
     setConnection("offline", err.status === 401 ? "API key needed" : "unreachable");
   }
+}
+
+// Ollama's /api/ps; null when the node cannot say (the topology then tells).
+async function runningModels() {
+  try {
+    return await (await api("/api/ps")).json();
+  } catch (err) {
+    if (err.status === 401) throw err;
+    return null;
+  }
+}
+
+function renderLoaded(models) {
+  $("loaded-models").replaceChildren(...models.map((m) => {
+    const li = el("li", "loaded-model");
+    const head = el("div", "kv");
+    head.append(el("strong", "", m.name));
+    const facts = [m.size ? formatBytes(m.size) : "", expiryText(m.expires)].filter(Boolean);
+    if (facts.length) head.append(el("span", "muted", ` · ${facts.join(" · ")}`));
+    const layers = el("ul", "layer-ranges");
+    layers.append(...m.nodes.filter((n) => Array.isArray(n.layers)).map((n) => el("li", "", layersText(n))));
+    li.append(head, layers);
+    return li;
+  }));
 }
 
 function setConnection(stateName, text) {
@@ -570,7 +682,9 @@ function bindEvents() {
   $("new-chat-compact").addEventListener("click", startChat);
   $("toggle-sidebar").addEventListener("click", () => setDrawer(!document.body.classList.contains("sidebar-open")));
   $("scrim").addEventListener("click", () => setDrawer(false));
-  $("model").addEventListener("change", applyModelDefaults);
+  $("model").addEventListener("change", () => { applyModelDefaults(); showModelStatus(); });
+  NARROW.addEventListener("change", () => fillPicker(pickerRows(state.catalog, state.models)));
+  $("pull").addEventListener("click", () => { const row = selectedRow(); if (row) pull(row); });
   $("toggle-panel").addEventListener("click", () => document.body.classList.toggle("panel-open"));
   $("close-panel").addEventListener("click", () => document.body.classList.remove("panel-open"));
   $("set-key").addEventListener("click", openKeyDialog);
