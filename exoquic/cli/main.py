@@ -44,14 +44,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         status = 130
     except BaseException as exc:
-        problem = None if isinstance(exc, SystemExit) else startup_problem(exc)
-        if problem is None or args.verbose:
-            raise
-        print(f"exoquic: {problem}", file=sys.stderr)
-        status = 1
+        status = 130 if _only_interrupts(exc) else _startup_failure(exc, args.verbose)
     finally:
         stop_child_processes()
     exit_now(status)
+
+
+def _only_interrupts(exc: BaseException) -> bool:
+    """A second Ctrl-C during the graceful stop (a terminal signals `uv run` and
+    the node alike, and uv forwards its own) surfaces from a Trio nursery."""
+    return isinstance(exc, BaseExceptionGroup) and exc.split(KeyboardInterrupt)[1] is None
+
+
+def _startup_failure(exc: BaseException, verbose: bool) -> int:
+    """A known startup mistake as one line (status 1); anything else re-raised."""
+    problem = None if isinstance(exc, SystemExit) else startup_problem(exc)
+    if problem is None or verbose:
+        raise exc
+    print(f"exoquic: {problem}", file=sys.stderr)
+    return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
