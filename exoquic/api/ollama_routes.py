@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -41,9 +41,9 @@ from exoquic.api.openai_routes import (
     model_set,
     new_generation,
     node,
+    not_found,
     open_reply,
     serving_for,
-    serving_node,
     take_keep_alive,
     tokenized,
     with_model_defaults,
@@ -60,8 +60,13 @@ from exoquic.api.tool_calls import ToolCall
 from exoquic.api.tools import ReplyPiece, ToolCalling
 from exoquic.download.errors import DownloadError
 from exoquic.engines.logprobs import TokenLogprob
+from exoquic.models.config import ModelConfig
+from exoquic.models.errors import ModelError
+from exoquic.models.generation_defaults import GenerationDefaults
 from exoquic.models.registry import find_model
-from exoquic.orchestration.generation import GenerationRequest
+from exoquic.orchestration.catalog import CatalogEntry
+from exoquic.orchestration.generation import GenerationRequest, UnavailableError
+from exoquic.orchestration.modelset import ModelNotFoundError
 from exoquic.orchestration.node import Node
 
 log = logging.getLogger(__name__)
@@ -302,31 +307,83 @@ async def running() -> dict[str, Any]:
 
 @blueprint.post("/api/show")
 async def show() -> dict[str, Any]:
+    """A loaded model as its node has it; a cached one from its files' header,
+    config and tokenizer, without loading its weights (showing is not using)."""
     body = await json_body()
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
-    serving = await serving_node(model_name(body))
-    model_set().unreserve(serving)
-    config = serving.config
+    name = model_name(body)
+    models = model_set()
+    serving = models.loaded_node(name)
+    if serving is not None:
+        return describe(loaded_parts(serving))
+    entry = models.find_cached(name)
+    if entry is None:
+        raise not_found(ModelNotFoundError(models.not_found_message(name)))
+    if entry.model_id in models.residency:  # another name of a loaded model
+        return describe(loaded_parts(models.node_of(entry.model_id)))
+    limit = models.node_settings.max_context
+    try:
+        parts = await trio.to_thread.run_sync(cached_parts, entry, limit, node().started_at)
+    except ModelError as exc:  # a cached file that is not a usable model
+        raise UnavailableError(f"cannot read {entry.model_id}: {exc}") from exc
+    return describe(parts)
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """What `/api/show` tells of a model, from a loaded node or a cached model's files."""
+
+    model_id: str
+    config: ModelConfig
+    chat_template: str | None
+    defaults: GenerationDefaults
+    max_context: int  # the context this node would serve it with
+    modified_at: float
+    format: str = "gguf"
+
+
+def loaded_parts(serving: Node) -> ModelParts:
+    return ModelParts(
+        serving.model_id, serving.config, serving.tokenizer.chat_template, serving.defaults,
+        serving.max_context, serving.started_at,
+    )  # fmt: skip
+
+
+def cached_parts(entry: CatalogEntry, max_context: int, modified_at: float) -> ModelParts:
+    """A cached model's parts, read from its files (blocking: call it from a
+    thread); its context is capped at `max_context` as a load would cap it."""
+    source = entry.source()
+    config = source.load_config()
+    return ModelParts(
+        entry.model_id, config, source.load_tokenizer().chat_template,
+        source.load_generation_defaults(), min(max_context, config.max_context), modified_at,
+        "gguf" if entry.kind == "gguf" else "safetensors",
+    )  # fmt: skip
+
+
+def describe(parts: ModelParts) -> dict[str, Any]:
+    """Ollama's `/api/show` reply."""
+    config = parts.config
     arch = config.architecture
-    defaults = serving.defaults
+    defaults = parts.defaults
     return {
-        "modelfile": f"# exoquic serves {serving.model_id}; it has no Modelfile\n",
+        "modelfile": f"# exoquic serves {parts.model_id}; it has no Modelfile\n",
         "parameters": f"temperature {defaults.temperature}\ntop_p {defaults.top_p}\n"
         f"top_k {defaults.top_k}\nnum_predict {defaults.max_tokens}",
-        "template": serving.tokenizer.chat_template or "",
-        "details": details(serving),
+        "template": parts.chat_template or "",
+        "details": details(config, parts.format),
         "model_info": {
             "general.architecture": arch,
-            "general.parameter_count": parameter_count(serving),
-            f"{arch}.context_length": serving.max_context,
+            "general.parameter_count": parameter_count(config),
+            f"{arch}.context_length": parts.max_context,
             f"{arch}.embedding_length": config.hidden_size,
             f"{arch}.block_count": config.num_layers,
             f"{arch}.attention.head_count": config.num_heads,
             f"{arch}.attention.head_count_kv": config.num_kv_heads,
         },
         "capabilities": ["completion", "tools"],
-        "modified_at": timestamp(serving.started_at),
+        "modified_at": timestamp(parts.modified_at),
     }
 
 
@@ -337,7 +394,7 @@ def model_entry(serving: Node) -> dict[str, Any]:
         "model": ollama_name(serving.model_id),
         "size": serving.requirements.total_bytes,
         "digest": model_digest(serving.model_id),
-        "details": details(serving),
+        "details": details(serving.config),
     }
 
 
@@ -348,21 +405,20 @@ def ollama_name(model_id: str) -> str:
     return entry.ollama[0] if entry is not None and entry.ollama else model_id
 
 
-def details(serving: Node) -> dict[str, Any]:
-    arch = serving.config.architecture
+def details(config: ModelConfig, fmt: str = "gguf") -> dict[str, Any]:
+    arch = config.architecture
     return {
         "parent_model": "",
-        "format": "gguf",
+        "format": fmt,
         "family": arch,
         "families": [arch],
-        "parameter_size": parameter_size(parameter_count(serving)),
+        "parameter_size": parameter_size(parameter_count(config)),
         "quantization_level": "",
     }
 
 
-def parameter_count(serving: Node) -> int:
+def parameter_count(c: ModelConfig) -> int:
     """Weights in the model, from its shape."""
-    c = serving.config
     attention = c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
     layer = attention + 3 * c.hidden_size * c.intermediate_size + 2 * c.hidden_size
     embeddings = c.vocab_size * c.hidden_size * (1 if c.tie_word_embeddings else 2)
