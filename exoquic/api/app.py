@@ -172,25 +172,38 @@ def _add_info_routes(app: QuartTrio, node: Node, admission: Admission, policy: A
 def health_report(
     node: Node, admission: Admission, models: ModelSet | None = None
 ) -> dict[str, Any]:
-    """Liveness plus the counters a load test watches for leaks."""
-    loaded = [r.model_id for r in models.residency.residents()] if models else [node.model_id]
-    kept = node.kept_caches
+    """Liveness plus the counters a load test watches for leaks; the KV caches
+    are those of every loaded model (each has its own engine), also per model."""
+    nodes = (
+        {r.model_id: models.node_of(r.model_id) for r in models.residency.residents()}
+        if models
+        else {node.model_id: node}
+    )
+    caches = {model_id: cache_counts(n) for model_id, n in nodes.items()}
     return {
         "status": "ok",
         "model": node.model_id,
-        "loaded_models": loaded,  # the default model first (see GET /api/ps)
+        "loaded_models": list(nodes),  # the default model first (see GET /api/ps)
         "engine": node.engine.name,
         "active_requests": node.active_requests,
-        # Engines keep one cache per request in a dict; reading its size from
-        # the event loop while the worker thread runs is safe and never blocks.
-        # Caches kept for later turns are counted apart, so an idle node's
-        # `kv_caches` is still 0 (an eviction's cache shows until it is freed).
-        "kv_caches": max(0, node.engine.active_requests() - kept),
-        "prefix_caches": kept,
+        "kv_caches": sum(c["kv_caches"] for c in caches.values()),
+        "prefix_caches": sum(c["prefix_caches"] for c in caches.values()),
+        "models": caches,
         "admission": admission.statistics(),
         "rss_bytes": psutil.Process().memory_info().rss,
         "uptime_s": round(time.time() - node.started_at, 1),
     }
+
+
+def cache_counts(node: Node) -> dict[str, int]:
+    """`node`'s engine's KV caches: live requests' (`kv_caches`) and those kept
+    for later turns (`prefix_caches`)."""
+    # Engines keep one cache per request in a dict; reading its size from the
+    # event loop while the worker thread runs is safe and never blocks. Kept
+    # caches are counted apart, so an idle node's `kv_caches` is still 0 (an
+    # eviction's cache shows until it is freed).
+    kept = node.kept_caches
+    return {"kv_caches": max(0, node.engine.active_requests() - kept), "prefix_caches": kept}
 
 
 def _add_error_handlers(app: QuartTrio) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -18,19 +19,28 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
 from engines.tiny_model import TINY, random_tensors
+from fixtures.hub_gguf import GGUF_FILE, GGUF_REPO, write_gguf_repo
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from quart_trio import QuartTrio
 
+from exoquic.api.app import create_app
+from exoquic.download.cache import RepoCache
 from exoquic.engines.mlx.engine import MLXEngine
 from exoquic.models.config import ModelConfig
 from exoquic.models.registry import DEFAULT_MODEL_ID, get_model
 from exoquic.models.shard import Shard
 from exoquic.models.tokenizer import Tokenizer
 from exoquic.models.weights import ShardWeights
+from exoquic.orchestration.catalog import Catalog
+from exoquic.orchestration.modelset import ModelSet
 from exoquic.orchestration.node import Node
 from exoquic.orchestration.worker import EngineWorker
 
@@ -192,3 +202,47 @@ async def open_tiny_node(engine: MLXEngine, tokenizer: Tokenizer) -> AsyncIterat
         await nursery.start(worker.run)
         yield Node(DEFAULT_MODEL_ID, TINY_CONFIG, tokenizer, worker, TINY_CONFIG.max_context)
         nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def serving(app: QuartTrio) -> AsyncIterator[httpx.AsyncClient]:
+    """`app` served by Hypercorn on a free loopback port; a client for it."""
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    async with trio.open_nursery() as nursery:
+        run_server = partial(serve, app, config, shutdown_trigger=trio.sleep_forever)
+        [url] = await nursery.start(run_server)
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            yield client
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def serving_on_demand(
+    node: Node, cache_dir: Path
+) -> AsyncIterator[tuple[httpx.AsyncClient, ModelSet]]:
+    """The app around `node`, loading the models cached in `cache_dir` on demand."""
+    models = ModelSet(node, Catalog(cache_dir), usable_memory=8 << 30)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(models.run)
+        async with serving(create_app(node, models=models)) as client:
+            yield client, models
+        nursery.cancel_scope.cancel()
+
+
+# The small llama GGUF of `fixtures.hub_gguf`, cached as `exoquic pull` leaves it.
+CACHED_GGUF_ID = f"{GGUF_REPO}/{GGUF_FILE}"
+
+
+def cache_small_gguf(cache_dir: Path, work: Path) -> None:
+    """Write `CACHED_GGUF_ID` into the hub cache `cache_dir` (`work`: scratch space)."""
+    written = write_gguf_repo(work) / GGUF_FILE
+    repo = RepoCache(cache_dir, GGUF_REPO)
+    blob = repo.blob("e" * 64)
+    blob.parent.mkdir(parents=True)
+    written.rename(blob)
+    commit = "5" * 40
+    repo.write_ref("main", commit)
+    repo.link(commit, GGUF_FILE, blob)

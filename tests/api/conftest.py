@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 from api_helpers import (
@@ -12,6 +13,7 @@ from api_helpers import (
     TEST_KEY,
     TINY_CONFIG,
     RunningNode,
+    cache_small_gguf,
     check_generates,
     engine_under_test,
     open_tiny_node,
@@ -57,6 +59,14 @@ def api_node(
     yield node
     stop_node(node)
     assert node.process.returncode == 0, f"unclean shutdown:\n{node.log()}"
+
+
+@pytest.fixture(scope="session")
+def gguf_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A hub cache holding `api_helpers.CACHED_GGUF_ID` (a 6-layer llama, ~21 MB)."""
+    cache_dir = tmp_path_factory.mktemp("hub-cache")
+    cache_small_gguf(cache_dir, tmp_path_factory.mktemp("gguf"))
+    return cache_dir
 
 
 @pytest.fixture(scope="session")

@@ -3,39 +3,24 @@ for callers holding the API key when one is set."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from functools import partial
+import json
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 
 import httpx
-import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
+from api_helpers import CACHED_GGUF_ID, serving, serving_on_demand
 
 from exoquic.api.app import create_app
 from exoquic.api.security import LOOPBACK_NAMES, ApiSecurity
 from exoquic.orchestration.node import Node
 
 KEY = "exq-health-test-key"
-DETAILS = {"model", "engine", "active_requests", "kv_caches", "prefix_caches", "admission",
-           "rss_bytes"}  # fmt: skip
+DETAILS = {"model", "engine", "active_requests", "kv_caches", "prefix_caches", "models",
+           "admission", "rss_bytes"}  # fmt: skip
 
 
-@asynccontextmanager
-async def served(node: Node, security: ApiSecurity) -> AsyncIterator[httpx.AsyncClient]:
-    """Hypercorn on a free loopback port; a client for it."""
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    app = create_app(node, security)
-    async with trio.open_nursery() as nursery:
-        run_server = partial(serve, app, config, shutdown_trigger=trio.sleep_forever)
-        [url] = await nursery.start(run_server)
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            yield client
-        nursery.cancel_scope.cancel()
+def served(node: Node, security: ApiSecurity) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    return serving(create_app(node, security))
 
 
 async def test_with_a_key_health_tells_strangers_only_that_the_node_is_up(
@@ -57,3 +42,20 @@ async def test_without_a_key_health_shows_everything(tiny_node: Node) -> None:
     async with served(tiny_node, policy) as client:
         report = (await client.get("/health")).json()
         assert set(report) >= DETAILS and report["status"] == "ok"
+
+
+async def test_kv_caches_count_every_loaded_model(tiny_node: Node, gguf_cache: Path) -> None:
+    async with serving_on_demand(tiny_node, gguf_cache) as (client, _):
+        load = await client.post("/api/generate", json={"model": CACHED_GGUF_ID})
+        assert load.json()["done_reason"] == "load"
+        body = {"model": CACHED_GGUF_ID, "prompt": "Once upon a time", "max_tokens": 2000,
+                "temperature": 0, "stream": True}  # fmt: skip
+        async with client.stream("POST", "/v1/completions", json=body) as stream:
+            async for line in stream.aiter_lines():  # generating once a token has come
+                if line.startswith("data: {"):
+                    break
+            report = (await client.get("/health")).json()
+        assert report["loaded_models"] == [tiny_node.model_id, CACHED_GGUF_ID]
+        assert report["models"][CACHED_GGUF_ID]["kv_caches"] == 1, json.dumps(report)
+        assert report["models"][tiny_node.model_id]["kv_caches"] == 0
+        assert report["kv_caches"] == 1  # the on-demand model's cache counts too
