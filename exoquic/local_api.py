@@ -4,7 +4,7 @@
 when it stops, so `exoquic status` finds the node without `--api-port`. The
 file holds no secret: the API key stays in `api_token` (or EXOQUIC_API_KEY).
 A file left by a node that was killed names a process that no longer runs,
-and is ignored.
+and is ignored. `get_json` is how `exoquic status` and `exoquic ps` ask it.
 """
 
 from __future__ import annotations
@@ -13,19 +13,22 @@ import ipaddress
 import json
 import logging
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
-from exoquic import paths
+from exoquic import defaults, paths
 from exoquic.identity.files import write_private_file
 
 log = logging.getLogger(__name__)
 
 API_FILE = "api.json"
+TIMEOUT_S = 10
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,103 @@ def find_local_api(path: Path | None = None) -> LocalApi | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return api if psutil.pid_exists(api.pid) else None
+
+
+class LocalApiError(Exception):
+    """A call to the node's API that failed: its text is the one line to print,
+    `exit_code` the status the command exits with (2: the key file is unsafe)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def base_url(host: str | None = None, port: int | None = None) -> str:
+    """The API to ask: `host` and `port` (the commands' flags), else the node
+    running in this home (its api.json), else the default address."""
+    if host is None and port is None:
+        local = find_local_api()
+        if local is not None:
+            return local.url
+    return api_url(host or defaults.API_HOST, port or defaults.API_PORT)
+
+
+def get_json(path: str, host: str | None = None, port: int | None = None) -> Any:
+    """GET `path` (e.g. `/api/ps`) from the node's API (see `base_url`) with this
+    home's API key (EXOQUIC_API_KEY, else `api_token`); its JSON. Raises
+    LocalApiError saying what to do when the key file is unsafe, no node
+    answers or the node refuses."""
+    import httpx
+
+    from exoquic.api.security import API_KEY_ENV, TokenFileError, read_token, token_path
+
+    base = base_url(host, port)
+    env_key = os.environ.get(API_KEY_ENV)
+    try:
+        key = env_key or read_token()
+    except TokenFileError as exc:
+        raise LocalApiError(str(exc), exit_code=2) from exc
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.get(f"{base}{path}", headers=headers, timeout=TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        raise LocalApiError(unreachable_message(base, exc)) from exc
+    if response.status_code != 200:
+        key_source = None if not key else API_KEY_ENV if env_key else str(token_path())
+        raise LocalApiError(refusal_message(base, response, key_source))
+    return response.json()
+
+
+def print_json(
+    path: str, host: str | None, port: int | None, raw: bool, show: Callable[[Any], None]
+) -> int:
+    """What `exoquic status` and `exoquic ps` do: GET `path` (see `get_json`) and
+    print it, as indented JSON when `raw`, else with `show`; the exit status
+    (a failure is one line on stderr)."""
+    try:
+        answer = get_json(path, host, port)
+    except LocalApiError as exc:
+        print(f"exoquic: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if raw:
+        print(json.dumps(answer, indent=2))
+    else:
+        show(answer)
+    return 0
+
+
+def unreachable_message(base: str, exc: Exception) -> str:
+    import httpx
+
+    if isinstance(exc, httpx.TimeoutException):
+        return f"the node at {base} did not answer within {TIMEOUT_S} s"
+    return (
+        f"no node answers at {base} ({exc}): start one with `exoquic up`, or name "
+        "another with --api-host and --api-port"
+    )
+
+
+def refusal_message(base: str, response: Any, key_source: str | None) -> str:
+    """What to do about a refused request; `key_source` says where the key sent came from."""
+    from exoquic.api.security import API_KEY_ENV
+
+    if response.status_code == 401 and key_source is None:
+        return (
+            f"this node needs its API key: set {API_KEY_ENV} to the key it was started "
+            "with (`exoquic token` stores a new key in this home, which `exoquic up` "
+            "uses from its next start)"
+        )
+    if response.status_code == 401:
+        return (
+            f"the node at {base} refused the API key from {key_source}: it was started "
+            f"with another key. Set {API_KEY_ENV} to that key, or restart the node so it "
+            "uses this one"
+        )
+    try:
+        detail = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        detail = response.text[:200]
+    return f"the node at {base} answered HTTP {response.status_code}: {detail}"
 
 
 def browser_urls(host: str, port: int) -> list[str]:

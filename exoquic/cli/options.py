@@ -46,6 +46,22 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_local_api_options(parser: argparse.ArgumentParser, route: str) -> None:
+    """`--api-host`, `--api-port` (the node a client command asks, see
+    `local_api.base_url`) and `--json` (print what `route` answered as it is)."""
+    parser.add_argument(
+        "--api-host",
+        help="the node's API address (default: the node running in this home, "
+        f"else {defaults.API_HOST})",
+    )
+    parser.add_argument(
+        "--api-port",
+        type=int,
+        help=f"the node's API port (default: as for --api-host, {defaults.API_PORT})",
+    )
+    parser.add_argument("--json", action="store_true", help=f"print the raw {route} JSON")
+
+
 def bounded(
     kind: Callable[[str], float], low: float, high: float | None, low_open: bool = False
 ) -> Callable[[str], float]:

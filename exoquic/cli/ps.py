@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 from datetime import datetime
 from typing import Any
 
-from exoquic import defaults
-from exoquic.cli.options import Subcommands
+from exoquic.cli.options import Subcommands, add_local_api_options
 
 NEVER_YEAR = 2300  # Ollama's "kept forever" is a date in 2318
 
@@ -19,51 +16,18 @@ def register(commands: Subcommands) -> None:
     ps = commands.add_parser(
         "ps", help="show the loaded models: which nodes hold which layers, memory, expiry"
     )
-    ps.add_argument(
-        "--api-host",
-        help="the node's API address (default: the node running in this home, "
-        f"else {defaults.API_HOST})",
-    )
-    ps.add_argument(
-        "--api-port",
-        type=int,
-        help=f"the node's API port (default: as for --api-host, {defaults.API_PORT})",
-    )
-    ps.add_argument("--json", action="store_true", help="print the raw /api/ps JSON")
+    add_local_api_options(ps, "/api/ps")
     ps.set_defaults(handler=cmd_ps)
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    import json
+    from exoquic.local_api import print_json
 
-    import httpx
+    return print_json("/api/ps", args.api_host, args.api_port, args.json, show_running)
 
-    from exoquic.api.security import API_KEY_ENV, TokenFileError, read_token, token_path
-    from exoquic.cli.status import refusal_message, status_base_url, unreachable_message
 
-    base = status_base_url(args.api_host, args.api_port)
-    try:
-        env_key = os.environ.get(API_KEY_ENV)
-        key = env_key or read_token()
-    except TokenFileError as exc:
-        print(f"exoquic: {exc}", file=sys.stderr)
-        return 2
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    try:
-        response = httpx.get(f"{base}/api/ps", headers=headers, timeout=10)
-    except httpx.HTTPError as exc:
-        print(f"exoquic: {unreachable_message(base, exc)}", file=sys.stderr)
-        return 1
-    if response.status_code != 200:
-        key_source = None if not key else API_KEY_ENV if env_key else str(token_path())
-        print(f"exoquic: {refusal_message(base, response, key_source)}", file=sys.stderr)
-        return 1
-    running = response.json()
-    if args.json:
-        print(json.dumps(running, indent=2))
-    else:
-        print_models(running.get("models", []))
-    return 0
+def show_running(running: dict[str, Any]) -> None:
+    print_models(running.get("models", []))
 
 
 def print_models(models: list[dict[str, Any]]) -> None:

@@ -3,107 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from typing import Any
 
-from exoquic import defaults
-from exoquic.cli.options import Subcommands
+from exoquic.cli.options import Subcommands, add_local_api_options
 
 
 def register(commands: Subcommands) -> None:
     status = commands.add_parser("status", help="show the cluster as the local node sees it")
-    status.add_argument(
-        "--api-host",
-        help="the node's API address (default: the node running in this home, "
-        f"else {defaults.API_HOST})",
-    )
-    status.add_argument(
-        "--api-port",
-        type=int,
-        help=f"the node's API port (default: as for --api-host, {defaults.API_PORT})",
-    )
-    status.add_argument("--json", action="store_true", help="print the raw /v1/topology JSON")
+    add_local_api_options(status, "/v1/topology")
     status.set_defaults(handler=cmd_status)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import json
+    from exoquic.local_api import print_json
 
-    import httpx
-
-    from exoquic.api.security import API_KEY_ENV, TokenFileError, read_token, token_path
-
-    base = status_base_url(args.api_host, args.api_port)
-    url = f"{base}/v1/topology"
-    try:
-        env_key = os.environ.get(API_KEY_ENV)
-        key = env_key or read_token()
-    except TokenFileError as exc:
-        print(f"exoquic: {exc}", file=sys.stderr)
-        return 2
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    try:
-        response = httpx.get(url, headers=headers, timeout=10)
-    except httpx.HTTPError as exc:
-        print(f"exoquic: {unreachable_message(base, exc)}", file=sys.stderr)
-        return 1
-    if response.status_code != 200:
-        key_source = None if not key else API_KEY_ENV if env_key else str(token_path())
-        print(f"exoquic: {refusal_message(base, response, key_source)}", file=sys.stderr)
-        return 1
-    topology = response.json()
-    if args.json:
-        print(json.dumps(topology, indent=2))
-    else:
-        print_topology(topology)
-    return 0
-
-
-def status_base_url(host: str | None, port: int | None) -> str:
-    """The API to ask: the flags, else the node running in this home (its api.json),
-    else the default address."""
-    from exoquic.local_api import api_url, find_local_api
-
-    if host is None and port is None:
-        local = find_local_api()
-        if local is not None:
-            return local.url
-    return api_url(host or defaults.API_HOST, port or defaults.API_PORT)
-
-
-def unreachable_message(base: str, exc: Exception) -> str:
-    import httpx
-
-    if isinstance(exc, httpx.TimeoutException):
-        return f"the node at {base} did not answer within 10 s"
-    return (
-        f"no node answers at {base} ({exc}): start one with `exoquic up`, or name "
-        "another with --api-host and --api-port"
-    )
-
-
-def refusal_message(base: str, response: Any, key_source: str | None) -> str:
-    """What to do about a refused request; `key_source` says where the key sent came from."""
-    from exoquic.api.security import API_KEY_ENV
-
-    if response.status_code == 401 and key_source is None:
-        return (
-            f"this node needs its API key: set {API_KEY_ENV} to the key it was started "
-            "with (`exoquic token` stores a new key in this home, which `exoquic up` "
-            "uses from its next start)"
-        )
-    if response.status_code == 401:
-        return (
-            f"the node at {base} refused the API key from {key_source}: it was started "
-            f"with another key. Set {API_KEY_ENV} to that key, or restart the node so it "
-            "uses this one"
-        )
-    try:
-        detail = response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        detail = response.text[:200]
-    return f"the node at {base} answered HTTP {response.status_code}: {detail}"
+    return print_json("/v1/topology", args.api_host, args.api_port, args.json, print_topology)
 
 
 def print_topology(topology: dict[str, Any]) -> None:
