@@ -30,21 +30,19 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from huggingface_hub import hf_hub_url
-from huggingface_hub.utils import WeakFileLock, build_hf_headers
+from huggingface_hub.utils import WeakFileLock
 
-from exoquic import __version__
 from exoquic.download.cache import RepoCache
 from exoquic.download.errors import DownloadCancelled, DownloadError, ModelNotCachedError
 from exoquic.download.fetch import RemoteFile, fetch_range
 from exoquic.download.gguf_slice import Run, SliceLayout, SourceFile, plan_slice
 from exoquic.download.hub import (
+    FetchOptions,
     HubSettings,
     RepoListing,
     _cache_dir,
     _fetch_one,
     _HubUnreachable,
-    _ignore_progress,
     _Job,
     list_repo,
 )
@@ -105,7 +103,7 @@ def download_gguf(
     if settings.offline:
         return cached_gguf(repo_id, filename, cache.cache_dir, layers=layers, revision=revision)
     try:
-        job = _job(cache, filename, revision, settings, progress, max_workers, cancel)
+        job = _job(cache, filename, FetchOptions(settings, revision, progress, max_workers, cancel))
     except _HubUnreachable:
         return cached_gguf(repo_id, filename, cache.cache_dir, layers=layers, revision=revision)
     listing = job.listing
@@ -144,7 +142,7 @@ def download_gguf_metadata(
     try:
         if settings.offline:
             raise _HubUnreachable("offline")
-        job = _job(cache, filename, revision, settings, None, 4, None)
+        job = _job(cache, filename, FetchOptions(settings, revision))
     except _HubUnreachable:
         return _cached_metadata(cache, filename, revision)
     whole = job.snapshot / filename
@@ -185,38 +183,22 @@ def read_gguf_header(
     cache = RepoCache(_cache_dir(cache_dir), repo_id)
     settings = HubSettings.from_env()
     try:
-        job = _job(cache, filename, revision, settings, progress, 4, None)
+        job = _job(cache, filename, FetchOptions(settings, revision, progress))
     except _HubUnreachable as e:
         raise DownloadError(f"cannot reach the hub at {settings.endpoint}: {e}") from e
     return _read_header(job, _remote(job, filename))[0]
 
 
-def _job(
-    cache: RepoCache,
-    filename: str,
-    revision: str,
-    settings: HubSettings,
-    progress: ProgressCallback | None,
-    max_workers: int,
-    cancel: threading.Event | None,
-) -> _Job:
+def _job(cache: RepoCache, filename: str, options: FetchOptions) -> _Job:
     """List the repository (one API call), check it has the file, and pin the commit."""
-    listing = list_repo(cache.repo_id, revision, settings)
+    listing = list_repo(cache.repo_id, options.revision, options.settings)
     if filename not in listing.files:
         ggufs = sorted(f for f in listing.files if f.endswith(".gguf"))
         raise DownloadError(
             f"{cache.repo_id} has no file {filename!r} (GGUF files: {ggufs or 'none'})"
         )
-    cache.write_ref(revision, listing.commit)
-    return _Job(
-        cache.repo_id,
-        cache,
-        listing,
-        settings,
-        progress or _ignore_progress,
-        cancel,
-        max(1, max_workers),
-    )
+    cache.write_ref(options.revision, listing.commit)
+    return _Job(cache, listing, options)
 
 
 def cached_gguf(
@@ -272,13 +254,8 @@ def glob_escape(text: str) -> str:
 
 
 def _remote(job: _Job, filename: str) -> _Remote:
-    url = hf_hub_url(
-        job.repo_id, filename, revision=job.listing.commit, endpoint=job.settings.endpoint
-    )
-    headers = build_hf_headers(
-        token=job.settings.token, library_name="exoquic", library_version=__version__
-    )
-    return _Remote(job.repo_id, job.listing, job.listing.files[filename], url, headers)
+    file = job.listing.files[filename]
+    return _Remote(job.repo_id, job.listing, file, job.url(filename), job.headers())
 
 
 def _read_header(job: _Job, remote: _Remote) -> tuple[GGUFFile, bytes]:
@@ -357,7 +334,7 @@ def _fetch_slice(job: _Job, remote: _Remote, layout: SliceLayout, dest: Path) ->
                 part.unlink()
             fetch_range(remote.url, part, remote.file, *piece, remote.headers, report)
 
-        with ThreadPoolExecutor(job.max_workers, thread_name_prefix="exoquic-slice") as pool:
+        with ThreadPoolExecutor(job.workers, thread_name_prefix="exoquic-slice") as pool:
             try:
                 list(pool.map(fetch, pieces))
             except BaseException:

@@ -94,6 +94,19 @@ class HubSettings:
 
 
 @dataclass(frozen=True)
+class FetchOptions:
+    """How one download runs, as its public function was asked: the hub, the
+    revision to pin, progress reports (`progress(file, done, total)`, from worker
+    threads), files or pieces fetched at once, and the caller's stop switch."""
+
+    settings: HubSettings
+    revision: str = "main"
+    progress: ProgressCallback | None = None
+    max_workers: int = 4
+    cancel: threading.Event | None = None
+
+
+@dataclass(frozen=True)
 class RepoListing:
     """A repository's files at one commit."""
 
@@ -123,16 +136,9 @@ def download_shard(
     Setting `cancel` stops the download (DownloadCancelled), keeping partial
     files. Raises DownloadError (IntegrityError, ModelNotCachedError).
     """
-    return _download(
-        repo_id,
-        partial(_check_layers, shard),
-        cache_dir,
-        revision=revision,
-        progress=progress,
-        max_workers=max_workers,
-        settings=HubSettings.from_env(endpoint, token),
-        cancel=cancel,
-    )
+    settings = HubSettings.from_env(endpoint, token)
+    options = FetchOptions(settings, revision, progress, max_workers, cancel)
+    return _download(repo_id, partial(_check_layers, shard), cache_dir, options)
 
 
 def download_model(
@@ -160,16 +166,9 @@ def download_model(
         except ValueError as e:
             raise DownloadError(f"{repo_id}: {e}") from e
 
-    return _download(
-        repo_id,
-        shard_for,
-        cache_dir,
-        revision=revision,
-        progress=progress,
-        max_workers=max_workers,
-        settings=HubSettings.from_env(endpoint, token),
-        cancel=cancel,
-    )
+    settings = HubSettings.from_env(endpoint, token)
+    options = FetchOptions(settings, revision, progress, max_workers, cancel)
+    return _download(repo_id, shard_for, cache_dir, options)
 
 
 def download_metadata(
@@ -184,16 +183,8 @@ def download_metadata(
     Enough to read the model's config and tokenizer before a plan says which
     layers this node will hold.
     """
-    return _download(
-        repo_id,
-        lambda config: None,
-        cache_dir,
-        revision=revision,
-        progress=None,
-        max_workers=4,
-        settings=HubSettings.from_env(None, None),
-        cancel=cancel,
-    )
+    options = FetchOptions(HubSettings.from_env(), revision, cancel=cancel)
+    return _download(repo_id, lambda config: None, cache_dir, options)
 
 
 async def download_shard_async(
@@ -244,35 +235,51 @@ def cached_shard(
 
 @dataclass
 class _Job:
-    repo_id: str
+    """One download under way: the repository at the listed commit, and its options."""
+
     cache: RepoCache
     listing: RepoListing
-    settings: HubSettings
-    progress: ProgressCallback
-    cancel: threading.Event | None  # the caller's
-    max_workers: int
+    options: FetchOptions
     stop: threading.Event = field(default_factory=threading.Event)  # set when a fetch failed
+
+    @property
+    def repo_id(self) -> str:
+        return self.cache.repo_id
 
     @property
     def snapshot(self) -> Path:
         return self.cache.snapshot(self.listing.commit)
 
+    @property
+    def workers(self) -> int:
+        return max(1, self.options.max_workers)
+
     def should_stop(self) -> bool:
-        return self.stop.is_set() or (self.cancel is not None and self.cancel.is_set())
+        cancel = self.options.cancel
+        return self.stop.is_set() or (cancel is not None and cancel.is_set())
+
+    def progress(self, file: str, done: int, total: int) -> None:
+        if self.options.progress is not None:
+            self.options.progress(file, done, total)
+
+    def url(self, name: str) -> str:
+        """Where the hub serves `name` at the listed commit."""
+        endpoint = self.options.settings.endpoint
+        return hf_hub_url(self.repo_id, name, revision=self.listing.commit, endpoint=endpoint)
+
+    def headers(self) -> dict[str, str]:
+        token = self.options.settings.token
+        return build_hf_headers(token=token, library_name="exoquic", library_version=__version__)
 
 
 def _download(
     repo_id: str,
     shard_for: ShardFor,
     cache_dir: str | os.PathLike[str] | None,
-    *,
-    revision: str,
-    progress: ProgressCallback | None,
-    max_workers: int,
-    settings: HubSettings,
-    cancel: threading.Event | None,
+    options: FetchOptions,
 ) -> Path:
     cache = RepoCache(_cache_dir(cache_dir), repo_id)
+    settings, revision = options.settings, options.revision
     if settings.offline:
         return _from_cache(cache, revision, shard_for)
     try:
@@ -286,15 +293,7 @@ def _download(
                 f"cannot reach the hub at {settings.endpoint}: {e}; {not_cached.fact}. "
                 "Check the network (and HF_ENDPOINT if you set it), then try again."
             ) from e
-    job = _Job(
-        repo_id,
-        cache,
-        listing,
-        settings,
-        progress or _ignore_progress,
-        cancel,
-        max(1, max_workers),
-    )
+    job = _Job(cache, listing, options)
     cache.write_ref(revision, listing.commit)
     for name in AUX_FILES:
         if name not in listing.files:
@@ -313,11 +312,11 @@ def _download(
 
 
 def _fetch_all(job: _Job, names: Iterable[str]) -> None:
-    """Fetch `names` (deduplicated) with up to `max_workers` at once."""
+    """Fetch `names` (deduplicated) with up to `max_workers` at once (see FetchOptions)."""
     todo = list(dict.fromkeys(names))
     for name in todo:  # announce every size first so the overall total is right
         job.progress(name, 0, job.listing.files[name].size)
-    with ThreadPoolExecutor(job.max_workers, thread_name_prefix="exoquic-download") as pool:
+    with ThreadPoolExecutor(job.workers, thread_name_prefix="exoquic-download") as pool:
         futures: list[Future[Path]] = [pool.submit(_fetch_one, job, name) for name in todo]
         try:
             for future in as_completed(futures):
@@ -344,16 +343,8 @@ def _fetch_one(job: _Job, name: str) -> Path:
     if pointer.exists() and blob.exists():
         report(remote.size)
         return pointer
-    url = hf_hub_url(job.repo_id, name, revision=job.listing.commit, endpoint=job.settings.endpoint)
-    headers = build_hf_headers(
-        token=job.settings.token, library_name="exoquic", library_version=__version__
-    )
-    fetch_blob(url, blob, job.cache.lock_path(remote.etag), remote, headers, report)
+    fetch_blob(job.url(name), blob, job.cache.lock_path(remote.etag), remote, job.headers(), report)
     return job.cache.link(job.listing.commit, name, blob)
-
-
-def _ignore_progress(file: str, done: int, total: int) -> None:
-    pass
 
 
 # -- listing -------------------------------------------------------------------------
