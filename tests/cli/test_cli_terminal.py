@@ -20,11 +20,8 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux
 
 @pytest.fixture
 def terminal(tmp_path: Path) -> Iterator[Terminal]:
-    term = Terminal(tmp_path)
-    try:
+    with Terminal(tmp_path) as term:
         yield term
-    finally:
-        term.close()
 
 
 def home_env(home: Path, **extra: str) -> dict[str, str]:

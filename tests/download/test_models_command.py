@@ -6,27 +6,22 @@ import argparse
 from pathlib import Path
 
 import pytest
+from fixtures.cli_in_process import run_commands, use_home
 from fixtures.hub_server import TINY_REPO, HubServer
 
-from exoquic.cli.models import format_bytes, parse_layers, register
+from exoquic.cli import models as models_command
+from exoquic.cli.models import format_bytes, parse_layers
 
 FILE2 = "model-00002-of-00003.safetensors"
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="exoquic")
-    register(parser.add_subparsers(required=True))
-    args = parser.parse_args(argv)
-    result: int = args.handler(args)
-    return result
+    return run_commands(argv, models_command)
 
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("EXOQUIC_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("EXOQUIC_HF_CACHE", raising=False)
-    monkeypatch.setenv("COLUMNS", "200")  # rich would wrap table cells at 80
-    return tmp_path / "home"
+    return use_home(tmp_path, monkeypatch)
 
 
 def test_download_list_and_remove(

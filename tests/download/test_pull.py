@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -13,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from fixtures.cli_in_process import run_commands, use_home
 from fixtures.hub_gguf import GGUF_FILE, GGUF_REPO
 from fixtures.hub_server import TINY_REPO, HubServer
 from fixtures.terminal import Terminal
@@ -99,21 +99,12 @@ def test_an_unmatched_or_ambiguous_tag_lists_the_candidates() -> None:
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="exoquic")
-    commands = parser.add_subparsers(required=True)
-    pull_command.register(commands)
-    models_command.register(commands)
-    args = parser.parse_args(argv)
-    result: int = args.handler(args)
-    return result
+    return run_commands(argv, pull_command, models_command)
 
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("EXOQUIC_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("EXOQUIC_HF_CACHE", raising=False)
-    monkeypatch.setenv("COLUMNS", "200")
-    return tmp_path / "home"
+    return use_home(tmp_path, monkeypatch)
 
 
 def test_pull_a_gguf_by_tag_then_list_it(
@@ -188,11 +179,8 @@ def test_pull_of_an_unknown_repository_is_one_line(
 
 @pytest.fixture
 def terminal(tmp_path: Path) -> Iterator[Terminal]:
-    term = Terminal(tmp_path, width=120)
-    try:
+    with Terminal(tmp_path, width=120) as term:
         yield term
-    finally:
-        term.close()
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from fixtures.cli_in_process import run_commands, use_home
 
 from exoquic.cli import pair, trust
 from exoquic.cli.pair import parse_address
@@ -143,20 +144,12 @@ def test_trust_add_list_remove(tmp_path: Path) -> None:
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="exoquic")
-    commands = parser.add_subparsers(required=True)
-    pair.register(commands)
-    trust.register(commands)
-    args = parser.parse_args(argv)
-    result: int = args.handler(args)
-    return result
+    return run_commands(argv, pair, trust)
 
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("EXOQUIC_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("COLUMNS", "200")
-    return tmp_path / "home"
+    return use_home(tmp_path, monkeypatch)
 
 
 def test_trust_mistakes_are_explained(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
