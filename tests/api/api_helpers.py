@@ -9,6 +9,7 @@ talk to it use greedy sampling and small `max_tokens` to stay fast.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -238,11 +239,15 @@ CACHED_GGUF_ID = f"{GGUF_REPO}/{GGUF_FILE}"
 
 def cache_small_gguf(cache_dir: Path, work: Path) -> None:
     """Write `CACHED_GGUF_ID` into the hub cache `cache_dir` (`work`: scratch space)."""
-    written = write_gguf_repo(work) / GGUF_FILE
-    repo = RepoCache(cache_dir, GGUF_REPO)
-    blob = repo.blob("e" * 64)
+    cache_file(cache_dir, GGUF_REPO, GGUF_FILE, write_gguf_repo(work) / GGUF_FILE)
+
+
+def cache_file(cache_dir: Path, repo_id: str, filename: str, written: Path) -> None:
+    """Move `written` into the hub cache as `exoquic pull` leaves a file of `repo_id`."""
+    repo = RepoCache(cache_dir, repo_id)
+    blob = repo.blob(hashlib.sha256(f"{repo_id}/{filename}".encode()).hexdigest())
     blob.parent.mkdir(parents=True)
     written.rename(blob)
     commit = "5" * 40
     repo.write_ref("main", commit)
-    repo.link(commit, GGUF_FILE, blob)
+    repo.link(commit, filename, blob)

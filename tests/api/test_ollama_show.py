@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from api_helpers import CACHED_GGUF_ID, serving_on_demand
+from api_helpers import CACHED_GGUF_ID, cache_file, serving_on_demand
 from fixtures.hub_gguf import GGUF_LAYERS, GGUF_REPO
 
 from exoquic.orchestration.node import Node
@@ -52,3 +52,15 @@ async def test_show_of_a_loaded_model_and_of_an_unknown_one(
         missing = await client.post("/api/show", json={"model": "test-org/absent-GGUF"})
         assert missing.status_code == 404
         assert "exoquic pull" in missing.json()["error"]
+
+
+async def test_show_of_a_broken_cached_file_is_a_503_naming_it(
+    tiny_node: Node, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\xff" * 60)  # a download gone wrong
+    cache_file(tmp_path / "cache", "test-org/broken-GGUF", "broken-Q4_K_M.gguf", broken)
+    async with serving_on_demand(tiny_node, tmp_path / "cache") as (client, _):
+        response = await client.post("/api/show", json={"model": "test-org/broken-GGUF:Q4_K_M"})
+        assert response.status_code == 503, response.text
+        assert "cannot read test-org/broken-GGUF/broken-Q4_K_M.gguf" in response.json()["error"]
