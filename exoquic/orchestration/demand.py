@@ -25,6 +25,7 @@ class Demand:
         self.peers = peers
         self.mine = wanted
         self.wanting: set[str] = set()  # linked peers that want the model
+        self.heard = False  # whether any peer said anything yet
         self.on_change: Callable[[], None] = lambda: None  # the ModelSet's wake-up
 
     @property
@@ -36,6 +37,7 @@ class Demand:
         return Interest(self.mine)
 
     def receive(self, sender: str, message: Interest) -> None:
+        self.heard = True
         if message.wanted:
             self.wanting.add(sender)
         else:

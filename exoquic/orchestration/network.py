@@ -11,8 +11,8 @@ need to name their model and a broken link of one model leaves the others up.
 Incoming links are handed to the ring of the model their `Hello` names. A
 `Hello` for a model with no ring here is declined (`MODEL_NOT_SERVED`); when
 it comes from a ring of a model loaded on demand (`Hello.on_demand`), the
-node's `join` hook is told first, so that a node with that model cached may
-start its own ring of it and dial back (see docs/ring.md).
+node's `join` hook is asked first, so that a node with that model cached
+starts its own ring of it and answers on that ring (see docs/ring.md).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -55,8 +55,9 @@ DEFAULT_NODE_PORT = defaults.NODE_PORT
 TRUST_POLL_INTERVAL = 0.5
 """How often a running node looks for changes to its trust store (seconds)."""
 
-JoinHook = Callable[[str], None]
-"""Told the model id of an on-demand ring a peer asked this node to join."""
+JoinHook = Callable[[str], Awaitable[bool]]
+"""Asked to join the on-demand ring of a model a peer dialled this node for;
+True once this node has a ring of it (it had the model cached)."""
 
 
 class Network:
@@ -116,13 +117,13 @@ class Network:
             return
         except (RemoteProtocolError, ConnectionClosed, StreamReset, trio.ClosedResourceError):
             return  # (a bad Hello closed the connection already)
+        if hello.model not in self._rings and hello.on_demand and self.join is not None:
+            await self.join(hello.model)  # (loads nothing yet: the ring's plan will)
         peers = self._rings.get(hello.model)
         if peers is not None:
             await peers.accept(messages, hello)
             return
-        if hello.on_demand and self.join is not None:
-            self.join(hello.model)  # it may start a ring of its own and dial back
-        else:
+        if not hello.on_demand:
             log.warning("%s serves %r, which this node does not: not linking", hello.name,
                         hello.model)  # fmt: skip
         stream.connection.close(ErrorCode.MODEL_NOT_SERVED, f"{hello.model} is not served here")
