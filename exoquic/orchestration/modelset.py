@@ -365,8 +365,10 @@ class ModelSet:
                 if ring is not None and not follower:
                     await _until_serving(node)
                 seconds = time.perf_counter() - started
-                how = "joined its ring for a peer" if follower else "loaded it on demand"
-                log.info("%s: %s in %.1f s", entry.model_id, how, seconds)
+                if follower:
+                    log.info("%s: joined its ring for a peer in %.1f s", entry.model_id, seconds)
+                else:
+                    log.info("loaded %s on demand in %.1f s", entry.model_id, seconds)
                 held = _Held(entry, node, trio.Event(), stopped, time.time(), seconds, follower)
                 task_status.started(held)
                 await held.stop.wait()
