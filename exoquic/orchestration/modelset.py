@@ -233,10 +233,13 @@ class ModelSet:
 
     async def _load(self, key: str, load: _Load) -> None:
         try:
-            if load.entry is None:
-                load.entry = await self._pull(load.name)
-            async with self._lock:
-                await self._bring_in(load)
+            try:
+                if load.entry is None:
+                    load.entry = await self._pull(load.name)
+                async with self._lock:
+                    await self._bring_in(load)
+            except BaseExceptionGroup as group:  # (raised inside the model's own tasks)
+                raise _sole_error(group) from None
         except (UnavailableError, ModelNotFoundError) as exc:
             load.error = exc
         except ModelError as exc:  # a file that is not a usable model
@@ -569,6 +572,19 @@ def _return_freed_memory() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error a group of task errors holds (the group itself if several)."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop()
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        else:
+            leaves.append(error)
+    return leaves[0] if len(leaves) == 1 else group
 
 
 async def _until_serving(node: Node) -> None:

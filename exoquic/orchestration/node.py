@@ -310,12 +310,15 @@ def model_requirements(source: ModelSource, config: ModelConfig) -> ModelRequire
     if bundled is not None:
         return bundled
     sizes = source.part_sizes(config)
+    # A tied head is the embedding matrix: one node holding both holds it once.
+    shared = min(sizes.embed_bytes, sizes.head_bytes) if config.tie_word_embeddings else 0
     return ModelRequirements(
         source.model_id,
         config.num_layers,
         sizes.bytes_per_layer,
         sizes.embed_bytes,
         sizes.head_bytes,
+        shared,
     )
 
 
