@@ -317,9 +317,13 @@ def test_in_a_ring_a_model_loaded_on_demand_is_spread_and_unloaded_together(
         layers = sorted(tuple(h["layers"]) for h in holders)
         assert layers[0][0] == 0 and layers[-1][1] == 29 and layers[0][1] + 1 == layers[1][0]
 
+        started = time.perf_counter()
         first = chat(b, TINY_ID)
+        seconds = time.perf_counter() - started
         assert first.status_code == 200, first.text
-        holders = loaded(b)[TINY_ID]["nodes"]
+        report = loaded(b)[TINY_ID]
+        print(f"ring of 2: first request {seconds:.2f} s, its load {report['load_seconds']:.2f} s")
+        holders = report["nodes"]
         assert {h["name"] for h in holders} == {"ring-a", "ring-b"}, holders
         layers = sorted(tuple(h["layers"]) for h in holders)
         assert layers[0][0] == 0 and layers[0][1] + 1 == layers[1][0]
