@@ -99,6 +99,7 @@ class _Held:
     # Joined a ring for its peers; it keeps no keep-alive of its own until a
     # request here uses it, and a grace reservation until a peer says what it wants.
     follower: bool = False
+    grace: bool = False  # a follower's grace reservation is still held
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,7 @@ class ModelSet:
             held.follower = False
         if held.follower:  # kept for the ring's peers; a grace reservation until they say
             keep_alive, reservations = 0.0, 1
+            held.grace = True
         else:
             reservations = load.waiting
         now = trio.current_time()
@@ -462,7 +464,8 @@ class ModelSet:
             demand = held.node.cluster.demand
             if demand is None:
                 continue
-            if demand.heard and held.follower:  # the grace reservation has served
+            if demand.heard and held.grace:  # the grace reservation has served
+                held.grace = False
                 self.residency.unreserve(model_id, trio.current_time())
             self.residency.set_peer_wanted(model_id, demand.peers_want)
             resident = self.residency.get(model_id)
