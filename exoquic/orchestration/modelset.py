@@ -250,7 +250,8 @@ class ModelSet:
             log.exception("cannot load %s", key)
             load.error = UnavailableError(f"cannot load {key}: {exc}")
         finally:
-            del self._loads[key]
+            if self._loads.get(key) is load:
+                del self._loads[key]
             load.done.set()
             self._pulse()
 
@@ -397,17 +398,20 @@ class ModelSet:
         log.info("unloaded %s", model_id)
         self._pulse()
 
-    async def _join_for_peers(self, model_id: str) -> bool:
+    async def _join_for_peers(self, model_id: str) -> bool | None:
         """A ring peer dialled this node for `model_id`: if it is cached here, load
-        it as a follower (the network's join hook). True once its ring is up."""
+        it as a follower (the network's join hook). True once its ring is up,
+        None while it is still coming up, False when it cannot."""
         if self.network is None or self._nursery is None or self.catalog is None:
             return False
         if model_id == self.default.model_id:
             return False  # (its ring is the node's own: a Hello naming it never gets here)
+        entry = None
         if model_id not in self._held and model_id not in self._loads:
             entry = await trio.to_thread.run_sync(self.catalog.find, model_id)
             if entry is None or entry.model_id != model_id:
                 return False
+        if entry is not None and model_id not in self._held and model_id not in self._loads:
             log.info("a ring peer asked for %s, which is cached here: joining", model_id)
             joining = self._loads[model_id] = _Load(model_id, entry, KEEP, follower=True)
             self._nursery.start_soon(self._load, model_id, joining)
@@ -415,6 +419,8 @@ class ModelSet:
         if load is not None:
             with trio.move_on_after(JOIN_WAIT_S):
                 await load.done.wait()
+            if not load.done.is_set():
+                return None
         return self.network.serves(model_id)
 
     async def _pull(self, name: str) -> CatalogEntry:

@@ -44,6 +44,7 @@ from exoquic.transport import (
     TransportConfig,
     open_endpoint,
 )
+from exoquic.transport.errors import ErrorCode as TransportErrorCode
 from exoquic.wire.errors import ErrorCode, RemoteProtocolError
 
 if TYPE_CHECKING:
@@ -55,9 +56,10 @@ DEFAULT_NODE_PORT = defaults.NODE_PORT
 TRUST_POLL_INTERVAL = 0.5
 """How often a running node looks for changes to its trust store (seconds)."""
 
-JoinHook = Callable[[str], Awaitable[bool]]
-"""Asked to join the on-demand ring of a model a peer dialled this node for;
-True once this node has a ring of it (it had the model cached)."""
+JoinHook = Callable[[str], Awaitable[bool | None]]
+"""Asked to join the on-demand ring of a model a peer dialled this node for:
+True once this node has a ring of it, False when it cannot (the model is not
+cached here), None when it is still joining (the dialler redials shortly)."""
 
 
 class Network:
@@ -117,11 +119,15 @@ class Network:
             return
         except (RemoteProtocolError, ConnectionClosed, StreamReset, trio.ClosedResourceError):
             return  # (a bad Hello closed the connection already)
+        joined: bool | None = False
         if hello.model not in self._rings and hello.on_demand and self.join is not None:
-            await self.join(hello.model)  # (loads nothing yet: the ring's plan will)
+            joined = await self.join(hello.model)  # (loads nothing yet: the ring's plan will)
         peers = self._rings.get(hello.model)
         if peers is not None:
             await peers.accept(messages, hello)
+            return
+        if joined is None:  # not declined: the dialler tries again within a second
+            stream.connection.close(TransportErrorCode.NO_ERROR, f"still joining {hello.model}")
             return
         if not hello.on_demand:
             log.warning("%s serves %r, which this node does not: not linking", hello.name,

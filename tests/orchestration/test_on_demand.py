@@ -100,6 +100,20 @@ def wait_unloaded(node: RingNode, model: str, timeout: float = 20.0) -> None:
         time.sleep(0.2)
 
 
+def wait_holders(
+    node: RingNode, model: str, names: set[str], timeout: float = 60.0
+) -> list[dict[str, Any]]:
+    """The nodes holding `model`'s layers, once they are `names` (a slow join
+    may come after the first plan, which the ring then replaces)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        holders: list[dict[str, Any]] = loaded(node)[model]["nodes"]
+        if {h["name"] for h in holders} == names:
+            return holders
+        assert time.monotonic() < deadline, f"{model} held by {holders}:\n{node.log()[-3000:]}"
+        time.sleep(0.2)
+
+
 def rss(node: RingNode) -> int:
     return int(httpx.get(f"{node.url}/health", timeout=10).json()["rss_bytes"])
 
@@ -323,8 +337,7 @@ def test_in_a_ring_a_model_loaded_on_demand_is_spread_and_unloaded_together(
         assert first.status_code == 200, first.text
         report = loaded(b)[TINY_ID]
         print(f"ring of 2: first request {seconds:.2f} s, its load {report['load_seconds']:.2f} s")
-        holders = report["nodes"]
-        assert {h["name"] for h in holders} == {"ring-a", "ring-b"}, holders
+        holders = wait_holders(b, TINY_ID, {"ring-a", "ring-b"})
         layers = sorted(tuple(h["layers"]) for h in holders)
         assert layers[0][0] == 0 and layers[0][1] + 1 == layers[1][0]
         assert TINY_ID in loaded(a)  # a holds its layers, for b's sake
@@ -350,13 +363,13 @@ def test_a_follower_that_gets_a_request_keeps_the_model_for_itself(tmp_path: Pat
     with running(nodes):
         wait_serving(nodes, 2)
         assert chat(b, TINY_ID).status_code == 200
+        wait_holders(b, TINY_ID, {"keep-a", "keep-b"})
         from_a = chat(a, TINY_ID)  # a, a follower so far, now wants it too
         assert from_a.status_code == 200, from_a.text
         assert chat(b, TINY_ID, keep_alive=0).status_code == 200  # b no longer wants it
         time.sleep(3)
         for ring_node in (a, b):  # a wants it, so b keeps its layers for a
-            holders = loaded(ring_node)[TINY_ID]["nodes"]
-            assert {h["name"] for h in holders} == {"keep-a", "keep-b"}, holders
+            wait_holders(ring_node, TINY_ID, {"keep-a", "keep-b"}, timeout=0.5)
         assert (
             chat(a, TINY_ID).json()["choices"][0]["message"]
             == (from_a.json()["choices"][0]["message"])
