@@ -1,6 +1,8 @@
-"""A node's cluster: its parts, and `open_cluster`, which starts them on the network.
+"""A model's ring on this node: its parts, and `open_cluster` / `open_ring`,
+which start them on the network.
 
-A `Cluster` is four parts, each the one owner of its state:
+A `Cluster` is one model's ring as this node sees it, four parts, each the
+one owner of its state:
 
 - `Peers` (peers.py): links, dialling and accepting, `Hello`, instances. It
   publishes membership events and messages on one channel and offers `send`.
@@ -14,14 +16,17 @@ each event to the plan loop or the ring; the plan loop tells the ring what
 plan changes mean for requests; the ring reads plans and sends through
 `Peers`. Nothing calls back up. `Cluster.alone` is the same object for a
 node alone, with no network at all: a ring of one.
+
+Every ring of a node shares one `Network` (network.py: the QUIC endpoint,
+discovery, trust): `open_cluster` opens it for the node's own model, and
+models loaded on demand add their rings to it with `open_ring`. Such a ring
+also has a `Demand` (demand.py): who wants the model kept loaded.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
-import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,27 +35,29 @@ from typing import Any
 import trio
 
 from exoquic import defaults
-from exoquic.discovery.peers import PeerEventKind
-from exoquic.discovery.tailscale import Probe
-from exoquic.errors import StartupError
 from exoquic.identity.keys import Identity
-from exoquic.identity.node_id import node_id_from_public_key
-from exoquic.identity.trust import TrustStore, TrustStoreError
+from exoquic.identity.trust import TrustStore
+from exoquic.orchestration.demand import Demand
+from exoquic.orchestration.network import Network, open_network
 from exoquic.orchestration.peers import PeerJoined, PeerLeft, Peers, Received
 from exoquic.orchestration.planning import Member, PlanState
 from exoquic.orchestration.plans import PlanLoop, Plans, ShardLoader
 from exoquic.orchestration.ring import Ring, RingSettings
 from exoquic.orchestration.worker import EngineWorker
 from exoquic.topology import DEFAULT_MEMORY_FRACTION
-from exoquic.transport import Endpoint, TransportConfig, open_endpoint
 from exoquic.wire.errors import RemoteProtocolError
-from exoquic.wire.messages import Forward, ModelProgress, Release, RequestFailed, TokenResult
+from exoquic.wire.messages import (
+    Forward,
+    Interest,
+    ModelProgress,
+    Release,
+    RequestFailed,
+    TokenResult,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NODE_PORT = defaults.NODE_PORT
-TRUST_POLL_INTERVAL = 0.5
-"""How often a running node looks for changes to its trust store (seconds)."""
 
 _RING_MESSAGES = (Forward, TokenResult, RequestFailed, Release)
 
@@ -93,11 +100,18 @@ class Cluster:
         settle_time: float = 0.3,
         join_timeout: float = 5.0,
         ring_settings: RingSettings | None = None,
+        on_demand: bool = False,
+        wanted: bool = True,
     ) -> None:
         self.node_id = state.me.node_id
         self.worker = worker
         self.plans = Plans(state, plan_timeout)
-        self.peers = Peers(state.me, state.model.model_id, lambda: _seen_version(state))
+        self.peers = Peers(
+            state.me, state.model.model_id, lambda: _seen_version(state), on_demand=on_demand
+        )
+        # Who wants a model loaded on demand kept (None: this node's own model).
+        self.demand = Demand(self.peers, wanted) if on_demand else None
+        self.network: Network | None = None  # set by `open_ring`; None: a node alone
         self.ring = Ring(self.node_id, self.plans, self.peers.send, worker, ring_settings)
         self.plan_loop = PlanLoop(
             self.plans,
@@ -148,11 +162,19 @@ class Cluster:
                     self._receive(event, steps)
                 elif isinstance(event, PeerJoined):
                     self.plan_loop.peer_joined(event.member, event.plan_version)
+                    if self.demand is not None:
+                        node_id = event.member.node_id
+                        steps.start_soon(self.peers.send_quietly, node_id, self.demand.greeting())
                 elif isinstance(event, PeerLeft):
                     self.plan_loop.peer_left(event.node_id)
+                    if self.demand is not None:
+                        self.demand.peer_left(event.node_id)
                     self.ring.peer_left(event.node_id, f"{event.name} left the ring")
 
     def _receive(self, event: Received, steps: trio.Nursery) -> None:
+        if isinstance(event.message, Interest) and self.demand is not None:
+            self.demand.receive(event.sender, event.message)
+            return
         if isinstance(event.message, _RING_MESSAGES):
             follow_up = self.ring.receive(event.sender, event.message)
             if follow_up is not None:
@@ -172,9 +194,34 @@ async def open_cluster(
     load_shard: ShardLoader,
 ) -> AsyncIterator[Cluster]:
     """Serve the node protocol on a QUIC port, find peers and agree on plans
-    until the block exits. The engine is loaded once the first plan is agreed."""
-    from exoquic.discovery.service import open_discovery
+    for this node's own model until the block exits. The engine is loaded once
+    the first plan is agreed. Models loaded on demand join the same network
+    (`Cluster.network`) with `open_ring`."""
+    async with (
+        open_network(settings, state.me.capabilities) as network,
+        open_ring(network, state, worker, load_shard) as cluster,
+    ):
+        yield cluster
 
+
+@asynccontextmanager
+async def open_ring(
+    network: Network,
+    state: PlanState,
+    worker: EngineWorker,
+    load_shard: ShardLoader,
+    *,
+    on_demand: bool = False,
+    wanted: bool = True,
+) -> AsyncIterator[Cluster]:
+    """Serve `state`'s model in a ring over `network` until the block exits:
+    link to the peers that serve it, agree on plans, load this node's shard.
+
+    `on_demand`: a model loaded on demand, whose ring peers with the model
+    cached may join (`Hello.on_demand`); `wanted` is whether this node wants it
+    kept loaded at first (a node that joined for its peers does not).
+    """
+    settings = network.settings
     cluster = Cluster(
         state,
         worker,
@@ -183,67 +230,22 @@ async def open_cluster(
         settle_time=settings.settle_time,
         join_timeout=settings.join_timeout,
         ring_settings=settings.ring_settings,
+        on_demand=on_demand,
+        wanted=wanted,
     )
-    peers, trust = cluster.peers, settings.trust
-    transport = TransportConfig(
-        idle_timeout=settings.peer_timeout, keepalive_interval=settings.peer_timeout / 4
-    )
-    endpoint_cm = open_endpoint(
-        settings.identity,
-        verify_peer=_verifier(trust),
-        stream_handler=peers.handle_stream,
-        host=settings.host,
-        port=_node_port(settings.host, settings.port),
-        config=transport,
-    )
-    async with endpoint_cm as endpoint, trio.open_nursery() as nursery:
-        port = endpoint.local_address[1]
-        log.info("node %s (%s) listening on UDP port %d", cluster.node_id, settings.name, port)
+    cluster.network = network
+    peers = cluster.peers
+    assert network.endpoint is not None
+    async with trio.open_nursery() as nursery:
         await nursery.start(cluster.route)
-        await nursery.start(cluster.plan_loop.run)
-        async with open_discovery(
-            list(settings.discovery),
-            identity=settings.identity,
-            trust=trust,
-            port=port,
-            name=settings.name,
-            capabilities=state.me.capabilities.to_dict(),
-            peers_file=settings.peers_file,
-            probe=_prober(endpoint),
-        ) as discovery:
-            for peer in discovery.peers().values():
-                peers.peer_event(PeerEventKind.APPEARED, peer)
-            nursery.start_soon(_follow_discovery, peers, discovery.events)
-            await nursery.start(peers.run, endpoint, trust)
-            nursery.start_soon(_watch_trust, trust, endpoint, peers)
-            yield cluster
-            nursery.cancel_scope.cancel()
-
-
-async def _follow_discovery(peers: Peers, events: trio.MemoryReceiveChannel[Any]) -> None:
-    async for event in events:
-        peers.peer_event(event.kind, event.peer)
-
-
-async def _watch_trust(trust: TrustStore, endpoint: Endpoint, peers: Peers) -> None:
-    """Apply `exoquic pair`, `trust add` and `trust remove` to the running node
-    within `TRUST_POLL_INTERVAL`: revoked peers lose their connections and
-    leave the cluster; newly trusted ones may connect and be dialled."""
-    broken = False
-    while True:
-        await trio.sleep(TRUST_POLL_INTERVAL)
+        network.add_ring(peers)
         try:
-            changed = trust.reload_if_changed()
-        except TrustStoreError as exc:
-            if not broken:  # say it once, keep the trust we had
-                log.error("%s (keeping the trust store as it was)", exc)
-            broken = True
-            continue
-        broken = False
-        if changed:
-            closed = endpoint.recheck_trust()
-            log.info("trust store changed%s", f": closed {closed} link(s)" if closed else "")
-            peers.trust_changed(trust)
+            await nursery.start(cluster.plan_loop.run)
+            await nursery.start(peers.run, network.endpoint, network.trust)
+            yield cluster
+        finally:
+            network.remove_ring(peers, "no longer serves this model")
+            nursery.cancel_scope.cancel()
 
 
 def _seen_version(state: PlanState) -> int | None:
@@ -253,53 +255,3 @@ def _seen_version(state: PlanState) -> int | None:
 
 def _no_loading(shard: Any) -> Any:
     raise RuntimeError("a node alone has its engine loaded by its creator")
-
-
-def _prober(endpoint: Endpoint) -> Probe:
-    async def probe(host: str, port: int) -> bytes | None:
-        return await endpoint.probe((host, port))
-
-    return probe
-
-
-def _node_port(host: str, port: int) -> int:
-    """`port`, or 0 (any free port) when the default port is taken by another
-    node on this host. An explicitly chosen port is never replaced: if it is
-    taken, that is a StartupError."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            if port != DEFAULT_NODE_PORT or exc.errno != errno.EADDRINUSE:
-                raise StartupError(
-                    f"cannot listen for peers on UDP {host}:{port}: {exc.strerror or exc} "
-                    "(choose another --node-port or --node-host)"
-                ) from exc
-            log.warning("UDP port %d is taken (%s); using a free port", port, exc)
-            return 0
-    return port
-
-
-def _verifier(trust: TrustStore) -> Callable[[bytes], bool]:
-    def verify(key: bytes) -> bool:
-        # Pairing may have added the key since the file was read: look again.
-        if not trust.is_trusted(key):
-            trust.reload_if_changed()
-        if not trust.is_trusted(key):
-            return False
-        _pin_if_new(trust, key)
-        return True
-
-    return verify
-
-
-def _pin_if_new(trust: TrustStore, key: bytes) -> None:
-    """A peer trusted by node id alone just proved this key: pin it, so a
-    different key with a colliding id can never be accepted later."""
-    entry = trust.get(node_id_from_public_key(key))
-    if entry is not None and entry.public_key is None:
-        try:
-            trust.pin_key(key)
-        except TrustStoreError as exc:
-            log.warning("cannot pin the key of %s: %s", entry.node_id, exc)

@@ -119,13 +119,26 @@ async def introduce(messages: MessageStream, hello: Hello, *, dialer: bool) -> H
     with trio.fail_after(HELLO_TIMEOUT):
         if dialer:
             await messages.send_message(hello)
-        with messages.frame_limit(Hello.MAX_SIZE):
-            theirs = await messages.receive_message()
-        _check_hello(messages, theirs)
+        theirs = await receive_hello(messages)
         if not dialer:
             await messages.send_message(hello)
+    return theirs
+
+
+async def receive_hello(messages: MessageStream) -> Hello:
+    """The peer's `Hello`, checked as `introduce` checks it (the accepting side
+    reads it first to know which model's ring answers)."""
+    with trio.fail_after(HELLO_TIMEOUT), messages.frame_limit(Hello.MAX_SIZE):
+        theirs = await messages.receive_message()
+    _check_hello(messages, theirs)
     assert isinstance(theirs, Hello)
     return theirs
+
+
+async def answer_hello(messages: MessageStream, hello: Hello) -> None:
+    """Send our `Hello` back on a stream whose peer spoke first."""
+    with trio.fail_after(HELLO_TIMEOUT):
+        await messages.send_message(hello)
 
 
 class LinkGate:

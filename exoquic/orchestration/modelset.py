@@ -10,9 +10,13 @@ models unloaded when it fits only without them), loaded whole on this node by
 `open_node` in a task of the set's own nursery, and unloaded once idle past
 its keep-alive (`Residency`, the pure part, decides what and when).
 
-Models loaded on demand run on this node alone (a ring of one each, with its
-own engine worker): spreading them over a ring's nodes is left for later (see
-docs/usage.md).
+On a node that is part of a network (`exoquic up`), each model loaded on
+demand runs in a ring of its own over the node's `Network`, with its own
+engine worker: the peers that have the model cached join it (a peer's ring
+dialling this node makes the set load the model here too, as a *follower*),
+the memory each node offers it is what its other models leave, and the
+model stays while any node of its ring wants it (`Demand`, docs/ring.md). A
+node alone (`exoquic run`, tests) loads each model whole by itself.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from exoquic.models.hf_loader import as_hf_weights
 from exoquic.models.source import ModelSource
 from exoquic.orchestration.catalog import Catalog, CatalogEntry
 from exoquic.orchestration.generation import UnavailableError
-from exoquic.orchestration.node import Node, NodeSettings, open_node
+from exoquic.orchestration.node import Node, NodeSettings, OnDemandRing, open_node
 from exoquic.orchestration.residency import (
     DEFAULT_KEEP_ALIVE_S,
     KEEP,
@@ -43,10 +47,15 @@ from exoquic.orchestration.residency import (
     Residency,
     Resident,
 )
-from exoquic.topology import DEFAULT_MEMORY_FRACTION
+from exoquic.topology import DEFAULT_MEMORY_FRACTION, DeviceCapabilities
 from exoquic.topology.fit import KV_BYTES_PER_VALUE, FitCheck, check_fit
 
 log = logging.getLogger(__name__)
+
+
+JOIN_WAIT_S = 4.0
+"""How long a peer's dial waits for this node to join a ring of the model it
+names (under the dialer's hello timeout); past it the dialer simply redials."""
 
 
 class ModelNotFoundError(Exception):
@@ -76,6 +85,7 @@ class _Load:
     waiting: int = 0
     done: trio.Event = field(default_factory=trio.Event)
     error: Exception | None = None
+    follower: bool = False  # loaded because a ring peer asked, not for a request here
 
 
 @dataclass
@@ -86,6 +96,10 @@ class _Held:
     stopped: trio.Event
     loaded_at: float  # wall clock
     load_seconds: float
+    # Joined a ring for its peers; it keeps no keep-alive of its own until a
+    # request here uses it, and a grace reservation until a peer says what it wants.
+    follower: bool = False
+    grace: bool = False  # a follower's grace reservation is still held
 
 
 @dataclass(frozen=True)
@@ -123,8 +137,11 @@ class ModelSet:
         capacity = int(self.usable_memory * self.settings.memory_fraction)
         self.residency = Residency(capacity)
         # Pinned: its keep-alive and last use never matter (and no clock is needed here).
-        self.residency.add(default.model_id, _default_size(default), 0.0, None, pinned=True)
+        self.residency.add(default.model_id, _local_size(default), 0.0, None, pinned=True)
         default.usage = _Usage(self, default.model_id)
+        self.network = default.cluster.network  # None: alone, models load whole here
+        if self.network is not None:
+            self.network.join = self._join_for_peers
         self._held: dict[str, _Held] = {}
         self._loads: dict[str, _Load] = {}
         self._lock = trio.Lock()  # one load or unload decision at a time
@@ -156,6 +173,11 @@ class ModelSet:
                 return await self._wait_for_load(name, entry, keep_alive)
         if node is None:
             raise ModelNotFoundError(self.not_found_message(name))
+        held = self._held.get(node.model_id)
+        if held is not None and held.follower:  # a request here: now this node wants it too
+            held.follower = False
+            if isinstance(keep_alive, Keep):
+                keep_alive = self.settings.keep_alive
         self.residency.reserve(node.model_id, trio.current_time(), keep_alive)
         self._pulse()
         return node
@@ -212,10 +234,13 @@ class ModelSet:
 
     async def _load(self, key: str, load: _Load) -> None:
         try:
-            if load.entry is None:
-                load.entry = await self._pull(load.name)
-            async with self._lock:
-                await self._bring_in(load)
+            try:
+                if load.entry is None:
+                    load.entry = await self._pull(load.name)
+                async with self._lock:
+                    await self._bring_in(load)
+            except BaseExceptionGroup as group:  # (raised inside the model's own tasks)
+                raise _sole_error(group) from None
         except (UnavailableError, ModelNotFoundError) as exc:
             load.error = exc
         except ModelError as exc:  # a file that is not a usable model
@@ -225,7 +250,8 @@ class ModelSet:
             log.exception("cannot load %s", key)
             load.error = UnavailableError(f"cannot load {key}: {exc}")
         finally:
-            del self._loads[key]
+            if self._loads.get(key) is load:
+                del self._loads[key]
             load.done.set()
             self._pulse()
 
@@ -240,31 +266,73 @@ class ModelSet:
         fit = await trio.to_thread.run_sync(self.fit, entry)
         if not fit.fits:
             raise UnavailableError(fit.message())
-        self.residency.resize(self.default.model_id, _default_size(self.default))
-        victims = self.residency.evictions(fit.needed, trio.current_time())
+        self._resize_residents()
+        needed_here = self._share_of(fit.needed)
+        victims = self.residency.evictions(needed_here, trio.current_time())
         if victims is None:
-            raise UnavailableError(self._no_room(entry.model_id, fit.needed))
+            if self.network is None:
+                raise UnavailableError(self._no_room(entry.model_id, fit.needed))
+            victims = []  # the ring's plan gives this node what its memory allows
         for model_id in victims:
             log.info(
                 "unloading %s (least recently used) to make room for %s", model_id, entry.model_id
             )
             await self._unload(model_id)
-        held = await self._nursery.start(self._hold, entry)
+        held = await self._nursery.start(self._hold, entry, load.follower)
         keep_alive = (
             self.settings.keep_alive if isinstance(load.keep_alive, Keep) else load.keep_alive
         )
+        if load.follower and load.waiting:  # a request here came meanwhile: wanted here too
+            held.follower = False
+        if held.follower:  # kept for the ring's peers; a grace reservation until they say
+            keep_alive, reservations = 0.0, 1
+            held.grace = True
+        else:
+            reservations = load.waiting
         now = trio.current_time()
-        self.residency.add(entry.model_id, fit.needed, now, keep_alive, reservations=load.waiting)
+        self.residency.add(entry.model_id, fit.needed, now, keep_alive, reservations=reservations)
         self._held[entry.model_id] = held
         held.node.usage = _Usage(self, entry.model_id)
+        self.residency.resize(entry.model_id, _local_size(held.node))
+        demand = held.node.cluster.demand
+        if demand is not None:
+            demand.on_change = self._pulse
 
     def fit(self, entry: CatalogEntry) -> FitCheck:
-        """Whether this node could hold `entry` with nothing else loaded (blocking:
-        reads the model's header)."""
+        """Whether the cluster (this node and its linked peers) could hold
+        `entry` with nothing else loaded (blocking: reads the model's header)."""
         assert self.catalog is not None
         footprint = self.catalog.footprint(entry)
         context = min(self.node_settings.max_context, self.catalog.context_length(entry))
-        return check_fit(footprint, context, [self.usable_memory], self.settings.memory_fraction)
+        memory = [self.usable_memory, *self._peer_memory().values()]
+        return check_fit(footprint, context, memory, self.settings.memory_fraction)
+
+    def _peer_memory(self) -> dict[str, int]:
+        return self.network.peer_memory() if self.network is not None else {}
+
+    def _share_of(self, needed: int) -> int:
+        """The part of `needed` bytes this node may expect to hold: all of it
+        alone, else its share of the cluster's memory (plans weight by memory)."""
+        total = self.usable_memory + sum(self._peer_memory().values())
+        return needed if total <= 0 else math.ceil(needed * self.usable_memory / total)
+
+    def _ring_capabilities(self) -> DeviceCapabilities:
+        """What this node offers a new model's ring: its memory less what its
+        loaded models take (so a plan never counts the same bytes twice)."""
+        me = self.default.cluster.plans.state.me.capabilities
+        taken = int(self.residency.used / self.settings.memory_fraction)
+        accelerator = me.accelerator_memory
+        return replace(
+            me,
+            available_memory=max(0, me.available_memory - taken),
+            accelerator_memory=None if accelerator is None else max(0, accelerator - taken),
+        )
+
+    def _resize_residents(self) -> None:
+        """Each loaded model's size as it is now on this node (a ring's plan may
+        have moved its layers)."""
+        for resident in self.residency.residents():
+            self.residency.resize(resident.model_id, _local_size(self.node_of(resident.model_id)))
 
     def _no_room(self, model_id: str, needed: int) -> str:
         from exoquic.topology.fit import format_size
@@ -279,20 +347,35 @@ class ModelSet:
         )
 
     async def _hold(
-        self, entry: CatalogEntry, *, task_status: trio.TaskStatus[_Held] = trio.TASK_STATUS_IGNORED
+        self,
+        entry: CatalogEntry,
+        follower: bool = False,
+        *,
+        task_status: trio.TaskStatus[_Held] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Load `entry` on this node alone and keep it until told to stop."""
+        """Load `entry` (alone, or in a ring of its own over the network) and
+        keep it until told to stop. A request's load returns once the ring
+        serves it; a follower's as soon as its ring is up."""
         from exoquic.download.ensure import NodeModel
 
         source = self._source(entry)
         settings = replace(self.node_settings, model=entry.model_id)
+        ring = None
+        if self.network is not None:
+            ring = OnDemandRing(self.network, self._ring_capabilities(), wanted=not follower)
         started = time.perf_counter()
         stopped = trio.Event()
         try:
-            async with open_node(settings, None, NodeModel(source, source.load_shard)) as node:
+            model = NodeModel(source, source.load_shard)
+            async with open_node(settings, None, model, on_demand=ring) as node:
+                if ring is not None and not follower:
+                    await _until_serving(node)
                 seconds = time.perf_counter() - started
-                log.info("loaded %s on demand in %.1f s", entry.model_id, seconds)
-                held = _Held(entry, node, trio.Event(), stopped, time.time(), seconds)
+                if follower:
+                    log.info("%s: joined its ring for a peer in %.1f s", entry.model_id, seconds)
+                else:
+                    log.info("loaded %s on demand in %.1f s", entry.model_id, seconds)
+                held = _Held(entry, node, trio.Event(), stopped, time.time(), seconds, follower)
                 task_status.started(held)
                 await held.stop.wait()
                 # Free the engine's memory now (MLX keeps freed buffers in a cache).
@@ -314,6 +397,31 @@ class ModelSet:
         _return_freed_memory()
         log.info("unloaded %s", model_id)
         self._pulse()
+
+    async def _join_for_peers(self, model_id: str) -> bool | None:
+        """A ring peer dialled this node for `model_id`: if it is cached here, load
+        it as a follower (the network's join hook). True once its ring is up,
+        None while it is still coming up, False when it cannot."""
+        if self.network is None or self._nursery is None or self.catalog is None:
+            return False
+        if model_id == self.default.model_id:
+            return False  # (its ring is the node's own: a Hello naming it never gets here)
+        entry = None
+        if model_id not in self._held and model_id not in self._loads:
+            entry = await trio.to_thread.run_sync(self.catalog.find, model_id)
+            if entry is None or entry.model_id != model_id:
+                return False
+        if entry is not None and model_id not in self._held and model_id not in self._loads:
+            log.info("a ring peer asked for %s, which is cached here: joining", model_id)
+            joining = self._loads[model_id] = _Load(model_id, entry, KEEP, follower=True)
+            self._nursery.start_soon(self._load, model_id, joining)
+        load = self._loads.get(model_id)
+        if load is not None:
+            with trio.move_on_after(JOIN_WAIT_S):
+                await load.done.wait()
+            if not load.done.is_set():
+                return None
+        return self.network.serves(model_id)
 
     async def _pull(self, name: str) -> CatalogEntry:
         """`exoquic pull name` (with --auto-pull), then its catalog entry."""
@@ -344,6 +452,7 @@ class ModelSet:
             task_status.started()
             while True:
                 changed = self._changed
+                await self._share_demand()
                 now = trio.current_time()
                 for model_id in self.residency.expired(now):
                     async with self._lock:
@@ -353,6 +462,21 @@ class ModelSet:
                 deadline = self.residency.next_deadline(trio.current_time())
                 with trio.move_on_at(math.inf if deadline is None else deadline):
                     await changed.wait()
+
+    async def _share_demand(self) -> None:
+        """For each model in a ring of its own: note whether its peers want it,
+        and tell them whether this node still does."""
+        for model_id, held in list(self._held.items()):
+            demand = held.node.cluster.demand
+            if demand is None:
+                continue
+            if demand.heard and held.grace:  # the grace reservation has served
+                held.grace = False
+                self.residency.unreserve(model_id, trio.current_time())
+            self.residency.set_peer_wanted(model_id, demand.peers_want)
+            resident = self.residency.get(model_id)
+            if resident is not None:
+                await demand.tell(resident.wanted(trio.current_time()))
 
     def _pulse(self) -> None:
         self._changed.set()
@@ -364,7 +488,7 @@ class ModelSet:
         """The loaded models for `/api/ps` and `exoquic ps`: memory, expiry (wall
         clock, None: never), requests running, and which nodes hold which layers."""
         now, wall = trio.current_time(), time.time()
-        self.residency.resize(self.default.model_id, _default_size(self.default))
+        self._resize_residents()
         return [self._report(r, now, wall) for r in self.residency.residents()]
 
     def _report(self, resident: Resident, now: float, wall: float) -> dict[str, Any]:
@@ -389,8 +513,8 @@ class ModelSet:
 
     def _holders(self, model_id: str, node: Node) -> list[dict[str, Any]]:
         """Each node holding layers of the model: [{id, name, layers: [first, last]}]."""
-        if node is self.default:
-            nodes = self.default.topology().get("nodes", [])
+        if node.cluster.network is not None:  # in a ring: as its plan says
+            nodes = node.topology().get("nodes", [])
             return [
                 {"id": n["id"], "name": n.get("name"), "layers": n["layers"]}
                 for n in nodes
@@ -459,12 +583,35 @@ def _return_freed_memory() -> None:
         pass
 
 
-def _default_size(node: Node) -> int:
-    """What the default model takes on this node: its shard's weights (all of
-    them when alone) and their KV cache at full context."""
+def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error a group of task errors holds (the group itself if several)."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop()
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        else:
+            leaves.append(error)
+    return leaves[0] if len(leaves) == 1 else group
+
+
+async def _until_serving(node: Node) -> None:
+    """Until the model's ring serves it (an agreed plan, every shard loaded);
+    UnavailableError when the ring cannot hold it or takes too long."""
+    plans = node.cluster.plans
+    await plans.wait_usable_plan(-1)
+
+
+def _local_size(node: Node) -> int:
+    """What a model takes on this node: its shard's weights (all of them when
+    alone) and their KV cache at full context."""
     config = node.config
     requirements = node.requirements
-    shard = node.cluster.plans.shard
+    plans = node.cluster.plans
+    shard = plans.shard
+    if shard is None and plans.state.loaded_key is not None:
+        return 0  # the ring's plan leaves this node out
     first, last = (
         (0, config.num_layers - 1) if shard is None else (shard.start_layer, shard.end_layer)
     )

@@ -35,7 +35,7 @@ from exoquic.models.sizes import BYTES_PER_WEIGHT, estimated_part_sizes
 from exoquic.models.source import ModelSource
 from exoquic.models.tokenizer import Tokenizer
 from exoquic.models.weights import ShardWeights
-from exoquic.orchestration.cluster import Cluster, ClusterSettings, open_cluster
+from exoquic.orchestration.cluster import Cluster, ClusterSettings, open_cluster, open_ring
 from exoquic.orchestration.generation import (
     ContextLengthError,
     FinishReason,
@@ -52,6 +52,7 @@ from exoquic.topology import DeviceCapabilities, ModelRequirements
 
 if TYPE_CHECKING:
     from exoquic.download.ensure import NodeModel
+    from exoquic.orchestration.network import Network
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -309,12 +310,15 @@ def model_requirements(source: ModelSource, config: ModelConfig) -> ModelRequire
     if bundled is not None:
         return bundled
     sizes = source.part_sizes(config)
+    # A tied head is the embedding matrix: one node holding both holds it once.
+    shared = min(sizes.embed_bytes, sizes.head_bytes) if config.tie_word_embeddings else 0
     return ModelRequirements(
         source.model_id,
         config.num_layers,
         sizes.bytes_per_layer,
         sizes.embed_bytes,
         sizes.head_bytes,
+        shared,
     )
 
 
@@ -353,18 +357,32 @@ def _probe(engine: str, memory_limit: int | None = None) -> DeviceCapabilities:
     )
 
 
+@dataclass(frozen=True)
+class OnDemandRing:
+    """Where a model loaded on demand joins a ring: the node's network, the
+    memory this node offers it (net of the models it holds already), and
+    whether this node wants the model itself (see `Demand`)."""
+
+    network: Network
+    capabilities: DeviceCapabilities
+    wanted: bool = True
+
+
 @asynccontextmanager
 async def open_node(
     settings: NodeSettings,
     cluster_settings: ClusterSettings | None = None,
     model: NodeModel | None = None,
+    on_demand: OnDemandRing | None = None,
 ) -> AsyncIterator[Node]:
     """Start the engine worker and yield the node.
 
-    Without `cluster_settings`: load the whole model and serve alone (no
-    network). With them: join the ring; this node's layers are loaded once the ring has
-    agreed on a plan (see `open_cluster`). `model`, when given, is the model
-    already resolved (a cached one loaded on demand); else `settings.model` is.
+    Without `cluster_settings` or `on_demand`: load the whole model and serve
+    alone (no network). With `cluster_settings`: open the network and join the
+    ring; this node's layers are loaded once the ring has agreed on a plan (see
+    `open_cluster`). With `on_demand`: the same in a ring of its own on a
+    network already open. `model`, when given, is the model already resolved
+    (a cached one loaded on demand); else `settings.model` is.
     """
     from exoquic.download.ensure import prepare_model
     from exoquic.engines.registry import create_engine
@@ -380,39 +398,45 @@ async def open_node(
     max_context = min(settings.max_context, config.max_context)
     engine = create_engine(engine_name, max_context=max_context)
     worker = EngineWorker(engine, max_batch=settings.max_batch)
+    requirements = model_requirements(source, config)
+
+    def node(cluster: Cluster | None) -> Node:
+        return Node(
+            source.model_id,
+            config,
+            tokenizer,
+            worker,
+            max_context,
+            cluster,
+            defaults,
+            requirements,
+        )
+
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
-        if cluster_settings is None:
+        if on_demand is not None:
+            network = on_demand.network
+            me = Member(network.node_id, network.name, on_demand.capabilities)
+            state = PlanState(me, requirements, network.settings.memory_fraction)
+            ring = open_ring(
+                network, state, worker, model.load_shard, on_demand=True, wanted=on_demand.wanted
+            )
+            async with ring as cluster:
+                with _stopping_on_exit(worker):
+                    yield node(cluster)
+        elif cluster_settings is None:
             with _stopping_on_exit(worker):
                 await _load_whole(
                     source.model_id, model.load_shard, config, worker, settings.warm_up
                 )
-                yield Node(
-                    source.model_id,
-                    config,
-                    tokenizer,
-                    worker,
-                    max_context,
-                    defaults=defaults,
-                    requirements=model_requirements(source, config),
-                )
+                yield node(None)
         else:
             node_id, name = cluster_settings.identity.node_id, cluster_settings.name
             me = Member(node_id, name, _probe(engine_name, cluster_settings.memory_limit))
-            requirements = model_requirements(source, config)
             state = PlanState(me, requirements, cluster_settings.memory_fraction)
             async with open_cluster(cluster_settings, state, worker, model.load_shard) as cluster:
                 with _stopping_on_exit(worker):
-                    yield Node(
-                        source.model_id,
-                        config,
-                        tokenizer,
-                        worker,
-                        max_context,
-                        cluster,
-                        defaults,
-                        requirements,
-                    )
+                    yield node(cluster)
         nursery.cancel_scope.cancel()
 
 

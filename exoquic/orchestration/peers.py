@@ -7,6 +7,12 @@ order, on one channel (`events`): a peer joined, a message arrived, a peer
 left. `send(node_id, message)` hands a message to a peer's link. Peers never
 looks at what the messages mean and never calls into the plan loop or the
 ring: they read `events` (see `cluster.py`, which routes them).
+
+A node has one `Peers` per model it serves, each with its own links (one
+QUIC connection per peer and model): the network (`network.py`) hands each
+accepted link to the `Peers` of the model its `Hello` names. The peers of a
+model loaded on demand (`on_demand`) may decline a link (they do not serve
+it); those are dialled again only after `DECLINED_RETRY_S`.
 """
 
 from __future__ import annotations
@@ -21,10 +27,10 @@ import trio
 
 from exoquic.discovery.peers import PeerEventKind, PeerInfo
 from exoquic.identity.trust import TrustStore, TrustStoreError
-from exoquic.orchestration.links import Link, LinkError, LinkGate, LinkStatistics, introduce
+from exoquic.orchestration.links import Link, LinkError, LinkStatistics, answer_hello, introduce
 from exoquic.orchestration.planning import Member
 from exoquic.topology import DeviceCapabilities
-from exoquic.transport import ConnectionClosed, Endpoint, MessageStream, QuicStream
+from exoquic.transport import ConnectionClosed, Endpoint, MessageStream, StreamReset
 from exoquic.wire.errors import ErrorCode, RemoteProtocolError
 from exoquic.wire.messages import PROTOCOL_VERSION, Hello, Message
 
@@ -34,6 +40,9 @@ DIAL_INTERVAL = 1.0
 CONNECT_TIMEOUT = 5.0
 KNOWN_PEERS_GRACE = 0.2
 """At start, discovery reports the peers it already knows within this time."""
+DECLINED_RETRY_S = 10.0
+"""How long the ring of a model loaded on demand waits before dialling again a
+peer that said it does not serve the model (it may have pulled it since)."""
 
 
 class PeerUnavailable(Exception):
@@ -80,10 +89,18 @@ class Peers:
     PeerUnavailable and `events` stays empty.
     """
 
-    def __init__(self, me: Member, model_id: str, plan_version: Callable[[], int | None]) -> None:
+    def __init__(
+        self,
+        me: Member,
+        model_id: str,
+        plan_version: Callable[[], int | None],
+        *,
+        on_demand: bool = False,
+    ) -> None:
         self.me = me
         self.node_id = me.node_id
         self.model_id = model_id
+        self.on_demand = on_demand
         # When this process started: a peer that sees a newer instance of a node
         # knows the old one is gone, even before its connections time out.
         self.instance = time.time_ns()
@@ -93,8 +110,8 @@ class Peers:
         self._links: dict[str, list[Link]] = {}
         self._members: dict[str, Member] = {}  # linked peers, as their Hello described them
         self._instances: dict[str, int] = {}
-        self._link_gate = LinkGate()  # one link per connection
         self._dialing: set[str] = set()
+        self._declined: dict[str, float] = {}  # node id -> when to dial it again
         self._endpoint: Endpoint | None = None
         self._changed = trio.Event()  # pulsed when links or known peers change
         self._new_peers = trio.Event()  # wakes the dialer
@@ -120,6 +137,10 @@ class Peers:
             await self.send(node_id, message)
         except PeerUnavailable as exc:
             log.debug("could not send %s: %s", type(message).__name__, exc)
+
+    def members(self) -> list[Member]:
+        """The linked peers, as their `Hello` described them."""
+        return list(self._members.values())
 
     def live_peers(self) -> list[str]:
         return [node_id for node_id in self._links if self._link(node_id) is not None]
@@ -148,7 +169,9 @@ class Peers:
     async def wait_for_known_peers(self) -> None:
         """Until every peer discovery knows has a link (the caller bounds the wait)."""
         await trio.sleep(KNOWN_PEERS_GRACE)
-        while any(self._link(node_id) is None for node_id in self.known):
+        while any(
+            self._link(node_id) is None and node_id not in self._declined for node_id in self.known
+        ):
             changed = self._changed
             await changed.wait()
 
@@ -183,19 +206,25 @@ class Peers:
             model=self.model_id,
             plan_version=self._plan_version(),
             device=me.capabilities.to_dict(),
+            on_demand=self.on_demand,
         )
 
-    async def handle_stream(self, stream: QuicStream) -> None:
-        """The endpoint's stream handler: a peer dialled us and opened its link stream."""
-        if not self._link_gate.admit(stream):
-            return
-        messages = MessageStream(stream)
+    async def accept(self, messages: MessageStream, hello: Hello) -> None:
+        """A peer dialled us for this model and said `hello`: answer, serve the link."""
         try:
-            hello = await introduce(messages, self.hello(), dialer=False)
+            await answer_hello(messages, self.hello())
         except trio.TooSlowError:
-            stream.connection.close(ErrorCode.PROTOCOL_ERROR, "no hello in time")
+            messages.connection.close(ErrorCode.PROTOCOL_ERROR, "no room for our hello in time")
+            return
+        except (ConnectionClosed, StreamReset, trio.ClosedResourceError):
             return
         await self._run_link(Link(messages, hello, self.link_stats))
+
+    def close_all(self, reason: str) -> None:
+        """Close every link (this model is no longer served here)."""
+        for links in list(self._links.values()):
+            for link in links:
+                link.close(reason)
 
     async def run(
         self,
@@ -222,8 +251,11 @@ class Peers:
         to expect: one pinned in the trust store wins over an announced one; with
         neither (trusted by id, found in peers.json) we dial by node id."""
         due = []
+        now = trio.current_time()
         for peer in list(self.known.values()):
             if peer.node_id == self.node_id or peer.node_id in self._dialing:
+                continue
+            if self._declined.get(peer.node_id, now) > now:
                 continue
             if self._link(peer.node_id) is not None:
                 continue
@@ -265,6 +297,8 @@ class Peers:
             return Link(messages, hello, self.link_stats)
         except (ConnectionClosed, OSError, RemoteProtocolError, trio.TooSlowError) as exc:
             log.debug("cannot link to %s:%d: %s", *address, exc)
+            if _declined(exc) and self.on_demand:
+                self._declined[node_id] = trio.current_time() + DECLINED_RETRY_S
             if connection is not None:
                 connection.close()
             return None
@@ -274,6 +308,7 @@ class Peers:
         member = self._member_from(link)
         if member is None or not self._current_instance(link):
             return
+        self._declined.pop(member.node_id, None)
         links = self._links.setdefault(member.node_id, [])
         links.append(link)
         if len(links) == 1:
@@ -343,6 +378,15 @@ class Peers:
     def _pulse(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+
+
+def _declined(exc: Exception) -> bool:
+    """Whether the peer closed the link saying it does not serve the model."""
+    return (
+        isinstance(exc, ConnectionClosed)
+        and exc.by_peer
+        and exc.error_code == ErrorCode.MODEL_NOT_SERVED
+    )
 
 
 def _pin(trust: TrustStore, key: bytes) -> bool:

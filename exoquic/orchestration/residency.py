@@ -7,7 +7,9 @@ last use, requests running and requests about to run. It answers three
 questions, with `now` given by the caller (trio's clock, or a fake one in
 tests):
 
-- which idle models are past their keep-alive (`expired`);
+- which idle models are past their keep-alive (`expired`), leaving those a
+  ring peer still wants (a model loaded on demand in a ring stays while any
+  of its nodes wants it, see docs/ring.md);
 - when the next one will be (`next_deadline`), so the unloader sleeps until then;
 - which idle models to unload, least recently used first, to make room for a
   model of a given size (`evictions`).
@@ -95,15 +97,23 @@ class Resident:
     keep_alive: KeepAlive
     last_used: float  # when its last request ended (or it was reserved or loaded)
     pinned: bool = False  # the default model: never unloaded
+    # A ring peer wants it (docs/ring.md): it stays, and its own keep-alive only
+    # decides whether this node still wants it itself.
+    peer_wanted: bool = False
     running: int = 0
     reservations: list[float] = field(default_factory=list)  # their deadlines
 
     def busy(self, now: float) -> bool:
         return self.running > 0 or any(deadline > now for deadline in self.reservations)
 
+    def wanted(self, now: float) -> bool:
+        """Whether this node wants it loaded itself (its peers aside)."""
+        expiry = self.expiry(now)
+        return self.busy(now) or expiry is None or expiry > now
+
     def expiry(self, now: float) -> float | None:
-        """When it will be unloaded if no request comes; None: never. A busy
-        model's keep-alive counts from now at the earliest."""
+        """When this node's own keep-alive runs out if no request comes; None:
+        never. A busy model's keep-alive counts from now at the earliest."""
         if self.pinned or self.keep_alive is None:
             return None
         since = max(self.last_used, now) if self.busy(now) else self.last_used
@@ -190,12 +200,16 @@ class Residency:
         resident.reservations = live[1:]
         resident.last_used = max(resident.last_used, now)
 
+    def set_peer_wanted(self, model_id: str, wanted: bool) -> None:
+        resident = self._residents.get(model_id)
+        if resident is not None:
+            resident.peer_wanted = wanted
+
     def expired(self, now: float) -> list[str]:
-        """The idle models past their keep-alive, to unload now."""
+        """The models nobody wants any more, to unload now: idle, past their
+        keep-alive, and not wanted by a ring peer."""
         return [
-            r.model_id
-            for r in self._residents.values()
-            if not r.busy(now) and (expiry := r.expiry(now)) is not None and expiry <= now
+            r.model_id for r in self._residents.values() if not r.peer_wanted and not r.wanted(now)
         ]
 
     def next_deadline(self, now: float) -> float | None:
@@ -205,7 +219,7 @@ class Residency:
         for r in self._residents.values():
             times += [d for d in r.reservations if d > now]
             expiry = r.expiry(now)
-            if expiry is not None and not r.busy(now):
+            if expiry is not None and expiry > now and not r.busy(now):
                 times.append(expiry)
         return min(times, default=None)
 
@@ -216,7 +230,11 @@ class Residency:
         free = self.capacity - self.used
         if needed <= free:
             return []
-        idle = [r for r in self._residents.values() if not r.pinned and not r.busy(now)]
+        idle = [
+            r
+            for r in self._residents.values()
+            if not r.pinned and not r.busy(now) and not r.peer_wanted  # (in use by the ring)
+        ]
         chosen: list[str] = []
         for resident in sorted(idle, key=lambda r: r.last_used):
             chosen.append(resident.model_id)

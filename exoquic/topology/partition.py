@@ -46,9 +46,9 @@ class InsufficientMemoryError(Exception):
 class ModelRequirements:
     """How much memory a model's parts take, in bytes.
 
-    embed_bytes are held by the first shard, head_bytes by the last (with tied
-    embeddings both hold the embedding matrix; a single node is charged twice,
-    which errs on the safe side).
+    embed_bytes are held by the first shard, head_bytes by the last. With tied
+    embeddings both hold the embedding matrix: `shared_bytes` of them are the
+    same tensor, charged once to a node that is both first and last.
     """
 
     model_id: str
@@ -56,16 +56,20 @@ class ModelRequirements:
     bytes_per_layer: int
     embed_bytes: int = 0
     head_bytes: int = 0
+    shared_bytes: int = 0
 
     def __post_init__(self) -> None:
         if self.num_layers < 1 or self.bytes_per_layer < 1:
             raise ValueError("a model needs at least one layer of at least one byte")
         if self.embed_bytes < 0 or self.head_bytes < 0:
             raise ValueError("embedding and head sizes cannot be negative")
+        if not 0 <= self.shared_bytes <= min(self.embed_bytes, self.head_bytes):
+            raise ValueError("the shared bytes must be part of both the embedding and the head")
 
     @property
     def total_bytes(self) -> int:
-        return self.num_layers * self.bytes_per_layer + self.embed_bytes + self.head_bytes
+        """What one node holding the whole model is charged."""
+        return self.shard_bytes(0, self.num_layers - 1)
 
     def shard_bytes(self, start_layer: int, end_layer: int) -> int:
         """What the node holding layers start..end (inclusive) is charged for,
@@ -77,6 +81,8 @@ class ModelRequirements:
         layers = (end_layer - start_layer + 1) * self.bytes_per_layer
         embed = self.embed_bytes if start_layer == 0 else 0
         head = self.head_bytes if end_layer == self.num_layers - 1 else 0
+        if embed and head:
+            head -= self.shared_bytes
         return layers + embed + head
 
 
@@ -142,6 +148,8 @@ def _capacity(model: ModelRequirements, budget: int, position: int, size: int) -
     fixed = (model.embed_bytes if position == 0 else 0) + (
         model.head_bytes if position == size - 1 else 0
     )
+    if size == 1:
+        fixed -= model.shared_bytes
     return min(model.num_layers, (budget - fixed) // model.bytes_per_layer)
 
 

@@ -36,6 +36,9 @@ class ErrorCode(enum.IntEnum):
     """A valid message that is not allowed at this point of the conversation."""
     PAIRING_FAILED = 0x208
     """Pairing did not prove that both sides know the code (or it expired)."""
+    MODEL_NOT_SERVED = 0x209
+    """The node does not serve the model the `Hello` named (not yet, or not at
+    all); the dialer tries again later, not at once."""
 
 
 class ProtocolError(Exception):

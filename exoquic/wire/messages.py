@@ -34,11 +34,12 @@ from exoquic.wire.errors import ErrorCode, LocalProtocolError, RemoteProtocolErr
 from exoquic.wire.framing import MAX_FRAME_SIZE
 from exoquic.wire.tensors import MAX_TENSOR_ELEMENTS, decode_tensor, encode_tensor
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 """The node protocol version nodes announce in `Hello` (over ALPN `exoquic/1`).
 2: typed `Hello` fields, one `sampling` map in `Forward`. 3: log-probabilities
 (`Forward` 4, `TokenResult` 3). 4: the prefix cache (`Forward` 5, `Release` 2,
-`RequestFailed` 2). 5: the tokens so far for penalties and grammars (`Forward` 6)."""
+`RequestFailed` 2). 5: the tokens so far for penalties and grammars (`Forward` 6).
+6: rings of models loaded on demand (`Hello` 3, `Interest`)."""
 
 MAX_ID_LENGTH = 128
 MAX_REASON_LENGTH = 1024
@@ -186,6 +187,12 @@ def check_text(
         raise _invalid(message, name, f"{kind} of {min_length}..{max_length} characters", value)
 
 
+def check_bool(message: Message, name: str) -> None:
+    value = getattr(message, name)
+    if not isinstance(value, bool):
+        raise _invalid(message, name, "true or false", value)
+
+
 def check_bytes(message: Message, name: str, size: int) -> None:
     value = getattr(message, name)
     if not isinstance(value, bytes) or len(value) != size:
@@ -280,12 +287,17 @@ class Hello(Message):
     it has seen (None: none yet), so that a coordinator never reuses one;
     `device` describes its memory, chip and engine (a map, read by
     `topology.DeviceCapabilities.from_dict`; only its size is checked here).
+    `on_demand` is true on the links of a ring of a model loaded on demand: a
+    node that does not serve `model` yet but has it cached may start serving
+    it and dial back (see docs/ring.md); a node's own model's ring is joined
+    only by nodes serving that model.
 
-    Version 2 replaced version 1's free-form `capabilities` map with these fields.
+    Version 2 replaced version 1's free-form `capabilities` map with these
+    fields; version 3 added `on_demand`.
     """
 
     TYPE = "hello"
-    VERSION = 2
+    VERSION = 3
     MAX_SIZE = 64 << 10
     protocol_version: int
     node_id: str
@@ -294,6 +306,7 @@ class Hello(Message):
     model: str
     plan_version: int | None
     device: dict[str, Any]
+    on_demand: bool = False
 
     def __post_init__(self) -> None:
         check_uint(self, "protocol_version", U32)
@@ -304,6 +317,7 @@ class Hello(Message):
         if self.plan_version is not None:
             check_uint(self, "plan_version")
         check_map(self, "device", MAX_DEVICE_FIELDS, MAX_DEVICE_ITEMS)
+        check_bool(self, "on_demand")
 
 
 @register
@@ -587,9 +601,8 @@ class RequestFailed(Message):
     def __post_init__(self) -> None:
         check_text(self, "request_id", MAX_ID_LENGTH, printable=True)
         check_text(self, "reason", MAX_REASON_LENGTH, min_length=0)
-        for name in ("retryable", "prefix_miss"):
-            if not isinstance(getattr(self, name), bool):
-                raise _invalid(self, name, "true or false", getattr(self, name))
+        check_bool(self, "retryable")
+        check_bool(self, "prefix_miss")
 
 
 @register
@@ -630,6 +643,24 @@ class PlanReady(Message):
     def __post_init__(self) -> None:
         check_uint(self, "version")
         check_node_id(self, "proposer")
+
+
+@register
+@dataclass(frozen=True)
+class Interest(Message):
+    """On a ring of a model loaded on demand: whether the sender still wants the
+    model loaded (it has requests for it, or its keep-alive has not run out).
+
+    Sent on each new link and whenever it changes. A node keeps its shard of
+    such a model while it wants the model itself or any linked peer of that
+    ring does; when nobody does, every node unloads it (docs/ring.md).
+    """
+
+    TYPE = "interest"
+    wanted: bool
+
+    def __post_init__(self) -> None:
+        check_bool(self, "wanted")
 
 
 PREPARATION_PHASES = frozenset({"downloading", "loading", "ready", "failed"})

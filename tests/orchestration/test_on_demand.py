@@ -100,6 +100,20 @@ def wait_unloaded(node: RingNode, model: str, timeout: float = 20.0) -> None:
         time.sleep(0.2)
 
 
+def wait_holders(
+    node: RingNode, model: str, names: set[str], timeout: float = 60.0
+) -> list[dict[str, Any]]:
+    """The nodes holding `model`'s layers, once they are `names` (a slow join
+    may come after the first plan, which the ring then replaces)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        holders: list[dict[str, Any]] = loaded(node)[model]["nodes"]
+        if {h["name"] for h in holders} == names:
+            return holders
+        assert time.monotonic() < deadline, f"{model} held by {holders}:\n{node.log()[-3000:]}"
+        time.sleep(0.2)
+
+
 def rss(node: RingNode) -> int:
     return int(httpx.get(f"{node.url}/health", timeout=10).json()["rss_bytes"])
 
@@ -298,9 +312,12 @@ def test_the_least_recently_used_idle_model_makes_room(node: RingNode, tmp_path:
         assert f"unloading {TINY_ID} (least recently used) to make room for {MID_ID}" in log
 
 
-def test_in_a_ring_the_default_is_spread_and_other_models_load_on_the_origin(
+def test_in_a_ring_a_model_loaded_on_demand_is_spread_and_unloaded_together(
     tmp_path: Path,
 ) -> None:
+    """Two nodes with the tiny model cached: the first request for it, on b,
+    loads it over both (a joins for its peer); a answers the same through that
+    ring; when b's request says keep_alive 0 and a never used it, both unload."""
     cache = tmp_path / "cache"
     cache_tiny(cache, tmp_path)
     nodes = make_nodes(tmp_path / "homes", ["ring-a", "ring-b"], [engine_under_test()] * 2)
@@ -313,8 +330,47 @@ def test_in_a_ring_the_default_is_spread_and_other_models_load_on_the_origin(
         assert {h["name"] for h in holders} == {"ring-a", "ring-b"}
         layers = sorted(tuple(h["layers"]) for h in holders)
         assert layers[0][0] == 0 and layers[-1][1] == 29 and layers[0][1] + 1 == layers[1][0]
-        response = chat(b, TINY_ID)
-        assert response.status_code == 200, response.text
-        assert [h["name"] for h in loaded(b)[TINY_ID]["nodes"]] == ["ring-b"]
-        assert TINY_ID not in loaded(a)
-        assert chat(a, "smollm2:135m").status_code == 200  # the ring serves on
+
+        started = time.perf_counter()
+        first = chat(b, TINY_ID)
+        seconds = time.perf_counter() - started
+        assert first.status_code == 200, first.text
+        report = loaded(b)[TINY_ID]
+        print(f"ring of 2: first request {seconds:.2f} s, its load {report['load_seconds']:.2f} s")
+        holders = wait_holders(b, TINY_ID, {"ring-a", "ring-b"})
+        layers = sorted(tuple(h["layers"]) for h in holders)
+        assert layers[0][0] == 0 and layers[0][1] + 1 == layers[1][0]
+        assert TINY_ID in loaded(a)  # a holds its layers, for b's sake
+        assert "joined its ring for a peer" in " ".join(a.log().split())
+
+        again = chat(b, TINY_ID, keep_alive=0)
+        assert again.json()["choices"][0]["message"] == first.json()["choices"][0]["message"]
+        wait_unloaded(b, TINY_ID)
+        wait_unloaded(a, TINY_ID)  # nobody wants it any more: a lets go too
+        assert chat(a, "smollm2:135m").status_code == 200  # the default ring serves on
+
+
+def test_a_follower_that_gets_a_request_keeps_the_model_for_itself(tmp_path: Path) -> None:
+    """A node that joined a ring for its peer and then serves a request of its
+    own keeps the model after the peer lets go (its own keep-alive), and the
+    peer keeps its layers for it (the ring stays whole)."""
+    cache = tmp_path / "cache"
+    cache_tiny(cache, tmp_path)
+    nodes = make_nodes(tmp_path / "homes", ["keep-a", "keep-b"], [engine_under_test()] * 2)
+    for ring_node in nodes:
+        ring_node.env = {"EXOQUIC_HF_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    a, b = nodes
+    with running(nodes):
+        wait_serving(nodes, 2)
+        assert chat(b, TINY_ID).status_code == 200
+        wait_holders(b, TINY_ID, {"keep-a", "keep-b"})
+        from_a = chat(a, TINY_ID)  # a, a follower so far, now wants it too
+        assert from_a.status_code == 200, from_a.text
+        assert chat(b, TINY_ID, keep_alive=0).status_code == 200  # b no longer wants it
+        time.sleep(3)
+        for ring_node in (a, b):  # a wants it, so b keeps its layers for a
+            wait_holders(ring_node, TINY_ID, {"keep-a", "keep-b"}, timeout=0.5)
+        assert (
+            chat(a, TINY_ID).json()["choices"][0]["message"]
+            == (from_a.json()["choices"][0]["message"])
+        )

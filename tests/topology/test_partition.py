@@ -291,3 +291,20 @@ def test_bad_inputs_are_rejected() -> None:
         ModelRequirements("m", 0, 1)
     with pytest.raises(ValueError):
         ModelRequirements("m", 1, 1, embed_bytes=-1)
+
+
+def test_a_tied_embedding_is_charged_once_to_a_node_holding_both_ends() -> None:
+    """With tied embeddings the head is the embedding matrix: one node holding
+    the whole model holds it once; split over two, first and last each hold it."""
+    tied = ModelRequirements("tied", 4, 10 * MIB, 50 * MIB, 51 * MIB, shared_bytes=50 * MIB)
+    assert tied.total_bytes == 4 * 10 * MIB + 51 * MIB
+    assert tied.shard_bytes(0, 1) == 20 * MIB + 50 * MIB
+    assert tied.shard_bytes(2, 3) == 20 * MIB + 51 * MIB
+    # 91 MiB fits one node of 100 MiB once the matrix is charged once (not 141 MiB)
+    (whole,) = partition(tied, [node("a", 100 * MIB)], 1.0)
+    assert whole.shard.layer_count == 4
+    untied = ModelRequirements("untied", 4, 10 * MIB, 50 * MIB, 51 * MIB)
+    with pytest.raises(InsufficientMemoryError):
+        partition(untied, [node("a", 100 * MIB)], 1.0)
+    with pytest.raises(ValueError, match="shared"):
+        ModelRequirements("bad", 4, 10 * MIB, 50 * MIB, 1 * MIB, shared_bytes=50 * MIB)

@@ -426,7 +426,7 @@ def test_building_a_bad_model_progress_is_our_bug() -> None:
 def hello_body(**changes: Any) -> dict[str, Any]:
     body = {"type": "hello", "v": Hello.VERSION, "protocol_version": PROTOCOL_VERSION,
             "node_id": NODE_ID, "name": "n", "instance": 1, "model": "m", "plan_version": None,
-            "device": {}}  # fmt: skip
+            "device": {}, "on_demand": False}  # fmt: skip
     return {**body, **changes}
 
 
@@ -479,6 +479,7 @@ def test_a_hello_of_four_million_items_is_refused_in_milliseconds() -> None:
         ({"plan_version": "3"}, "hello.plan_version"),
         ({"device": [1]}, "hello.device"),
         ({"device": {"": 1}}, "hello.device"),
+        ({"on_demand": 1}, "hello.on_demand"),
     ],
 )
 def test_hello_fields_are_typed_and_checked(changes: dict[str, Any], field: str) -> None:

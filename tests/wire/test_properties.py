@@ -21,6 +21,7 @@ from exoquic.wire.messages import (
     ErrorMessage,
     Forward,
     Hello,
+    Interest,
     Message,
     ModelProgress,
     PairConfirm,
@@ -175,7 +176,8 @@ node_id = keys.map(node_id_from_public_key)
 
 MESSAGE_STRATEGIES: dict[str, st.SearchStrategy[Message]] = {
     "hello": st.builds(Hello, u32, node_id, name, u64, request_id, st.none() | u64,
-                       st.dictionaries(name, plain, max_size=4)),
+                       st.dictionaries(name, plain, max_size=4), st.booleans()),
+    "interest": st.builds(Interest, st.booleans()),
     "ping": st.builds(Ping, u64),
     "pong": st.builds(Pong, u64),
     "error": st.builds(ErrorMessage, st.integers(0, 2**62 - 1), st.text(max_size=50)),
