@@ -23,8 +23,8 @@ import io
 import mmap
 import os
 import struct
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, replace
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -202,6 +202,25 @@ class GGUFFile:
         except OSError as e:
             raise ModelLoadError(f"{p}: cannot read model file: {e}") from e
 
+    @classmethod
+    def open_cached(cls, path: str | os.PathLike[str]) -> GGUFFile:
+        """`open`, reusing the header parsed last time while the file is unchanged.
+
+        A node start reads one file's header for its config, tokenizer, part sizes
+        and weights: parsing it once saves a few tenths of a second each time.
+        Unchanged means the same path, device, inode, size and modification time
+        (the downloader renames new files into place: a new inode). The result is a
+        GGUFFile of its own sharing the parsed metadata and tensor index, which
+        callers must not modify: a memory map one caller opens (`view_tensor`) is
+        not kept alive by the cache.
+        """
+        p = Path(path)
+        try:
+            st = p.stat()
+        except OSError:
+            return cls.open(p)  # raises the error that names the problem
+        return replace(_open_unchanged(p, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+
     def read_tensor(self, name: str) -> np.ndarray:
         """A copy of the tensor's data.
 
@@ -248,6 +267,14 @@ class GGUFFile:
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"{self.path}: cannot map model file: {e}") from e
         return np.frombuffer(mapped, dtype=np.uint8)
+
+
+# Few entries: a header holds the vocabulary (tens of MB for a model of 150k
+# tokens), though never tensor data.
+@lru_cache(maxsize=2)
+def _open_unchanged(path: Path, dev: int, inode: int, size: int, mtime_ns: int) -> GGUFFile:
+    """The header of `path` as it was with this identity (the key of the cache)."""
+    return GGUFFile.open(path)
 
 
 def release_pages(a: np.ndarray) -> None:

@@ -134,7 +134,7 @@ def _rope_scaling(gf: GGUFFile, arch: str, head_dim: int) -> RopeScaling | None:
 
 def read_gguf_config(path: str | os.PathLike[str]) -> ModelConfig:
     """The model configuration stored in a GGUF file's metadata."""
-    return config_from_gguf(GGUFFile.open(path))
+    return config_from_gguf(GGUFFile.open_cached(path))
 
 
 def load_gguf_shard(path: str | os.PathLike[str], shard: Shard) -> ShardWeights:
@@ -143,7 +143,7 @@ def load_gguf_shard(path: str | os.PathLike[str], shard: Shard) -> ShardWeights:
     Raises ModelLoadError if the file is missing, corrupt, truncated, lacks a
     tensor, or describes a model with a different layer count than `shard`.
     """
-    gf = GGUFFile.open(path)
+    gf = GGUFFile.open_cached(path)
     config = config_from_gguf(gf)
     if shard.num_layers != config.num_layers:
         raise ModelLoadError(

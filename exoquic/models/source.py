@@ -72,7 +72,7 @@ class ModelSource:
         if self.kind == "hf":
             config_json = read_json(self.path / CONFIG_FILE)
             return estimated_part_sizes(config, hf_bytes_per_weight(config_json, self.weights))
-        sizes = gguf_part_sizes(GGUFFile.open(self.path), config.num_layers)
+        sizes = gguf_part_sizes(GGUFFile.open_cached(self.path), config.num_layers)
         if sizes is not None:
             return sizes
         entry = find_model(self.model_id)  # a shard's GGUF: the registry knows the whole

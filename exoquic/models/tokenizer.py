@@ -81,7 +81,7 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, path: str | os.PathLike[str]) -> Tokenizer:
         """Build from the tokenizer stored in a GGUF file's metadata."""
-        gf = GGUFFile.open(path)
+        gf = GGUFFile.open_cached(path)
         md = gf.metadata
         backend = backend_from_gguf(str(gf.path), md)
         bos = md.get("tokenizer.ggml.bos_token_id")
