@@ -27,6 +27,8 @@ from exoquic.models.errors import ModelLoadError
 
 # GGUF token types (gguf.TokenType).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+# The types that become added tokens, matched whole in text.
+ADDED_TYPES = frozenset({UNKNOWN, CONTROL, USER_DEFINED})
 
 # llama.cpp's LLAMA_VOCAB_PRE_TYPE_LLAMA3 regex, as in Llama 3's tokenizer.json:
 # numbers in groups of up to three digits.
@@ -200,17 +202,30 @@ def _add_special_tokens(
     """Control tokens become special (skipped by `skip_special_tokens`); user-defined
     ones (e.g. Qwen's `<tool_call>`) are matched whole in text but kept on decode.
     Tokens `rstrip` picks swallow the whitespace after them."""
-    added = [
-        AddedToken(
-            tokens[i],
-            special=kind != USER_DEFINED,
-            normalized=False,
-            rstrip=rstrip(tokens[i]),
-        )
-        for i, kind in enumerate(types)
-        if kind in (UNKNOWN, CONTROL, USER_DEFINED)
-    ]
-    backend.add_tokens(added)
+    plain: list[str] = []  # special, not normalized, no stripping: what a str is to the backend
+    marked: list[AddedToken] = []
+    for i, kind in enumerate(types):
+        if kind not in ADDED_TYPES:
+            continue
+        token, strip = tokens[i], rstrip(tokens[i])
+        if kind == USER_DEFINED or strip:
+            marked.append(
+                AddedToken(token, special=kind != USER_DEFINED, normalized=False, rstrip=strip)
+            )
+        else:
+            plain.append(token)
+    # Strings skip building an AddedToken object each: a file may pad its vocabulary
+    # with ~10^5 control tokens. Each call rebuilds the backend's matcher over all of
+    # them, so the second is made only when needed.
+    backend.add_special_tokens(plain)
+    if marked:
+        backend.add_tokens(marked)
+
+
+def is_added_token(md: Mapping[str, Any], token_id: int) -> bool:
+    """Whether `backend_from_gguf` adds this token as one matched whole (by its type)."""
+    types = md.get("tokenizer.ggml.token_type")
+    return isinstance(types, list) and 0 <= token_id < len(types) and types[token_id] in ADDED_TYPES
 
 
 def _no_rstrip(token: str) -> bool:

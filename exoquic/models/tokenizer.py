@@ -10,6 +10,7 @@ for the same model.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import tokenizers
 from exoquic.models.chat_template import CHATML_TEMPLATE, render_chat
 from exoquic.models.errors import ModelLoadError
 from exoquic.models.gguf_file import GGUFFile
-from exoquic.models.gguf_tokenizer import backend_from_gguf, has_dummy_prefix
+from exoquic.models.gguf_tokenizer import backend_from_gguf, has_dummy_prefix, is_added_token
 from exoquic.models.hf_loader import read_json
 
 # Tokens that end a turn in the chat formats of the registry's families
@@ -90,7 +91,7 @@ class Tokenizer:
             backend,
             md.get("tokenizer.chat_template"),
             bos_token_id=None if bos is None else int(bos),
-            eos_token_ids=_end_tokens(backend, ends),
+            eos_token_ids=_end_tokens(backend, ends, lambda i: is_added_token(md, i)),
             eos_token_id=ends[0] if ends else None,
             add_bos_token=bool(md.get("tokenizer.ggml.add_bos_token", False)),
             dummy_prefix=has_dummy_prefix(md),
@@ -112,11 +113,12 @@ class Tokenizer:
         bos = _token_id(backend, tc.get("bos_token"))
         eos = [i for i in [_token_id(backend, tc.get("eos_token"))] if i is not None]
         eos += _generation_eos(root)
+        added = backend.get_added_tokens_decoder()
         return cls(
             backend,
             _hf_chat_template(root, tc),
             bos,
-            _end_tokens(backend, eos),
+            _end_tokens(backend, eos, added.__contains__),
             eos_token_id=eos[0] if eos else None,
             add_bos_token=tc.get("add_bos_token") is True,
         )
@@ -254,11 +256,14 @@ def _gpt2_bytes() -> dict[str, int]:
     return {char: byte for byte, char in chars.items()}
 
 
-def _end_tokens(backend: tokenizers.Tokenizer, eos: list[int]) -> frozenset[int]:
-    # Added tokens only: a plain vocabulary entry spelled "</s>" is just text.
-    added = {t.content for t in backend.get_added_tokens_decoder().values()}
-    extra = [backend.token_to_id(t) for t in END_TOKENS if t in added]
-    return frozenset(eos) | {int(i) for i in extra if i is not None}
+def _end_tokens(
+    backend: tokenizers.Tokenizer, eos: list[int], is_added: Callable[[int], bool]
+) -> frozenset[int]:
+    """`eos` and the END_TOKENS the vocabulary has as added tokens (by id: asking
+    the backend for all its added tokens takes a while when there are 10^5 of them);
+    a plain vocabulary entry spelled "</s>" is just text."""
+    ids = [backend.token_to_id(t) for t in END_TOKENS]
+    return frozenset(eos) | {int(i) for i in ids if i is not None and is_added(int(i))}
 
 
 def _token_id(backend: tokenizers.Tokenizer, token: Any) -> int | None:

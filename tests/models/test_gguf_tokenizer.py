@@ -335,6 +335,23 @@ def test_every_end_of_turn_token_ends_generation(tmp_path: Path) -> None:
     assert tokenizer.eos_token_id == ids["<|custom_eos|>"]  # the template's eos_token
 
 
+def test_an_end_token_that_is_plain_text_does_not_end(tmp_path: Path) -> None:
+    """Only added (control) tokens spelled like an end of turn stop; a normal entry is text."""
+    tokens = [*map(chr, range(33, 127)), "<|im_end|>", "</s>"]
+    writer = gguf.GGUFWriter(str(tmp_path / "plain.gguf"), "llama")
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("llama-bpe")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t == "<|im_end|>" else 1 for t in tokens])
+    writer.add_token_merges([])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tokenizer = Tokenizer.from_gguf(tmp_path / "plain.gguf")
+    assert tokenizer.eos_token_ids == {tokens.index("<|im_end|>")}
+
+
 # --- token_bytes: what one token stands for (the API's logprobs report it)
 
 
