@@ -22,13 +22,23 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from huggingface_hub import scan_cache_dir
-from huggingface_hub.file_download import repo_folder_name
-
 from exoquic import paths
 from exoquic.topology.fit import format_size
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# huggingface_hub's `validate_repo_id`: an id is one folder name, never a path out of the cache.
+_REPO_ID = re.compile(r"^(\b[\w\-.]+\b/)?\b[\w\-.]+\b$")
+
+
+def repo_folder_name(repo_id: str) -> str:
+    """A model repository's folder: huggingface_hub's `repo_folder_name`, written out
+    because importing huggingface_hub costs a node start a few tenths of a second.
+
+    Raises ValueError for an id huggingface_hub refuses (`..`, `--`, more than one `/`).
+    """
+    if not _REPO_ID.match(repo_id) or "--" in repo_id or ".." in repo_id:
+        raise ValueError(f"invalid repository id {repo_id!r}")
+    return "models--" + repo_id.replace("/", "--")
 
 
 def default_cache_dir() -> Path:
@@ -48,14 +58,14 @@ class RepoCache:
 
     @property
     def root(self) -> Path:
-        return self.cache_dir / repo_folder_name(repo_id=self.repo_id, repo_type="model")
+        return self.cache_dir / repo_folder_name(self.repo_id)
 
     def blob(self, etag: str) -> Path:
         return self.root / "blobs" / etag
 
     def lock_path(self, etag: str) -> Path:
         # The lock huggingface_hub itself takes for this blob, so both tools agree.
-        folder = repo_folder_name(repo_id=self.repo_id, repo_type="model")
+        folder = repo_folder_name(self.repo_id)
         return self.cache_dir / ".locks" / folder / f"{etag}.lock"
 
     def snapshot(self, commit: str) -> Path:
@@ -147,6 +157,8 @@ def cached_models(cache_dir: Path) -> list[CachedModel]:
     """Every model repository in the cache, with its size on disk and its GGUF shards."""
     if not cache_dir.exists():
         return []
+    from huggingface_hub import scan_cache_dir  # imported here: see repo_folder_name
+
     # A repository holding only shards has no snapshot: the scan skips it (with a warning).
     info = scan_cache_dir(cache_dir)
     models = {
