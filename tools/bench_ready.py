@@ -6,7 +6,10 @@ Each run starts a fresh `exoquic up` (its own EXOQUIC_HOME in a temporary
 directory, loopback ports, no discovery) and reports, from the process start:
 
 - serving: `/v1/topology` says the node serves its plan (shard loaded, warmed up);
-- answered: a 1-token greedy completion has come back (what a user waits for).
+- answered: a 1-token greedy completion has come back (what a user waits for);
+- serving CPU: the CPU seconds (user + system, all threads) the node had used when
+  it was serving: on a machine shared with other work, wall times swing with the
+  load while this figure stays close to what an idle machine would take.
 
 The first run may compile kernels (tinygrad caches them across processes);
 the later runs are the usual restart. The node's debug log (with timestamps)
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 STARTUP_TIMEOUT_S = 600
 
@@ -85,6 +89,8 @@ def one_run(model: str, engine: str, logs: Path | None, index: int) -> dict[str,
         try:
             wait_serving(process, url, log)
             serving = time.perf_counter() - started
+            cpu = psutil.Process(process.pid).cpu_times()
+            serving_cpu = cpu.user + cpu.system
             model_id = httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"]
             response = httpx.post(
                 f"{url}/v1/completions",
@@ -103,7 +109,12 @@ def one_run(model: str, engine: str, logs: Path | None, index: int) -> dict[str,
             if logs is not None:
                 logs.mkdir(parents=True, exist_ok=True)
                 shutil.copy(log, logs / f"run{index}.log")
-    return {"run": index, "serving_s": round(serving, 2), "answered_s": round(answered, 2)}
+    return {
+        "run": index,
+        "serving_s": round(serving, 2),
+        "serving_cpu_s": round(serving_cpu, 2),
+        "answered_s": round(answered, 2),
+    }
 
 
 def main() -> None:
@@ -117,7 +128,8 @@ def main() -> None:
     results = []
     for index in range(args.runs):
         result = one_run(args.model, args.engine, args.logs, index)
-        print(f"run {index}: serving {result['serving_s']:.2f} s, "
+        print(f"run {index}: serving {result['serving_s']:.2f} s "
+              f"({result['serving_cpu_s']:.2f} s CPU), "
               f"first answer {result['answered_s']:.2f} s", flush=True)  # fmt: skip
         results.append(result)
     if args.json:
