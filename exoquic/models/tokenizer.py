@@ -62,6 +62,7 @@ class Tokenizer:
         eos_token_id: int | None = None,
         add_bos_token: bool = False,
         dummy_prefix: bool = False,
+        longest_token_chars: int | None = None,
     ) -> None:
         self.backend = backend
         self.chat_template = chat_template
@@ -78,6 +79,7 @@ class Tokenizer:
         # SentencePiece puts a space before the text even when it starts with
         # one; the backend's Metaspace only when it does not (see gguf_tokenizer).
         self._dummy_prefix = dummy_prefix
+        self._longest_token_chars = longest_token_chars  # None: ask the backend
 
     @classmethod
     def from_gguf(cls, path: str | os.PathLike[str]) -> Tokenizer:
@@ -95,6 +97,9 @@ class Tokenizer:
             eos_token_id=ends[0] if ends else None,
             add_bos_token=bool(md.get("tokenizer.ggml.add_bos_token", False)),
             dummy_prefix=has_dummy_prefix(md),
+            # The vocabulary is at hand here (added tokens are entries of it): the
+            # backend would build a dict of all of it to answer.
+            longest_token_chars=max(map(len, md["tokenizer.ggml.tokens"])),
         )
 
     @classmethod
@@ -139,6 +144,8 @@ class Tokenizer:
         For byte-level BPE an entry has one character per byte it stands for,
         so no token covers more characters of text than this.
         """
+        if self._longest_token_chars is not None:
+            return self._longest_token_chars
         vocab = self.backend.get_vocab(with_added_tokens=True)
         return max(map(len, vocab), default=1)
 

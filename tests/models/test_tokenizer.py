@@ -78,6 +78,8 @@ def test_gguf_and_hf_agree(gguf_tokenizer: Tokenizer, hf_tokenizer: Tokenizer) -
     assert hf_tokenizer.eos_token_ids == gguf_tokenizer.eos_token_ids
     assert hf_tokenizer.bos_token_id == gguf_tokenizer.bos_token_id
     assert hf_tokenizer.vocab_size == gguf_tokenizer.vocab_size
+    # The GGUF's figure comes from its token list, the directory's from the backend.
+    assert hf_tokenizer.longest_token_chars == gguf_tokenizer.longest_token_chars
 
 
 def test_chat_template_default_system_prompt(gguf_tokenizer: Tokenizer) -> None:
