@@ -187,7 +187,7 @@ def _complete_safetensors(repo_id: str, snapshot: Path, cache_dir: Path) -> bool
 def _describe(entry: CatalogEntry) -> tuple[ModelFootprint, int]:
     """The model's footprint and context length, reading its header once."""
     if entry.kind == "gguf":
-        gf = GGUFFile.open(entry.path)
+        gf = GGUFFile.open_cached(entry.path)  # the served model's: parsed at its load
         arch = gf.metadata.get("general.architecture")
         context = int(gf.metadata.get(f"{arch}.context_length", 0)) or 2048
         return footprint_of_gguf(gf, entry.model_id), context

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -14,23 +13,8 @@ from exoquic.models.shard import Shard
 from exoquic.models.source import ModelSource
 
 
-@pytest.fixture
-def parses(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """The paths whose GGUF header is parsed from here on (the header cache starts empty)."""
-    seen: list[Path] = []
-    parse = gguf_file._parse
-
-    def counting(cur: Any, path: Path, size: int) -> GGUFFile:
-        seen.append(path)
-        return parse(cur, path, size)
-
-    monkeypatch.setattr(gguf_file, "_parse", counting)
-    gguf_file._open_unchanged.cache_clear()
-    return seen
-
-
 def test_a_node_start_parses_the_header_once(
-    smollm2_gguf_path: Path, tmp_path: Path, parses: list[Path]
+    smollm2_gguf_path: Path, tmp_path: Path, gguf_parses: list[Path]
 ) -> None:
     path = shutil.copy(smollm2_gguf_path, tmp_path / "model.gguf")
     # Not a registry id: every answer comes from the file itself.
@@ -41,11 +25,11 @@ def test_a_node_start_parses_the_header_once(
     weights = source.load_shard(Shard("a-local-gguf", 0, 1, config.num_layers))
     assert tokenizer.vocab_size == config.vocab_size
     assert sizes.bytes_per_layer > 0 and set(weights.tensors)
-    assert parses == [Path(path)]
+    assert gguf_parses == [Path(path)]
 
 
 def test_a_changed_file_is_parsed_again(
-    smollm2_gguf_path: Path, tmp_path: Path, parses: list[Path]
+    smollm2_gguf_path: Path, tmp_path: Path, gguf_parses: list[Path]
 ) -> None:
     path = Path(shutil.copy(smollm2_gguf_path, tmp_path / "model.gguf"))
     first = GGUFFile.open_cached(path)
@@ -57,16 +41,18 @@ def test_a_changed_file_is_parsed_again(
     shutil.copy(smollm2_gguf_path, replaced)
     replaced.replace(path)  # what the downloader does: a new file renamed into place
     assert GGUFFile.open_cached(path).size == first.size
-    assert len(parses) == 3
+    assert len(gguf_parses) == 3
 
 
-def test_each_caller_gets_its_own_memory_map(smollm2_gguf_path: Path, parses: list[Path]) -> None:
+def test_each_caller_gets_its_own_memory_map(
+    smollm2_gguf_path: Path, gguf_parses: list[Path]
+) -> None:
     first = GGUFFile.open_cached(smollm2_gguf_path)
     first.view_tensor("token_embd.weight")
     second = GGUFFile.open_cached(smollm2_gguf_path)
     assert second.tensors is first.tensors  # one parse...
     assert "_mapped" in vars(first) and "_mapped" not in vars(second)  # ...not one map
-    assert len(parses) == 1
+    assert len(gguf_parses) == 1
 
 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:

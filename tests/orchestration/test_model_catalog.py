@@ -83,3 +83,15 @@ def test_footprints_come_from_the_headers(cache: Path) -> None:
     assert not fit.fits
     assert fit.needed > 4_500_000_000  # 8B at Q4_K_M, from the header alone
     assert "does not fit: needs" in fit.message()
+
+
+def test_the_served_models_footprint_reuses_its_header(
+    cache: Path, gguf_parses: list[Path]
+) -> None:
+    """A request's fit check describes the model a node has just loaded: no second parse."""
+    catalog = Catalog(cache)
+    entry = catalog.find(TINY_ID)
+    assert entry is not None
+    config = entry.source().load_config()
+    assert len(catalog.footprint(entry).layer_bytes) == config.num_layers
+    assert gguf_parses == [entry.path]
