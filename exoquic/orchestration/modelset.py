@@ -269,6 +269,9 @@ class ModelSet:
         self._resize_residents()
         needed_here = self._share_of(fit.needed)
         victims = self.residency.evictions(needed_here, trio.current_time())
+        if victims != [] and self.drop_kept_prefixes():  # cheaper than unloading a model
+            self._resize_residents()
+            victims = self.residency.evictions(needed_here, trio.current_time())
         if victims is None:
             if self.network is None:
                 raise UnavailableError(self._no_room(entry.model_id, fit.needed))
@@ -327,6 +330,18 @@ class ModelSet:
             available_memory=max(0, me.available_memory - taken),
             accelerator_memory=None if accelerator is None else max(0, accelerator - taken),
         )
+
+    def drop_kept_prefixes(self) -> bool:
+        """Free the prefix caches every loaded model keeps for later turns (they
+        count in its size); True if there were any."""
+        dropped = False
+        for resident in self.residency.residents():
+            ring = self.node_of(resident.model_id).cluster.ring
+            if ring.kept_bytes:
+                log.info("dropping the prefix caches of %s to make room", resident.model_id)
+                ring.drop_prefixes()
+                dropped = True
+        return dropped
 
     def _resize_residents(self) -> None:
         """Each loaded model's size as it is now on this node (a ring's plan may
@@ -605,7 +620,8 @@ async def _until_serving(node: Node) -> None:
 
 def _local_size(node: Node) -> int:
     """What a model takes on this node: its shard's weights (all of them when
-    alone) and their KV cache at full context."""
+    alone), their KV cache at full context and the caches its prefix cache
+    keeps for later turns."""
     config = node.config
     requirements = node.requirements
     plans = node.cluster.plans
@@ -616,7 +632,8 @@ def _local_size(node: Node) -> int:
         (0, config.num_layers - 1) if shard is None else (shard.start_layer, shard.end_layer)
     )
     kv = 2 * (last - first + 1) * config.num_kv_heads * config.head_dim * KV_BYTES_PER_VALUE
-    return requirements.shard_bytes(first, last) + kv * node.max_context
+    kept = node.cluster.ring.kept_bytes
+    return requirements.shard_bytes(first, last) + kv * node.max_context + kept
 
 
 @asynccontextmanager
