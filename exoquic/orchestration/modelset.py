@@ -230,8 +230,6 @@ class ModelSet:
         held = self._held.get(model_id)
         if held is None:
             raise UnavailableError(f"{model_id} was unloaded before it could serve")
-        if load.entry is None:  # a ranged join, which reserved nothing for this request
-            self.residency.reserve(model_id, trio.current_time(), keep_alive)
         return held.node  # reserved by the load for each request that waited
 
     # --- loading -------------------------------------------------------------
@@ -286,22 +284,27 @@ class ModelSet:
             )
             await self._unload(model_id)
         model = self._cached_model(entry)
-        held = await self._nursery.start(self._hold, model, entry, load.follower)
-        keep_alive = (
-            self.settings.keep_alive if isinstance(load.keep_alive, Keep) else load.keep_alive
-        )
+        self._keep(await self._nursery.start(self._hold, model, entry, load.follower), load)
+
+    def _keep(self, held: _Held, load: _Load) -> None:
+        """Record a model just loaded: its residency (reserved for the requests
+        that waited for it), and the hooks its requests and its ring's peers tell."""
+        model_id = held.node.model_id
+        keep_alive: KeepAlive
         if load.follower and load.waiting:  # a request here came meanwhile: wanted here too
             held.follower = False
         if held.follower:  # kept for the ring's peers; a grace reservation until they say
             keep_alive, reservations = 0.0, 1
             held.grace = True
         else:
+            keep = load.keep_alive
+            keep_alive = self.settings.keep_alive if isinstance(keep, Keep) else keep
             reservations = load.waiting
         now = trio.current_time()
-        self.residency.add(entry.model_id, fit.needed, now, keep_alive, reservations=reservations)
-        self._held[entry.model_id] = held
-        held.node.usage = _Usage(self, entry.model_id)
-        self.residency.resize(entry.model_id, _local_size(held.node))
+        size = _local_size(held.node)
+        self.residency.add(model_id, size, now, keep_alive, reservations=reservations)
+        self._held[model_id] = held
+        held.node.usage = _Usage(self, model_id)
         demand = held.node.cluster.demand
         if demand is not None:
             demand.on_change = self._pulse
@@ -462,15 +465,7 @@ class ModelSet:
         try:
             model = await prepare_model(model_id, weights=self.node_settings.weights)
             async with self._lock:
-                held = await self._nursery.start(self._hold, model, None, True)
-                now = trio.current_time()
-                self.residency.add(model_id, _local_size(held.node), now, 0.0, reservations=1)
-                held.grace = True
-                self._held[model_id] = held
-                held.node.usage = _Usage(self, model_id)
-                demand = held.node.cluster.demand
-                if demand is not None:
-                    demand.on_change = self._pulse
+                self._keep(await self._nursery.start(self._hold, model, None, True), load)
         except BaseException as exc:  # (a group from the model's own tasks, too)
             error = _sole_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
             if not isinstance(error, Exception):
