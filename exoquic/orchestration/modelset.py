@@ -29,13 +29,12 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from exoquic.models.errors import ModelError
 from exoquic.models.hf_loader import as_hf_weights
-from exoquic.models.source import ModelSource
 from exoquic.orchestration.catalog import Catalog, CatalogEntry
 from exoquic.orchestration.generation import UnavailableError
 from exoquic.orchestration.node import Node, NodeSettings, OnDemandRing, open_node
@@ -49,6 +48,9 @@ from exoquic.orchestration.residency import (
 )
 from exoquic.topology import DEFAULT_MEMORY_FRACTION, DeviceCapabilities
 from exoquic.topology.fit import KV_BYTES_PER_VALUE, FitCheck, check_fit
+
+if TYPE_CHECKING:
+    from exoquic.download.ensure import NodeModel
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ class _Load:
     """A model being pulled and loaded; requests for it wait on `done`."""
 
     name: str
-    entry: CatalogEntry | None  # None until pulled (with auto_pull)
+    entry: CatalogEntry | None  # None until pulled (with auto_pull), or for a ranged join
     keep_alive: KeepAlive | Keep
     waiting: int = 0
     done: trio.Event = field(default_factory=trio.Event)
@@ -90,7 +92,7 @@ class _Load:
 
 @dataclass
 class _Held:
-    entry: CatalogEntry
+    entry: CatalogEntry | None  # None: joined a ring with only this node's byte ranges
     node: Node
     stop: trio.Event
     stopped: trio.Event
@@ -224,10 +226,12 @@ class ModelSet:
             )
         if load.error is not None:
             raise load.error
-        assert load.entry is not None
-        held = self._held.get(load.entry.model_id)
+        model_id = load.entry.model_id if load.entry is not None else key
+        held = self._held.get(model_id)
         if held is None:
-            raise UnavailableError(f"{load.entry.model_id} was unloaded before it could serve")
+            raise UnavailableError(f"{model_id} was unloaded before it could serve")
+        if load.entry is None:  # a ranged join, which reserved nothing for this request
+            self.residency.reserve(model_id, trio.current_time(), keep_alive)
         return held.node  # reserved by the load for each request that waited
 
     # --- loading -------------------------------------------------------------
@@ -269,6 +273,9 @@ class ModelSet:
         self._resize_residents()
         needed_here = self._share_of(fit.needed)
         victims = self.residency.evictions(needed_here, trio.current_time())
+        if victims != [] and self.drop_kept_prefixes():  # cheaper than unloading a model
+            self._resize_residents()
+            victims = self.residency.evictions(needed_here, trio.current_time())
         if victims is None:
             if self.network is None:
                 raise UnavailableError(self._no_room(entry.model_id, fit.needed))
@@ -278,7 +285,8 @@ class ModelSet:
                 "unloading %s (least recently used) to make room for %s", model_id, entry.model_id
             )
             await self._unload(model_id)
-        held = await self._nursery.start(self._hold, entry, load.follower)
+        model = self._cached_model(entry)
+        held = await self._nursery.start(self._hold, model, entry, load.follower)
         keep_alive = (
             self.settings.keep_alive if isinstance(load.keep_alive, Keep) else load.keep_alive
         )
@@ -328,6 +336,18 @@ class ModelSet:
             accelerator_memory=None if accelerator is None else max(0, accelerator - taken),
         )
 
+    def drop_kept_prefixes(self) -> bool:
+        """Free the prefix caches every loaded model keeps for later turns (they
+        count in its size); True if there were any."""
+        dropped = False
+        for resident in self.residency.residents():
+            ring = self.node_of(resident.model_id).cluster.ring
+            if ring.kept_bytes:
+                log.info("dropping the prefix caches of %s to make room", resident.model_id)
+                ring.drop_prefixes()
+                dropped = True
+        return dropped
+
     def _resize_residents(self) -> None:
         """Each loaded model's size as it is now on this node (a ring's plan may
         have moved its layers)."""
@@ -348,33 +368,31 @@ class ModelSet:
 
     async def _hold(
         self,
-        entry: CatalogEntry,
+        model: NodeModel,
+        entry: CatalogEntry | None,
         follower: bool = False,
         *,
         task_status: trio.TaskStatus[_Held] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Load `entry` (alone, or in a ring of its own over the network) and
+        """Load `model` (alone, or in a ring of its own over the network) and
         keep it until told to stop. A request's load returns once the ring
         serves it; a follower's as soon as its ring is up."""
-        from exoquic.download.ensure import NodeModel
-
-        source = self._source(entry)
-        settings = replace(self.node_settings, model=entry.model_id)
+        model_id = model.source.model_id
+        settings = replace(self.node_settings, model=model_id)
         ring = None
         if self.network is not None:
             ring = OnDemandRing(self.network, self._ring_capabilities(), wanted=not follower)
         started = time.perf_counter()
         stopped = trio.Event()
         try:
-            model = NodeModel(source, source.load_shard)
             async with open_node(settings, None, model, on_demand=ring) as node:
                 if ring is not None and not follower:
                     await _until_serving(node)
                 seconds = time.perf_counter() - started
                 if follower:
-                    log.info("%s: joined its ring for a peer in %.1f s", entry.model_id, seconds)
+                    log.info("%s: joined its ring for a peer in %.1f s", model_id, seconds)
                 else:
-                    log.info("loaded %s on demand in %.1f s", entry.model_id, seconds)
+                    log.info("loaded %s on demand in %.1f s", model_id, seconds)
                 held = _Held(entry, node, trio.Event(), stopped, time.time(), seconds, follower)
                 task_status.started(held)
                 await held.stop.wait()
@@ -383,9 +401,12 @@ class ModelSet:
         finally:
             stopped.set()
 
-    def _source(self, entry: CatalogEntry) -> ModelSource:
+    def _cached_model(self, entry: CatalogEntry) -> NodeModel:
         """The entry's files, its float matrices loaded as `--weights` says."""
-        return replace(entry.source(), weights=as_hf_weights(self.node_settings.weights))
+        from exoquic.download.ensure import NodeModel
+
+        source = replace(entry.source(), weights=as_hf_weights(self.node_settings.weights))
+        return NodeModel(source, source.load_shard)
 
     async def _unload(self, model_id: str) -> None:
         held = self._held.pop(model_id)
@@ -409,12 +430,19 @@ class ModelSet:
         entry = None
         if model_id not in self._held and model_id not in self._loads:
             entry = await trio.to_thread.run_sync(self.catalog.find, model_id)
-            if entry is None or entry.model_id != model_id:
+            if entry is not None and entry.model_id != model_id:
+                return False  # (another name: the peer's ring is of another model id)
+            if entry is None and not self.settings.auto_pull:
                 return False
-        if entry is not None and model_id not in self._held and model_id not in self._loads:
-            log.info("a ring peer asked for %s, which is cached here: joining", model_id)
+        if model_id not in self._held and model_id not in self._loads:
             joining = self._loads[model_id] = _Load(model_id, entry, KEEP, follower=True)
-            self._nursery.start_soon(self._load, model_id, joining)
+            if entry is not None:
+                log.info("a ring peer asked for %s, which is cached here: joining", model_id)
+                self._nursery.start_soon(self._load, model_id, joining)
+            else:
+                log.info("a ring peer asked for %s: joining, fetching only this node's layers",
+                         model_id)  # fmt: skip
+                self._nursery.start_soon(self._join_from_hub, model_id, joining)
         load = self._loads.get(model_id)
         if load is not None:
             with trio.move_on_after(JOIN_WAIT_S):
@@ -422,6 +450,38 @@ class ModelSet:
             if not load.done.is_set():
                 return None
         return self.network.serves(model_id)
+
+    async def _join_from_hub(self, model_id: str, load: _Load) -> None:
+        """Join a peer's ring of `model_id` with --auto-pull, though it is not
+        cached here: fetch its header now and, once a plan gives this node
+        layers, only their byte ranges (a hub GGUF; a safetensors repository's
+        files of those layers), as a ring's own model is fetched."""
+        from exoquic.download.ensure import prepare_model
+
+        assert self._nursery is not None
+        try:
+            model = await prepare_model(model_id, weights=self.node_settings.weights)
+            async with self._lock:
+                held = await self._nursery.start(self._hold, model, None, True)
+                now = trio.current_time()
+                self.residency.add(model_id, _local_size(held.node), now, 0.0, reservations=1)
+                held.grace = True
+                self._held[model_id] = held
+                held.node.usage = _Usage(self, model_id)
+                demand = held.node.cluster.demand
+                if demand is not None:
+                    demand.on_change = self._pulse
+        except BaseException as exc:  # (a group from the model's own tasks, too)
+            error = _sole_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+            if not isinstance(error, Exception):
+                raise
+            log.warning("cannot join the ring of %s: %s", model_id, error)
+            load.error = UnavailableError(f"cannot load {model_id}: {error}")
+        finally:
+            if self._loads.get(model_id) is load:
+                del self._loads[model_id]
+            load.done.set()
+            self._pulse()
 
     async def _pull(self, name: str) -> CatalogEntry:
         """`exoquic pull name` (with --auto-pull), then its catalog entry."""
@@ -552,7 +612,7 @@ class ModelSet:
         node = self.node_of(resident.model_id)
         weights = node.requirements.total_bytes
         held = self._held.get(resident.model_id)
-        if held is not None and self.catalog is not None:
+        if held is not None and held.entry is not None and self.catalog is not None:
             weights = self.catalog.footprint(held.entry).needed(0)
         return Servable(resident.model_id, True, weights, resident.size, True, resident.pinned)
 
@@ -605,7 +665,8 @@ async def _until_serving(node: Node) -> None:
 
 def _local_size(node: Node) -> int:
     """What a model takes on this node: its shard's weights (all of them when
-    alone) and their KV cache at full context."""
+    alone), their KV cache at full context and the caches its prefix cache
+    keeps for later turns."""
     config = node.config
     requirements = node.requirements
     plans = node.cluster.plans
@@ -616,7 +677,8 @@ def _local_size(node: Node) -> int:
         (0, config.num_layers - 1) if shard is None else (shard.start_layer, shard.end_layer)
     )
     kv = 2 * (last - first + 1) * config.num_kv_heads * config.head_dim * KV_BYTES_PER_VALUE
-    return requirements.shard_bytes(first, last) + kv * node.max_context
+    kept = node.cluster.ring.kept_bytes
+    return requirements.shard_bytes(first, last) + kv * node.max_context + kept
 
 
 @asynccontextmanager
