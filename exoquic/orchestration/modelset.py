@@ -35,7 +35,7 @@ import trio
 
 from exoquic.models.errors import ModelError
 from exoquic.models.hf_loader import as_hf_weights
-from exoquic.orchestration.catalog import Catalog, CatalogEntry
+from exoquic.orchestration.catalog import Catalog, CatalogEntry, gguf_model_id
 from exoquic.orchestration.generation import UnavailableError
 from exoquic.orchestration.node import Node, NodeSettings, OnDemandRing, open_node
 from exoquic.orchestration.residency import (
@@ -88,6 +88,7 @@ class _Load:
     done: trio.Event = field(default_factory=trio.Event)
     error: Exception | None = None
     follower: bool = False  # loaded because a ring peer asked, not for a request here
+    model_id: str | None = None  # once known (a name may be an alias, or a tag to resolve)
 
 
 @dataclass
@@ -145,6 +146,7 @@ class ModelSet:
         if self.network is not None:
             self.network.join = self._join_for_peers
         self._held: dict[str, _Held] = {}
+        self._aliases: dict[str, str] = {}  # request names resolved to a model id by a pull
         self._loads: dict[str, _Load] = {}
         self._lock = trio.Lock()  # one load or unload decision at a time
         self._pull_lock = trio.Lock()
@@ -159,7 +161,8 @@ class ModelSet:
 
         if self.default.serves(name):
             return self.default
-        held = self._held.get(canonical_model_id(name.removesuffix(":latest")))
+        model_id = canonical_model_id(name.removesuffix(":latest"))
+        held = self._held.get(self._aliases.get(model_id, model_id))
         return held.node if held is not None else None
 
     async def acquire(self, name: str, keep_alive: KeepAlive | Keep = KEEP) -> Node:
@@ -226,7 +229,7 @@ class ModelSet:
             )
         if load.error is not None:
             raise load.error
-        model_id = load.entry.model_id if load.entry is not None else key
+        model_id = load.model_id or (load.entry.model_id if load.entry is not None else key)
         held = self._held.get(model_id)
         if held is None:
             raise UnavailableError(f"{model_id} was unloaded before it could serve")
@@ -238,6 +241,10 @@ class ModelSet:
         try:
             try:
                 if load.entry is None:
+                    ranged = await self._ranged_reference(load)
+                    if ranged is not None:
+                        await self._bring_in_ranged(ranged, load)
+                        return
                     load.entry = await self._pull(load.name)
                 async with self._lock:
                     await self._bring_in(load)
@@ -439,13 +446,8 @@ class ModelSet:
                 return False
         if model_id not in self._held and model_id not in self._loads:
             joining = self._loads[model_id] = _Load(model_id, entry, KEEP, follower=True)
-            if entry is not None:
-                log.info("a ring peer asked for %s, which is cached here: joining", model_id)
-                self._nursery.start_soon(self._load, model_id, joining)
-            else:
-                log.info("a ring peer asked for %s: joining, fetching only this node's layers",
-                         model_id)  # fmt: skip
-                self._nursery.start_soon(self._join_from_hub, model_id, joining)
+            log.info("a ring peer asked for %s: joining", model_id)
+            self._nursery.start_soon(self._load, model_id, joining)
         load = self._loads.get(model_id)
         if load is not None:
             with trio.move_on_after(JOIN_WAIT_S):
@@ -454,29 +456,44 @@ class ModelSet:
                 return None
         return self.network.serves(model_id)
 
-    async def _join_from_hub(self, model_id: str, load: _Load) -> None:
-        """Join a peer's ring of `model_id` with --auto-pull, though it is not
-        cached here: fetch its header now and, once a plan gives this node
-        layers, only their byte ranges (a hub GGUF; a safetensors repository's
-        files of those layers), as a ring's own model is fetched."""
+    async def _ranged_reference(self, load: _Load) -> str | None:
+        """For a model not in the cache (with --auto-pull): the hub GGUF to join a
+        ring of with only this node's byte ranges, as `prepare_model` names it;
+        None to pull the whole model instead (a node alone, or safetensors)."""
+        if self.network is None:
+            return None
+        if load.follower:
+            return load.name  # the model id of a peer's ring
+        from exoquic.download.errors import DownloadError
+        from exoquic.download.pull import parse_name, resolve
+
+        try:
+            target = await trio.to_thread.run_sync(lambda: resolve(parse_name(load.name)))
+        except DownloadError as exc:
+            raise ModelNotFoundError(f"cannot pull the model '{load.name}': {exc}") from exc
+        if target.filename is None:
+            return None
+        if target.entry is not None:
+            return target.entry.id
+        return gguf_model_id(target.repo_id, target.filename)
+
+    async def _bring_in_ranged(self, reference: str, load: _Load) -> None:
+        """Join (or start) the ring of a hub GGUF this node has not cached: fetch
+        its header now and, once a plan gives this node layers, only their byte
+        ranges (as a ring fetches its own model, see download/ensure.py)."""
         from exoquic.download.ensure import prepare_model
 
         assert self._nursery is not None
-        try:
-            model = await prepare_model(model_id, weights=self.node_settings.weights)
-            async with self._lock:
-                self._keep(await self._nursery.start(self._hold, model, None, True), load)
-        except BaseException as exc:  # (a group from the model's own tasks, too)
-            error = _sole_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
-            if not isinstance(error, Exception):
-                raise
-            log.warning("cannot join the ring of %s: %s", model_id, error)
-            load.error = UnavailableError(f"cannot load {model_id}: {error}")
-        finally:
-            if self._loads.get(model_id) is load:
-                del self._loads[model_id]
-            load.done.set()
-            self._pulse()
+        log.info("%s: fetching its header, then only this node's layers", reference)
+        model = await prepare_model(reference, weights=self.node_settings.weights)
+        model_id = load.model_id = model.source.model_id
+        self._aliases[load.name] = model_id
+        async with self._lock:
+            if model_id in self._held:  # loaded meanwhile under another name
+                for _ in range(load.waiting):
+                    self.residency.reserve(model_id, trio.current_time(), load.keep_alive)
+                return
+            self._keep(await self._nursery.start(self._hold, model, None, load.follower), load)
 
     async def _pull(self, name: str) -> CatalogEntry:
         """`exoquic pull name` (with --auto-pull), then its catalog entry."""
