@@ -19,8 +19,13 @@ Mixes follow llama.cpp's quantizer (`llama_tensor_get_type` in
   layers `use_more_bits` picks (the first and last eighth, and every third
   layer between);
 - `q6_k`: Q6_K everywhere; `q8_0`: Q8_0 everywhere;
+- `iq4_xs` / `iq4_nl`: IQ4_XS / IQ4_NL everywhere (the untied embedding
+  too), except Q6_K for the output head, Q5_K for `attn_v` where 4 or more
+  query heads share a kv head, and Q5_K for `ffn_down` in the first eighth of
+  the layers (llama-quantize without an importance matrix; with one, as in
+  bartowski's files, `ffn_down` stays IQ4);
 - a K-quant on a row that is not a multiple of 256 values falls back as
-  llama.cpp does: Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0;
+  llama.cpp does: Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, IQ4_XS -> IQ4_NL;
 - norms, biases and `rope_freqs` stay float32.
 
 Blocks are random bytes whose float16 scale fields are overwritten with
@@ -132,9 +137,11 @@ MIXES: dict[str, tuple[T, LlamaFileType]] = {
     "q5_k_m": (T.Q5_K, LlamaFileType.MOSTLY_Q5_K_M),
     "q6_k": (T.Q6_K, LlamaFileType.MOSTLY_Q6_K),
     "q8_0": (T.Q8_0, LlamaFileType.MOSTLY_Q8_0),
+    "iq4_xs": (T.IQ4_XS, LlamaFileType.MOSTLY_IQ4_XS),
+    "iq4_nl": (T.IQ4_NL, LlamaFileType.MOSTLY_IQ4_NL),
 }
 
-K_FALLBACK = {T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}
+K_FALLBACK = {T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.IQ4_XS: T.IQ4_NL}
 
 # The float16 fields of each block: (byte offset, value as a multiple of the
 # weight amplitude A). Chosen so that the largest weight a block can encode is
@@ -148,6 +155,8 @@ SCALE_FIELDS: dict[T, tuple[tuple[int, float], ...]] = {
     T.Q4_K: ((0, 2 / (63 * 15)), (2, 1 / 63)),  # d * sc * q - dmin * m, sc and m 6-bit
     T.Q5_K: ((0, 2 / (63 * 31)), (2, 1 / 63)),
     T.Q6_K: ((208, 1 / (128 * 32)),),  # d * sc * (q - 32), sc int8; d is the last field
+    T.IQ4_NL: ((0, 2 / 127),),  # d * K[q], K in -127..113
+    T.IQ4_XS: ((0, 2 / (32 * 127)),),  # d * (ls - 32) * K[q], ls 6-bit
 }
 
 
@@ -156,21 +165,34 @@ def use_more_bits(layer: int, layers: int) -> bool:
     return layer < layers // 8 or layer >= 7 * layers // 8 or (layer - layers // 8) % 3 == 2
 
 
-def tensor_type(mix: str, name: str, cols: int, layers: int, tied: bool) -> T:
-    """The GGML type llama.cpp's quantizer gives tensor `name` (of rows of `cols`) in `mix`."""
+def tensor_type(mix: str, name: str, cols: int, layers: int, tied: bool, gqa: int = 1) -> T:
+    """The GGML type llama.cpp's quantizer gives tensor `name` (of rows of `cols`) in `mix`,
+    for a model whose `gqa` query heads share each kv head."""
     base, _ = MIXES[mix]
     chosen = base
     is_head = name == "output.weight" or (tied and name == "token_embd.weight")
     if is_head and base != T.Q8_0:
         chosen = T.Q6_K
-    elif mix in ("q4_k_m", "q5_k_m") and name.startswith("blk."):
-        layer, suffix = int(name.split(".")[1]), name.split(".", 2)[2]
-        if suffix in ("attn_v.weight", "ffn_down.weight") and use_more_bits(layer, layers):
-            chosen = T.Q6_K
+    elif name.startswith("blk."):
+        chosen = _layer_type(mix, name, layers, gqa) or base
     block_values, _ = GGML_QUANT_SIZES[chosen]
     if cols % block_values:
         chosen = K_FALLBACK.get(chosen, chosen)
     return chosen
+
+
+def _layer_type(mix: str, name: str, layers: int, gqa: int) -> T | None:
+    """A layer tensor's type where the mix gives it more bits than its base type."""
+    layer, suffix = int(name.split(".")[1]), name.split(".", 2)[2]
+    if mix in ("q4_k_m", "q5_k_m"):
+        if suffix in ("attn_v.weight", "ffn_down.weight") and use_more_bits(layer, layers):
+            return T.Q6_K
+    elif mix in ("iq4_xs", "iq4_nl"):
+        if suffix == "attn_v.weight" and gqa >= 4:
+            return T.Q5_K
+        if suffix == "ffn_down.weight" and layer < layers // 8:
+            return T.Q5_K
+    return None
 
 
 def tensor_shapes(shape: ModelShape) -> Iterator[tuple[str, tuple[int, ...]]]:
@@ -358,7 +380,8 @@ def _planned_type(shape: ModelShape, mix: str, name: str, dims: tuple[int, ...])
     """The quantized type of a matrix, None for the float32 vectors."""
     if len(dims) == 1:
         return None
-    return tensor_type(mix, name, dims[1], shape.layers, shape.tied)
+    gqa = shape.heads // shape.kv_heads
+    return tensor_type(mix, name, dims[1], shape.layers, shape.tied, gqa)
 
 
 def main(argv: list[str] | None = None) -> None:

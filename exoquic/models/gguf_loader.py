@@ -5,7 +5,7 @@ Names are mapped to the Hugging Face names, and for families whose Q/K rows
 llama.cpp's converter interleaved (llama, mistral) that RoPE row order is
 undone, so GGUF and safetensors weights are interchangeable for the engines.
 Matrices of the GGML block types in `exoquic.models.quant` (Q4_0 ... Q6_K,
-F16, BF16) stay in their file encoding (`QuantizedTensor`) as read-only views
+IQ4_NL, IQ4_XS, F16, BF16) stay in their file encoding (`QuantizedTensor`) as read-only views
 of the file's memory map, except permuted Q/K projections whose rows are
 reordered (copies); everything else (F32 norms, biases, other types) is read
 as float32.

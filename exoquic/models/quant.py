@@ -11,6 +11,8 @@ Each kind stores a row as consecutive GGML blocks, exactly as in a GGUF file:
     q4_k      256          144        8 sub-blocks of 32: d*sc * q - dmin*m, 6-bit sc, m
     q5_k      256          176        as q4_k with a 5th bit per value
     q6_k      256          210        16 sub-blocks of 16: d * sc * (q - 32), int8 sc
+    iq4_nl     32           18        d * K[q], q 4-bit, K the int8 codebook `IQ4_VALUES`
+    iq4_xs    256          136        8 sub-blocks of 32: d * (ls - 32) * K[q], 6-bit ls
     f16         1            2        IEEE half
     bf16        1            2        bfloat16
 
@@ -42,9 +44,14 @@ GGML_TYPES: dict[QuantKind, GGMLQuantizationType] = {
     "q4_k": GGMLQuantizationType.Q4_K,
     "q5_k": GGMLQuantizationType.Q5_K,
     "q6_k": GGMLQuantizationType.Q6_K,
+    "iq4_nl": GGMLQuantizationType.IQ4_NL,
+    "iq4_xs": GGMLQuantizationType.IQ4_XS,
     "f16": GGMLQuantizationType.F16,
     "bf16": GGMLQuantizationType.BF16,
 }
+
+# The non-linear 4-bit codebook of IQ4_NL and IQ4_XS (llama.cpp's `kvalues_iq4nl`).
+IQ4_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 
 # Values per block and bytes per block of every kind (GGML's own table).
 VALUES_PER_BLOCK: dict[QuantKind, int] = {k: GGML_QUANT_SIZES[t][0] for k, t in GGML_TYPES.items()}

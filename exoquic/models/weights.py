@@ -23,7 +23,10 @@ from exoquic.models.config import ModelConfig
 from exoquic.models.shard import Shard
 
 # GGML block formats kept as they are in the file (see `exoquic.models.quant`).
-QuantKind = Literal["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "f16", "bf16"]
+QuantKind = Literal[
+    "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "iq4_nl", "iq4_xs",
+    "f16", "bf16",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)

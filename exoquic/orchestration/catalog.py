@@ -131,7 +131,7 @@ class Catalog:
             path = snapshot / filename
             if not path.is_file():
                 return None
-            return CatalogEntry(model_id or _gguf_id(repo_id, filename), "gguf", path)
+            return CatalogEntry(model_id or gguf_model_id(repo_id, filename), "gguf", path)
         if not _complete_safetensors(repo_id, snapshot, self.cache_dir):
             return None
         return CatalogEntry(model_id or _hf_id(repo_id), "hf", snapshot)
@@ -152,7 +152,7 @@ class Catalog:
         return sorted(str(p.relative_to(snapshot)) for p in snapshot.rglob("*") if p.is_file())
 
 
-def _gguf_id(repo_id: str, filename: str) -> str:
+def gguf_model_id(repo_id: str, filename: str) -> str:
     """A registry id when the registry names this file, else `owner/repo/FILE.gguf`."""
     for entry in list_models():
         if entry.gguf_repo == repo_id and entry.gguf_file == filename:

@@ -57,6 +57,11 @@ from exoquic.wire.messages import (
 
 log = logging.getLogger(__name__)
 
+ON_DEMAND_JOIN_S = 20.0
+"""How long a new ring of a model loaded on demand waits, before its first plan,
+for the linked peers that may join it (each answers within seconds: it joins or
+declines)."""
+
 DEFAULT_NODE_PORT = defaults.NODE_PORT
 
 _RING_MESSAGES = (Forward, TokenResult, RequestFailed, Release)
@@ -222,19 +227,24 @@ async def open_ring(
     kept loaded at first (a node that joined for its peers does not).
     """
     settings = network.settings
+    join_timeout = settings.join_timeout
+    if on_demand:  # its peers may be starting their rings of it (its header from the hub)
+        join_timeout = max(join_timeout, ON_DEMAND_JOIN_S)
     cluster = Cluster(
         state,
         worker,
         load_shard,
         plan_timeout=settings.plan_timeout,
         settle_time=settings.settle_time,
-        join_timeout=settings.join_timeout,
+        join_timeout=join_timeout,
         ring_settings=settings.ring_settings,
         on_demand=on_demand,
         wanted=wanted,
     )
     cluster.network = network
     peers = cluster.peers
+    if on_demand:  # peers the node is linked to now, in any ring, are worth waiting for
+        peers.expected = set(network.peer_memory())
     assert network.endpoint is not None
     async with trio.open_nursery() as nursery:
         await nursery.start(cluster.route)

@@ -29,14 +29,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from exoquic.models.errors import ModelError
 from exoquic.models.hf_loader import as_hf_weights
-from exoquic.models.source import ModelSource
-from exoquic.orchestration.catalog import Catalog, CatalogEntry
+from exoquic.orchestration.catalog import Catalog, CatalogEntry, gguf_model_id
 from exoquic.orchestration.generation import UnavailableError
 from exoquic.orchestration.node import Node, NodeSettings, OnDemandRing, open_node
 from exoquic.orchestration.residency import (
@@ -49,6 +48,9 @@ from exoquic.orchestration.residency import (
 )
 from exoquic.topology import DEFAULT_MEMORY_FRACTION, DeviceCapabilities
 from exoquic.topology.fit import KV_BYTES_PER_VALUE, FitCheck, check_fit
+
+if TYPE_CHECKING:
+    from exoquic.download.ensure import NodeModel
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +82,18 @@ class _Load:
     """A model being pulled and loaded; requests for it wait on `done`."""
 
     name: str
-    entry: CatalogEntry | None  # None until pulled (with auto_pull)
+    entry: CatalogEntry | None  # None until pulled (with auto_pull), or for a ranged join
     keep_alive: KeepAlive | Keep
     waiting: int = 0
     done: trio.Event = field(default_factory=trio.Event)
     error: Exception | None = None
     follower: bool = False  # loaded because a ring peer asked, not for a request here
+    model_id: str | None = None  # once known (a name may be an alias, or a tag to resolve)
 
 
 @dataclass
 class _Held:
-    entry: CatalogEntry
+    entry: CatalogEntry | None  # None: joined a ring with only this node's byte ranges
     node: Node
     stop: trio.Event
     stopped: trio.Event
@@ -143,6 +146,7 @@ class ModelSet:
         if self.network is not None:
             self.network.join = self._join_for_peers
         self._held: dict[str, _Held] = {}
+        self._aliases: dict[str, str] = {}  # request names resolved to a model id by a pull
         self._loads: dict[str, _Load] = {}
         self._lock = trio.Lock()  # one load or unload decision at a time
         self._pull_lock = trio.Lock()
@@ -157,7 +161,8 @@ class ModelSet:
 
         if self.default.serves(name):
             return self.default
-        held = self._held.get(canonical_model_id(name.removesuffix(":latest")))
+        model_id = canonical_model_id(name.removesuffix(":latest"))
+        held = self._held.get(self._aliases.get(model_id, model_id))
         return held.node if held is not None else None
 
     async def acquire(self, name: str, keep_alive: KeepAlive | Keep = KEEP) -> Node:
@@ -224,10 +229,10 @@ class ModelSet:
             )
         if load.error is not None:
             raise load.error
-        assert load.entry is not None
-        held = self._held.get(load.entry.model_id)
+        model_id = load.model_id or (load.entry.model_id if load.entry is not None else key)
+        held = self._held.get(model_id)
         if held is None:
-            raise UnavailableError(f"{load.entry.model_id} was unloaded before it could serve")
+            raise UnavailableError(f"{model_id} was unloaded before it could serve")
         return held.node  # reserved by the load for each request that waited
 
     # --- loading -------------------------------------------------------------
@@ -236,6 +241,10 @@ class ModelSet:
         try:
             try:
                 if load.entry is None:
+                    ranged = await self._ranged_reference(load)
+                    if ranged is not None:
+                        await self._bring_in_ranged(ranged, load)
+                        return
                     load.entry = await self._pull(load.name)
                 async with self._lock:
                     await self._bring_in(load)
@@ -269,6 +278,9 @@ class ModelSet:
         self._resize_residents()
         needed_here = self._share_of(fit.needed)
         victims = self.residency.evictions(needed_here, trio.current_time())
+        if victims != [] and self.drop_kept_prefixes():  # cheaper than unloading a model
+            self._resize_residents()
+            victims = self.residency.evictions(needed_here, trio.current_time())
         if victims is None:
             if self.network is None:
                 raise UnavailableError(self._no_room(entry.model_id, fit.needed))
@@ -278,22 +290,28 @@ class ModelSet:
                 "unloading %s (least recently used) to make room for %s", model_id, entry.model_id
             )
             await self._unload(model_id)
-        held = await self._nursery.start(self._hold, entry, load.follower)
-        keep_alive = (
-            self.settings.keep_alive if isinstance(load.keep_alive, Keep) else load.keep_alive
-        )
+        model = self._cached_model(entry)
+        self._keep(await self._nursery.start(self._hold, model, entry, load.follower), load)
+
+    def _keep(self, held: _Held, load: _Load) -> None:
+        """Record a model just loaded: its residency (reserved for the requests
+        that waited for it), and the hooks its requests and its ring's peers tell."""
+        model_id = held.node.model_id
+        keep_alive: KeepAlive
         if load.follower and load.waiting:  # a request here came meanwhile: wanted here too
             held.follower = False
         if held.follower:  # kept for the ring's peers; a grace reservation until they say
             keep_alive, reservations = 0.0, 1
             held.grace = True
         else:
+            keep = load.keep_alive
+            keep_alive = self.settings.keep_alive if isinstance(keep, Keep) else keep
             reservations = load.waiting
         now = trio.current_time()
-        self.residency.add(entry.model_id, fit.needed, now, keep_alive, reservations=reservations)
-        self._held[entry.model_id] = held
-        held.node.usage = _Usage(self, entry.model_id)
-        self.residency.resize(entry.model_id, _local_size(held.node))
+        size = _local_size(held.node)
+        self.residency.add(model_id, size, now, keep_alive, reservations=reservations)
+        self._held[model_id] = held
+        held.node.usage = _Usage(self, model_id)
         demand = held.node.cluster.demand
         if demand is not None:
             demand.on_change = self._pulse
@@ -328,6 +346,18 @@ class ModelSet:
             accelerator_memory=None if accelerator is None else max(0, accelerator - taken),
         )
 
+    def drop_kept_prefixes(self) -> bool:
+        """Free the prefix caches every loaded model keeps for later turns (they
+        count in its size); True if there were any."""
+        dropped = False
+        for resident in self.residency.residents():
+            ring = self.node_of(resident.model_id).cluster.ring
+            if ring.kept_bytes:
+                log.info("dropping the prefix caches of %s to make room", resident.model_id)
+                ring.drop_prefixes()
+                dropped = True
+        return dropped
+
     def _resize_residents(self) -> None:
         """Each loaded model's size as it is now on this node (a ring's plan may
         have moved its layers)."""
@@ -348,33 +378,31 @@ class ModelSet:
 
     async def _hold(
         self,
-        entry: CatalogEntry,
+        model: NodeModel,
+        entry: CatalogEntry | None,
         follower: bool = False,
         *,
         task_status: trio.TaskStatus[_Held] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Load `entry` (alone, or in a ring of its own over the network) and
+        """Load `model` (alone, or in a ring of its own over the network) and
         keep it until told to stop. A request's load returns once the ring
         serves it; a follower's as soon as its ring is up."""
-        from exoquic.download.ensure import NodeModel
-
-        source = self._source(entry)
-        settings = replace(self.node_settings, model=entry.model_id)
+        model_id = model.source.model_id
+        settings = replace(self.node_settings, model=model_id)
         ring = None
         if self.network is not None:
             ring = OnDemandRing(self.network, self._ring_capabilities(), wanted=not follower)
         started = time.perf_counter()
         stopped = trio.Event()
         try:
-            model = NodeModel(source, source.load_shard)
             async with open_node(settings, None, model, on_demand=ring) as node:
                 if ring is not None and not follower:
                     await _until_serving(node)
                 seconds = time.perf_counter() - started
                 if follower:
-                    log.info("%s: joined its ring for a peer in %.1f s", entry.model_id, seconds)
+                    log.info("%s: joined its ring for a peer in %.1f s", model_id, seconds)
                 else:
-                    log.info("loaded %s on demand in %.1f s", entry.model_id, seconds)
+                    log.info("loaded %s on demand in %.1f s", model_id, seconds)
                 held = _Held(entry, node, trio.Event(), stopped, time.time(), seconds, follower)
                 task_status.started(held)
                 await held.stop.wait()
@@ -383,9 +411,12 @@ class ModelSet:
         finally:
             stopped.set()
 
-    def _source(self, entry: CatalogEntry) -> ModelSource:
+    def _cached_model(self, entry: CatalogEntry) -> NodeModel:
         """The entry's files, its float matrices loaded as `--weights` says."""
-        return replace(entry.source(), weights=as_hf_weights(self.node_settings.weights))
+        from exoquic.download.ensure import NodeModel
+
+        source = replace(entry.source(), weights=as_hf_weights(self.node_settings.weights))
+        return NodeModel(source, source.load_shard)
 
     async def _unload(self, model_id: str) -> None:
         held = self._held.pop(model_id)
@@ -409,11 +440,13 @@ class ModelSet:
         entry = None
         if model_id not in self._held and model_id not in self._loads:
             entry = await trio.to_thread.run_sync(self.catalog.find, model_id)
-            if entry is None or entry.model_id != model_id:
+            if entry is not None and entry.model_id != model_id:
+                return False  # (another name: the peer's ring is of another model id)
+            if entry is None and not self.settings.auto_pull:
                 return False
-        if entry is not None and model_id not in self._held and model_id not in self._loads:
-            log.info("a ring peer asked for %s, which is cached here: joining", model_id)
+        if model_id not in self._held and model_id not in self._loads:
             joining = self._loads[model_id] = _Load(model_id, entry, KEEP, follower=True)
+            log.info("a ring peer asked for %s: joining", model_id)
             self._nursery.start_soon(self._load, model_id, joining)
         load = self._loads.get(model_id)
         if load is not None:
@@ -422,6 +455,45 @@ class ModelSet:
             if not load.done.is_set():
                 return None
         return self.network.serves(model_id)
+
+    async def _ranged_reference(self, load: _Load) -> str | None:
+        """For a model not in the cache (with --auto-pull): the hub GGUF to join a
+        ring of with only this node's byte ranges, as `prepare_model` names it;
+        None to pull the whole model instead (a node alone, or safetensors)."""
+        if self.network is None:
+            return None
+        if load.follower:
+            return load.name  # the model id of a peer's ring
+        from exoquic.download.errors import DownloadError
+        from exoquic.download.pull import parse_name, resolve
+
+        try:
+            target = await trio.to_thread.run_sync(lambda: resolve(parse_name(load.name)))
+        except DownloadError as exc:
+            raise ModelNotFoundError(f"cannot pull the model '{load.name}': {exc}") from exc
+        if target.filename is None:
+            return None
+        if target.entry is not None:
+            return target.entry.id
+        return gguf_model_id(target.repo_id, target.filename)
+
+    async def _bring_in_ranged(self, reference: str, load: _Load) -> None:
+        """Join (or start) the ring of a hub GGUF this node has not cached: fetch
+        its header now and, once a plan gives this node layers, only their byte
+        ranges (as a ring fetches its own model, see download/ensure.py)."""
+        from exoquic.download.ensure import prepare_model
+
+        assert self._nursery is not None
+        log.info("%s: fetching its header, then only this node's layers", reference)
+        model = await prepare_model(reference, weights=self.node_settings.weights)
+        model_id = load.model_id = model.source.model_id
+        self._aliases[load.name] = model_id
+        async with self._lock:
+            if model_id in self._held:  # loaded meanwhile under another name
+                for _ in range(load.waiting):
+                    self.residency.reserve(model_id, trio.current_time(), load.keep_alive)
+                return
+            self._keep(await self._nursery.start(self._hold, model, None, load.follower), load)
 
     async def _pull(self, name: str) -> CatalogEntry:
         """`exoquic pull name` (with --auto-pull), then its catalog entry."""
@@ -552,7 +624,7 @@ class ModelSet:
         node = self.node_of(resident.model_id)
         weights = node.requirements.total_bytes
         held = self._held.get(resident.model_id)
-        if held is not None and self.catalog is not None:
+        if held is not None and held.entry is not None and self.catalog is not None:
             weights = self.catalog.footprint(held.entry).needed(0)
         return Servable(resident.model_id, True, weights, resident.size, True, resident.pinned)
 
@@ -605,7 +677,8 @@ async def _until_serving(node: Node) -> None:
 
 def _local_size(node: Node) -> int:
     """What a model takes on this node: its shard's weights (all of them when
-    alone) and their KV cache at full context."""
+    alone), their KV cache at full context and the caches its prefix cache
+    keeps for later turns."""
     config = node.config
     requirements = node.requirements
     plans = node.cluster.plans
@@ -616,7 +689,8 @@ def _local_size(node: Node) -> int:
         (0, config.num_layers - 1) if shard is None else (shard.start_layer, shard.end_layer)
     )
     kv = 2 * (last - first + 1) * config.num_kv_heads * config.head_dim * KV_BYTES_PER_VALUE
-    return requirements.shard_bytes(first, last) + kv * node.max_context
+    kept = node.cluster.ring.kept_bytes
+    return requirements.shard_bytes(first, last) + kv * node.max_context + kept
 
 
 @asynccontextmanager

@@ -111,6 +111,9 @@ class Peers:
         self._members: dict[str, Member] = {}  # linked peers, as their Hello described them
         self._instances: dict[str, int] = {}
         self._dialing: set[str] = set()
+        # The peers the first plan waits for (None: every known one), see
+        # `wait_for_known_peers`.
+        self.expected: set[str] | None = None
         self._declined: dict[str, float] = {}  # node id -> when to dial it again
         self._endpoint: Endpoint | None = None
         self._changed = trio.Event()  # pulsed when links or known peers change
@@ -170,7 +173,9 @@ class Peers:
         """Until every peer discovery knows has a link (the caller bounds the wait)."""
         await trio.sleep(KNOWN_PEERS_GRACE)
         while any(
-            self._link(node_id) is None and node_id not in self._declined for node_id in self.known
+            self._link(node_id) is None and node_id not in self._declined
+            for node_id in self.known
+            if self.expected is None or node_id in self.expected
         ):
             changed = self._changed
             await changed.wait()

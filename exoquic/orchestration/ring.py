@@ -292,6 +292,11 @@ class Ring:
         """Finished requests' caches this node keeps in its prefix cache."""
         return self._kept.statistics().entries
 
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of the caches this node keeps in its prefix cache."""
+        return self._kept.statistics().bytes
+
     async def _tries(
         self,
         request_id: str,

@@ -13,14 +13,17 @@ from exoquic.models.quant import BLOCK_BYTES, VALUES_PER_BLOCK, row_bytes
 from exoquic.models.weights import QuantizedTensor, QuantKind
 
 ALL_KINDS: list[QuantKind] = [
-    "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "f16", "bf16"
+    "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "iq4_nl", "iq4_xs", "f16",
+    "bf16",
 ]  # fmt: skip
 
 # Byte offsets of the float16 fields inside one block.
 _F16_FIELDS: dict[QuantKind, tuple[int, ...]] = {
     "q4_0": (0,), "q4_1": (0, 2), "q5_0": (0,), "q5_1": (0, 2), "q8_0": (0,),
-    "q4_k": (0, 2), "q5_k": (0, 2), "q6_k": (208,),
+    "q4_k": (0, 2), "q5_k": (0, 2), "q6_k": (208,), "iq4_nl": (0,), "iq4_xs": (0,),
 }  # fmt: skip
+# IQ4's codebook values reach 127 (and IQ4_XS's sub-scales 32): their d is smaller.
+_INT_FACTOR: dict[QuantKind, float] = {"iq4_nl": 8.0, "iq4_xs": 8.0}
 
 
 def random_blocks(
@@ -39,6 +42,7 @@ def random_blocks(
     blocks = rng.integers(0, 256, (rows, n, BLOCK_BYTES[kind]), dtype=np.uint8)
     # Scales sized so weights are ~1: a K-quant's d multiplies 6-bit (or int8) sub-scales.
     d = scale / 8 if VALUES_PER_BLOCK[kind] == 32 else scale / 256
+    d /= _INT_FACTOR.get(kind, 1.0)
     for offset in _F16_FIELDS[kind]:
         field = (rng.uniform(0.5, 1.5, (rows, n)) * d).astype(np.float16)
         blocks[:, :, offset : offset + 2] = field.view(np.uint8).reshape(rows, n, 2)

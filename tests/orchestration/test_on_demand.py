@@ -14,8 +14,10 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from on_demand_models import (
 )
 from ring_nodes import RingNode, engine_under_test, make_nodes, running, wait_serving
 
+from exoquic.models.gguf_file import GGUFFile
 from exoquic.models.registry import DEFAULT_MODEL_ID
 
 pytestmark = pytest.mark.slow
@@ -312,20 +315,26 @@ def test_the_least_recently_used_idle_model_makes_room(node: RingNode, tmp_path:
         assert f"unloading {TINY_ID} (least recently used) to make room for {MID_ID}" in log
 
 
+@contextmanager
+def ring_with_tiny_cached(tmp_path: Path, names: list[str]) -> Iterator[Sequence[RingNode]]:
+    """A running ring of `names`, each node with the tiny model in its cache."""
+    cache = tmp_path / "cache"
+    cache_tiny(cache, tmp_path)
+    nodes = make_nodes(tmp_path / "homes", names, [engine_under_test()] * len(names))
+    for ring_node in nodes:
+        ring_node.env = {"EXOQUIC_HF_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    with running(nodes):
+        wait_serving(nodes, len(nodes))
+        yield nodes
+
+
 def test_in_a_ring_a_model_loaded_on_demand_is_spread_and_unloaded_together(
     tmp_path: Path,
 ) -> None:
     """Two nodes with the tiny model cached: the first request for it, on b,
     loads it over both (a joins for its peer); a answers the same through that
     ring; when b's request says keep_alive 0 and a never used it, both unload."""
-    cache = tmp_path / "cache"
-    cache_tiny(cache, tmp_path)
-    nodes = make_nodes(tmp_path / "homes", ["ring-a", "ring-b"], [engine_under_test()] * 2)
-    for ring_node in nodes:
-        ring_node.env = {"EXOQUIC_HF_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    a, b = nodes
-    with running(nodes):
-        wait_serving(nodes, 2)
+    with ring_with_tiny_cached(tmp_path, ["ring-a", "ring-b"]) as (a, b):
         holders = loaded(a)["smollm2:135m"]["nodes"]
         assert {h["name"] for h in holders} == {"ring-a", "ring-b"}
         layers = sorted(tuple(h["layers"]) for h in holders)
@@ -354,14 +363,7 @@ def test_a_follower_that_gets_a_request_keeps_the_model_for_itself(tmp_path: Pat
     """A node that joined a ring for its peer and then serves a request of its
     own keeps the model after the peer lets go (its own keep-alive), and the
     peer keeps its layers for it (the ring stays whole)."""
-    cache = tmp_path / "cache"
-    cache_tiny(cache, tmp_path)
-    nodes = make_nodes(tmp_path / "homes", ["keep-a", "keep-b"], [engine_under_test()] * 2)
-    for ring_node in nodes:
-        ring_node.env = {"EXOQUIC_HF_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    a, b = nodes
-    with running(nodes):
-        wait_serving(nodes, 2)
+    with ring_with_tiny_cached(tmp_path, ["keep-a", "keep-b"]) as (a, b):
         assert chat(b, TINY_ID).status_code == 200
         wait_holders(b, TINY_ID, {"keep-a", "keep-b"})
         from_a = chat(a, TINY_ID)  # a, a follower so far, now wants it too
@@ -374,3 +376,37 @@ def test_a_follower_that_gets_a_request_keeps_the_model_for_itself(tmp_path: Pat
             chat(a, TINY_ID).json()["choices"][0]["message"]
             == (from_a.json()["choices"][0]["message"])
         )
+
+
+def test_with_auto_pull_a_cluster_fetches_each_node_only_its_layers(tmp_path: Path) -> None:
+    """Two nodes with empty caches and --auto-pull: a request on a for a hub
+    GGUF spreads it over both, each fetching from the hub only the header and
+    the byte ranges of the layers the plan gives it."""
+    repo_dir = tmp_path / "repo"
+    repo_dir.mkdir()
+    gen = gen_gguf()
+    gen.generate(replace(gen.SHAPES["tiny"], context=512), "q8_0", repo_dir / TINY_FILE)
+    with run_hub_server() as hub:
+        hub.add_repo(TINY_REPO, repo_dir)
+        nodes = make_nodes(tmp_path / "homes", ["first", "second"], [engine_under_test()] * 2,
+                           ("--auto-pull",))  # fmt: skip
+        for ring_node in nodes:
+            ring_node.env = {"EXOQUIC_HF_CACHE": str(tmp_path / ring_node.name),
+                             "HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0"}  # fmt: skip
+        a, b = nodes
+        with running(nodes):
+            wait_serving(nodes, 2)
+            response = chat(a, f"{TINY_REPO}:Q8_0")
+            assert response.status_code == 200, f"{response.text}\n{a.log()[-3000:]}"
+            holders = wait_holders(b, TINY_ID, {"first", "second"})
+            again = chat(a, f"{TINY_REPO}:Q8_0")
+            assert again.json()["choices"][0]["message"] == response.json()["choices"][0]["message"]
+            fetched = hub.bytes_served(TINY_FILE)
+            header = GGUFFile.open(repo_dir / TINY_FILE)
+            size, embedding = header.size, header.tensors["token_embd.weight"].nbytes
+            print(f"layers {[h['layers'] for h in holders]}: fetched {fetched} of {size} bytes")
+            # All tensor data once, but the tied embedding twice (the first
+            # shard's input, the last one's head); each node's header twice (to
+            # start, and in its shard's file). A whole copy on either node would
+            # add the other node's layers again.
+            assert 0 < fetched <= size + embedding + 3 * header.data_start

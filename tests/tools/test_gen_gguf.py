@@ -19,7 +19,7 @@ from exoquic.models.gguf_loader import read_gguf_config
 def _types(mix: str, shape: str) -> dict[str, T]:
     s = SHAPES[shape]
     return {
-        name: tensor_type(mix, name, dims[1], s.layers, s.tied)
+        name: tensor_type(mix, name, dims[1], s.layers, s.tied, s.heads // s.kv_heads)
         for name, dims in gen_gguf.tensor_shapes(s)
         if len(dims) == 2
     }
@@ -46,9 +46,26 @@ def test_untied_head_is_q6_k_and_embedding_keeps_the_base_type() -> None:
     assert set(_types("q6_k", "qwen2.5-7b").values()) == {T.Q6_K}
 
 
+@pytest.mark.parametrize("mix", ["iq4_xs", "iq4_nl"])
+def test_iq4_mixes_give_more_bits_where_llama_quantize_does(mix: str) -> None:
+    base = T.IQ4_XS if mix == "iq4_xs" else T.IQ4_NL
+    types = _types(mix, "llama-3.2-1b")  # 32 query heads on 8 kv heads, 16 layers
+    assert types["token_embd.weight"] == T.Q6_K  # tied: the embedding is the output head
+    for i in range(16):
+        assert types[f"blk.{i}.attn_v.weight"] == T.Q5_K  # 4 query heads per kv head
+        assert types[f"blk.{i}.ffn_down.weight"] == (T.Q5_K if i < 2 else base)
+        assert types[f"blk.{i}.attn_q.weight"] == base
+        assert types[f"blk.{i}.ffn_gate.weight"] == base
+    untied = _types(mix, "llama-3.1-8b")
+    assert (untied["token_embd.weight"], untied["output.weight"]) == (base, T.Q6_K)
+    assert _types(mix, "qwen2.5-7b")["blk.3.attn_v.weight"] == T.Q5_K  # 28 on 4
+    assert tensor_type(mix, "blk.3.attn_v.weight", 2048, 16, tied=True, gqa=2) == base
+
+
 @pytest.mark.parametrize(
     ("mix", "name", "wanted"),
     [
+        ("iq4_xs", "blk.3.attn_q.weight", T.IQ4_NL),
         ("q4_k_m", "blk.3.attn_q.weight", T.Q5_0),
         ("q5_k_m", "blk.3.attn_q.weight", T.Q5_1),
         ("q6_k", "blk.3.attn_q.weight", T.Q8_0),

@@ -51,7 +51,15 @@ def test_bench_measures_both_engines_on_one_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("mix", "tied"), [("q4_k_m", False), ("q5_k_m", False), ("q6_k", False), ("q4_k_m", True)]
+    ("mix", "tied"),
+    [
+        ("q4_k_m", False),
+        ("q5_k_m", False),
+        ("q6_k", False),
+        ("q4_k_m", True),
+        ("iq4_xs", False),
+        ("iq4_nl", True),
+    ],
 )
 def test_generated_mixes_match_llama_cpps_quantizer(mix: str, tied: bool, tmp_path: Path) -> None:
     """llama.cpp re-quantizes a Q8_0 file into `mix`: its types are the ones gen_gguf picks."""
@@ -69,7 +77,9 @@ def test_generated_mixes_match_llama_cpps_quantizer(mix: str, tied: bool, tmp_pa
     run_worker("quantize", {"source": str(source), "out": str(out), "mix": mix})
     theirs = {name: info.ggml_type for name, info in GGUFFile.open(out).tensors.items()}
     ours = {
-        name: gen_gguf.tensor_type(mix, name, dims[1], shape.layers, shape.tied)
+        name: gen_gguf.tensor_type(
+            mix, name, dims[1], shape.layers, shape.tied, shape.heads // shape.kv_heads
+        )
         for name, dims in gen_gguf.tensor_shapes(shape)
         if len(dims) == 2
     }

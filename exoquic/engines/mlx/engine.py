@@ -1,7 +1,7 @@
 """`MLXEngine`: runs one llama shard with MLX.
 
 GGML block-quantized matrices (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
-Q6_K) are repacked into MLX affine quantization with group size 32 (exactly,
+Q6_K, IQ4_NL, IQ4_XS) are repacked into MLX affine quantization with group size 32 (exactly,
 except Q6_K: see `ggml_pack`), mlx-community checkpoints' affine matrices are
 used as they are, and all are computed on with `mx.quantized_matmul`, so
 the weights stay in 4, 5 or 8 bits; float16 / bfloat16 matrices stay 16-bit;

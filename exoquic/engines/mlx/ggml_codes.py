@@ -12,10 +12,17 @@ of consecutive values of a row, with a non-negative integer code:
     q4_k    32     4    d * sc    -dmin * m   (sc, m: 6-bit, per 32-value sub-block)
     q5_k    32     5    d * sc    -dmin * m
     q6_k    16     6    d * sc    -32 d * sc  (sc: int8, per 16-value sub-block)
+    iq4_nl  32     8    d         -128 d      (code = codebook value K[q] + 128)
+    iq4_xs  32     8    d * (ls - 32)  -128 d * (ls - 32)  (ls: 6-bit, per sub-block)
+
+The IQ4 kinds are not affine in their 4-bit index q, but their codebook values
+are integers in -127..113, so as 8-bit codes they are.
 
 Scales and biases are computed in float32 exactly as GGML's dequantization
 computes them (a float16 times a small integer is exact in float32), so
-`scale * code + bias` reproduces `gguf.quants.dequantize` bit for bit.
+`scale * code + bias` reproduces `gguf.quants.dequantize` bit for bit (for the
+IQ4 kinds too: d has 11 significant bits and ls - 32 at most 5, so scale * code
+needs at most 24 and is exact, and so is adding the bias).
 Pure numpy, so it is tested without MLX; `ggml_pack` turns these groups into
 MLX's packed layout. Layouts follow ggml-quants.c (`dequantize_row_*`).
 """
@@ -27,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exoquic.models.quant import BLOCK_BYTES, VALUES_PER_BLOCK, check_blocks
+from exoquic.models.quant import BLOCK_BYTES, IQ4_VALUES, VALUES_PER_BLOCK, check_blocks
 from exoquic.models.weights import QuantizedTensor, QuantKind
 
 
@@ -164,6 +171,27 @@ def _q8_0(b: np.ndarray) -> _Decoded:
     return b[..., 2:] ^ np.uint8(0x80), d, -128.0 * d, 32, 8
 
 
+# IQ4 codebook values as 8-bit codes: value + 128.
+_IQ4_CODES = (np.array(IQ4_VALUES, dtype=np.int16) + 128).astype(np.uint8)
+
+
+def _iq4_nl(b: np.ndarray) -> _Decoded:
+    d = _f16(b, 0)
+    return _IQ4_CODES[_nibbles(b[..., 2:])], d, -128.0 * d, 32, 8
+
+
+def _iq4_xs(b: np.ndarray) -> _Decoded:
+    lead = b.shape[:-1]
+    sl = b[..., 4:8]  # sub-block 2k's low scale bits: byte k's low nibble; 2k + 1: its high
+    low = np.stack([sl & 0x0F, sl >> 4], axis=-1).reshape(*lead, 8).astype(np.int32)
+    sh = np.ascontiguousarray(b[..., 2:4]).view("<u2").astype(np.int32)  # (..., 1)
+    high = (sh >> (2 * np.arange(8))) & 3
+    scales = _f16(b, 0)[..., None] * ((low | (high << 4)) - 32).astype(np.float32)
+    qs = b[..., 8:136].reshape(*lead, 8, 16)
+    codes = _IQ4_CODES[_nibbles(qs)].reshape(*lead, 256)
+    return codes, scales, -128.0 * scales, 32, 8
+
+
 _DECODERS: dict[QuantKind, Callable[[np.ndarray], _Decoded]] = {
     "q4_0": _q4_0,
     "q4_1": _q4_1,
@@ -173,4 +201,6 @@ _DECODERS: dict[QuantKind, Callable[[np.ndarray], _Decoded]] = {
     "q4_k": _q4_k,
     "q5_k": _q5_k,
     "q6_k": _q6_k,
+    "iq4_nl": _iq4_nl,
+    "iq4_xs": _iq4_xs,
 }

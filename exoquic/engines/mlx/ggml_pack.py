@@ -10,6 +10,13 @@ the MLX form and packs the codes:
   super-blocks of eight 32-value sub-blocks, each with its own 6-bit scale and
   minimum) map exactly: group size 32, 4, 5 or 8 bits, the scale and bias of
   each (sub-)block. The dequantized weights equal GGML's bit for bit.
+- IQ4_NL and IQ4_XS (4-bit indices into a fixed codebook of 16 integers in
+  -127..113, times a scale per 32 values) map exactly to 8-bit groups of 32:
+  code = codebook value + 128, bias = -128 * scale. MLX's affine form cannot
+  hold a non-linear 4-bit code, so this costs what Q8_0 costs here (8-bit
+  codes, a float32 scale and bias per 32: 10 bits a value) instead of the
+  file's 4.5 (IQ4_NL) or 4.25 (IQ4_XS): exactness over memory. 4 bits would
+  need a lookup-table matmul kernel, which MLX does not have.
 - Q6_K has a scale per 16 values, and MLX has no group of 16. Each pair of
   16-value sub-blocks becomes one 8-bit group of 32 whose step is a quarter
   of the larger sub-block's step: the sub-block with the larger scale stays
@@ -37,7 +44,9 @@ from exoquic.models.weights import QuantizedTensor
 GROUP_SIZE = 32
 
 # Kinds that become MLX affine quantization; f16/bf16 are float matrices.
-MAPPABLE_KINDS = frozenset({"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k"})
+MAPPABLE_KINDS = frozenset(
+    {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "iq4_nl", "iq4_xs"}
+)
 # Kinds whose MLX form dequantizes to exactly GGML's weights.
 EXACT_KINDS = MAPPABLE_KINDS - {"q6_k"}
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from tinygrad import Tensor, dtypes
 
-from exoquic.models.quant import BLOCK_BYTES, VALUES_PER_BLOCK
+from exoquic.models.quant import BLOCK_BYTES, IQ4_VALUES, VALUES_PER_BLOCK
 from exoquic.models.weights import QuantKind
 
 
@@ -101,6 +101,32 @@ def _q8_0(blk: Tensor) -> Tensor:
     return _f16(blk[..., 0:2]).unsqueeze(-1) * q
 
 
+def _iq4(q: Tensor) -> Tensor:
+    """4-bit indices -> their float32 codebook values (a chain of selects, no gather)."""
+    values = Tensor.full(q.shape, float(IQ4_VALUES[0]), dtype=dtypes.float32, device=q.device)
+    for i, v in enumerate(IQ4_VALUES[1:], start=1):
+        values = (q == i).where(float(v), values)
+    return values
+
+
+def _iq4_nl(blk: Tensor) -> Tensor:
+    n = blk.shape[:-1]
+    q = _nibbles(blk[..., 2:18]).reshape(*n, 32)
+    return _f16(blk[..., 0:2]).unsqueeze(-1) * _iq4(q)
+
+
+def _iq4_xs(blk: Tensor) -> Tensor:
+    n = blk.shape[:-1]
+    sl = blk[..., 4:8]  # sub-block 2k's low scale bits in byte k's low nibble, 2k + 1's high
+    low = Tensor.stack(sl & 15, sl >> 4, dim=-1).reshape(*n, 8).cast(dtypes.int32)
+    sh = blk[..., 2:3].cast(dtypes.uint32) | (blk[..., 3:4].cast(dtypes.uint32) << 8)
+    high = _bits(sh, 8, 2).reshape(*n, 8).cast(dtypes.int32)  # bits 2j of the u16 scales_h
+    ls = (low | (high << 4)) - 32
+    scale = (_f16(blk[..., 0:2]).unsqueeze(-1) * ls.cast(dtypes.float32)).unsqueeze(-1)
+    q = _nibbles(blk[..., 8:136].reshape(*n, 8, 16)).reshape(*n, 8, 32)
+    return scale * _iq4(q)
+
+
 def _bf16(blk: Tensor) -> Tensor:
     """bfloat16 byte pairs `(..., 2)` (f16/bf16 "blocks" are single values) -> float32."""
     h = blk[..., 0].cast(dtypes.uint32) | (blk[..., 1].cast(dtypes.uint32) << 8)
@@ -116,4 +142,6 @@ _DECODERS: dict[QuantKind, Callable[[Tensor], Tensor]] = {
     "q4_k": _q4_k,
     "q5_k": _q5_k,
     "q6_k": _q6_k,
+    "iq4_nl": _iq4_nl,
+    "iq4_xs": _iq4_xs,
 }

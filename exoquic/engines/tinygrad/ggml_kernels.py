@@ -1,4 +1,5 @@
-"""C kernels that compute straight on GGML block bytes: Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K.
+"""C kernels that compute straight on GGML block bytes: Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K,
+IQ4_NL, IQ4_XS.
 
 The weights stay exactly as in the GGUF file (no repacked copy), so a node can
 use them from the file's memory map. Each kernel walks a weight row
@@ -14,9 +15,13 @@ of 32 values that each meet one int16 activation block of
     q4_k  d*sc[j] * q - dmin*mn[j], 6-bit sc, mn     likewise, ds = d*sc[j], dm = -dmin*mn[j]
     q5_k  as q4_k with a 5th bit from qh             likewise
     q6_k  d*sc[i/16] * (q - 32), int8 sc per 16      d * dx * sum((q - 32) sc qx)
+    iq4_nl d * K[q], q 4-bit, K an int8 codebook      ds * dx * sum(K[q] qx)
+    iq4_xs d*(ls[j] - 32) * K[q], 6-bit ls           likewise, ds = d * (ls[j] - 32)
 
 Q6_K's int8 sub-scales are folded into the int16 weight codes (|(q-32) sc| <=
 4096), so two pmaddwd results still fit an int32 lane next to |qx| <= 32767.
+IQ4's codebook lookup is one `pshufb` per 16 nibbles with AVX2 (llama.cpp's
+trick), a table read in plain C.
 
 `gemm_format` turns a format into the `cpu_kernels.Format` that
 `cpu_kernels.gemm_source` (prefill chunks) dequantizes with, exactly;
@@ -33,6 +38,7 @@ from string import Template
 
 from exoquic.engines.tinygrad import cpu_kernels
 from exoquic.engines.tinygrad.cpu_kernels import GROUP_ROWS, Format
+from exoquic.models.quant import IQ4_VALUES
 
 # float16 at byte pointer q -> float (normal and subnormal values exactly).
 _F16 = """
@@ -65,6 +71,15 @@ typedef short h16x8 __attribute__((vector_size(16)));
   const f32x8 r_ = e_ != 0 ? n_ : s_; (h_ & 0x8000) != 0 ? -r_ : r_; })
 #endif
 """
+
+
+# IQ4_NL / IQ4_XS: a 4-bit index picks one of these int8 values (`quant.IQ4_VALUES`).
+_IQ4 = (
+    "static const signed char IQ4[16] = {"
+    + ", ".join(str(v) for v in IQ4_VALUES)
+    + "};\ntypedef char v16qi __attribute__((vector_size(16), aligned(1)));\n"
+)
+_PRELUDE = _F16 + _IQ4
 
 
 @dataclass(frozen=True)
@@ -225,6 +240,38 @@ def _q8_0(group: int) -> BlockFormat:
     return _legacy("q8_0", 34, group, code, _Q8_AVX2, offset=False)
 
 
+# IQ4 indices: value i of a 32-value (sub-)block at byte i % 16 of QS, nibble i / 16, like
+# Q4_0's; `pshufb` looks 16 of them up in the codebook at once.
+_IQ4_CODE = "IQ4[(QS[i & 15] >> (4 * (i >> 4))) & 15]"
+_IQ4_AVX2 = """const v16qi q_ = *(const v16qi *)(QS), t_ = *(const v16qi *)IQ4;
+        const v16qi lo_ = q_ & (char)15, hi_ = (v16qi)((u8x16)q_ >> (unsigned char)4);
+        i16x16 l = __builtin_convertvector((i8x16)__builtin_ia32_pshufb128(t_, lo_), i16x16);
+        i16x16 h = __builtin_convertvector((i8x16)__builtin_ia32_pshufb128(t_, hi_), i16x16);"""
+
+
+def _iq4_nl(group: int) -> BlockFormat:
+    code, unpack = (c.replace("QS", "(bj + 2)") for c in (_IQ4_CODE, _IQ4_AVX2))
+    return _legacy("iq4_nl", 18, group, code, unpack, offset=False)
+
+
+# IQ4_XS: f16 d | u16 scales_h | scales_l[4] | qs[128]. Sub-block j's 6-bit scale ls has
+# its low 4 bits in nibble j % 2 of scales_l[j / 2] and its high 2 in bits 2j of scales_h;
+# its indices are qs[16 j .. 16 j + 15].
+IQ4_XS = BlockFormat(
+    kind="iq4_xs",
+    values=256,
+    nbytes=136,
+    setup="""const float d = F16(blk); const unsigned sh = H16(blk + 2);
+      for (int j = 0; j < 8; j++) {
+        const int ls = ((blk[4 + (j >> 1)] >> (4 * (j & 1))) & 15) | (((sh >> (2 * j)) & 3) << 4);
+        ds8[j] = d * (float)(ls - 32);
+      }""",
+    code=_IQ4_CODE.replace("QS", "(blk + 8 + 16 * j)"),
+    codes_avx2=_IQ4_AVX2.replace("QS", "(blk + 8 + 16 * j)"),
+    offset=False,
+)
+
+
 @dataclass(frozen=True)
 class FloatFormat:
     """16-bit float weights (F16, BF16): no integer codes, so every product, decode
@@ -262,8 +309,8 @@ BF16 = FloatFormat(
       }""",
 )
 
-_K_FORMATS = {f.kind: f for f in (Q4_K, Q5_K, Q6_K)}
-_LEGACY = {"q5_0": _q5_0, "q5_1": _q5_1, "q8_0": _q8_0}
+_K_FORMATS = {f.kind: f for f in (Q4_K, Q5_K, Q6_K, IQ4_XS)}
+_LEGACY = {"q5_0": _q5_0, "q5_1": _q5_1, "q8_0": _q8_0, "iq4_nl": _iq4_nl}
 _FLOAT = {f.kind: f for f in (F16, BF16)}
 KINDS = frozenset(_K_FORMATS) | frozenset(_LEGACY) | frozenset(_FLOAT)
 AnyFormat = BlockFormat | FloatFormat
@@ -349,7 +396,7 @@ def dequantize_source(fmt: AnyFormat) -> Template:
     """`$OUT (N, K)` float32 = the weights `$P` (N rows of K values), exactly."""
     g = gemm_format(fmt)
     return Template(
-        _F16
+        _PRELUDE
         + f"""
 float *out = $OUT;
 for (int n = 0; n < $N; n++) {{
@@ -363,12 +410,12 @@ for (int n = 0; n < $N; n++) {{
 
 def gemm_source(fmt: AnyFormat) -> Template:
     """`cpu_kernels.gemm_source` (prefill chunks) for weights in `fmt` blocks."""
-    return Template(_F16 + cpu_kernels.gemm_source(gemm_format(fmt)).template)
+    return Template(_PRELUDE + cpu_kernels.gemm_source(gemm_format(fmt)).template)
 
 
 def small_gemm_source(fmt: FloatFormat) -> Template:
     """`cpu_kernels.small_gemm_source` (decode) for 16-bit float weights."""
-    return Template(_F16 + cpu_kernels.small_gemm_source(gemm_format(fmt)).template)
+    return Template(_PRELUDE + cpu_kernels.small_gemm_source(gemm_format(fmt)).template)
 
 
 def matmul_source(fmt: BlockFormat, rows: int) -> Template:
@@ -380,7 +427,7 @@ def matmul_source(fmt: BlockFormat, rows: int) -> Template:
     groups = [list(range(r, min(r + GROUP_ROWS, rows))) for r in range(0, rows, GROUP_ROWS)]
     body = "\n".join(_group(fmt, g) for g in groups)
     return Template(
-        _F16
+        _PRELUDE
         + f"""
 float *out = $OUT; const short *xq = $XQ; const float *xs = $XS;
 $STORE_SETUP

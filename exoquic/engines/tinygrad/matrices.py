@@ -1,8 +1,8 @@
 """Weight matrices on the tinygrad device, kept in their GGML block quantization.
 
-Most kinds (Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, F16, BF16) stay exactly as in the GGUF file
-(`BlockMatrix`), used in place from the file's memory map; `ggml_kernels` and
-`block_decode` read them. Q4_0 and Q4_1 (the bundled model's) are repacked
+Most kinds (Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, F16, BF16) stay
+exactly as in the GGUF file (`BlockMatrix`), used in place from the file's memory
+map; `ggml_kernels` and `block_decode` read them. Q4_0 and Q4_1 (the bundled model's) are repacked
 (`Q4Matrix`): a GGML block covers 32 consecutive values of one row, Q4_1 decodes
 as `w = d * q + m` (q a 4-bit code), Q4_0 as `w = d * (q - 8)` (so it is Q4_1
 with `m = -8 d`); the codes stay packed, the scales are widened once to float32,
@@ -108,7 +108,7 @@ Matrix = Q4Matrix | BlockMatrix | DenseMatrix | OffsetMatrix
 # Kinds computed on in their file layout (`BlockMatrix`, used from the file's map in
 # place); Q4_0/Q4_1 are repacked (`Q4Matrix`: float32 scales, a little faster).
 BLOCK_KINDS: frozenset[QuantKind] = frozenset(
-    {"q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "f16", "bf16"}
+    {"q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "iq4_nl", "iq4_xs", "f16", "bf16"}
 )
 
 

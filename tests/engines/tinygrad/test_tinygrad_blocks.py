@@ -1,5 +1,5 @@
-"""Q5_0, Q5_1, Q4_K, Q5_K, Q6_K computed on in their GGML block bytes: the C kernels and
-the portable tinygrad expressions against `gguf.quants` and a float64 reference."""
+"""Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS computed on in their GGML block bytes: the
+C kernels and the portable tinygrad expressions against `gguf.quants` and a float64 reference."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def test_each_row_is_computed_the_same_way_in_any_batch() -> None:
     np.testing.assert_array_equal(product(x[4:5], w), together[4:5])
 
 
-@pytest.mark.parametrize("kind", ["q5_0", "q5_1", "q8_0"])
+@pytest.mark.parametrize("kind", ["q5_0", "q5_1", "q8_0", "iq4_nl"])
 @pytest.mark.parametrize("rows", [1, GEMM_ROWS])
 def test_rows_that_are_not_whole_super_blocks(kind: QuantKind, rows: int) -> None:
     # 160 values a row: the 32-value kinds go one block at a time instead of 8.
