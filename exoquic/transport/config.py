@@ -50,6 +50,10 @@ class TransportConfig:
     room for a few lost packets)."""
     max_handshakes_per_address: int = 8
     """Unfinished handshakes one source address may hold at a time."""
+    max_connections_per_key: int = 8
+    """Node connections one trusted key may hold *to* this endpoint at a time;
+    a newer one closes the oldest beyond it (REPLACED). A node links once per
+    model it serves with us (a ring per model), so a few are normal."""
     retry_above: float = 0.5
     """Once this fraction of the connection table is in use, a new peer must
     first prove its address with a stateless Retry (costs it one round trip).
@@ -58,6 +62,8 @@ class TransportConfig:
     def __post_init__(self) -> None:
         if not 0 < self.keepalive_interval * 3 <= self.idle_timeout:
             raise ValueError("keepalive_interval must be at most a third of idle_timeout")
+        if self.max_connections_per_key < 1:
+            raise ValueError("max_connections_per_key must be at least 1")
         if self.handshake_timeout <= 0 or self.max_handshakes_per_address < 1:
             raise ValueError("handshake_timeout and max_handshakes_per_address must be positive")
         if not 0.0 <= self.retry_above <= 1.0:

@@ -8,9 +8,9 @@ authenticated it can only take a bounded share of the connection table:
 half full. Version negotiation is not implemented: every exoquic node speaks
 QUIC v1/v2.
 
-A node keeps at most one connection *from* each trusted key: when a new one
-authenticates, an older one from the same key is closed (REPLACED). With the
-one it may have dialled itself, that is at most two per peer.
+A node keeps at most `TransportConfig.max_connections_per_key` connections
+*from* each trusted key (one per model's ring the peer shares with it): when
+one more authenticates, the oldest from that key is closed (REPLACED).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class Endpoint:
         self._stream_handler = stream_handler
         self._pairing_handler = pairing_handler
         self._by_cid: dict[bytes, Connection] = {}
-        self._connections: set[Connection] = set()
+        self._connections: dict[Connection, None] = {}  # (a set, in the order they came)
         self._admission: Admission[Connection] = Admission(
             max_connections,
             retry_above=config.retry_above,
@@ -314,7 +314,7 @@ class Endpoint:
         self, session: Session, remote: NetworkAddress, *, source: str | None = None
     ) -> Connection:
         connection = Connection(self, session, remote, self.config)
-        self._connections.add(connection)
+        self._connections[connection] = None
         if source is not None:  # our own dials are not limited here
             self._admission.add(connection, source)
         self._by_cid[session.quic.host_cid] = connection
@@ -346,7 +346,7 @@ class Endpoint:
         self._by_cid.pop(cid, None)
 
     def forget(self, connection: Connection) -> None:
-        self._connections.discard(connection)
+        self._connections.pop(connection, None)
         self._admission.remove(connection)
         for cid in [cid for cid, c in self._by_cid.items() if c is connection]:
             del self._by_cid[cid]
@@ -356,18 +356,21 @@ class Endpoint:
         if connection.is_client or connection.alpn != NODE_ALPN:
             return
         key = connection.peer_public_key
-        for other in self.connections:
-            if (
-                other is not connection
-                and not other.is_client
-                and other.established
-                and other.alpn == NODE_ALPN
-                and other.peer_public_key == key
-            ):
-                # One connection from each key: a peer cannot multiply its
-                # share of the table, and a restarted peer's old connection
-                # goes now rather than at its idle timeout.
-                other.close(ErrorCode.REPLACED, "replaced by a newer connection")
+        older = [
+            other
+            for other in self.connections  # (oldest first)
+            if other is not connection
+            and not other.is_client
+            and other.established
+            and other.alpn == NODE_ALPN
+            and other.peer_public_key == key
+        ]
+        # A bounded number from each key: a peer cannot multiply its share of
+        # the table (a restarted peer's old links go when its rings see the new
+        # instance, or at their idle timeout).
+        excess = len(older) + 1 - self.config.max_connections_per_key
+        for other in older[: max(0, excess)]:
+            other.close(ErrorCode.REPLACED, "replaced by a newer connection")
 
     def stream_handler_for(self, alpn: str) -> StreamHandler | None:
         return self._pairing_handler if alpn == PAIRING_ALPN else self._stream_handler

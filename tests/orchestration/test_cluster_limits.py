@@ -91,7 +91,7 @@ async def test_a_hello_frame_over_its_size_is_refused_before_buffering(tmp_path:
         assert closed.error_code == WireErrorCode.FRAME_TOO_LARGE
 
 
-async def test_one_link_per_connection_and_one_connection_per_key(tmp_path: Path) -> None:
+async def test_one_link_per_connection_and_a_link_per_connection_from_a_key(tmp_path: Path) -> None:
     lab = Lab(tmp_path, ["a", "x"])
     x = lab.identities["x"]
     async with lab.node("a") as a, connected_as(lab, "x", "a") as first:
@@ -104,20 +104,19 @@ async def test_one_link_per_connection_and_one_connection_per_key(tmp_path: Path
             await second.receive_message()
         assert caught.value.error_code == ErrorCode.STREAM_REFUSED
         assert first.closed is None and a.peers.live_peers() == [x.node_id]
-        # A second connection from the same key takes the first one's place.
+        # A second connection from the same key carries a link of its own (a
+        # peer links once per model's ring it shares); the first one stays.
+        # (Too many from one key: tests/transport/test_handshake_admission.py.)
         async with connected_as(lab, "x", "a") as again:
-            with trio.fail_after(5):
-                closed = await first.wait_closed()
-            assert closed.by_peer and closed.error_code == ErrorCode.REPLACED
             await introduce(await MessageStream.open(again), x_hello(x), dialer=True)
-            with trio.fail_after(5):
-                while a.peers.peer_address(x.node_id) is None:
-                    await trio.sleep(0.02)
             endpoint = a.peers.endpoint
             assert endpoint is not None
-            # (a also dials x's listed port, where nobody answers: not counted)
-            incoming = [c for c in endpoint.connections if not c.is_client]
-            assert incoming == [endpoint.find_connection(x.public_key)]
+            with trio.fail_after(5):  # (a also dials x's listed port: not counted)
+                while len([c for c in endpoint.connections if not c.is_client]) < 2:
+                    await trio.sleep(0.02)
+            await trio.sleep(0.2)
+            assert first.closed is None and again.closed is None
+            assert a.peers.live_peers() == [x.node_id]
 
 
 async def test_a_peer_cannot_open_more_caches_than_its_share(tmp_path: Path) -> None:
