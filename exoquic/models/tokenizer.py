@@ -20,7 +20,14 @@ import tokenizers
 from exoquic.models.chat_template import CHATML_TEMPLATE, render_chat
 from exoquic.models.errors import ModelLoadError
 from exoquic.models.gguf_file import GGUFFile
-from exoquic.models.gguf_tokenizer import backend_from_gguf, has_dummy_prefix, is_added_token
+from exoquic.models.gguf_tokenizer import (
+    SPACE as SPACE_PIECE,
+)
+from exoquic.models.gguf_tokenizer import (
+    backend_from_gguf,
+    has_dummy_prefix,
+    is_added_token,
+)
 from exoquic.models.hf_loader import read_json
 
 # Tokens that end a turn in the chat formats of the registry's families
@@ -160,7 +167,9 @@ class Tokenizer:
         does not), so a long text tokenized in a worker thread leaves the
         event loop running.
         """
-        if self._dummy_prefix and text.startswith(" "):
+        if self._dummy_prefix and text.startswith((" ", SPACE_PIECE)):
+            # The pre-tokenizer adds no dummy prefix to a text that already
+            # starts with a space (or the "▁" it stands for); SentencePiece does.
             text = " " + text
         encoding = self.backend.encode_batch_fast([text], add_special_tokens=False)[0]
         return list(encoding.ids)
