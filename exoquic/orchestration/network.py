@@ -121,7 +121,10 @@ class Network:
             return  # (a bad Hello closed the connection already)
         joined: bool | None = False
         if hello.model not in self._rings and hello.on_demand and self.join is not None:
-            joined = await self.join(hello.model)  # (loads nothing yet: the ring's plan will)
+            try:
+                joined = await self.join(hello.model)  # (loads nothing yet: the plan will)
+            except Exception:  # a peer's dial must never take the endpoint down
+                log.exception("cannot join the ring of %s", hello.model)
         peers = self._rings.get(hello.model)
         if peers is not None:
             await peers.accept(messages, hello)

@@ -98,11 +98,16 @@ async def test_a_node_without_the_model_declines_and_one_with_it_joins(tmp_path:
                 await nursery.start(hold)
                 return True
 
-            network_of(b).join = join  # c has no hook: it declines
+            async def broken(model_id: str) -> bool:
+                raise RuntimeError("a bug in c's join hook")
+
+            network_of(b).join = join
+            network_of(c).join = broken  # c declines, and its own ring goes on
             async with other_ring(lab, network_of(a)) as a2:
                 await wait_until(lambda: len(joined) == 1)
                 await wait_plan([a2, joined[0]], 2)
                 assert c.node_id not in a2.plans.state.member_ids()
+                assert c.plans.state.active_plan() is not None
                 assert a2.peers.live_peers() == [b.node_id]
                 # b joined for a: it does not want the model, a does
                 demand_a, demand_b = a2.demand, joined[0].demand
