@@ -6,8 +6,10 @@
 - tinygrad's default (fast) path feeds quantized weights int16-quantized
   activations, so against the float64 reference it is close (~1e-4 of the logit
   scale) but not float32-exact. Between its own code paths it must agree to
-  float32 noise: prefill chunks of 16+ rows use a float32 GEMM where decode uses
-  integer dot products, which differ by rounding (~1e-5 of the scale).
+  rounding: prefill chunks of 16+ rows use a GEMM (integer for GGML blocks) where
+  decode uses per-row dot products; their sums round differently (~1e-5 of the
+  scale per product), and a layer's rounding can tip an int16 activation code in
+  the next, so through the tiny model's layers they differ by up to ~1e-4.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from exoquic.models.shard import Shard
 
 PROMPT = np.array([5, 17, 3, 88, 42, 0, 61, 9, 33, 70, 2], dtype=np.int32)
 ATOL = 1e-4
+PATHS_ATOL = 2e-4  # tinygrad's code paths against each other, of the logits' scale
 WHOLE = Shard.whole("tiny", TINY.num_layers)
 
 AnyEngine = MLXEngine | TinygradEngine
@@ -49,9 +52,9 @@ class EngineFactory(Generic[E]):
         return self.engine_for(weights, 0, TINY.num_layers - 1, max_context)
 
     def assert_close(self, got: np.ndarray, want: np.ndarray) -> None:
-        """Equal to float32 noise, between two of the engine's own code paths."""
-        scale = max(1.0, float(np.abs(want).max())) if self.scaled_atol else 1.0
-        np.testing.assert_allclose(got, want, atol=ATOL * scale, rtol=0)
+        """Equal up to rounding, between two of the engine's own code paths."""
+        atol = PATHS_ATOL * max(1.0, float(np.abs(want).max())) if self.scaled_atol else ATOL
+        np.testing.assert_allclose(got, want, atol=atol, rtol=0)
 
     def assert_matches_reference(
         self, got: np.ndarray, reference: np.ndarray, weights: WeightsFor

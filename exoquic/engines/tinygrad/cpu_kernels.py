@@ -21,11 +21,13 @@ them within ~1e-4 relative of float32 activations.
 
 Below `GEMM_ROWS` rows (decode, batched decode) every output row is computed
 by the same sequence of operations whatever the number of rows, so batching
-changes nothing. From `GEMM_ROWS` rows on (prefill chunks) the same int16
-activations are dequantized to float32 and multiplied in a register-tiled
-float32 GEMM (`gemm_source`: weights broadcast against 8-row activation vectors,
-65-89 GFLOP/s of one core here); it agrees with the dot products up to float32
-rounding.
+changes nothing. From `GEMM_ROWS` rows on (prefill chunks), GGML block weights
+go through the integer GEMM of `ggml_kernels.int_gemm_source` (the same int16
+activations, 120-133 GFLOP/s-equivalent of one core here); Q4_0/Q4_1 and 16-bit
+float weights have those activations dequantized to float32 and multiplied in a
+register-tiled float32 GEMM (`gemm_source`: weights broadcast against 8-row
+activation vectors, 65-89 GFLOP/s). Both agree with the dot products up to
+float32 rounding.
 
 Kernel sources are `string.Template`s over the shape constants; `$OUT`,
 `$X`... name the buffer arguments and `$TID`, `$THREADS` the thread split

@@ -21,6 +21,9 @@ from exoquic.engines.tinygrad.matrices import BlockMatrix, OffsetMatrix, Q4Matri
 BLOCK = cpu_kernels.BLOCK
 # Tests set this to run the plain C branches instead of the AVX2 ones.
 PORTABLE_C = False
+# Prefill chunks of GGML block weights: the integer GEMM (`ggml_kernels.int_gemm_source`)
+# instead of dequantizing to float32 (`cpu_kernels.gemm_source`).
+INT_GEMM = True
 
 
 def threads() -> int:
@@ -148,6 +151,12 @@ def _matmul(
     if rows < cpu_kernels.GEMM_ROWS:
         assert isinstance(fmt, ggml_kernels.FloatFormat)
         return _small_gemm(fmt, kind, codes, sums, weights, weight_names, constants, count)
+    if INT_GEMM and isinstance(fmt, ggml_kernels.BlockFormat):
+        template = ggml_kernels.int_gemm_source(fmt)
+        code = cpu_kernels.source(template, **constants, THREADS=count, PORTABLE=int(PORTABLE_C))
+        name = f"{kind}_int_gemm_{rows}_{n}_{cols}" + ("_portable" if PORTABLE_C else "")
+        fxn = _kernel(name, code, ["OUT", "XQ", "XS", *weight_names], count)
+        return out.custom_kernel(codes, sums, *weights, fxn=fxn)[0]
     padded = cpu_kernels.gemm_padded_rows(rows)
     constants["RP"] = padded
     xt = Tensor.empty(cols, padded, dtype=dtypes.float32, device=DEVICE)

@@ -23,10 +23,13 @@ Q6_K's int8 sub-scales are folded into the int16 weight codes (|(q-32) sc| <=
 IQ4's codebook lookup is one `pshufb` per 16 nibbles with AVX2 (llama.cpp's
 trick), a table read in plain C.
 
-`gemm_format` turns a format into the `cpu_kernels.Format` that
-`cpu_kernels.gemm_source` (prefill chunks) dequantizes with, exactly;
-`matmul_source` is the per-row integer kernel for these layouts. F16 and BF16
-matrices (`FloatFormat`) always go through the GEMM. Float16 fields are decoded
+`matmul_source` is the per-row integer kernel for these layouts (decode);
+`int_gemm_source` the integer GEMM of prefill chunks (int16 weight codes
+decoded once per chunk into a panel, `vpdpwssd` / `pmaddwd` outer products
+against int16 activations: about 1.4-1.5x the float32 GEMM here). `gemm_format`
+turns a format into the `cpu_kernels.Format` that `cpu_kernels.gemm_source`
+(the float32 GEMM) dequantizes with, exactly. F16 and BF16 matrices
+(`FloatFormat`) always go through the float32 GEMM. Float16 fields are decoded
 with F16C where the CPU has it, else with integer operations (both exact; no
 inf or NaN scales expected).
 """
@@ -484,3 +487,147 @@ def _group(fmt: BlockFormat, rows: list[int]) -> str:
     {_superblocks(fmt, " ".join(per_block), per_sub)}
     {stores}
   }}"""
+
+
+# Columns per panel of the integer GEMM: two vectors of 8 int32 lanes.
+INT_GEMM_COLS = 16
+
+
+def int_gemm_source(fmt: BlockFormat) -> Template:
+    """Prefill chunks, integer: `$OUT (R, N) = x (R, K) @ W.T` straight from the int16
+    activations of `cpu_kernels.QUANTIZE` (the decode kernels' own), no float32 copy.
+
+    `INT_GEMM_COLS` weight columns at a time are decoded once into an int16 panel, code
+    pairs interleaved by column (int32 word `[b][kp][c]` = values 2 kp, 2 kp + 1 of
+    sub-block b of column c), with each half sub-block's float scale (and offset) per
+    column. Then per activation row and sub-block, a 32-bit pair of activation codes is
+    broadcast against 8 columns' code pairs (`vpdpwssd` with AVX-512 VNNI or AVX-VNNI,
+    else `pmaddwd` and an add): integer sums of a sub-block (a half for Q6_K, whose two
+    halves have their own scales), then one float step per sub-block and column:
+    `acc += sum * (dw * dx)` (and `+ dm * dx sum(qx)` for offsets). Every output's
+    arithmetic depends on nothing but its row and column, so chunking changes nothing.
+    Integer sums cannot overflow: at most 32 products of |code| <= 127 and |q| <= 32767.
+    """
+    lo, hi = fmt.dq_scales_avx2
+    split = lo != hi
+    g = INT_GEMM_COLS
+    offset = f"dmw[b][col] = {'dm8[j]' if fmt.offset else '0.0f'};"
+    pack = f"""
+        {fmt.codes_avx2}
+        const i32x8 wl32 = (i32x8)l, wh32 = (i32x8)h;
+        for (int i = 0; i < 8; i++) {{
+          panel[b][i][col] = wl32[i]; panel[b][8 + i][col] = wh32[i];
+        }}
+        dw[b][0][col] = {lo}; dw[b][1][col] = {hi}; {offset}"""
+    code = fmt.dq_code or fmt.code
+    plain = f"""
+        short cv[32];
+        for (int i = 0; i < 32; i++) cv[i] = (short){code};
+        for (int i = 0; i < 16; i++)
+          panel[b][i][col] = (int)(unsigned short)cv[2 * i] | ((int)cv[2 * i + 1] << 16);
+        {{ const int i = 0; dw[b][0][col] = {fmt.dq_scale}; }}
+        {{ const int i = 16; dw[b][1][col] = {fmt.dq_scale}; }}
+        {offset}"""
+    decode = f"""
+#if defined(__AVX2__) && !$PORTABLE
+{pack}
+#else
+{plain}
+#endif
+"""
+    return Template(
+        _PRELUDE
+        + _INT_DOT
+        + f"""
+float *out = $OUT; const short *xq = $XQ; const float *xs = $XS;
+const int k0 = 0, k1 = $K;  /* all of each row (`_superblocks`) */
+$STORE_SETUP
+int panel[$B][16][{g}] __attribute__((aligned(32)));
+float dw[$B][2][{g}] __attribute__((aligned(32))), dmw[$B][{g}] __attribute__((aligned(32)));
+const int n0 = (int)((long)$N * $TID / $THREADS), n1 = (int)((long)$N * ($TID + 1) / $THREADS);
+for (int c0 = n0; c0 < n1; c0 += {g}) {{
+  const int cols = n1 - c0 < {g} ? n1 - c0 : {g};
+  for (int col = 0; col < {g}; col++) {{
+    if (col >= cols) {{
+      for (int b = 0; b < $B; b++) {{
+        for (int i = 0; i < 16; i++) panel[b][i][col] = 0;
+        dw[b][0][col] = dw[b][1][col] = dmw[b][col] = 0.0f;
+      }}
+      continue;
+    }}
+    const unsigned char *p = $P + (long)(c0 + col) * $ROWBYTES;
+    {_superblocks(fmt, "", decode)}
+  }}
+  int r = 0;
+  for (; r + 4 <= $R; r += 4) {_int_tile(4, split)}
+  for (; r < $R; r++) {_int_tile(1, split)}
+}}
+"""
+    )
+
+
+def _int_tile(rows: int, split: bool) -> str:
+    """Rows r..r+rows-1 by the panel's 16 columns (two vectors `v` of 8 lanes)."""
+    rv = [(i, v) for i in range(rows) for v in (0, 1)]
+    decl = " ".join(f"f32x8 f{i}_{v} = 0.0f;" for i, v in rv)
+    halves = [(0, 8), (8, 16)] if split else [(0, 16)]
+    steps = []
+    for h, (a, b_) in enumerate(halves):
+        zero = " ".join(f"i32x8 a{i}_{v} = 0;" for i, v in rv)
+        avx2 = " ".join(
+            f"{{ const i32x8 xb = XPAIR({i});"
+            f" a{i}_0 = DOT(a{i}_0, w0, xb); a{i}_1 = DOT(a{i}_1, w1, xb); }}"
+            for i in range(rows)
+        )
+        plain = " ".join(
+            f"for (int l = 0; l < 8; l++) {{ const int xv = XPAIR({i});"
+            f" a{i}_0[l] += PAIR(panel[b][kp][l], xv);"
+            f" a{i}_1[l] += PAIR(panel[b][kp][8 + l], xv); }}"
+            for i in range(rows)
+        )
+        scale = " ".join(
+            f"f{i}_{v} += __builtin_convertvector(a{i}_{v}, f32x8)"
+            f" * (*(const f32x8 *)&dw[b][{h}][{8 * v}] * xs[(long)(r + {i}) * 2 * $B + b]);"
+            for i, v in rv
+        )
+        steps.append(f"""{{ {zero}
+        for (int kp = {a}; kp < {b_}; kp++) {{
+#if defined(__AVX2__) && !$PORTABLE
+          const i32x8 w0 = *(const i32x8 *)&panel[b][kp][0], w1 = *(const i32x8 *)&panel[b][kp][8];
+          {avx2}
+#else
+          {plain}
+#endif
+        }}
+        {scale} }}""")
+    offsets = " ".join(
+        f"f{i}_{v} += *(const f32x8 *)&dmw[b][{8 * v}] * xs[(long)(r + {i}) * 2 * $B + $B + b];"
+        for i, v in rv
+    )
+    stores = " ".join(
+        f"for (int l = 0; l < 8 && {8 * v} + l < cols; l++)"
+        f" STORE((long)(r + {i}) * $N + c0 + {8 * v} + l, f{i}_{v}[l]);"
+        for i, v in rv
+    )
+    return f"""{{
+      {decl}
+      for (int b = 0; b < $B; b++) {{
+        {" ".join(steps)}
+        {offsets}
+      }}
+      {stores}
+    }}"""
+
+
+# The integer GEMM's multiply-add of 16 int16 pairs into 8 int32 lanes, and one pair's.
+_INT_DOT = """
+#if (defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)
+#define DOT(acc, w, x) ((i32x8)__builtin_ia32_vpdpwssd256((v8si)(acc), (v8si)(w), (v8si)(x)))
+#else
+#define DOT(acc, w, x) ((acc) + (i32x8)__builtin_ia32_pmaddwd256((v16hi)(w), (v16hi)(x)))
+#endif
+#define PAIR(w, x) ((int)(short)(w) * (int)(short)(x) + ((w) >> 16) * ((x) >> 16))
+/* activation codes 2 kp, 2 kp + 1 of sub-block b of tile row I, as one int32 */
+#define XPAIR(I) ({ int v_; \\
+  __builtin_memcpy(&v_, xq + (long)(r + (I)) * $K + b * 32 + 2 * kp, 4); v_; })
+"""

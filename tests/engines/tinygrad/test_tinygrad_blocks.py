@@ -13,6 +13,7 @@ from exoquic.engines.tinygrad import custom
 from exoquic.engines.tinygrad.cpu_kernels import GEMM_COLS, GEMM_ROWS, GEMM_VECTORS
 from exoquic.engines.tinygrad.custom import dequantize_blocks, quantize_rows, quantized_matmul
 from exoquic.engines.tinygrad.device import DEVICE
+from exoquic.engines.tinygrad.ggml_kernels import INT_GEMM_COLS
 from exoquic.engines.tinygrad.matrices import (
     BLOCK_KINDS,
     BlockMatrix,
@@ -141,3 +142,27 @@ def test_gemm_tiles_edges_and_residual(kind: QuantKind) -> None:
     np.testing.assert_allclose(got, expected, rtol=0, atol=atol)
     fewer = rows - GEMM_TILE_ROWS + GEMM_ROWS  # a chunk with rows at other tile places
     np.testing.assert_array_equal(product(x[-fewer:], w), product(x, w)[-fewer:])
+
+
+@pytest.mark.parametrize("kind", sorted(BLOCK_KINDS - {"f16", "bf16"}))
+@pytest.mark.parametrize("portable", [False, True], ids=["avx2", "plain-c"])
+def test_integer_gemm_matches_float64_and_the_float_gemm(
+    kind: QuantKind, portable: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prefill chunks of block weights: int16 codes times int16 activations, panels of
+    # INT_GEMM_COLS columns (here a part panel in each thread's slice) and tiles of 4
+    # rows (here a row left over). Against float64 and the float32 GEMM on the same
+    # activations (which differs only in rounding).
+    monkeypatch.setattr(custom, "PORTABLE_C", portable)
+    monkeypatch.setattr(custom, "INT_GEMM", True)
+    rows, cols = GEMM_ROWS + 5, INT_GEMM_COLS * 2 + 3
+    w, t = block_matrix(kind, cols, 512, seed=17)
+    x = np.random.default_rng(18).standard_normal((rows, 512)).astype(np.float32)
+    x[1, 7] = -200.0  # an outlier: activation blocks are scaled on their own
+    expected = x.astype(np.float64) @ reference(t).T.astype(np.float64)
+    got = product(x, w)
+    np.testing.assert_allclose(
+        got, expected, rtol=0, atol=PRODUCT_TOLERANCE * np.abs(expected).max()
+    )
+    monkeypatch.setattr(custom, "INT_GEMM", False)
+    np.testing.assert_allclose(got, product(x, w), rtol=0, atol=1e-5 * np.abs(expected).max())
