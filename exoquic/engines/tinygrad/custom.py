@@ -24,6 +24,8 @@ PORTABLE_C = False
 # Prefill chunks of GGML block weights: the integer GEMM (`ggml_kernels.int_gemm_source`)
 # instead of dequantizing to float32 (`cpu_kernels.gemm_source`).
 INT_GEMM = True
+# Tests set this to run its AVX2 `pmaddwd` branch where the CPU has VNNI.
+VNNI = True
 
 
 def threads() -> int:
@@ -153,8 +155,10 @@ def _matmul(
         return _small_gemm(fmt, kind, codes, sums, weights, weight_names, constants, count)
     if INT_GEMM and isinstance(fmt, ggml_kernels.BlockFormat):
         template = ggml_kernels.int_gemm_source(fmt)
-        code = cpu_kernels.source(template, **constants, THREADS=count, PORTABLE=int(PORTABLE_C))
+        flags = {"PORTABLE": int(PORTABLE_C), "VNNI": int(VNNI)}
+        code = cpu_kernels.source(template, **constants, THREADS=count, **flags)
         name = f"{kind}_int_gemm_{rows}_{n}_{cols}" + ("_portable" if PORTABLE_C else "")
+        name += "" if VNNI else "_no_vnni"
         fxn = _kernel(name, code, ["OUT", "XQ", "XS", *weight_names], count)
         return out.custom_kernel(codes, sums, *weights, fxn=fxn)[0]
     padded = cpu_kernels.gemm_padded_rows(rows)

@@ -619,9 +619,10 @@ def _int_tile(rows: int, split: bool) -> str:
     }}"""
 
 
-# The integer GEMM's multiply-add of 16 int16 pairs into 8 int32 lanes, and one pair's.
+# The integer GEMM's multiply-add of 16 int16 pairs into 8 int32 lanes (VNNI where the CPU
+# has it and $VNNI is 1), and one pair's.
 _INT_DOT = """
-#if (defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)
+#if ((defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)) && $VNNI
 #define DOT(acc, w, x) ((i32x8)__builtin_ia32_vpdpwssd256((v8si)(acc), (v8si)(w), (v8si)(x)))
 #else
 #define DOT(acc, w, x) ((acc) + (i32x8)__builtin_ia32_pmaddwd256((v16hi)(w), (v16hi)(x)))

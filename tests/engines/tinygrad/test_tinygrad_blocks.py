@@ -145,16 +145,22 @@ def test_gemm_tiles_edges_and_residual(kind: QuantKind) -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(BLOCK_KINDS - {"f16", "bf16"}))
-@pytest.mark.parametrize("portable", [False, True], ids=["avx2", "plain-c"])
+@pytest.mark.parametrize(
+    ("portable", "vnni"),
+    [(False, True), (False, False), (True, False)],
+    ids=["vnni", "avx2", "plain-c"],
+)
 def test_integer_gemm_matches_float64_and_the_float_gemm(
-    kind: QuantKind, portable: bool, monkeypatch: pytest.MonkeyPatch
+    kind: QuantKind, portable: bool, vnni: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Prefill chunks of block weights: int16 codes times int16 activations, panels of
+    # Prefill chunks of block weights: int16 codes times int16 activations (VNNI's
+    # `vpdpwssd`, AVX2's `pmaddwd`, plain C), panels of
     # INT_GEMM_COLS columns (here a part panel in each thread's slice) and tiles of 4
     # rows (here a row left over). Against float64 and the float32 GEMM on the same
     # activations (which differs only in rounding).
     monkeypatch.setattr(custom, "PORTABLE_C", portable)
     monkeypatch.setattr(custom, "INT_GEMM", True)
+    monkeypatch.setattr(custom, "VNNI", vnni)  # "vnni" runs the AVX2 branch on CPUs without
     rows, cols = GEMM_ROWS + 5, INT_GEMM_COLS * 2 + 3
     w, t = block_matrix(kind, cols, 512, seed=17)
     x = np.random.default_rng(18).standard_normal((rows, 512)).astype(np.float32)
