@@ -300,6 +300,7 @@ async def running() -> dict[str, Any]:
                 "running": report["running"],
                 "nodes": report["nodes"],
                 "load_seconds": report["load_seconds"],
+                "kept_for_peers": report["kept_for_peers"],
             }
         )
     return {"models": models}

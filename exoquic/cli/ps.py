@@ -61,8 +61,12 @@ def model_row(model: dict[str, Any], now: float) -> list[str]:
     from exoquic.topology.fit import format_size
 
     size = model.get("size_needed") or model.get("size") or 0
-    return [name, where or "-", format_size(int(size)), str(model.get("running", 0)),
-            expiry_text(model.get("expires_at"), now)]  # fmt: skip
+    expires = (
+        "when its peers let go"
+        if model.get("kept_for_peers")
+        else expiry_text(model.get("expires_at"), now)
+    )
+    return [name, where or "-", format_size(int(size)), str(model.get("running", 0)), expires]
 
 
 def expiry_text(expires_at: object, now: float) -> str:

@@ -565,6 +565,9 @@ class ModelSet:
 
     def _report(self, resident: Resident, now: float, wall: float) -> dict[str, Any]:
         expiry = resident.expiry(now)
+        # Past this node's own keep-alive, kept because a ring peer wants it:
+        # it goes when they let go, at no time known here.
+        for_peers = resident.peer_wanted and not resident.wanted(now)
         node = self.node_of(resident.model_id)
         held = self._held.get(resident.model_id)
         return {
@@ -572,7 +575,8 @@ class ModelSet:
             "node": node,
             "default": resident.pinned,
             "size_bytes": resident.size,
-            "expires_at": None if expiry is None else wall + (expiry - now),
+            "expires_at": None if expiry is None or for_peers else wall + (expiry - now),
+            "kept_for_peers": for_peers,
             "keep_alive": resident.keep_alive,
             "running": resident.running,
             "loaded_at": held.loaded_at if held else self.default.started_at,

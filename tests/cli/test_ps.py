@@ -48,3 +48,6 @@ def test_a_row_names_the_nodes_and_their_layers() -> None:
     assert model_row(default, NOW)[0] == "llama3.2:1b (default)"
     assert model_row(default, NOW)[1] == "-"
     assert model_row(default, NOW)[4] == "never"
+    # Held for a ring's peers past this node's own keep-alive: no time is known.
+    for_peers = {**entry, "kept_for_peers": True, "expires_at": "2318-01-01T00:00:00Z"}
+    assert model_row(for_peers, NOW)[4] == "when its peers let go"

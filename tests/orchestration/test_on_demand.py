@@ -349,7 +349,8 @@ def test_in_a_ring_a_model_loaded_on_demand_is_spread_and_unloaded_together(
         holders = wait_holders(b, TINY_ID, {"ring-a", "ring-b"})
         layers = sorted(tuple(h["layers"]) for h in holders)
         assert layers[0][0] == 0 and layers[0][1] + 1 == layers[1][0]
-        assert TINY_ID in loaded(a)  # a holds its layers, for b's sake
+        assert loaded(a)[TINY_ID]["kept_for_peers"] is True  # a holds its layers for b
+        assert loaded(b)[TINY_ID]["kept_for_peers"] is False
         assert "joined its ring for a peer" in " ".join(a.log().split())
 
         again = chat(b, TINY_ID, keep_alive=0)
