@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from exoquic.errors import sole_error
 from exoquic.models.errors import ModelError
 from exoquic.models.hf_loader import as_hf_weights
 from exoquic.orchestration.catalog import Catalog, CatalogEntry, gguf_model_id
@@ -51,6 +52,7 @@ from exoquic.topology.fit import KV_BYTES_PER_VALUE, FitCheck, check_fit
 
 if TYPE_CHECKING:
     from exoquic.download.ensure import NodeModel
+    from exoquic.download.pull import PullTarget
 
 log = logging.getLogger(__name__)
 
@@ -241,15 +243,14 @@ class ModelSet:
         try:
             try:
                 if load.entry is None:
-                    ranged = await self._ranged_reference(load)
+                    ranged = await self._fetch_uncached(load)
                     if ranged is not None:
                         await self._bring_in_ranged(ranged, load)
                         return
-                    load.entry = await self._pull(load.name)
                 async with self._lock:
                     await self._bring_in(load)
             except BaseExceptionGroup as group:  # (raised inside the model's own tasks)
-                raise _sole_error(group) from None
+                raise sole_error(group) from None
         except (UnavailableError, ModelNotFoundError) as exc:
             load.error = exc
         except ModelError as exc:  # a file that is not a usable model
@@ -268,9 +269,7 @@ class ModelSet:
         """Check the fit, make room, load the model (holding the lock)."""
         entry = load.entry
         assert entry is not None and self._nursery is not None
-        if entry.model_id in self._held:  # loaded meanwhile under another name
-            for _ in range(load.waiting):
-                self.residency.reserve(entry.model_id, trio.current_time(), load.keep_alive)
+        if self._loaded_meanwhile(entry.model_id, load):
             return
         fit = await trio.to_thread.run_sync(self.fit, entry)
         if not fit.fits:
@@ -292,6 +291,15 @@ class ModelSet:
             await self._unload(model_id)
         model = self._cached_model(entry)
         self._keep(await self._nursery.start(self._hold, model, entry, load.follower), load)
+
+    def _loaded_meanwhile(self, model_id: str, load: _Load) -> bool:
+        """Whether `model_id` was loaded meanwhile (under another name): if so,
+        reserved now for each request that waited for `load`."""
+        if model_id not in self._held:
+            return False
+        for _ in range(load.waiting):
+            self.residency.reserve(model_id, trio.current_time(), load.keep_alive)
+        return True
 
     def _keep(self, held: _Held, load: _Load) -> None:
         """Record a model just loaded: its residency (reserved for the requests
@@ -396,8 +404,8 @@ class ModelSet:
         stopped = trio.Event()
         try:
             async with open_node(settings, None, model, on_demand=ring) as node:
-                if ring is not None and not follower:
-                    await _until_serving(node)
+                if ring is not None and not follower:  # until its ring serves it (or cannot)
+                    await node.cluster.plans.wait_usable_plan(-1)
                 seconds = time.perf_counter() - started
                 if follower:
                     log.info("%s: joined its ring for a peer in %.1f s", model_id, seconds)
@@ -456,26 +464,20 @@ class ModelSet:
                 return None
         return self.network.serves(model_id)
 
-    async def _ranged_reference(self, load: _Load) -> str | None:
-        """For a model not in the cache (with --auto-pull): the hub GGUF to join a
-        ring of with only this node's byte ranges, as `prepare_model` names it;
-        None to pull the whole model instead (a node alone, or safetensors)."""
-        if self.network is None:
-            return None
+    async def _fetch_uncached(self, load: _Load) -> str | None:
+        """A model not in the cache (with --auto-pull, or for a peer's ring): the
+        hub GGUF to join a ring of with only this node's byte ranges, as
+        `prepare_model` names it; else (a node alone, or safetensors) pull it
+        whole now, into `load.entry`, and None."""
         if load.follower:
             return load.name  # the model id of a peer's ring
-        from exoquic.download.errors import DownloadError
-        from exoquic.download.pull import parse_name, resolve
-
-        try:
-            target = await trio.to_thread.run_sync(lambda: resolve(parse_name(load.name)))
-        except DownloadError as exc:
-            raise ModelNotFoundError(f"cannot pull the model '{load.name}': {exc}") from exc
-        if target.filename is None:
-            return None
-        if target.entry is not None:
-            return target.entry.id
-        return gguf_model_id(target.repo_id, target.filename)
+        target = await self._resolve(load.name)
+        if self.network is not None and target.filename is not None:
+            if target.entry is not None:
+                return target.entry.id
+            return gguf_model_id(target.repo_id, target.filename)
+        load.entry = await self._pull(load.name, target)
+        return None
 
     async def _bring_in_ranged(self, reference: str, load: _Load) -> None:
         """Join (or start) the ring of a hub GGUF this node has not cached: fetch
@@ -489,21 +491,28 @@ class ModelSet:
         model_id = load.model_id = model.source.model_id
         self._aliases[load.name] = model_id
         async with self._lock:
-            if model_id in self._held:  # loaded meanwhile under another name
-                for _ in range(load.waiting):
-                    self.residency.reserve(model_id, trio.current_time(), load.keep_alive)
+            if self._loaded_meanwhile(model_id, load):
                 return
             self._keep(await self._nursery.start(self._hold, model, None, load.follower), load)
 
-    async def _pull(self, name: str) -> CatalogEntry:
+    async def _resolve(self, name: str) -> PullTarget:
+        """What `exoquic pull name` would fetch (a hub API call for a tag)."""
+        from exoquic.download.errors import DownloadError
+        from exoquic.download.pull import parse_name, resolve
+
+        try:
+            return await trio.to_thread.run_sync(lambda: resolve(parse_name(name)))
+        except DownloadError as exc:
+            raise ModelNotFoundError(f"cannot pull the model '{name}': {exc}") from exc
+
+    async def _pull(self, name: str, target: PullTarget) -> CatalogEntry:
         """`exoquic pull name` (with --auto-pull), then its catalog entry."""
         from exoquic.download.errors import DownloadError
-        from exoquic.download.pull import parse_name, pull, resolve
+        from exoquic.download.pull import pull
 
         assert self.catalog is not None
         async with self._pull_lock:
             try:
-                target = await trio.to_thread.run_sync(lambda: resolve(parse_name(name)))
                 log.info("pulling %s (%s) for a request", name, target.label)
                 await trio.to_thread.run_sync(lambda: pull(target))
             except DownloadError as exc:
@@ -657,26 +666,6 @@ def _return_freed_memory() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one error a group of task errors holds (the group itself if several)."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        error = pending.pop()
-        if isinstance(error, BaseExceptionGroup):
-            pending.extend(error.exceptions)
-        else:
-            leaves.append(error)
-    return leaves[0] if len(leaves) == 1 else group
-
-
-async def _until_serving(node: Node) -> None:
-    """Until the model's ring serves it (an agreed plan, every shard loaded);
-    UnavailableError when the ring cannot hold it or takes too long."""
-    plans = node.cluster.plans
-    await plans.wait_usable_plan(-1)
 
 
 def _local_size(node: Node) -> int:

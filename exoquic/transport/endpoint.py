@@ -35,6 +35,7 @@ from aioquic.quic.packet import (
 )
 from aioquic.quic.retry import QuicRetryTokenHandler
 
+from exoquic.errors import sole_error
 from exoquic.identity.certs import make_certificate
 from exoquic.identity.keys import Identity
 from exoquic.transport.admission import Admission, Verdict, source_of
@@ -476,14 +477,7 @@ async def open_endpoint(
         except BaseExceptionGroup as group:
             # Background tasks never raise, so a group only wraps what the
             # `async with` body raised: hand that back unwrapped.
-            raise _single(group) from None
-
-
-def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
-    return error
+            raise sole_error(group) from None
 
 
 @contextmanager
