@@ -110,24 +110,21 @@ class Link:
         self.connection.close(TransportErrorCode.NO_ERROR, reason)
 
 
-async def introduce(messages: MessageStream, hello: Hello, *, dialer: bool) -> Hello:
-    """Exchange `Hello`s on a fresh stream (the dialer speaks first); the peer's Hello.
+async def introduce(messages: MessageStream, hello: Hello) -> Hello:
+    """The dialer's side of the `Hello` exchange on a fresh stream: say ours,
+    then the peer's (the accepting side is `receive_hello`, then `answer_hello`).
 
     Raises RemoteProtocolError (and closes the connection) when the peer's
     first message is not a valid Hello for the key it authenticated with.
     """
     with trio.fail_after(HELLO_TIMEOUT):
-        if dialer:
-            await messages.send_message(hello)
-        theirs = await receive_hello(messages)
-        if not dialer:
-            await messages.send_message(hello)
-    return theirs
+        await messages.send_message(hello)
+        return await receive_hello(messages)
 
 
 async def receive_hello(messages: MessageStream) -> Hello:
-    """The peer's `Hello`, checked as `introduce` checks it (the accepting side
-    reads it first to know which model's ring answers)."""
+    """The peer's `Hello`, checked: the node id must be the key's, the protocol
+    ours (the accepting side reads it first, to know which model's ring answers)."""
     with trio.fail_after(HELLO_TIMEOUT), messages.frame_limit(Hello.MAX_SIZE):
         theirs = await messages.receive_message()
     _check_hello(messages, theirs)

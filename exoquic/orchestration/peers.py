@@ -298,7 +298,7 @@ class Peers:
                 else:
                     connection = await self._endpoint.connect(address, key)
                 messages = await MessageStream.open(connection)
-                hello = await introduce(messages, self.hello(), dialer=True)
+                hello = await introduce(messages, self.hello())
             return Link(messages, hello, self.link_stats)
         except (ConnectionClosed, OSError, RemoteProtocolError, trio.TooSlowError) as exc:
             log.debug("cannot link to %s:%d: %s", *address, exc)

@@ -69,7 +69,7 @@ async def test_a_message_of_millions_of_items_closes_that_link_at_once(
         await wait_plan([a, b], 2)
         async with connected_as(lab, "x", "a") as connection:
             messages = await MessageStream.open(connection)
-            await introduce(messages, x_hello(x), dialer=True)
+            await introduce(messages, x_hello(x))
             await messages.send_frame(cbor2.dumps(junk))
             sent = time.perf_counter()
             with trio.fail_after(5):
@@ -96,7 +96,7 @@ async def test_one_link_per_connection_and_a_link_per_connection_from_a_key(tmp_
     x = lab.identities["x"]
     async with lab.node("a") as a, connected_as(lab, "x", "a") as first:
         link = await MessageStream.open(first)
-        await introduce(link, x_hello(x), dialer=True)
+        await introduce(link, x_hello(x))
         # A second link stream on the same connection is refused; the first stays.
         second = await MessageStream.open(first)
         await second.send_message(x_hello(x))
@@ -108,7 +108,7 @@ async def test_one_link_per_connection_and_a_link_per_connection_from_a_key(tmp_
         # peer links once per model's ring it shares); the first one stays.
         # (Too many from one key: tests/transport/test_handshake_admission.py.)
         async with connected_as(lab, "x", "a") as again:
-            await introduce(await MessageStream.open(again), x_hello(x), dialer=True)
+            await introduce(await MessageStream.open(again), x_hello(x))
             endpoint = a.peers.endpoint
             assert endpoint is not None
             with trio.fail_after(5):  # (a also dials x's listed port: not counted)
@@ -126,7 +126,7 @@ async def test_a_peer_cannot_open_more_caches_than_its_share(tmp_path: Path) -> 
     async with lab.node("a", ring=limit) as a, connected_as(lab, "x", "a") as connection:
         await wait_plan([a], 1)
         messages = await MessageStream.open(connection)
-        await introduce(messages, x_hello(x), dialer=True)
+        await introduce(messages, x_hello(x))
         await trio.sleep(0.5)  # a takes x in (x gets no layers): the plan may move on
         await wait_plan([a], 1)
         plan = a.plans.state.active_plan()
