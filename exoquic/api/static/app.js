@@ -86,25 +86,15 @@ async function api(path, options = {}) {
   return response;
 }
 
-// Reads a server-sent-events body; calls onEvent with each parsed `data:` payload.
+// Reads a server-sent-events body; calls onEvent with each parsed `data:` payload
+// (`bodyPieces` is in models.js).
 async function readEvents(body, onEvent) {
-  const reader = body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    buffer += decoder.decode(value, { stream: true });
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const event = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      for (const line of event.split("\n")) {
-        if (!line.startsWith("data: ")) continue;
-        const data = line.slice(6);
-        if (data === "[DONE]") return;
-        onEvent(JSON.parse(data));
-      }
+  for await (const event of bodyPieces(body, "\n\n")) {
+    for (const line of event.split("\n")) {
+      if (!line.startsWith("data: ")) continue;
+      const data = line.slice(6);
+      if (data === "[DONE]") return;
+      onEvent(JSON.parse(data));
     }
   }
 }

@@ -98,8 +98,9 @@ function durationText(seconds) {
   return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }
 
-// Calls onLine with each object of an NDJSON body.
-async function readLines(body, onLine) {
+// Yields the text of a streamed body between each `separator` (a piece left
+// unterminated at the end is dropped: NDJSON and server-sent events end theirs).
+async function* bodyPieces(body, separator) {
   const reader = body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
@@ -107,12 +108,19 @@ async function readLines(body, onLine) {
     const { value, done } = await reader.read();
     buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
     let cut;
-    while ((cut = buffer.indexOf("\n")) >= 0) {
-      const line = buffer.slice(0, cut).trim();
-      buffer = buffer.slice(cut + 1);
-      if (line) onLine(JSON.parse(line));
+    while ((cut = buffer.indexOf(separator)) >= 0) {
+      yield buffer.slice(0, cut);
+      buffer = buffer.slice(cut + separator.length);
     }
     if (done) return;
+  }
+}
+
+// Calls onLine with each object of an NDJSON body.
+async function readLines(body, onLine) {
+  for await (const piece of bodyPieces(body, "\n")) {
+    const line = piece.trim();
+    if (line) onLine(JSON.parse(line));
   }
 }
 
